@@ -1,0 +1,64 @@
+"""Atomic file writes: write to a temporary file in the same folder, then rename.
+
+A reader never sees a half-written file, and a failed write leaves the old file in place
+and no temporary behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` that keeps its suffixes; rename it on success.
+
+    Writers that pick a format from the file name (SimpleITK, VTK, trimesh) can write to the
+    yielded path. On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (numpy arrays must be converted first)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_with(path: str | Path, writer: Callable[[Path], object]) -> Path:
+    """Atomically create ``path`` by calling ``writer(tmp_path)`` (for library writers)."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)

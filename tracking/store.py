@@ -1,0 +1,115 @@
+"""A thread-safe newest-pose-per-tool store with timeouts: the heart of every source.
+
+Receiver threads call :meth:`PoseStore.put`; consumers call :meth:`PoseStore.snapshot`,
+which applies each tool's timeout so that a pose older than its timeout is never LIVE.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .frame import SourceHealth, ToolPose, ToolStatus, TrackingFrame
+
+#: Default per-tool timeout (s): a pose not refreshed within this is not shown as live.
+DEFAULT_TIMEOUT_S = 0.25
+
+
+class PoseStore:
+    """Newest pose per tool, health counters, and an update event.
+
+    Parameters
+    ----------
+    timeouts_s
+        Per-tool timeout in seconds; tools not listed use ``default_timeout_s``.
+    clock
+        Monotonic clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        timeouts_s: Mapping[str, float] | None = None,
+        *,
+        default_timeout_s: float = DEFAULT_TIMEOUT_S,
+        clock=time.monotonic,
+    ) -> None:
+        self._timeouts = dict(timeouts_s or {})
+        self._default_timeout = default_timeout_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._tools: dict[str, ToolPose] = {}
+        self._seq = 0
+        self._seen_seq = 0
+        self._live_before: dict[str, bool] = {}
+        self._recent = deque(maxlen=256)
+        self.health = SourceHealth()
+
+    def timeout_of(self, tool: str) -> float:
+        return self._timeouts.get(tool, self._default_timeout)
+
+    def put(
+        self,
+        tool: str,
+        tracker_from_tool: NDArray[np.float64] | None,
+        *,
+        device_time_s: float,
+        quality: float = float("nan"),
+        host_time_s: float | None = None,
+    ) -> None:
+        """Record the newest message for ``tool``; ``None`` pose means the tracker says not visible."""
+        now = self._clock() if host_time_s is None else host_time_s
+        if tracker_from_tool is None:
+            pose = ToolPose(ToolStatus.NOT_VISIBLE, None, quality, device_time_s, now)
+        else:
+            pose = ToolPose(ToolStatus.LIVE, np.array(tracker_from_tool, dtype=np.float64), quality, device_time_s, now)
+        with self._cond:
+            self._tools[tool] = pose
+            self._seq += 1
+            self.health.messages += 1
+            self._recent.append(now)
+            if len(self._recent) > 1 and self._recent[-1] > self._recent[0]:
+                self.health.rate_hz = (len(self._recent) - 1) / (self._recent[-1] - self._recent[0])
+            self._cond.notify_all()
+
+    def mark_error(self, message: str, *, bad_message: bool = False) -> None:
+        """Count a problem and keep the last error text."""
+        with self._cond:
+            self.health.last_error = message
+            if bad_message:
+                self.health.bad_messages += 1
+
+    def set_connected(self, connected: bool) -> None:
+        with self._cond:
+            self.health.connected = connected
+            self._cond.notify_all()
+
+    def snapshot(self) -> TrackingFrame:
+        """The newest state of every tool with timeouts applied now."""
+        now = self._clock()
+        with self._cond:
+            out: dict[str, ToolPose] = {}
+            for name, pose in self._tools.items():
+                if pose.status is ToolStatus.LIVE and now - pose.host_time_s > self.timeout_of(name):
+                    pose = ToolPose(ToolStatus.TIMED_OUT, None, pose.quality, pose.device_time_s, pose.host_time_s)
+                live = pose.status is ToolStatus.LIVE
+                if self._live_before.get(name) and not live:
+                    self.health.dropouts += 1
+                self._live_before[name] = live
+                out[name] = pose
+            self._seen_seq = self._seq
+            return TrackingFrame(tools=out, host_time_s=now, sequence=self._seq)
+
+    def wait_for_update(self, timeout_s: float) -> bool:
+        """Block until a message newer than the last snapshot arrives (False on timeout)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._seq > self._seen_seq, timeout=timeout_s)
+
+    def health_snapshot(self) -> SourceHealth:
+        with self._cond:
+            h = self.health
+            return SourceHealth(**{**h.__dict__, "extra": dict(h.extra)})
