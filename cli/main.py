@@ -1,0 +1,256 @@
+"""The ``orthonav`` command line. Each command parses its arguments and calls one API function.
+
+Errors that OrthoNav raises on purpose (:class:`~orthonav.core.errors.OrthoNavError`) are
+printed as one clear line naming the file and the problem, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from orthonav.core.errors import OrthoNavError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="OrthoNav: CT to bone models, knee/hip planning, tracked navigation and phantom validation.",
+)
+console = Console(stderr=True)
+
+
+def _progress():
+    """A rich progress bar driven by ``callback(step, fraction)`` from the API functions."""
+    from orthonav.cli.progress import StepProgress
+
+    return StepProgress(console)
+
+
+@app.command()
+def phantom(
+    kind: str = typer.Argument(..., help="knee, hip or long-bone"),
+    case: Path = typer.Argument(..., help="case folder to create"),
+    seed: int = typer.Option(0, help="random seed (noise, placement)"),
+    small: bool = typer.Option(False, help="coarse, fast phantom (tests)"),
+) -> None:
+    """Write a synthetic CT with ground truth and printable STL parts into CASE."""
+    from orthonav.phantoms.build import make_phantom_case
+
+    out = make_phantom_case(kind, case, seed=seed, small=small)
+    console.print(f"[green]phantom written[/] to {out.root}")
+
+
+@app.command("import")
+def import_(
+    source: Path = typer.Argument(..., help="DICOM folder, or a NIfTI/NRRD/MHA file"),
+    case: Path = typer.Argument(..., help="case folder to create or update"),
+    series: Optional[str] = typer.Option(None, help="SeriesInstanceUID to import when the folder has several"),
+) -> None:
+    """Import a CT into a case folder (geometry kept exactly, HU rescale applied)."""
+    from orthonav.segmentation.importer import import_source
+
+    out = import_source(source, case, series=series)
+    console.print(f"[green]imported[/] {source} -> {out.ct}")
+
+
+@app.command()
+def segment(
+    case: Path = typer.Argument(..., help="case folder with ct.nii.gz"),
+    backend: str = typer.Option("classical", help="classical, unet or totalsegmentator"),
+    anatomy: str = typer.Option("auto", help="knee, hip or auto"),
+    weights: Optional[Path] = typer.Option(None, help="unet weights file"),
+) -> None:
+    """Segment the CT into per-bone labels and meshes."""
+    from orthonav.segmentation.pipeline import segment_case
+
+    with _progress() as progress:
+        kwargs = {"weights": weights} if weights is not None else {}
+        summary = segment_case(case, backend=backend, anatomy=anatomy, progress=progress.update, **kwargs)
+    console.print(summary)
+
+
+@app.command()
+def mesh(case: Path = typer.Argument(..., help="case folder with labels.nii.gz")) -> None:
+    """(Re)build the bone meshes from the label map."""
+    from orthonav.segmentation.pipeline import mesh_case
+
+    console.print(mesh_case(case))
+
+
+@app.command("evaluate-seg")
+def evaluate_seg(
+    pred: Path = typer.Argument(..., help="predicted labels (.nii.gz) or a case folder"),
+    truth: Path = typer.Argument(..., help="true labels (.nii.gz) or a case folder (uses truth/)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the scores as JSON"),
+) -> None:
+    """Dice, HD95 and mean surface distance per bone."""
+    from orthonav.segmentation.evaluate import evaluate_paths
+
+    evaluate_paths(pred, truth, json_path=json_out, console=Console())
+
+
+@app.command("train-seg")
+def train_seg(
+    data: Path = typer.Argument(..., help="folder of case folders (ct.nii.gz + labels) or phantom cases"),
+    out: Path = typer.Argument(..., help="weights file to write"),
+    minutes: float = typer.Option(5.0, help="training time budget"),
+) -> None:
+    """Train the compact 3D U-Net on CT + label pairs."""
+    from orthonav.segmentation.unet import train_from_folder
+
+    train_from_folder(data, out, minutes=minutes)
+
+
+@app.command()
+def plan(
+    case: Path = typer.Argument(..., help="case folder with meshes/"),
+    auto: bool = typer.Option(False, "--auto", help="automatic landmarks, axes and cuts; no window"),
+    screenshot: Optional[Path] = typer.Option(None, help="render the plan off-screen to this PNG"),
+    alignment: str = typer.Option("mechanical", help="mechanical or kinematic"),
+) -> None:
+    """Plan landmarks, alignment, implants and cuts (interactive unless --auto)."""
+    if auto:
+        from orthonav.planning.auto import auto_plan
+
+        p = auto_plan(case, alignment=alignment)
+        angles = ", ".join(f"{k}={v:.1f}" for k, v in p.angles_deg.items())
+        console.print(f"[green]plan written[/] {Path(case) / 'plan.json'}  ({angles})")
+    elif screenshot is None:
+        from orthonav.planning.ui import open_planner
+
+        open_planner(case)
+    if screenshot is not None:
+        from orthonav.planning.scene import render_plan
+
+        console.print(f"screenshot {render_plan(case, screenshot)}")
+
+
+@app.command()
+def report(case: Path = typer.Argument(..., help="case folder with plan.json")) -> None:
+    """Write the HTML planning report (CASE/report/plan.html)."""
+    from orthonav.planning.report import write_plan_report
+
+    console.print(f"report {write_plan_report(case)}")
+
+
+@app.command("simulate-tracker")
+def simulate_tracker(
+    case: Path = typer.Argument(Path("demo_out/case"), help="phantom case with plan.json and truth/"),
+    port: int = typer.Option(18944, help="OpenIGTLink port"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (loopback unless told otherwise)"),
+    rate: float = typer.Option(200.0, help="poses per second per tool"),
+    duration: Optional[float] = typer.Option(None, help="seconds; default: the script's length"),
+    truth_out: Optional[Path] = typer.Option(None, help="recording of the true poses"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Stream a pointer, a saw and a reference over OpenIGTLink along the phantom OR script."""
+    from orthonav.phantoms.scenario import serve_scenario
+
+    serve_scenario(case, port=port, host=host, rate_hz=rate, duration_s=duration, truth_path=truth_out, seed=seed)
+
+
+@app.command()
+def track(
+    igtl: Optional[str] = typer.Option(None, help="HOST:PORT of an OpenIGTLink server (PlusServer, Slicer)"),
+    listen: Optional[int] = typer.Option(None, help="listen on this port for trackers that push"),
+    aruco: Optional[str] = typer.Option(None, help="camera index, video file or frame folder"),
+    tools: Optional[Path] = typer.Option(None, help="tool definition JSON"),
+    camera: Optional[Path] = typer.Option(None, help="camera calibration JSON (ArUco)"),
+    ndi: Optional[str] = typer.Option(None, help="NDI serial port"),
+    replay: Optional[Path] = typer.Option(None, help="recording or PLUS .igs.mha to replay"),
+    duration: Optional[float] = typer.Option(None, help="seconds to run"),
+    record: Optional[Path] = typer.Option(None, help="folder to record into"),
+) -> None:
+    """Show live tool states, rate and lag from any tracker source; optionally record."""
+    from orthonav.cli.track_view import run_track_cli
+
+    run_track_cli(igtl=igtl, listen=listen, aruco=aruco, tools=tools, camera=camera, ndi=ndi, replay=replay, duration_s=duration, record=record)
+
+
+@app.command("calibrate-camera")
+def calibrate_camera(
+    source: str = typer.Argument(..., help="camera index, video file or folder of ChArUco images"),
+    out: Path = typer.Argument(..., help="camera calibration JSON to write"),
+) -> None:
+    """Calibrate a camera from ChArUco board views."""
+    from orthonav.tracking.aruco import calibrate_camera_cli
+
+    console.print(calibrate_camera_cli(source, out))
+
+
+@app.command()
+def navigate(
+    case: Path = typer.Argument(..., help="case folder with meshes/ and plan.json"),
+    igtl: str = typer.Option("127.0.0.1:18944", help="HOST:PORT of the tracker's OpenIGTLink server"),
+    duration: Optional[float] = typer.Option(None, help="seconds of navigation"),
+    off_screen: bool = typer.Option(False, "--off-screen", help="render to PNGs instead of a window"),
+) -> None:
+    """Register, then run the live navigation loop with overlay, recording the session."""
+    from orthonav.navigation.navigate import navigate_cli
+
+    console.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen))
+
+
+@app.command()
+def replay(
+    session: Path = typer.Argument(..., help="sessions/<timestamp> folder"),
+    off_screen: bool = typer.Option(False, "--off-screen"),
+) -> None:
+    """Replay a recorded session: the same numbers and pictures."""
+    from orthonav.navigation.session import replay_session
+
+    console.print(replay_session(session, off_screen=off_screen))
+
+
+@app.command()
+def validate(
+    session: Optional[Path] = typer.Argument(None, help="recorded session folder"),
+    simulate: Optional[Path] = typer.Option(None, help="phantom case to validate by simulation"),
+    fle: float = typer.Option(0.25, help="fiducial localisation error (RMS mm) for --simulate"),
+    trials: int = typer.Option(1000, help="simulated trials"),
+) -> None:
+    """Accuracy protocol: FRE, TRE per target, predicted TRE, calibration; HTML report."""
+    from orthonav.phantoms.validation import validate_cli
+
+    console.print(validate_cli(session=session, simulate=simulate, fle_mm=fle, trials=trials))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), help="output folder"),
+    small: bool = typer.Option(False, help="coarse phantom (faster)"),
+    seed: int = typer.Option(0),
+    duration: float = typer.Option(12.0, help="seconds of live navigation"),
+) -> None:
+    """Phantom -> segmentation -> plan -> simulated tracker -> navigation, with a summary and a report."""
+    from orthonav.phantoms.demo import print_summary, run_demo
+
+    with _progress() as progress:
+        summary = run_demo(out, small=small, seed=seed, nav_duration_s=duration, progress=progress.update)
+    print_summary(summary, Console())
+
+
+def main() -> None:
+    """Console-script entry point: run the app and turn OrthoNav errors into one clear line."""
+    try:
+        app(standalone_mode=False)
+    except OrthoNavError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except (typer.Exit, typer.Abort) as e:
+        sys.exit(getattr(e, "exit_code", 1))
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
