@@ -1,0 +1,247 @@
+"""The demo: the whole chain on the built-in knee phantom, with ground truth at every step.
+
+phantom -> classical segmentation (Dice vs truth) -> automatic plan -> simulated tracker over
+a real OpenIGTLink socket on 127.0.0.1 -> registration and live navigation (FRE, TRE vs truth,
+saw guidance vs scripted truth, loop rate and latency) -> ``report/index.html``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from orthonav.core.case import Case, read_labels_table
+from orthonav.core.errors import InputError, OrthoNavError
+from orthonav.core.volume import read_volume
+
+Progress = Callable[[str, float], None]
+
+#: Steps of the demo, in order, as shown by the progress display.
+STEPS = ("phantom", "segmentation", "plan", "navigation", "report")
+
+
+@dataclass
+class DemoSummary:
+    """Everything the demo measured. Distances mm, angles deg, times s."""
+
+    case_dir: Path
+    dice: dict[str, float] = field(default_factory=dict)
+    hd95_mm: dict[str, float] = field(default_factory=dict)
+    angles_deg: dict[str, float] = field(default_factory=dict)
+    true_angles_deg: dict[str, float] = field(default_factory=dict)
+    fre_mm: float = math.nan
+    tre_mm: dict[str, float] = field(default_factory=dict)
+    predicted_tre_mm: dict[str, float] = field(default_factory=dict)
+    guidance_error: dict[str, float] = field(default_factory=dict)
+    loop_rate_hz: float = math.nan
+    stream_rate_hz: float = math.nan
+    latency_p50_ms: float = math.nan
+    latency_p99_ms: float = math.nan
+    timings_s: dict[str, float] = field(default_factory=dict)
+    screenshots: list[Path] = field(default_factory=list)
+    report: Path | None = None
+    session_dir: Path | None = None
+
+
+def _prepare_out(out_dir: Path) -> Case:
+    """``OUT/case``: removed first only when it is an earlier demo case (it has truth/)."""
+    case_dir = out_dir / "case"
+    if case_dir.exists():
+        if not (case_dir / "truth" / "truth.json").is_file():
+            raise InputError(case_dir, "exists and is not an earlier demo case; choose another --out")
+        shutil.rmtree(case_dir)
+    case_dir.mkdir(parents=True)
+    return Case(case_dir)
+
+
+def _navigate_with_simulator(case: Case, *, seed: int, nav_duration_s: float | None, progress: Progress | None):
+    """Stream the OR script over a real OpenIGTLink socket and navigate against it."""
+    from orthonav.navigation.navigate import navigate_case
+    from orthonav.phantoms.scenario import knee_scenario
+    from orthonav.phantoms.truth import read_truth
+    from orthonav.tracking.igtl_client import IGTLClientSource
+    from orthonav.tracking.simulator import stream_script
+
+    truth = read_truth(case.root)
+    scenario = knee_scenario(case.root, seed=seed, fle_mm=0.25)
+    duration = scenario.duration_s if nav_duration_s is None else min(nav_duration_s, scenario.duration_s)
+    port_box: list[int] = []
+    listening = threading.Event()
+    wall_minus_script: list[float] = []
+
+    def script(t_s: float):
+        # The streamer stamps each message with time.time() right after calling the script, so
+        # this offset maps device time back to script time (to microseconds) for the truth.
+        if not wall_minus_script:
+            wall_minus_script.append(time.time() - t_s)
+        return scenario.script(t_s)
+
+    def on_listening(port: int) -> None:
+        port_box.append(port)
+        listening.set()
+
+    stats_box: list[object] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            stats_box.append(
+                stream_script(script, 0, rate_hz=200.0, duration_s=duration + 1.0, seed=seed, wait_for_client_s=10.0,
+                              on_listening=on_listening, stop=stop,
+                              truth_path=case.root / "truth" / "simulated_tracker.jsonl")
+            )
+        except BaseException as e:  # surfaced in the main thread below
+            errors.append(e)
+            listening.set()
+
+    server = threading.Thread(target=serve, name="simulated-tracker", daemon=True)
+    server.start()
+    if not listening.wait(10.0) or errors:
+        raise errors[0] if errors else OrthoNavError("the simulated tracker did not start listening")
+
+    def truth_at(device_time_s: float):
+        return scenario.truth_at(device_time_s - wall_minus_script[0]) if wall_minus_script else None
+
+    def on_event(text: str) -> None:
+        if progress is not None:
+            progress("navigation", min(0.99, (time.monotonic() - t0) / duration))
+
+    t0 = time.monotonic()
+    try:
+        source = IGTLClientSource("127.0.0.1", port_box[0], tools=scenario.toolset)
+        nav = navigate_case(case.root, source, duration_s=duration, off_screen=True, toolset=scenario.toolset, truth=truth,
+                            true_ct_from_reference=scenario.ct_from_reference, truth_at=truth_at, progress=on_event)
+    finally:
+        stop.set()
+        server.join(5.0)
+    if errors:
+        raise errors[0]
+    return nav, (stats_box[0] if stats_box else None)
+
+
+def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int = 0, nav_duration_s: float | None = None,
+             progress: Progress | None = None) -> DemoSummary:
+    """Run the whole chain on the knee phantom in ``OUT/case`` and write ``OUT/case/report/index.html``.
+
+    Parameters
+    ----------
+    out_dir
+        Output folder; ``OUT/case`` is (re)created.
+    small
+        Use the coarse phantom (tests); the default is the full-resolution knee.
+    seed
+        Seeds the phantom noise and the simulated OR session.
+    nav_duration_s
+        Cap on the live-navigation time (s); default: the whole scripted session.
+    progress
+        ``progress(step, fraction)`` for a progress display.
+    """
+    from orthonav.phantoms.build import make_phantom_case
+    from orthonav.phantoms.truth import read_truth
+    from orthonav.planning.auto import auto_plan
+    from orthonav.planning.scene import render_plan
+    from orthonav.segmentation.evaluate import evaluate_segmentation
+    from orthonav.segmentation.pipeline import segment_case
+
+    def tick(step: str, fraction: float) -> None:
+        if progress is not None:
+            progress(step, fraction)
+
+    out = Path(out_dir)
+    case = _prepare_out(out)
+    summary = DemoSummary(case_dir=case.root)
+    timer = time.perf_counter()
+
+    tick("phantom", 0.0)
+    make_phantom_case("knee", case.root, seed=seed, small=small)
+    truth = read_truth(case.root)
+    summary.timings_s["phantom"] = time.perf_counter() - timer
+    tick("phantom", 1.0)
+
+    timer = time.perf_counter()
+    segment_case(case.root, progress=lambda step, f: tick("segmentation", f))
+    scores = evaluate_segmentation(
+        read_volume(case.labels), read_labels_table(case.labels_json),
+        read_volume(case.truth_dir / "labels.nii.gz"), read_labels_table(case.truth_dir / "labels.json"),
+    )
+    summary.dice = {b: s.dice for b, s in scores.items()}
+    summary.hd95_mm = {b: s.hd95_mm for b, s in scores.items()}
+    summary.timings_s["segmentation"] = time.perf_counter() - timer
+    tick("segmentation", 1.0)
+
+    timer = time.perf_counter()
+    plan = auto_plan(case.root)
+    summary.angles_deg = dict(plan.angles_deg)
+    summary.true_angles_deg = dict(truth.angles_deg)
+    case.report_dir.mkdir(parents=True, exist_ok=True)
+    plan_png = render_plan(case.root, case.report_dir / "plan.png")
+    summary.screenshots.append(Path(plan_png))
+    summary.timings_s["plan"] = time.perf_counter() - timer
+    tick("plan", 1.0)
+
+    timer = time.perf_counter()
+    nav, stream = _navigate_with_simulator(case, seed=seed, nav_duration_s=nav_duration_s, progress=progress)
+    summary.fre_mm = nav.fre_mm
+    summary.tre_mm = dict(nav.tre_mm)
+    summary.predicted_tre_mm = dict(nav.predicted_tre_mm)
+    summary.guidance_error = dict(nav.guidance_error)
+    summary.loop_rate_hz = nav.loop_rate_hz
+    summary.latency_p50_ms = nav.latency_p50_ms
+    summary.latency_p99_ms = nav.latency_p99_ms
+    summary.stream_rate_hz = getattr(stream, "rate_hz", math.nan)
+    summary.session_dir = nav.session_dir
+    for i, shot in enumerate(nav.screenshots[:: max(1, len(nav.screenshots) // 4)][:4]):
+        dest = case.report_dir / f"navigation_{i}.png"
+        shutil.copyfile(shot, dest)
+        summary.screenshots.append(dest)
+    summary.timings_s["navigation"] = time.perf_counter() - timer
+    tick("navigation", 1.0)
+
+    from orthonav.phantoms.demo_report import write_demo_report
+
+    summary.report = write_demo_report(summary)
+    tick("report", 1.0)
+    return summary
+
+
+def print_summary(summary: DemoSummary, console: Console) -> None:
+    """Print the demo's figures as tables."""
+    t = Table(title="Segmentation vs truth")
+    t.add_column("bone")
+    t.add_column("Dice", justify="right")
+    t.add_column("HD95 mm", justify="right")
+    for b, d in summary.dice.items():
+        t.add_row(b, f"{d:.4f}", f"{summary.hd95_mm.get(b, math.nan):.2f}")
+    console.print(t)
+    a = Table(title="Alignment (deg): plan vs truth")
+    for c in ("angle", "plan", "truth", "error"):
+        a.add_column(c, justify="right")
+    for k, v in summary.angles_deg.items():
+        tv = summary.true_angles_deg.get(k, math.nan)
+        a.add_row(k, f"{v:.2f}", f"{tv:.2f}", f"{v - tv:+.2f}")
+    console.print(a)
+    r = Table(title="Registration and navigation")
+    r.add_column("figure")
+    r.add_column("value", justify="right")
+    r.add_row("FRE (mm)", f"{summary.fre_mm:.3f}")
+    for k, v in summary.tre_mm.items():
+        r.add_row(f"TRE {k} (mm), predicted {summary.predicted_tre_mm.get(k, math.nan):.2f}", f"{v:.3f}")
+    for k, v in summary.guidance_error.items():
+        r.add_row(f"saw guidance error {k}", f"{v:.3f}")
+    r.add_row("tracker stream rate (Hz)", f"{summary.stream_rate_hz:.0f}")
+    r.add_row("navigation loop rate (Hz)", f"{summary.loop_rate_hz:.0f}")
+    r.add_row("latency receive->state p50 / p99 (ms)", f"{summary.latency_p50_ms:.3f} / {summary.latency_p99_ms:.3f}")
+    for k, v in summary.timings_s.items():
+        r.add_row(f"time: {k} (s)", f"{v:.1f}")
+    console.print(r)
+    console.print(f"report: {summary.report}")
