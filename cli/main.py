@@ -38,7 +38,7 @@ def phantom(
     small: bool = typer.Option(False, help="coarse, fast phantom (tests)"),
 ) -> None:
     """Write a synthetic CT with ground truth and printable STL parts into CASE."""
-    from orthonav.phantoms.build import make_phantom_case
+    from orthonav.phantoms.synthetic import make_phantom_case
 
     out = make_phantom_case(kind, case, seed=seed, small=small)
     console.print(f"[green]phantom written[/] to {out.root}")
@@ -90,7 +90,12 @@ def evaluate_seg(
     """Dice, HD95 and mean surface distance per bone."""
     from orthonav.segmentation.evaluate import evaluate_paths
 
-    evaluate_paths(pred, truth, json_path=json_out, console=Console())
+    from orthonav.segmentation.evaluate import scores_table, write_scores_json
+
+    scores = evaluate_paths(pred, truth)
+    Console().print(scores_table(scores))
+    if json_out is not None:
+        write_scores_json(scores, json_out)
 
 
 @app.command("train-seg")
@@ -237,19 +242,10 @@ def demo(
 def main() -> None:
     """Console-script entry point: run the app and turn OrthoNav errors into one clear line."""
     try:
-        app(standalone_mode=False)
+        app(prog_name="orthonav")
     except OrthoNavError as e:
         console.print(f"[bold red]error:[/] {e}")
         sys.exit(2)
-    except (typer.Exit, typer.Abort) as e:
-        sys.exit(getattr(e, "exit_code", 1))
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
     progress
         ``progress(step, fraction)`` for a progress display.
     """
-    from orthonav.phantoms.build import make_phantom_case
+    from orthonav.phantoms.synthetic import make_phantom_case
     from orthonav.phantoms.truth import read_truth
     from orthonav.planning.auto import auto_plan
     from orthonav.planning.scene import render_plan

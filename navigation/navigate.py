@@ -1,0 +1,509 @@
+"""Navigate a case end to end, and replay a recorded session.
+
+:func:`navigate_case` connects to a tracker source, digitises the plan's fiducials with the
+pointer, registers (paired-point, FRE reported; rejected above ``max_fre_mm``), records
+verification touches, runs the live loop (tracking thread at tracker rate, overlay at display
+rate), saves overlay PNGs, records the whole session in ``CASE/sessions/<timestamp>/`` and
+writes ``CASE/registration.json``. :func:`replay_session` feeds the recorded frames through the
+same deterministic workflow and checks that every guidance number is reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orthonav.core.atomic import write_json
+from orthonav.core.case import Case
+from orthonav.core.errors import InputError
+from orthonav.core.transforms import apply, invert
+from orthonav.planning.schema import Plan, load_plan
+from orthonav.tracking.frame import TrackerSource
+from orthonav.tracking.tools import ToolSet, default_toolset
+
+from .guidance import BoneSurface, CutFrame, cut_frame
+from .registration import RegistrationRecord, write_registration
+from .session import SCREENSHOTS, SUMMARY, SessionInfo, SessionRecorder, comparable, read_guidance, read_session_info, state_record
+from .state import NavigationContext, NavigationState
+from .workflow import Workflow, WorkflowConfig
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class NavigationSummary:
+    """What a navigation (or replay) run measured.
+
+    Attributes
+    ----------
+    session_dir
+        The recorded session folder (None when not recorded).
+    registered
+        Whether registration succeeded.
+    fre_mm
+        Fiducial registration error (RMS, mm); NaN if not registered.
+    predicted_tre_mm
+        Check point -> predicted RMS TRE (mm) from the fiducial configuration.
+    verification_mm
+        Check point -> distance of the pointer touch nearest to it after registration (mm).
+    tre_mm
+        Target -> true TRE (mm) when the caller passed the true ``ct_from_reference``.
+    guidance_error
+        Max / RMS absolute saw guidance error against the scenario truth (deg, mm), ``n``.
+    states, loop_rate_hz, latency_p50_ms, latency_p99_ms
+        Live loop figures (NaN latency on replay).
+    screenshots
+        PNG files written.
+    events
+        Workflow events (captures, registration, verifications) in order.
+    replay_mismatches
+        Replay only: guidance lines that differ from the recording (0 = exact).
+    """
+
+    session_dir: Path | None
+    registered: bool
+    fre_mm: float
+    predicted_tre_mm: dict[str, float] = field(default_factory=dict)
+    verification_mm: dict[str, float] = field(default_factory=dict)
+    tre_mm: dict[str, float] = field(default_factory=dict)
+    guidance_error: dict[str, float] = field(default_factory=dict)
+    states: int = 0
+    loop_rate_hz: float = math.nan
+    latency_p50_ms: float = math.nan
+    latency_p99_ms: float = math.nan
+    screenshots: list[Path] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    replay_mismatches: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float) -> float | None:
+            return None if not math.isfinite(x) else float(x)
+
+        return {
+            "session_dir": str(self.session_dir) if self.session_dir else None,
+            "registered": self.registered,
+            "fre_mm": num(self.fre_mm),
+            "predicted_tre_mm": self.predicted_tre_mm,
+            "verification_mm": self.verification_mm,
+            "tre_mm": self.tre_mm,
+            "guidance_error": {k: num(v) for k, v in self.guidance_error.items()},
+            "states": self.states,
+            "loop_rate_hz": num(self.loop_rate_hz),
+            "latency_p50_ms": num(self.latency_p50_ms),
+            "latency_p99_ms": num(self.latency_p99_ms),
+            "screenshots": [str(p) for p in self.screenshots],
+            "events": self.events,
+            "replay_mismatches": self.replay_mismatches,
+        }
+
+
+# --- building the context from a case --------------------------------------------------------
+
+
+def _position(lm: object) -> NDArray[np.float64]:
+    return np.asarray(getattr(lm, "position_lps_mm"), dtype=np.float64)
+
+
+def medial_hint(plan: Plan, bone: str) -> NDArray[np.float64]:
+    """A vector pointing medially for ``bone``: from landmarks, else from ``plan.side``.
+
+    Femur: lateral -> medial epicondyle; tibia: lateral -> medial plateau centre. Without those,
+    a right leg's medial side is LPS +x (towards the patient's left), a left leg's is -x.
+    """
+    pairs = {"femur": ("medial_epicondyle", "lateral_epicondyle"), "tibia": ("medial_plateau_centre", "lateral_plateau_centre")}
+    lms = plan.landmarks
+    for key, (m, l) in pairs.items():
+        if bone.startswith(key) and m in lms and l in lms:
+            return _position(lms[m]) - _position(lms[l])
+    for m, l in pairs.values():
+        if m in lms and l in lms:
+            return _position(lms[m]) - _position(lms[l])
+    if plan.side in ("right", "left"):
+        return np.array([1.0, 0.0, 0.0]) if plan.side == "right" else np.array([-1.0, 0.0, 0.0])
+    raise InputError(None, "cannot tell medial from lateral: the plan has no epicondyle / plateau landmarks and no side")
+
+
+def plan_cut_frames(plan: Plan) -> dict[str, CutFrame]:
+    """Every planned cut as a :class:`CutFrame` (bone axes from the plan)."""
+    return {name: cut_frame(c.point_lps_mm, c.normal_lps, medial_hint(plan, c.bone)) for name, c in plan.cuts.items()}
+
+
+def plan_fiducials(plan: Plan) -> tuple[list[str], NDArray[np.float64]]:
+    """The plan's ``fiducial_k`` landmarks in numeric order, (n, 3) CT LPS mm."""
+    names = [k for k in plan.landmarks if k.startswith("fiducial_") and k.split("_", 1)[1].isdigit()]
+    names.sort(key=lambda k: int(k.split("_", 1)[1]))
+    pts = np.array([_position(plan.landmarks[k]) for k in names]).reshape(-1, 3)
+    return names, pts
+
+
+@dataclass(frozen=True)
+class CaseNavigationInputs:
+    """What a case provides for navigation."""
+
+    plan: Plan
+    context: NavigationContext
+    fiducial_names: list[str]
+    fiducials_ct_mm: NDArray[np.float64]
+    bones: dict[str, Any]
+
+
+def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None, *, surfaces: bool = True) -> CaseNavigationInputs:
+    """Read ``plan.json`` and ``meshes/`` of a case and build the navigation context.
+
+    Raises
+    ------
+    InputError
+        No plan, fewer than 3 plan fiducials, or a mesh that cannot be read.
+    """
+    from .overlay import load_case_meshes
+
+    case = Case(case_dir)
+    plan = load_plan(case.require(case.plan, "orthonav plan"))
+    names, pts = plan_fiducials(plan)
+    if len(names) < 3:
+        raise InputError(case.plan, f"has {len(names)} fiducial landmarks (fiducial_1..); registration needs at least 3")
+    bones = load_case_meshes(case_dir)
+    surf = {b: BoneSurface(m, b) for b, m in bones.items()} if surfaces else {}
+    ctx = NavigationContext(
+        toolset=toolset or default_toolset(),
+        cuts=plan_cut_frames(plan),
+        cut_bones={k: c.bone for k, c in plan.cuts.items()},
+        trajectories={k: (np.asarray(t.entry_lps_mm, float), np.asarray(t.target_lps_mm, float)) for k, t in plan.trajectories.items()},
+        surfaces=surf,
+    )
+    return CaseNavigationInputs(plan, ctx, names, pts, bones)
+
+
+def _check_points(plan: Plan, truth_targets: Mapping[str, Any] | None) -> dict[str, NDArray[np.float64]]:
+    if truth_targets:
+        return {k: np.asarray(v, dtype=np.float64) for k, v in truth_targets.items()}
+    return {k: _position(v) for k, v in plan.landmarks.items() if not k.startswith("fiducial_")}
+
+
+def _truth_targets(truth: object | None) -> dict[str, NDArray[np.float64]] | None:
+    if truth is None:
+        return None
+    t = truth.get("targets_lps_mm") if isinstance(truth, Mapping) else getattr(truth, "targets_lps_mm", None)
+    return None if t is None else {k: np.asarray(v, dtype=np.float64) for k, v in t.items()}
+
+
+# --- guidance vs scenario truth ----------------------------------------------------------------
+
+
+class _GuidanceErrors:
+    """Accumulates |measured - true| saw guidance over states (scenario truth by script time)."""
+
+    def __init__(self, truth_at: Callable[[float], Any] | None, cut: str = "distal_femur") -> None:
+        self.truth_at = truth_at
+        self.cut = cut
+        self.err: list[tuple[float, float, float]] = []
+
+    def add(self, state: NavigationState) -> None:
+        if self.truth_at is None or self.cut not in state.saw:
+            return
+        saw = state.tools.get("Saw")
+        if saw is None or not math.isfinite(saw.device_time_s):
+            return
+        tr = self.truth_at(saw.device_time_s)
+        if not getattr(tr, "saw_visible", False):
+            return
+        g = state.saw[self.cut]
+        self.err.append((g.flexion_deg - tr.saw_flexion_deg, g.varus_deg - tr.saw_varus_deg, g.distance_mm - tr.saw_distance_mm))
+
+    def summary(self) -> dict[str, float]:
+        if not self.err:
+            return {}
+        e = np.abs(np.array(self.err))
+        rms = np.sqrt(np.mean(e**2, axis=0))
+        return {
+            "n": float(len(e)),
+            "flexion_deg_max": float(e[:, 0].max()),
+            "varus_deg_max": float(e[:, 1].max()),
+            "distance_mm_max": float(e[:, 2].max()),
+            "flexion_deg_rms": float(rms[0]),
+            "varus_deg_rms": float(rms[1]),
+            "distance_mm_rms": float(rms[2]),
+        }
+
+
+def _true_tre(record: RegistrationRecord | None, true_ct_from_reference: NDArray[np.float64] | None,
+              targets: Mapping[str, NDArray[np.float64]]) -> dict[str, float]:
+    if record is None or true_ct_from_reference is None:
+        return {}
+    err = record.ct_from_reference_array() @ invert(true_ct_from_reference)
+    return {k: float(np.linalg.norm(apply(err, v) - v)) for k, v in targets.items()}
+
+
+# --- live navigation -----------------------------------------------------------------------------
+
+
+def navigate_case(
+    case_dir: str | Path,
+    source: TrackerSource,
+    *,
+    duration_s: float,
+    off_screen: bool = True,
+    screenshot_every_s: float | None = 2.0,
+    display_fps: float = 15.0,
+    render: bool = True,
+    progress: Progress | None = None,
+    toolset: ToolSet | None = None,
+    config: WorkflowConfig = WorkflowConfig(),
+    truth: object | None = None,
+    true_ct_from_reference: NDArray[np.float64] | None = None,
+    truth_at: Callable[[float], Any] | None = None,
+    record: bool = True,
+    stop: threading.Event | None = None,
+    window_size: tuple[int, int] = (800, 600),
+) -> NavigationSummary:
+    """Navigate ``case_dir`` with live poses from ``source`` for ``duration_s`` seconds.
+
+    Parameters
+    ----------
+    case_dir
+        A case with ``plan.json`` (fiducial landmarks, cuts) and ``meshes/``.
+    source
+        A tracker source (started here if needed, stopped at the end).
+    duration_s
+        How long to navigate (s of wall time).
+    off_screen, screenshot_every_s, display_fps, render, window_size
+        Overlay settings; PNGs go to ``<session>/screenshots/``.
+    progress
+        Called with each workflow event as text.
+    toolset, config
+        Tools and workflow settings.
+    truth
+        Optional phantom truth (``truth.json`` object or dict): its targets become the
+        verification check points, and predicted TRE is reported there.
+    true_ct_from_reference
+        Optional true registration (simulation): the summary reports the true TRE at the truth
+        targets.
+    truth_at
+        Optional ``truth_at(device_time_s)`` (e.g. :meth:`Scenario.truth_at` when device time is
+        the script time): the summary reports saw guidance errors against it.
+    record
+        Record the session in ``CASE/sessions/<timestamp>/``.
+    stop
+        Optional event to end early.
+
+    Returns
+    -------
+    NavigationSummary
+    """
+    from .loop import NavigationLoop
+
+    if not (math.isfinite(duration_s) and duration_s > 0):
+        raise InputError(None, f"duration_s must be positive, got {duration_s}")
+    case = Case(case_dir)
+    inputs = load_navigation_inputs(case_dir, toolset)
+    truth_targets = _truth_targets(truth)
+    checks = _check_points(inputs.plan, truth_targets)
+    workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=config)
+    recorder = None
+    if record:
+        sdir = case.new_session_dir()
+        info = SessionInfo(case_dir=str(Path(case_dir).resolve()), toolset=inputs.context.toolset, workflow=config.to_dict(),
+                           started_utc=datetime.now(timezone.utc).isoformat(), source=type(source).__name__,
+                           check_points_mm={k: [float(x) for x in v] for k, v in checks.items()})
+        recorder = SessionRecorder(sdir, info)
+    scene = None
+    if render:
+        from .overlay import NavigationScene
+
+        scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts, trajectories=inputs.context.trajectories,
+                                off_screen=off_screen, window_size=window_size)
+    stop = stop or threading.Event()
+    errors = _GuidanceErrors(truth_at)
+    shots: list[Path] = []
+    n_events = 0
+
+    def report_events() -> None:
+        nonlocal n_events
+        while n_events < len(workflow.events):
+            if progress is not None:
+                progress(workflow.events[n_events].text)
+            n_events += 1
+
+    started_here = False
+    loop = NavigationLoop(source, workflow, recorder=recorder)
+    ok = False
+    try:
+        source.start()
+        started_here = True
+        loop.start()
+        t0 = time.monotonic()
+        next_shot = t0
+        period = 1.0 / display_fps
+        last_seq = -1
+        while not stop.is_set():
+            now = time.monotonic()
+            if now - t0 >= duration_s or (loop.error is not None):
+                break
+            state = loop.latest_state()
+            if state is not None and state.sequence != last_seq:
+                last_seq = state.sequence
+            report_events()
+            if scene is not None:
+                scene.update(state, info=_info_text(workflow))
+                if screenshot_every_s is not None and recorder is not None and now >= next_shot:
+                    name = f"nav_{len(shots):04d}.png"
+                    shots.append(scene.screenshot(recorder.screenshots_dir / name))
+                    recorder.add_screenshot(name, state.sequence if state is not None else -1)
+                    next_shot = now + screenshot_every_s
+                else:
+                    scene.render()
+            stop.wait(max(0.0, period - (time.monotonic() - now)))
+        ok = True
+    finally:
+        try:
+            loop.stop()
+        finally:
+            if started_here:
+                source.stop()
+            if scene is not None and ok and recorder is not None and screenshot_every_s is not None:
+                final = loop.latest_state()
+                scene.update(final, info=_info_text(workflow))
+                name = f"nav_{len(shots):04d}.png"
+                shots.append(scene.screenshot(recorder.screenshots_dir / name))
+                recorder.add_screenshot(name, final.sequence if final is not None else -1)
+            if scene is not None:
+                scene.close()
+            if recorder is not None:
+                if ok:
+                    recorder.close()
+                else:
+                    recorder.abort()
+    report_events()
+    reg = workflow.registration
+    if reg is not None:
+        reg.record.verification_mm = workflow.verification_by_point()
+        write_registration(case.registration, reg.record)
+        if recorder is not None:
+            write_registration(recorder.dir / "registration.json", reg.record)
+    # Guidance errors from the recorded states when a truth is given.
+    if truth_at is not None and recorder is not None:
+        _accumulate_from_record(errors, recorder.dir, inputs.context, workflow)
+    stats = loop.stats()
+    summary = NavigationSummary(
+        session_dir=recorder.dir if recorder is not None else None,
+        registered=reg is not None,
+        fre_mm=reg.record.fre_mm if reg is not None else math.nan,
+        predicted_tre_mm=dict(reg.record.predicted_tre_mm) if reg is not None else {},
+        verification_mm=workflow.verification_by_point(),
+        tre_mm=_true_tre(reg.record if reg else None, true_ct_from_reference, truth_targets or {}),
+        guidance_error=errors.summary(),
+        states=stats.states,
+        loop_rate_hz=stats.rate_hz,
+        latency_p50_ms=stats.latency_p50_ms,
+        latency_p99_ms=stats.latency_p99_ms,
+        screenshots=shots,
+        events=[e.text for e in workflow.events],
+    )
+    if recorder is not None:
+        write_json(recorder.dir / SUMMARY, summary.to_json())
+    return summary
+
+
+def _info_text(workflow: Workflow) -> str:
+    if workflow.registration is None:
+        nxt = workflow.digitiser.next_name or ""
+        return f"Digitise {nxt} ({len(workflow.digitiser.captures)}/{len(workflow.fiducial_names)})"
+    return f"Registered  FRE {workflow.registration.record.fre_mm:.2f} mm"
+
+
+def _accumulate_from_record(errors: _GuidanceErrors, session_dir: Path, ctx: NavigationContext, workflow: Workflow) -> None:
+    """Guidance errors over every recorded state (recomputed from the recorded frames)."""
+    from orthonav.tracking.recording import read_recording
+
+    if workflow.registration is None:
+        return
+    from .state import compute_state
+
+    reg_ctx = ctx.with_registration(workflow.registration.ct_from_reference)
+    for frame in read_recording(session_dir / "frames.jsonl"):
+        st = compute_state(frame, reg_ctx, clock=None)
+        if st.tracking:
+            errors.add(st)
+
+
+# --- replay --------------------------------------------------------------------------------------
+
+
+def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True, progress: Progress | None = None) -> NavigationSummary:
+    """Re-run a recorded session from its frames and check the guidance numbers match exactly.
+
+    Pictures are re-rendered at the frames the live session took its screenshots, into
+    ``<session>/replay/``. ``replay_mismatches`` counts guidance lines that differ (0 = exact).
+    """
+    from orthonav.tracking.recording import read_recording
+
+    sdir = Path(session_dir)
+    info = read_session_info(sdir)
+    inputs = load_navigation_inputs(info.case_dir, info.toolset)
+    cfg = WorkflowConfig(**info.workflow)
+    checks = {k: np.asarray(v, dtype=np.float64) for k, v in info.check_points_mm.items()}
+    workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=cfg)
+    recorded = iter(read_guidance(sdir))
+    shot_at = {seq: name for name, seq in info.screenshots.items()}
+    scene = None
+    if render and shot_at:
+        from .overlay import NavigationScene
+
+        scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts, trajectories=inputs.context.trajectories,
+                                off_screen=off_screen)
+    mismatches = 0
+    n = 0
+    shots: list[Path] = []
+    last_state = None
+    try:
+        for frame in read_recording(sdir / "frames.jsonl"):
+            state = workflow.process(frame, clock=None)
+            rec = next(recorded, None)
+            n += 1
+            if rec is None or comparable(state_record(state)) != comparable(rec):
+                mismatches += 1
+            last_state = state
+            if scene is not None and state.sequence in shot_at and shot_at[state.sequence] not in {p.name for p in shots}:
+                scene.update(state, info=_info_text(workflow))
+                shots.append(scene.screenshot(sdir / "replay" / shot_at[state.sequence]))
+        if next(recorded, None) is not None:
+            mismatches += 1
+    finally:
+        if scene is not None:
+            scene.close()
+    for e in workflow.events:
+        if progress is not None:
+            progress(e.text)
+    reg = workflow.registration
+    del last_state
+    return NavigationSummary(
+        session_dir=sdir,
+        registered=reg is not None,
+        fre_mm=reg.record.fre_mm if reg is not None else math.nan,
+        predicted_tre_mm=dict(reg.record.predicted_tre_mm) if reg is not None else {},
+        verification_mm=workflow.verification_by_point(),
+        states=n,
+        screenshots=shots,
+        events=[e.text for e in workflow.events],
+        replay_mismatches=mismatches,
+    )
+
+
+__all__ = [
+    "NavigationSummary",
+    "navigate_case",
+    "replay_session",
+    "load_navigation_inputs",
+    "plan_cut_frames",
+    "plan_fiducials",
+    "medial_hint",
+]

@@ -1,0 +1,195 @@
+"""Recording a navigation session in ``CASE/sessions/<timestamp>/`` and reading it back.
+
+Layout of a session folder (every file appears atomically: streams are written to a hidden
+temporary and renamed on close)::
+
+    session.json        what was navigated: case folder, tool set, workflow settings, times
+    frames.jsonl        every tracking frame the loop processed (orthonav.tracking.recording)
+    guidance.jsonl      one line per navigation state: tool status, tips, guidance numbers
+    registration.json   the registration made during the session
+    summary.json        the session's figures (FRE, TRE, loop rate, latency, guidance errors)
+    screenshots/*.png   overlay pictures; ``screenshots.json`` lists the frame of each
+
+Guidance lines hold full-precision floats (JSON round-trips IEEE doubles exactly), so a
+replay that recomputes the states from ``frames.jsonl`` can be compared number for number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import Field
+
+from orthonav.core.errors import InputError, SchemaError
+from orthonav.core.schema import Versioned, load_model, save_model
+from orthonav.tracking.recording import RecordingWriter
+from orthonav.tracking.tools import ToolSet
+
+from .state import NavigationState
+
+FRAMES = "frames.jsonl"
+GUIDANCE = "guidance.jsonl"
+SESSION = "session.json"
+SUMMARY = "summary.json"
+REGISTRATION = "registration.json"
+SCREENSHOTS = "screenshots"
+
+
+class SessionInfo(Versioned):
+    """``session.json``."""
+
+    SCHEMA_VERSION = 1
+    case_dir: str
+    toolset: ToolSet
+    workflow: dict[str, Any] = Field(default_factory=dict, description="WorkflowConfig fields")
+    started_utc: str = ""
+    source: str = ""
+    check_points_mm: dict[str, list[float]] = Field(default_factory=dict, description="verification points, CT LPS mm")
+    screenshots: dict[str, int] = Field(default_factory=dict, description="png file name -> frame sequence")
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _vec(v: Any) -> list[float] | None:
+    return None if v is None else [float(x) for x in v]
+
+
+def state_record(state: NavigationState) -> dict[str, Any]:
+    """The JSON-able guidance line for one state (no wall-clock figures except ``latency_s``)."""
+    return {
+        "seq": int(state.sequence),
+        "host_time_s": _num(state.host_time_s),
+        "tracking": bool(state.tracking),
+        "tools": {
+            name: {"status": t.status.value, "tip_ct_mm": _vec(t.tip_ct_mm), "age_s": _num(t.age_s)} for name, t in state.tools.items()
+        },
+        "saw": {
+            cut: {
+                "flexion_deg": g.flexion_deg,
+                "varus_deg": g.varus_deg,
+                "angle_deg": g.angle_deg,
+                "distance_mm": g.distance_mm,
+                "remaining_depth_mm": _num(g.remaining_depth_mm),
+            }
+            for cut, g in state.saw.items()
+        },
+        "drill": {
+            name: {"angle_deg": g.angle_deg, "entry_offset_mm": g.entry_offset_mm, "depth_to_target_mm": g.depth_to_target_mm}
+            for name, g in state.drill.items()
+        },
+        "pointer_to_bone_mm": _num(state.pointer_to_bone_mm),
+        "pointer_bone": state.pointer_bone,
+        "latency_s": _num(state.latency_s),
+    }
+
+
+def comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """A guidance record without its wall-clock fields (what a replay must reproduce exactly)."""
+    out = dict(record)
+    out.pop("latency_s", None)
+    out["tools"] = {k: {kk: vv for kk, vv in v.items() if kk != "age_s"} for k, v in record["tools"].items()}
+    return out
+
+
+class JsonLinesWriter:
+    """Append JSON lines to a hidden temporary; :meth:`close` renames it into place."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}-", suffix=".part", dir=self.path.parent)
+        self._tmp = Path(tmp)
+        self._f: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8")
+        self._lock = threading.Lock()
+        self.lines = 0
+
+    def write(self, obj: Any) -> None:
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._f is None:
+                raise InputError(self.path, "already closed")
+            self._f.write(line)
+            self.lines += 1
+
+    def close(self) -> Path:
+        with self._lock:
+            if self._f is None:
+                return self.path
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        with self._lock:
+            if self._f is not None:
+                self._f.close()
+                self._f = None
+                self._tmp.unlink(missing_ok=True)
+
+
+class SessionRecorder:
+    """Writes one session folder (see the module docstring). Thread-safe ``write``."""
+
+    def __init__(self, session_dir: str | Path, info: SessionInfo) -> None:
+        self.dir = Path(session_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.info = info
+        self.frames = RecordingWriter(self.dir / FRAMES, source=info.source or "navigation")
+        self.guidance = JsonLinesWriter(self.dir / GUIDANCE)
+        save_model(self.dir / SESSION, info)
+
+    @property
+    def screenshots_dir(self) -> Path:
+        return self.dir / SCREENSHOTS
+
+    def write(self, frame: Any, state: NavigationState) -> None:
+        """Record the frame the loop processed and the state computed from it."""
+        self.frames.write(frame)
+        self.guidance.write(state_record(state))
+
+    def add_screenshot(self, name: str, sequence: int) -> None:
+        self.info.screenshots[name] = int(sequence)
+
+    def close(self) -> None:
+        self.frames.close()
+        self.guidance.close()
+        save_model(self.dir / SESSION, self.info)
+
+    def abort(self) -> None:
+        self.frames.abort()
+        self.guidance.abort()
+
+
+def read_session_info(session_dir: str | Path) -> SessionInfo:
+    """``session.json`` of a session folder."""
+    d = Path(session_dir)
+    if not d.is_dir():
+        raise InputError(d, "session folder not found")
+    return load_model(d / SESSION, SessionInfo)
+
+
+def read_guidance(session_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """The recorded guidance lines of a session."""
+    p = Path(session_dir) / GUIDANCE
+    if not p.is_file():
+        raise InputError(p, "guidance record not found (was the session closed cleanly?)")
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SchemaError(p, f"line {lineno} is not JSON ({e.msg})") from e

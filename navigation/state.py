@@ -1,0 +1,222 @@
+"""The navigation state of one tracking frame: tool poses in the CT, per-tool status, guidance.
+
+:func:`compute_state` is deterministic in its inputs (a :class:`TrackingFrame` and a
+:class:`NavigationContext`): replaying recorded frames reproduces every guidance number
+exactly. Only ``latency_s`` depends on the wall clock.
+
+Pose chain (SlicerIGT-style, patient motion compensated)::
+
+    ct_from_tool = ct_from_reference @ inv(tracker_from_reference) @ tracker_from_tool
+
+Watchdog: a tool is LIVE only when its pose is LIVE in the frame and not older than its
+timeout at the frame's time; when the Reference is not LIVE (or there is no registration yet)
+every tool is NOT_TRACKING and no pose or guidance is shown.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orthonav.core.transforms import apply, invert
+from orthonav.tracking.frame import ToolStatus, TrackingFrame
+from orthonav.tracking.tools import ToolSet
+
+from .guidance import BoneSurface, CutFrame, DrillGuidance, SawGuidance, drill_guidance, saw_guidance
+
+
+class NavStatus(str, enum.Enum):
+    """What the screen may show for a tool."""
+
+    LIVE = "live"  #: fresh pose, registered, reference visible
+    NOT_VISIBLE = "not_visible"  #: the tracker does not see the tool (or never saw it)
+    STALE = "stale"  #: the newest pose is older than the tool's timeout
+    NOT_TRACKING = "not_tracking"  #: reference not visible or no registration: nothing is shown
+
+
+@dataclass(frozen=True)
+class ToolState:
+    """One tool in one navigation state.
+
+    Attributes
+    ----------
+    status
+        :class:`NavStatus`.
+    ct_from_tool
+        (4, 4) tool pose in the CT (LPS mm), only when LIVE.
+    tip_ct_mm
+        (3,) tool tip in CT LPS (mm), only when LIVE.
+    age_s
+        Frame time minus the host receipt time of the tool's newest message (s); NaN if none.
+    device_time_s
+        Source timestamp of the tool's newest message (s, source clock); NaN if none.
+    """
+
+    status: NavStatus
+    ct_from_tool: NDArray[np.float64] | None = None
+    tip_ct_mm: NDArray[np.float64] | None = None
+    age_s: float = math.nan
+    device_time_s: float = math.nan
+
+    @property
+    def live(self) -> bool:
+        return self.status is NavStatus.LIVE
+
+
+@dataclass(frozen=True)
+class NavigationContext:
+    """Everything :func:`compute_state` needs besides the frame (fixed during navigation).
+
+    Attributes
+    ----------
+    toolset
+        Tool definitions (tips, axes, timeouts).
+    ct_from_reference
+        (4, 4) registration, or None before registration (state is NOT_TRACKING).
+    cuts
+        Cut name -> :class:`CutFrame` (e.g. ``distal_femur``).
+    cut_bones
+        Cut name -> bone name (for remaining depth against that bone's surface).
+    trajectories
+        Name -> (entry (3,), target (3,)) CT LPS mm.
+    surfaces
+        Bone name -> :class:`BoneSurface` (tip-to-bone distance, remaining depth).
+    reference
+        Name of the patient reference tool.
+    """
+
+    toolset: ToolSet
+    ct_from_reference: NDArray[np.float64] | None = None
+    cuts: Mapping[str, CutFrame] = field(default_factory=dict)
+    cut_bones: Mapping[str, str] = field(default_factory=dict)
+    trajectories: Mapping[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = field(default_factory=dict)
+    surfaces: Mapping[str, BoneSurface] = field(default_factory=dict)
+    reference: str = "Reference"
+
+    def with_registration(self, ct_from_reference: NDArray[np.float64]) -> "NavigationContext":
+        return NavigationContext(self.toolset, np.asarray(ct_from_reference, dtype=np.float64), self.cuts, self.cut_bones,
+                                 self.trajectories, self.surfaces, self.reference)
+
+
+@dataclass(frozen=True)
+class NavigationState:
+    """The navigation state after one tracking frame.
+
+    Attributes
+    ----------
+    sequence, host_time_s
+        From the tracking frame (host time is ``time.monotonic()`` s at the snapshot).
+    tracking
+        True when registered and the reference is LIVE; otherwise the screen shows NOT TRACKING.
+    tools
+        Tool name -> :class:`ToolState` (every tool of the tool set except the reference).
+    saw
+        Cut name -> :class:`SawGuidance` while the saw is LIVE (else empty).
+    drill
+        Trajectory name -> :class:`DrillGuidance` while the drill is LIVE (else empty).
+    pointer_to_bone_mm
+        Signed distance of the pointer tip to the nearest bone surface (negative inside), NaN if
+        the pointer is not LIVE or no surface is loaded.
+    latency_s
+        Host receipt of the newest message in the frame -> this state computed (s).
+    """
+
+    sequence: int
+    host_time_s: float
+    tracking: bool
+    tools: Mapping[str, ToolState]
+    saw: Mapping[str, SawGuidance] = field(default_factory=dict)
+    drill: Mapping[str, DrillGuidance] = field(default_factory=dict)
+    pointer_to_bone_mm: float = math.nan
+    pointer_bone: str = ""
+    latency_s: float = math.nan
+
+    def status(self, tool: str) -> NavStatus:
+        t = self.tools.get(tool)
+        return t.status if t is not None else NavStatus.NOT_VISIBLE
+
+
+def _tool_status(frame: TrackingFrame, name: str, timeout_s: float, now_s: float) -> tuple[NavStatus, float]:
+    pose = frame.tools.get(name)
+    if pose is None:
+        return NavStatus.NOT_VISIBLE, math.nan
+    age = now_s - pose.host_time_s if math.isfinite(pose.host_time_s) else math.nan
+    if pose.status is ToolStatus.TIMED_OUT:
+        return NavStatus.STALE, age
+    if pose.status is not ToolStatus.LIVE:
+        return NavStatus.NOT_VISIBLE, age
+    if not (age <= timeout_s):  # NaN age is stale too
+        return NavStatus.STALE, age
+    return NavStatus.LIVE, age
+
+
+def newest_receipt_s(frame: TrackingFrame) -> float:
+    """Host receipt time (s) of the newest LIVE message in ``frame`` (NaN if none)."""
+    times = [p.host_time_s for p in frame.tools.values() if p.status is ToolStatus.LIVE and math.isfinite(p.host_time_s)]
+    return max(times) if times else math.nan
+
+
+def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callable[[], float] | None = time.monotonic) -> NavigationState:
+    """The :class:`NavigationState` for one frame (deterministic apart from ``latency_s``).
+
+    Parameters
+    ----------
+    frame
+        A tracking frame; ``frame.host_time_s`` is "now" for the stale-pose watchdog.
+    ctx
+        Tool set, registration, plan geometry and bone surfaces.
+    clock
+        Clock for ``latency_s`` (None: latency NaN, e.g. when replaying).
+    """
+    defs = ctx.toolset.by_name()
+    now = frame.host_time_s
+    ref_status, _ = _tool_status(frame, ctx.reference, defs[ctx.reference].timeout_s if ctx.reference in defs else 0.25, now)
+    tracking = ctx.ct_from_reference is not None and ref_status is NavStatus.LIVE
+    tools: dict[str, ToolState] = {}
+    ct_from_tracker = None
+    if tracking:
+        ct_from_tracker = ctx.ct_from_reference @ invert(frame.pose(ctx.reference))
+    for name, tool in defs.items():
+        if name == ctx.reference:
+            continue
+        status, age = _tool_status(frame, name, tool.timeout_s, now)
+        pose = frame.tools.get(name)
+        dev_t = pose.device_time_s if pose is not None else math.nan
+        if not tracking:
+            tools[name] = ToolState(NavStatus.NOT_TRACKING, None, None, age, dev_t)
+            continue
+        if status is not NavStatus.LIVE:
+            tools[name] = ToolState(status, None, None, age, dev_t)
+            continue
+        ct_from_tool = ct_from_tracker @ frame.pose(name)
+        tools[name] = ToolState(NavStatus.LIVE, ct_from_tool, apply(ct_from_tool, tool.tip_in_tool()), age, dev_t)
+
+    saw: dict[str, SawGuidance] = {}
+    drill: dict[str, DrillGuidance] = {}
+    ptr_dist, ptr_bone = math.nan, ""
+    for name, tool in defs.items():
+        st = tools.get(name)
+        if st is None or not st.live:
+            continue
+        if tool.kind == "saw":
+            for cut_name, cf in ctx.cuts.items():
+                surface = ctx.surfaces.get(ctx.cut_bones.get(cut_name, ""))
+                saw[cut_name] = saw_guidance(st.ct_from_tool, tool, cf, surface)
+        elif tool.kind == "drill":
+            for traj_name, (entry, target) in ctx.trajectories.items():
+                drill[traj_name] = drill_guidance(st.ct_from_tool, tool, entry, target)
+        elif tool.kind == "pointer" and ctx.surfaces:
+            for bone, surf in ctx.surfaces.items():
+                d = surf.signed_distance_mm(st.tip_ct_mm)
+                if not math.isfinite(ptr_dist) or abs(d) < abs(ptr_dist):
+                    ptr_dist, ptr_bone = d, bone
+    latency = math.nan
+    if clock is not None:
+        latency = clock() - newest_receipt_s(frame)
+    return NavigationState(frame.sequence, now, tracking, tools, saw, drill, ptr_dist, ptr_bone, latency)

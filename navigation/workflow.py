@@ -1,0 +1,210 @@
+"""The navigation workflow as a deterministic frame processor: digitise -> register -> verify -> navigate.
+
+:class:`Workflow` consumes tracking frames one at a time and returns a
+:class:`~orthonav.navigation.state.NavigationState` for each. It holds no threads and reads no
+clock except for ``latency_s``, so feeding it the frames a live session recorded reproduces the
+session exactly (captures, registration, guidance): that is how replay works.
+
+Phases
+------
+``digitise``
+    Each pointer dwell (:class:`~orthonav.navigation.digitise.StillCapture`) is assigned to
+    the next plan fiducial if its distances to those already captured match the CT. When all
+    are captured, paired-point registration runs; if the FRE exceeds ``max_fre_mm`` the
+    fiducial with the largest residual is discarded and must be touched again.
+``navigate``
+    Registered: states carry tool poses and guidance. Every further pointer dwell is a
+    verification touch: its CT position and the distance to the nearest known point (plan
+    landmarks and any check points given) are recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from orthonav.core.errors import RegistrationError
+from orthonav.core.procrustes import paired_point
+from orthonav.core.transforms import apply
+from orthonav.tracking.frame import TrackingFrame
+
+from .digitise import FiducialDigitiser, StillCapture, tip_in_reference
+from .registration import Registration, register_paired_points
+from .state import NavigationContext, NavigationState, compute_state
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """Settings of the workflow (recorded in ``session.json`` so replay uses the same).
+
+    Attributes
+    ----------
+    hold_s, still_mm, rearm_mm
+        Pointer dwell detection (see :class:`StillCapture`).
+    max_fre_mm
+        Registration is rejected above this FRE; the fiducial with the largest residual is
+        then digitised again.
+    consistency_mm
+        A capture whose distances to the fiducials already captured differ from the CT
+        distances by more than this is rejected (see :class:`FiducialDigitiser`).
+    verify_radius_mm
+        A touch after registration counts as verification of the nearest known point only
+        within this distance of it (other dwells are ignored).
+    fle_rms_mm
+        FLE used for predicted TRE (None: estimated from the FRE).
+    pointer, reference
+        Tool names.
+    """
+
+    hold_s: float = 0.4
+    still_mm: float = 0.5
+    rearm_mm: float = 10.0
+    max_fre_mm: float = 2.0
+    consistency_mm: float = 3.0
+    verify_radius_mm: float = 15.0
+    fle_rms_mm: float | None = None
+    pointer: str = "Pointer"
+    reference: str = "Reference"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One verification touch after registration."""
+
+    name: str  #: nearest known point
+    distance_mm: float  #: touched point to that known point (mm)
+    p_ct_mm: NDArray[np.float64]  #: touched point in CT LPS (mm)
+    host_time_s: float
+
+
+@dataclass(frozen=True)
+class WorkflowEvent:
+    host_time_s: float
+    text: str
+
+
+class Workflow:
+    """Frame processor for one session (see the module docstring).
+
+    Parameters
+    ----------
+    ctx
+        Navigation context without registration (tool set, cuts, surfaces...).
+    fiducial_names, fiducials_ct_mm
+        The plan's fiducials (n,) and (n, 3) CT LPS mm, in the order they will be touched.
+    check_points_ct_mm
+        Known points (name -> (3,) CT LPS mm) for verification touches and predicted TRE.
+    config
+        :class:`WorkflowConfig`.
+    """
+
+    def __init__(
+        self,
+        ctx: NavigationContext,
+        fiducial_names: list[str],
+        fiducials_ct_mm: NDArray[np.float64],
+        *,
+        check_points_ct_mm: Mapping[str, NDArray[np.float64]] | None = None,
+        config: WorkflowConfig = WorkflowConfig(),
+    ) -> None:
+        defs = ctx.toolset.by_name()
+        if config.pointer not in defs or config.reference not in defs:
+            raise RegistrationError(f"the tool set needs '{config.pointer}' and '{config.reference}' tools")
+        self.config = config
+        self.base_ctx = ctx
+        self.ctx = ctx
+        self.fiducial_names = list(fiducial_names)
+        self.fiducials_ct_mm = np.asarray(fiducials_ct_mm, dtype=np.float64)
+        if self.fiducials_ct_mm.shape != (len(self.fiducial_names), 3) or len(self.fiducial_names) < 3:
+            raise RegistrationError(f"need >= 3 named fiducials as an (n, 3) array, got {self.fiducials_ct_mm.shape}")
+        self.check_points = {k: np.asarray(v, dtype=np.float64) for k, v in (check_points_ct_mm or {}).items()}
+        self._tip = defs[config.pointer].tip_in_tool()
+        self._capture = StillCapture(hold_s=config.hold_s, still_mm=config.still_mm, rearm_mm=config.rearm_mm)
+        self.digitiser = FiducialDigitiser(self.fiducial_names, self._tip, fiducials_ct_mm=self.fiducials_ct_mm,
+                                           consistency_mm=config.consistency_mm, pointer=config.pointer,
+                                           reference=config.reference, capture=self._capture)
+        self._n_rejected = 0
+        self.registration: Registration | None = None
+        self.verifications: list[Verification] = []
+        self.events: list[WorkflowEvent] = []
+        self.failed_registrations = 0
+
+    @property
+    def phase(self) -> str:
+        return "navigate" if self.registration is not None else "digitise"
+
+    def _register(self, t: float) -> None:
+        caps = self.digitiser.captures
+        try:
+            reg = register_paired_points(
+                self.fiducial_names,
+                self.fiducials_ct_mm,
+                self.digitiser.points_reference_mm(),
+                targets_ct_mm=self.check_points or None,
+                fle_rms_mm=self.config.fle_rms_mm,
+                max_fre_mm=self.config.max_fre_mm,
+                host_times_s=[caps[n].host_time_s for n in self.fiducial_names],
+            )
+        except RegistrationError as e:
+            # Re-digitise the fiducial with the largest residual (the likely mis-touch).
+            self.failed_registrations += 1
+            res = paired_point(self.fiducials_ct_mm, self.digitiser.points_reference_mm()).residuals_mm
+            worst = self.fiducial_names[int(np.argmax(res))]
+            self.digitiser.discard(worst)
+            self.events.append(WorkflowEvent(t, f"registration rejected ({e}); touch {worst} again"))
+            return
+        self.registration = reg
+        self.ctx = self.base_ctx.with_registration(reg.ct_from_reference)
+        self.events.append(WorkflowEvent(t, f"registered: FRE {reg.record.fre_mm:.3f} mm over {len(self.fiducial_names)} fiducials"))
+
+    def _verify(self, frame: TrackingFrame) -> None:
+        p_ref = tip_in_reference(frame, self.config.pointer, self.config.reference, self._tip)
+        cap = self._capture.add(frame.host_time_s, p_ref)
+        if cap is None or not self.check_points or self.registration is None:
+            return
+        p_ct = apply(self.registration.ct_from_reference, cap.p_reference_mm)
+        names = list(self.check_points)
+        d = [float(np.linalg.norm(p_ct - self.check_points[n])) for n in names]
+        k = int(np.argmin(d))
+        if d[k] > self.config.verify_radius_mm:
+            return
+        self.verifications.append(Verification(names[k], d[k], p_ct, cap.host_time_s))
+        self.events.append(WorkflowEvent(cap.host_time_s, f"verification at {names[k]}: {d[k]:.2f} mm"))
+
+    def process(self, frame: TrackingFrame, *, clock: Callable[[], float] | None = time.monotonic) -> NavigationState:
+        """Advance the workflow with one frame and return its navigation state."""
+        if self.registration is None:
+            got = self.digitiser.update(frame)
+            while self._n_rejected < len(self.digitiser.rejected):
+                name, cap, problem = self.digitiser.rejected[self._n_rejected]
+                self.events.append(WorkflowEvent(cap.host_time_s, f"capture for {name} rejected: {problem}"))
+                self._n_rejected += 1
+            if got is not None:
+                name, cap = got
+                self.events.append(WorkflowEvent(cap.host_time_s, f"captured {name} (spread {cap.spread_mm:.2f} mm, {cap.n_samples} samples)"))
+                if self.digitiser.done:
+                    self._register(frame.host_time_s)
+        else:
+            self._verify(frame)
+        return compute_state(frame, self.ctx, clock=clock)
+
+    def verification_by_point(self) -> dict[str, float]:
+        """Known point -> distance of the first touch nearest to it (mm)."""
+        out: dict[str, float] = {}
+        for v in self.verifications:
+            out.setdefault(v.name, v.distance_mm)
+        return out
+
+
+def percentile_ms(values_s: list[float], q: float) -> float:
+    """The ``q``-th percentile of durations given in seconds, in milliseconds (NaN if none)."""
+    v = [x for x in values_s if math.isfinite(x)]
+    return float(np.percentile(v, q) * 1e3) if v else math.nan

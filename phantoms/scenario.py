@@ -1,0 +1,547 @@
+"""The scripted OR: what the tracker sees during a simulated knee navigation, with ground truth.
+
+A :class:`Scenario` places the CT (the phantom) at a known, random but plausible pose in front
+of the tracker (``tracker_from_ct``, the knee 1.2-1.8 m from the camera), fixes a patient
+reference marker rigidly to the bone (``ct_from_reference`` at the phantom's reference mount),
+and scripts the tools over time:
+
+1. The pointer visits every fiducial in the plan's order: it moves for ``move_s`` (lifting off
+   the surface) and dwells ``dwell_s`` with its tip exactly at the TRUE fiducial (plus an
+   optional, per-fiducial fixed FLE offset). The saw is hidden (None): NOT VISIBLE.
+2. The pointer touches each truth target the same way (verification / TRE).
+3. The pointer parks away from the knee; the saw appears, sweeps along the planned distal
+   femoral cut exactly on-plane, then holds a list of off-plane poses with known flexion,
+   varus and distance errors, then is hidden again.
+
+The reference is visible throughout (unless ``reference_dropout_s`` is given).
+``scenario.script(t_s)`` is the ``script`` the tracking simulator runs
+(``dict[tool, tracker_from_tool | None]``); :meth:`Scenario.truth_at` gives the true guidance
+numbers at any time, against which navigation output is checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from orthonav.core.errors import InputError
+from orthonav.core.transforms import apply, compose, invert, make_rigid, rotation_about_axis
+from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
+from orthonav.tracking.tools import ToolSet, default_toolset
+
+Vec = NDArray[np.float64]
+
+#: Off-plane saw holds scripted by default: (flexion_deg, varus_deg, distance_mm).
+DEFAULT_SAW_ERRORS: tuple[tuple[float, float, float], ...] = (
+    (3.0, 0.0, 0.0),
+    (0.0, -2.0, 0.0),
+    (0.0, 0.0, 1.5),
+    (2.0, 1.5, -1.0),
+    (-1.0, 0.5, 0.5),
+    (0.5, 0.0, -0.5),
+)
+
+
+@dataclass(frozen=True)
+class KneeGeometry:
+    """What the scenario needs from the phantom truth and the plan (CT LPS mm).
+
+    Attributes
+    ----------
+    fiducial_names
+        Names in the plan's order (``fiducial_1``, ...).
+    fiducials_ct_mm
+        (n, 3) TRUE fiducial positions (where the pointer physically touches), plan order.
+    targets_ct_mm
+        Target name -> (3,) true position (verification and TRE).
+    cut_point_mm, cut_normal
+        The planned distal femoral cut (normal from kept bone into the removed part).
+    medial
+        (3,) unit vector pointing medially (lateral -> medial epicondyle).
+    reference_mount_ct_mm
+        (3,) where the reference marker is fixed to the bone.
+    centre_ct_mm
+        (3,) a point inside the knee (approach directions point away from it).
+    """
+
+    fiducial_names: tuple[str, ...]
+    fiducials_ct_mm: Vec
+    targets_ct_mm: Mapping[str, Vec]
+    cut_point_mm: Vec
+    cut_normal: Vec
+    medial: Vec
+    reference_mount_ct_mm: Vec
+    centre_ct_mm: Vec
+
+
+def _get(obj: object, key: str, default: object = None) -> object:
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _points_of(value: object) -> tuple[list[str], Vec]:
+    """Names and (n, 3) points from a dict name -> point or a list of points."""
+    if isinstance(value, Mapping):
+        names = list(value)
+        pts = np.array([np.asarray(_get(value[k], "position_lps_mm", value[k]), dtype=np.float64) for k in names])
+        return names, pts.reshape(-1, 3)
+    pts = np.asarray(value, dtype=np.float64).reshape(-1, 3)
+    return [f"fiducial_{i + 1}" for i in range(len(pts))], pts
+
+
+def plan_fiducials(plan: object) -> tuple[list[str], Vec]:
+    """The plan's fiducials (``landmarks['fiducial_k']``) in numeric order, (n, 3) CT LPS mm."""
+    landmarks = _get(plan, "landmarks", {}) or {}
+    names = [k for k in landmarks if k.startswith("fiducial_") and k.split("_", 1)[1].isdigit()]
+    names.sort(key=lambda k: int(k.split("_", 1)[1]))
+    pts = np.array([np.asarray(_get(landmarks[k], "position_lps_mm", landmarks[k]), dtype=np.float64) for k in names]).reshape(-1, 3)
+    return names, pts
+
+
+def geometry_from(truth: object, plan: object) -> KneeGeometry:
+    """Combine phantom truth (``truth.json`` object or dict) and a plan into a :class:`KneeGeometry`.
+
+    Each plan fiducial is matched to the nearest true fiducial (the plan's are detected in the
+    CT, so they differ from the truth by the detection error).
+    """
+    names, p_plan = plan_fiducials(plan)
+    if len(names) < 3:
+        raise InputError(None, f"the plan has {len(names)} fiducial landmarks (fiducial_1..); need at least 3")
+    _tn, p_true = _points_of(_get(truth, "fiducials_lps_mm"))
+    d = np.linalg.norm(p_plan[:, None, :] - p_true[None, :, :], axis=2)
+    match = np.argmin(d, axis=1)
+    if len(set(match.tolist())) != len(match) or np.max(d[np.arange(len(match)), match]) > 5.0:
+        raise InputError(None, "plan fiducials do not match the truth fiducials one to one within 5 mm")
+    fid_true = p_true[match]
+    t_names, t_pts = _points_of(_get(truth, "targets_lps_mm") or {})
+    if not isinstance(_get(truth, "targets_lps_mm"), Mapping):
+        t_names = [f"target_{i + 1}" for i in range(len(t_pts))]
+    cuts = _get(plan, "cuts", {}) or {}
+    if "distal_femur" not in cuts:
+        raise InputError(None, "the plan has no 'distal_femur' cut")
+    cut = cuts["distal_femur"]
+    lms = dict(_get(truth, "landmarks_lps_mm") or {})
+    plan_lms = _get(plan, "landmarks", {}) or {}
+
+    def lm(name: str) -> Vec | None:
+        if name in lms:
+            return np.asarray(_get(lms[name], "position_lps_mm", lms[name]), dtype=np.float64)
+        if name in plan_lms:
+            return np.asarray(_get(plan_lms[name], "position_lps_mm", None), dtype=np.float64)
+        return None
+
+    med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
+    if med is None or lat is None:
+        raise InputError(None, "need medial_epicondyle and lateral_epicondyle landmarks (truth or plan) for the medial direction")
+    mount = _get(truth, "reference_mount_lps_mm")
+    if mount is None:
+        raise InputError(None, "truth has no reference_mount_lps_mm")
+    return KneeGeometry(
+        fiducial_names=tuple(names),
+        fiducials_ct_mm=fid_true,
+        targets_ct_mm={k: v for k, v in zip(t_names, t_pts)},
+        cut_point_mm=np.asarray(_get(cut, "point_lps_mm"), dtype=np.float64),
+        cut_normal=np.asarray(_get(cut, "normal_lps"), dtype=np.float64),
+        medial=(med - lat) / np.linalg.norm(med - lat),
+        reference_mount_ct_mm=np.asarray(mount, dtype=np.float64).reshape(3),
+        centre_ct_mm=np.mean(np.vstack([fid_true, med, lat]), axis=0),
+    )
+
+
+def geometry_from_case(case_dir: str | Path) -> KneeGeometry:
+    """Read ``truth/truth.json`` and ``plan.json`` of a phantom case."""
+    from orthonav.core.case import Case
+    from orthonav.phantoms.truth import read_truth
+    from orthonav.planning.schema import load_plan
+
+    case = Case(case_dir)
+    plan = load_plan(case.require(case.plan, "orthonav plan --auto"))
+    return geometry_from(read_truth(case_dir), plan)
+
+
+def toy_geometry(*, seed: int = 0) -> KneeGeometry:
+    """A small synthetic knee (no phantom needed): 6 fiducials around a distal femur near the origin.
+
+    The femur's mechanical axis is +z (LPS superior), the distal cut is the plane z = 0 with
+    normal -z, medial is -x (a right knee: patient left is medial).
+    """
+    rng = np.random.default_rng(seed)
+    ang = np.radians(np.array([20.0, 80.0, 150.0, 210.0, 270.0, 330.0]) + rng.uniform(-10, 10, 6))
+    z = np.array([-20.0, 30.0, 10.0, 45.0, -5.0, 25.0])
+    fid = np.c_[40.0 * np.cos(ang), 35.0 * np.sin(ang), z]
+    targets = {"target_1": np.array([10.0, -5.0, 15.0]), "target_2": np.array([-20.0, 8.0, 40.0]), "target_3": np.array([25.0, 15.0, -10.0])}
+    return KneeGeometry(
+        fiducial_names=tuple(f"fiducial_{i + 1}" for i in range(6)),
+        fiducials_ct_mm=fid,
+        targets_ct_mm=targets,
+        cut_point_mm=np.array([0.0, 0.0, 0.0]),
+        cut_normal=np.array([0.0, 0.0, -1.0]),
+        medial=np.array([1.0, 0.0, 0.0]),
+        reference_mount_ct_mm=np.array([0.0, -20.0, 120.0]),
+        centre_ct_mm=np.array([0.0, 0.0, 10.0]),
+    )
+
+
+# --- poses ---------------------------------------------------------------------------------
+
+
+def _unit(v: ArrayLike) -> Vec:
+    a = np.asarray(v, dtype=np.float64)
+    return a / np.linalg.norm(a)
+
+
+def pointer_pose_ct(tip_ct_mm: ArrayLike, direction_ct: ArrayLike, tip_in_tool: ArrayLike, axis_in_tool: ArrayLike) -> Vec:
+    """``ct_from_pointer`` with the tip at ``tip_ct_mm`` and the shaft pointing along ``direction_ct``.
+
+    The tool axis (handle -> tip) is mapped to ``direction_ct``; the roll is fixed by CT +z.
+    """
+    d = _unit(direction_ct)
+    a = _unit(axis_in_tool)
+    # Rotation taking tool axis a to d; build frames [a, b, c] -> [d, e, f].
+    helper = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    e = _unit(np.cross(d, helper))
+    f = np.cross(d, e)
+    helper_t = np.array([1.0, 0.0, 0.0]) if abs(a[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    b = _unit(np.cross(a, helper_t))
+    c = np.cross(a, b)
+    r = np.c_[d, e, f] @ np.c_[a, b, c].T
+    t = np.asarray(tip_ct_mm, dtype=np.float64) - r @ np.asarray(tip_in_tool, dtype=np.float64)
+    return make_rigid(r, t)
+
+
+def saw_pose_ct(
+    cut_point_mm: ArrayLike,
+    cut_normal: ArrayLike,
+    anterior: ArrayLike,
+    medial: ArrayLike,
+    *,
+    flexion_deg: float,
+    varus_deg: float,
+    distance_mm: float,
+    along_mm: float,
+    across_mm: float,
+    tip_in_tool: ArrayLike,
+    axis_in_tool: ArrayLike,
+    normal_in_tool: ArrayLike,
+) -> Vec:
+    """``ct_from_saw`` with known errors against a planned cut (the frame's axes orthonormal).
+
+    The blade normal is ``normalise(n - tan(flex) anterior + tan(varus) medial)``; the edge
+    centre sits at ``point + distance * n + along * (-anterior) + across * medial``; the cutting
+    direction is posterior, projected into the blade plane.
+    """
+    n, ant, med = (np.asarray(v, dtype=np.float64) for v in (cut_normal, anterior, medial))
+    m = _unit(n - math.tan(math.radians(flexion_deg)) * ant + math.tan(math.radians(varus_deg)) * med)
+    c = -ant - np.dot(-ant, m) * m
+    c = _unit(c)
+    edge = np.asarray(cut_point_mm, dtype=np.float64) + distance_mm * n - along_mm * ant + across_mm * med
+    # Tool frame: normal_in_tool -> m, axis_in_tool -> c.
+    nt, at = _unit(normal_in_tool), _unit(axis_in_tool)
+    r = np.c_[m, c, np.cross(m, c)] @ np.c_[nt, at, np.cross(nt, at)].T
+    return make_rigid(r, edge - r @ np.asarray(tip_in_tool, dtype=np.float64))
+
+
+def plausible_tracker_from_ct(rng: np.random.Generator, centre_ct_mm: ArrayLike) -> Vec:
+    """A random ``tracker_from_ct``: any orientation, the knee centre 1.2-1.8 m along the camera's -z."""
+    axis = rng.normal(size=3)
+    r = rotation_about_axis(axis, rng.uniform(-math.pi, math.pi))
+    where = np.array([rng.uniform(-150, 150), rng.uniform(-150, 150), -rng.uniform(1200.0, 1800.0)])
+    return make_rigid(r, where - r @ np.asarray(centre_ct_mm, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One scripted interval ``[t0_s, t1_s)``."""
+
+    name: str  #: e.g. "move", "fiducial", "target", "saw_sweep", "saw_hold", "saw_hidden", "park"
+    t0_s: float
+    t1_s: float
+    label: str = ""  #: fiducial / target name, or the hold index
+    saw_errors: tuple[float, float, float] | None = None  #: (flexion_deg, varus_deg, distance_mm)
+
+
+@dataclass(frozen=True)
+class TruthSample:
+    """True state at one time.
+
+    Attributes
+    ----------
+    phase
+        The :class:`Phase` active at that time.
+    pointer_tip_ct_mm
+        (3,) true pointer tip (CT LPS mm), or None when the pointer is hidden.
+    saw_visible
+        Whether the script shows the saw.
+    saw_flexion_deg, saw_varus_deg, saw_distance_mm
+        True saw guidance numbers (NaN when the saw is hidden).
+    """
+
+    phase: Phase
+    pointer_tip_ct_mm: Vec | None
+    saw_visible: bool
+    saw_flexion_deg: float
+    saw_varus_deg: float
+    saw_distance_mm: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scripted OR session with ground truth (see the module docstring)."""
+
+    geometry: KneeGeometry
+    toolset: ToolSet
+    tracker_from_ct: Vec
+    ct_from_reference: Vec
+    phases: tuple[Phase, ...]
+    fle_offsets_mm: Vec  #: (n, 3) fixed FLE offset added to each fiducial touch
+    anterior: Vec
+    reference_dropout_s: tuple[float, float] | None = None
+    _pointer_keys: tuple = field(default=(), repr=False)
+
+    @property
+    def duration_s(self) -> float:
+        return self.phases[-1].t1_s
+
+    @property
+    def tracker_from_reference(self) -> Vec:
+        return compose(self.tracker_from_ct, self.ct_from_reference)
+
+    def phase_at(self, t_s: float) -> Phase:
+        for ph in self.phases:
+            if ph.t0_s <= t_s < ph.t1_s:
+                return ph
+        return self.phases[-1]
+
+    def _pointer_tip_dir(self, t_s: float) -> tuple[Vec, Vec] | None:
+        keys = self._pointer_keys  # tuples (t0, t1, tip0, dir0, tip1, dir1, lift_dir)
+        for t0, t1, p0, d0, p1, d1, lift in keys:
+            if t0 <= t_s < t1:
+                u = 0.0 if t1 <= t0 else (t_s - t0) / (t1 - t0)
+                s = 0.5 - 0.5 * math.cos(math.pi * u)  # smooth start/stop
+                tip = (1 - s) * p0 + s * p1 + 30.0 * math.sin(math.pi * u) * lift
+                d = _unit((1 - s) * d0 + s * d1)
+                return tip, d
+        return None
+
+    def _ct_from_pointer(self, t_s: float) -> Vec | None:
+        td = self._pointer_tip_dir(t_s)
+        if td is None:
+            return None
+        ptr = self.toolset.by_name()["Pointer"]
+        return pointer_pose_ct(td[0], td[1], ptr.tip_in_tool(), ptr.axis_in_tool())
+
+    def _ct_from_saw(self, t_s: float, ph: Phase) -> Vec | None:
+        g = self.geometry
+        saw = self.toolset.by_name()["Saw"]
+        common = dict(tip_in_tool=saw.tip_in_tool(), axis_in_tool=saw.axis_in_tool(), normal_in_tool=saw.normal_in_tool())
+        if ph.name == "saw_sweep":
+            u = (t_s - ph.t0_s) / (ph.t1_s - ph.t0_s)
+            along = -45.0 + 65.0 * u  # from 45 mm anterior of the cut point to 20 mm posterior
+            across = 12.0 * math.sin(2 * math.pi * u)
+            return saw_pose_ct(g.cut_point_mm, g.cut_normal, self.anterior, g.medial, flexion_deg=0.0, varus_deg=0.0,
+                               distance_mm=0.0, along_mm=along, across_mm=across, **common)
+        if ph.name == "saw_hold" and ph.saw_errors is not None:
+            f, v, d = ph.saw_errors
+            return saw_pose_ct(g.cut_point_mm, g.cut_normal, self.anterior, g.medial, flexion_deg=f, varus_deg=v,
+                               distance_mm=d, along_mm=-5.0, across_mm=3.0, **common)
+        return None
+
+    def script(self, t_s: float) -> dict[str, Vec | None]:
+        """Tool poses at time ``t_s`` (s from the start): ``tracker_from_tool`` or None (not visible)."""
+        ph = self.phase_at(t_s)
+        out: dict[str, Vec | None] = {}
+        ref_hidden = self.reference_dropout_s is not None and self.reference_dropout_s[0] <= t_s < self.reference_dropout_s[1]
+        out["Reference"] = None if ref_hidden else self.tracker_from_reference
+        ptr = self._ct_from_pointer(t_s)
+        out["Pointer"] = None if ptr is None else compose(self.tracker_from_ct, ptr)
+        saw = self._ct_from_saw(t_s, ph)
+        out["Saw"] = None if saw is None else compose(self.tracker_from_ct, saw)
+        return out
+
+    def truth_at(self, t_s: float) -> TruthSample:
+        """The true state at ``t_s``: phase, pointer tip (CT) and saw guidance numbers."""
+        ph = self.phase_at(t_s)
+        td = self._pointer_tip_dir(t_s)
+        saw_visible = ph.name in ("saw_sweep", "saw_hold")
+        if ph.name == "saw_sweep":
+            f, v, d = 0.0, 0.0, 0.0
+        elif ph.name == "saw_hold" and ph.saw_errors is not None:
+            f, v, d = ph.saw_errors
+        else:
+            f = v = d = math.nan
+        return TruthSample(ph, None if td is None else td[0], saw_visible, f, v, d)
+
+    def true_points_reference_mm(self) -> Vec:
+        """(n, 3) true fiducials in the reference frame (no FLE): what perfect digitisation gives."""
+        return apply(invert(self.ct_from_reference), self.geometry.fiducials_ct_mm)
+
+    def frames(self, rate_hz: float, *, tracker_noise_mm: float = 0.0, rotation_noise_deg: float = 0.0, seed: int = 0,
+               t0_s: float = 0.0, t1_s: float | None = None) -> Iterator[TrackingFrame]:
+        """Tracking frames sampled from the script at ``rate_hz`` on a simulated clock (no threads).
+
+        Host and device time are both the script time ``t_s``. Noise is the tracking
+        simulator's model (:func:`orthonav.tracking.simulator.add_noise`), per tool and sample.
+        """
+        from orthonav.tracking.simulator import add_noise
+
+        rng = np.random.default_rng(seed)
+        end = self.duration_s if t1_s is None else t1_s
+        n = int(math.floor((end - t0_s) * rate_hz))
+        for i in range(n):
+            t = t0_s + i / rate_hz
+            tools = {}
+            for name, pose in self.script(t).items():
+                if pose is None:
+                    tools[name] = ToolPose(ToolStatus.NOT_VISIBLE, None, math.nan, t, t)
+                    continue
+                if tracker_noise_mm > 0 or rotation_noise_deg > 0:
+                    pose = add_noise(pose, rng, tracker_noise_mm, rotation_noise_deg)
+                tools[name] = ToolPose(ToolStatus.LIVE, pose, tracker_noise_mm, t, t)
+            yield TrackingFrame(tools=tools, host_time_s=t, sequence=i + 1)
+
+
+def knee_scenario(
+    source: str | Path | KneeGeometry | tuple[object, object],
+    *,
+    seed: int = 0,
+    fle_mm: float = 0.0,
+    move_s: float = 0.5,
+    dwell_s: float = 0.6,
+    saw_hidden_s: float = 0.5,
+    sweep_s: float = 2.0,
+    hold_s: float = 0.5,
+    saw_errors: Sequence[tuple[float, float, float]] = DEFAULT_SAW_ERRORS,
+    touch_targets: bool = True,
+    toolset: ToolSet | None = None,
+    reference_dropout_s: tuple[float, float] | None = None,
+) -> Scenario:
+    """Build the scripted knee session.
+
+    Parameters
+    ----------
+    source
+        A phantom case folder (``truth/truth.json`` + ``plan.json``), a ``(truth, plan)`` pair,
+        or a :class:`KneeGeometry` (e.g. :func:`toy_geometry`).
+    seed
+        Seeds ``tracker_from_ct``, the reference orientation, approach tilts and the FLE offsets.
+    fle_mm
+        RMS (3D) of the fixed per-fiducial localisation offset added to each fiducial touch.
+    move_s, dwell_s
+        Pointer travel time between points and dwell time on each point (s).
+    saw_hidden_s, sweep_s, hold_s
+        Saw hidden before appearing; on-plane sweep; each off-plane hold (s).
+    saw_errors
+        Off-plane holds as (flexion_deg, varus_deg, distance_mm).
+    touch_targets
+        Also touch every truth target after the fiducials.
+    reference_dropout_s
+        Optional (t0, t1) during which the reference is not visible.
+    """
+    if isinstance(source, KneeGeometry):
+        geo = source
+    elif isinstance(source, tuple):
+        geo = geometry_from(*source)
+    else:
+        geo = geometry_from_case(source)
+    tools = toolset or default_toolset()
+    for needed in ("Reference", "Pointer", "Saw"):
+        if needed not in tools.by_name():
+            raise InputError(None, f"the tool set has no '{needed}' tool")
+    rng = np.random.default_rng(seed)
+    tracker_from_ct = plausible_tracker_from_ct(rng, geo.centre_ct_mm)
+    ref_rot = rotation_about_axis(rng.normal(size=3), rng.uniform(-math.pi, math.pi))
+    ct_from_reference = make_rigid(ref_rot, geo.reference_mount_ct_mm)
+    n = len(geo.fiducial_names)
+    fle = rng.normal(scale=fle_mm / math.sqrt(3.0), size=(n, 3)) if fle_mm > 0 else np.zeros((n, 3))
+    anterior = np.array([0.0, -1.0, 0.0]) - np.dot([0.0, -1.0, 0.0], geo.cut_normal) * geo.cut_normal
+    anterior = _unit(anterior)
+    medial = geo.medial - np.dot(geo.medial, geo.cut_normal) * geo.cut_normal - np.dot(geo.medial, anterior) * anterior
+    geo = KneeGeometry(**{**geo.__dict__, "medial": _unit(medial), "cut_normal": _unit(geo.cut_normal)})
+
+    def approach(p: Vec) -> Vec:
+        out = _unit(p - geo.centre_ct_mm)
+        tilt = rng.normal(scale=0.25, size=3)
+        return _unit(-(out + tilt - np.dot(tilt, out) * out))  # shaft points into the bone
+
+    points: list[tuple[str, str, Vec]] = [("fiducial", nm, geo.fiducials_ct_mm[i] + fle[i]) for i, nm in enumerate(geo.fiducial_names)]
+    if touch_targets:
+        points += [("target", nm, np.asarray(p, dtype=np.float64)) for nm, p in geo.targets_ct_mm.items()]
+    phases: list[Phase] = []
+    keys: list[tuple] = []
+    home_tip = geo.centre_ct_mm + 120.0 * anterior + 60.0 * geo.medial
+    home_dir = _unit(geo.centre_ct_mm - home_tip)
+    cur_tip, cur_dir = home_tip, home_dir
+    t = 0.0
+    for kind, name, p in points:
+        d = approach(p)
+        lift = _unit(p - geo.centre_ct_mm)
+        keys.append((t, t + move_s, cur_tip, cur_dir, p, d, lift))
+        phases.append(Phase("move", t, t + move_s, name))
+        t += move_s
+        keys.append((t, t + dwell_s, p, d, p, d, np.zeros(3)))
+        phases.append(Phase(kind, t, t + dwell_s, name))
+        t += dwell_s
+        cur_tip, cur_dir = p, d
+    park_tip = geo.centre_ct_mm + 150.0 * anterior - 80.0 * geo.medial
+    keys.append((t, t + move_s, cur_tip, cur_dir, park_tip, home_dir, anterior))
+    phases.append(Phase("move", t, t + move_s, "park"))
+    t += move_s
+    saw_end = t + saw_hidden_s + sweep_s + hold_s * len(saw_errors) + 0.3
+    keys.append((t, saw_end, park_tip, home_dir, park_tip, home_dir, np.zeros(3)))
+    phases.append(Phase("saw_hidden", t, t + saw_hidden_s))
+    t += saw_hidden_s
+    phases.append(Phase("saw_sweep", t, t + sweep_s))
+    t += sweep_s
+    for i, err in enumerate(saw_errors):
+        phases.append(Phase("saw_hold", t, t + hold_s, str(i), tuple(float(x) for x in err)))
+        t += hold_s
+    phases.append(Phase("saw_hidden", t, saw_end))
+    return Scenario(
+        geometry=geo,
+        toolset=tools,
+        tracker_from_ct=tracker_from_ct,
+        ct_from_reference=ct_from_reference,
+        phases=tuple(phases),
+        fle_offsets_mm=fle,
+        anterior=anterior,
+        reference_dropout_s=reference_dropout_s,
+        _pointer_keys=tuple(keys),
+    )
+
+
+def write_toy_case(case_dir: str | Path, geometry: KneeGeometry | None = None, *, detection_error_mm: float = 0.0, seed: int = 0,
+                   resolution: int = 60) -> KneeGeometry:
+    """Write a minimal navigable case for :func:`toy_geometry` (tests, benchmarks, demos without a phantom).
+
+    ``meshes/femur.stl`` is an ellipsoid (semi-axes 45, 40, 110 mm, centre (0, 0, 70)): a
+    stand-in distal femur crossed by the toy cut z = 0. ``plan.json`` holds the fiducials
+    (true positions plus an optional isotropic detection error of RMS ``detection_error_mm``),
+    the epicondyles, the targets as ``target_k`` landmarks and the distal femoral cut.
+    """
+    from orthonav.core.case import Case
+    from orthonav.core.meshio import write_mesh
+    from orthonav.planning.schema import CutPlane, Landmark, Plan, save_plan
+    import pyvista as pv
+
+    geo = geometry or toy_geometry(seed=seed)
+    case = Case(case_dir)
+    case.root.mkdir(parents=True, exist_ok=True)
+    bone = pv.ParametricEllipsoid(45.0, 40.0, 110.0, u_res=resolution, v_res=resolution, w_res=resolution).triangulate().clean()
+    bone = bone.translate((0.0, 0.0, 70.0), inplace=False)
+    write_mesh(bone, case.mesh("femur"))
+    rng = np.random.default_rng(seed + 1)
+    err = rng.normal(scale=detection_error_mm / math.sqrt(3.0), size=geo.fiducials_ct_mm.shape) if detection_error_mm > 0 else 0.0
+    detected = geo.fiducials_ct_mm + err
+    lms = {n: Landmark(position_lps_mm=tuple(map(float, p)), bone="femur", method="toy bead") for n, p in zip(geo.fiducial_names, detected)}
+    lms["medial_epicondyle"] = Landmark(position_lps_mm=tuple(map(float, geo.centre_ct_mm + 45.0 * geo.medial)), bone="femur", method="toy")
+    lms["lateral_epicondyle"] = Landmark(position_lps_mm=tuple(map(float, geo.centre_ct_mm - 45.0 * geo.medial)), bone="femur", method="toy")
+    cut = CutPlane(bone="femur", point_lps_mm=tuple(map(float, geo.cut_point_mm)), normal_lps=tuple(map(float, geo.cut_normal)),
+                   resection_depth_mm=9.0, reference="toy")
+    save_plan(case.plan, Plan(procedure="tka", side="right", landmarks=lms, cuts={"distal_femur": cut}))
+    return geo

@@ -1,0 +1,168 @@
+"""``orthonav plan CASE --auto``: landmarks, axes, angles, cuts and fiducials -> ``plan.json``.
+
+Reads ``CASE/meshes/<bone>.stl`` (femur and tibia required; fibula, patella optional) and,
+when present, ``CASE/ct.nii.gz`` (fiducial beads) and ``CASE/labels.json`` (side), and
+writes ``CASE/plan.json`` atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyvista as pv
+from scipy.spatial import cKDTree
+
+from orthonav.core.case import Case, read_labels_table
+from orthonav.core.errors import InputError
+from orthonav.core.meshio import MESH_SUFFIXES, read_mesh
+from orthonav.core.volume import Volume, read_volume
+
+from .alignment import compute_angles, compute_axes, limb_frames
+from .cuts import kinematic_cuts, mechanical_cuts
+from .fiducials import detect_fiducial_beads
+from .landmarks import anatomical_axis, find_landmarks, infer_side
+from .outcomes import BoneSolids, compute_metrics
+from .placement import cuts_from_implants, place_tka
+from .schema import Landmark, Plan, save_plan
+
+KNEE_BONES = ("femur", "tibia", "fibula", "patella")
+REQUIRED_BONES = ("femur", "tibia")
+
+
+def find_mesh_path(case: Case, bone: str) -> Path | None:
+    """The first existing ``CASE/meshes/<bone><ext>`` over the supported endings, or None."""
+    for ext in MESH_SUFFIXES:
+        p = case.mesh(bone, ext)
+        if p.is_file():
+            return p
+    return None
+
+
+def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, *, required: tuple[str, ...] = REQUIRED_BONES) -> dict[str, pv.PolyData]:
+    """Read the bone meshes of a case (LPS mm); InputError naming the file if a required one is missing."""
+    case = Case(case_dir)
+    out: dict[str, pv.PolyData] = {}
+    for b in bones:
+        p = find_mesh_path(case, b)
+        if p is None:
+            if b in required:
+                raise InputError(case.mesh(b), f"missing from case {case.root}; run 'orthonav segment' first (planning needs {', '.join(required)})")
+            continue
+        out[b] = read_mesh(p)
+    return out
+
+
+def _nearest_bone(p: np.ndarray, trees: dict[str, cKDTree]) -> str:
+    return min(trees, key=lambda b: trees[b].query(p)[0])
+
+
+def fiducial_landmarks(ct: Volume, meshes: dict[str, pv.PolyData], *, min_hu: float = 2500.0) -> dict[str, Landmark]:
+    """Detect beads in the CT; ``fiducial_1..n`` in :func:`detect_fiducial_beads` order
+    (descending LPS z), each assigned to the nearest bone surface."""
+    beads = detect_fiducial_beads(ct, min_hu=min_hu)
+    trees = {b: cKDTree(np.asarray(m.points)) for b, m in meshes.items()}
+    return {
+        f"fiducial_{i + 1}": Landmark(position_lps_mm=tuple(float(x) for x in p), bone=_nearest_bone(p, trees), method="bead centroid")
+        for i, p in enumerate(beads)
+    }
+
+
+def anatomical_axes(meshes: dict[str, pv.PolyData], landmarks: dict[str, Landmark]) -> dict:
+    """Femoral (20-70 % of length from distal) and tibial (20-80 %) shaft axes (docs/anatomy.md)."""
+    fr = limb_frames(landmarks)
+    out = {}
+    for bone, prox, frac in (("femur", fr.femur_proximal, (0.2, 0.7)), ("tibia", fr.tibia_proximal, (0.2, 0.8))):
+        if bone not in meshes or prox is None:
+            continue
+        pts = np.asarray(meshes[bone].points)
+        h = pts @ prox
+        distal_end = pts[np.argmin(h)]
+        out[f"{bone.replace('femur', 'femoral').replace('tibia', 'tibial')}_anatomical"] = anatomical_axis(
+            meshes[bone], distal_end, prox, float(h.max() - h.min()), frac
+        )
+    return out
+
+
+def build_plan(
+    meshes: dict[str, pv.PolyData],
+    *,
+    alignment: str = "mechanical",
+    resection_mm: float = 9.0,
+    slope_deg: float = 3.0,
+    side: str | None = None,
+    fiducials: dict[str, Landmark] | None = None,
+    implants: bool = True,
+    ct: Volume | None = None,
+) -> Plan:
+    """The automatic plan from meshes alone (no file I/O): landmarks, axes, angles, cuts,
+    and (``implants=True``) sized and placed TKA components, implant-derived cuts and
+    outcome metrics (removed volume, coverage, density when ``ct`` is given)."""
+    if alignment not in ("mechanical", "kinematic"):
+        raise InputError(None, f"alignment must be 'mechanical' or 'kinematic', got {alignment!r}")
+    lms = find_landmarks(meshes, side=side)
+    axes = compute_axes(lms)
+    axes.update(anatomical_axes(meshes, lms))
+    angles = compute_angles(lms)
+    if alignment == "mechanical":
+        cuts = mechanical_cuts(lms, resection_mm=resection_mm, slope_deg=slope_deg)
+    else:
+        cuts = kinematic_cuts(lms, resection_mm=resection_mm)
+    all_lms = dict(lms)
+    all_lms.update(fiducials or {})
+    plan = Plan(
+        procedure="tka",
+        side=side if side is not None else infer_side(lms),
+        alignment=alignment,
+        landmarks=all_lms,
+        axes=axes,
+        angles_deg=angles,
+        cuts=cuts,
+        notes="automatic plan (orthonav plan --auto); fiducial_1..n ordered by descending LPS z",
+    )
+    if not implants:
+        return plan
+    solids = BoneSolids(meshes)
+    placed, sizing = place_tka(lms, meshes, cuts, tibia_solid=solids.solid("tibia"))
+    implied = cuts_from_implants(placed, lms)
+    plan = plan.model_copy(update={"implants": placed, "cuts": implied, "metrics": sizing})
+    metrics, _ = compute_metrics(plan, solids, ct=ct)
+    return plan.model_copy(update={"metrics": {**sizing, **metrics}})
+
+
+def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_mm: float = 9.0, slope_deg: float = 3.0, bead_min_hu: float = 2500.0) -> Plan:
+    """Plan a TKA automatically and write ``CASE/plan.json``.
+
+    Parameters
+    ----------
+    case_dir
+        The case folder (needs ``meshes/femur.*`` and ``meshes/tibia.*``).
+    alignment
+        'mechanical' (cuts perpendicular to the mechanical axes) or 'kinematic'.
+    resection_mm
+        Distal femoral and proximal tibial resection depth (mm).
+    slope_deg
+        Posterior slope of the tibial cut for mechanical alignment (deg).
+    bead_min_hu
+        Threshold for fiducial bead candidates in ``CASE/ct.nii.gz`` (skipped if no CT).
+
+    Returns
+    -------
+    Plan
+        The plan that was written.
+    """
+    case = Case(case_dir)
+    if not case.root.is_dir():
+        raise InputError(case.root, "case folder not found")
+    meshes = load_bone_meshes(case.root)
+    side = None
+    if case.labels_json.is_file():
+        side = read_labels_table(case.labels_json).side
+    ct = read_volume(case.ct) if case.ct.is_file() else None
+    fids = fiducial_landmarks(ct, meshes, min_hu=bead_min_hu) if ct is not None else {}
+    plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
+    save_plan(case.plan, plan)
+    return plan
+
+
+__all__ = ["auto_plan", "build_plan", "load_bone_meshes", "fiducial_landmarks", "anatomical_axes", "find_mesh_path"]

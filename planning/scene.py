@@ -1,0 +1,208 @@
+"""The planning scene: bones, landmarks, axes, cut planes and implants, rendered off-screen.
+
+The scene content (:func:`scene_items`) and the cameras (:func:`view_camera`) are plain
+functions, so tests and the interactive window (``planning/ui.py``) share them; only
+:func:`render_scene` touches VTK rendering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyvista as pv
+from numpy.typing import NDArray
+
+from orthonav.core.atomic import write_with
+from orthonav.core.case import Case
+from orthonav.core.errors import InputError
+
+from .alignment import limb_frames, position
+from .schema import Plan, load_plan
+
+BONE_COLOURS = {"femur": "#e8dcc0", "tibia": "#e0d2b0", "fibula": "#d8c8a0", "patella": "#d0c090"}
+CUT_COLOURS = {"distal_femur": "#2f7fd0", "proximal_tibia": "#d05a2f"}
+VIEWS = ("anterior", "lateral", "medial", "posterior", "superior", "inferior")
+
+
+@dataclass(frozen=True)
+class SceneItem:
+    """One thing to draw: a mesh in LPS mm with its display style."""
+
+    name: str
+    kind: str  # 'bone', 'landmark', 'axis', 'cut', 'implant', 'guide'
+    mesh: pv.PolyData
+    colour: str
+    opacity: float = 1.0
+
+
+def _bone_size(meshes: dict[str, pv.PolyData], bone: str) -> float:
+    if bone not in meshes:
+        return 80.0
+    b = np.asarray(meshes[bone].bounds).reshape(3, 2)
+    return float(np.clip(np.sort(b[:, 1] - b[:, 0])[1] * 1.3, 40.0, 160.0))
+
+
+def cut_disc(point: NDArray[np.float64], normal: NDArray[np.float64], radius_mm: float) -> pv.PolyData:
+    """A thin disc visualising a cut plane."""
+    return pv.Disc(center=point, inner=0.0, outer=radius_mm, normal=normal, r_res=1, c_res=48).triangulate()
+
+
+def scene_items(plan: Plan, meshes: dict[str, pv.PolyData], *, implant_meshes: dict[str, pv.PolyData] | None = None, landmark_radius_mm: float = 2.5, cut_radius_mm: float = 45.0) -> list[SceneItem]:
+    """Everything the planning scene shows, in LPS mm.
+
+    Bones (semi-transparent), landmarks (spheres; fiducials in green), mechanical and
+    anatomical axes (tubes), cut planes (discs), and implants placed with their
+    ``ct_from_implant`` (``implant_meshes`` keyed ``'<family>:<size>'``, in implant frames).
+    """
+    items: list[SceneItem] = []
+    for bone, m in meshes.items():
+        items.append(SceneItem(f"bone:{bone}", "bone", m, BONE_COLOURS.get(bone, "#dddddd"), 0.55))
+    for name, lm in plan.landmarks.items():
+        colour = "#20a040" if name.startswith("fiducial_") else "#c02020"
+        items.append(SceneItem(f"landmark:{name}", "landmark", pv.Sphere(radius=landmark_radius_mm, center=position(lm), theta_resolution=16, phi_resolution=16), colour))
+    lms = plan.landmarks
+    segs = {
+        "femoral_mechanical": ("femoral_knee_centre", "femoral_head_centre", "#1060c0"),
+        "tibial_mechanical": ("ankle_centre", "tibial_knee_centre", "#c06010"),
+        "transepicondylar": ("medial_epicondyle", "lateral_epicondyle", "#8040a0"),
+    }
+    for key, (a, b, colour) in segs.items():
+        if a in lms and b in lms:
+            items.append(SceneItem(f"axis:{key}", "axis", pv.Tube(pointa=position(lms[a]), pointb=position(lms[b]), radius=1.0, n_sides=12), colour))
+    for key, ax in plan.axes.items():
+        if not key.endswith("_anatomical"):
+            continue
+        o = np.asarray(ax.origin_lps_mm)
+        d = np.asarray(ax.direction_lps)
+        items.append(SceneItem(f"axis:{key}", "axis", pv.Tube(pointa=o - 120 * d, pointb=o + 120 * d, radius=0.7, n_sides=12), "#607080"))
+    for key, cut in plan.cuts.items():
+        if key not in CUT_COLOURS:
+            continue  # the femoral box cuts are shown by the component itself
+        r = cut_radius_mm
+        items.append(SceneItem(f"cut:{key}", "cut", cut_disc(np.asarray(cut.point_lps_mm), np.asarray(cut.normal_lps), r), CUT_COLOURS.get(key, "#3060c0"), 0.6))
+    for i, imp in enumerate(plan.implants):
+        key = f"{imp.family}:{imp.size}"
+        if implant_meshes and key in implant_meshes:
+            m = implant_meshes[key].transform(np.asarray(imp.ct_from_implant), inplace=False)
+            items.append(SceneItem(f"implant:{i}:{key}", "implant", m, "#b0b8c8", 1.0))
+    return items
+
+
+def view_camera(plan: Plan, view: str, *, distance_mm: float = 1400.0, whole_limb: bool = False) -> tuple[NDArray, NDArray, NDArray]:
+    """(position, focal point, view-up) for a named view, from the plan's anatomy.
+
+    Views look at the knee (midpoint of the femoral and tibial knee centres, else the
+    landmark centroid), with the limb's proximal direction up; 'anterior' looks from the
+    front, 'lateral' from the lateral side, etc. Directions come from the landmarks, not the
+    CT axes (LPS is only used when the landmarks do not define a frame).
+    """
+    if view not in VIEWS:
+        raise InputError(None, f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    lms = plan.landmarks
+    fr = limb_frames(lms) if lms else None
+    up = np.array([0.0, 0.0, 1.0])
+    ant = np.array([0.0, -1.0, 0.0])
+    lat = np.array([-1.0, 0.0, 0.0])
+    if fr is not None and fr.femur_proximal is not None and fr.femur_lateral is not None:
+        up, ant, lat = fr.femur_proximal, fr.femur_anterior, fr.femur_lateral
+    names = [n for n in ("femoral_knee_centre", "tibial_knee_centre") if n in lms]
+    ends = [n for n in ("femoral_head_centre", "ankle_centre") if n in lms]
+    if whole_limb and len(ends) == 2:
+        focal = np.mean([position(lms[n]) for n in ends], axis=0)
+    elif names:
+        focal = np.mean([position(lms[n]) for n in names], axis=0)
+    elif lms:
+        focal = np.mean([position(v) for v in lms.values()], axis=0)
+    else:
+        focal = np.zeros(3)
+    d = {"anterior": ant, "posterior": -ant, "lateral": lat, "medial": -lat, "superior": up, "inferior": -up}[view]
+    vup = up if view not in ("superior", "inferior") else ant
+    return focal + distance_mm * d, focal, vup
+
+
+KNEE_FIELD_MM = 140.0
+
+
+def _limb_length_mm(meshes: dict[str, pv.PolyData]) -> float:
+    pts = np.concatenate([np.asarray(m.points) for m in meshes.values()])
+    return float(np.linalg.norm(pts.max(axis=0) - pts.min(axis=0)))
+
+
+def _setup_rendering() -> None:
+    import vtk
+
+    pv.global_theme.multi_samples = 0
+    vtk.vtkSMPTools.SetBackend("STDThread")
+
+
+def render_scene(
+    plan: Plan,
+    meshes: dict[str, pv.PolyData],
+    png_path: str | Path,
+    *,
+    views: tuple[str, ...] = ("anterior", "lateral"),
+    size: tuple[int, int] = (1200, 800),
+    implant_meshes: dict[str, pv.PolyData] | None = None,
+    title: str | None = None,
+    zoom: float = 1.0,
+) -> Path:
+    """Render the planning scene into one PNG (atomic): for each view a whole-limb panel,
+    then for each view a knee close-up (150 mm tall / ``zoom``)."""
+    if not views:
+        raise InputError(None, "at least one view is needed")
+    for v in views:
+        if v not in VIEWS:
+            raise InputError(None, f"unknown view {v!r}; choose from {', '.join(VIEWS)}")
+    _setup_rendering()
+    items = scene_items(plan, meshes, implant_meshes=implant_meshes)
+    knee_items = [it for it in items if it.kind != "axis" or "mechanical" in it.name or "transepicondylar" in it.name]
+    n = len(views)
+    panels = [(v, False) for v in views] + [(v, True) for v in views]
+    weights = [1] * n + [2] * n
+    pl = pv.Plotter(off_screen=True, shape=(1, 2 * n), col_weights=weights, window_size=list(size), border=False)
+    try:
+        for col, (view, close) in enumerate(panels):
+            pl.subplot(0, col)
+            pl.set_background("white")
+            for it in knee_items if close else items:
+                pl.add_mesh(it.mesh, color=it.colour, opacity=it.opacity, smooth_shading=it.kind in ("bone", "implant"))
+            pos, focal, vup = view_camera(plan, view, whole_limb=not close)
+            pl.camera_position = [tuple(pos), tuple(focal), tuple(vup)]
+            pl.camera.parallel_projection = True
+            # parallel_scale is half the panel height (mm); fit the width too (tall panels).
+            panel_w = size[0] * weights[col] / sum(weights)
+            aspect = max(1.0, size[1] / panel_w)
+            if close:
+                pl.camera.parallel_scale = 0.5 * KNEE_FIELD_MM * aspect / zoom
+            else:
+                pl.camera.parallel_scale = 0.55 * _limb_length_mm(meshes) / zoom
+            label = f"{view} (knee)" if close else view
+            pl.add_text(label if title is None else f"{title} - {label}", font_size=9, color="black")
+            if col == n and plan.angles_deg:
+                txt = "  ".join(f"{k} {v:.1f}" for k, v in plan.angles_deg.items())
+                pl.add_text(txt, position="lower_left", font_size=8, color="black")
+        pl.render()
+        out = write_with(png_path, lambda tmp: pl.screenshot(str(tmp)))
+    finally:
+        pl.close()
+    return Path(out)
+
+
+def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str, ...] = ("anterior", "lateral"), size: tuple[int, int] = (1200, 800), zoom: float = 1.0) -> Path:
+    """Render ``CASE/plan.json`` with the case's bone meshes (and implants) to ``png_path``."""
+    from .auto import load_bone_meshes
+
+    case = Case(case_dir)
+    plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
+    meshes = load_bone_meshes(case.root)
+    implant_meshes = None
+    if plan.implants:
+        from .implants import implant_meshes_for
+
+        implant_meshes = implant_meshes_for(plan, case.root)
+    return render_scene(plan, meshes, png_path, views=views, size=size, implant_meshes=implant_meshes, zoom=zoom)
+
+
+__all__ = ["SceneItem", "scene_items", "view_camera", "render_scene", "render_plan", "cut_disc", "VIEWS"]

@@ -1,0 +1,528 @@
+"""Classical (offline, training-free) bone segmentation of a CT into named per-bone labels.
+
+Pipeline (all distances in mm, computed with the true anisotropic voxel spacing):
+
+1. **Beads / small metal**: connected components above ``metal_hu`` smaller than
+   ``bead_max_volume_mm3`` are fiducial beads or wires, not bone. A zone around each is
+   excluded from the bone mask; the dent this leaves in the bone surface is refilled by a
+   local morphological closing of the bone alone.
+2. **Bone mask by hysteresis**: voxels >= ``bone_low_hu`` connected to a voxel >=
+   ``bone_high_hu`` (reconstruction by dilation, Vincent 1993, IEEE TIP 2(2)).
+3. **Boundary at the local half maximum**: the outer layer of each component is
+   re-thresholded half-way between the local cortical peak (grey dilation) and the soft tissue
+   around it: the full-width-at-half-maximum edge criterion, which puts the boundary on the
+   true surface of a blurred edge instead of at a fixed HU level that moves with blur. Done
+   again per bone after separation, which also peels blurred bridges across narrow joints.
+4. **Solid bones**: cavities (marrow, cancellous bone below the threshold) are filled in 3D,
+   and per bone in 2D slices so bones cut by the field of view are solid too.
+   Bumps of bead size left on the surface (beads whose blurred peak stays below
+   ``metal_hu``) are removed as the small compact residue of a morphological opening.
+5. **Table, cables, noise**: components too thin to contain a ball of ``seed_depth_mm``
+   radius or smaller than ``min_bone_volume_mm3`` are dropped.
+6. **Separation at joints**: joint spaces blurred shut are found as thin dark sheets (local
+   minima across, :func:`joint_valleys`) and cut; then marker-controlled watershed (Beucher &
+   Meyer 1993) on the negated Euclidean distance map of the cut mask (Maurer et al. 2003, IEEE TPAMI 25(2)), markers = connected
+   cores deeper than ``seed_depth_mm``. Neighbouring regions whose interface is nearly as
+   thick as the thinner region (a waist, not a joint) are merged again.
+7. **Naming** by anatomy (:func:`name_regions`): knee (femur, tibia, fibula, patella), hip
+   (hip, femur, sacrum) or a general trunk rule (vertebrae, ribs, humeri, ...), with
+   TotalSegmentator class names and ``_left`` / ``_right`` where both sides are present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from orthonav.core.case import LabelTable
+from orthonav.core.errors import InputError
+from orthonav.core.volume import Volume
+
+from .naming import RegionInfo, name_regions
+
+ANATOMIES = ("auto", "knee", "hip", "general")
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What every segmentation backend returns.
+
+    Attributes
+    ----------
+    labels
+        uint8 label map on the CT grid (0 = background), same ``lps_from_ijk`` as the CT.
+    table
+        Label value -> bone name.
+    confidence
+        Optional float32 per-voxel confidence in [0, 1] on the same grid, or None.
+    """
+
+    labels: Volume
+    table: LabelTable
+    confidence: Volume | None = None
+
+
+@dataclass(frozen=True)
+class ClassicalParams:
+    """Tunable thresholds of :func:`segment_classical` (HU, mm, mm^3)."""
+
+    bone_low_hu: float = 180.0
+    bone_high_hu: float = 500.0
+    metal_hu: float = 2400.0
+    bead_max_volume_mm3: float = 150.0
+    bead_zone_mm: float = 1.5
+    min_bone_volume_mm3: float = 400.0
+    seed_depth_mm: float = 1.6
+    min_seed_volume_mm3: float = 30.0
+    merge_ratio: float = 0.55
+    adaptive_boundary: bool = True
+    peel_mm: float = 2.0
+    peak_radius_mm: float = 3.0
+    valley_hu: float = 150.0
+    valley_max_mm: float = 3.2
+    body_opening_mm: float = 5.0
+    min_body_volume_mm3: float = 20000.0
+    min_inside_body: float = 0.5
+    max_boundary_hu: float = 900.0
+    crop_margin_vox: int = 3
+    bump_radius_mm: float = 2.0
+    bump_max_volume_mm3: float = 25.0
+    bump_max_extent_mm: float = 7.0
+    extra: dict = field(default_factory=dict)
+
+
+def _img(array: NDArray, spacing_ijk: NDArray) -> sitk.Image:
+    im = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    im.SetSpacing([float(s) for s in spacing_ijk])
+    return im
+
+
+def _arr(image: sitk.Image) -> NDArray:
+    return sitk.GetArrayFromImage(image)
+
+
+def _ball_radius_vox(radius_mm: float, spacing_ijk: NDArray) -> list[int]:
+    return [max(1, int(round(radius_mm / s))) for s in spacing_ijk]
+
+
+def _validate_ct(ct: Volume) -> None:
+    a = ct.array_zyx
+    if a.ndim != 3:
+        raise InputError(None, f"CT must be a 3D volume, got {a.ndim}D")
+    if min(a.shape) < 3:
+        raise InputError(None, f"CT is too small to segment: shape (k, j, i) = {a.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise InputError(None, f"CT voxels must be numbers (HU), got dtype {a.dtype}")
+    if not np.all(np.isfinite(ct.lps_from_ijk)) or abs(np.linalg.det(ct.lps_from_ijk[:3, :3])) < 1e-9:
+        raise InputError(None, "CT geometry (lps_from_ijk) is degenerate or not finite")
+
+
+def _bead_mask(ct_zyx: NDArray, spacing: NDArray, p: ClassicalParams) -> tuple[NDArray, list[tuple[slice, ...]]]:
+    """Boolean mask of the exclusion zone around small metal objects, and their bounding boxes."""
+    metal = ct_zyx >= p.metal_hu
+    if not metal.any():
+        return np.zeros(ct_zyx.shape, bool), []
+    voxel_mm3 = float(np.prod(spacing))
+    lab, n = ndi.label(metal)
+    sizes = ndi.sum_labels(metal, lab, index=np.arange(1, n + 1)) * voxel_mm3
+    small = np.flatnonzero(sizes <= p.bead_max_volume_mm3) + 1
+    if small.size == 0:
+        return np.zeros(ct_zyx.shape, bool), []
+    keep = np.zeros(n + 1, bool)
+    keep[small] = True
+    beads = keep[lab]
+    # Zone: bead grown by its blur halo (distance in mm, anisotropic spacing respected).
+    dist = sitk.SignedMaurerDistanceMap(
+        _img(beads.astype(np.uint8), spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
+    zone = sitk.GetArrayFromImage(dist) <= p.bead_zone_mm
+    boxes = [b for i, b in enumerate(ndi.find_objects(lab), start=1) if b is not None and keep[i]]
+    return zone, boxes
+
+
+def _hysteresis(ct_zyx: NDArray, allowed: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+    low = (ct_zyx >= p.bone_low_hu) & allowed
+    high = (ct_zyx >= p.bone_high_hu) & low
+    rec = sitk.BinaryReconstructionByDilation(_img(high.astype(np.uint8), spacing), _img(low.astype(np.uint8), spacing))
+    return sitk.GetArrayFromImage(rec).astype(bool)
+
+
+def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+    """Peel each region's outer layer down to the local half-maximum edge.
+
+    For every region (its own mask; other regions count as outside, so a blurred bridge at a
+    joint is peeled too), voxels within ``p.peel_mm`` of its outside are kept only if their HU
+    reaches half-way between the local bone peak (grey dilation of the region's HU over
+    ``p.peak_radius_mm``: the cortex next to this edge) and the soft tissue around the region
+    (median of a 2 mm shell). The inside stays solid; cavities the peel opens behind an intact
+    cortex are filled again by the caller.
+
+    Parameters
+    ----------
+    regions
+        int label array (0 = background), same shape as ``ct_zyx``.
+
+    Returns
+    -------
+    The refined int label array.
+    """
+    out = regions.copy()
+    shell_r = _ball_radius_vox(2.0, spacing)
+    peak_r = _ball_radius_vox(p.peak_radius_mm, spacing)
+    grow = [max(a, b) + 1 for a, b in zip(shell_r, peak_r)][::-1]
+    for idx, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is None:
+            continue
+        grown = tuple(slice(max(0, s.start - g), min(dim, s.stop + g)) for s, g, dim in zip(box, grow, regions.shape))
+        comp = regions[grown] == idx
+        vals = ct_zyx[grown]
+        dil = _arr(sitk.BinaryDilate(_img(comp.astype(np.uint8), spacing), shell_r, sitk.sitkBall)).astype(bool)
+        around = dil & (regions[grown] == 0)
+        soft = float(np.median(vals[around])) if around.any() else 0.0
+        soft = min(max(soft, -200.0), 150.0)
+        depth = sitk.GetArrayFromImage(
+            sitk.SignedMaurerDistanceMap(_img(comp.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+        )
+        edge = comp & (depth <= p.peel_mm)
+        if not edge.any():
+            continue
+        peak = _arr(sitk.GrayscaleDilate(_img(np.where(comp, vals, -1024.0).astype(np.float32), spacing), peak_r, sitk.sitkBall))
+        thr = np.clip(0.5 * (peak + soft), p.bone_low_hu, p.max_boundary_hu)
+        peel = edge & (vals < thr)
+        sub = out[grown]
+        sub[peel] = 0
+        out[grown] = sub
+    return out
+
+
+def _body_mask(ct_zyx: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+    """Soft-tissue body (HU > -400) after an opening that removes the table and thin cables.
+
+    Computed on a grid sub-sampled to ~2 mm; returns a mask on that coarse grid (use
+    :func:`_coarse_step` to index it).
+    """
+    step = _coarse_step(spacing)
+    coarse = ct_zyx[:: step[0], :: step[1], :: step[2]] > -400
+    cs = spacing * np.array(step[::-1])
+    r = [max(1, int(round(p.body_opening_mm / s))) for s in cs]
+    im = _img(coarse.astype(np.uint8), cs)
+    opened = sitk.BinaryMorphologicalOpening(im, r, sitk.sitkBall)
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(opened), minimumObjectSize=int(p.min_body_volume_mm3 / np.prod(cs)))
+    body = sitk.GetArrayFromImage(cc) > 0
+    body = _arr(sitk.BinaryDilate(_img(body.astype(np.uint8), cs), [max(1, int(round(4.0 / s))) for s in cs], sitk.sitkBall))
+    return body.astype(bool)
+
+
+def _coarse_step(spacing: NDArray) -> tuple[int, int, int]:
+    """Sub-sampling step along (k, j, i) giving voxels of about 2 mm."""
+    return tuple(max(1, int(2.0 // s)) for s in spacing[::-1])  # type: ignore[return-value]
+
+
+def _repair_bead_dents(bone: NDArray, zone: NDArray, boxes: list[tuple[slice, ...]], spacing: NDArray) -> NDArray:
+    """Refill the bone surface under each removed bead by a local closing of the bone alone."""
+    if not boxes:
+        return bone
+    out = bone.copy()
+    margin = _ball_radius_vox(6.0, spacing)[::-1]
+    radius = _ball_radius_vox(3.0, spacing)
+    for box in boxes:
+        grown = tuple(slice(max(0, s.start - m), min(dim, s.stop + m)) for s, m, dim in zip(box, margin, bone.shape))
+        local = bone[grown]
+        if not local.any():
+            continue
+        padded = np.pad(local, [(r, r) for r in radius[::-1]])
+        closed = _arr(sitk.BinaryMorphologicalClosing(_img(padded.astype(np.uint8), spacing), radius, sitk.sitkBall)).astype(bool)
+        closed = closed[tuple(slice(r, r + n) for r, n in zip(radius[::-1], local.shape))]
+        out[grown] |= closed & zone[grown]
+    return out
+
+
+def _remove_bumps(bone: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+    """Remove small compact bumps sitting on the bone surface (fiducial beads blurred below the
+    metal threshold): the residue of a morphological opening (Serra 1982) with a ball of
+    ``bump_radius_mm``, kept only where it forms a blob no larger than a bead."""
+    if p.bump_radius_mm <= 0 or not bone.any():
+        return bone
+    r = _ball_radius_vox(p.bump_radius_mm, spacing)
+    padded = np.pad(bone, [(x, x) for x in r[::-1]])
+    opened = _arr(sitk.BinaryMorphologicalOpening(_img(padded.astype(np.uint8), spacing), r, sitk.sitkBall)).astype(bool)
+    opened = opened[tuple(slice(x, x + n) for x, n in zip(r[::-1], bone.shape))]
+    residue = bone & ~opened
+    lab, n = ndi.label(residue, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return bone
+    voxel_mm3 = float(np.prod(spacing))
+    out = bone.copy()
+    for idx, box in enumerate(ndi.find_objects(lab), start=1):
+        m = lab[box] == idx
+        if m.sum() * voxel_mm3 > p.bump_max_volume_mm3:
+            continue
+        kji = np.argwhere(m)
+        ext_mm = (np.ptp(kji, axis=0) + 1) * spacing[::-1]
+        if np.linalg.norm(ext_mm) > p.bump_max_extent_mm:
+            continue
+        out[box] &= ~m
+    return out
+
+
+def fill_cavities(mask: NDArray) -> NDArray:
+    """Fill enclosed cavities in 3D, treating each face of the volume as a lid.
+
+    Each face of the box is closed by its own 2D hole-filled slice before the 3D fill, so a
+    hollow bone cut open by the field of view (a rib or shaft leaving the scan) is still
+    filled, while spaces open to the outside inside the volume are not.
+    """
+    padded = np.pad(mask, 1)
+    for axis in range(3):
+        for src_i, dst_i in ((1, 0), (-2, -1)):
+            face = np.take(padded, src_i, axis=axis)
+            lid = ndi.binary_fill_holes(face) & ~face
+            idx = [slice(None)] * 3
+            idx[axis] = dst_i
+            padded[tuple(idx)] |= lid
+    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(padded.astype(np.uint8)))).astype(bool)
+    return filled[1:-1, 1:-1, 1:-1] | mask
+
+
+#: The 13 neighbour directions (k, j, i) of a 26-neighbourhood, one per +/- pair.
+_DIRECTIONS = [d for d in np.ndindex(3, 3, 3) if d > (1, 1, 1)]
+
+
+def _shifted(a: NDArray, offset: tuple[int, int, int], fill: float) -> NDArray:
+    """``out[x] = a[x + offset]`` (edge filled with ``fill``)."""
+    out = np.full_like(a, fill)
+    src = tuple(slice(max(0, o), a.shape[i] + min(0, o)) for i, o in enumerate(offset))
+    dst = tuple(slice(max(0, -o), a.shape[i] + min(0, -o)) for i, o in enumerate(offset))
+    out[dst] = a[src]
+    return out
+
+
+def joint_valleys(ct_zyx: NDArray, mask: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+    """Voxels of ``mask`` darker by ``valley_hu`` than both neighbours at +/- r along some direction.
+
+    A joint space blurred shut is a thin dark sheet between two bright cortices: a local
+    minimum across the sheet (the dark-sheet response of Descoteaux et al. 2005, "Bone
+    enhancement filtering", MICCAI, computed here by finite offsets instead of a Hessian). The
+    offsets span at most ``valley_max_mm`` so wide dark regions (marrow) do not respond.
+    """
+    a = ct_zyx.astype(np.float32)
+    valley = np.zeros(mask.shape, bool)
+    for d in _DIRECTIONS:
+        step = np.array(d) - 1
+        for r in (1, 2):
+            off = tuple(int(x) for x in step * r)
+            if r > 1 and np.linalg.norm(step * r * spacing[::-1]) > p.valley_max_mm:
+                continue
+            lo = np.minimum(_shifted(a, off, -1024.0), _shifted(a, tuple(-x for x in off), -1024.0))
+            valley |= (lo - a) > p.valley_hu
+    return valley & mask
+
+
+def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArray | None = None) -> tuple[NDArray, NDArray]:
+    """Watershed split of ``mask`` into bones; returns (region labels int32, distance map mm).
+
+    With ``ct_zyx``, joint valleys (:func:`joint_valleys`) are cut out of the mask before the
+    distance map, so cores stop at a joint even where blur has bridged it.
+    """
+    cut = mask & ~joint_valleys(ct_zyx, mask, spacing, p) if ct_zyx is not None else mask
+    dist_img = sitk.SignedMaurerDistanceMap(
+        _img(cut.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True
+    )
+    dist = sitk.GetArrayFromImage(dist_img).astype(np.float32)
+    voxel_mm3 = float(np.prod(spacing))
+    cores = sitk.ConnectedComponent(_img((dist > p.seed_depth_mm).astype(np.uint8), spacing), True)
+    cores = sitk.RelabelComponent(cores, minimumObjectSize=max(1, int(np.ceil(p.min_seed_volume_mm3 / voxel_mm3))))
+    n_seeds = int(sitk.GetArrayFromImage(cores).max())
+    if n_seeds == 0:
+        return np.zeros(mask.shape, np.int32), dist
+    landscape = sitk.GetImageFromArray(np.where(mask, -dist, 1.0e3).astype(np.float32))
+    landscape.CopyInformation(cores)
+    ws = sitk.MorphologicalWatershedFromMarkers(landscape, cores, markWatershedLine=False, fullyConnected=True)
+    regions = sitk.GetArrayFromImage(ws).astype(np.int32) * mask
+    # Flooding goes by level, so every voxel of a component holding a core is claimed from
+    # inside it before any background voxel; a component with no core (thinner than
+    # ``seed_depth_mm`` everywhere: a rib end, a process, or a table or cable, removed later
+    # by the body test) is instead claimed across the gap, so it becomes a region of its own.
+    comps, n_comps = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+    seeded = np.zeros(n_comps + 1, bool)
+    seeded[np.unique(comps[sitk.GetArrayFromImage(cores) > 0])] = True
+    seeded[0] = True
+    lone = ~seeded[comps]
+    regions[lone] = 0
+    if lone.any():
+        lut = np.zeros(n_comps + 1, np.int32)
+        lone_ids = np.flatnonzero(~seeded)
+        lut[lone_ids] = n_seeds + 1 + np.arange(len(lone_ids))
+        regions[lone] = lut[comps[lone]]
+    regions = _merge_waists(regions, dist, p.merge_ratio)
+    return regions, dist
+
+
+def _merge_waists(regions: NDArray, dist: NDArray, ratio: float) -> NDArray:
+    """Merge neighbouring regions joined by an interface thicker than ``ratio`` x the thinner one."""
+    n = int(regions.max())
+    if n < 2:
+        return regions
+    depth = ndi.maximum(dist, regions, index=np.arange(1, n + 1))
+    saddle: dict[tuple[int, int], float] = {}
+    for axis in range(3):
+        a = np.moveaxis(regions, axis, 0)
+        d = np.moveaxis(dist, axis, 0)
+        la, lb = a[:-1], a[1:]
+        touch = (la != lb) & (la > 0) & (lb > 0)
+        if not touch.any():
+            continue
+        va, vb = la[touch], lb[touch]
+        dd = np.minimum(d[:-1][touch], d[1:][touch])
+        lo, hi = np.minimum(va, vb), np.maximum(va, vb)
+        key = lo.astype(np.int64) * (n + 1) + hi
+        order = np.argsort(key)
+        key, dd = key[order], dd[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1]
+        for s, m in zip(starts, np.maximum.reduceat(dd, starts)):
+            pair = (int(key[s] // (n + 1)), int(key[s] % (n + 1)))
+            saddle[pair] = max(saddle.get(pair, 0.0), float(m))
+    parent = list(range(n + 1))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (a_, b_), s in sorted(saddle.items(), key=lambda kv: -kv[1]):
+        thinner = min(depth[a_ - 1], depth[b_ - 1])
+        if thinner > 0 and s >= ratio * thinner:
+            parent[find(a_)] = find(b_)
+    lut = np.array([find(i) for i in range(n + 1)], dtype=np.int32)
+    return lut[regions]
+
+
+def _clean_regions(regions: NDArray, spacing: NDArray, p: ClassicalParams, body: NDArray) -> list[tuple[tuple[slice, ...], NDArray]]:
+    """Per region: largest connected piece, cavities filled; drop regions below the minimum
+    volume and regions lying mostly outside the body (the table, cables, external objects)."""
+    step = _coarse_step(spacing)
+    voxel_mm3 = float(np.prod(spacing))
+    masks: list[tuple[tuple[slice, ...], NDArray]] = []
+    for idx, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is None:
+            continue
+        m = regions[box] == idx
+        lab, n = ndi.label(m, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())[1:]
+            m = lab == (int(np.argmax(sizes)) + 1)
+        if m.sum() * voxel_mm3 < p.min_bone_volume_mm3:
+            continue
+        kji = np.argwhere(m) + np.array([s.start for s in box])
+        kji = kji[:: max(1, len(kji) // 5000)] // np.array(step)
+        kji = np.minimum(kji, np.array(body.shape) - 1)
+        if body[kji[:, 0], kji[:, 1], kji[:, 2]].mean() < p.min_inside_body:
+            continue
+        m = fill_cavities(m)
+        masks.append((box, m))
+    return masks
+
+
+def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalParams | None = None) -> Segmentation:
+    """Segment the bones of a CT into named per-bone labels (no training, no network).
+
+    Parameters
+    ----------
+    ct
+        CT volume in Hounsfield units, any voxel geometry (``lps_from_ijk`` may be anisotropic
+        and non-axis-aligned).
+    anatomy
+        ``"knee"``, ``"hip"``, ``"general"`` or ``"auto"`` (decide from the bones found).
+    params
+        Thresholds; defaults suit clinical CT and OrthoNav phantoms.
+
+    Returns
+    -------
+    Segmentation
+        uint8 labels on the CT grid and the label table (``backend="classical"``).
+
+    Raises
+    ------
+    InputError
+        Not a 3D CT, an unknown anatomy, or no bone in the image.
+    """
+    if anatomy not in ANATOMIES:
+        raise InputError(None, f"unknown anatomy {anatomy!r}; expected one of {', '.join(ANATOMIES)}")
+    _validate_ct(ct)
+    p = params or ClassicalParams()
+    spacing = ct.spacing_mm  # along i, j, k (sitk order)
+    full = ct.array_zyx
+    candidates = full >= p.bone_high_hu
+    if not candidates.any():
+        raise InputError(
+            None,
+            f"no bone found: no voxel reaches {p.bone_high_hu:.0f} HU (max {float(full.max()):.0f}); "
+            "is this a CT in Hounsfield units?",
+        )
+    # Work inside the bounding box of everything dense enough to be bone.
+    box = ndi.find_objects((full >= p.bone_low_hu).astype(np.uint8))[0]
+    m = p.crop_margin_vox
+    box = tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, n in zip(box, full.shape))
+    ct_zyx = full[box].astype(np.float32)
+
+    zone, bead_boxes = _bead_mask(ct_zyx, spacing, p)
+    bone = fill_cavities(_hysteresis(ct_zyx, ~zone, spacing, p))
+    if p.adaptive_boundary:
+        bone = fill_cavities(_adaptive_refine(ct_zyx, ndi.label(bone)[0], spacing, p) > 0)
+    bone = _repair_bead_dents(bone, zone, bead_boxes, spacing)
+    bone = _remove_bumps(bone, spacing, p)
+    regions, _dist = _separate(bone, spacing, p, ct_zyx)
+    if p.adaptive_boundary:  # again per bone: peels blurred bridges left between touching bones
+        regions = _adaptive_refine(ct_zyx, regions, spacing, p)
+    body = _body_mask(ct_zyx, spacing, p)
+    pieces = _clean_regions(regions, spacing, p, body)
+    if not pieces:
+        raise InputError(None, "no bone found: dense voxels exist but none forms a bone-sized solid object")
+
+    crop_origin_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
+    infos = []
+    for i, (b, mk) in enumerate(pieces):
+        kji = np.argwhere(mk) + np.array([s.start for s in b])
+        ijk = kji[:, ::-1].astype(float) + crop_origin_ijk
+        step = max(1, len(ijk) // 20000)
+        infos.append(RegionInfo.from_points(i, ct.to_lps(ijk[::step]), volume_mm3=float(mk.sum() * np.prod(spacing))))
+    body_lps = _body_centre_lps(ct)
+    names, side = name_regions(infos, anatomy=anatomy, body_centre_lps=body_lps)
+
+    labels_crop = np.zeros(ct_zyx.shape, np.uint8)
+    table: dict[int, str] = {}
+    value = 0
+    for info in sorted(infos, key=lambda r: names.get(r.index, "~")):
+        name = names.get(info.index)
+        if name is None:
+            continue
+        value += 1
+        if value > 255:
+            raise InputError(None, "more than 255 bones found; the label map is uint8")
+        b, mk = pieces[info.index]
+        labels_crop[b][mk & (labels_crop[b] == 0)] = value
+        table[value] = name
+    if not table:
+        raise InputError(None, "no bone found that could be named for this anatomy")
+    labels = np.zeros(full.shape, np.uint8)
+    labels[box] = labels_crop
+    return Segmentation(
+        labels=Volume(labels, ct.lps_from_ijk.copy()),
+        table=LabelTable(labels=table, backend="classical", side=side),
+        confidence=None,
+    )
+
+
+def _body_centre_lps(ct: Volume) -> NDArray[np.float64] | None:
+    """Centroid (LPS mm) of the body (voxels above -300 HU), sub-sampled; None if empty."""
+    a = ct.array_zyx[::2, ::4, ::4]
+    kji = np.argwhere(a > -300)
+    if len(kji) == 0:
+        return None
+    ijk = kji[:, ::-1] * np.array([4, 4, 2])
+    return ct.to_lps(ijk.astype(float)).mean(axis=0)

@@ -1,0 +1,134 @@
+"""Pivot / spin calibration and still capture against synthetic ground truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orthonav.core.errors import InputError
+from orthonav.core.transforms import apply, make_rigid, rotation_about_axis
+from orthonav.tracking.calibration import StillCapture, pivot_calibration, spin_calibration, with_tip_calibration
+from orthonav.tracking.simulator import add_noise
+from orthonav.tracking.tools import default_toolset
+
+TIP = np.array([1.5, -2.0, -150.0])
+PIVOT = np.array([20.0, -35.0, -1200.0])
+
+
+def pivot_poses(n: int, cone_deg: float, rng: np.random.Generator, noise_mm: float = 0.1, noise_deg: float = 0.05) -> np.ndarray:
+    out = []
+    for _ in range(n):
+        axis = rng.normal(size=3)
+        r = rotation_about_axis(axis, np.radians(rng.uniform(-cone_deg, cone_deg)))
+        r = r @ rotation_about_axis([0, 0, 1], rng.uniform(0, 2 * np.pi))
+        t = PIVOT - r @ TIP  # tip at the pivot
+        out.append(add_noise(make_rigid(r, t), rng, noise_mm, noise_deg))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("method", ["algebraic", "sphere", "ransac"])
+def test_pivot_recovers_tip_within_tracker_noise(method):
+    rng = np.random.default_rng(0)
+    res = pivot_calibration(pivot_poses(200, 30.0, rng), method=method)
+    assert np.linalg.norm(res.tip_in_tool_mm - TIP) < 0.3
+    assert np.linalg.norm(res.pivot_in_tracker_mm - PIVOT) < 0.3
+    # residual = tracker noise (0.1 mm/axis) + lever arm of 0.05 deg over 150 mm: a few tenths of a mm
+    assert 0.05 < res.rms_mm < 0.5
+    assert res.spread_deg > 5
+
+
+def test_ransac_rejects_outlier_poses_that_bias_least_squares():
+    rng = np.random.default_rng(1)
+    poses = pivot_poses(100, 30.0, rng)
+    bad = rng.choice(100, 25, replace=False)
+    poses[bad, :3, 3] += rng.normal(0, 15.0, size=(25, 3))  # the tip slipped out of the divot
+    plain = pivot_calibration(poses, method="algebraic")
+    robust = pivot_calibration(poses, method="ransac", ransac_threshold_mm=1.5)
+    assert np.linalg.norm(plain.tip_in_tool_mm - TIP) > 1.0
+    assert np.linalg.norm(robust.tip_in_tool_mm - TIP) < 0.3
+    assert np.isin(bad, np.flatnonzero(~robust.inliers)).mean() > 0.9  # the slipped poses are the outliers
+    assert robust.inliers.sum() >= 70  # and the good ones are kept
+
+
+def test_pivot_refuses_poor_spread_and_bad_input():
+    rng = np.random.default_rng(2)
+    with pytest.raises(InputError, match="pivot the tool more widely"):
+        pivot_calibration(pivot_poses(50, 3.0, rng, noise_deg=0.0))
+    with pytest.raises(InputError, match="at least 10 poses"):
+        pivot_calibration(pivot_poses(5, 30.0, rng))
+    with pytest.raises(InputError, match="method"):
+        pivot_calibration(pivot_poses(20, 30.0, rng), method="magic")
+
+
+def test_spin_calibration_finds_shaft_axis():
+    rng = np.random.default_rng(3)
+    axis_tool = np.array([0.05, -0.02, -1.0])
+    axis_tool /= np.linalg.norm(axis_tool)
+    base = make_rigid(rotation_about_axis([1, 0.3, 0], 0.7))
+    poses = []
+    for th in np.linspace(0, np.radians(170), 60):
+        r = base[:3, :3] @ rotation_about_axis(axis_tool, th)
+        poses.append(add_noise(make_rigid(r, PIVOT - r @ TIP), rng, 0.05, 0.02))
+    res = spin_calibration(np.array(poses), tip_in_tool_mm=TIP)
+    angle = np.degrees(np.arccos(np.clip(res.axis_in_tool @ axis_tool, -1, 1)))
+    assert angle < 0.5 and res.spin_range_deg > 160
+    with pytest.raises(InputError, match="spun only"):
+        spin_calibration(np.array(poses[:12]), min_spin_deg=90)
+
+
+def test_with_tip_calibration_updates_tool_file(tmp_path):
+    rng = np.random.default_rng(4)
+    res = pivot_calibration(pivot_poses(50, 30.0, rng))
+    ts = with_tip_calibration(default_toolset(), "Pointer", res, date="2026-01-01T00:00:00+00:00")
+    p = ts.by_name()["Pointer"]
+    np.testing.assert_allclose(p.tip_in_tool(), res.tip_in_tool_mm)
+    assert p.calibration_date.startswith("2026-01-01") and p.calibration_rms_mm == pytest.approx(res.rms_mm)
+    with pytest.raises(InputError, match="not in the tool file"):
+        with_tip_calibration(default_toolset(), "Nope", res)
+
+
+def test_still_capture_triggers_once_per_hold():
+    rng = np.random.default_rng(5)
+    cap = StillCapture(hold_s=0.5, max_motion_mm=0.5, probe_in_tool_mm=TIP)
+    held = make_rigid(rotation_about_axis([0, 1, 0], 0.3), [10, 20, 30])
+    captures = []
+    t = 0.0
+    # moving, then held still (with tracker noise) for 1.5 s, then moved away and held again
+    for k in range(50):
+        t += 0.01
+        assert cap.update(t, make_rigid(None, [k * 1.0, 0, 0])) is None
+    for _ in range(150):
+        t += 0.01
+        c = cap.update(t, add_noise(held, rng, 0.05, 0.01))
+        if c is not None:
+            captures.append((t, c))
+    assert len(captures) == 1
+    t_cap, pose = captures[0]
+    assert 0.49 < t_cap - 0.5 < 0.6  # captured once the hold lasted hold_s
+    assert np.linalg.norm(apply(pose, TIP) - apply(held, TIP)) < 0.1
+    assert cap.update(t + 0.01, None) is None
+    moved = held.copy()
+    moved[:3, 3] += [0, 0, 20]
+    for _ in range(80):
+        t += 0.01
+        c = cap.update(t, moved)
+        if c is not None:
+            captures.append((t, c))
+    assert len(captures) == 2
+
+
+def test_pivot_end_to_end_from_a_simulated_tracker():
+    from orthonav.tracking.calibration import collect_poses
+    from orthonav.tracking.simulator import SimulatedSource
+
+    def pivoting(t: float) -> dict:
+        # tilt 25 deg about a slowly turning horizontal axis, spinning about the shaft meanwhile
+        axis = [np.cos(2.0 * t), np.sin(2.0 * t), 0.0]
+        r = rotation_about_axis(axis, np.radians(25.0) * np.sin(5.0 * t)) @ rotation_about_axis([0, 0, 1], 0.7 * t)
+        return {"Pointer": make_rigid(r, PIVOT - r @ TIP)}
+
+    with SimulatedSource(pivoting, rate_hz=400, tracker_noise_mm=0.1, rotation_noise_deg=0.05, seed=3) as src:
+        poses = collect_poses(src, "Pointer", 300, timeout_s=20.0)
+    assert len({p.tobytes() for p in poses}) == 300  # never the same sample twice
+    res = pivot_calibration(poses, method="ransac")
+    assert np.linalg.norm(res.tip_in_tool_mm - TIP) < 0.5 and res.rms_mm < 0.5

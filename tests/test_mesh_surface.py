@@ -1,0 +1,83 @@
+"""Meshes: watertight, outward, in LPS mm on the TRUE bone surface (catches frame mistakes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+from test_seg_synth import mini_knee
+
+from orthonav.core.case import LabelTable
+from orthonav.core.errors import InputError
+from orthonav.core.volume import Volume, make_lps_from_ijk
+from orthonav.segmentation.classical import segment_classical
+from orthonav.segmentation.meshing import is_watertight, label_meshes, mask_mesh
+
+
+@pytest.fixture(scope="module")
+def knee_meshes():
+    k = mini_knee()
+    seg = segment_classical(k.ct)
+    return k, seg, label_meshes(seg.labels, seg.table)
+
+
+def test_meshes_are_watertight_and_outward(knee_meshes):
+    _k, _seg, meshes = knee_meshes
+    assert set(meshes) == {"femur", "tibia", "fibula", "patella"}
+    for name, m in meshes.items():
+        assert is_watertight(m), name
+        tm = trimesh.Trimesh(np.asarray(m.points), np.asarray(m.faces).reshape(-1, 4)[:, 1:])
+        assert tm.volume > 0, name  # outward normals
+
+
+def test_mesh_vertices_on_true_surface_in_lps(knee_meshes):
+    """Mean |signed distance| of the vertices to the analytic surface < 0.5 voxel (the smallest
+    spacing). A mesh left in index space, or with the direction matrix ignored, is mm-to-cm off."""
+    k, _seg, meshes = knee_meshes
+    half_voxel = 0.5 * float(k.ct.spacing_mm.min())
+    for name, m in meshes.items():
+        d = k.signed_distance_mm(name, np.asarray(m.points))
+        assert np.mean(np.abs(d)) < half_voxel, (name, float(np.mean(np.abs(d))))
+        assert np.percentile(np.abs(d), 95) < 1.0, name
+
+
+def test_mesh_volume_matches_truth(knee_meshes):
+    k, _seg, meshes = knee_meshes
+    voxel_mm3 = float(np.prod(k.ct.spacing_mm))
+    for name, m in meshes.items():
+        truth_mm3 = (k.labels.array_zyx == k.table.value_of(name)).sum() * voxel_mm3
+        assert abs(m.volume - truth_mm3) / truth_mm3 < 0.05, name
+
+
+def test_mirrored_grid_sphere():
+    """A grid whose direction is a reflection (det -1): vertices still on the sphere, normals outward."""
+    n = 40
+    kk, jj, ii = np.mgrid[:n, :n, :n]
+    lps_from_ijk = make_lps_from_ijk([0.9, 0.7, 1.2], [10.0, -5.0, 30.0], np.diag([1.0, -1.0, 1.0]))
+    vol = Volume(np.zeros((n, n, n), np.uint8), lps_from_ijk)
+    p = vol.to_lps(np.stack([ii.ravel(), jj.ravel(), kk.ravel()], axis=1).astype(float))
+    centre = vol.to_lps(np.array([19.3, 20.1, 18.7]))
+    mask = (np.linalg.norm(p - centre, axis=1) < 10.0).reshape(n, n, n)
+    mesh = mask_mesh(mask, lps_from_ijk, target_triangles=4000)
+    r = np.linalg.norm(np.asarray(mesh.points) - centre, axis=1)
+    assert abs(r.mean() - 10.0) < 0.35
+    assert is_watertight(mesh)
+    assert mesh.volume == pytest.approx(4 / 3 * np.pi * 1000, rel=0.04)
+    normals = mesh.compute_normals(cell_normals=True, point_normals=False).cell_data["Normals"]
+    outward = np.einsum("ij,ij->i", normals, np.asarray(mesh.cell_centers().points) - centre)
+    assert (outward > 0).mean() > 0.99
+
+
+def test_decimation_hits_the_target():
+    k = mini_knee()
+    seg = segment_classical(k.ct)
+    m = label_meshes(seg.labels, seg.table, target_triangles=3000)
+    for name in ("femur", "tibia"):
+        assert 2500 <= m[name].n_cells <= 3100
+
+
+def test_empty_mask_is_an_error():
+    with pytest.raises(InputError, match="no voxels"):
+        mask_mesh(np.zeros((5, 5, 5), bool), np.eye(4))
+    lab = Volume(np.zeros((5, 5, 5), np.uint8), np.eye(4))
+    assert label_meshes(lab, LabelTable(labels={1: "femur"})) == {}

@@ -1,0 +1,188 @@
+"""Navigation workflow on scripted frames (no threads): digitise, register, verify, guide, watchdog."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from orthonav.core import transforms as tf
+from orthonav.navigation.digitise import StillCapture
+from orthonav.navigation.guidance import cut_frame
+from orthonav.navigation.state import NavigationContext, NavStatus, compute_state
+from orthonav.navigation.workflow import Workflow, WorkflowConfig
+from orthonav.phantoms.scenario import knee_scenario, toy_geometry
+from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
+
+# The tracking simulator's default noise.
+NOISE = dict(tracker_noise_mm=0.1, rotation_noise_deg=0.05)
+
+
+def _workflow(sc, **cfg):
+    g = sc.geometry
+    ctx = NavigationContext(sc.toolset, cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+    return Workflow(ctx, list(g.fiducial_names), g.fiducials_ct_mm, check_points_ct_mm=g.targets_ct_mm, config=WorkflowConfig(**cfg))
+
+
+def _run(sc, wf, rate_hz=100.0, **noise):
+    return [(fr, wf.process(fr, clock=None)) for fr in sc.frames(rate_hz, **noise)]
+
+
+@pytest.fixture(scope="module")
+def noisy_run():
+    sc = knee_scenario(toy_geometry(), seed=11, fle_mm=0.25)
+    wf = _workflow(sc)
+    return sc, wf, _run(sc, wf, seed=5, **NOISE)
+
+
+def test_registration_recovers_true_tracker_from_ct(noisy_run):
+    sc, wf, _ = noisy_run
+    assert wf.registration is not None, [e.text for e in wf.events]
+    # Estimated tracker_from_ct = tracker_from_reference @ inv(ct_from_reference).
+    est = sc.tracker_from_reference @ tf.invert(wf.registration.ct_from_reference)
+    assert tf.rotation_angle_deg(est, sc.tracker_from_ct) < 0.5
+    centre = sc.geometry.centre_ct_mm
+    assert np.linalg.norm(tf.apply(est, centre) - tf.apply(sc.tracker_from_ct, centre)) < 0.5
+    assert wf.registration.record.fre_mm < 0.5
+
+
+def test_tre_at_targets_is_within_1mm_and_verified_by_touch(noisy_run):
+    sc, wf, _ = noisy_run
+    err = wf.registration.ct_from_reference @ tf.invert(sc.ct_from_reference)
+    for name, p in sc.geometry.targets_ct_mm.items():
+        assert np.linalg.norm(tf.apply(err, p) - p) <= 1.0, name
+    touched = wf.verification_by_point()
+    assert set(touched) == set(sc.geometry.targets_ct_mm)
+    assert max(touched.values()) < 1.0
+
+
+def test_guidance_matches_truth_under_tracker_noise(noisy_run):
+    sc, wf, run = noisy_run
+    errs = []
+    for fr, st in run:
+        tr = sc.truth_at(fr.host_time_s)
+        if tr.saw_visible:
+            g = st.saw["distal_femur"]
+            errs.append((g.flexion_deg - tr.saw_flexion_deg, g.varus_deg - tr.saw_varus_deg, g.distance_mm - tr.saw_distance_mm))
+        else:
+            assert "distal_femur" not in st.saw
+    e = np.abs(np.array(errs))
+    assert len(e) > 300
+    # RMS over the noise: well inside the on-target tolerances (1 deg / 1 mm).
+    rms = np.sqrt(np.mean(e**2, axis=0))
+    assert np.all(rms < [0.3, 0.3, 0.3]), rms
+
+
+def test_guidance_exact_without_noise():
+    sc = knee_scenario(toy_geometry(), seed=12)
+    wf = _workflow(sc)
+    n = 0
+    for fr, st in _run(sc, wf, rate_hz=50.0):
+        tr = sc.truth_at(fr.host_time_s)
+        if tr.saw_visible:
+            g = st.saw["distal_femur"]
+            assert abs(g.flexion_deg - tr.saw_flexion_deg) < 0.2 and abs(g.varus_deg - tr.saw_varus_deg) < 0.2
+            assert abs(g.distance_mm - tr.saw_distance_mm) < 0.2
+            n += 1
+    assert wf.registration.record.fre_mm < 1e-6 and n > 100
+
+
+def test_saw_hidden_is_not_visible_and_missing_reference_is_not_tracking():
+    sc = knee_scenario(toy_geometry(), seed=13, reference_dropout_s=(12.0, 12.4))
+    wf = _workflow(sc)
+    seen = set()
+    for fr, st in _run(sc, wf, rate_hz=50.0):
+        t = fr.host_time_s
+        if wf.registration is None:
+            assert not st.tracking and all(ts.status is NavStatus.NOT_TRACKING for ts in st.tools.values())
+            continue
+        if 12.0 <= t < 12.4:
+            assert not st.tracking and not st.saw
+            assert all(ts.status is NavStatus.NOT_TRACKING and ts.ct_from_tool is None for ts in st.tools.values())
+            seen.add("not_tracking")
+        elif sc.phase_at(t).name == "saw_hidden":
+            assert st.tracking and st.status("Saw") is NavStatus.NOT_VISIBLE and not st.saw
+            seen.add("saw_hidden")
+        elif sc.truth_at(t).saw_visible:
+            assert st.status("Saw") is NavStatus.LIVE
+            seen.add("saw_live")
+    assert seen == {"not_tracking", "saw_hidden", "saw_live"}
+
+
+def test_stale_pose_is_never_live():
+    sc = knee_scenario(toy_geometry(), seed=14)
+    g = sc.geometry
+    ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference,
+                            cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+    poses = sc.script(12.0)
+    timeout = sc.toolset.by_name()["Saw"].timeout_s
+
+    def frame(now, saw_received):
+        tools = {
+            "Reference": ToolPose(ToolStatus.LIVE, poses["Reference"], host_time_s=now),
+            "Saw": ToolPose(ToolStatus.LIVE, poses["Saw"], host_time_s=saw_received),
+        }
+        return TrackingFrame(tools, now, 1)
+
+    fresh = compute_state(frame(100.0, 100.0 - 0.5 * timeout), ctx, clock=None)
+    assert fresh.status("Saw") is NavStatus.LIVE and "distal_femur" in fresh.saw
+    stale = compute_state(frame(100.0, 100.0 - 1.01 * timeout), ctx, clock=None)
+    assert stale.status("Saw") is NavStatus.STALE and stale.tools["Saw"].ct_from_tool is None and not stale.saw
+    # A reference that timed out in the store: nothing is tracked.
+    timed_out = TrackingFrame({"Reference": ToolPose(ToolStatus.TIMED_OUT, None, host_time_s=90.0),
+                               "Saw": ToolPose(ToolStatus.LIVE, poses["Saw"], host_time_s=100.0)}, 100.0, 2)
+    st = compute_state(timed_out, ctx, clock=None)
+    assert not st.tracking and st.status("Saw") is NavStatus.NOT_TRACKING
+    # No registration yet: not tracking even with everything visible.
+    st = compute_state(frame(100.0, 100.0), NavigationContext(sc.toolset), clock=None)
+    assert not st.tracking
+
+
+def test_bad_digitisation_is_rejected_and_only_that_fiducial_redone():
+    """Fiducial 4 touched 2.5 mm off: FRE over the limit -> fiducial_4 discarded; the parked
+    pointer's dwell is rejected as inconsistent; a correct touch of fiducial 4 completes it."""
+    from dataclasses import replace
+
+    geo = toy_geometry()
+    shifted = geo.fiducials_ct_mm.copy()
+    shifted[3] += [2.5, 0.0, 0.0]
+    bad = knee_scenario(replace(geo, fiducials_ct_mm=shifted), seed=15, touch_targets=False, saw_errors=())
+    good = knee_scenario(geo, seed=15, touch_targets=False, saw_errors=())
+    assert np.allclose(bad.tracker_from_ct, good.tracker_from_ct)
+    wf = _workflow(good, max_fre_mm=0.5)
+    for fr in bad.frames(50.0):
+        wf.process(fr, clock=None)
+    texts = [e.text for e in wf.events]
+    assert wf.registration is None and wf.failed_registrations == 1, texts
+    assert any("touch fiducial_4 again" in t for t in texts)
+    assert any("capture for fiducial_4 rejected" in t for t in texts)  # the parked pointer
+    assert wf.digitiser.next_name == "fiducial_4"
+    ph = next(p for p in good.phases if p.name == "fiducial" and p.label == "fiducial_4")
+    offset = bad.duration_s
+    for fr in good.frames(50.0, t0_s=ph.t0_s - 0.5, t1_s=ph.t1_s):
+        wf.process(TrackingFrame(fr.tools, fr.host_time_s + offset, fr.sequence), clock=None)
+    assert wf.registration is not None, [e.text for e in wf.events]
+    assert wf.registration.record.fre_mm < 1e-6
+
+
+def test_still_capture_averages_a_dwell_and_needs_rearming():
+    cap = StillCapture(hold_s=0.4, still_mm=0.3, rearm_mm=10.0)
+    rng = np.random.default_rng(0)
+    out = []
+    t = 0.0
+    for p0 in ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [50.0, 0.0, 0.0]):  # dwell, same place again, new place
+        for i in range(30):  # moving in
+            out.append(cap.add(t, np.array(p0) + [0.0, 0.0, 100.0 - 3.0 * i]))
+            t += 0.01
+        for _ in range(80):  # still with 0.1 mm noise
+            out.append(cap.add(t, np.array(p0) + [0.0, 0.0, 10.0] + rng.normal(scale=0.1, size=3)))
+            t += 0.01
+    caps = [c for c in out if c is not None]
+    assert len(caps) == 3  # the return to the same point re-armed by moving away > 10 mm
+    assert np.linalg.norm(caps[2].p_reference_mm - [50.0, 0.0, 10.0]) < 0.1
+    assert all(c.n_samples >= 40 and c.spread_mm < 0.3 for c in caps)
+    # Not visible restarts the window.
+    cap2 = StillCapture(hold_s=0.4)
+    assert all(cap2.add(0.01 * i, None if i % 10 == 0 else np.zeros(3)) is None for i in range(100))
+    assert math.isfinite(caps[0].host_time_s)

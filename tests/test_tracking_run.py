@@ -1,0 +1,97 @@
+"""open_source / run_track: the functions behind `orthonav track`."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from orthonav.core.errors import InputError
+from orthonav.core.transforms import random_rigid
+from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
+from orthonav.tracking.igtl_client import IGTLClientSource
+from orthonav.tracking.igtl_server import IGTLServerSource
+from orthonav.tracking.recording import RecordingWriter, ReplaySource, read_recording
+from orthonav.tracking.run import open_source, parse_host_port, run_track
+from orthonav.tracking.tools import default_toolset, save_toolset
+
+
+def test_parse_host_port():
+    assert parse_host_port("10.0.0.2:18945") == ("10.0.0.2", 18945)
+    assert parse_host_port("tracker") == ("tracker", 18944)
+    assert parse_host_port(":5000") == ("127.0.0.1", 5000)
+    with pytest.raises(InputError, match="HOST:PORT"):
+        parse_host_port("host:abc")
+
+
+def test_open_source_choices(tmp_path):
+    tools = save_toolset(tmp_path / "tools.json", default_toolset())
+    src = open_source(igtl="127.0.0.1:18999", tools=tools)
+    assert isinstance(src, IGTLClientSource) and src.port == 18999
+    assert src.store.timeout_of("Pointer") == 0.25
+    assert isinstance(open_source(listen=0), IGTLServerSource)
+    with pytest.raises(InputError, match="exactly one"):
+        open_source()
+    with pytest.raises(InputError, match="exactly one"):
+        open_source(igtl="a:1", listen=2)
+    with pytest.raises(InputError, match="--camera"):
+        open_source(aruco="0", tools=tools)
+
+
+def test_run_track_replays_and_records_every_frame(tmp_path):
+    rng = np.random.default_rng(0)
+    rec = tmp_path / "in.jsonl"
+    with RecordingWriter(rec) as w:
+        for i in range(25):
+            vis = i % 5 != 4
+            tools = {"Pointer": ToolPose(ToolStatus.LIVE, random_rigid(rng), 0.1, float(i), float(i)) if vis
+                     else ToolPose(ToolStatus.NOT_VISIBLE, None, float("nan"), float(i), float(i))}
+            w.write(TrackingFrame(tools, 0.01 * i, i))
+    seen = []
+    stop = threading.Event()
+    src = open_source(replay=rec, speed=None)
+    assert isinstance(src, ReplaySource)
+
+    def on_update(frame, health):
+        seen.append(frame)
+        if src.finished.is_set():
+            stop.set()
+
+    summary = run_track(src, duration_s=10.0, record_dir=tmp_path / "out", on_update=on_update, stop=stop)
+    assert summary.frames == 25 and len(seen) >= 25
+    ptr = summary.tools["Pointer"]
+    assert ptr.live_frames == 20 and ptr.dropouts == 5
+    back = list(read_recording(summary.recording))
+    assert len(back) == 25
+    orig = list(read_recording(rec))
+    for a, b in zip(back, orig):
+        if b.pose("Pointer") is None:
+            assert a.pose("Pointer") is None
+        else:
+            np.testing.assert_array_equal(a.pose("Pointer"), b.pose("Pointer"))
+
+
+
+def test_calibrate_tool_cli_from_a_recorded_pivot(tmp_path):
+    from orthonav.core.transforms import make_rigid, rotation_about_axis
+    from orthonav.tracking.run import calibrate_tool_cli
+    from orthonav.tracking.simulator import add_noise
+    from orthonav.tracking.tools import load_toolset
+
+    tip = np.array([0.5, 1.0, -148.0])
+    pivot = np.array([0.0, 50.0, -900.0])
+    rng = np.random.default_rng(1)
+    rec = tmp_path / "pivot.jsonl"
+    with RecordingWriter(rec) as w:
+        for i in range(120):
+            r = rotation_about_axis(rng.normal(size=3), np.radians(rng.uniform(-30, 30)))
+            pose = add_noise(make_rigid(r, pivot - r @ tip), rng, 0.1, 0.05)
+            w.write(TrackingFrame({"Pointer": ToolPose(ToolStatus.LIVE, pose, 0.1, float(i), float(i))}, 0.01 * i, i))
+    tools = save_toolset(tmp_path / "tools.json", default_toolset())
+    text = calibrate_tool_cli(tools, "Pointer", n_poses=100, replay=rec, timeout_s=20)
+    assert "Pointer: tip" in text
+    p = load_toolset(tools).by_name()["Pointer"]
+    assert np.linalg.norm(p.tip_in_tool() - tip) < 0.3 and p.calibration_rms_mm < 0.5 and p.calibration_date
+    with pytest.raises(InputError, match="not in the tool file"):
+        calibrate_tool_cli(tools, "Nope", replay=rec)

@@ -1,0 +1,361 @@
+"""Tool calibration: pivot (tip offset), spin (shaft axis), automatic capture of still poses.
+
+Pivot calibration: the tool tip rests in a divot while the tool is pivoted; the tip is a
+fixed point ``p_tip`` in the tool frame and a fixed point ``p_pivot`` in the tracker frame:
+``R_i p_tip + t_i = p_pivot`` for every pose ``(R_i, t_i)`` = ``tracker_from_tool``.
+
+* ``"algebraic"``: linear least squares of ``[R_i  -I] [p_tip; p_pivot] = -t_i`` (the
+  standard formulation, e.g. Yaniv 2015, "Which pivot calibration?", Proc. SPIE 9415, eq. 1).
+* ``"sphere"``: the tool origins ``t_i`` lie on a sphere around ``p_pivot``; fit the sphere
+  algebraically (Yaniv 2015, sphere fitting, eq. 4), then ``p_tip`` = mean of
+  ``R_i^T (p_pivot - t_i)``.
+* ``"ransac"``: algebraic fits on random 4-pose samples, consensus by per-pose residual,
+  algebraic refit on the largest consensus set (Fischler & Bolles 1981).
+
+All report the RMS of the per-pose tip residuals ``|R_i p_tip + t_i - p_pivot|`` and refuse
+poor data: fewer than 10 poses, or a rotation spread below ``min_spread_deg`` (the tip is then
+poorly determined along the shaft); see :func:`rotation_spread_deg`.
+
+Spin calibration: the tool is spun about its shaft; every relative rotation
+``R_0^T R_i`` (tool frame) has the shaft as its axis, so the axis is the null vector of the
+stacked ``(R_0^T R_i - I)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from orthonav.core.errors import InputError
+from orthonav.core.transforms import rotation_angle_deg
+
+from .frame import TrackerSource
+from .tools import ToolSet
+
+MIN_POSES = 10
+
+
+@dataclass(frozen=True)
+class PivotResult:
+    """Result of :func:`pivot_calibration`.
+
+    Attributes
+    ----------
+    tip_in_tool_mm
+        (3,) tip position in the tool frame, mm.
+    pivot_in_tracker_mm
+        (3,) pivot (divot) position in the tracker frame, mm.
+    rms_mm
+        RMS of the per-pose tip residuals (mm).
+    residuals_mm
+        (n,) per-pose residual of the poses used, mm.
+    inliers
+        (n_all,) bool mask of the poses used (all True except for RANSAC).
+    spread_deg
+        :func:`rotation_spread_deg` of the poses (deg).
+    method
+        "algebraic", "sphere" or "ransac".
+    """
+
+    tip_in_tool_mm: NDArray[np.float64]
+    pivot_in_tracker_mm: NDArray[np.float64]
+    rms_mm: float
+    residuals_mm: NDArray[np.float64]
+    inliers: NDArray[np.bool_]
+    spread_deg: float
+    method: str
+
+
+def _as_poses(tracker_from_tool: ArrayLike) -> NDArray[np.float64]:
+    poses = np.asarray(tracker_from_tool, dtype=np.float64)
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+        raise InputError(None, f"calibration needs an (n, 4, 4) array of tracker_from_tool poses, got {poses.shape}")
+    if len(poses) < MIN_POSES:
+        raise InputError(None, f"calibration needs at least {MIN_POSES} poses, got {len(poses)}")
+    if not np.all(np.isfinite(poses)):
+        raise InputError(None, "calibration poses contain non-finite values")
+    return poses
+
+
+def rotation_spread_deg(poses: NDArray[np.float64]) -> float:
+    """Rotation spread of the poses about their least-excited axis (deg, RMS).
+
+    The smallest singular value of the stacked ``R_i - R_mean`` divided by sqrt(n): for small
+    angles ``|(R - I) v|`` is the rotation about axes perpendicular to ``v``, so this is the
+    RMS rotation seen from the worst direction. A tool only spun about its shaft scores ~0
+    (its tip along the shaft is then undetermined); pivoting +-10 deg in a cone scores ~5,
+    +-30 deg ~14.
+    """
+    u, _s, vt = np.linalg.svd(poses[:, :3, :3].sum(axis=0))
+    mean = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+    dev = (poses[:, :3, :3] - mean).reshape(-1, 3)
+    return float(np.degrees(np.linalg.svd(dev, compute_uv=False)[-1] / math.sqrt(len(poses))))
+
+
+def _solve_algebraic(poses: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    n = len(poses)
+    a = np.zeros((3 * n, 6))
+    a[:, :3] = poses[:, :3, :3].reshape(3 * n, 3)
+    a[:, 3:] = -np.tile(np.eye(3), (n, 1))
+    b = -poses[:, :3, 3].reshape(3 * n)
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return x[:3], x[3:]
+
+
+def _residuals(poses: NDArray[np.float64], tip: NDArray[np.float64], pivot: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.linalg.norm(poses[:, :3, :3] @ tip + poses[:, :3, 3] - pivot, axis=1)
+
+
+def _solve_sphere(poses: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    t = poses[:, :3, 3]
+    # |t - c|^2 = r^2  ->  2 t.c + (r^2 - |c|^2) = |t|^2, linear in (c, k)
+    a = np.hstack([2.0 * t, np.ones((len(t), 1))])
+    b = (t**2).sum(axis=1)
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    pivot = x[:3]
+    tips = np.einsum("nji,nj->ni", poses[:, :3, :3], pivot - t)  # R_i^T (c - t_i)
+    return tips.mean(axis=0), pivot
+
+
+def pivot_calibration(
+    tracker_from_tool: ArrayLike,
+    *,
+    method: str = "algebraic",
+    min_spread_deg: float = 5.0,
+    ransac_threshold_mm: float = 1.0,
+    ransac_iterations: int = 200,
+    seed: int = 0,
+) -> PivotResult:
+    """Tip offset of a tool pivoted about its tip (see the module docstring).
+
+    Parameters
+    ----------
+    tracker_from_tool
+        (n, 4, 4) poses, n >= 10, mm.
+    method
+        "algebraic", "sphere" or "ransac".
+    min_spread_deg
+        Refuse data whose :func:`rotation_spread_deg` is below this (deg).
+
+    Raises
+    ------
+    InputError
+        Too few poses, non-finite poses, too little rotation, unknown method, or (RANSAC)
+        no consensus of at least half the poses.
+    """
+    poses = _as_poses(tracker_from_tool)
+    spread = rotation_spread_deg(poses)
+    if spread < min_spread_deg:
+        raise InputError(
+            None,
+            f"pivot poses tilt only {spread:.1f} deg RMS in their least-moved direction (need >= {min_spread_deg:.0f}): "
+            "pivot the tool more widely",
+        )
+    inliers = np.ones(len(poses), dtype=bool)
+    if method == "algebraic":
+        tip, pivot = _solve_algebraic(poses)
+    elif method == "sphere":
+        tip, pivot = _solve_sphere(poses)
+    elif method == "ransac":
+        rng = np.random.default_rng(seed)
+        best = inliers & False
+        for _ in range(ransac_iterations):
+            sample = poses[rng.choice(len(poses), 4, replace=False)]
+            tip, pivot = _solve_algebraic(sample)
+            mask = _residuals(poses, tip, pivot) < ransac_threshold_mm
+            if mask.sum() > best.sum():
+                best = mask
+        if best.sum() < max(MIN_POSES // 2, len(poses) // 2):
+            raise InputError(None, f"RANSAC pivot calibration: only {int(best.sum())} of {len(poses)} poses agree within {ransac_threshold_mm} mm")
+        inliers = best
+        tip, pivot = _solve_algebraic(poses[inliers])
+    else:
+        raise InputError(None, f"unknown pivot calibration method '{method}' (algebraic, sphere, ransac)")
+    res = _residuals(poses[inliers], tip, pivot)
+    return PivotResult(tip, pivot, float(np.sqrt(np.mean(res**2))), res, inliers, spread, method)
+
+
+@dataclass(frozen=True)
+class SpinResult:
+    """Result of :func:`spin_calibration`.
+
+    Attributes
+    ----------
+    axis_in_tool
+        (3,) unit shaft axis in the tool frame; sign: towards ``tip_in_tool_mm`` if one was
+        given (handle -> tip), else as found.
+    point_in_tool_mm
+        (3,) point on the axis closest to the tool origin (mm); NaN if the tool translated
+        along with the spin so that no fixed line exists.
+    rms_deg
+        RMS angle between the axis and each relative rotation's own axis (deg).
+    spin_range_deg
+        Largest relative rotation angle seen (deg).
+    """
+
+    axis_in_tool: NDArray[np.float64]
+    point_in_tool_mm: NDArray[np.float64]
+    rms_deg: float
+    spin_range_deg: float
+
+
+def spin_calibration(tracker_from_tool: ArrayLike, *, tip_in_tool_mm: ArrayLike | None = None, min_spin_deg: float = 30.0) -> SpinResult:
+    """Shaft axis of a tool spun about its shaft (tip resting in a divot or in a sleeve).
+
+    Raises
+    ------
+    InputError
+        Too few poses, or the tool spun less than ``min_spin_deg``.
+    """
+    poses = _as_poses(tracker_from_tool)
+    r0t = poses[0, :3, :3].T
+    rel = np.einsum("ij,njk->nik", r0t, poses[1:, :3, :3])  # R_0^T R_i: rotations in the tool frame
+    angles = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)))
+    if angles.max() < min_spin_deg:
+        raise InputError(None, f"tool spun only {angles.max():.1f} deg (need >= {min_spin_deg:.0f}): spin it further")
+    stacked = (rel - np.eye(3)).reshape(-1, 3)
+    _u, _s, vt = np.linalg.svd(stacked)
+    axis = vt[-1] / np.linalg.norm(vt[-1])
+    if tip_in_tool_mm is not None and np.dot(axis, np.asarray(tip_in_tool_mm, dtype=np.float64)) < 0:
+        axis = -axis
+    # per-rotation axes, for the residual
+    errs = []
+    for r, ang in zip(rel, angles):
+        if ang < 5.0:
+            continue
+        w = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+        w /= np.linalg.norm(w)
+        errs.append(math.degrees(math.acos(min(1.0, abs(float(w @ axis))))))
+    # fixed line: points x (tool frame) with R_i x + t_i equal for all i, i.e. the pivot system
+    n = len(poses)
+    a = np.zeros((3 * n, 6))
+    a[:, :3] = poses[:, :3, :3].reshape(3 * n, 3)
+    a[:, 3:] = -np.tile(np.eye(3), (n, 1))
+    b = -poses[:, :3, 3].reshape(3 * n)
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)  # minimum-norm solution on the line
+    point = x[:3] - axis * float(x[:3] @ axis)
+    res = np.linalg.norm(a @ x - b) / math.sqrt(n)
+    if res > 1.0:  # the tool did not spin about a fixed line
+        point = np.full(3, np.nan)
+    return SpinResult(axis, point, float(np.sqrt(np.mean(np.square(errs)))) if errs else 0.0, float(angles.max()))
+
+
+def with_tip_calibration(toolset: ToolSet, tool: str, result: PivotResult, *, axis: ArrayLike | None = None, date: str | None = None) -> ToolSet:
+    """A copy of ``toolset`` with ``tool``'s tip (and optionally axis), RMS and date updated."""
+    by = toolset.by_name()
+    if tool not in by:
+        raise InputError(None, f"tool '{tool}' is not in the tool file (has {sorted(by)})")
+    stamp = date or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    updates: dict[str, object] = {
+        "tip_mm": tuple(float(v) for v in result.tip_in_tool_mm),
+        "calibration_date": stamp,
+        "calibration_rms_mm": float(result.rms_mm),
+    }
+    if axis is not None:
+        updates["axis"] = tuple(float(v) for v in np.asarray(axis, dtype=np.float64))
+    tools = [t.model_copy(update=updates) if t.name == tool else t for t in toolset.tools]
+    return toolset.model_copy(update={"tools": tools})
+
+
+class StillCapture:
+    """Captures a pose automatically when a tool is held still.
+
+    Feed poses with :meth:`update`; once the tool has stayed within ``max_motion_mm`` (origin
+    and the point ``probe_in_tool_mm``, e.g. its tip) and ``max_rotation_deg`` of the window's
+    first pose for ``hold_s`` seconds, the mean pose of the window is returned once; the
+    detector re-arms only after the tool moves by more than ``rearm_mm``.
+    """
+
+    def __init__(
+        self,
+        *,
+        hold_s: float = 0.5,
+        max_motion_mm: float = 0.3,
+        max_rotation_deg: float = 0.5,
+        rearm_mm: float = 5.0,
+        probe_in_tool_mm: ArrayLike = (0.0, 0.0, 0.0),
+    ) -> None:
+        self.hold_s = hold_s
+        self.max_motion_mm = max_motion_mm
+        self.max_rotation_deg = max_rotation_deg
+        self.rearm_mm = rearm_mm
+        self.probe = np.asarray(probe_in_tool_mm, dtype=np.float64)
+        self._window: deque[tuple[float, NDArray[np.float64]]] = deque()
+        self._armed = True
+        self._captured_at: NDArray[np.float64] | None = None
+
+    def _point(self, pose: NDArray[np.float64]) -> NDArray[np.float64]:
+        return pose[:3, :3] @ self.probe + pose[:3, 3]
+
+    def update(self, t_s: float, pose: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
+        """Add a pose at time ``t_s`` (None: tool not visible, resets). Returns a captured pose."""
+        if pose is None:
+            self._window.clear()
+            return None
+        pose = np.asarray(pose, dtype=np.float64)
+        if not self._armed:
+            assert self._captured_at is not None
+            if np.linalg.norm(self._point(pose) - self._captured_at) > self.rearm_mm:
+                self._armed = True
+                self._window.clear()
+            return None
+        self._window.append((t_s, pose))
+        first = self._window[0][1]
+        # drop from the front until the window is still relative to its first pose
+        while self._window:
+            first = self._window[0][1]
+            moved = max(np.linalg.norm(pose[:3, 3] - first[:3, 3]), np.linalg.norm(self._point(pose) - self._point(first)))
+            if moved <= self.max_motion_mm and rotation_angle_deg(first, pose) <= self.max_rotation_deg:
+                break
+            self._window.popleft()
+        if self._window and t_s - self._window[0][0] >= self.hold_s:
+            stack = np.array([p for _, p in self._window])
+            u, _s, vt = np.linalg.svd(stack[:, :3, :3].sum(axis=0))
+            mean = np.eye(4)
+            mean[:3, :3] = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+            mean[:3, 3] = stack[:, :3, 3].mean(axis=0)
+            self._armed = False
+            self._captured_at = self._point(mean)
+            self._window.clear()
+            return mean
+        return None
+
+
+def collect_poses(source: TrackerSource, tool: str, n: int, *, timeout_s: float = 60.0, min_interval_s: float = 0.0) -> NDArray[np.float64]:
+    """Collect ``n`` fresh LIVE poses of ``tool`` from a started source (for pivot / spin).
+
+    Only poses with a new device timestamp are taken (never the same sample twice), at most
+    one per ``min_interval_s``. Waits on the source's update event.
+
+    Raises
+    ------
+    TrackingError
+        Fewer than ``n`` poses within ``timeout_s``.
+    """
+    import time
+
+    from orthonav.core.errors import TrackingError
+
+    out: list[NDArray[np.float64]] = []
+    last_t = None
+    last_host = -math.inf
+    deadline = time.monotonic() + timeout_s
+    while len(out) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TrackingError(f"collected only {len(out)} of {n} poses of '{tool}' in {timeout_s:.0f} s (tool not visible?)")
+        if not source.wait_for_update(min(remaining, 0.5)):
+            continue
+        pose = source.latest().tools.get(tool)
+        if pose is None or pose.tracker_from_tool is None or pose.device_time_s == last_t:
+            continue
+        if pose.host_time_s - last_host < min_interval_s:
+            continue
+        last_t, last_host = pose.device_time_s, pose.host_time_s
+        out.append(pose.tracker_from_tool)
+    return np.array(out)

@@ -1,0 +1,336 @@
+"""OpenIGTLink server: push poses / strings / meshes to clients, or receive from trackers.
+
+:class:`IGTLServer` listens (127.0.0.1 by default), accepts any number of clients and sends
+every message to all of them. Each client has a bounded outgoing queue drained by its own
+writer thread, so one slow client never blocks the sender: when its queue is full the
+oldest message is dropped and counted (``dropped``). A reader thread per client decodes what
+the client sends (handed to ``on_message``) and notices when it leaves.
+
+Poses are LPS-based in OrthoNav and are converted to RAS with
+:func:`~orthonav.core.transforms.ras_from_lps_transform` here, on the send side only.
+
+:class:`IGTLServerSource` is the other direction ("trackers push to us"): it listens and is
+a :class:`~orthonav.tracking.frame.TrackerSource` fed by whatever clients send.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from orthonav.core.errors import TrackingError
+from orthonav.core.transforms import ras_from_lps_points, ras_from_lps_transform
+
+from . import igtl_protocol as P
+from .frame import SourceHealth, TrackerSource, TrackingFrame
+from .igtl_client import MessageRouter, receive_stream
+from .store import PoseStore
+from .tools import ToolSet
+
+log = logging.getLogger(__name__)
+
+
+class _Peer:
+    """One connected client: socket, bounded outgoing queue, writer and reader threads."""
+
+    def __init__(self, server: "IGTLServer", sock: socket.socket, addr: tuple) -> None:
+        self.server = server
+        self.sock = sock
+        self.addr = addr
+        self.queue: deque[bytes] = deque()
+        self.cond = threading.Condition()
+        self.closed = False
+        self.dropped = 0
+        self.writer = threading.Thread(target=self._write_loop, name=f"igtl-peer-w-{addr}", daemon=True)
+        self.reader = threading.Thread(target=self._read_loop, name=f"igtl-peer-r-{addr}", daemon=True)
+
+    def start(self) -> None:
+        self.writer.start()
+        self.reader.start()
+
+    def enqueue(self, data: bytes) -> bool:
+        with self.cond:
+            if self.closed:
+                return False
+            dropped = False
+            if len(self.queue) >= self.server.max_queue:
+                self.queue.popleft()
+                self.dropped += 1
+                dropped = True
+            self.queue.append(data)
+            self.cond.notify()
+        return not dropped
+
+    def _write_loop(self) -> None:
+        while True:
+            with self.cond:
+                self.cond.wait_for(lambda: self.queue or self.closed)
+                if self.closed:
+                    return
+                batch = b"".join(self.queue)
+                self.queue.clear()
+            try:
+                self.sock.sendall(batch)
+            except OSError as e:
+                self.close(f"send failed: {e}")
+                return
+
+    def _read_loop(self) -> None:
+        parser = P.StreamParser(max_body=self.server.max_body)
+        reason = receive_stream(self.sock, parser, self.server.router) if self.server.router else self._discard()
+        self.close(reason)
+
+    def _discard(self) -> str:
+        while True:
+            try:
+                if not self.sock.recv(1 << 16):
+                    return "peer closed the connection"
+            except OSError as e:
+                return f"receive failed: {e}"
+
+    def close(self, reason: str) -> None:
+        with self.cond:
+            if self.closed:
+                return
+            self.closed = True
+            self.cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.server._remove(self, reason)
+
+
+class IGTLServer:
+    """OpenIGTLink server pushing messages to every connected client.
+
+    Parameters
+    ----------
+    port
+        TCP port; 0 picks a free one (read :attr:`port` after :meth:`start`).
+    host
+        Interface to bind; loopback by default (pass "0.0.0.0" deliberately to expose it).
+    version
+        Header version of the messages it sends (1 is understood by every peer).
+    max_queue
+        Per-client outgoing queue length (messages); beyond it the oldest is dropped.
+    router
+        Where received messages go (None: received bytes are read and discarded).
+    """
+
+    def __init__(
+        self,
+        port: int = 18944,
+        *,
+        host: str = "127.0.0.1",
+        version: int = 1,
+        max_queue: int = 1024,
+        max_body: int = P.DEFAULT_MAX_BODY,
+        router: MessageRouter | None = None,
+    ) -> None:
+        self.host = host
+        self._port = int(port)
+        self.version = version
+        self.max_queue = max_queue
+        self.max_body = max_body
+        self.router = router
+        self._listen: socket.socket | None = None
+        self._peers: list[_Peer] = []
+        self._lock = threading.Condition()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread: threading.Thread | None = None
+        self.sent = 0  #: messages handed to send_bytes
+        self.dropped = 0  #: messages dropped from full client queues (all clients)
+        self.accepted = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def start(self) -> "IGTLServer":
+        if self._thread is not None:
+            return self
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((self.host, self._port))
+        except OSError as e:
+            s.close()
+            raise TrackingError(f"OpenIGTLink server cannot listen on {self.host}:{self._port} ({e})") from e
+        s.listen(8)
+        self._port = s.getsockname()[1]
+        self._listen = s
+        self._thread = threading.Thread(target=self._accept_loop, name=f"igtl-server-{self._port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._wake_w.send(b"x")
+        self._thread.join(timeout=5.0)
+        self._thread = None
+        if self._listen is not None:  # first: no client may connect into the backlog meanwhile
+            self._listen.close()
+            self._listen = None
+        with self._lock:
+            peers = list(self._peers)
+        for p in peers:
+            p.close("server stopped")
+        for p in peers:
+            p.writer.join(timeout=2.0)
+            p.reader.join(timeout=2.0)
+
+    def __enter__(self) -> "IGTLServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def n_clients(self) -> int:
+        with self._lock:
+            return len(self._peers)
+
+    def wait_for_clients(self, n: int = 1, timeout_s: float = 5.0) -> bool:
+        """Block until at least ``n`` clients are connected (False on timeout)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._peers) >= n, timeout=timeout_s)
+
+    def _accept_loop(self) -> None:
+        assert self._listen is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self._listen, selectors.EVENT_READ, "listen")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "wake":
+                        self._wake_r.recv(16)
+                        return
+                    try:
+                        conn, addr = self._listen.accept()
+                    except OSError:
+                        continue
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    peer = _Peer(self, conn, addr)
+                    with self._lock:
+                        self._peers.append(peer)
+                        self.accepted += 1
+                        self._lock.notify_all()
+                    peer.start()
+                    log.info("OpenIGTLink client %s connected", addr)
+        finally:
+            sel.close()
+
+    def _remove(self, peer: _Peer, reason: str) -> None:
+        with self._lock:
+            if peer in self._peers:
+                self._peers.remove(peer)
+                self._lock.notify_all()
+            last = not self._peers
+        if last and self.router is not None:
+            self.router.all_not_visible(time.monotonic())  # the pushing tracker is gone
+        log.info("OpenIGTLink client %s left: %s", peer.addr, reason)
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> int:
+        """Queue one packed message to every client; returns how many clients got it."""
+        with self._lock:
+            peers = list(self._peers)
+        n = 0
+        for p in peers:
+            if not p.enqueue(data):
+                self.dropped += 1
+            n += 1
+        self.sent += 1
+        return n
+
+    def send_poses(self, poses: Mapping[str, ArrayLike | None], device_time_s: float, *, not_visible: str = "status") -> int:
+        """Send ``tracker_from_tool`` (LPS, mm) of each tool as ``<Tool>ToTracker`` TRANSFORMs (RAS).
+
+        A None pose is sent as "not visible": a STATUS message (code NOT_READY) on the
+        tool's device with ``not_visible="status"`` (understood by any peer), or with
+        ``"transform"`` a v2 TRANSFORM carrying ``TransformStatus: INVALID`` (PLUS style).
+        """
+        chunks = []
+        for tool, pose in poses.items():
+            dev = P.as_device_name(tool)
+            if pose is not None:
+                m = ras_from_lps_transform(np.asarray(pose, dtype=np.float64))
+                chunks.append(P.transform_message(dev, m, timestamp_s=device_time_s, version=self.version))
+            elif not_visible == "transform":
+                chunks.append(P.transform_message(dev, np.eye(4), timestamp_s=device_time_s, status_ok=False))
+            else:
+                status = P.Status(P.StatusCode.NOT_READY, 0, "NotVisible", f"{tool} not visible")
+                chunks.append(P.pack_message("STATUS", dev, P.pack_status(status), timestamp_s=device_time_s, version=self.version))
+        return self.send_bytes(b"".join(chunks)) if chunks else 0
+
+    def send_string(self, device: str, text: str, *, device_time_s: float | None = None) -> int:
+        t = time.time() if device_time_s is None else device_time_s
+        return self.send_bytes(P.pack_message("STRING", device, P.pack_string(text), timestamp_s=t, version=self.version))
+
+    def send_status(self, device: str, status: P.Status, *, device_time_s: float | None = None) -> int:
+        t = time.time() if device_time_s is None else device_time_s
+        return self.send_bytes(P.pack_message("STATUS", device, P.pack_status(status), timestamp_s=t, version=self.version))
+
+    def send_polydata(self, device: str, mesh: object, *, device_time_s: float | None = None) -> int:
+        """Send a mesh (pyvista.PolyData or :class:`~orthonav.tracking.igtl_protocol.PolyData`,
+        points in LPS mm) as POLYDATA with RAS points."""
+        poly = mesh if isinstance(mesh, P.PolyData) else P.polydata_from_mesh(mesh)
+        poly = P.PolyData(ras_from_lps_points(poly.points), poly.vertices, poly.lines, poly.polygons, poly.strips)
+        t = time.time() if device_time_s is None else device_time_s
+        return self.send_bytes(P.pack_message("POLYDATA", device, P.pack_polydata(poly), timestamp_s=t, version=self.version))
+
+
+class IGTLServerSource(TrackerSource):
+    """A tracker source that listens: trackers (PLUS, a C++ sender) connect and push poses.
+
+    Message handling is the same as :class:`~orthonav.tracking.igtl_client.IGTLClientSource`.
+    """
+
+    def __init__(self, port: int = 18944, *, host: str = "127.0.0.1", tools: ToolSet | None = None, queue_size: int = 256) -> None:
+        self.store = PoseStore(tools.timeouts_s() if tools else None)
+        self.router = MessageRouter(self.store, queue_size=queue_size, tool_names=set(tools.by_name()) if tools else None)
+        self.server = IGTLServer(port, host=host, router=self.router)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def start(self) -> None:
+        self.server.start()
+        self.store.set_connected(True)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.store.set_connected(False)
+
+    def latest(self) -> TrackingFrame:
+        return self.store.snapshot()
+
+    def wait_for_update(self, timeout_s: float) -> bool:
+        return self.store.wait_for_update(timeout_s)
+
+    def health(self) -> SourceHealth:
+        h = self.store.health_snapshot()
+        h.extra["clients"] = float(self.server.n_clients)
+        h.extra["coalesced"] = float(self.router.coalesced)
+        return h
+
+    def messages(self) -> list[P.Message]:
+        return self.router.drain()
+
+    def wait_for_clients(self, n: int = 1, timeout_s: float = 5.0) -> bool:
+        return self.server.wait_for_clients(n, timeout_s)
+
