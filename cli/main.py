@@ -176,6 +176,22 @@ def track(
     run_track_cli(igtl=igtl, listen=listen, aruco=aruco, tools=tools, camera=camera, ndi=ndi, replay=replay, duration_s=duration, record=record)
 
 
+@app.command("calibrate-tool")
+def calibrate_tool(
+    tools: Path = typer.Argument(..., help="tool definition JSON to update"),
+    tool: str = typer.Argument(..., help="name of the tool to pivot-calibrate"),
+    igtl: Optional[str] = typer.Option(None, help="HOST:PORT of an OpenIGTLink server"),
+    listen: Optional[int] = typer.Option(None, help="listen on this port for trackers that push"),
+    replay: Optional[Path] = typer.Option(None, help="recording to calibrate from"),
+    poses: int = typer.Option(300, help="poses to collect while pivoting"),
+    method: str = typer.Option("ransac", help="algebraic, sphere or ransac"),
+) -> None:
+    """Pivot-calibrate a tool tip; writes tip offset, RMS and date into the tool file."""
+    from orthonav.tracking.run import calibrate_tool_cli
+
+    console.print(calibrate_tool_cli(tools, tool, n_poses=poses, method=method, igtl=igtl, listen=listen, replay=replay))
+
+
 @app.command("calibrate-camera")
 def calibrate_camera(
     source: str = typer.Argument(..., help="camera index, video file or folder of ChArUco images"),

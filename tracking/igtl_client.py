@@ -107,7 +107,7 @@ class MessageRouter:
             self.known_tools.add(tool)
         self.store.put(tool, pose, device_time_s=dev_t, host_time_s=host_time_s)
         if dev_t > 1e9:  # epoch-based sender clock: lag against this host's wall clock
-            self.store.health.lag_s = time.time() - dev_t
+            self.store.set_lag(time.time() - dev_t)
 
     def _pose(self, tool: str, wire: NDArray[np.float64], header: P.Header, host_time_s: float, ok: bool = True) -> None:
         pose, problem = _rigid_or_none(wire)
@@ -152,7 +152,7 @@ class MessageRouter:
         with self._lock:
             if len(self.other) >= self.queue_size:
                 self.other.popleft()
-                self.store.health.dropped += 1
+                self.store.count(dropped=1)
             self.other.append(msg)
 
     def drain(self) -> list[P.Message]:
@@ -194,7 +194,7 @@ def receive_stream(
         st = parser.stats
         bad = st.bad_crc + st.bad_header + st.oversized
         if bad > seen:
-            router.store.health.bad_messages += bad - seen
+            router.store.count(bad_messages=bad - seen)
             router.store.mark_error(f"OpenIGTLink stream: {parser.last_error}")
             seen = bad
         kept, skipped = coalesce(msgs)
@@ -349,7 +349,7 @@ class IGTLClientSource(TrackerSource):
                 break
             self._connections += 1
             if self._connections > 1:
-                self.store.health.reconnects += 1
+                self.store.count(reconnects=1)
             self._set_connected(True)
             parser = P.StreamParser(max_body=self.max_body)
             self._parser_stats = parser.stats

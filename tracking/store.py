@@ -83,6 +83,18 @@ class PoseStore:
             if bad_message:
                 self.health.bad_messages += 1
 
+    def count(self, *, bad_messages: int = 0, dropped: int = 0, reconnects: int = 0) -> None:
+        """Add to the health counters under the store's lock (receiver threads call this)."""
+        with self._cond:
+            self.health.bad_messages += bad_messages
+            self.health.dropped += dropped
+            self.health.reconnects += reconnects
+
+    def set_lag(self, lag_s: float) -> None:
+        """Record the latest host-minus-device time (s), under the lock."""
+        with self._cond:
+            self.health.lag_s = lag_s
+
     def set_connected(self, connected: bool) -> None:
         with self._cond:
             self.health.connected = connected
