@@ -245,7 +245,7 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), help="output folder"),
     small: bool = typer.Option(False, help="coarse phantom (faster)"),
     seed: int = typer.Option(0),
-    duration: float = typer.Option(12.0, help="seconds of live navigation"),
+    duration: Optional[float] = typer.Option(None, help="cap on the seconds of live navigation (default: the whole scripted session)"),
 ) -> None:
     """Phantom -> segmentation -> plan -> simulated tracker -> navigation, with a summary and a report."""
     from orthonav.phantoms.demo import print_summary, run_demo

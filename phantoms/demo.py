@@ -200,7 +200,8 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
     summary.latency_p99_ms = nav.latency_p99_ms
     summary.stream_rate_hz = getattr(stream, "rate_hz", math.nan)
     summary.session_dir = nav.session_dir
-    for i, shot in enumerate(nav.screenshots[:: max(1, len(nav.screenshots) // 4)][:4]):
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(nav.screenshots) - 1, 4)}) if nav.screenshots else []
+    for i, shot in enumerate(nav.screenshots[j] for j in picks):
         dest = case.report_dir / f"navigation_{i}.png"
         shutil.copyfile(shot, dest)
         summary.screenshots.append(dest)
