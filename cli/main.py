@@ -229,15 +229,22 @@ def replay(
 
 @app.command()
 def validate(
-    session: Optional[Path] = typer.Argument(None, help="recorded session folder"),
+    session: Optional[Path] = typer.Argument(None, help="recorded session folder (CASE/sessions/<timestamp>)"),
     simulate: Optional[Path] = typer.Option(None, help="phantom case to validate by simulation"),
     fle: float = typer.Option(0.25, help="fiducial localisation error (RMS mm) for --simulate"),
+    tracker_noise: float = typer.Option(0.0, help="tracker noise per axis (mm) for --simulate"),
     trials: int = typer.Option(1000, help="simulated trials"),
+    seed: int = typer.Option(0),
+    config: Optional[Path] = typer.Option(None, help="pass/fail thresholds (ValidationConfig JSON)"),
 ) -> None:
-    """Accuracy protocol: FRE, TRE per target, predicted TRE, calibration; HTML report."""
-    from orthonav.phantoms.validation import validate_cli
+    """Accuracy protocol: FRE, TRE per target, predicted TRE, calibration; HTML report. Exit 1 on FAIL."""
+    from orthonav.phantoms.validation import summary_text, validate_and_report
 
-    console.print(validate_cli(session=session, simulate=simulate, fle_mm=fle, trials=trials))
+    result, report_path = validate_and_report(session=session, simulate=simulate, fle_mm=fle, trials=trials,
+                                              tracker_noise_mm=tracker_noise, seed=seed, config=config)
+    console.print(summary_text(result, report_path))
+    if not result.passed:
+        raise typer.Exit(1)
 
 
 @app.command()

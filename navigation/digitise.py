@@ -43,6 +43,14 @@ class Capture:
     host_time_s: float
 
 
+def pointer_sample_time(frame: TrackingFrame, pointer: str, reference: str) -> float | None:
+    """Host receipt time (s) of the newer of the pointer and reference poses, None unless both LIVE."""
+    p, r = frame.tools.get(pointer), frame.tools.get(reference)
+    if p is None or r is None or not (p.visible and r.visible):
+        return None
+    return max(p.host_time_s, r.host_time_s)
+
+
 def tip_in_reference(frame: TrackingFrame, pointer: str, reference: str, tip_in_tool: NDArray[np.float64]) -> NDArray[np.float64] | None:
     """(3,) pointer tip in the reference frame (mm), or None unless both tools are LIVE."""
     t_ref = frame.pose(reference)
@@ -143,6 +151,10 @@ class FiducialDigitiser:
         self.capture = capture or StillCapture()
         self.captures: dict[str, Capture] = {}
         self.rejected: list[tuple[str, Capture, str]] = []
+        self.restart_after = 3  #: consecutive rejected captures after which all captures are discarded
+        self.restarts = 0
+        self._consecutive_rejections = 0
+        self._last_sample_time: float | None = None
 
     @property
     def done(self) -> bool:
@@ -174,16 +186,29 @@ class FiducialDigitiser:
         name = self.next_name
         if name is None:
             return None
-        p = tip_in_reference(frame, self.pointer, self.reference, self.tip_in_tool)
-        cap = self.capture.add(frame.host_time_s, p)
+        # One sample per new tracker message: a watchdog frame repeating the same poses is not
+        # evidence that the pointer is still. Times are the poses' receipt times.
+        t = pointer_sample_time(frame, self.pointer, self.reference)
+        if t is not None and t == self._last_sample_time:
+            return None
+        self._last_sample_time = t
+        p = None if t is None else tip_in_reference(frame, self.pointer, self.reference, self.tip_in_tool)
+        cap = self.capture.add(frame.host_time_s if t is None else t, p)
         if cap is None:
             return None
         problem = self._inconsistency(name, cap)
-        if problem is not None:
-            self.rejected.append((name, cap, problem))
-            return None
-        self.captures[name] = cap
-        return name, cap
+        if problem is None:
+            self.captures[name] = cap
+            self._consecutive_rejections = 0
+            return name, cap
+        self.rejected.append((name, cap, problem))
+        self._consecutive_rejections += 1
+        if self._consecutive_rejections >= self.restart_after:
+            # An earlier capture is probably wrong (e.g. a dwell off a bead): start again at the first fiducial.
+            self.captures.clear()
+            self._consecutive_rejections = 0
+            self.restarts += 1
+        return None
 
     def discard(self, name: str) -> None:
         """Forget one capture (it will be the next to digitise)."""

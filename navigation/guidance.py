@@ -22,9 +22,11 @@ signed so that ``m . n >= 0``:
 * ``distance_mm = (edge_centre - point) . n``: signed distance of the blade's edge centre from
   the planned plane; positive = on the removed side (this cut would leave bone that the plan
   removes), negative = into bone the plan keeps.
-* ``remaining_depth_mm``: along the cutting direction from the edge centre, the distance to the
-  farthest crossing of the bone surface (the far cortex) on that ray; 0 when no bone lies ahead.
-  The simplest well-defined variant: one ray through the edge centre, not the whole blade.
+* ``remaining_depth_mm``: along the cutting direction, the distance from the blade's cutting
+  edge to the farthest crossing of the bone surface (the far cortex), the maximum over
+  ``DEPTH_RAYS`` rays spread evenly across the blade's width (edge centre included), so a ray
+  that happens to pass through a gap (the intercondylar notch) does not read 0; 0 when no bone
+  lies ahead of any of them.
 
 These projected angles are exact: a blade whose normal is built as
 ``normalise(n - tan(flex) * anterior + tan(varus) * medial)`` reads back ``flex`` and ``varus``.
@@ -43,6 +45,9 @@ from numpy.typing import ArrayLike, NDArray
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply, apply_vector
 from orthonav.tracking.tools import ToolDefinition
+
+#: Rays across the blade's width used for the remaining depth.
+DEPTH_RAYS = 5
 
 #: Patient anterior in LPS (a patient frame, so this holds for every CT).
 ANTERIOR_LPS = np.array([0.0, -1.0, 0.0])
@@ -141,18 +146,23 @@ class BoneSurface:
         p = np.asarray(p_ct_mm, dtype=np.float64).reshape(3)
         return float(self._implicit.EvaluateFunction(p.tolist()))
 
-    def far_crossing_mm(self, origin_mm: ArrayLike, direction: ArrayLike, *, max_length_mm: float = 500.0) -> float:
-        """Distance along ``direction`` from ``origin`` to the farthest surface crossing (0 if none)."""
+    def far_crossing_mm(self, origin_mm: ArrayLike, direction: ArrayLike, *, max_length_mm: float = 300.0) -> float:
+        """Distance along unit ``direction`` from ``origin`` to the farthest surface crossing (0 if none)."""
         o = np.asarray(origin_mm, dtype=np.float64).reshape(3)
-        d = _unit(direction, "ray direction")
+        d = np.asarray(direction, dtype=np.float64).reshape(3)
         self._hits.Reset()
         self._hit_ids.Reset()
         self._cells.IntersectWithLine(o.tolist(), (o + max_length_mm * d).tolist(), 0.0, self._hits, self._hit_ids)
         n = self._hits.GetNumberOfPoints()
         if n == 0:
             return 0.0
-        pts = np.array([self._hits.GetPoint(i) for i in range(n)])
-        return float(np.max((pts - o) @ d))
+        best = 0.0
+        ox, oy, oz = o
+        dx, dy, dz = d
+        for i in range(n):
+            x, y, z = self._hits.GetPoint(i)
+            best = max(best, (x - ox) * dx + (y - oy) * dy + (z - oz) * dz)
+        return best
 
 
 @dataclass(frozen=True)
@@ -205,10 +215,20 @@ def saw_guidance(ct_from_saw: ArrayLike, saw: ToolDefinition, frame: CutFrame, s
     varus = math.degrees(math.atan2(float(np.dot(m, frame.medial)), mn))
     angle = math.degrees(math.acos(min(1.0, mn)))
     distance = float(np.dot(edge - frame.point_mm, n))
-    depth = math.nan
-    if surface is not None:
-        depth = surface.far_crossing_mm(edge, apply_vector(t, saw.axis_in_tool()))
+    depth = math.nan if surface is None else remaining_depth_mm(t, saw, surface)
     return SawGuidance(flexion, varus, angle, distance, depth, edge)
+
+
+def remaining_depth_mm(ct_from_saw: ArrayLike, saw: ToolDefinition, surface: BoneSurface) -> float:
+    """Distance (mm) from the blade's cutting edge to the far cortex along the cutting direction:
+    the maximum over ``DEPTH_RAYS`` rays across the blade's width (see the module docstring)."""
+    t = np.asarray(ct_from_saw, dtype=np.float64)
+    edge = apply(t, saw.tip_in_tool())
+    cut_dir = apply_vector(t, saw.axis_in_tool())
+    across = np.cross(apply_vector(t, saw.normal_in_tool()), cut_dir)
+    half = 0.5 * (saw.blade_width_mm or 0.0)
+    offsets = np.linspace(-half, half, DEPTH_RAYS) if half > 0 else np.zeros(1)
+    return max(surface.far_crossing_mm(edge + o * across, cut_dir) for o in offsets)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,14 +64,18 @@ class NavigationLoop:
         Optional session recorder; every processed frame and its state are written.
     idle_timeout_s
         Longest wait for an update before a watchdog frame is taken (s).
+    on_state
+        Optional callback ``on_state(state, workflow)`` run in the tracking thread after each
+        state (e.g. streaming to Slicer); keep it short.
     """
 
     def __init__(self, source: TrackerSource, workflow: Workflow, *, recorder: SessionRecorder | None = None,
-                 idle_timeout_s: float = 0.05) -> None:
+                 idle_timeout_s: float = 0.05, on_state: Callable[[NavigationState, Workflow], None] | None = None) -> None:
         self.source = source
         self.workflow = workflow
         self.recorder = recorder
         self.idle_timeout_s = idle_timeout_s
+        self.on_state = on_state
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._state: NavigationState | None = None
@@ -155,6 +160,8 @@ class NavigationLoop:
                     self._count += 1
                     self._latencies.append(state.latency_s)
                     self._cond.notify_all()
+                if self.on_state is not None:
+                    self.on_state(state, self.workflow)
         except BaseException as e:  # surfaced by stop(); the screen shows the last state meanwhile
             self.error = e
         finally:

@@ -32,7 +32,7 @@ from orthonav.tracking.tools import ToolSet, default_toolset
 
 from .guidance import BoneSurface, CutFrame, cut_frame
 from .registration import RegistrationRecord, write_registration
-from .session import SCREENSHOTS, SUMMARY, SessionInfo, SessionRecorder, comparable, read_guidance, read_session_info, state_record
+from .session import SUMMARY, SessionInfo, SessionRecorder, comparable, read_guidance, read_session_info, state_record
 from .state import NavigationContext, NavigationState
 from .workflow import Workflow, WorkflowConfig
 
@@ -154,9 +154,12 @@ class CaseNavigationInputs:
     fiducial_names: list[str]
     fiducials_ct_mm: NDArray[np.float64]
     bones: dict[str, Any]
+    ct: Any = None  #: the CT (:class:`~orthonav.core.volume.Volume`) for reslices, if the case has one
+    implants: dict[str, Any] = field(default_factory=dict)  #: '<family>_<i>' -> implant ghost mesh in CT LPS
 
 
-def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None, *, surfaces: bool = True) -> CaseNavigationInputs:
+def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None, *, surfaces: bool = True,
+                           ct: bool = False) -> CaseNavigationInputs:
     """Read ``plan.json`` and ``meshes/`` of a case and build the navigation context.
 
     Raises
@@ -180,7 +183,24 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
         trajectories={k: (np.asarray(t.entry_lps_mm, float), np.asarray(t.target_lps_mm, float)) for k, t in plan.trajectories.items()},
         surfaces=surf,
     )
-    return CaseNavigationInputs(plan, ctx, names, pts, bones)
+    implants = implant_ghosts(plan) if ct else {}
+    volume = None
+    if ct and case.ct.is_file():
+        from orthonav.core.volume import read_volume
+
+        volume = read_volume(case.ct)
+    return CaseNavigationInputs(plan, ctx, names, pts, bones, volume, implants)
+
+
+def implant_ghosts(plan: Plan) -> dict[str, Any]:
+    """Every planned implant's mesh placed in the CT (``ct_from_implant``), for display."""
+    from orthonav.planning.implants import implant_model
+
+    out: dict[str, Any] = {}
+    for i, imp in enumerate(plan.implants):
+        mesh = implant_model(imp.family, imp.size).mesh()
+        out[f"{imp.family}_{i}"] = mesh.transform(np.asarray(imp.ct_from_implant, dtype=np.float64), inplace=False)
+    return out
 
 
 def _check_points(plan: Plan, truth_targets: Mapping[str, Any] | None) -> dict[str, NDArray[np.float64]]:
@@ -250,7 +270,7 @@ def navigate_case(
     case_dir: str | Path,
     source: TrackerSource,
     *,
-    duration_s: float,
+    duration_s: float | None,
     off_screen: bool = True,
     screenshot_every_s: float | None = 2.0,
     display_fps: float = 15.0,
@@ -264,6 +284,7 @@ def navigate_case(
     record: bool = True,
     stop: threading.Event | None = None,
     window_size: tuple[int, int] = (800, 600),
+    stream_port: int | None = None,
 ) -> NavigationSummary:
     """Navigate ``case_dir`` with live poses from ``source`` for ``duration_s`` seconds.
 
@@ -274,7 +295,7 @@ def navigate_case(
     source
         A tracker source (started here if needed, stopped at the end).
     duration_s
-        How long to navigate (s of wall time).
+        How long to navigate (s of wall time); None = until ``stop`` is set or Ctrl-C.
     off_screen, screenshot_every_s, display_fps, render, window_size
         Overlay settings; PNGs go to ``<session>/screenshots/``.
     progress
@@ -294,6 +315,9 @@ def navigate_case(
         Record the session in ``CASE/sessions/<timestamp>/``.
     stop
         Optional event to end early.
+    stream_port
+        If given, stream poses, models and guidance to 3D Slicer on 127.0.0.1:``stream_port``
+        (:class:`~orthonav.navigation.stream.SlicerStream`; 0 = any free port).
 
     Returns
     -------
@@ -301,10 +325,10 @@ def navigate_case(
     """
     from .loop import NavigationLoop
 
-    if not (math.isfinite(duration_s) and duration_s > 0):
-        raise InputError(None, f"duration_s must be positive, got {duration_s}")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise InputError(None, f"duration_s must be positive (or None: until stopped), got {duration_s}")
     case = Case(case_dir)
-    inputs = load_navigation_inputs(case_dir, toolset)
+    inputs = load_navigation_inputs(case_dir, toolset, ct=render)
     truth_targets = _truth_targets(truth)
     checks = _check_points(inputs.plan, truth_targets)
     workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=config)
@@ -320,7 +344,7 @@ def navigate_case(
         from .overlay import NavigationScene
 
         scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts, trajectories=inputs.context.trajectories,
-                                off_screen=off_screen, window_size=window_size)
+                                off_screen=off_screen, window_size=window_size, ct=inputs.ct, implants=inputs.implants)
     stop = stop or threading.Event()
     errors = _GuidanceErrors(truth_at)
     shots: list[Path] = []
@@ -334,7 +358,19 @@ def navigate_case(
             n_events += 1
 
     started_here = False
-    loop = NavigationLoop(source, workflow, recorder=recorder)
+    streamer = None
+    on_state = None
+    if stream_port is not None:
+        from .stream import SlicerStream
+
+        streamer = SlicerStream(stream_port, bones=inputs.bones, cuts=inputs.context.cuts).start()
+        if progress is not None:
+            progress(f"streaming to OpenIGTLink clients on 127.0.0.1:{streamer.port}")
+
+        def on_state(state: NavigationState, wf: Workflow) -> None:
+            streamer.send_state(state, wf.ctx.ct_from_reference)
+
+    loop = NavigationLoop(source, workflow, recorder=recorder, on_state=on_state)
     ok = False
     try:
         source.start()
@@ -346,7 +382,7 @@ def navigate_case(
         last_seq = -1
         while not stop.is_set():
             now = time.monotonic()
-            if now - t0 >= duration_s or (loop.error is not None):
+            if (duration_s is not None and now - t0 >= duration_s) or loop.error is not None:
                 break
             state = loop.latest_state()
             if state is not None and state.sequence != last_seq:
@@ -363,12 +399,16 @@ def navigate_case(
                     scene.render()
             stop.wait(max(0.0, period - (time.monotonic() - now)))
         ok = True
+    except KeyboardInterrupt:  # Ctrl-C ends navigation cleanly: the session is still closed and summarised
+        ok = True
     finally:
         try:
             loop.stop()
         finally:
             if started_here:
                 source.stop()
+            if streamer is not None:
+                streamer.stop()
             if scene is not None and ok and recorder is not None and screenshot_every_s is not None:
                 final = loop.latest_state()
                 scene.update(final, info=_info_text(workflow))
@@ -448,7 +488,7 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
 
     sdir = Path(session_dir)
     info = read_session_info(sdir)
-    inputs = load_navigation_inputs(info.case_dir, info.toolset)
+    inputs = load_navigation_inputs(info.case_dir, info.toolset, ct=render)
     cfg = WorkflowConfig(**info.workflow)
     checks = {k: np.asarray(v, dtype=np.float64) for k, v in info.check_points_mm.items()}
     workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=cfg)
@@ -459,7 +499,7 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
         from .overlay import NavigationScene
 
         scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts, trajectories=inputs.context.trajectories,
-                                off_screen=off_screen)
+                                off_screen=off_screen, ct=inputs.ct, implants=inputs.implants)
     mismatches = 0
     n = 0
     shots: list[Path] = []
@@ -498,9 +538,94 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
     )
 
 
+def parse_host_port(text: str, *, default_port: int = 18944) -> tuple[str, int]:
+    """``"HOST:PORT"`` (or ``"HOST"``) -> (host, port); InputError on a malformed value."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, str(default_port)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(None, f"expected HOST:PORT (e.g. 127.0.0.1:18944), got {text!r}")
+    return host, int(port)
+
+
+def summary_table(summary: NavigationSummary, title: str = "Navigation") -> Any:
+    """A rich table of a :class:`NavigationSummary` (for the CLI)."""
+    from rich.table import Table
+
+    def mm(x: float) -> str:
+        return "-" if not math.isfinite(x) else f"{x:.3f} mm"
+
+    t = Table(title=title)
+    t.add_column("figure")
+    t.add_column("value")
+    t.add_row("session", str(summary.session_dir) if summary.session_dir else "(not recorded)")
+    t.add_row("registered", "yes" if summary.registered else "[bold red]NO[/] (not all fiducials digitised)")
+    t.add_row("FRE", mm(summary.fre_mm))
+    for k, v in summary.predicted_tre_mm.items():
+        t.add_row(f"predicted TRE {k}", mm(v))
+    for k, v in summary.verification_mm.items():
+        t.add_row(f"touch check {k}", mm(v))
+    for k, v in summary.tre_mm.items():
+        t.add_row(f"true TRE {k}", mm(v))
+    for k, v in summary.guidance_error.items():
+        t.add_row(f"guidance error {k}", f"{v:.3f}")
+    t.add_row("states", str(summary.states))
+    t.add_row("loop rate", f"{summary.loop_rate_hz:.0f} Hz" if math.isfinite(summary.loop_rate_hz) else "-")
+    t.add_row("latency p50 / p99", f"{summary.latency_p50_ms:.2f} / {summary.latency_p99_ms:.2f} ms"
+              if math.isfinite(summary.latency_p99_ms) else "-")
+    if summary.replay_mismatches >= 0:
+        t.add_row("replay mismatches", str(summary.replay_mismatches))
+    t.add_row("screenshots", str(len(summary.screenshots)))
+    return t
+
+
+def navigate_cli(case: str | Path, *, igtl: str = "127.0.0.1:18944", duration_s: float | None = None, off_screen: bool = False,
+                 stream_port: int | None = None, surface_points: int = 0, tools: str | Path | None = None) -> Any:
+    """``orthonav navigate``: navigate ``case`` with poses from an OpenIGTLink server; returns a rich table.
+
+    Raises
+    ------
+    InputError
+        Bad ``igtl`` address, missing plan / fiducials, bad tool file.
+    RegistrationError
+        Registration did not complete (so the CLI exits non-zero).
+    """
+    from orthonav.core.errors import RegistrationError
+    from orthonav.tracking.igtl_client import IGTLClientSource
+    from orthonav.tracking.tools import load_toolset
+
+    host, port = parse_host_port(igtl)
+    toolset = load_toolset(tools) if tools is not None else default_toolset()
+    source = IGTLClientSource(host, port, tools=toolset)
+    summary = navigate_case(case, source, duration_s=duration_s, off_screen=off_screen, toolset=toolset, stream_port=stream_port,
+                            config=WorkflowConfig(surface_points=surface_points), progress=lambda text: print(text, flush=True))
+    table = summary_table(summary)
+    if not summary.registered:
+        from rich.console import Console
+
+        Console().print(table)
+        raise RegistrationError("navigation ended without a registration: not every plan fiducial was digitised "
+                                f"(session recorded in {summary.session_dir})")
+    return table
+
+
+def replay_cli(session: str | Path, *, off_screen: bool = True) -> Any:
+    """``orthonav replay``: replay a session; returns a rich table; RegistrationError if numbers differ."""
+    from orthonav.core.errors import RegistrationError
+
+    summary = replay_session(session, off_screen=off_screen)
+    if summary.replay_mismatches != 0:
+        raise RegistrationError(f"replay differs from the recorded guidance in {summary.replay_mismatches} states")
+    return summary_table(summary, title="Replay")
+
+
 __all__ = [
     "NavigationSummary",
     "navigate_case",
+    "navigate_cli",
+    "replay_cli",
+    "summary_table",
+    "parse_host_port",
     "replay_session",
     "load_navigation_inputs",
     "plan_cut_frames",

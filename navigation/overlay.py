@@ -21,12 +21,15 @@ import numpy as np
 import pyvista as pv
 import vtk
 from numpy.typing import NDArray
+from vtk.util import numpy_support
 
 from orthonav.core.case import Case
 from orthonav.core.meshio import MESH_SUFFIXES, read_mesh
+from orthonav.core.volume import Volume
 from orthonav.tracking.tools import ToolDefinition, ToolSet
 
 from .guidance import CutFrame
+from .reslice import ORIENTATIONS, reslice, to_grey, tool_plane_axes
 from .state import NavigationState, NavStatus
 
 GREEN = (0.15, 0.8, 0.2)
@@ -129,6 +132,11 @@ class NavigationScene:
         Rendering settings.
     angle_tol_deg, distance_tol_mm
         "On target" tolerances for the colours.
+    ct
+        Optional CT: a strip of four reslices through the active tool's tip (axial, coronal,
+        sagittal, along the tool; :mod:`orthonav.navigation.reslice`) along the bottom.
+    reslice_tile_px
+        Side of each reslice tile (pixels).
     """
 
     def __init__(
@@ -145,6 +153,8 @@ class NavigationScene:
         angle_tol_deg: float = 1.0,
         distance_tol_mm: float = 1.0,
         title: str = "OrthoNav",
+        ct: Volume | None = None,
+        reslice_tile_px: int = 130,
     ) -> None:
         if off_screen:
             setup_offscreen_rendering()
@@ -164,13 +174,17 @@ class NavigationScene:
             pl.add_mesh(mesh, color=(0.7, 0.75, 0.85), opacity=0.35, name=f"implant_{name}")
         # Planned cuts: the plane's outline and its intersection with the bones (opaque lines:
         # translucent surfaces halve the frame rate of the software renderer).
+        # A cut that crosses no bone is shown by its outline instead.
         for name, cf in self.cuts.items():
-            outline = cut_plane_mesh(cf).extract_feature_edges(boundary_edges=True, feature_edges=False, manifold_edges=False)
-            pl.add_mesh(outline, color=CUT_BLUE, line_width=2, name=f"cut_{name}")
+            crossed = False
             for bname, mesh in bones.items():
                 contour = mesh.slice(normal=cf.normal, origin=cf.point_mm)
                 if contour.n_points:
-                    pl.add_mesh(contour, color=CUT_BLUE, line_width=4, name=f"cut_{name}_{bname}")
+                    pl.add_mesh(contour, color=CUT_BLUE, line_width=3, name=f"cut_{name}_{bname}")
+                    crossed = True
+            if not crossed:
+                outline = cut_plane_mesh(cf).extract_feature_edges(boundary_edges=True, feature_edges=False, manifold_edges=False)
+                pl.add_mesh(outline, color=CUT_BLUE, line_width=2, name=f"cut_{name}")
             pts.append(cf.point_mm[None, :])
         for name, (entry, target) in (trajectories or {}).items():
             pl.add_mesh(pv.Line(entry, target), color=(0.3, 0.9, 1.0), line_width=3, name=f"traj_{name}")
@@ -214,6 +228,23 @@ class NavigationScene:
         pl.camera.clipping_range = (1.0, extent * 10)
         self.centre = centre
         self._shown = False
+        self.ct = ct
+        self._tile = int(reslice_tile_px)
+        self._strip = None
+        if ct is not None:
+            self._strip_image = vtk.vtkImageData()
+            self._strip_image.SetDimensions(4 * self._tile, self._tile, 1)
+            self._strip_image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+            self._strip = numpy_support.vtk_to_numpy(self._strip_image.GetPointData().GetScalars()).reshape(self._tile, 4 * self._tile, 3)
+            mapper = vtk.vtkImageMapper()
+            mapper.SetInputData(self._strip_image)
+            mapper.SetColorWindow(255.0)
+            mapper.SetColorLevel(127.5)
+            self._strip_actor = vtk.vtkActor2D()
+            self._strip_actor.SetMapper(mapper)
+            self._strip_actor.SetPosition(10, 28)
+            self._strip_actor.SetVisibility(False)
+            pl.renderer.AddActor(self._strip_actor)
 
     def _text(self, position: tuple[int, int], size: int, *, top: bool = False, centred: bool = False) -> vtk.vtkTextActor:
         actor = vtk.vtkTextActor()
@@ -258,7 +289,8 @@ class NavigationScene:
             label = {NavStatus.LIVE: "live", NavStatus.NOT_VISIBLE: "NOT VISIBLE", NavStatus.STALE: "STALE",
                      NavStatus.NOT_TRACKING: "not tracking"}[st]
             lines.append(f"{tool.name}: {label}")
-        ref = "REFERENCE NOT VISIBLE" if state is not None and not state.tracking else ""
+        ref = state.reason.upper() if state is not None and not state.tracking else "NO TRACKING DATA"
+        ref = "" if tracking else ref
         self._set_text(self.status_text, "\n".join(([ref] if ref else []) + lines), WHITE if tracking else AMBER)
         self._set_text(self.info_text, info, GREY)
         if not tracking:
@@ -289,10 +321,44 @@ class NavigationScene:
                 lines.append(("POINTER", f"{tip[0]:.0f} {tip[1]:.0f} {tip[2]:.0f}", WHITE))
                 if math.isfinite(state.pointer_to_bone_mm):
                     lines.append((f"  To {state.pointer_bone}", f"{state.pointer_to_bone_mm:+.1f} mm", WHITE))
+        self._update_reslices(state if tracking else None)
         self.panel_labels.SetInput("\n".join(label for label, _v, _c in lines))
         for colour, actor in self.panel_values.items():
             actor.SetInput("\n".join(v if c == colour else " " for _l, v, c in lines))
             actor.GetTextProperty().SetColor(*colour)
+
+    def _update_reslices(self, state: NavigationState | None) -> None:
+        if self._strip is None:
+            return
+        tool = None
+        if state is not None:
+            for kind in ("saw", "drill", "pointer"):  # the instrument in use first
+                for t in self.toolset.tools:
+                    if t.kind == kind and t.name in state.tools and state.tools[t.name].live:
+                        tool = t
+                        break
+                if tool is not None:
+                    break
+        if tool is None:
+            self._strip_actor.SetVisibility(False)
+            return
+        ts = state.tools[tool.name]
+        tip = ts.tip_ct_mm
+        planes = [ORIENTATIONS["axial"], ORIENTATIONS["coronal"], ORIENTATIONS["sagittal"], tool_plane_axes(ts.ct_from_tool, tool.axis_in_tool())]
+        n = self._tile
+        for k, (u, v) in enumerate(planes):
+            grey = to_grey(reslice(self.ct, tip, u, v, size_mm=100.0, pixels=n))
+            tile = np.repeat(grey[::-1, :, None], 3, axis=2)  # VTK rows go bottom -> top
+            c = n // 2
+            tile[c, :, :] = tile[c, :, :] // 2 + np.array([0, 90, 0], dtype=np.uint8)  # crosshair on the tip
+            tile[:, c, :] = tile[:, c, :] // 2 + np.array([0, 90, 0], dtype=np.uint8)
+            if k == 3:  # the tool's shaft: from the left edge (handle side) to the tip
+                tile[c - 1 : c + 2, :c, :] = (255, 200, 0)
+            tile[0, :, :] = tile[-1, :, :] = 80
+            tile[:, 0, :] = tile[:, -1, :] = 80
+            self._strip[:, k * n : (k + 1) * n, :] = tile
+        self._strip_image.Modified()
+        self._strip_actor.SetVisibility(True)
 
     def render(self) -> None:
         """Render the current scene."""

@@ -69,6 +69,7 @@ def state_record(state: NavigationState) -> dict[str, Any]:
         "seq": int(state.sequence),
         "host_time_s": _num(state.host_time_s),
         "tracking": bool(state.tracking),
+        "reason": state.reason,
         "tools": {
             name: {"status": t.status.value, "tip_ct_mm": _vec(t.tip_ct_mm), "age_s": _num(t.age_s)} for name, t in state.tools.items()
         },
@@ -193,3 +194,14 @@ def read_guidance(session_dir: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
                 raise SchemaError(p, f"line {lineno} is not JSON ({e.msg})") from e
+
+
+def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True) -> Any:
+    """Replay a recorded session (see :func:`orthonav.navigation.navigate.replay_session`).
+
+    Returns the rich summary table (what ``orthonav replay`` prints); raises RegistrationError
+    when the replay does not reproduce the recorded guidance exactly.
+    """
+    from .navigate import replay_cli
+
+    return replay_cli(session_dir, off_screen=off_screen)

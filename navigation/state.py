@@ -19,7 +19,7 @@ import enum
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,7 +28,7 @@ from orthonav.core.transforms import apply, invert
 from orthonav.tracking.frame import ToolStatus, TrackingFrame
 from orthonav.tracking.tools import ToolSet
 
-from .guidance import BoneSurface, CutFrame, DrillGuidance, SawGuidance, drill_guidance, saw_guidance
+from .guidance import BoneSurface, CutFrame, DrillGuidance, SawGuidance, drill_guidance, remaining_depth_mm, saw_guidance
 
 
 class NavStatus(str, enum.Enum):
@@ -117,7 +117,8 @@ class NavigationState:
     tools
         Tool name -> :class:`ToolState` (every tool of the tool set except the reference).
     saw
-        Cut name -> :class:`SawGuidance` while the saw is LIVE (else empty).
+        Cut name -> :class:`SawGuidance` while the saw is LIVE (else empty); the remaining depth
+        is computed only for the cut the blade is nearest to (NaN for the others).
     drill
         Trajectory name -> :class:`DrillGuidance` while the drill is LIVE (else empty).
     pointer_to_bone_mm
@@ -136,6 +137,7 @@ class NavigationState:
     pointer_to_bone_mm: float = math.nan
     pointer_bone: str = ""
     latency_s: float = math.nan
+    reason: str = ""  #: why not tracking: "not registered" or "reference not visible" / "reference stale"
 
     def status(self, tool: str) -> NavStatus:
         t = self.tools.get(tool)
@@ -178,6 +180,13 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
     now = frame.host_time_s
     ref_status, _ = _tool_status(frame, ctx.reference, defs[ctx.reference].timeout_s if ctx.reference in defs else 0.25, now)
     tracking = ctx.ct_from_reference is not None and ref_status is NavStatus.LIVE
+    reason = ""
+    if ctx.ct_from_reference is None:
+        reason = "not registered"
+    elif ref_status is NavStatus.STALE:
+        reason = "reference stale"
+    elif ref_status is not NavStatus.LIVE:
+        reason = "reference not visible"
     tools: dict[str, ToolState] = {}
     ct_from_tracker = None
     if tracking:
@@ -206,8 +215,13 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
             continue
         if tool.kind == "saw":
             for cut_name, cf in ctx.cuts.items():
-                surface = ctx.surfaces.get(ctx.cut_bones.get(cut_name, ""))
-                saw[cut_name] = saw_guidance(st.ct_from_tool, tool, cf, surface)
+                saw[cut_name] = saw_guidance(st.ct_from_tool, tool, cf)
+            # Remaining depth (ray casts) only for the cut the blade is nearest to.
+            if saw:
+                near = min(saw, key=lambda k: abs(saw[k].distance_mm))
+                surface = ctx.surfaces.get(ctx.cut_bones.get(near, ""))
+                if surface is not None:
+                    saw[near] = replace(saw[near], remaining_depth_mm=remaining_depth_mm(st.ct_from_tool, tool, surface))
         elif tool.kind == "drill":
             for traj_name, (entry, target) in ctx.trajectories.items():
                 drill[traj_name] = drill_guidance(st.ct_from_tool, tool, entry, target)
@@ -219,4 +233,4 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
     latency = math.nan
     if clock is not None:
         latency = clock() - newest_receipt_s(frame)
-    return NavigationState(frame.sequence, now, tracking, tools, saw, drill, ptr_dist, ptr_bone, latency)
+    return NavigationState(frame.sequence, now, tracking, tools, saw, drill, ptr_dist, ptr_bone, latency, reason)

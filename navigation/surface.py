@@ -160,8 +160,14 @@ def icp_point_to_plane(
 
 def _icp_stage(p: NDArray[np.float64], model: SurfaceModel, t: NDArray[np.float64], n_keep: int, scale: float, max_iterations: int,
                tol_rotation_deg: float, tol_translation_mm: float, max_distance_mm: float) -> tuple[NDArray[np.float64], int, bool]:
-    """Trimmed point-to-plane iterations on ``p`` from ``t``: (ct_from_reference, iterations, converged)."""
+    """Trimmed point-to-plane iterations on ``p`` from ``t``: (ct_from_reference, iterations, converged).
+
+    Converged when the update is below the tolerances, or when the trimmed RMS has changed by
+    less than 1e-4 mm over 3 iterations (with trimming, the kept set can switch back and forth
+    by a point, so the step need not shrink to zero).
+    """
     it = 0
+    rms_hist: list[float] = []
     for it in range(1, max_iterations + 1):
         x = apply(t, p)
         _d, idx = model.tree.query(x, workers=1)
@@ -173,6 +179,9 @@ def _icp_stage(p: NDArray[np.float64], model: SurfaceModel, t: NDArray[np.float6
             raise RegistrationError(f"only {int(ok.sum())} digitised points lie within {max_distance_mm} mm of the {model.name} surface")
         order = np.argsort(np.abs(np.where(ok, r, np.inf)))[: min(n_keep, int(ok.sum()))]
         xs, ns, rs = x[order], nrm[order], r[order]
+        rms_hist.append(float(np.sqrt(np.mean(rs**2))))
+        if len(rms_hist) >= 4 and max(rms_hist[-4:]) - min(rms_hist[-4:]) < 1e-4:
+            return t, it, True
         # Linearised point-to-plane (Low 2004): rotation about the points' centroid, scaled for conditioning.
         c = x.mean(axis=0)
         a = np.c_[np.cross(xs - c, ns) / scale, ns]

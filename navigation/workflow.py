@@ -12,6 +12,11 @@ Phases
     the next plan fiducial if its distances to those already captured match the CT. When all
     are captured, paired-point registration runs; if the FRE exceeds ``max_fre_mm`` the
     fiducial with the largest residual is discarded and must be touched again.
+``surface`` (only with ``surface_points > 0``)
+    Registered with the fiducials (navigation is live); pointer samples near the bone surface
+    are collected, then :func:`~orthonav.navigation.surface.refine_registration` refines the
+    registration (method ``paired_point+surface_icp``). A failed refinement keeps the
+    paired-point registration and says so in the events.
 ``navigate``
     Registered: states carry tool poses and guidance. Every further pointer dwell is a
     verification touch: its CT position and the distance to the nearest known point (plan
@@ -33,7 +38,7 @@ from orthonav.core.procrustes import paired_point
 from orthonav.core.transforms import apply
 from orthonav.tracking.frame import TrackingFrame
 
-from .digitise import FiducialDigitiser, StillCapture, tip_in_reference
+from .digitise import FiducialDigitiser, StillCapture, pointer_sample_time, tip_in_reference
 from .registration import Registration, register_paired_points
 from .state import NavigationContext, NavigationState, compute_state
 
@@ -57,6 +62,14 @@ class WorkflowConfig:
         within this distance of it (other dwells are ignored).
     fle_rms_mm
         FLE used for predicted TRE (None: estimated from the FRE).
+    surface_points
+        After paired-point registration, collect this many pointer samples on the bone
+        surface and refine with trimmed point-to-plane ICP (0 = off). Samples are taken at
+        least ``surface_spacing_mm`` apart and only within ``surface_band_mm`` of a bone
+        surface under the current registration. ``surface_keep_fraction`` is the ICP trimming;
+        a refinement that did not converge or whose ``constraint`` is below
+        ``surface_min_constraint`` (points that let the bone slide or roll) is refused and the
+        paired-point registration kept.
     pointer, reference
         Tool names.
     """
@@ -67,6 +80,11 @@ class WorkflowConfig:
     max_fre_mm: float = 2.0
     consistency_mm: float = 3.0
     verify_radius_mm: float = 15.0
+    surface_points: int = 0
+    surface_spacing_mm: float = 3.0
+    surface_band_mm: float = 5.0
+    surface_keep_fraction: float = 0.9
+    surface_min_constraint: float = 0.05
     fle_rms_mm: float | None = None
     pointer: str = "Pointer"
     reference: str = "Reference"
@@ -132,6 +150,13 @@ class Workflow:
                                            consistency_mm=config.consistency_mm, pointer=config.pointer,
                                            reference=config.reference, capture=self._capture)
         self._n_rejected = 0
+        self._n_restarts = 0
+        self._last_verify_sample: float | None = None
+        self.surface_phase = False
+        self.surface_samples: list[NDArray[np.float64]] = []
+        self._last_surface_sample: float | None = None
+        self._surface_model = None
+        self.surface_rejected: dict[str, float] | None = None
         self.registration: Registration | None = None
         self.verifications: list[Verification] = []
         self.events: list[WorkflowEvent] = []
@@ -139,7 +164,9 @@ class Workflow:
 
     @property
     def phase(self) -> str:
-        return "navigate" if self.registration is not None else "digitise"
+        if self.registration is None:
+            return "digitise"
+        return "surface" if self.surface_phase else "navigate"
 
     def _register(self, t: float) -> None:
         caps = self.digitiser.captures
@@ -164,10 +191,63 @@ class Workflow:
         self.registration = reg
         self.ctx = self.base_ctx.with_registration(reg.ct_from_reference)
         self.events.append(WorkflowEvent(t, f"registered: FRE {reg.record.fre_mm:.3f} mm over {len(self.fiducial_names)} fiducials"))
+        if self.config.surface_points > 0:
+            if not self.base_ctx.surfaces:
+                self.events.append(WorkflowEvent(t, "surface refinement skipped: the case has no bone meshes"))
+            else:
+                self.surface_phase = True
+                self.events.append(WorkflowEvent(t, f"paint the exposed bone with the pointer ({self.config.surface_points} points)"))
+
+    def _collect_surface(self, frame: TrackingFrame) -> None:
+        from .surface import SurfaceModel, refine_registration
+
+        t = pointer_sample_time(frame, self.config.pointer, self.config.reference)
+        if t is None or t == self._last_surface_sample or self.registration is None:
+            return
+        self._last_surface_sample = t
+        p_ref = tip_in_reference(frame, self.config.pointer, self.config.reference, self._tip)
+        p_ct = apply(self.registration.ct_from_reference, p_ref)
+        near = min(abs(s.signed_distance_mm(p_ct)) for s in self.base_ctx.surfaces.values())
+        if near > self.config.surface_band_mm:
+            return
+        if self.surface_samples and np.linalg.norm(p_ref - self.surface_samples[-1]) < self.config.surface_spacing_mm:
+            return
+        self.surface_samples.append(p_ref)
+        if len(self.surface_samples) < self.config.surface_points:
+            return
+        self.surface_phase = False
+        if self._surface_model is None:
+            import pyvista as pv
+
+            merged = pv.merge([s.mesh for s in self.base_ctx.surfaces.values()]) if len(self.base_ctx.surfaces) > 1 else \
+                next(iter(self.base_ctx.surfaces.values())).mesh
+            self._surface_model = SurfaceModel(merged, "bones")
+        try:
+            refined = refine_registration(self.registration, np.array(self.surface_samples), self._surface_model,
+                                          keep_fraction=self.config.surface_keep_fraction)
+        except RegistrationError as e:
+            self.events.append(WorkflowEvent(t, f"surface refinement failed ({e}); keeping the fiducial registration"))
+            return
+        sf = refined.record.surface
+        if sf["converged"] != 1.0 or sf["constraint"] < self.config.surface_min_constraint:
+            self.surface_rejected = sf
+            self.events.append(WorkflowEvent(t, f"surface refinement refused (converged {bool(sf['converged'])}, constraint "
+                                                f"{sf['constraint']:.3f} < {self.config.surface_min_constraint}): the painted points "
+                                                f"do not pin the bone down; keeping the fiducial registration"))
+            return
+        self.registration = refined
+        self.ctx = self.base_ctx.with_registration(refined.ct_from_reference)
+        self.events.append(WorkflowEvent(t, f"surface refinement: {len(self.surface_samples)} points, RMS {sf['rms_mm']:.2f} mm, "
+                                            f"inliers {sf['inlier_fraction']:.0%}, constraint {sf['constraint']:.2f}, "
+                                            f"fiducial FRE now {refined.record.fre_mm:.3f} mm"))
 
     def _verify(self, frame: TrackingFrame) -> None:
-        p_ref = tip_in_reference(frame, self.config.pointer, self.config.reference, self._tip)
-        cap = self._capture.add(frame.host_time_s, p_ref)
+        t = pointer_sample_time(frame, self.config.pointer, self.config.reference)
+        if t is not None and t == self._last_verify_sample:
+            return  # a repeated (watchdog) frame is not a new sample
+        self._last_verify_sample = t
+        p_ref = None if t is None else tip_in_reference(frame, self.config.pointer, self.config.reference, self._tip)
+        cap = self._capture.add(frame.host_time_s if t is None else t, p_ref)
         if cap is None or not self.check_points or self.registration is None:
             return
         p_ct = apply(self.registration.ct_from_reference, cap.p_reference_mm)
@@ -187,11 +267,17 @@ class Workflow:
                 name, cap, problem = self.digitiser.rejected[self._n_rejected]
                 self.events.append(WorkflowEvent(cap.host_time_s, f"capture for {name} rejected: {problem}"))
                 self._n_rejected += 1
+            if self.digitiser.restarts > self._n_restarts:
+                self._n_restarts = self.digitiser.restarts
+                self.events.append(WorkflowEvent(frame.host_time_s, f"{self.digitiser.restart_after} captures in a row did not fit the "
+                                                 f"plan's fiducials: digitising starts again at {self.fiducial_names[0]}"))
             if got is not None:
                 name, cap = got
                 self.events.append(WorkflowEvent(cap.host_time_s, f"captured {name} (spread {cap.spread_mm:.2f} mm, {cap.n_samples} samples)"))
                 if self.digitiser.done:
                     self._register(frame.host_time_s)
+        elif self.surface_phase:
+            self._collect_surface(frame)
         else:
             self._verify(frame)
         return compute_state(frame, self.ctx, clock=clock)

@@ -63,7 +63,7 @@ class KneeParameters:
     patella_gap_mm: float = 3.5
     scale: float = 1.0
     spacing_mm: tuple[float, float, float] = (0.9, 0.9, 2.0)
-    mesh_step_mm: float = 0.7
+    mesh_step_mm: float = 1.0
     bead_radius_mm: float = 2.0
     bead_standoff_mm: float = 1.0
     noise_hu: float = 20.0
@@ -398,7 +398,7 @@ def _extreme_point(f: S.SDF, verts: NDArray[np.float64], direction: NDArray[np.f
     if len(cand) == 0:
         raise InputError(None, "no surface vertices in the landmark search region")
     p0 = cand[np.argmax(cand @ d)]
-    for radius, n in ((2.0, 41), (0.3, 31)):
+    for radius, n in ((2.0, 21), (0.25, 15)):
         a = np.cross(d, X if abs(d[0]) < 0.9 else Y)
         a /= np.linalg.norm(a)
         b = np.cross(d, a)
@@ -467,9 +467,9 @@ def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.flo
         plateau_ml = L["medial_plateau_centre"] - L["lateral_plateau_centre"]
         ml_t = plateau_ml - (plateau_ml @ u_t) * u_t
         ml_t /= np.linalg.norm(ml_t)
-        bottom = float((vt @ u_t).min())  # the distal 40 mm of the tibia / fibula
-        dist_t = (vt @ u_t) < bottom + 40.0
-        dist_fi = (vfi @ u_t) < bottom + 40.0
+        # within 40 mm of each bone's own distal end (along the tibial mechanical axis)
+        dist_t = (vt @ u_t) < float((vt @ u_t).min()) + 40.0
+        dist_fi = (vfi @ u_t) < float((vfi @ u_t).min()) + 40.0
         mm = _extreme_point(tib, vt, ml_t, dist_t)
         lm = _extreme_point(fib, vfi, -ml_t, dist_fi)
         ankle = 0.5 * (mm + lm)
@@ -485,6 +485,20 @@ def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.flo
     return L, ap
 
 
+def _surface_points(anat: KneeAnatomy, starts: list) -> list[tuple[NDArray[np.float64], NDArray[np.float64]]]:
+    """Project (bone, start) pairs onto their bone surfaces, batched per bone: (point, normal)."""
+    out: list = [None] * len(starts)
+    for bone in sorted({b for b, _p in starts}):
+        idx = [i for i, (b, _p) in enumerate(starts) if b == bone]
+        f = anat.bones[bone].sdf
+        p = S.project_to_surface(f, np.array([starts[i][1] for i in idx], dtype=np.float64), iterations=8)
+        n = S.gradient(f, p)
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        for j, i in enumerate(idx):
+            out[i] = (p[j], n[j])
+    return out
+
+
 def _surface_point(f: S.SDF, start: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     p = S.project_to_surface(f, np.asarray(start, dtype=np.float64)[None], iterations=8)[0]
     n = S.gradient(f, p[None])[0]
@@ -498,7 +512,6 @@ def _fiducials_targets_limb(anat: KneeAnatomy, s: float, bead_r: float, standoff
     T = _frame(anat.tibia_rot, anat.tibia_origin)
     P = _frame(anat.plateau_rot, anat.plateau_origin)
     fem = anat.bones["femur"].sdf
-    tib = anat.bones["tibia"].sdf
     bead_starts = [
         ("femur", Fz([8.0 * s, -45.0 * s, 150.0 * s])),
         ("femur", Fz([30.0 * s, -5.0 * s, 105.0 * s])),
@@ -509,11 +522,6 @@ def _fiducials_targets_limb(anat: KneeAnatomy, s: float, bead_r: float, standoff
         ("tibia", T([8.0 * s, -40.0 * s, -110.0 * s])),
         ("tibia", T([35.0 * s, 5.0 * s, -165.0 * s])),
     ]
-    beads = []
-    for bone, start in bead_starts:
-        f = fem if bone == "femur" else tib
-        p, n = _surface_point(f, start)
-        beads.append((bone, p + (bead_r + standoff) * n))
     target_starts = [
         ("target_medial_condyle_anterior", "femur", Fz([22.0 * s, -35.0 * s, -12.0 * s])),
         ("target_lateral_condyle_posterior", "femur", Fz([-22.0 * s, 40.0 * s, -10.0 * s])),
@@ -522,11 +530,9 @@ def _fiducials_targets_limb(anat: KneeAnatomy, s: float, bead_r: float, standoff
         ("target_lateral_tibia_cut_level", "tibia", P([-45.0 * s, 5.0 * s, -12.0 * s])),
         ("target_tibial_spine", "tibia", P([0.0, -2.0 * s, 12.0 * s])),
     ]
-    targets = []
-    for name, bone, start in target_starts:
-        f = fem if bone == "femur" else tib
-        p, _n = _surface_point(f, start)
-        targets.append((name, bone, p))
+    anchors = _surface_points(anat, list(bead_starts) + [(b, p) for _n, b, p in target_starts])
+    beads = [(bone, p + (bead_r + standoff) * n) for (bone, _s), (p, n) in zip(bead_starts, anchors[: len(bead_starts)])]
+    targets = [(name, bone, p) for (name, bone, _s), (p, _n) in zip(target_starts, anchors[len(bead_starts) :])]
     mount_p, mount_n = _surface_point(fem, Fz([-15.0 * s, -40.0 * s, 200.0 * s]))
     return beads, targets, (mount_p, mount_n)
 
@@ -677,11 +683,6 @@ def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) ->
         gaps_mm=gaps,
     )
     table = LabelTable(labels={v: k for k, v in LABELS.items()}, backend="phantom truth", side="right")
-    print_mesh = None
-    merged = None
-    for m in meshes.values():
-        merged = m.copy() if merged is None else merged.merge(m)
-    print_mesh = merged
     return SyntheticPhantom(
         ct=ct,
         labels=labels,
@@ -689,5 +690,5 @@ def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) ->
         truth=truth,
         truth_meshes=meshes,
         bones={k: v for k, v in anat.bones.items()},
-        print_mesh=print_mesh,
+        print_mesh=None,
     )

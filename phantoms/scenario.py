@@ -8,7 +8,9 @@ and scripts the tools over time:
 1. The pointer visits every fiducial in the plan's order: it moves for ``move_s`` (lifting off
    the surface) and dwells ``dwell_s`` with its tip exactly at the TRUE fiducial (plus an
    optional, per-fiducial fixed FLE offset). The saw is hidden (None): NOT VISIBLE.
-2. The pointer touches each truth target the same way (verification / TRE).
+2. Optionally (``surface_points_ct_mm``) the pointer glides over the exposed bone surface
+   (surface registration). Then it touches each truth target the same way as the fiducials
+   (verification / TRE).
 3. The pointer parks away from the knee; the saw appears, sweeps along the planned distal
    femoral cut exactly on-plane, then holds a list of off-plane poses with known flexion,
    varus and distance errors, then is hidden again.
@@ -16,7 +18,9 @@ and scripts the tools over time:
 The reference is visible throughout (unless ``reference_dropout_s`` is given).
 ``scenario.script(t_s)`` is the ``script`` the tracking simulator runs
 (``dict[tool, tracker_from_tool | None]``); :meth:`Scenario.truth_at` gives the true guidance
-numbers at any time, against which navigation output is checked.
+numbers at any time, against which navigation output is checked. :func:`simulate_navigation`
+runs the whole thing through :func:`orthonav.navigation.navigate.navigate_case`, over a real
+OpenIGTLink socket or in process.
 """
 
 from __future__ import annotations
@@ -420,6 +424,8 @@ def knee_scenario(
     touch_targets: bool = True,
     toolset: ToolSet | None = None,
     reference_dropout_s: tuple[float, float] | None = None,
+    surface_points_ct_mm: ArrayLike | None = None,
+    surface_step_s: float = 0.05,
 ) -> Scenario:
     """Build the scripted knee session.
 
@@ -442,6 +448,10 @@ def knee_scenario(
         Also touch every truth target after the fiducials.
     reference_dropout_s
         Optional (t0, t1) during which the reference is not visible.
+    surface_points_ct_mm
+        Optional (m, 3) points on the bone surface (CT): after the fiducials the pointer glides
+        through them in the given order, ``surface_step_s`` per point, tip on the surface
+        (phase ``"surface"``), for surface registration.
     """
     if isinstance(source, KneeGeometry):
         geo = source
@@ -470,15 +480,29 @@ def knee_scenario(
         return _unit(-(out + tilt - np.dot(tilt, out) * out))  # shaft points into the bone
 
     points: list[tuple[str, str, Vec]] = [("fiducial", nm, geo.fiducials_ct_mm[i] + fle[i]) for i, nm in enumerate(geo.fiducial_names)]
-    if touch_targets:
-        points += [("target", nm, np.asarray(p, dtype=np.float64)) for nm, p in geo.targets_ct_mm.items()]
+    targets = [("target", nm, np.asarray(p, dtype=np.float64)) for nm, p in geo.targets_ct_mm.items()] if touch_targets else []
     phases: list[Phase] = []
     keys: list[tuple] = []
     home_tip = geo.centre_ct_mm + 120.0 * anterior + 60.0 * geo.medial
     home_dir = _unit(geo.centre_ct_mm - home_tip)
     cur_tip, cur_dir = home_tip, home_dir
     t = 0.0
-    for kind, name, p in points:
+    surface = None if surface_points_ct_mm is None else np.asarray(surface_points_ct_mm, dtype=np.float64).reshape(-1, 3)
+    for kind, name, p in points + [("surface", "", np.zeros(3))] + targets:
+        if kind == "surface":
+            if surface is None or len(surface) == 0:
+                continue
+            d = approach(surface[0])
+            keys.append((t, t + move_s, cur_tip, cur_dir, surface[0], d, _unit(surface[0] - geo.centre_ct_mm)))
+            phases.append(Phase("move", t, t + move_s, "surface"))
+            t += move_s
+            t_start = t
+            for a, b in zip(surface[:-1], surface[1:]):
+                keys.append((t, t + surface_step_s, a, d, b, d, np.zeros(3)))
+                t += surface_step_s
+            phases.append(Phase("surface", t_start, t, f"{len(surface)} points"))
+            cur_tip, cur_dir = surface[-1], d
+            continue
         d = approach(p)
         lift = _unit(p - geo.centre_ct_mm)
         keys.append((t, t + move_s, cur_tip, cur_dir, p, d, lift))
@@ -516,13 +540,14 @@ def knee_scenario(
 
 
 def write_toy_case(case_dir: str | Path, geometry: KneeGeometry | None = None, *, detection_error_mm: float = 0.0, seed: int = 0,
-                   resolution: int = 60) -> KneeGeometry:
+                   resolution: int = 60, with_ct: bool = False) -> KneeGeometry:
     """Write a minimal navigable case for :func:`toy_geometry` (tests, benchmarks, demos without a phantom).
 
     ``meshes/femur.stl`` is an ellipsoid (semi-axes 45, 40, 110 mm, centre (0, 0, 70)): a
     stand-in distal femur crossed by the toy cut z = 0. ``plan.json`` holds the fiducials
     (true positions plus an optional isotropic detection error of RMS ``detection_error_mm``),
-    the epicondyles, the targets as ``target_k`` landmarks and the distal femoral cut.
+    the epicondyles and the distal femoral cut. With ``with_ct`` a coarse ``ct.nii.gz``
+    (1.5 mm voxels: air, a soft-tissue cylinder, the ellipsoid as bone with a cortex) is written.
     """
     from orthonav.core.case import Case
     from orthonav.core.meshio import write_mesh
@@ -544,4 +569,102 @@ def write_toy_case(case_dir: str | Path, geometry: KneeGeometry | None = None, *
     cut = CutPlane(bone="femur", point_lps_mm=tuple(map(float, geo.cut_point_mm)), normal_lps=tuple(map(float, geo.cut_normal)),
                    resection_depth_mm=9.0, reference="toy")
     save_plan(case.plan, Plan(procedure="tka", side="right", landmarks=lms, cuts={"distal_femur": cut}))
+    if with_ct:
+        from orthonav.core.volume import Volume, make_lps_from_ijk, write_volume
+
+        sp = 1.5
+        origin = np.array([-75.0, -75.0, -60.0])
+        ni, nj, nk = 101, 101, 175
+        k, j, i = np.meshgrid(np.arange(nk), np.arange(nj), np.arange(ni), indexing="ij")
+        x, y, z = origin[0] + sp * i, origin[1] + sp * j, origin[2] + sp * k
+        hu = np.full((nk, nj, ni), -1000, dtype=np.int16)
+        hu[x**2 + y**2 < 70.0**2] = 40
+        e = (x / 45.0) ** 2 + (y / 40.0) ** 2 + ((z - 70.0) / 110.0) ** 2
+        hu[e < 1.0] = 1200
+        hu[e < 0.85] = 300
+        write_volume(Volume(hu, make_lps_from_ijk([sp, sp, sp], origin)), case.ct)
     return geo
+
+
+def simulate_navigation(
+    case_dir: str | Path,
+    *,
+    seed: int = 0,
+    fle_mm: float = 0.25,
+    rate_hz: float = 100.0,
+    over_socket: bool = True,
+    port: int = 0,
+    tracker_noise_mm: float = 0.1,
+    rotation_noise_deg: float = 0.05,
+    off_screen: bool = True,
+    screenshot_every_s: float | None = 2.0,
+    progress=None,
+    geometry: KneeGeometry | None = None,
+    render: bool = True,
+    **scenario_options: object,
+):
+    """Navigate a phantom (or toy) case with the scripted OR, end to end, and return the summary.
+
+    Builds :func:`knee_scenario` for ``case_dir`` and runs
+    :func:`orthonav.navigation.navigate.navigate_case` on it, either over a real OpenIGTLink
+    socket (``stream_script`` on 127.0.0.1 + ``IGTLClientSource``) or with the in-process
+    ``SimulatedSource``. The phantom truth (targets, true registration, true guidance by time)
+    is passed in, so the summary reports true TRE and guidance errors. ``geometry`` replaces
+    ``truth/truth.json`` (e.g. for a case written by :func:`write_toy_case`).
+
+    Returns
+    -------
+    (NavigationSummary, Scenario)
+    """
+    import threading
+    import time as _time
+
+    from orthonav.navigation.navigate import navigate_case
+    from orthonav.tracking.simulator import SimulatedSource, stream_script
+
+    case_dir = Path(case_dir)
+    sc = knee_scenario(geometry if geometry is not None else case_dir, seed=seed, fle_mm=fle_mm, **scenario_options)  # type: ignore[arg-type]
+    truth = {"targets_lps_mm": dict(sc.geometry.targets_ct_mm)}
+    common = dict(off_screen=off_screen, screenshot_every_s=screenshot_every_s, progress=progress, toolset=sc.toolset, truth=truth,
+                  true_ct_from_reference=sc.ct_from_reference, render=render)
+    if not over_socket:
+        source = SimulatedSource(sc.script, rate_hz=rate_hz, tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
+                                 seed=seed, tools=sc.toolset)
+        return navigate_case(case_dir, source, duration_s=sc.duration_s + 0.3, truth_at=sc.truth_at, **common), sc
+
+    from orthonav.tracking.igtl_client import IGTLClientSource
+
+    # Device time on the wire is the sender's wall clock; remember its offset from script time.
+    offset: list[float] = []
+
+    def script(t: float):
+        if not offset:
+            offset.append(_time.time() - t)
+        return sc.script(t)
+
+    def truth_at(device_time_s: float):
+        return sc.truth_at(device_time_s - offset[0]) if offset else sc.truth_at(-1.0)
+
+    listening = threading.Event()
+    box: dict[str, object] = {}
+
+    def serve() -> None:
+        try:
+            stream_script(script, port, rate_hz=rate_hz, duration_s=sc.duration_s, wait_for_client_s=30.0, seed=seed,
+                          tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
+                          on_listening=lambda p: (box.__setitem__("port", p), listening.set()))
+        except BaseException as e:  # re-raised in the caller's thread below
+            box["error"] = e
+            listening.set()
+
+    th = threading.Thread(target=serve, name="scenario-stream", daemon=True)
+    th.start()
+    if not listening.wait(30.0) or "error" in box:
+        th.join(timeout=1.0)
+        raise InputError(None, f"the simulated tracker did not start: {box.get('error')!r}")
+    source = IGTLClientSource("127.0.0.1", int(box["port"]), tools=sc.toolset)  # type: ignore[arg-type]
+    summary = navigate_case(case_dir, source, duration_s=sc.duration_s + 1.0, truth_at=truth_at, **common)
+    th.join(timeout=10.0)
+    if "error" in box:
+        raise InputError(None, f"the simulated tracker failed: {box['error']!r}")
+    return summary, sc

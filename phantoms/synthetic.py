@@ -30,6 +30,7 @@ from scipy.ndimage import gaussian_filter
 from orthonav.core.case import Case, LabelTable, write_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import write_mesh
+from orthonav.core.schema import save_model
 from orthonav.core.transforms import apply, invert
 from orthonav.core.volume import Volume, make_lps_from_ijk, write_volume
 
@@ -117,14 +118,22 @@ class SyntheticPhantom:
     def signed_distance_mm(self, bone: str, points_lps: ArrayLike) -> NDArray[np.float64]:
         """Signed distance (mm, negative inside) of (n, 3) LPS points to the true surface of ``bone``.
 
-        ``f / |grad f|`` of the analytic SDF: exact on the surface and to second order near it
-        (well below 0.01 mm within a few mm of the surface for these smooth shapes).
+        Near the surface (|d| < 0.5 mm) ``f / |grad f|`` of the analytic SDF (exact on the
+        surface, second-order accurate near it); further away the distance to the foot point
+        reached by Newton steps along the gradient (the closest surface point for these smooth
+        shapes), signed by ``f``.
         """
         if bone not in self.bones:
             raise InputError(None, f"unknown bone {bone!r}; this phantom has {', '.join(self.bones)}")
         p = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
         p_limb = apply(invert(self.ct_from_limb), p)
-        return S.normalized(self.bones[bone].sdf, p_limb)
+        f = self.bones[bone].sdf
+        d = S.normalized(f, p_limb)
+        far = np.abs(d) >= 0.5
+        if far.any():
+            foot = S.project_to_surface(f, p_limb[far], iterations=8)
+            d[far] = np.sign(d[far]) * np.linalg.norm(p_limb[far] - foot, axis=1)
+        return d
 
 
 def fit_grid(
@@ -215,10 +224,10 @@ def render_ct(
     limb_from_ct = invert(ct_from_limb)
     sp = grid.spacing_mm
     full = (slice(0, grid.shape_zyx[0]), slice(0, grid.shape_zyx[1]), slice(0, grid.shape_zyx[2]))
-    vmax = float(sp.max())
 
     # Body envelope: air / fat / soft tissue. Exact occupancy in the band, plain values elsewhere.
-    band = fat_mm + 2.0 * vmax
+    half_ramp = 0.5 * float(sp.sum()) + 0.05  # occupancy saturates beyond half the widest ramp
+    band = fat_mm + half_ramp
     f_env = S.banded_grid_values(envelope, _limb_points_of(grid, limb_from_ct, full), grid.shape_zyx, sp, band, coarse_mm=8.0)
     vol = np.where(f_env < 0, np.float32(hu["soft"]), np.float32(hu["air"])).astype(np.float32)
     kji = np.nonzero(np.abs(f_env) < band)
@@ -231,14 +240,14 @@ def render_ct(
     labels = np.zeros(grid.shape_zyx, dtype=np.uint8)
 
     t_max = 4.0  # cortical thickness model limit (mm)
-    band = t_max + 2.0 * vmax
+    band = t_max + half_ramp
     for bone in bones:
         box = _sub_box(grid, limb_from_ct, ct_from_limb, bone.bounds_limb_mm, pad=2)
         if box is None:
             continue
         pts_of = _limb_points_of(grid, limb_from_ct, box)
         shape = tuple(s.stop - s.start for s in box)
-        f = S.banded_grid_values(bone.sdf, pts_of, shape, sp, band, coarse_mm=6.0)  # type: ignore[arg-type]
+        f = S.banded_grid_values(bone.sdf, pts_of, shape, sp, band, coarse_mm=3.5)  # type: ignore[arg-type]
         sub = vol[box]
         lab = labels[box]
         inside = f < 0
@@ -303,17 +312,23 @@ def surface_mesh(f: S.SDF, bounds_limb_mm: NDArray[np.float64], step_mm: float, 
     surf = img.contour(isosurfaces=[0.0], scalars="sdf", method="flying_edges").triangulate().clean()
     if surf.n_points == 0:
         raise InputError(None, "empty surface: the SDF has no zero set inside its bounds")
-    pts = S.project_to_surface(f, np.asarray(surf.points, dtype=np.float64), iterations=1)
-    surf.points = apply(ct_from_limb, pts)
-    surf.point_data.clear()
-    return surf
+    pts = S.project_to_surface(f, np.asarray(surf.points, dtype=np.float64), iterations=2)
+    tri = np.asarray(surf.faces).reshape(-1, 4)[:, 1:]
+    v0, v1, v2 = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
+    signed_volume = float(np.einsum("ij,ij->i", v0, np.cross(v1, v2)).sum() / 6.0)
+    if signed_volume < 0:  # make the triangles wind counter-clockwise seen from outside
+        tri = tri[:, ::-1]
+    out = pv.PolyData(apply(ct_from_limb, pts), np.hstack([np.full((len(tri), 1), 3), tri]).ravel())
+    return out
 
 
-def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path) -> Case:
+def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path, *, printable: bool = True) -> Case:
     """Write a phantom into a case folder (every write atomic).
 
     Writes ``ct.nii.gz`` (int16 HU), ``truth/labels.nii.gz``, ``truth/labels.json``,
-    ``truth/meshes/<bone>.stl``, ``truth/truth.json`` and ``print/phantom_<kind>.stl``.
+    ``truth/meshes/<bone>.stl`` (LPS mm, outward normals), ``truth/truth.json`` and, with
+    ``printable``, ``print/phantom_<kind>.stl`` + ``print/phantom_<kind>.json`` (the printable
+    model in its print-bed frame; the JSON holds the divots and ``ct_from_phantom``).
     """
     case = Case(case_dir)
     case.root.mkdir(parents=True, exist_ok=True)
@@ -323,8 +338,16 @@ def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path) -> Case:
     for name, mesh in phantom.truth_meshes.items():
         write_mesh(mesh, case.truth_dir / "meshes" / f"{name}.stl")
     write_truth(case.root, phantom.truth)
-    if phantom.print_mesh is not None:
-        write_mesh(phantom.print_mesh, case.print_dir / f"phantom_{phantom.truth.kind}.stl")
+    if printable:
+        kind = phantom.truth.kind
+        if kind == "knee":
+            from .printable import make_printable_knee
+
+            printed = make_printable_knee(phantom)
+            write_mesh(printed.mesh, case.print_dir / f"phantom_{kind}.stl")
+            save_model(case.print_dir / f"phantom_{kind}.json", printed.spec)
+        elif phantom.print_mesh is not None:
+            write_mesh(phantom.print_mesh, case.print_dir / f"phantom_{kind}.stl")
     return case
 
 

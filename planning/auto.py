@@ -84,6 +84,14 @@ def anatomical_axes(meshes: dict[str, pv.PolyData], landmarks: dict[str, Landmar
     return out
 
 
+def knee_centre(landmarks) -> np.ndarray | None:
+    """Midpoint of the femoral and tibial knee centres (LPS mm), or None if missing."""
+    from .alignment import position
+
+    names = [n for n in ("femoral_knee_centre", "tibial_knee_centre") if n in landmarks]
+    return np.mean([position(landmarks[n]) for n in names], axis=0) if names else None
+
+
 def build_plan(
     meshes: dict[str, pv.PolyData],
     *,
@@ -122,8 +130,11 @@ def build_plan(
     )
     if not implants:
         return plan
-    solids = BoneSolids(meshes)
-    placed, sizing = place_tka(lms, meshes, cuts, tibia_solid=solids.solid("tibia"))
+    solids = BoneSolids(meshes, roi_centre_lps=knee_centre(lms))
+    # Mechanical: component rotation parallel to the TEA. Kinematic: parallel to the
+    # posterior condylar line (equal posterior resections), i.e. turned by the PCA.
+    rot = -angles.get("femoral_rotation", 0.0) if alignment == "kinematic" else 0.0
+    placed, sizing = place_tka(lms, meshes, cuts, femoral_rotation_deg=rot, tibia_solid=solids.solid("tibia"))
     implied = cuts_from_implants(placed, lms)
     plan = plan.model_copy(update={"implants": placed, "cuts": implied, "metrics": sizing})
     metrics, _ = compute_metrics(plan, solids, ct=ct)

@@ -19,38 +19,76 @@ from matplotlib.path import Path as MplPath
 from numpy.typing import NDArray
 from scipy.ndimage import map_coordinates
 
-from orthonav.core.transforms import apply, invert
+from orthonav.core.transforms import apply
 from orthonav.core.volume import Volume
 
 from .implants import FEMORAL_FLANGE_MM, implant_model, tray_outline
 from .meshops import cross_section, halfspace_keep, to_manifold, to_polydata, transform
 from .placement import femoral_cut_planes_implant
-from .schema import CutPlane, ImplantPlacement, Plan
+from .schema import ImplantPlacement, Plan
 
 Vec = NDArray[np.float64]
 
 
 @dataclass
 class BoneSolids:
-    """Cache of bone meshes as manifold solids (conversion is the slow part of an update)."""
+    """Bone meshes as manifold solids, cached (conversion is the slow part of an update).
+
+    With ``roi_centre_lps`` the booleans run on the bone inside a cube of half-size
+    ``roi_half_mm`` around it (the knee), which keeps an update fast on 100k-triangle
+    bones; each use checks that no bone outside that cube is affected, and falls back to
+    the whole bone otherwise, so results never depend on the crop.
+    """
 
     meshes: Mapping[str, pv.PolyData]
+    roi_centre_lps: NDArray[np.float64] | None = None
+    roi_half_mm: float = 65.0
     _solids: dict[str, mf.Manifold] = field(default_factory=dict)
+    _roi: dict[str, tuple[mf.Manifold, NDArray[np.float64]]] = field(default_factory=dict)
+    _volume: dict[int, float] = field(default_factory=dict)
 
     def solid(self, bone: str) -> mf.Manifold:
         if bone not in self._solids:
             self._solids[bone] = to_manifold(self.meshes[bone], name=f"{bone} mesh")
         return self._solids[bone]
 
+    def volume(self, bone: str) -> float:
+        return self.volume_of(self.solid(bone))
+
+    def volume_of(self, solid: mf.Manifold) -> float:
+        """Volume of a cached solid (whole bone or ROI), computed once."""
+        key = id(solid)
+        if key not in self._volume:
+            self._volume[key] = float(solid.volume())
+        return self._volume[key]
+
+    def local(self, bone: str, unaffected: "callable[[NDArray[np.float64]], bool] | None" = None) -> mf.Manifold:
+        """The bone within the ROI if ``unaffected(points outside the ROI)`` holds, else whole."""
+        if self.roi_centre_lps is None or unaffected is None:
+            return self.solid(bone)
+        if bone not in self._roi:
+            c, h = np.asarray(self.roi_centre_lps, dtype=float), self.roi_half_mm
+            cube = mf.Manifold.cube([2 * h, 2 * h, 2 * h]).translate((c - h).tolist())
+            pts = np.asarray(self.meshes[bone].points, dtype=float)
+            outside = pts[np.any(np.abs(pts - c) > h - 1.0, axis=1)]
+            self._roi[bone] = (self.solid(bone) ^ cube, outside)
+        roi, outside = self._roi[bone]
+        return roi if unaffected(outside) else self.solid(bone)
+
 
 @dataclass(frozen=True)
 class Resection:
-    """A bone after the plan's cuts."""
+    """A bone after the plan's cuts (the kept solid is built on demand)."""
 
     bone: str
-    kept: mf.Manifold
     removed_volume_mm3: float
     bone_volume_mm3: float
+    whole: mf.Manifold = field(repr=False)
+    remove: "callable[[mf.Manifold], mf.Manifold]" = field(repr=False)
+
+    @property
+    def kept(self) -> mf.Manifold:
+        return self.remove(self.whole)
 
     def kept_mesh(self) -> pv.PolyData:
         return to_polydata(self.kept)
@@ -62,7 +100,7 @@ def femoral_removal_region(femoral: ImplantPlacement, *, margin_mm: float = 2.0)
     ap = implant_model(femoral.family, femoral.size).dims.get("ap_mm")
     if ap is None:
         raise ValueError("femoral component without an 'ap_mm' dimension")
-    top = FEMORAL_FLANGE_MM["anterior"] + margin_mm
+    top = femoral_region_top_mm(margin_mm)
     big = mf.Manifold.cube([400.0, 400.0, top + 200.0]).translate([-200.0, -200.0, -200.0])
     kept = big
     for q, n in femoral_cut_planes_implant(ap).values():
@@ -71,26 +109,41 @@ def femoral_removal_region(femoral: ImplantPlacement, *, margin_mm: float = 2.0)
     return transform(region, np.asarray(femoral.ct_from_implant))
 
 
+def femoral_region_top_mm(margin_mm: float = 2.0) -> float:
+    """Height (implant z, mm) up to which a femoral component's cuts remove bone."""
+    return FEMORAL_FLANGE_MM["anterior"] + margin_mm
+
+
 def resect(plan: Plan, solids: BoneSolids) -> dict[str, Resection]:
     """Resected femur and tibia for the plan (implant-derived cuts when there are implants)."""
     out: dict[str, Resection] = {}
     fem = next((i for i in plan.implants if i.family == "tka_femoral"), None)
     if "femur" in solids.meshes:
-        b = solids.solid("femur")
+        remove = None
         if fem is not None:
-            kept = b - femoral_removal_region(fem)
+            m = np.asarray(fem.ct_from_implant)
+            region = femoral_region_top_mm()
+            # Bone outside the ROI is untouched if it all lies above the region's top.
+            unaffected = lambda pts: bool(len(pts) == 0 or ((pts - m[:3, 3]) @ m[:3, 2]).min() > region + 1.0)  # noqa: E731
+            r = femoral_removal_region(fem)
+            remove = lambda b, r=r: b - r  # noqa: E731
         elif "distal_femur" in plan.cuts:
             c = plan.cuts["distal_femur"]
-            kept = halfspace_keep(b, np.asarray(c.point_lps_mm), np.asarray(c.normal_lps))
-        else:
-            kept = None
-        if kept is not None:
-            out["femur"] = Resection("femur", kept, b.volume() - kept.volume(), b.volume())
+            pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
+            unaffected = lambda pts: bool(len(pts) == 0 or ((pts - pt) @ n).max() < -1.0)  # noqa: E731
+            remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
+        if remove is not None:
+            local = solids.local("femur", unaffected)
+            removed = solids.volume_of(local) - remove(local).volume()
+            out["femur"] = Resection("femur", float(removed), solids.volume("femur"), solids.solid("femur"), remove)
     if "tibia" in solids.meshes and "proximal_tibia" in plan.cuts:
-        b = solids.solid("tibia")
         c = plan.cuts["proximal_tibia"]
-        kept = halfspace_keep(b, np.asarray(c.point_lps_mm), np.asarray(c.normal_lps))
-        out["tibia"] = Resection("tibia", kept, b.volume() - kept.volume(), b.volume())
+        pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
+        unaffected = lambda pts: bool(len(pts) == 0 or ((pts - pt) @ n).max() < -1.0)  # noqa: E731
+        remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
+        local = solids.local("tibia", unaffected)
+        removed = solids.volume_of(local) - remove(local).volume()
+        out["tibia"] = Resection("tibia", float(removed), solids.volume("tibia"), solids.solid("tibia"), remove)
     return out
 
 
@@ -201,6 +254,17 @@ def transform_plane_z(ct_from_plane: NDArray[np.float64], z_mm: float) -> NDArra
     return out
 
 
+def _roi_ok(ct_from_frame: NDArray[np.float64], height_mm: float):
+    """A test that bone outside the ROI lies more than ``height_mm`` from the frame's origin
+    plane (so sections at or below that height see only ROI bone)."""
+    m = np.asarray(ct_from_frame)
+
+    def ok(pts: NDArray[np.float64]) -> bool:
+        return bool(len(pts) == 0 or np.abs((pts - m[:3, 3]) @ m[:3, 2]).min() > height_mm + 1.0)
+
+    return ok
+
+
 def compute_metrics(plan: Plan, solids: BoneSolids, *, ct: Volume | None = None) -> tuple[dict[str, float], dict[str, Resection]]:
     """Removed volumes, coverage / overhang and bone density for a plan; also the resections."""
     res = resect(plan, solids)
@@ -215,7 +279,7 @@ def compute_metrics(plan: Plan, solids: BoneSolids, *, ct: Volume | None = None)
     if tray is not None and "tibia" in solids.meshes:
         f = np.asarray(tray.ct_from_implant)
         d = implant_model(tray.family, tray.size).dims
-        sec = cross_section(solids.solid("tibia"), f)
+        sec = cross_section(solids.local("tibia", _roi_ok(f, 1.0)), f)
         outline = tray_outline(d["ml_mm"], d["ap_mm"]) if "ml_mm" in d and "ap_mm" in d else None
         if outline is not None and not sec.is_empty():
             cov = coverage(sec, outline)
@@ -232,7 +296,7 @@ def compute_metrics(plan: Plan, solids: BoneSolids, *, ct: Volume | None = None)
         f = np.asarray(fem.ct_from_implant)
         d = implant_model(fem.family, fem.size).dims
         if "ap_mm" in d and "ml_mm" in d:
-            m.update(femoral_fit(solids.solid("femur"), f, d["ap_mm"], d["ml_mm"], ct=ct))
+            m.update(femoral_fit(solids.local("femur", _roi_ok(f, femoral_region_top_mm() + 10.0)), f, d["ap_mm"], d["ml_mm"], ct=ct))
     return m, res
 
 

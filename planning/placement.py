@@ -23,12 +23,12 @@ import pyvista as pv
 from numpy.typing import NDArray
 
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import apply, apply_vector, invert, rotation_about_axis
+from orthonav.core.transforms import apply, apply_vector, rotation_about_axis
 
 from .alignment import limb_frames, position
 from .cuts import depth_along_axis_mm
 from .implants import FEMORAL_CHAMFER_MM, FEMORAL_FLANGE_MM, FEMORAL_SIZES, FEMORAL_THICKNESS_MM, INSERT_THICKNESSES_MM, TIBIAL_SIZES, TRAY_THICKNESS_MM, implant_model, insert_size
-from .meshops import cross_section, frame_from_plane, to_manifold
+from .meshops import cross_section, to_manifold
 from .schema import CutPlane, ImplantPlacement
 
 Vec = NDArray[np.float64]

@@ -84,6 +84,10 @@ class ClassicalParams:
     peak_radius_mm: float = 3.0
     valley_hu: float = 150.0
     valley_max_mm: float = 3.2
+    marrow_max_hu: float = 650.0
+    marrow_depth_mm: float = 1.5
+    shaft_end_fraction: float = 0.0
+    shaft_area_ratio: float = 0.25
     body_opening_mm: float = 5.0
     min_body_volume_mm3: float = 20000.0
     min_inside_body: float = 0.5
@@ -192,7 +196,14 @@ def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Cla
             continue
         peak = _arr(sitk.GrayscaleDilate(_img(np.where(comp, vals, -1024.0).astype(np.float32), spacing), peak_r, sitk.sitkBall))
         thr = np.clip(0.5 * (peak + soft), p.bone_low_hu, p.max_boundary_hu)
-        peel = edge & (vals < thr)
+        # Only the outer slope of the cortex is peeled: there HU rises going inwards (the HU
+        # gradient points along the depth gradient). Marrow under a thin or blurred cortex lies
+        # on the inner slope (HU falls inwards) and is kept.
+        sm = ndi.gaussian_filter(vals.astype(np.float32), 0.7)
+        rising_inwards = np.zeros(comp.shape, np.float32)
+        for gi, gd, sp_ in zip(np.gradient(sm), np.gradient(depth.astype(np.float32)), spacing[::-1]):
+            rising_inwards += gi * gd / float(sp_ * sp_)
+        peel = edge & (vals < thr) & (rising_inwards > 0)
         sub = out[grown]
         sub[peel] = 0
         out[grown] = sub
@@ -322,34 +333,51 @@ def joint_valleys(ct_zyx: NDArray, mask: NDArray, spacing: NDArray, p: Classical
     return valley & mask
 
 
-def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArray | None = None) -> tuple[NDArray, NDArray]:
-    """Watershed split of ``mask`` into bones; returns (region labels int32, distance map mm).
+def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArray) -> tuple[NDArray, NDArray]:
+    """Split ``mask`` into bones; returns (region labels int32, distance map mm of the cut mask).
 
-    With ``ct_zyx``, joint valleys (:func:`joint_valleys`) are cut out of the mask before the
-    distance map, so cores stop at a joint even where blur has bridged it.
+    Markers: each bone's **marrow** (voxels below ``marrow_max_hu`` deeper than
+    ``marrow_depth_mm`` inside the mask): touching bones keep separate marrow cavities, walled
+    off by their cortices, even where the joint space is closed. Solid components without
+    marrow (thin bones, the table) get distance-map cores instead, computed after cutting
+    joint valleys (:func:`joint_valleys`). The watershed runs on the smoothed HU, so the
+    boundary between two marrow markers follows the bright double cortex where bones touch.
     """
-    cut = mask & ~joint_valleys(ct_zyx, mask, spacing, p) if ct_zyx is not None else mask
-    dist_img = sitk.SignedMaurerDistanceMap(
-        _img(cut.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True
+    cut = mask & ~joint_valleys(ct_zyx, mask, spacing, p)
+    dist = sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(_img(cut.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
+    ).astype(np.float32)
+    depth = sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(_img(mask.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True)
     )
-    dist = sitk.GetArrayFromImage(dist_img).astype(np.float32)
-    voxel_mm3 = float(np.prod(spacing))
-    cores = sitk.ConnectedComponent(_img((dist > p.seed_depth_mm).astype(np.uint8), spacing), True)
-    cores = sitk.RelabelComponent(cores, minimumObjectSize=max(1, int(np.ceil(p.min_seed_volume_mm3 / voxel_mm3))))
-    n_seeds = int(sitk.GetArrayFromImage(cores).max())
+    min_vox = max(1, int(np.ceil(p.min_seed_volume_mm3 / float(np.prod(spacing)))))
+    marrow = mask & (ct_zyx < p.marrow_max_hu) & (depth > p.marrow_depth_mm)
+    del depth
+    m_lab = _arr(sitk.RelabelComponent(sitk.ConnectedComponent(_img(marrow.astype(np.uint8), spacing), True), minimumObjectSize=min_vox))
+    n_marrow = int(m_lab.max())
+    comps, n_comps = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+    has_marrow = np.zeros(n_comps + 1, bool)
+    has_marrow[np.unique(comps[m_lab > 0])] = True
+    has_marrow[0] = False
+    # Distance cores only where a component has no marrow marker.
+    core_mask = (dist > p.seed_depth_mm) & ~has_marrow[comps]
+    c_lab = _arr(sitk.RelabelComponent(sitk.ConnectedComponent(_img(core_mask.astype(np.uint8), spacing), True), minimumObjectSize=min_vox))
+    markers = m_lab.astype(np.int32)
+    markers[c_lab > 0] = c_lab[c_lab > 0].astype(np.int32) + n_marrow
+    n_seeds = int(markers.max())
     if n_seeds == 0:
         return np.zeros(mask.shape, np.int32), dist
-    landscape = sitk.GetImageFromArray(np.where(mask, -dist, 1.0e3).astype(np.float32))
-    landscape.CopyInformation(cores)
-    ws = sitk.MorphologicalWatershedFromMarkers(landscape, cores, markWatershedLine=False, fullyConnected=True)
+    smooth = ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7)
+    landscape = _img(np.where(mask, smooth, 1.0e4).astype(np.float32), spacing)
+    del smooth
+    ws = sitk.MorphologicalWatershedFromMarkers(landscape, _img(markers.astype(np.uint32), spacing), markWatershedLine=False, fullyConnected=True)
     regions = sitk.GetArrayFromImage(ws).astype(np.int32) * mask
-    # Flooding goes by level, so every voxel of a component holding a core is claimed from
-    # inside it before any background voxel; a component with no core (thinner than
+    # Flooding goes by level, so every voxel of a component holding a marker is claimed from
+    # inside it before any background voxel; a component with no marker (thinner than
     # ``seed_depth_mm`` everywhere: a rib end, a process, or a table or cable, removed later
     # by the body test) is instead claimed across the gap, so it becomes a region of its own.
-    comps, n_comps = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
     seeded = np.zeros(n_comps + 1, bool)
-    seeded[np.unique(comps[sitk.GetArrayFromImage(cores) > 0])] = True
+    seeded[np.unique(comps[markers > 0])] = True
     seeded[0] = True
     lone = ~seeded[comps]
     regions[lone] = 0
@@ -358,12 +386,90 @@ def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArr
         lone_ids = np.flatnonzero(~seeded)
         lut[lone_ids] = n_seeds + 1 + np.arange(len(lone_ids))
         regions[lone] = lut[comps[lone]]
-    regions = _merge_waists(regions, dist, p.merge_ratio)
+    regions = _merge_split_shafts(regions, spacing, set(range(1, n_marrow + 1)), p)
+    regions = _merge_waists(regions, dist, p.merge_ratio, protected=set(range(1, n_marrow + 1)))
     return regions, dist
 
 
-def _merge_waists(regions: NDArray, dist: NDArray, ratio: float) -> NDArray:
-    """Merge neighbouring regions joined by an interface thicker than ``ratio`` x the thinner one."""
+def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int], p: ClassicalParams) -> NDArray:
+    """Merge two marrow-grown regions that are one bone whose marrow pinched off near an end.
+
+    Where a long bone's marrow is interrupted (an all-cortical stretch near an epiphysis) it
+    grows two regions. The smaller one then continues the larger along its long axis: its
+    centroid lies beyond the larger one's end (within the last ``shaft_end_fraction`` of its
+    length or past it), within the larger one's radius of its axis, and the two share an
+    interface of at least ``shaft_area_ratio`` x the smaller one's cross-section. A joint
+    contact fails at least one test: the patella and fibula sit beside their neighbour's
+    shaft, and a femur resting on a tibia touches over a patch much smaller than the tibia's
+    cross-section.
+    """
+    n = int(regions.max())
+    if n < 2 or len(candidates) < 2:
+        return regions
+    face_mm2 = np.array([spacing[0] * spacing[1], spacing[0] * spacing[2], spacing[1] * spacing[2]])  # normal to k, j, i
+    areas: dict[tuple[int, int], float] = {}
+    for axis in range(3):
+        x = np.moveaxis(regions, axis, 0)
+        la, lb = x[:-1], x[1:]
+        touch = (la != lb) & (la > 0) & (lb > 0)
+        if not touch.any():
+            continue
+        va, vb = la[touch], lb[touch]
+        key = np.minimum(va, vb).astype(np.int64) * (n + 1) + np.maximum(va, vb)
+        uk, cnt = np.unique(key, return_counts=True)
+        for k_, c_ in zip(uk, cnt):
+            pair = (int(k_ // (n + 1)), int(k_ % (n + 1)))
+            areas[pair] = areas.get(pair, 0.0) + float(c_ * face_mm2[axis])
+    boxes = ndi.find_objects(regions)
+    cache: dict[int, tuple] = {}
+
+    def shape_of(r: int) -> tuple:
+        """(volume mm^3, centroid, unit axis, (t_min, t_max) along it, max cross-section mm^2), in (k, j, i) mm."""
+        if r not in cache:
+            box = boxes[r - 1]
+            kji = (np.argwhere(regions[box] == r) + np.array([s_.start for s_ in box])).astype(np.float64) * spacing[::-1]
+            c = kji.mean(axis=0)
+            sub = kji[:: max(1, len(kji) // 20000)] - c
+            _u, _s, vt = np.linalg.svd(sub, full_matrices=False)
+            t = (kji - c) @ vt[0]
+            cs = float(np.bincount(np.floor(t - t.min()).astype(np.int64)).max()) * float(np.prod(spacing))
+            cache[r] = (float(len(kji) * np.prod(spacing)), c, vt[0], (float(t.min()), float(t.max())), cs)
+        return cache[r]
+
+    parent = list(range(n + 1))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for (ra, rb), area in areas.items():
+        if ra not in candidates or rb not in candidates:
+            continue
+        big, small = (ra, rb) if shape_of(ra)[0] >= shape_of(rb)[0] else (rb, ra)
+        _v, c_big, axis, (t0, t1), cs_big = shape_of(big)
+        _v2, c_small, _a2, _t2, cs_small = shape_of(small)
+        rel = c_small - c_big
+        t = float(rel @ axis)
+        radial = float(np.linalg.norm(rel - t * axis))
+        end_zone = p.shaft_end_fraction * (t1 - t0)
+        beyond = t > t1 - end_zone or t < t0 + end_zone
+        within = radial < np.sqrt(cs_big / np.pi)
+        if p.extra.get("debug"):
+            print("shaft?", big, small, round(area), round(cs_small), beyond, within, round(t, 1), (round(t0), round(t1)), round(radial, 1))
+        if beyond and within and area >= p.shaft_area_ratio * cs_small:
+            parent[find(ra)] = find(rb)
+    lut = np.array([find(i) for i in range(n + 1)], dtype=np.int32)
+    return lut[regions]
+
+
+def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[int] | None = None) -> NDArray:
+    """Merge neighbouring regions joined by an interface thicker than ``ratio`` x the thinner one.
+
+    Pairs of ``protected`` regions (each grown from its own marrow) are never merged.
+    """
+    protected = protected or set()
     n = int(regions.max())
     if n < 2:
         return regions
@@ -395,6 +501,8 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float) -> NDArray:
         return x
 
     for (a_, b_), s in sorted(saddle.items(), key=lambda kv: -kv[1]):
+        if a_ in protected and b_ in protected:
+            continue
         thinner = min(depth[a_ - 1], depth[b_ - 1])
         if thinner > 0 and s >= ratio * thinner:
             parent[find(a_)] = find(b_)
@@ -424,6 +532,11 @@ def _clean_regions(regions: NDArray, spacing: NDArray, p: ClassicalParams, body:
         if body[kji[:, 0], kji[:, 1], kji[:, 2]].mean() < p.min_inside_body:
             continue
         m = fill_cavities(m)
+        # Porous cortex (thin cortex over cancellous bone, e.g. a vertebral body): close pores of
+        # one voxel, then add the cavities this encloses (not the closing's own voxels).
+        padded = np.pad(m, 1)
+        closed = ndi.binary_closing(padded, structure=ndi.generate_binary_structure(3, 1))[1:-1, 1:-1, 1:-1]
+        m |= fill_cavities(closed) & ~closed
         masks.append((box, m))
     return masks
 

@@ -7,6 +7,7 @@ bone in the image, a missing weights file) leaves the case folder as it was.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,9 @@ def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto"
     if backend == "classical":
         return segment_classical(ct, anatomy=anatomy)
     if backend == "unet":
-        from .unet import segment_unet
+        if importlib.util.find_spec("orthonav.segmentation.unet") is None:
+            raise InputError(None, "the 'unet' backend is not available in this OrthoNav build yet; use --backend classical")
+        from .unet import segment_unet  # type: ignore[import-not-found]
 
         return segment_unet(ct, weights=weights)
     if backend == "totalsegmentator":

@@ -17,7 +17,7 @@ from orthonav.navigation.guidance import (
     saw_guidance,
     tip_to_bone_mm,
 )
-from orthonav.phantoms.scenario import knee_scenario, pointer_pose_ct, saw_pose_ct, toy_geometry
+from orthonav.phantoms.scenario import knee_scenario, pointer_pose_ct, toy_geometry
 from orthonav.tracking.tools import default_toolset
 
 TOOLS = default_toolset().by_name()

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from orthonav.navigation.navigate import navigate_case, replay_session
+from orthonav.navigation.navigate import replay_session
 from orthonav.navigation.registration import load_registration
-from orthonav.phantoms.scenario import knee_scenario, write_toy_case
-from orthonav.tracking.simulator import SimulatedSource
+from orthonav.phantoms.scenario import simulate_navigation, write_toy_case
 
 pytestmark = pytest.mark.slow
 
 
-def _short_scenario(geo, seed):
-    return knee_scenario(geo, seed=seed, fle_mm=0.25, move_s=0.35, dwell_s=0.6, saw_hidden_s=0.3, sweep_s=0.8, hold_s=0.4,
-                         saw_errors=((2.0, 0.0, 0.0), (0.0, -1.5, 1.0)))
+SHORT = dict(move_s=0.35, dwell_s=0.6, saw_hidden_s=0.3, sweep_s=0.8, hold_s=0.4, saw_errors=((2.0, 0.0, 0.0), (0.0, -1.5, 1.0)))
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
+    """The in-process simulator (threaded, real time), rendering and recording."""
     case = tmp_path_factory.mktemp("toy_case")
-    geo = write_toy_case(case)
-    sc = _short_scenario(geo, seed=21)
-    source = SimulatedSource(sc.script, rate_hz=100.0, tools=sc.toolset, seed=3)
+    geo = write_toy_case(case, with_ct=True)
     events: list[str] = []
-    summary = navigate_case(case, source, duration_s=sc.duration_s + 0.2, progress=events.append, screenshot_every_s=2.0,
-                            truth={"targets_lps_mm": geo.targets_ct_mm}, true_ct_from_reference=sc.ct_from_reference,
-                            truth_at=sc.truth_at)
+    summary, sc = simulate_navigation(case, geometry=geo, seed=21, over_socket=False, progress=events.append, **SHORT)
     return case, sc, summary, events
 
 
@@ -74,33 +66,11 @@ def test_replay_reproduces_guidance_exactly(live):
 
 
 def test_end_to_end_over_a_real_socket(tmp_path):
-    from orthonav.tracking.igtl_client import IGTLClientSource
-    from orthonav.tracking.simulator import stream_script
-
+    """stream_script on 127.0.0.1 -> IGTLClientSource -> navigate_case, with guidance truth by wire time."""
     geo = write_toy_case(tmp_path / "case")
-    sc = _short_scenario(geo, seed=22)
-    port_box: list[int] = []
-    listening = threading.Event()
-    done = threading.Event()
-    errors: list[BaseException] = []
-
-    def serve():
-        try:
-            stream_script(sc.script, 0, rate_hz=100.0, duration_s=sc.duration_s, wait_for_client_s=10.0, seed=4,
-                          on_listening=lambda p: (port_box.append(p), listening.set()))
-        except BaseException as e:  # surfaced below
-            errors.append(e)
-            listening.set()
-        finally:
-            done.set()
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    assert listening.wait(10.0) and not errors
-    source = IGTLClientSource("127.0.0.1", port_box[0], tools=sc.toolset)
-    s = navigate_case(tmp_path / "case", source, duration_s=sc.duration_s + 0.5, render=False,
-                      truth={"targets_lps_mm": geo.targets_ct_mm}, true_ct_from_reference=sc.ct_from_reference)
-    assert done.wait(10.0) and not errors
+    s, sc = simulate_navigation(tmp_path / "case", geometry=geo, seed=22, over_socket=True, render=False, **SHORT)
     assert s.registered, s.events
     assert s.fre_mm < 0.6 and max(s.tre_mm.values()) <= 1.0
     assert s.states > 100
+    ge = s.guidance_error
+    assert ge["n"] > 30 and ge["flexion_deg_rms"] < 0.3 and ge["distance_mm_rms"] < 0.3

@@ -129,14 +129,15 @@ def test_stale_pose_is_never_live():
     assert fresh.status("Saw") is NavStatus.LIVE and "distal_femur" in fresh.saw
     stale = compute_state(frame(100.0, 100.0 - 1.01 * timeout), ctx, clock=None)
     assert stale.status("Saw") is NavStatus.STALE and stale.tools["Saw"].ct_from_tool is None and not stale.saw
+    assert stale.tracking and stale.reason == ""
     # A reference that timed out in the store: nothing is tracked.
     timed_out = TrackingFrame({"Reference": ToolPose(ToolStatus.TIMED_OUT, None, host_time_s=90.0),
                                "Saw": ToolPose(ToolStatus.LIVE, poses["Saw"], host_time_s=100.0)}, 100.0, 2)
     st = compute_state(timed_out, ctx, clock=None)
-    assert not st.tracking and st.status("Saw") is NavStatus.NOT_TRACKING
+    assert not st.tracking and st.status("Saw") is NavStatus.NOT_TRACKING and st.reason == "reference stale"
     # No registration yet: not tracking even with everything visible.
     st = compute_state(frame(100.0, 100.0), NavigationContext(sc.toolset), clock=None)
-    assert not st.tracking
+    assert not st.tracking and st.reason == "not registered"
 
 
 def test_bad_digitisation_is_rejected_and_only_that_fiducial_redone():
@@ -186,3 +187,68 @@ def test_still_capture_averages_a_dwell_and_needs_rearming():
     cap2 = StillCapture(hold_s=0.4)
     assert all(cap2.add(0.01 * i, None if i % 10 == 0 else np.zeros(3)) is None for i in range(100))
     assert math.isfinite(caps[0].host_time_s)
+
+
+def _painting_path(bone, z_range, n_candidates, n_path, rng):
+    """Surface points in a z band, ordered as a greedy nearest-neighbour path (the pointer's stroke)."""
+    pts = np.asarray(bone.points)
+    cand = pts[(pts[:, 2] > z_range[0]) & (pts[:, 2] < z_range[1])]
+    cand = cand[rng.choice(len(cand), min(n_candidates, len(cand)), replace=False)]
+    path = [cand[0]]
+    left = list(range(1, len(cand)))
+    while left and len(path) < n_path:
+        d = np.linalg.norm(cand[left] - path[-1], axis=1)
+        path.append(cand[left.pop(int(np.argmin(d)))])
+    return np.array(path)
+
+
+def _paint_run(bone, path, surface_points, fle_mm=1.5):
+    from orthonav.navigation.guidance import BoneSurface
+
+    sc = knee_scenario(toy_geometry(), seed=16, fle_mm=fle_mm, surface_points_ct_mm=path, surface_step_s=0.04, saw_errors=())
+    g = sc.geometry
+    ctx = NavigationContext(sc.toolset, cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)},
+                            surfaces={"femur": BoneSurface(bone, "femur")})
+    wf = Workflow(ctx, list(g.fiducial_names), g.fiducials_ct_mm, check_points_ct_mm=g.targets_ct_mm,
+                  config=WorkflowConfig(surface_points=surface_points, surface_spacing_mm=1.5, max_fre_mm=5.0, consistency_mm=12.0))
+    rough = None
+    for fr in sc.frames(80.0, **NOISE, seed=2):
+        wf.process(fr, clock=None)
+        if rough is None and wf.registration is not None:
+            rough = wf.registration.ct_from_reference.copy()
+    return sc, wf, rough
+
+
+def test_surface_painting_refines_a_rough_fiducial_registration():
+    """Fiducials touched with 3 mm FLE (a rough start), then the distal bone painted: TRE near the knee drops."""
+    from test_registration_surface import bone_like_mesh  # an asymmetric "distal femur"
+
+    bone = bone_like_mesh(res=90).translate((0.0, 0.0, 70.0), inplace=False)
+    path = _painting_path(bone, (-45.0, 30.0), 2500, 600, np.random.default_rng(0))
+    sc, wf, rough = _paint_run(bone, path, 150, fle_mm=3.0)
+    texts = [e.text for e in wf.events]
+    assert wf.registration.record.method == "paired_point+surface_icp", texts
+    assert len(wf.surface_samples) == 150 and wf.phase == "navigate"
+    region = [sc.geometry.cut_point_mm, path.mean(axis=0), sc.geometry.targets_ct_mm["target_3"]]
+
+    def tre(t):
+        err = t @ tf.invert(sc.ct_from_reference)
+        return max(np.linalg.norm(tf.apply(err, p) - p) for p in region)
+
+    assert tre(rough) > 0.8  # the fiducials alone leave about a millimetre here
+    assert tre(wf.registration.ct_from_reference) < 0.6
+    assert tre(wf.registration.ct_from_reference) < 0.5 * tre(rough)
+
+
+def test_poorly_constrained_painting_is_refused():
+    """Points painted only on a cylinder-like shaft band cannot fix rotation about the shaft: refused."""
+    import pyvista as pv
+
+    bone = pv.CylinderStructured(center=(0, 0, 60), direction=(0, 0, 1), radius=38.0, height=200.0, theta_resolution=160,
+                                 z_resolution=100).extract_surface(algorithm="dataset_surface").triangulate()
+    path = _painting_path(bone, (20.0, 60.0), 1200, 300, np.random.default_rng(1))
+    _sc, wf, rough = _paint_run(bone, path, 100)
+    assert wf.registration.record.method == "paired_point"
+    np.testing.assert_array_equal(wf.registration.ct_from_reference, rough)
+    assert wf.surface_rejected is not None and wf.surface_rejected["constraint"] < 0.05
+    assert any("refused" in e.text for e in wf.events)

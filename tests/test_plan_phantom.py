@@ -11,7 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from orthonav.core.transforms import apply, invert
+from orthonav.core.errors import InputError
+from orthonav.core.transforms import apply
 from orthonav.planning.alignment import compute_angles, limb_frames
 from orthonav.planning.auto import auto_plan, load_bone_meshes
 from orthonav.planning.landmarks import find_landmarks
@@ -121,36 +122,49 @@ def test_plan_file_and_cut_depths_against_truth(knee):
     assert tilt == pytest.approx(3.0, abs=ANGLE_TOL_DEG)
 
 
-def _grid(lo, hi, step):
-    axes = [np.arange(a, b, step) + step / 2 for a, b in zip(lo, hi)]
-    g = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    return g, step**3
+def adaptive_volume_mm3(fields, lo, hi, *, coarse_mm=2.0, fine_mm=0.5):
+    """Volume of {x : every f(x) < 0 for f in fields} in the box [lo, hi] (frame of the fields).
+
+    Each field is Lipschitz <= 1 (a signed distance or a plane distance), so a cube whose
+    centre value exceeds its half-diagonal in magnitude is uniform and is classified at once;
+    the others are split in 8 down to ``fine_mm`` cubes, classified by their centres.
+    """
+    h = coarse_mm
+    axes = [np.arange(a, b, h) + h / 2 for a, b in zip(lo, hi)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    total = 0.0
+    while True:
+        vals = np.stack([f(centres) for f in fields])  # (n_fields, n)
+        inside = np.all(vals < 0, axis=0)
+        if h <= fine_mm:
+            return total + float(np.count_nonzero(inside)) * h**3
+        r = np.sqrt(3.0) * h / 2
+        uniform = np.all(np.abs(vals) > r, axis=0)
+        total += float(np.count_nonzero(uniform & inside)) * h**3
+        # An outside-for-sure field makes the cube empty: drop it.
+        split = ~uniform & ~np.any(vals > r, axis=0)
+        h /= 2
+        offs = np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)]) * (h / 2)
+        centres = (centres[split][:, None, :] + offs[None]).reshape(-1, 3)
 
 
 def test_removed_volumes_against_analytic_bone(knee):
-    """Mesh-boolean removed volumes vs integrating the phantom's exact SDF (0.4 mm grid)."""
+    """Mesh-boolean removed volumes vs adaptive integration of the phantom's exact SDF."""
     phantom, case, plan = knee
-    # Tibia: the true bone above the tibial cut plane.
-    t = plan.cuts["proximal_tibia"]
-    n, p0 = np.asarray(t.normal_lps), np.asarray(t.point_lps_mm)
+    # Tibia: the true bone above the tibial cut plane (tray frame: z = 0 is the cut).
     tray = np.asarray(next(i for i in plan.implants if i.family == "tka_tibial_tray").ct_from_implant)
-    lo, hi = np.array([-60.0, -50.0, -2.0]), np.array([60.0, 50.0, 30.0])  # tray frame box over the proximal tibia
-    g, dv = _grid(lo, hi, 0.4)
-    p = apply(tray, g)
-    inside = phantom.signed_distance_mm("tibia", p) < 0
-    ref_t = float(np.count_nonzero(inside & ((p - p0) @ n > 0)) * dv)
+    bone_t = lambda g: phantom.signed_distance_mm("tibia", apply(tray, g))  # noqa: E731
+    ref_t = adaptive_volume_mm3([bone_t, lambda g: -g[:, 2]], [-60.0, -50.0, -4.0], [60.0, 50.0, 36.0])
     assert plan.metrics["tibia_removed_volume_mm3"] == pytest.approx(ref_t, rel=0.02)
     # Femur: the true bone outside the component's five-cut box, below its flange height.
     fem = next(i for i in plan.implants if i.family == "tka_femoral")
     m = np.asarray(fem.ct_from_implant)
     ap = implant_model(fem.family, fem.size).dims["ap_mm"]
-    lo, hi = np.array([-60.0, -ap / 2 - 30.0, -35.0]), np.array([60.0, ap / 2 + 30.0, FEMORAL_FLANGE_MM["anterior"] + 2.0])
-    g, dv = _grid(lo, hi, 0.4)
-    inside = phantom.signed_distance_mm("femur", apply(m, g)) < 0
-    outside_box = np.zeros(len(g), bool)
-    for q, nn in femoral_cut_planes_implant(ap).values():
-        outside_box |= (g - q) @ nn > 0
-    ref_f = float(np.count_nonzero(inside & outside_box) * dv)
+    planes = list(femoral_cut_planes_implant(ap).values())
+    bone_f = lambda g: phantom.signed_distance_mm("femur", apply(m, g))  # noqa: E731
+    outside_box = lambda g: -np.max(np.stack([(g - q) @ n for q, n in planes]), axis=0)  # noqa: E731
+    top = FEMORAL_FLANGE_MM["anterior"] + 2.0
+    ref_f = adaptive_volume_mm3([bone_f, outside_box], [-48.0, -ap / 2 - 24.0, -24.0], [48.0, ap / 2 + 24.0, top])
     assert plan.metrics["femur_removed_volume_mm3"] == pytest.approx(ref_f, rel=0.02)
 
 
@@ -166,3 +180,90 @@ def test_render_plan_png(knee, tmp_path):
     # Every panel shows something (bone-coloured pixels), not an empty white frame.
     for panel in np.array_split(img, 6, axis=1):
         assert (panel.sum(axis=2) < 700).mean() > 0.02
+
+
+def test_session_implant_move_recomputes_cuts_metrics_and_undo(knee):
+    from orthonav.planning.session import PlanSession
+
+    _, case, plan = knee
+    s = PlanSession(plan, load_bone_meshes(case))
+    before = s.plan
+    assert before.metrics["predicted_hka_deg"] == pytest.approx(180.0, abs=0.05)  # mechanical alignment
+    d0 = before.cuts["proximal_tibia"].depths_mm["lateral_plateau_centre"]
+    v0 = before.metrics["tibia_removed_volume_mm3"]
+    area = before.metrics["tibial_cut_area_mm2"]
+    after = s.move_implant("tka_tibial_tray", translation_mm=(0.0, 0.0, -1.0))  # cut 1 mm deeper
+    assert after.cuts["proximal_tibia"].depths_mm["lateral_plateau_centre"] == pytest.approx(d0 + 1.0 / np.cos(np.radians(3.0)), abs=0.01)
+    assert after.metrics["tibia_removed_volume_mm3"] - v0 == pytest.approx(area, rel=0.05)  # a 1 mm slab
+    ins = next(i for i in after.implants if i.family == "tka_insert")
+    tray = next(i for i in after.implants if i.family == "tka_tibial_tray")
+    assert ins.ct_from_implant == tray.ct_from_implant  # the insert moves with the tray
+    after = s.move_implant("tka_tibial_tray", rotation_axis=(0.0, 1.0, 0.0), rotation_deg=2.0)
+    assert abs(after.metrics["tibial_component_coronal_deg"]) == pytest.approx(2.0, abs=0.01)
+    assert abs(after.metrics["predicted_hka_deg"] - 180.0) == pytest.approx(2.0, abs=0.01)
+    s.undo()
+    s.undo()
+    assert s.plan.cuts["proximal_tibia"].depths_mm == pytest.approx(before.cuts["proximal_tibia"].depths_mm)
+    assert s.plan.metrics["tibia_removed_volume_mm3"] == pytest.approx(v0)
+    s.redo()
+    assert s.plan.metrics["tibia_removed_volume_mm3"] - v0 == pytest.approx(area, rel=0.05)
+    s.redo()
+    assert abs(s.plan.metrics["tibial_component_coronal_deg"]) == pytest.approx(2.0, abs=0.01)
+    with pytest.raises(InputError, match="nothing to redo"):
+        s.redo()
+
+
+def test_guides_written_and_report(knee):
+    import trimesh
+
+    from orthonav.planning.guides import write_guides
+    from orthonav.planning.report import write_plan_report
+
+    _, case, plan = knee
+    out = write_guides(case)
+    assert set(out) == {"femur", "tibia"}
+    for bone, p in out.items():
+        assert p == case / "guides" / f"{bone}_guide.stl"
+        t = trimesh.load(p)
+        assert t.is_watertight and t.is_volume and t.volume > 5000.0
+    html = write_plan_report(case)
+    assert html == case / "report" / "plan.html"
+    text = html.read_text()
+    for key in ("hka", "ldfa", "mpta", "slope", "femoral_rotation", "tka_femoral", "femur_guide.stl", "@media print"):
+        assert key in text
+    assert f"{plan.angles_deg['hka']:.2f}" in text
+    assert (case / "report" / "plan_views.png").stat().st_size > 10_000
+
+
+def test_plan_editor_keys_and_offscreen_window(knee, tmp_path):
+    from orthonav.planning.session import PlanSession
+    from orthonav.planning.ui import PlanEditor, open_plan_window
+
+    _, case, plan = knee
+    ed = PlanEditor(PlanSession(plan, load_bone_meshes(case)), save_to=tmp_path / "plan.json")
+    fam = ed.session.plan.implants[ed.selected_implant].family
+    m0 = np.asarray(ed.session.plan.implants[ed.selected_implant].ct_from_implant)
+    assert ed.handle_key("Up") is True
+    m1 = np.asarray(ed.session.plan.implants[ed.selected_implant].ct_from_implant)
+    np.testing.assert_allclose(m1[:3, 3] - m0[:3, 3], 0.5 * m0[:3, 2], atol=1e-9)  # 0.5 mm along its own z
+    assert "predicted_hka" in ed.readout() and fam in ed.readout()
+    assert ed.handle_key("u") is True
+    np.testing.assert_allclose(ed.session.plan.implants[ed.selected_implant].ct_from_implant, m0)
+    assert ed.handle_key("u") is False and "nothing to undo" in ed.message
+    ed.handle_key("s")
+    assert (tmp_path / "plan.json").is_file()
+    shots = []
+    open_plan_window(case, off_screen=True, on_ready=lambda pl: shots.append(pl.screenshot(return_img=True)))
+    assert shots and shots[0].shape[0] > 100
+
+
+def test_kinematic_alignment_equal_resections(knee):
+    from orthonav.planning.auto import build_plan
+
+    _, case, _ = knee
+    p = build_plan(load_bone_meshes(case), alignment="kinematic", resection_mm=8.0)
+    for key, refs in (("distal_femur", ("distal_medial_condyle", "distal_lateral_condyle")), ("posterior_femur", ("posterior_medial_condyle", "posterior_lateral_condyle")), ("proximal_tibia", ("medial_plateau_centre", "lateral_plateau_centre"))):
+        a, b = (p.cuts[key].depths_mm[r] for r in refs)
+        assert a == pytest.approx(b, abs=0.05), key
+    assert p.cuts["proximal_tibia"].depths_mm["lateral_plateau_centre"] == pytest.approx(8.0, abs=1e-6)
+    assert p.metrics["tibial_component_slope_deg"] == pytest.approx(p.angles_deg["slope"], abs=0.3)  # native slope kept

@@ -1,0 +1,389 @@
+"""Printable knee phantom: femur + tibia (knee region) on a base, with divots and a mount.
+
+The model is built with exact constructive solid geometry (manifold3d) from the phantom's
+truth surfaces, so the result is watertight and manifold and every divot apex is an exact
+vertex of the printed mesh:
+
+* the distal femur and proximal tibia, cut by horizontal planes (limb frame), keeping the
+  knee joint gap (the cartilage space) open;
+* a base plate under the tibia and a lateral pillar + arm holding the femur, so the two bones
+  keep their CT relationship when printed;
+* registration divots (fiducials for paired-point registration) and target divots (for TRE),
+  each a 90 degree cone of known depth whose apex is the point a pointer tip seats at;
+* a reference-marker mount (a block with two 3.2 mm screw holes) on the anterior femoral shaft;
+* an identification code engraved as notches along the base's front edge (the seed, binary).
+
+Frames: the "phantom frame" is the limb frame translated so that the base's bottom face is
+z = 0 (x medial, y posterior, z up, mm): the print bed frame. ``ct_from_phantom`` maps it into
+the phantom CT's LPS frame, so every divot is also given in CT coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import manifold3d as mf
+import numpy as np
+import pyvista as pv
+from numpy.typing import NDArray
+from pydantic import Field
+
+from orthonav.core.errors import InputError
+from orthonav.core.schema import Versioned
+from orthonav.core.transforms import apply, invert, make_rigid
+
+from . import sdf as S
+
+Vec3 = tuple[float, float, float]
+
+DIVOT_HALF_ANGLE_DEG = 45.0
+
+
+class Divot(Versioned):
+    """One conical divot: the apex is where a pointer tip seats."""
+
+    apex_phantom_mm: Vec3
+    apex_ct_lps_mm: Vec3
+    axis_phantom: Vec3 = Field(description="unit cone axis, pointing out of the bone")
+    depth_mm: float
+    half_angle_deg: float = DIVOT_HALF_ANGLE_DEG
+    bone: str
+
+
+class PrintedPhantomSpec(Versioned):
+    """``print/phantom_<kind>.json``: the divots, mount and label of a printable phantom."""
+
+    SCHEMA_VERSION = 1
+    kind: str
+    seed: int
+    stl: str
+    ct_from_phantom: list[list[float]] = Field(description="4x4, print-bed phantom frame -> phantom CT LPS")
+    registration_divots: dict[str, Divot]
+    target_divots: dict[str, Divot]
+    mount_phantom_from_marker: list[list[float]] = Field(description="4x4 pose of the mount: origin at the front-face centre, z out of the face")
+    mount_screw_holes_phantom_mm: list[Vec3]
+    label_code: str = Field(description="bits engraved left to right on the base front edge (1 = notch)")
+    label_text: str
+    bounding_box_mm: list[float] = Field(description="x, y, z extent of the print")
+    volume_ml: float
+    material_hu: float = Field(default=150.0, description="assumed CT number of the print material (PLA, dense infill)")
+
+
+@dataclass(frozen=True)
+class PrintedPhantom:
+    """The printable model (phantom frame, mm) and its description."""
+
+    mesh: pv.PolyData
+    spec: PrintedPhantomSpec
+
+
+def _to_manifold(mesh: pv.PolyData) -> mf.Manifold:
+    tri = mesh.triangulate().clean()
+    faces = np.asarray(tri.faces).reshape(-1, 4)[:, 1:]
+    m = mf.Manifold(mf.Mesh(vert_properties=np.asarray(tri.points, dtype=np.float32), tri_verts=faces.astype(np.uint32)))
+    if m.status() != mf.Error.NoError:
+        raise InputError(None, f"surface is not a closed manifold ({m.status()})")
+    return m
+
+
+def _to_polydata(m: mf.Manifold) -> pv.PolyData:
+    mesh = m.to_mesh()
+    v = np.asarray(mesh.vert_properties)[:, :3].astype(np.float64)
+    f = np.asarray(mesh.tri_verts).astype(np.int64)
+    faces = np.hstack([np.full((len(f), 1), 3), f]).ravel()
+    return pv.PolyData(v, faces)
+
+
+def _box(lo, hi) -> mf.Manifold:
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    return mf.Manifold.cube(tuple((hi - lo).tolist())).translate(tuple(lo.tolist()))
+
+
+def _frame_from_z(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A rotation whose third column is unit ``z``."""
+    z = z / np.linalg.norm(z)
+    a = np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(a, z)
+    x /= np.linalg.norm(x)
+    return np.column_stack([x, np.cross(z, x), z])
+
+
+def _cone_cutter(apex: NDArray[np.float64], axis: NDArray[np.float64], depth: float, half_angle_deg: float) -> mf.Manifold:
+    """Cone with its apex at ``apex`` opening along ``axis``; extends 3 mm beyond the surface."""
+    h = depth + 3.0
+    r = h * np.tan(np.radians(half_angle_deg))
+    cone = mf.Manifold.cylinder(h, 0.0, r, 48)  # apex at the origin, opening towards +z
+    rot = _frame_from_z(axis)
+    m34 = np.hstack([rot, apex.reshape(3, 1)])
+    return cone.transform(m34.tolist())
+
+
+def _surface_anchor(f: S.SDF, start) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    p = S.project_to_surface(f, np.asarray(start, dtype=np.float64)[None], iterations=10)[0]
+    n = S.gradient(f, p[None])[0]
+    return p, n / np.linalg.norm(n)
+
+
+def make_printable_knee(phantom, *, divot_depth_mm: float = 2.5, femur_top_mm: float = 110.0, tibia_bottom_mm: float = 80.0) -> PrintedPhantom:
+    """Build the printable knee from a knee :class:`~orthonav.phantoms.synthetic.SyntheticPhantom`.
+
+    Parameters
+    ----------
+    phantom
+        From :func:`orthonav.phantoms.knee.make_knee_phantom` (any size / seed).
+    divot_depth_mm
+        Depth of every conical divot below the bone surface (apex depth).
+    femur_top_mm, tibia_bottom_mm
+        Cut heights above / below the tibial knee centre (limb z), which set the print height.
+    """
+    if not 0.5 <= divot_depth_mm <= 5.0:
+        raise InputError(None, f"divot depth must be in [0.5, 5] mm, got {divot_depth_mm}")
+    truth = phantom.truth
+    if truth.kind != "knee":
+        raise InputError(None, f"make_printable_knee needs a knee phantom, got {truth.kind!r}")
+    ct_from_limb = phantom.ct_from_limb
+    limb_from_ct = invert(ct_from_limb)
+    L = {k: apply(limb_from_ct, np.array(v)) for k, v in truth.landmarks_lps_mm.items()}
+    fem_f = phantom.bones["femur"].sdf
+    tib_f = phantom.bones["tibia"].sdf
+    zj = float(L["tibial_knee_centre"][2])
+    z_top = zj + femur_top_mm
+    z_bot = zj - tibia_bottom_mm
+    base_t = 6.0
+
+    # bones in the limb frame, cropped by horizontal planes
+    meshes = {b: phantom.truth_meshes[b].copy() for b in ("femur", "tibia")}
+    for m in meshes.values():
+        m.points = apply(limb_from_ct, np.asarray(m.points, dtype=np.float64))
+    femur = _to_manifold(meshes["femur"]).trim_by_plane((0.0, 0.0, -1.0), -z_top)  # keep z <= z_top
+    tibia = _to_manifold(meshes["tibia"]).trim_by_plane((0.0, 0.0, 1.0), z_bot - 1.0)  # keep z >= z_bot - 1
+
+    # base plate under the tibia, pillar and arm to the femoral shaft (lateral = -x)
+    tb = np.array(tibia.bounding_box()).reshape(2, 3)
+    fb = np.array(femur.bounding_box()).reshape(2, 3)
+    x_lat = min(tb[0, 0], fb[0, 0]) - 8.0
+    x_med = max(tb[1, 0], fb[1, 0]) + 6.0
+    y_ant = min(tb[0, 1], fb[0, 1]) - 6.0
+    y_post = max(tb[1, 1], fb[1, 1]) + 6.0
+    base = _box([x_lat - 14.0, y_ant, z_bot - base_t], [x_med, y_post, z_bot])
+    arm_z0 = z_top - 28.0
+    shaft_c = apply(np.eye(4), [0, 0, 0])  # placeholder for readability
+    shaft_pts = np.asarray(meshes["femur"].points)
+    band = shaft_pts[np.abs(shaft_pts[:, 2] - (arm_z0 + 10.0)) < 3.0]
+    shaft_c = band.mean(axis=0)
+    pillar = _box([x_lat - 14.0, shaft_c[1] - 7.0, z_bot - 1.0], [x_lat, shaft_c[1] + 7.0, arm_z0 + 20.0])
+    arm = _box([x_lat - 1.0, shaft_c[1] - 7.0, arm_z0], [shaft_c[0], shaft_c[1] + 7.0, arm_z0 + 20.0])
+    model = mf.Manifold.batch_boolean([femur, tibia, base, pillar, arm], mf.OpType.Add)
+
+    # divots: anchors on the bone surfaces (limb frame), apex at depth along the inward normal
+    fz = lambda dz: zj + dz  # noqa: E731
+    kf = L["femoral_knee_centre"]
+    reg_starts = [
+        ("femur", [kf[0] + 5.0, kf[1] - 45.0, fz(75.0)]),
+        ("femur", [kf[0] + 50.0, kf[1] - 20.0, fz(45.0)]),
+        ("femur", [kf[0] - 50.0, kf[1] - 20.0, fz(38.0)]),
+        ("tibia", [kf[0] + 35.0, kf[1] - 30.0, fz(-13.0)]),
+        ("tibia", [kf[0] - 35.0, kf[1] - 30.0, fz(-15.0)]),
+        ("tibia", [kf[0] + 12.0, kf[1] - 40.0, fz(-62.0)]),
+    ]
+    tgt_starts = [
+        ("femur", [kf[0] + 25.0, kf[1] - 40.0, fz(18.0)]),
+        ("femur", [kf[0] - 25.0, kf[1] - 40.0, fz(22.0)]),
+        ("tibia", [kf[0] + 45.0, kf[1] + 5.0, fz(-12.0)]),
+        ("tibia", [kf[0] - 10.0, kf[1] - 45.0, fz(-45.0)]),
+    ]
+    # phantom frame: limb frame translated so that the base bottom is z = 0
+    limb_from_phantom = make_rigid(None, [0.0, 0.0, z_bot - base_t])
+    phantom_from_limb = invert(limb_from_phantom)
+    ct_from_phantom = ct_from_limb @ limb_from_phantom
+
+    def divots(starts, prefix):
+        out = {}
+        cutters = []
+        for i, (bone, start) in enumerate(starts):
+            f = fem_f if bone == "femur" else tib_f
+            s_pt, n = _surface_anchor(f, start)
+            apex = s_pt - divot_depth_mm * n
+            cutters.append(_cone_cutter(apex, n, divot_depth_mm, DIVOT_HALF_ANGLE_DEG))
+            ap = apply(phantom_from_limb, apex)
+            out[f"{prefix}_{i + 1}"] = Divot(
+                apex_phantom_mm=tuple(float(x) for x in ap),
+                apex_ct_lps_mm=tuple(float(x) for x in apply(ct_from_limb, apex)),
+                axis_phantom=tuple(float(x) for x in n),
+                depth_mm=divot_depth_mm,
+                bone=bone,
+            )
+        return out, cutters
+
+    reg, reg_cut = divots(reg_starts, "divot")
+    tgt, tgt_cut = divots(tgt_starts, "target")
+
+    # reference-marker mount on the anterior femoral shaft, below the arm
+    mz = arm_z0 - 22.0
+    ring = shaft_pts[np.abs(shaft_pts[:, 2] - mz) < 2.0]
+    front = ring[np.argmin(ring[:, 1])]
+    m_lo = np.array([front[0] - 10.0, front[1] - 10.0, mz - 12.0])
+    m_hi = np.array([front[0] + 10.0, front[1] + 4.0, mz + 12.0])
+    mount = _box(m_lo, m_hi)
+    holes = [np.array([front[0], front[1] - 10.0, mz + dz]) for dz in (-6.0, 6.0)]
+    hole_cut = [
+        mf.Manifold.cylinder(10.0, 1.6, 1.6, 32).transform(np.hstack([_frame_from_z(np.array([0.0, 1.0, 0.0])), (h - np.array([0, 0.01, 0])).reshape(3, 1)]).tolist())
+        for h in holes
+    ]
+    model = model + mount
+
+    # identification code: 8 notches (1 mm deep) along the base's front edge
+    code = format(int(truth.seed) % 256, "08b")
+    notch = []
+    for i, bit in enumerate(code):
+        if bit == "1":
+            x0 = x_lat - 10.0 + i * 6.0
+            notch.append(_box([x0, y_ant - 1.0, z_bot - base_t + 1.5], [x0 + 3.0, y_ant + 1.0, z_bot - 1.5]))
+    cut = mf.Manifold.batch_boolean(reg_cut + tgt_cut + hole_cut + notch, mf.OpType.Add)
+    model = (model - cut).transform(np.hstack([np.eye(3), phantom_from_limb[:3, 3:4]]).tolist())
+    if model.status() != mf.Error.NoError or model.is_empty():
+        raise InputError(None, f"printable model construction failed ({model.status()})")
+
+    mount_pose_limb = make_rigid(np.column_stack([[1.0, 0, 0], [0, 0, 1.0], [0, -1.0, 0]]), [front[0], front[1] - 10.0, mz])
+    mesh = _to_polydata(model)
+    bb = np.array(model.bounding_box()).reshape(2, 3)
+    spec = PrintedPhantomSpec(
+        kind="knee",
+        seed=int(truth.seed),
+        stl="phantom_knee.stl",
+        ct_from_phantom=ct_from_phantom.tolist(),
+        registration_divots=reg,
+        target_divots=tgt,
+        mount_phantom_from_marker=(phantom_from_limb @ mount_pose_limb).tolist(),
+        mount_screw_holes_phantom_mm=[tuple(float(x) for x in apply(phantom_from_limb, h)) for h in holes],
+        label_code=code,
+        label_text=f"OrthoNav knee phantom seed {truth.seed}",
+        bounding_box_mm=[float(x) for x in (bb[1] - bb[0])],
+        volume_ml=float(model.volume() / 1000.0),
+    )
+    return PrintedPhantom(mesh=mesh, spec=spec)
+
+
+# ------------------------------------------------------------------------------------------
+# A CT of exactly what is printed
+# ------------------------------------------------------------------------------------------
+
+PRINT_LABELS = {"femur": 1, "tibia": 2, "support": 5}
+
+
+def _stencil_mask(mesh: pv.PolyData, spacing, origin, shape_ijk) -> NDArray[np.bool_]:
+    """Inside test of a closed mesh at the centres of an axis-aligned grid (scan-line stencil);
+    returns a (nk, nj, ni) bool array."""
+    import vtk
+    from vtk.util import numpy_support
+
+    ni, nj, nk = (int(x) for x in shape_ijk)
+    st = vtk.vtkPolyDataToImageStencil()
+    st.SetInputData(mesh)
+    st.SetOutputSpacing(*[float(x) for x in spacing])
+    st.SetOutputOrigin(*[float(x) for x in origin])
+    st.SetOutputWholeExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
+    st.SetTolerance(0.0)
+    img = vtk.vtkImageData()
+    img.SetSpacing(*[float(x) for x in spacing])
+    img.SetOrigin(*[float(x) for x in origin])
+    img.SetExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
+    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    img.GetPointData().GetScalars().Fill(1)
+    cut = vtk.vtkImageStencil()
+    cut.SetInputData(img)
+    cut.SetStencilConnection(st.GetOutputPort())
+    cut.ReverseStencilOff()
+    cut.SetBackgroundValue(0)
+    cut.Update()
+    a = numpy_support.vtk_to_numpy(cut.GetOutput().GetPointData().GetScalars())
+    return a.reshape(nk, nj, ni) > 0
+
+
+def render_printed_ct(
+    phantom,
+    printed: PrintedPhantom,
+    *,
+    spacing_mm: tuple[float, float, float] = (0.8, 0.8, 1.0),
+    material_hu: float | None = None,
+    noise_hu: float = 15.0,
+    seed: int = 0,
+):
+    """CT (int16 HU) and labels of the printed phantom scanned in air, in the phantom CT's frame.
+
+    The grid uses the phantom CT's direction matrix and ``ct_from_phantom``, so the divots'
+    ``apex_ct_lps_mm`` and the phantom truth landmarks inside the printed region are valid in
+    this CT. Labels: femur 1, tibia 2 (print material within 0.5 mm of that true bone), support
+    5 (base, pillar, arm, mount).
+
+    Returns
+    -------
+    (Volume, Volume, LabelTable)
+    """
+    from orthonav.core.case import LabelTable
+
+    from scipy.ndimage import gaussian_filter
+
+    from orthonav.core.volume import Volume
+
+    from .synthetic import DEFAULT_HU, fit_grid
+
+    spec = printed.spec
+    hu = float(spec.material_hu if material_hu is None else material_hu)
+    ct_from_phantom = np.array(spec.ct_from_phantom, dtype=np.float64)
+    pts = np.asarray(printed.mesh.points)
+    bounds = np.stack([pts.min(axis=0) - 1.0, pts.max(axis=0) + 1.0])
+    grid = fit_grid(bounds, ct_from_phantom, phantom.ct.direction, spacing_mm, margin_mm=8.0)
+    sp = grid.spacing_mm
+    # the mesh in the grid's axis-aligned frame (mm along i, j, k from voxel (0, 0, 0))
+    ijk_from_phantom = np.linalg.inv(grid.lps_from_ijk) @ ct_from_phantom
+    mesh_g = printed.mesh.copy()
+    mesh_g.points = apply(ijk_from_phantom, pts) * sp
+    sub = 2  # partial volume: 2 x 2 x 2 sub-voxel occupancy
+    fine = _stencil_mask(mesh_g, sp / sub, -0.5 * sp + 0.5 * sp / sub, tuple(n * sub for n in grid.shape_ijk))
+    nk, nj, ni = grid.shape_zyx
+    occ = fine.reshape(nk, sub, nj, sub, ni, sub).mean(axis=(1, 3, 5)).astype(np.float32)
+    centre = _stencil_mask(mesh_g, sp, np.zeros(3), grid.shape_ijk)  # voxel centres inside -> label
+    air = DEFAULT_HU["air"]
+    vol = air + occ * (hu - air)
+    vol = gaussian_filter(vol, 0.6, mode="nearest")
+    if noise_hu > 0:
+        vol += np.random.default_rng(seed).normal(0.0, noise_hu, size=vol.shape).astype(np.float32)
+    ct = Volume(np.clip(np.rint(vol), -1024, 32767).astype(np.int16), grid.lps_from_ijk.copy())
+    labels = Volume(np.where(centre, PRINT_LABELS["support"], 0).astype(np.uint8), grid.lps_from_ijk.copy())
+    # split the print into the bones it reproduces
+    lab = labels.array_zyx
+    kji = np.nonzero(lab > 0)
+    p_ct = ct.to_lps(np.stack([kji[2], kji[1], kji[0]], axis=1).astype(np.float64))
+    limb_from_ct = invert(phantom.ct_from_limb)
+    p_limb = apply(limb_from_ct, p_ct)
+    for bone in ("femur", "tibia"):
+        near = phantom.bones[bone].sdf(p_limb) < 0.5
+        lab[kji[0][near], kji[1][near], kji[2][near]] = PRINT_LABELS[bone]
+    table = LabelTable(labels={v: k for k, v in PRINT_LABELS.items()}, backend="printed phantom truth", side="right")
+    return ct, labels, table
+
+
+def write_printed_case(phantom, case_dir, *, spacing_mm: tuple[float, float, float] = (0.8, 0.8, 1.0), seed: int = 0):
+    """A case whose ``ct.nii.gz`` is the CT of the printed knee (what ``orthonav phantom knee
+    CASE --printed`` writes): ``print/phantom_knee.stl|json``, ``truth/labels.nii.gz|json`` and
+    ``truth/truth.json`` (the source phantom's truth; landmarks outside the printed region,
+    e.g. the hip and ankle centres, are not in this CT)."""
+    from orthonav.core.case import Case, write_labels_table
+    from orthonav.core.meshio import write_mesh
+    from orthonav.core.schema import save_model
+    from orthonav.core.volume import write_volume
+
+    from .truth import write_truth
+
+    case = Case(case_dir)
+    printed = make_printable_knee(phantom)
+    ct, labels, table = render_printed_ct(phantom, printed, spacing_mm=spacing_mm, seed=seed)
+    write_volume(ct, case.ct)
+    write_volume(labels, case.truth_dir / "labels.nii.gz")
+    write_labels_table(case.truth_dir / "labels.json", table)
+    write_truth(case.root, phantom.truth)
+    write_mesh(printed.mesh, case.print_dir / "phantom_knee.stl")
+    save_model(case.print_dir / "phantom_knee.json", printed.spec)
+    return case

@@ -1,0 +1,174 @@
+"""``orthonav report CASE``: an HTML planning report (pictures from several views; tables of
+landmarks, angles, implant sizes, resections and outcome metrics), printable to PDF from any
+browser (print CSS: A4, tables kept whole, pictures scaled to the page).
+
+Pictures are written beside the HTML (``CASE/report/plan_*.png``) and referenced by relative
+path, so the folder can be zipped or opened offline. :func:`write_report_preview` draws a
+PNG page preview of the same content (for docs and quick looks, no browser needed).
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orthonav.core.atomic import write_text
+from orthonav.core.case import Case
+
+from .schema import Plan, load_plan
+
+NORMAL_RANGES = {"hka": "180 ± 3", "ldfa": "87 ± 3", "mpta": "87 ± 3", "slope": "7 ± 3 (native)", "femoral_rotation": "3 ± 2"}
+ANGLE_NAMES = {
+    "hka": "Hip-knee-ankle angle (varus < 180 < valgus)",
+    "ldfa": "Lateral distal femoral angle",
+    "mpta": "Medial proximal tibial angle",
+    "slope": "Posterior tibial slope",
+    "femoral_rotation": "Posterior condylar angle (TEA vs PCL)",
+}
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; }
+h1 { border-bottom: 2px solid #345; padding-bottom: .2em; font-size: 1.6em; }
+h2 { color: #234; font-size: 1.2em; margin-top: 1.4em; }
+.meta { color: #555; }
+table { border-collapse: collapse; margin: .4em 0 1.2em; font-size: .92em; }
+th, td { border: 1px solid #bbb; padding: .2em .55em; text-align: right; }
+th { background: #eef2f8; } td:first-child, th:first-child, td.text { text-align: left; }
+figure { margin: .5em 0; } figure img { width: 100%; border: 1px solid #ccc; }
+figcaption { font-size: .85em; color: #555; }
+.warn { color: #a00; font-weight: bold; }
+@page { size: A4; margin: 12mm; }
+@media print {
+  body { margin: 0; max-width: none; font-size: 10pt; }
+  h2 { page-break-after: avoid; }
+  table, figure { page-break-inside: avoid; }
+  .noprint { display: none; }
+}
+"""
+
+
+def _table(header: list[str], rows: list[list[object]], text_cols: tuple[int, ...] = (0,)) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for r in rows:
+        cells = []
+        for i, v in enumerate(r):
+            s = f"{v:.2f}" if isinstance(v, float) else str(v)
+            cls = ' class="text"' if i in text_cols else ""
+            cells.append(f"<td{cls}>{html.escape(s)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def report_tables(plan: Plan) -> dict[str, tuple[list[str], list[list[object]]]]:
+    """The report's tables (title -> header, rows), shared by the HTML and the preview."""
+    t: dict[str, tuple[list[str], list[list[object]]]] = {}
+    t["Alignment angles (degrees)"] = (
+        ["angle", "value", "normal", "definition"],
+        [[k, float(v), NORMAL_RANGES.get(k, ""), ANGLE_NAMES.get(k, "")] for k, v in plan.angles_deg.items()],
+    )
+    t["Implants"] = (["component", "size", "bone"], [[i.family, i.size, i.bone] for i in plan.implants])
+    rows = []
+    for k, c in plan.cuts.items():
+        if c.depths_mm:
+            for ref, d in c.depths_mm.items():
+                rows.append([k, ref, float(d)])
+        else:
+            rows.append([k, "-", float(c.resection_depth_mm)])
+    t["Resections (mm, from each reference landmark)"] = (["cut", "reference", "depth mm"], rows)
+    t["Outcome metrics"] = (["metric", "value"], [[k, float(v)] for k, v in plan.metrics.items() if not k.startswith("resection_")])
+    t["Landmarks (LPS mm, CT frame)"] = (
+        ["landmark", "bone", "L (x)", "P (y)", "S (z)", "method"],
+        [[k, lm.bone, *[float(x) for x in lm.position_lps_mm], lm.method] for k, lm in plan.landmarks.items()],
+    )
+    return t
+
+
+def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anterior", "lateral"), extra_views: tuple[str, ...] = ("medial", "posterior")) -> Path:
+    """Write ``CASE/report/plan.html`` (and its pictures) from ``CASE/plan.json``.
+
+    Returns
+    -------
+    Path
+        The HTML file.
+    """
+    from .scene import render_plan
+
+    case = Case(case_dir)
+    plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
+    rep = case.report_dir
+    rep.mkdir(parents=True, exist_ok=True)
+    figs = [
+        (render_plan(case.root, rep / "plan_views.png", views=views, size=(1400, 800)), f"{' and '.join(views)} views: whole limb and knee"),
+        (render_plan(case.root, rep / "plan_views2.png", views=extra_views, size=(1400, 800)), f"{' and '.join(extra_views)} views"),
+    ]
+    guide_note = ""
+    if case.guides_dir.is_dir():
+        g = sorted(p.name for p in case.guides_dir.glob("*_guide.stl"))
+        if g:
+            guide_note = f"<p>Patient-specific cutting guides: {', '.join(html.escape(x) for x in g)} (in <code>guides/</code>).</p>"
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>OrthoNav plan - {html.escape(case.root.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Surgical plan: {html.escape(case.root.name)}</h1>",
+        f"<p class='meta'>Procedure {html.escape(plan.procedure.upper())}, {html.escape(str(plan.side))} side, "
+        f"{html.escape(plan.alignment)} alignment. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        "All positions are LPS millimetres in the CT frame.</p>",
+    ]
+    if plan.notes:
+        parts.append(f"<p class='meta'>{html.escape(plan.notes)}</p>")
+    for path, cap in figs:
+        parts.append(f"<figure><img src='{html.escape(Path(path).name)}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}</figcaption></figure>")
+    for title, (header, rows) in report_tables(plan).items():
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        text_cols = (0, 1, 5) if title.startswith("Landmarks") else (0, 1, 2, 3) if title.startswith("Alignment") else (0, 1)
+        parts.append(_table(header, rows, text_cols=text_cols) if rows else "<p>none</p>")
+    parts.append(guide_note)
+    parts.append("<p class='meta noprint'>Print this page (Ctrl+P) to save it as PDF.</p></body></html>")
+    return write_text(rep / "plan.html", "\n".join(parts))
+
+
+def write_report_preview(case_dir: str | Path, png_path: str | Path) -> Path:
+    """A PNG page preview of the report (scene picture + main tables), via matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    from orthonav.core.atomic import write_with
+
+    case = Case(case_dir)
+    plan = load_plan(case.plan)
+    img_path = case.report_dir / "plan_views.png"
+    if not img_path.is_file():
+        write_plan_report(case.root)
+    tables = report_tables(plan)
+    fig = plt.figure(figsize=(8.27, 11.69), dpi=110)
+    fig.text(0.05, 0.97, f"Surgical plan: {case.root.name}", fontsize=15, weight="bold", va="top")
+    fig.text(0.05, 0.945, f"{plan.procedure.upper()}, {plan.side} side, {plan.alignment} alignment; LPS mm, CT frame", fontsize=9, color="#555", va="top")
+    ax = fig.add_axes([0.05, 0.60, 0.9, 0.33])
+    ax.imshow(mpimg.imread(img_path))
+    ax.axis("off")
+    y = 0.57
+    for title in ("Alignment angles (degrees)", "Implants", "Resections (mm, from each reference landmark)"):
+        header, rows = tables[title]
+        rows = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in rows][:12]
+        if title.startswith("Alignment"):
+            header, rows = header[:3], [r[:3] for r in rows]
+        h = 0.022 * (len(rows) + 1)
+        fig.text(0.05, y, title, fontsize=10, weight="bold", va="top")
+        tax = fig.add_axes([0.05, y - 0.01 - h, 0.9, h])
+        tax.axis("off")
+        if rows:
+            tb = tax.table(cellText=rows, colLabels=header, loc="upper left", cellLoc="left")
+            tb.auto_set_font_size(False)
+            tb.set_fontsize(8)
+        y -= h + 0.05
+    out = write_with(png_path, lambda tmp: fig.savefig(str(tmp)))
+    plt.close(fig)
+    return Path(out)
+
+
+__all__ = ["write_plan_report", "write_report_preview", "report_tables"]

@@ -1,0 +1,92 @@
+"""Overlay (off-screen) and CT reslices: pictures reflect the navigation state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orthonav.core.volume import Volume, make_lps_from_ijk
+from orthonav.navigation.navigate import load_navigation_inputs
+from orthonav.navigation.overlay import NavigationScene
+from orthonav.navigation.reslice import ORIENTATIONS, reslice, tool_plane_axes
+from orthonav.navigation.workflow import Workflow
+from orthonav.phantoms.scenario import knee_scenario, write_toy_case
+
+
+def _volume_with_marker():
+    a = np.zeros((40, 50, 60), dtype=np.int16)  # k, j, i
+    a[30, 20, 10] = 1000  # voxel i=10, j=20, k=30
+    return Volume(a, make_lps_from_ijk([1.0, 2.0, 3.0], [-5.0, 7.0, 11.0]))
+
+
+def test_reslice_samples_the_right_voxels_and_orientation():
+    vol = _volume_with_marker()
+    p = vol.to_lps([[10, 20, 30]])[0]
+    for name, (u, v) in ORIENTATIONS.items():
+        img = reslice(vol, p, u, v, size_mm=21.0, pixels=21, fill=-1.0)
+        assert img.shape == (21, 21)
+        assert img[10, 10] == pytest.approx(1000.0), name  # the centre pixel is the marker
+    # Axial: u = +x (i), v = anterior = -y, 1 mm pixels. Centred 2 mm anterior of the marker, the
+    # marker is 2 rows BELOW the centre (rows go top -> bottom = anterior -> posterior).
+    img = reslice(vol, p - [0.0, 2.0, 0.0], *ORIENTATIONS["axial"], size_mm=21.0, pixels=21)
+    assert img[12, 10] == pytest.approx(1000.0)
+    img = reslice(vol, p + [1.0, 0.0, 0.0], *ORIENTATIONS["coronal"], size_mm=21.0, pixels=21)
+    assert img[10, 9] == pytest.approx(1000.0)  # marker is 1 mm to the patient's right = left of centre
+    out = reslice(vol, p + [500.0, 0.0, 0.0], *ORIENTATIONS["axial"], size_mm=10.0, pixels=5)
+    assert np.all(out == -1000.0)
+
+
+def test_tool_plane_contains_the_tool_axis():
+    t = np.eye(4)
+    t[:3, :3] = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    u, v = tool_plane_axes(t, [0.0, 0.0, -1.0])
+    np.testing.assert_allclose(u, -t[:3, 2])
+    assert abs(np.dot(u, v)) < 1e-12 and v[2] >= 0
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    case = tmp_path_factory.mktemp("overlay_case")
+    geo = write_toy_case(case, with_ct=True)
+    return case, geo
+
+
+def _red_pixels(img):
+    a = np.asarray(img.convert("RGB")).astype(int)[250:350, 200:600]
+    return int(((a[..., 0] > 180) & (a[..., 1] < 90) & (a[..., 2] < 90)).sum())
+
+
+def test_overlay_shows_not_tracking_then_guidance_and_reslices(toy, tmp_path):
+    case, geo = toy
+    inp = load_navigation_inputs(case, ct=True)
+    sc = knee_scenario(geo, seed=5, reference_dropout_s=(14.0, 14.3))
+    wf = Workflow(inp.context, inp.fiducial_names, inp.fiducials_ct_mm)
+    scene = NavigationScene(inp.context.toolset, inp.bones, cuts=inp.context.cuts, ct=inp.ct)
+    try:
+        shots = {}
+        want = {"before": 0.2, "saw": 12.0, "dropout": 14.1}
+        for fr in sc.frames(25.0):
+            st = wf.process(fr, clock=None)
+            for k, t in list(want.items()):
+                if fr.host_time_s >= t:
+                    scene.update(st)
+                    shots[k] = (st, scene.screenshot(tmp_path / f"{k}.png"))
+                    del want[k]
+        assert not want
+        st_before, p_before = shots["before"]
+        assert not st_before.tracking and _red_pixels(Image.open(p_before)) > 500
+        st_saw, p_saw = shots["saw"]
+        assert st_saw.tracking and st_saw.status("Saw").value == "live"
+        img = np.asarray(Image.open(p_saw).convert("RGB")).astype(int)
+        assert _red_pixels(Image.open(p_saw)) < 50
+        # Green readouts (on target: the saw sweeps on the plane) in the right-hand panel.
+        panel = img[10:120, 600:800]
+        assert ((panel[..., 1] > 150) & (panel[..., 0] < 120) & (panel[..., 2] < 120)).sum() > 30
+        # The reslice strip (bottom left) shows CT: bright cortex pixels.
+        strip = img[600 - 160 : 600 - 30, 10:530]
+        assert (strip.mean(axis=2) > 200).sum() > 200
+        st_drop, p_drop = shots["dropout"]
+        assert not st_drop.tracking and _red_pixels(Image.open(p_drop)) > 500
+    finally:
+        scene.close()
