@@ -36,11 +36,16 @@ def phantom(
     case: Path = typer.Argument(..., help="case folder to create"),
     seed: int = typer.Option(0, help="random seed (noise, placement)"),
     small: bool = typer.Option(False, help="coarse, fast phantom (tests)"),
+    printed: bool = typer.Option(False, help="CT of the printed part (print material in air) instead of anatomy"),
+    flexion: Optional[float] = typer.Option(None, help="knee flexion (deg)"),
+    scale: Optional[float] = typer.Option(None, help="size factor"),
+    noise: Optional[float] = typer.Option(None, help="CT noise (HU, standard deviation)"),
 ) -> None:
     """Write a synthetic CT with ground truth and printable STL parts into CASE."""
     from orthonav.phantoms.synthetic import make_phantom_case
 
-    out = make_phantom_case(kind, case, seed=seed, small=small)
+    knobs = {k: v for k, v in {"flexion_deg": flexion, "scale": scale, "noise_hu": noise}.items() if v is not None}
+    out = make_phantom_case(kind, case, seed=seed, small=small, printed=printed, **knobs)
     console.print(f"[green]phantom written[/] to {out.root}")
 
 

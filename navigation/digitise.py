@@ -121,27 +121,34 @@ class StillCapture:
 
 
 class FiducialDigitiser:
-    """Assigns successive pointer dwells to the plan's fiducials, in plan order.
+    """Assigns pointer dwells to the plan's fiducials by geometry, preferring plan order.
 
-    A capture is accepted only if its distances to the fiducials already captured agree with
-    the CT distances within ``consistency_mm`` (distances are rigid-invariant, so this needs no
-    registration): a dwell elsewhere (the pointer laid down, a wrong bead) is rejected.
+    Distances between points are rigid-invariant, so captures can be labelled before any
+    registration: after each capture the digitiser looks for the labelling of ALL captures
+    (each to a different fiducial) whose pairwise distances match the CT distances within
+    ``consistency_mm``, keeping earlier labels and plan order where possible (a small
+    depth-first search with pruning). So a missed or out-of-order fiducial does not shift every
+    later label, and a dwell that fits no fiducial (the pointer laid down, a wrong bead) is
+    rejected. After ``restart_after`` rejections in a row, if at least ``min_fiducials`` are
+    labelled :attr:`stalled` is set (the workflow may register with those), else everything is
+    discarded and digitising starts again. Without CT positions, captures are labelled in
+    plan order.
 
     Parameters
     ----------
     names
-        Fiducial names in the order the surgeon touches them (the plan's order).
+        Fiducial names, in the plan's order (the order the surgeon is asked to touch them).
     tip_in_tool
         (3,) pointer tip in the pointer's tool frame (mm).
     fiducials_ct_mm
-        (n, 3) the fiducials in the CT (mm), for the consistency check (None: no check).
+        (n, 3) the fiducials in the CT (mm), for labelling by geometry (None: plan order).
     pointer, reference
         Tool names.
     """
 
     def __init__(self, names: list[str], tip_in_tool: NDArray[np.float64], *, fiducials_ct_mm: NDArray[np.float64] | None = None,
                  consistency_mm: float = 3.0, pointer: str = "Pointer", reference: str = "Reference",
-                 capture: StillCapture | None = None) -> None:
+                 capture: StillCapture | None = None, min_fiducials: int = 4, restart_after: int = 3) -> None:
         self.names = list(names)
         self.tip_in_tool = np.asarray(tip_in_tool, dtype=np.float64)
         self.ct = None if fiducials_ct_mm is None else dict(zip(self.names, np.asarray(fiducials_ct_mm, dtype=np.float64)))
@@ -151,8 +158,11 @@ class FiducialDigitiser:
         self.capture = capture or StillCapture()
         self.captures: dict[str, Capture] = {}
         self.rejected: list[tuple[str, Capture, str]] = []
-        self.restart_after = 3  #: consecutive rejected captures after which all captures are discarded
+        self.min_fiducials = max(3, min_fiducials)
+        self.restart_after = restart_after  #: consecutive rejected captures before stalling / restarting
         self.restarts = 0
+        self.stalled = False
+        self.relabelled: list[tuple[str, str]] = []  #: (old, new) labels changed by the newest capture
         self._consecutive_rejections = 0
         self._last_sample_time: float | None = None
 
@@ -168,23 +178,53 @@ class FiducialDigitiser:
                 return n
         return None
 
-    def _inconsistency(self, name: str, cap: Capture) -> str | None:
-        if self.ct is None:
-            return None
+    def _labelling(self, caps: list[Capture], prefer: list[str | None]) -> list[str] | None:
+        """Labels for ``caps`` consistent with the CT distances (preferring ``prefer``, then plan order)."""
+        assert self.ct is not None
+        ct = self.ct
+        tol = self.consistency_mm
+        pts = [c.p_reference_mm for c in caps]
+        result: list[str] = [""] * len(caps)
+        used: set[str] = set()
+
+        def fits(i: int, name: str) -> bool:
+            for j in range(i):
+                d_ref = float(np.linalg.norm(pts[i] - pts[j]))
+                d_ct = float(np.linalg.norm(ct[name] - ct[result[j]]))
+                if abs(d_ref - d_ct) > tol:
+                    return False
+            return True
+
+        def search(i: int) -> bool:
+            if i == len(caps):
+                return True
+            first = [prefer[i]] if prefer[i] else []
+            for name in first + [n for n in self.names if n != prefer[i]]:
+                if name in used or not fits(i, name):
+                    continue
+                result[i] = name
+                used.add(name)
+                if search(i + 1):
+                    return True
+                used.discard(name)
+            return False
+
+        return result if search(0) else None
+
+    def _worst_mismatch(self, cap: Capture) -> str:
+        name = self.next_name or self.names[-1]
         worst, worst_name = 0.0, ""
         for other, c in self.captures.items():
             d_ref = float(np.linalg.norm(cap.p_reference_mm - c.p_reference_mm))
-            d_ct = float(np.linalg.norm(self.ct[name] - self.ct[other]))
+            d_ct = float(np.linalg.norm(self.ct[name] - self.ct[other])) if self.ct else d_ref
             if abs(d_ref - d_ct) > worst:
                 worst, worst_name = abs(d_ref - d_ct), other
-        if worst > self.consistency_mm:
-            return f"its distance to {worst_name} differs from the CT by {worst:.1f} mm (limit {self.consistency_mm:.1f} mm)"
-        return None
+        return (f"its distances to the fiducials already touched match no remaining fiducial within {self.consistency_mm:.1f} mm "
+                f"(as {name}: {worst:.1f} mm off at {worst_name})")
 
     def update(self, frame: TrackingFrame) -> tuple[str, Capture] | None:
-        """Feed a frame; returns (fiducial name, capture) when a fiducial is captured."""
-        name = self.next_name
-        if name is None:
+        """Feed a frame; returns (fiducial name, capture) when a dwell is captured and labelled."""
+        if self.done:
             return None
         # One sample per new tracker message: a watchdog frame repeating the same poses is not
         # evidence that the pointer is still. Times are the poses' receipt times.
@@ -196,23 +236,39 @@ class FiducialDigitiser:
         cap = self.capture.add(frame.host_time_s if t is None else t, p)
         if cap is None:
             return None
-        problem = self._inconsistency(name, cap)
-        if problem is None:
+        if self.ct is None:
+            name = self.next_name
+            assert name is not None
             self.captures[name] = cap
-            self._consecutive_rejections = 0
             return name, cap
-        self.rejected.append((name, cap, problem))
-        self._consecutive_rejections += 1
-        if self._consecutive_rejections >= self.restart_after:
-            # An earlier capture is probably wrong (e.g. a dwell off a bead): start again at the first fiducial.
-            self.captures.clear()
-            self._consecutive_rejections = 0
-            self.restarts += 1
-        return None
+        old = list(self.captures.items())
+        caps = [c for _n, c in old] + [cap]
+        labels = self._labelling(caps, [n for n, _c in old] + [self.next_name])
+        if labels is None:
+            self.rejected.append((self.next_name or "", cap, self._worst_mismatch(cap)))
+            self._consecutive_rejections += 1
+            if self._consecutive_rejections >= self.restart_after:
+                self._consecutive_rejections = 0
+                if len(self.captures) >= self.min_fiducials:
+                    self.stalled = True
+                else:
+                    self.captures.clear()
+                    self.restarts += 1
+            return None
+        self._consecutive_rejections = 0
+        self.relabelled = [(o, n) for (o, _c), n in zip(old, labels) if o != n]
+        self.captures = {name: c for name, c in sorted(zip(labels, caps), key=lambda nc: self.names.index(nc[0]))}
+        return labels[-1], cap
 
     def discard(self, name: str) -> None:
-        """Forget one capture (it will be the next to digitise)."""
+        """Forget one capture (it will be digitised again)."""
         self.captures.pop(name, None)
+        self.stalled = False
+
+    def labelled(self) -> tuple[list[str], NDArray[np.float64]]:
+        """Names (plan order) and (k, 3) reference-frame points of the labelled captures."""
+        names = [n for n in self.names if n in self.captures]
+        return names, np.array([self.captures[n].p_reference_mm for n in names]).reshape(-1, 3)
 
     def points_reference_mm(self) -> NDArray[np.float64]:
         """(n, 3) captured points in plan order (only after :attr:`done`)."""

@@ -493,7 +493,9 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
     checks = {k: np.asarray(v, dtype=np.float64) for k, v in info.check_points_mm.items()}
     workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=cfg)
     recorded = iter(read_guidance(sdir))
-    shot_at = {seq: name for name, seq in info.screenshots.items()}
+    shot_at: dict[int, list[str]] = {}
+    for name, seq in info.screenshots.items():
+        shot_at.setdefault(seq, []).append(name)
     scene = None
     if render and shot_at:
         from .overlay import NavigationScene
@@ -504,7 +506,17 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
     n = 0
     shots: list[Path] = []
     last_state = None
+
+    def take(names: list[str], state: NavigationState | None) -> None:
+        if scene is None:
+            return
+        scene.update(state, info=_info_text(workflow))
+        for name in names:
+            shots.append(scene.screenshot(sdir / "replay" / name))
+
     try:
+        if scene is not None and -1 in shot_at:
+            take(shot_at.pop(-1), None)  # pictures taken before the first state
         for frame in read_recording(sdir / "frames.jsonl"):
             state = workflow.process(frame, clock=None)
             rec = next(recorded, None)
@@ -512,11 +524,13 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
             if rec is None or comparable(state_record(state)) != comparable(rec):
                 mismatches += 1
             last_state = state
-            if scene is not None and state.sequence in shot_at and shot_at[state.sequence] not in {p.name for p in shots}:
-                scene.update(state, info=_info_text(workflow))
-                shots.append(scene.screenshot(sdir / "replay" / shot_at[state.sequence]))
+            if scene is not None and state.sequence in shot_at:
+                take(shot_at.pop(state.sequence), state)
         if next(recorded, None) is not None:
             mismatches += 1
+        if scene is not None:
+            for names in shot_at.values():  # e.g. the final picture, after the last new frame
+                take(names, last_state)
     finally:
         if scene is not None:
             scene.close()

@@ -158,6 +158,7 @@ class NavigationScene:
     ) -> None:
         if off_screen:
             setup_offscreen_rendering()
+        self.off_screen = off_screen
         self.angle_tol = angle_tol_deg
         self.dist_tol = distance_tol_mm
         self.toolset = toolset
@@ -361,11 +362,17 @@ class NavigationScene:
         self._strip_actor.SetVisibility(True)
 
     def render(self) -> None:
-        """Render the current scene."""
+        """Render the current scene (on screen: also process window events, non-blocking)."""
         if not self._shown:
-            self.plotter.show(auto_close=False, interactive=False)
+            if self.off_screen:
+                self.plotter.show(auto_close=False, interactive=False)
+            else:
+                self.plotter.show(auto_close=False, interactive_update=True)
             self._shown = True
-        self.plotter.render()
+        if self.off_screen:
+            self.plotter.render()
+        else:
+            self.plotter.update(stime=1, force_redraw=True)
 
     def screenshot(self, path: str | Path) -> Path:
         """Render and save a PNG (atomic)."""

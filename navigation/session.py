@@ -197,11 +197,12 @@ def read_guidance(session_dir: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True) -> Any:
-    """Replay a recorded session (see :func:`orthonav.navigation.navigate.replay_session`).
+    """Replay a recorded session: :func:`orthonav.navigation.navigate.replay_session` (re-exported here).
 
-    Returns the rich summary table (what ``orthonav replay`` prints); raises RegistrationError
-    when the replay does not reproduce the recorded guidance exactly.
+    Returns its :class:`~orthonav.navigation.navigate.NavigationSummary`; ``replay_mismatches``
+    is 0 when every guidance number was reproduced exactly. For the CLI's table and exit
+    status use :func:`orthonav.navigation.navigate.replay_cli`.
     """
-    from .navigate import replay_cli
+    from .navigate import replay_session as _replay
 
-    return replay_cli(session_dir, off_screen=off_screen)
+    return _replay(session_dir, off_screen=off_screen, render=render)

@@ -57,6 +57,9 @@ class WorkflowConfig:
     consistency_mm
         A capture whose distances to the fiducials already captured differ from the CT
         distances by more than this is rejected (see :class:`FiducialDigitiser`).
+    min_fiducials
+        When the pointer has clearly moved on (3 captures in a row fit no fiducial) with at least
+        this many fiducials labelled, register with those instead of starting again.
     verify_radius_mm
         A touch after registration counts as verification of the nearest known point only
         within this distance of it (other dwells are ignored).
@@ -79,6 +82,7 @@ class WorkflowConfig:
     rearm_mm: float = 10.0
     max_fre_mm: float = 2.0
     consistency_mm: float = 3.0
+    min_fiducials: int = 4
     verify_radius_mm: float = 15.0
     surface_points: int = 0
     surface_spacing_mm: float = 3.0
@@ -148,7 +152,7 @@ class Workflow:
         self._capture = StillCapture(hold_s=config.hold_s, still_mm=config.still_mm, rearm_mm=config.rearm_mm)
         self.digitiser = FiducialDigitiser(self.fiducial_names, self._tip, fiducials_ct_mm=self.fiducials_ct_mm,
                                            consistency_mm=config.consistency_mm, pointer=config.pointer,
-                                           reference=config.reference, capture=self._capture)
+                                           reference=config.reference, capture=self._capture, min_fiducials=config.min_fiducials)
         self._n_rejected = 0
         self._n_restarts = 0
         self._last_verify_sample: float | None = None
@@ -170,27 +174,29 @@ class Workflow:
 
     def _register(self, t: float) -> None:
         caps = self.digitiser.captures
+        names, p_ref = self.digitiser.labelled()
+        p_ct = np.array([self.fiducials_ct_mm[self.fiducial_names.index(n)] for n in names])
         try:
             reg = register_paired_points(
-                self.fiducial_names,
-                self.fiducials_ct_mm,
-                self.digitiser.points_reference_mm(),
+                names,
+                p_ct,
+                p_ref,
                 targets_ct_mm=self.check_points or None,
                 fle_rms_mm=self.config.fle_rms_mm,
                 max_fre_mm=self.config.max_fre_mm,
-                host_times_s=[caps[n].host_time_s for n in self.fiducial_names],
+                host_times_s=[caps[n].host_time_s for n in names],
             )
         except RegistrationError as e:
             # Re-digitise the fiducial with the largest residual (the likely mis-touch).
             self.failed_registrations += 1
-            res = paired_point(self.fiducials_ct_mm, self.digitiser.points_reference_mm()).residuals_mm
-            worst = self.fiducial_names[int(np.argmax(res))]
+            res = paired_point(p_ct, p_ref).residuals_mm
+            worst = names[int(np.argmax(res))]
             self.digitiser.discard(worst)
             self.events.append(WorkflowEvent(t, f"registration rejected ({e}); touch {worst} again"))
             return
         self.registration = reg
         self.ctx = self.base_ctx.with_registration(reg.ct_from_reference)
-        self.events.append(WorkflowEvent(t, f"registered: FRE {reg.record.fre_mm:.3f} mm over {len(self.fiducial_names)} fiducials"))
+        self.events.append(WorkflowEvent(t, f"registered: FRE {reg.record.fre_mm:.3f} mm over {len(reg.record.points_ct_mm)} fiducials"))
         if self.config.surface_points > 0:
             if not self.base_ctx.surfaces:
                 self.events.append(WorkflowEvent(t, "surface refinement skipped: the case has no bone meshes"))
@@ -274,8 +280,17 @@ class Workflow:
             if got is not None:
                 name, cap = got
                 self.events.append(WorkflowEvent(cap.host_time_s, f"captured {name} (spread {cap.spread_mm:.2f} mm, {cap.n_samples} samples)"))
+                if self.digitiser.relabelled:
+                    moves = ", ".join(f"{o} -> {n}" for o, n in self.digitiser.relabelled)
+                    self.events.append(WorkflowEvent(cap.host_time_s, f"relabelled earlier captures by geometry: {moves}"))
                 if self.digitiser.done:
                     self._register(frame.host_time_s)
+            elif self.digitiser.stalled:
+                missing = [n for n in self.fiducial_names if n not in self.digitiser.captures]
+                self.events.append(WorkflowEvent(frame.host_time_s, f"{', '.join(missing)} not touched; registering with the "
+                                                 f"{len(self.digitiser.captures)} fiducials digitised"))
+                self.digitiser.stalled = False
+                self._register(frame.host_time_s)
         elif self.surface_phase:
             self._collect_surface(frame)
         else:

@@ -69,6 +69,7 @@ class KneeParameters:
     noise_hu: float = 20.0
     psf_sigma_vox: float = 0.6
     pose_jitter_deg: float = 0.0
+    flexion_deg: float = 0.0
 
 
 SMALL = dict(spacing_mm=(1.4, 1.4, 2.8), joint_gap_mm=6.5, fibula_gap_mm=3.0, patella_gap_mm=4.0, mesh_step_mm=1.5, bead_radius_mm=3.0)
@@ -233,6 +234,13 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
     r_t = _ry(-tilt_t)
     femur_bottom_z = 25.0 * s - 25.0 * s  # approx lowest femur point (medial condyle) before the gap fit
     o_t = np.array([0.0, 0.0, femur_bottom_z - prm.joint_gap_mm - 3.0 * s])
+    if prm.flexion_deg:
+        # knee flexion: the whole shank turns about the femoral medio-lateral axis through the
+        # condyles' centres (the ankle swings posteriorly); the gap fit below restores the gap
+        c_flex = F([0.0, 3.0 * s, -3.0 * s])
+        r_flex = rotation_about_axis(r_f[:, 0], np.radians(prm.flexion_deg))
+        r_t = r_flex @ r_t
+        o_t = c_flex + r_flex @ (o_t - c_flex)
     T = _frame(r_t, o_t)
     ankle_nominal = T([0.0, 0.0, -prm.tibia_length_mm])
     r_p = r_t @ _ry(90.0 - prm.mpta_deg) @ _rx(-prm.slope_deg)
@@ -606,6 +614,8 @@ def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) ->
     prm = KneeParameters(**base)  # type: ignore[arg-type]
     if prm.scale <= 0.3 or prm.scale > 2.0:
         raise InputError(None, f"scale must be in (0.3, 2], got {prm.scale}")
+    if not 0.0 <= prm.flexion_deg <= 45.0:
+        raise InputError(None, f"flexion_deg must be in [0, 45], got {prm.flexion_deg}")
     rng = np.random.default_rng(seed)
     geo = _knee_geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
     anat = geo.anatomy

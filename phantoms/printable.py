@@ -168,7 +168,6 @@ def make_printable_knee(phantom, *, divot_depth_mm: float = 2.5, femur_top_mm: f
     y_post = max(tb[1, 1], fb[1, 1]) + 6.0
     base = _box([x_lat - 14.0, y_ant, z_bot - base_t], [x_med, y_post, z_bot])
     arm_z0 = z_top - 28.0
-    shaft_c = apply(np.eye(4), [0, 0, 0])  # placeholder for readability
     shaft_pts = np.asarray(meshes["femur"].points)
     band = shaft_pts[np.abs(shaft_pts[:, 2] - (arm_z0 + 10.0)) < 3.0]
     shaft_c = band.mean(axis=0)

@@ -426,6 +426,7 @@ def knee_scenario(
     reference_dropout_s: tuple[float, float] | None = None,
     surface_points_ct_mm: ArrayLike | None = None,
     surface_step_s: float = 0.05,
+    lead_in_s: float = 1.0,
 ) -> Scenario:
     """Build the scripted knee session.
 
@@ -452,6 +453,9 @@ def knee_scenario(
         Optional (m, 3) points on the bone surface (CT): after the fiducials the pointer glides
         through them in the given order, ``surface_step_s`` per point, tip on the surface
         (phase ``"surface"``), for surface registration.
+    lead_in_s
+        The pointer (and saw) are not visible for this long at the start (the surgeon picks the
+        pointer up; the navigator settles), phase ``"lead_in"``.
     """
     if isinstance(source, KneeGeometry):
         geo = source
@@ -487,6 +491,9 @@ def knee_scenario(
     home_dir = _unit(geo.centre_ct_mm - home_tip)
     cur_tip, cur_dir = home_tip, home_dir
     t = 0.0
+    if lead_in_s > 0:
+        phases.append(Phase("lead_in", 0.0, lead_in_s))
+        t = lead_in_s
     surface = None if surface_points_ct_mm is None else np.asarray(surface_points_ct_mm, dtype=np.float64).reshape(-1, 3)
     for kind, name, p in points + [("surface", "", np.zeros(3))] + targets:
         if kind == "surface":
@@ -668,3 +675,28 @@ def simulate_navigation(
     if "error" in box:
         raise InputError(None, f"the simulated tracker failed: {box['error']!r}")
     return summary, sc
+
+
+def serve_scenario(
+    case_dir: str | Path,
+    *,
+    port: int = 18944,
+    host: str = "127.0.0.1",
+    rate_hz: float = 200.0,
+    duration_s: float | None = None,
+    truth_path: str | Path | None = None,
+    seed: int = 0,
+    fle_mm: float = 0.25,
+    wait_for_client_s: float = 300.0,
+):
+    """``orthonav simulate-tracker``: stream the phantom's OR script over OpenIGTLink.
+
+    The script's clock starts when the first client (``orthonav navigate``) connects (waiting
+    up to ``wait_for_client_s``), so the navigator sees the whole session. Tools go out as
+    ``<Tool>ToTracker`` (RAS on the wire). Returns the tracking simulator's ``StreamStats``.
+    """
+    from orthonav.tracking.simulator import stream_script
+
+    sc = knee_scenario(case_dir, seed=seed, fle_mm=fle_mm)
+    return stream_script(sc.script, port, rate_hz=rate_hz, duration_s=duration_s or sc.duration_s, truth_path=truth_path,
+                         host=host, seed=seed, wait_for_client_s=wait_for_client_s)

@@ -351,14 +351,24 @@ def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path, *, print
     return case
 
 
-def make_phantom_case(kind: str, case_dir: str | Path, *, seed: int = 0, small: bool = False, **knobs: object) -> Case:
-    """Build the phantom ``kind`` ('knee') and write it into ``case_dir`` (what the CLI calls)."""
+def make_phantom_case(
+    kind: str, case_dir: str | Path, *, seed: int = 0, small: bool = False, printed: bool = False, **knobs: object
+) -> Case:
+    """Build the phantom ``kind`` ('knee') and write it into ``case_dir`` (what the CLI calls).
+
+    With ``printed``, the case's CT is the CT of the printable model (print material in air,
+    :func:`orthonav.phantoms.printable.write_printed_case`) instead of the synthetic patient CT.
+    """
     if kind == "knee":
         from .knee import make_knee_phantom
 
         phantom = make_knee_phantom(seed=seed, small=small, **knobs)  # type: ignore[arg-type]
     else:
         raise InputError(None, f"unknown phantom kind {kind!r}; available: knee")
+    if printed:
+        from .printable import write_printed_case
+
+        return write_printed_case(phantom, case_dir, seed=seed)
     return write_phantom_case(phantom, case_dir)
 
 

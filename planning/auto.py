@@ -137,8 +137,10 @@ def build_plan(
     placed, sizing = place_tka(lms, meshes, cuts, femoral_rotation_deg=rot, tibia_solid=solids.solid("tibia"))
     implied = cuts_from_implants(placed, lms)
     plan = plan.model_copy(update={"implants": placed, "cuts": implied, "metrics": sizing})
+    from .session import component_alignment
+
     metrics, _ = compute_metrics(plan, solids, ct=ct)
-    return plan.model_copy(update={"metrics": {**sizing, **metrics}})
+    return plan.model_copy(update={"metrics": {**sizing, **metrics, **component_alignment(plan)}})
 
 
 def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_mm: float = 9.0, slope_deg: float = 3.0, bead_min_hu: float = 2500.0) -> Plan:

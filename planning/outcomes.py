@@ -42,7 +42,7 @@ class BoneSolids:
 
     meshes: Mapping[str, pv.PolyData]
     roi_centre_lps: NDArray[np.float64] | None = None
-    roi_half_mm: float = 65.0
+    roi_half_mm: float = 55.0
     _solids: dict[str, mf.Manifold] = field(default_factory=dict)
     _roi: dict[str, tuple[mf.Manifold, NDArray[np.float64]]] = field(default_factory=dict)
     _volume: dict[int, float] = field(default_factory=dict)

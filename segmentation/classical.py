@@ -88,6 +88,8 @@ class ClassicalParams:
     marrow_depth_mm: float = 1.5
     shaft_end_fraction: float = 0.0
     shaft_area_ratio: float = 0.25
+    shaft_interface_hu: float = 0.0
+    shaft_piece_ratio: float = 0.25
     body_opening_mm: float = 5.0
     min_body_volume_mm3: float = 20000.0
     min_inside_body: float = 0.5
@@ -386,19 +388,21 @@ def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArr
         lone_ids = np.flatnonzero(~seeded)
         lut[lone_ids] = n_seeds + 1 + np.arange(len(lone_ids))
         regions[lone] = lut[comps[lone]]
-    regions = _merge_split_shafts(regions, spacing, set(range(1, n_marrow + 1)), p)
+    regions = _merge_split_shafts(regions, spacing, set(range(1, n_marrow + 1)), p, ct_zyx)
     regions = _merge_waists(regions, dist, p.merge_ratio, protected=set(range(1, n_marrow + 1)))
     return regions, dist
 
 
-def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int], p: ClassicalParams) -> NDArray:
+def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int], p: ClassicalParams, ct_zyx: NDArray) -> NDArray:
     """Merge two marrow-grown regions that are one bone whose marrow pinched off near an end.
 
     Where a long bone's marrow is interrupted (an all-cortical stretch near an epiphysis) it
     grows two regions. The smaller one then continues the larger along its long axis: its
     centroid lies beyond the larger one's end (within the last ``shaft_end_fraction`` of its
     length or past it), within the larger one's radius of its axis, and the two share an
-    interface of at least ``shaft_area_ratio`` x the smaller one's cross-section. A joint
+    interface of at least ``shaft_area_ratio`` x the smaller one's cross-section (optionally with
+    a mean HU >= ``shaft_interface_hu``), and it is at most ``shaft_piece_ratio`` x the larger
+    one's volume (an end piece, not a long bone of its own, as a tibia under a femur is). A joint
     contact fails at least one test: the patella and fibula sit beside their neighbour's
     shaft, and a femur resting on a tibia touches over a patch much smaller than the tibia's
     cross-section.
@@ -408,6 +412,7 @@ def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int]
         return regions
     face_mm2 = np.array([spacing[0] * spacing[1], spacing[0] * spacing[2], spacing[1] * spacing[2]])  # normal to k, j, i
     areas: dict[tuple[int, int], float] = {}
+    hu_sum: dict[tuple[int, int], float] = {}
     for axis in range(3):
         x = np.moveaxis(regions, axis, 0)
         la, lb = x[:-1], x[1:]
@@ -415,11 +420,15 @@ def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int]
         if not touch.any():
             continue
         va, vb = la[touch], lb[touch]
+        hu = np.moveaxis(ct_zyx, axis, 0)
+        face_hu = 0.5 * (hu[:-1][touch].astype(np.float64) + hu[1:][touch])
         key = np.minimum(va, vb).astype(np.int64) * (n + 1) + np.maximum(va, vb)
-        uk, cnt = np.unique(key, return_counts=True)
-        for k_, c_ in zip(uk, cnt):
+        uk, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+        sums = np.bincount(inv, weights=face_hu)
+        for k_, c_, h_ in zip(uk, cnt, sums):
             pair = (int(k_ // (n + 1)), int(k_ % (n + 1)))
             areas[pair] = areas.get(pair, 0.0) + float(c_ * face_mm2[axis])
+            hu_sum[pair] = hu_sum.get(pair, 0.0) + float(h_ / c_ * c_ * face_mm2[axis])
     boxes = ndi.find_objects(regions)
     cache: dict[int, tuple] = {}
 
@@ -456,9 +465,11 @@ def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int]
         end_zone = p.shaft_end_fraction * (t1 - t0)
         beyond = t > t1 - end_zone or t < t0 + end_zone
         within = radial < np.sqrt(cs_big / np.pi)
+        solid = hu_sum[(ra, rb)] / area >= p.shaft_interface_hu  # through bone, not a blurred joint space
         if p.extra.get("debug"):
-            print("shaft?", big, small, round(area), round(cs_small), beyond, within, round(t, 1), (round(t0), round(t1)), round(radial, 1))
-        if beyond and within and area >= p.shaft_area_ratio * cs_small:
+            print("shaft?", big, small, round(area), round(cs_small), beyond, within, round(hu_sum[(ra, rb)] / area), round(t, 1), (round(t0), round(t1)), round(radial, 1))
+        piece = shape_of(small)[0] <= p.shaft_piece_ratio * shape_of(big)[0]  # an end piece, not a bone of its own
+        if beyond and within and solid and piece and area >= p.shaft_area_ratio * cs_small:
             parent[find(ra)] = find(rb)
     lut = np.array([find(i) for i in range(n + 1)], dtype=np.int32)
     return lut[regions]

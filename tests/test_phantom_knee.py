@@ -293,3 +293,23 @@ def test_same_seed_same_ct_other_seed_other_noise(phantom):
     np.testing.assert_array_equal(other.labels.array_zyx, phantom.labels.array_zyx)
     diff = other.ct.array_zyx.astype(np.int32) - phantom.ct.array_zyx
     assert 10.0 < diff[phantom.labels.array_zyx == 0].std() < 60.0  # independent 20 HU noise (+ blur)
+
+
+@pytest.mark.slow
+def test_flexion_knob_bends_the_knee_and_keeps_the_gaps():
+    flexed = make_knee_phantom(seed=0, small=True, flexion_deg=30.0)
+    t = flexed.truth
+    L = {k: np.array(v) for k, v in t.landmarks_lps_mm.items()}
+    u_f = L["femoral_head_centre"] - L["femoral_knee_centre"]
+    u_t = L["tibial_knee_centre"] - L["ankle_centre"]
+    between = np.degrees(np.arccos(u_f @ u_t / np.linalg.norm(u_f) / np.linalg.norm(u_t)))
+    assert 28.0 < between < 33.0  # 30 deg of flexion (+ the small coronal angle)
+    # the shank swings posteriorly (LPS +y) and the gaps are re-fitted
+    assert (L["ankle_centre"] - L["tibial_knee_centre"])[1] > 100.0
+    assert t.gaps_mm["femur_tibia"] == pytest.approx(t.parameters["joint_gap_mm"], abs=0.1)
+    assert t.gaps_mm["fibula_tibia"] >= t.parameters["fibula_gap_mm"] - 0.1
+    lab = flexed.labels.array_zyx
+    kji = np.argwhere(lab == 2)[::40]
+    assert np.all(flexed.signed_distance_mm("tibia", flexed.ct.to_lps(kji[:, ::-1].astype(float))) < 1e-6)
+    with pytest.raises(InputError, match="flexion"):
+        make_knee_phantom(small=True, flexion_deg=90.0)

@@ -42,31 +42,8 @@ def knee(tmp_path_factory):
     return phantom, case, plan
 
 
-def _docs_malleoli(truth, meshes):
-    """docs/anatomy.md malleoli on the true surfaces (brute force over the fine truth-mesh
-    vertices): extremes along the tibial medio-lateral direction within 40 mm of each bone's
-    distal end, iterated with the ankle centre."""
-    L = {k: np.asarray(v) for k, v in truth.landmarks_lps_mm.items()}
-    tkc = L["tibial_knee_centre"]
-    vt, vf = np.asarray(meshes["tibia"].points), np.asarray(meshes["fibula"].points)
-    u = (tkc - L["ankle_centre"]) / np.linalg.norm(tkc - L["ankle_centre"])
-    for _ in range(8):
-        ml = L["medial_plateau_centre"] - L["lateral_plateau_centre"]
-        ml = ml - (ml @ u) * u
-        ml /= np.linalg.norm(ml)
-        t = vt[vt @ u < (vt @ u).min() + 40.0]
-        f = vf[vf @ u < (vf @ u).min() + 40.0]
-        mm, lm = t[np.argmax(t @ ml)], f[np.argmin(f @ ml)]
-        ankle = 0.5 * (mm + lm)
-        u = (tkc - ankle) / np.linalg.norm(tkc - ankle)
-    return {"medial_malleolus": mm, "lateral_malleolus": lm, "ankle_centre": ankle}
-
-
 def _reference_landmarks(phantom, case):
-    truth = phantom.truth
-    ref = {k: np.asarray(v) for k, v in truth.landmarks_lps_mm.items()}
-    ref.update(_docs_malleoli(truth, load_bone_meshes(case)))
-    return ref
+    return {k: np.asarray(v) for k, v in phantom.truth.landmarks_lps_mm.items()}
 
 
 def test_landmarks_match_truth(knee):
@@ -83,18 +60,22 @@ def test_landmarks_match_truth(knee):
 
 
 def test_angles_match_truth(knee):
-    phantom, case, plan = knee
-    from orthonav.phantoms.angles import knee_angles
-
-    truth = phantom.truth
-    ref_lms = _reference_landmarks(phantom, case)
-    # Truth angles by the phantom's own implementation of docs/anatomy.md (independent code).
-    ref = knee_angles(ref_lms, medial_plateau_ap_tangent_lps=truth.medial_plateau_ap_tangent_lps, side=truth.side)
+    phantom, _, plan = knee
     for k in ("hka", "ldfa", "mpta", "slope", "femoral_rotation"):
-        assert plan.angles_deg[k] == pytest.approx(ref[k], abs=ANGLE_TOL_DEG), k
-    # The truth file's angles agree with the construction wherever the ankle definition agrees.
-    for k in ("ldfa", "femoral_rotation"):
-        assert plan.angles_deg[k] == pytest.approx(truth.angles_deg[k], abs=ANGLE_TOL_DEG), k
+        assert plan.angles_deg[k] == pytest.approx(phantom.truth.angles_deg[k], abs=ANGLE_TOL_DEG), k
+
+
+def test_fiducials_in_plan_match_truth(knee):
+    """Bead centroids from the CT: same count and order (descending LPS z) as truth, sub-voxel."""
+    phantom, _, plan = knee
+    truth = phantom.truth
+    found = {k: v for k, v in plan.landmarks.items() if k.startswith("fiducial_")}
+    assert sorted(found) == sorted(truth.fiducials_lps_mm)
+    for name, p in truth.fiducials_lps_mm.items():
+        assert found[name].method == "bead centroid"
+        assert np.linalg.norm(np.subtract(found[name].position_lps_mm, p)) < 1.0, name  # voxels 1.4 x 1.4 x 2.8 mm
+        if name in truth.fiducial_bones:
+            assert found[name].bone == truth.fiducial_bones[name]
 
 
 def test_plan_file_and_cut_depths_against_truth(knee):

@@ -1,0 +1,95 @@
+"""Benchmark: a 512 x 512 x 400 CT -> per-bone labels + meshes with the classical backend.
+
+Target (issue 3): < 20 s and < 4 GB peak on 2 cores. The CT is the knee phantom (``small``)
+resampled onto a 512 x 512 x 400 grid over the whole leg, so it has real bone shapes, blur and
+noise. Segmentation and meshing run in a fresh child process so its peak resident memory
+(``ru_maxrss``) is the pipeline's own.
+
+Run: ``python benchmarks/bench_segmentation.py [--shape 512 512 400] [--threads 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+import SimpleITK as sitk
+sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(sys.argv[2]))
+from orthonav.core.volume import read_volume
+from orthonav.segmentation.classical import segment_classical
+from orthonav.segmentation.meshing import label_meshes
+t0 = time.perf_counter()
+ct = read_volume(sys.argv[1])
+t1 = time.perf_counter()
+seg = segment_classical(ct, anatomy="knee")
+t2 = time.perf_counter()
+meshes = label_meshes(seg.labels, seg.table)
+t3 = time.perf_counter()
+print(json.dumps({"read_s": t1 - t0, "segment_s": t2 - t1, "mesh_s": t3 - t2,
+                  "bones": sorted(seg.table.labels.values()),
+                  "triangles": sum(m.n_cells for m in meshes.values()),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))
+"""
+
+
+def make_ct(shape_ijk: tuple[int, int, int], path: Path) -> None:
+    """Resample the small knee phantom onto a grid of ``shape_ijk`` voxels covering it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from orthonav.core.volume import make_lps_from_ijk, to_sitk, write_volume, from_sitk
+    from orthonav.phantoms.knee import make_knee_phantom
+
+    ph = make_knee_phantom(seed=1, small=True)
+    src = to_sitk(ph.ct)
+    extent = (np.array(ph.ct.shape_ijk) - 1) * ph.ct.spacing_mm
+    spacing = extent / (np.array(shape_ijk) - 1)
+    m = make_lps_from_ijk(spacing, ph.ct.origin_lps, ph.ct.direction)
+    ref = sitk.Image([int(x) for x in shape_ijk], sitk.sitkInt16)
+    ref.SetSpacing([float(x) for x in spacing])
+    ref.SetOrigin([float(x) for x in m[:3, 3]])
+    ref.SetDirection([float(x) for x in ph.ct.direction.ravel()])
+    out = sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16)
+    write_volume(from_sitk(out), path, compress=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 400), metavar=("NI", "NJ", "NK"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ct.nii"
+        t = time.perf_counter()
+        make_ct(tuple(args.shape), path)
+        print(f"synthesised {tuple(args.shape)} CT in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.threads)], capture_output=True, text=True)
+        if res.returncode != 0:
+            sys.exit(res.stderr)
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+    total = r["segment_s"] + r["mesh_s"]
+    rows = [
+        ("CT shape (i, j, k)", "x".join(map(str, args.shape)), ""),
+        ("threads", str(args.threads), ""),
+        ("read", f"{r['read_s']:.1f} s", ""),
+        ("segment (classical)", f"{r['segment_s']:.1f} s", ""),
+        ("mesh (all bones)", f"{r['mesh_s']:.1f} s", ""),
+        ("segment + mesh", f"{total:.1f} s", "PASS" if total < 20 else "FAIL (target < 20 s)"),
+        ("peak RSS", f"{r['peak_rss_gb']:.2f} GB", "PASS" if r["peak_rss_gb"] < 4 else "FAIL (target < 4 GB)"),
+        ("bones", ", ".join(r["bones"]), ""),
+        ("triangles", str(r["triangles"]), ""),
+    ]
+    w = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a:<{w}}  {b:<28} {c}")
+
+
+if __name__ == "__main__":
+    main()
