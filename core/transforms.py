@@ -126,15 +126,19 @@ def lps_from_ras_points(points_ras: ArrayLike) -> NDArray[np.float64]:
 
 
 def ras_from_lps_transform(lps_from_x: ArrayLike) -> NDArray[np.float64]:
-    """Re-express a transform whose *output* frame is LPS so that it outputs RAS.
+    """Re-express a pose whose *output* frame is LPS so that it outputs RAS: ``RAS_FROM_LPS @ T``.
 
-    A tool pose ``tracker_from_tool`` in an LPS-based world becomes the RAS-based pose that
-    3D Slicer / PLUS expect: ``RAS_FROM_LPS @ T @ LPS_FROM_RAS`` (both ends re-expressed, as
-    Slicer does for a linear transform node, so tool-local axes are also flipped in x, y).
+    Only the output (world) frame changes. The input frame ``x`` is a tool, marker or reference
+    frame, whose axes are the device's own (NDI ROM file, ArUco board, PLUS calibration): it is
+    left untouched, so one tool file (tip offset, saw normal) is right for every source
+    (OpenIGTLink, PLUS, NDI, ArUco). ``RAS_FROM_LPS`` has det +1, so the result stays rigid.
+    A transform between two *patient* frames would need both ends flipped; OrthoNav sends
+    none over the boundary (tool-to-tool transforms such as ``reference_from_tool`` cross it
+    unchanged).
     """
-    return RAS_FROM_LPS @ np.asarray(lps_from_x, dtype=np.float64) @ RAS_FROM_LPS
+    return RAS_FROM_LPS @ np.asarray(lps_from_x, dtype=np.float64)
 
 
 def lps_from_ras_transform(ras_from_x: ArrayLike) -> NDArray[np.float64]:
-    """Inverse of :func:`ras_from_lps_transform` (the conversion is its own inverse)."""
-    return RAS_FROM_LPS @ np.asarray(ras_from_x, dtype=np.float64) @ RAS_FROM_LPS
+    """Inverse of :func:`ras_from_lps_transform`: ``LPS_FROM_RAS @ T`` (the flip is its own inverse)."""
+    return RAS_FROM_LPS @ np.asarray(ras_from_x, dtype=np.float64)

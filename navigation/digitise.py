@@ -3,7 +3,8 @@
 Everything is in the patient REFERENCE frame (``p_ref = inv(tracker_from_reference) @
 tracker_from_pointer @ tip``), so patient or camera motion during a dwell does not blur it.
 A capture fires when the tip has stayed within ``still_mm`` (RMS about the window mean) for at
-least ``hold_s``; the captured point is the mean over that window. The next capture is armed
+least ``hold_s``; the captured point is the mean over that window. Short gaps in the samples
+(up to ``max_gap_s``: a marker briefly occluded, a stalled stream) are bridged. The next capture is armed
 only after the tip has moved more than ``rearm_mm`` away from the last captured point, so one
 dwell is never captured twice.
 """
@@ -73,15 +74,20 @@ class StillCapture:
         Distance (mm) the tip must move from the last capture before the next can fire.
     min_samples
         Minimum samples in the window.
+    max_gap_s
+        A gap without samples (pointer or reference not visible, a stalled stream) longer than
+        this restarts the window; shorter gaps (a marker briefly occluded) are bridged.
     """
 
-    def __init__(self, *, hold_s: float = 0.4, still_mm: float = 0.3, rearm_mm: float = 10.0, min_samples: int = 5) -> None:
+    def __init__(self, *, hold_s: float = 0.4, still_mm: float = 0.3, rearm_mm: float = 10.0, min_samples: int = 5,
+                 max_gap_s: float = 0.5) -> None:
         if hold_s <= 0 or still_mm <= 0 or rearm_mm <= 0:
             raise ValueError("hold_s, still_mm and rearm_mm must be positive")
         self.hold_s = hold_s
         self.still_mm = still_mm
         self.rearm_mm = rearm_mm
         self.min_samples = min_samples
+        self.max_gap_s = max_gap_s
         self._window: deque[tuple[float, NDArray[np.float64]]] = deque()
         self._last: NDArray[np.float64] | None = None
         self._armed = True
@@ -90,11 +96,12 @@ class StillCapture:
         self._window.clear()
 
     def add(self, host_time_s: float, p_reference_mm: NDArray[np.float64] | None) -> Capture | None:
-        """Feed one sample (None = pointer or reference not visible: the window restarts)."""
+        """Feed one sample (None = pointer or reference not visible; see ``max_gap_s``)."""
         if p_reference_mm is None:
-            self._window.clear()
             return None
         p = np.asarray(p_reference_mm, dtype=np.float64)
+        if self._window and host_time_s - self._window[-1][0] > self.max_gap_s:
+            self._window.clear()
         if not self._armed:
             if self._last is not None and np.linalg.norm(p - self._last) > self.rearm_mm:
                 self._armed = True

@@ -46,6 +46,16 @@ class BoneSolids:
     _solids: dict[str, mf.Manifold] = field(default_factory=dict)
     _roi: dict[str, tuple[mf.Manifold, NDArray[np.float64]]] = field(default_factory=dict)
     _volume: dict[int, float] = field(default_factory=dict)
+    _memo: dict[tuple, object] = field(default_factory=dict)
+
+    def memo(self, key: tuple, compute: "callable[[], object]") -> object:
+        """Cache a per-bone result keyed by the pose / plane it depends on (an edit changes
+        one implant, so the other bone's results are reused; undo is then free)."""
+        if key not in self._memo:
+            if len(self._memo) > 512:
+                self._memo.clear()
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def solid(self, bone: str) -> mf.Manifold:
         if bone not in self._solids:
@@ -114,6 +124,10 @@ def femoral_region_top_mm(margin_mm: float = 2.0) -> float:
     return FEMORAL_FLANGE_MM["anterior"] + margin_mm
 
 
+def _key(a) -> bytes:
+    return np.asarray(a, dtype=np.float64).tobytes()
+
+
 def resect(plan: Plan, solids: BoneSolids) -> dict[str, Resection]:
     """Resected femur and tibia for the plan (implant-derived cuts when there are implants)."""
     out: dict[str, Resection] = {}
@@ -133,16 +147,15 @@ def resect(plan: Plan, solids: BoneSolids) -> dict[str, Resection]:
             unaffected = lambda pts: bool(len(pts) == 0 or ((pts - pt) @ n).max() < -1.0)  # noqa: E731
             remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
         if remove is not None:
-            local = solids.local("femur", unaffected)
-            removed = solids.volume_of(local) - remove(local).volume()
+            key = ("femur", fem.size, _key(fem.ct_from_implant)) if fem is not None else ("femur-plane", _key(pt), _key(n))
+            removed = solids.memo(key, lambda: solids.volume_of(solids.local("femur", unaffected)) - remove(solids.local("femur", unaffected)).volume())
             out["femur"] = Resection("femur", float(removed), solids.volume("femur"), solids.solid("femur"), remove)
     if "tibia" in solids.meshes and "proximal_tibia" in plan.cuts:
         c = plan.cuts["proximal_tibia"]
         pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
         unaffected = lambda pts: bool(len(pts) == 0 or ((pts - pt) @ n).max() < -1.0)  # noqa: E731
         remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
-        local = solids.local("tibia", unaffected)
-        removed = solids.volume_of(local) - remove(local).volume()
+        removed = solids.memo(("tibia-plane", _key(pt), _key(n)), lambda: solids.volume_of(solids.local("tibia", unaffected)) - remove(solids.local("tibia", unaffected)).volume())
         out["tibia"] = Resection("tibia", float(removed), solids.volume("tibia"), solids.solid("tibia"), remove)
     return out
 
@@ -265,6 +278,29 @@ def _roi_ok(ct_from_frame: NDArray[np.float64], height_mm: float):
     return ok
 
 
+def tibial_fit(solids: BoneSolids, tray: ImplantPlacement, ct: Volume | None) -> dict[str, float]:
+    """Tray coverage / overhang on the tibial cut surface, and the mean HU under the tray."""
+    f = np.asarray(tray.ct_from_implant)
+    d = implant_model(tray.family, tray.size).dims
+    out: dict[str, float] = {}
+    if "ml_mm" not in d or "ap_mm" not in d:
+        return out
+    sec = cross_section(solids.local("tibia", _roi_ok(f, 1.0)), f)
+    if sec.is_empty():
+        return out
+    outline = tray_outline(d["ml_mm"], d["ap_mm"])
+    cov = coverage(sec, outline)
+    out.update({
+        "tibial_coverage_fraction": cov.covered_fraction,
+        "tibial_overhang_area_mm2": cov.overhang_area_mm2,
+        "tibial_max_overhang_mm": cov.max_overhang_mm,
+        "tibial_cut_area_mm2": cov.section_area_mm2,
+    })
+    if ct is not None:
+        out["tibial_mean_hu_under_tray"] = mean_hu_under(ct, f, outline, sec)
+    return out
+
+
 def compute_metrics(plan: Plan, solids: BoneSolids, *, ct: Volume | None = None) -> tuple[dict[str, float], dict[str, Resection]]:
     """Removed volumes, coverage / overhang and bone density for a plan; also the resections."""
     res = resect(plan, solids)
@@ -277,26 +313,15 @@ def compute_metrics(plan: Plan, solids: BoneSolids, *, ct: Volume | None = None)
             m[f"resection_{key}_{lm}_mm"] = float(d)
     tray = next((i for i in plan.implants if i.family == "tka_tibial_tray"), None)
     if tray is not None and "tibia" in solids.meshes:
-        f = np.asarray(tray.ct_from_implant)
-        d = implant_model(tray.family, tray.size).dims
-        sec = cross_section(solids.local("tibia", _roi_ok(f, 1.0)), f)
-        outline = tray_outline(d["ml_mm"], d["ap_mm"]) if "ml_mm" in d and "ap_mm" in d else None
-        if outline is not None and not sec.is_empty():
-            cov = coverage(sec, outline)
-            m.update({
-                "tibial_coverage_fraction": cov.covered_fraction,
-                "tibial_overhang_area_mm2": cov.overhang_area_mm2,
-                "tibial_max_overhang_mm": cov.max_overhang_mm,
-                "tibial_cut_area_mm2": cov.section_area_mm2,
-            })
-            if ct is not None:
-                m["tibial_mean_hu_under_tray"] = mean_hu_under(ct, f, outline, sec)
+        key = ("tibial-fit", tray.size, _key(tray.ct_from_implant), id(ct))
+        m.update(solids.memo(key, lambda: tibial_fit(solids, tray, ct)))
     fem = next((i for i in plan.implants if i.family == "tka_femoral"), None)
     if fem is not None and "femur" in solids.meshes:
         f = np.asarray(fem.ct_from_implant)
         d = implant_model(fem.family, fem.size).dims
         if "ap_mm" in d and "ml_mm" in d:
-            m.update(femoral_fit(solids.local("femur", _roi_ok(f, femoral_region_top_mm() + 10.0)), f, d["ap_mm"], d["ml_mm"], ct=ct))
+            key = ("femoral-fit", fem.size, _key(f), id(ct))
+            m.update(solids.memo(key, lambda: femoral_fit(solids.local("femur", _roi_ok(f, femoral_region_top_mm() + 10.0)), f, d["ap_mm"], d["ml_mm"], ct=ct)))
     return m, res
 
 

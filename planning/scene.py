@@ -37,13 +37,6 @@ class SceneItem:
     opacity: float = 1.0
 
 
-def _bone_size(meshes: dict[str, pv.PolyData], bone: str) -> float:
-    if bone not in meshes:
-        return 80.0
-    b = np.asarray(meshes[bone].bounds).reshape(3, 2)
-    return float(np.clip(np.sort(b[:, 1] - b[:, 0])[1] * 1.3, 40.0, 160.0))
-
-
 def cut_disc(point: NDArray[np.float64], normal: NDArray[np.float64], radius_mm: float) -> pv.PolyData:
     """A thin disc visualising a cut plane."""
     return pv.Disc(center=point, inner=0.0, outer=radius_mm, normal=normal, r_res=1, c_res=48).triangulate()

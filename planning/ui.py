@@ -194,4 +194,7 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
     return editor
 
 
-__all__ = ["PlanEditor", "open_plan_window", "MOVE_KEYS"]
+#: The name the CLI calls (``orthonav plan CASE``).
+open_planner = open_plan_window
+
+__all__ = ["PlanEditor", "open_plan_window", "open_planner", "MOVE_KEYS"]

@@ -183,9 +183,12 @@ def test_still_capture_averages_a_dwell_and_needs_rearming():
     assert len(caps) == 3  # the return to the same point re-armed by moving away > 10 mm
     assert np.linalg.norm(caps[2].p_reference_mm - [50.0, 0.0, 10.0]) < 0.1
     assert all(c.n_samples >= 40 and c.spread_mm < 0.3 for c in caps)
-    # Not visible restarts the window.
-    cap2 = StillCapture(hold_s=0.4)
-    assert all(cap2.add(0.01 * i, None if i % 10 == 0 else np.zeros(3)) is None for i in range(100))
+    # A gap longer than max_gap_s restarts the window; a short one is bridged.
+    cap2 = StillCapture(hold_s=0.4, max_gap_s=0.2)
+    assert all(cap2.add(0.3 * i, np.zeros(3)) is None for i in range(20))  # samples 0.3 s apart: never a window
+    cap3 = StillCapture(hold_s=0.4, max_gap_s=0.2)
+    got = [cap3.add(0.01 * i, None if 10 <= i < 25 else np.zeros(3)) for i in range(60)]  # 0.15 s occlusion
+    assert sum(c is not None for c in got) == 1
     assert math.isfinite(caps[0].host_time_s)
 
 

@@ -35,16 +35,20 @@ def test_lps_ras_points_and_transforms():
     p_lps = np.array([[10.0, -20.0, 30.0]])
     np.testing.assert_allclose(tf.ras_from_lps_points(p_lps), [[-10.0, 20.0, 30.0]])
     np.testing.assert_allclose(tf.lps_from_ras_points(tf.ras_from_lps_points(p_lps)), p_lps)
-    # A transform re-expressed in RAS maps RAS points exactly as the LPS one maps LPS points.
+    # A pose re-expressed in RAS puts a point given in the tool's own frame (e.g. a calibrated
+    # tip) at the RAS image of where the LPS pose puts it: the tool frame itself is not flipped.
     rng = np.random.default_rng(7)
     lps_from_tool = tf.random_rigid(rng)
     ras_from_tool = tf.ras_from_lps_transform(lps_from_tool)
-    q_lps = rng.normal(size=(5, 3))
-    np.testing.assert_allclose(
-        tf.apply(ras_from_tool, tf.ras_from_lps_points(q_lps)), tf.ras_from_lps_points(tf.apply(lps_from_tool, q_lps)), atol=1e-12
-    )
+    tip_tool = np.array([[-18.7, 0.5, -155.0]])
+    np.testing.assert_allclose(tf.apply(ras_from_tool, tip_tool), tf.ras_from_lps_points(tf.apply(lps_from_tool, tip_tool)), atol=1e-12)
     np.testing.assert_allclose(tf.lps_from_ras_transform(ras_from_tool), lps_from_tool, atol=1e-15)
     assert np.linalg.det(ras_from_tool[:3, :3]) == pytest.approx(1.0)
+    # Tool-to-tool transforms are convention-free: reference_from_tool is the same either way.
+    lps_from_ref = tf.random_rigid(rng)
+    np.testing.assert_allclose(
+        tf.invert(tf.ras_from_lps_transform(lps_from_ref)) @ ras_from_tool, tf.invert(lps_from_ref) @ lps_from_tool, atol=1e-12
+    )
 
 
 def test_validate_rigid_rejects_bad_matrices():
