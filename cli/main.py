@@ -212,13 +212,17 @@ def calibrate_camera(
 def navigate(
     case: Path = typer.Argument(..., help="case folder with meshes/ and plan.json"),
     igtl: str = typer.Option("127.0.0.1:18944", help="HOST:PORT of the tracker's OpenIGTLink server"),
-    duration: Optional[float] = typer.Option(None, help="seconds of navigation"),
+    duration: Optional[float] = typer.Option(None, help="seconds of navigation (default: until Ctrl-C)"),
     off_screen: bool = typer.Option(False, "--off-screen", help="render to PNGs instead of a window"),
+    stream_port: Optional[int] = typer.Option(None, help="also stream poses, models and guidance to 3D Slicer on this port"),
+    surface_points: int = typer.Option(0, help="after fiducials, digitise this many bone-surface points for ICP refinement"),
+    tools: Optional[Path] = typer.Option(None, help="tool definition JSON (default: the phantom tool set)"),
 ) -> None:
     """Register, then run the live navigation loop with overlay, recording the session."""
     from orthonav.navigation.navigate import navigate_cli
 
-    console.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen))
+    console.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen, stream_port=stream_port,
+                               surface_points=surface_points, tools=tools))
 
 
 @app.command()
@@ -226,10 +230,10 @@ def replay(
     session: Path = typer.Argument(..., help="sessions/<timestamp> folder"),
     off_screen: bool = typer.Option(False, "--off-screen"),
 ) -> None:
-    """Replay a recorded session: the same numbers and pictures."""
-    from orthonav.navigation.session import replay_session
+    """Replay a recorded session: the same numbers and pictures (exit 2 if any number differs)."""
+    from orthonav.navigation.navigate import replay_cli
 
-    console.print(replay_session(session, off_screen=off_screen))
+    console.print(replay_cli(session, off_screen=off_screen))
 
 
 @app.command()
@@ -257,13 +261,12 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), help="output folder"),
     small: bool = typer.Option(False, help="coarse phantom (faster)"),
     seed: int = typer.Option(0),
-    duration: Optional[float] = typer.Option(None, help="cap on the seconds of live navigation (default: the whole scripted session)"),
 ) -> None:
     """Phantom -> segmentation -> plan -> simulated tracker -> navigation, with a summary and a report."""
     from orthonav.phantoms.demo import print_summary, run_demo
 
     with _progress() as progress:
-        summary = run_demo(out, small=small, seed=seed, nav_duration_s=duration, progress=progress.update)
+        summary = run_demo(out, small=small, seed=seed, progress=progress.update)
     print_summary(summary, Console())
 
 

@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def _read_umask() -> int:
@@ -73,3 +73,20 @@ def write_with(path: str | Path, writer: Callable[[Path], object]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path, mode: str = "w", *, encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on success flush, fsync and rename.
+
+    For writers that stream (append records over time). The file gets the usual
+    umask-based mode (not mkstemp's 0600). On an exception the temporary file is removed
+    and ``path`` is untouched. ``mode`` is "w" or "wb" (``encoding`` is ignored for "wb").
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"open_atomic mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())

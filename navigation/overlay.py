@@ -4,9 +4,9 @@ Everything is built once (bones decimated for display, planned cut planes, traje
 instrument models in their tool frames); each update only moves actors with
 ``actor.user_matrix = ct_from_tool``, toggles visibility and rewrites text. Colours of the
 readouts: green within the tolerance (default 1 deg / 1 mm), amber within twice that, red
-beyond. When the reference is not visible or there is no registration the scene shows a big
-red "NOT TRACKING" and hides every instrument; a tool that is not visible or stale is hidden
-and listed as such.
+beyond. When the reference is not visible (or stale) the scene shows a big red "NOT TRACKING"
+and hides every instrument; before registration it shows an amber "NOT REGISTERED" (and the
+caller's digitising prompt); a tool that is not visible or stale is hidden and listed as such.
 
 Frames: the scene is in CT LPS mm; the camera looks from anterior with superior up.
 """
@@ -295,7 +295,10 @@ class NavigationScene:
         self._set_text(self.status_text, "\n".join(([ref] if ref else []) + lines), WHITE if tracking else AMBER)
         self._set_text(self.info_text, info, GREY)
         if not tracking:
-            self._set_text(self.banner, "NOT TRACKING", RED)
+            if state is not None and state.reason == "not registered":
+                self._set_text(self.banner, "NOT REGISTERED", AMBER)  # digitising: instruments are not shown yet
+            else:
+                self._set_text(self.banner, "NOT TRACKING", RED)
         lines: list[tuple[str, str, tuple[float, float, float]]] = []
         if tracking and state is not None:
             if state.saw:

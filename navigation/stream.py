@@ -113,7 +113,8 @@ class SlicerStream:
             for name, ts in state.tools.items():
                 dev = f"{name}ToReference"
                 if ts.live:
-                    m = ras_from_lps_transform(reference_from_ct @ ts.ct_from_tool)
+                    # Tool-to-reference poses relate two device frames: they cross the boundary unchanged.
+                    m = reference_from_ct @ ts.ct_from_tool
                     chunks.append(P.transform_message(dev, m, timestamp_s=now))
                 else:
                     chunks.append(_not_visible(dev, name, now))

@@ -1,7 +1,8 @@
 """The demo: the whole chain on the built-in knee phantom, with ground truth at every step.
 
 phantom -> classical segmentation (Dice vs truth) -> automatic plan -> simulated tracker over
-a real OpenIGTLink socket on 127.0.0.1 -> registration and live navigation (FRE, TRE vs truth,
+a real OpenIGTLink socket on 127.0.0.1 (pointer touches the fiducials and targets, then the saw
+sweeps the planned distal femoral cut) -> registration and live navigation (FRE, TRE vs truth,
 saw guidance vs scripted truth, loop rate and latency) -> ``report/index.html``.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orthonav.core.case import Case, read_labels_table
-from orthonav.core.errors import InputError, OrthoNavError
+from orthonav.core.errors import InputError
 from orthonav.core.volume import read_volume
 
 Progress = Callable[[str, float], None]
@@ -43,7 +43,6 @@ class DemoSummary:
     predicted_tre_mm: dict[str, float] = field(default_factory=dict)
     guidance_error: dict[str, float] = field(default_factory=dict)
     loop_rate_hz: float = math.nan
-    stream_rate_hz: float = math.nan
     latency_p50_ms: float = math.nan
     latency_p99_ms: float = math.nan
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -63,74 +62,7 @@ def _prepare_out(out_dir: Path) -> Case:
     return Case(case_dir)
 
 
-def _navigate_with_simulator(case: Case, *, seed: int, nav_duration_s: float | None, progress: Progress | None):
-    """Stream the OR script over a real OpenIGTLink socket and navigate against it."""
-    from orthonav.navigation.navigate import navigate_case
-    from orthonav.phantoms.scenario import knee_scenario
-    from orthonav.phantoms.truth import read_truth
-    from orthonav.tracking.igtl_client import IGTLClientSource
-    from orthonav.tracking.simulator import stream_script
-
-    truth = read_truth(case.root)
-    scenario = knee_scenario(case.root, seed=seed, fle_mm=0.25)
-    duration = scenario.duration_s if nav_duration_s is None else min(nav_duration_s, scenario.duration_s)
-    port_box: list[int] = []
-    listening = threading.Event()
-    wall_minus_script: list[float] = []
-
-    def script(t_s: float):
-        # The streamer stamps each message with time.time() right after calling the script, so
-        # this offset maps device time back to script time (to microseconds) for the truth.
-        if not wall_minus_script:
-            wall_minus_script.append(time.time() - t_s)
-        return scenario.script(t_s)
-
-    def on_listening(port: int) -> None:
-        port_box.append(port)
-        listening.set()
-
-    stats_box: list[object] = []
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        try:
-            stats_box.append(
-                stream_script(script, 0, rate_hz=200.0, duration_s=duration + 1.0, seed=seed, wait_for_client_s=10.0,
-                              on_listening=on_listening, stop=stop,
-                              truth_path=case.root / "truth" / "simulated_tracker.jsonl")
-            )
-        except BaseException as e:  # surfaced in the main thread below
-            errors.append(e)
-            listening.set()
-
-    server = threading.Thread(target=serve, name="simulated-tracker", daemon=True)
-    server.start()
-    if not listening.wait(10.0) or errors:
-        raise errors[0] if errors else OrthoNavError("the simulated tracker did not start listening")
-
-    def truth_at(device_time_s: float):
-        return scenario.truth_at(device_time_s - wall_minus_script[0]) if wall_minus_script else None
-
-    def on_event(text: str) -> None:
-        if progress is not None:
-            progress("navigation", min(0.99, (time.monotonic() - t0) / duration))
-
-    t0 = time.monotonic()
-    try:
-        source = IGTLClientSource("127.0.0.1", port_box[0], tools=scenario.toolset)
-        nav = navigate_case(case.root, source, duration_s=duration, off_screen=True, toolset=scenario.toolset, truth=truth,
-                            true_ct_from_reference=scenario.ct_from_reference, truth_at=truth_at, progress=on_event)
-    finally:
-        stop.set()
-        server.join(5.0)
-    if errors:
-        raise errors[0]
-    return nav, (stats_box[0] if stats_box else None)
-
-
-def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int = 0, nav_duration_s: float | None = None,
-             progress: Progress | None = None) -> DemoSummary:
+def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int = 0, progress: Progress | None = None) -> DemoSummary:
     """Run the whole chain on the knee phantom in ``OUT/case`` and write ``OUT/case/report/index.html``.
 
     Parameters
@@ -141,11 +73,10 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
         Use the coarse phantom (tests); the default is the full-resolution knee.
     seed
         Seeds the phantom noise and the simulated OR session.
-    nav_duration_s
-        Cap on the live-navigation time (s); default: the whole scripted session.
     progress
         ``progress(step, fraction)`` for a progress display.
     """
+    from orthonav.phantoms.scenario import simulate_navigation
     from orthonav.phantoms.synthetic import make_phantom_case
     from orthonav.phantoms.truth import read_truth
     from orthonav.planning.auto import auto_plan
@@ -190,7 +121,14 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
     tick("plan", 1.0)
 
     timer = time.perf_counter()
-    nav, stream = _navigate_with_simulator(case, seed=seed, nav_duration_s=nav_duration_s, progress=progress)
+    events: list[str] = []
+
+    def on_event(text: str) -> None:  # workflow events: captures, registration, verification
+        events.append(text)
+        tick("navigation", min(0.95, len(events) / 20.0))
+
+    # The scripted OR session, streamed over a real OpenIGTLink socket on 127.0.0.1 at 200 Hz.
+    nav, _scenario = simulate_navigation(case.root, seed=seed, fle_mm=0.25, rate_hz=200.0, over_socket=True, progress=on_event)
     summary.fre_mm = nav.fre_mm
     summary.tre_mm = dict(nav.tre_mm)
     summary.predicted_tre_mm = dict(nav.predicted_tre_mm)
@@ -198,7 +136,6 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
     summary.loop_rate_hz = nav.loop_rate_hz
     summary.latency_p50_ms = nav.latency_p50_ms
     summary.latency_p99_ms = nav.latency_p99_ms
-    summary.stream_rate_hz = getattr(stream, "rate_hz", math.nan)
     summary.session_dir = nav.session_dir
     picks = sorted({int(round(x)) for x in np.linspace(0, len(nav.screenshots) - 1, 4)}) if nav.screenshots else []
     for i, shot in enumerate(nav.screenshots[j] for j in picks):
@@ -239,7 +176,6 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
         r.add_row(f"TRE {k} (mm), predicted {summary.predicted_tre_mm.get(k, math.nan):.2f}", f"{v:.3f}")
     for k, v in summary.guidance_error.items():
         r.add_row(f"saw guidance error {k}", f"{v:.3f}")
-    r.add_row("tracker stream rate (Hz)", f"{summary.stream_rate_hz:.0f}")
     r.add_row("navigation loop rate (Hz)", f"{summary.loop_rate_hz:.0f}")
     r.add_row("latency receive->state p50 / p99 (ms)", f"{summary.latency_p50_ms:.3f} / {summary.latency_p99_ms:.3f}")
     for k, v in summary.timings_s.items():

@@ -30,7 +30,6 @@ def summary_json(summary: "DemoSummary") -> dict:
         "tre_mm": summary.tre_mm,
         "predicted_tre_mm": summary.predicted_tre_mm,
         "guidance_error": {k: _finite(v) for k, v in summary.guidance_error.items()},
-        "stream_rate_hz": _finite(summary.stream_rate_hz),
         "loop_rate_hz": _finite(summary.loop_rate_hz),
         "latency_p50_ms": _finite(summary.latency_p50_ms),
         "latency_p99_ms": _finite(summary.latency_p99_ms),
@@ -64,7 +63,6 @@ def write_demo_report(summary: "DemoSummary") -> Path:
             ("TRE at targets (mm)", ["target", "true TRE", "predicted RMS TRE"], reg_rows),
             ("Saw guidance vs scripted truth", ["figure", "value"], [[k, v] for k, v in summary.guidance_error.items()]),
             ("Loop", ["figure", "value"], [
-                ["tracker stream rate (Hz)", summary.stream_rate_hz],
                 ["navigation loop rate (Hz)", summary.loop_rate_hz],
                 ["latency receive -> state p50 (ms)", summary.latency_p50_ms],
                 ["latency receive -> state p99 (ms)", summary.latency_p99_ms],

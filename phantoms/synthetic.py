@@ -354,7 +354,8 @@ def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path, *, print
 def make_phantom_case(
     kind: str, case_dir: str | Path, *, seed: int = 0, small: bool = False, printed: bool = False, **knobs: object
 ) -> Case:
-    """Build the phantom ``kind`` ('knee') and write it into ``case_dir`` (what the CLI calls).
+    """Build the phantom ``kind`` ('knee', 'hip', 'long-bone' or 'long_bone') and write it into
+    ``case_dir`` (what the CLI calls).
 
     With ``printed``, the case's CT is the CT of the printable model (print material in air,
     :func:`orthonav.phantoms.printable.write_printed_case`) instead of the synthetic patient CT.
@@ -363,8 +364,16 @@ def make_phantom_case(
         from .knee import make_knee_phantom
 
         phantom = make_knee_phantom(seed=seed, small=small, **knobs)  # type: ignore[arg-type]
+    elif kind == "hip":
+        from .hip import make_hip_phantom
+
+        phantom = make_hip_phantom(seed=seed, small=small, **knobs)  # type: ignore[arg-type]
+    elif kind in ("long-bone", "long_bone"):
+        from .long_bone import make_long_bone_phantom
+
+        phantom = make_long_bone_phantom(seed=seed, small=small, **knobs)  # type: ignore[arg-type]
     else:
-        raise InputError(None, f"unknown phantom kind {kind!r}; available: knee")
+        raise InputError(None, f"unknown phantom kind {kind!r}; available: knee, hip, long-bone")
     if printed:
         from .printable import write_printed_case
 

@@ -39,8 +39,18 @@ def find_mesh_path(case: Case, bone: str) -> Path | None:
     return None
 
 
-def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, *, required: tuple[str, ...] = REQUIRED_BONES) -> dict[str, pv.PolyData]:
-    """Read the bone meshes of a case (LPS mm); InputError naming the file if a required one is missing."""
+def largest_piece(mesh: pv.PolyData) -> tuple[pv.PolyData, float]:
+    """The largest connected surface of a mesh and the fraction of vertices dropped
+    (segmentation islands: stray voxels or a mislabelled fragment of a neighbour)."""
+    conn = mesh.connectivity("largest")
+    kept = pv.PolyData(np.asarray(conn.points), conn.faces) if conn.n_points else mesh
+    return kept.clean(), 1.0 - kept.n_points / max(mesh.n_points, 1)
+
+
+def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, *, required: tuple[str, ...] = REQUIRED_BONES, report: dict[str, float] | None = None) -> dict[str, pv.PolyData]:
+    """Read the bone meshes of a case (LPS mm), each reduced to its largest connected piece;
+    InputError naming the file if a required one is missing. ``report`` (if given) receives
+    ``{bone: fraction of vertices dropped}`` for bones that had islands."""
     case = Case(case_dir)
     out: dict[str, pv.PolyData] = {}
     for b in bones:
@@ -49,7 +59,9 @@ def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, 
             if b in required:
                 raise InputError(case.mesh(b), f"missing from case {case.root}; run 'orthonav segment' first (planning needs {', '.join(required)})")
             continue
-        out[b] = read_mesh(p)
+        out[b], dropped = largest_piece(read_mesh(p))
+        if dropped > 0 and report is not None:
+            report[b] = dropped
     return out
 
 
@@ -167,13 +179,17 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
     case = Case(case_dir)
     if not case.root.is_dir():
         raise InputError(case.root, "case folder not found")
-    meshes = load_bone_meshes(case.root)
+    islands: dict[str, float] = {}
+    meshes = load_bone_meshes(case.root, report=islands)
     side = None
     if case.labels_json.is_file():
         side = read_labels_table(case.labels_json).side
     ct = read_volume(case.ct) if case.ct.is_file() else None
     fids = fiducial_landmarks(ct, meshes, min_hu=bead_min_hu) if ct is not None else {}
     plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
+    if islands:
+        dropped = ", ".join(f"{b} {100 * f:.1f}%" for b, f in islands.items())
+        plan = plan.model_copy(update={"notes": plan.notes + f"; disconnected mesh pieces ignored (vertices dropped: {dropped})"})
     save_plan(case.plan, plan)
     return plan
 

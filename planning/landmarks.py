@@ -394,23 +394,29 @@ def _femoral_anterior(lms: Mapping[str, Landmark]) -> Vec:
 def plateau_normal(ts: SurfaceSamples, up_facing: NDArray[np.bool_], t_ax: Vec) -> Vec:
     """Unit normal of the tibial plateau plane (proximal-pointing).
 
-    The area-weighted mean normal of the upward-facing proximal surface, re-estimated from
-    the vertices whose normals lie within 4 deg of it (the flat plateau; the dish walls,
-    spine and rounded edges are excluded) until it settles (a mode-seeking mean shift on
-    the normals).
+    A robust least-squares plane through the upward-facing proximal surface: refitted on
+    the points within 1 mm (or 2.5 robust SDs) of the current plane, so the plateau
+    concavities, the spine and the rounded rims drop out. Positions, not vertex normals,
+    are fitted, so the terracing of marching-cubes surfaces on thick CT slices (flat steps
+    whose normals follow the slice axis) does not tilt the result.
     """
-    n_i = ts.normals[up_facing]
-    w = ts.area[up_facing]
-    n = _unit((n_i * w[:, None]).sum(axis=0))
-    for _ in range(10):
-        near = n_i @ n > np.cos(np.radians(4.0))
-        if near.sum() < 10:
+    pts = ts.points[up_facing]
+    w = ts.area[up_facing] + 1e-12
+    keep = np.ones(len(pts), bool)
+    n = t_ax
+    for _ in range(8):
+        c = (pts[keep] * w[keep, None]).sum(axis=0) / w[keep].sum()
+        d = pts[keep] - c
+        cov = (d * w[keep, None]).T @ d
+        n = np.linalg.eigh(cov)[1][:, 0]
+        n = n if np.dot(n, t_ax) > 0 else -n
+        r = (pts - c) @ n
+        mad = float(np.median(np.abs(r[keep] - np.median(r[keep])))) * 1.4826
+        new = np.abs(r - np.median(r[keep])) < max(1.0, 2.5 * mad)
+        if new.sum() < 10 or np.array_equal(new, keep):
             break
-        n_new = _unit((n_i[near] * w[near, None]).sum(axis=0))
-        if np.linalg.norm(n_new - n) < 1e-9:
-            break
-        n = n_new
-    return n if np.dot(n, t_ax) > 0 else -n
+        keep = new
+    return n
 
 
 def _plateau_centres(ts: SurfaceSamples, up_facing: NDArray[np.bool_], n_p: Vec, t_med: Vec, fkc: Vec) -> tuple[Vec, Vec, Vec]:

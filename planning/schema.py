@@ -87,9 +87,13 @@ class ImplantPlacement(_Strict):
     @field_validator("ct_from_implant")
     @classmethod
     def _rigid(cls, v: Matrix4) -> Matrix4:
+        from orthonav.core.errors import InputError
         from orthonav.core.transforms import validate_rigid
 
-        validate_rigid(v, name="ct_from_implant")
+        try:
+            validate_rigid(v, name="ct_from_implant")
+        except InputError as e:  # pydantic reports ValueErrors with the field's location
+            raise ValueError(e.problem) from e
         return v
 
 

@@ -631,6 +631,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         b, mk = pieces[info.index]
         labels_crop[b][mk & (labels_crop[b] == 0)] = value
         table[value] = name
+    labels_crop, table = _join_touching(labels_crop, table, stem="vertebrae", ct=ct, crop_origin_ijk=crop_origin_ijk)
     if not table:
         raise InputError(None, "no bone found that could be named for this anatomy")
     labels = np.zeros(full.shape, np.uint8)
@@ -640,6 +641,39 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         table=LabelTable(labels=table, backend="classical", side=side),
         confidence=None,
     )
+
+
+def _join_touching(
+    labels: NDArray, table: dict[int, str], *, stem: str, ct: Volume, crop_origin_ijk: NDArray
+) -> tuple[NDArray, dict[int, str]]:
+    """Join pieces named ``<stem>_*`` that touch (one vertebra grown from several marrow
+    pockets) and re-letter them from superior to inferior."""
+    values = [v for v, n in table.items() if n.startswith(stem + "_")]
+    if len(values) < 2:
+        return labels, table
+    union = np.isin(labels, values)
+    full = np.ones((3, 3, 3), bool)
+    groups, _n = ndi.label(ndi.binary_dilation(union, structure=full), structure=full)
+    lut = np.arange(int(labels.max()) + 1, dtype=np.uint8)
+    first_of_group: dict[int, int] = {}
+    for v in values:
+        g = int(np.bincount(groups[labels == v]).argmax())
+        lut[v] = first_of_group.setdefault(g, v)
+    labels = lut[labels]
+    kept = sorted({int(lut[v]) for v in values})
+    z_mm = {}
+    for v in kept:
+        kji = np.argwhere(labels == v)[::50]
+        z_mm[v] = float(ct.to_lps((kji[:, ::-1] + crop_origin_ijk).astype(float))[:, 2].mean())
+    table = {v: n for v, n in table.items() if v not in values}
+    for i, v in enumerate(sorted(kept, key=lambda v: -z_mm[v])):
+        table[v] = f"{stem}_{chr(ord('a') + i % 26)}{'' if i < 26 else i // 26}"
+    # Keep label values contiguous (1..n) as other stages expect.
+    order = sorted(table)
+    relabel = np.zeros(int(labels.max()) + 1, dtype=np.uint8)
+    for new, old in enumerate(order, start=1):
+        relabel[old] = new
+    return relabel[labels], {new: table[old] for new, old in enumerate(order, start=1)}
 
 
 def _body_centre_lps(ct: Volume) -> NDArray[np.float64] | None:

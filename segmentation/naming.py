@@ -98,7 +98,8 @@ def _is_long_vertical(r: RegionInfo) -> bool:
 def detect_anatomy(regions: list[RegionInfo]) -> str:
     """``"knee"``, ``"hip"`` or ``"general"`` from the largest regions' layout."""
     big = sorted(regions, key=lambda r: -r.volume_mm3)[:6]
-    longs = [r for r in big if _is_long_vertical(r)]
+    # Long bones of a limb: at least 10 mL and 50 mm long (a rib or vertebra piece is neither).
+    longs = [r for r in big if _is_long_vertical(r) and r.volume_mm3 >= 10_000.0 and r.length_mm >= 50.0]
     for a in longs:
         for b in longs:
             if a is not b and a.centroid_lps[2] > b.centroid_lps[2] and _z_overlap(a, b) < 0.2:
@@ -106,7 +107,11 @@ def detect_anatomy(regions: list[RegionInfo]) -> str:
                     return "knee"
     if longs and big and not big[0].is_long:
         pelvis, femur = big[0], longs[0]
-        if pelvis.centroid_lps[2] > femur.centroid_lps[2] and pelvis.volume_mm3 > 0.5 * femur.volume_mm3:
+        if (
+            pelvis.centroid_lps[2] > femur.centroid_lps[2]
+            and pelvis.volume_mm3 >= 100_000.0
+            and femur.volume_mm3 >= 30_000.0
+        ):
             return "hip"
     return "general"
 

@@ -152,3 +152,23 @@ def test_aruco_source_from_a_video_file(tmp_path):
     np.testing.assert_allclose(last.pose("Plate")[:3, 3], poses[-1][:3, 3], atol=1.0)  # JPEG-compressed frames
     assert rotation_angle_deg(last.pose("Plate"), poses[-1]) < 0.5
     assert last.tools["Plate"].device_time_s == pytest.approx(0.2, abs=0.02)  # 3rd frame at 10 fps
+
+
+def test_unreadable_frame_is_counted_and_the_source_goes_on(tmp_path):
+    """A corrupt PNG in the folder must not kill the thread: counted, skipped, then finished."""
+    rng = np.random.default_rng(5)
+    poses = [random_pose(rng) for _ in range(3)]
+    for i, pose in enumerate(poses):
+        cv2.imwrite(str(tmp_path / f"frame{2 * i:03d}.png"), render_plate(PLATE, pose, CAL, seed=i))
+    (tmp_path / "frame001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    slow = ToolSet(tools=[t.model_copy(update={"timeout_s": 30.0}) for t in TOOLS.tools])
+    src = ArucoSource(tmp_path, slow, CAL, fps=10.0)
+    with src:
+        assert src.finished.wait(10.0)
+        last = src.latest()
+        h = src.health()
+    assert h.bad_messages == 1 and "frame001.png" in (h.last_error or "")
+    assert not h.connected
+    assert h.messages == 2 * len(poses)
+    np.testing.assert_allclose(last.pose("Plate")[:3, 3], poses[-1][:3, 3], atol=1.0)
+    assert last.tools["Plate"].device_time_s == pytest.approx(0.3)  # 4th file (bad one included) at 10 fps

@@ -7,7 +7,7 @@ import pytest
 
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply, make_rigid, rotation_about_axis
-from orthonav.tracking.calibration import StillCapture, pivot_calibration, spin_calibration, with_tip_calibration
+from orthonav.tracking.calibration import collect_poses, pivot_calibration, spin_calibration, with_tip_calibration
 from orthonav.tracking.simulator import add_noise
 from orthonav.tracking.tools import default_toolset
 
@@ -87,38 +87,7 @@ def test_with_tip_calibration_updates_tool_file(tmp_path):
         with_tip_calibration(default_toolset(), "Nope", res)
 
 
-def test_still_capture_triggers_once_per_hold():
-    rng = np.random.default_rng(5)
-    cap = StillCapture(hold_s=0.5, max_motion_mm=0.5, probe_in_tool_mm=TIP)
-    held = make_rigid(rotation_about_axis([0, 1, 0], 0.3), [10, 20, 30])
-    captures = []
-    t = 0.0
-    # moving, then held still (with tracker noise) for 1.5 s, then moved away and held again
-    for k in range(50):
-        t += 0.01
-        assert cap.update(t, make_rigid(None, [k * 1.0, 0, 0])) is None
-    for _ in range(150):
-        t += 0.01
-        c = cap.update(t, add_noise(held, rng, 0.05, 0.01))
-        if c is not None:
-            captures.append((t, c))
-    assert len(captures) == 1
-    t_cap, pose = captures[0]
-    assert 0.49 < t_cap - 0.5 < 0.6  # captured once the hold lasted hold_s
-    assert np.linalg.norm(apply(pose, TIP) - apply(held, TIP)) < 0.1
-    assert cap.update(t + 0.01, None) is None
-    moved = held.copy()
-    moved[:3, 3] += [0, 0, 20]
-    for _ in range(80):
-        t += 0.01
-        c = cap.update(t, moved)
-        if c is not None:
-            captures.append((t, c))
-    assert len(captures) == 2
-
-
 def test_pivot_end_to_end_from_a_simulated_tracker():
-    from orthonav.tracking.calibration import collect_poses
     from orthonav.tracking.simulator import SimulatedSource
 
     def pivoting(t: float) -> dict:
@@ -132,3 +101,30 @@ def test_pivot_end_to_end_from_a_simulated_tracker():
     assert len({p.tobytes() for p in poses}) == 300  # never the same sample twice
     res = pivot_calibration(poses, method="ransac")
     assert np.linalg.norm(res.tip_in_tool_mm - TIP) < 0.5 and res.rms_mm < 0.5
+
+
+def test_collect_poses_takes_each_sample_once_when_device_time_is_nan():
+    """NaN device times (e.g. OpenIGTLink timestamp 0) must not make one sample count many times:
+    the source updates (another tool moves) while the pointer's sample stays the same."""
+    from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
+
+    poses = [make_rigid(rotation_about_axis([0, 0, 1], 0.1 * i), [i, 0, 0]) for i in range(3)]
+    nan = float("nan")
+    # (pointer sample index, its host receive time) of each successive frame the source returns
+    script = [(0, 1.0), (0, 1.0), (0, 1.0), (1, 2.0), (1, 2.0), (2, 3.0), (2, 3.0)]
+
+    class ScriptedSource:
+        def __init__(self):
+            self.i = -1
+
+        def wait_for_update(self, timeout_s):
+            self.i += 1
+            return True
+
+        def latest(self):
+            k, host_t = script[min(self.i, len(script) - 1)]
+            tools = {"Pointer": ToolPose(ToolStatus.LIVE, poses[k], nan, nan, host_t)}
+            return TrackingFrame(tools, host_t + 0.01 * self.i, self.i)
+
+    got = collect_poses(ScriptedSource(), "Pointer", 3, timeout_s=5.0)
+    np.testing.assert_array_equal(got, np.array(poses))

@@ -29,7 +29,7 @@ def test_demo_segments_plans_registers_and_guides(demo):
     assert 0.0 < summary.fre_mm < 1.0
     assert summary.tre_mm and max(summary.tre_mm.values()) < 1.5, summary.tre_mm
     assert summary.guidance_error, "the saw was never compared with the scripted truth"
-    assert summary.stream_rate_hz >= 100.0
+    assert summary.loop_rate_hz >= 30.0
     assert math.isfinite(summary.latency_p99_ms)
     assert [s for s in ("phantom", "segmentation", "plan", "navigation", "report") if s in steps] == [
         "phantom", "segmentation", "plan", "navigation", "report"]

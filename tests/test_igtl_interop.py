@@ -57,24 +57,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(source, predicate, timeout_s: float = 10.0):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        frame = source.latest()
-        if predicate(frame):
-            return frame
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"condition not met; last frame {frame}, health {source.health()}")
-        source.wait_for_update(min(remaining, 0.5))
-
-
-def _check_sequence(src) -> None:
+def _check_sequence(src, wait_until) -> None:
     """What the peer's test sequence must look like on our side (LPS, not-visible, TDATA)."""
     frame = wait_until(src, lambda f: f.status("Tool1") is ToolStatus.LIVE and f.status("Tool0") is ToolStatus.NOT_VISIBLE
-                       and any(m.type == "STRING" for m in src.router.other))
+                       and any(m.type == "STRING" for m in src.router.other), 10.0)
     # Tool1's last pose came from TDATA = pose(N) in RAS on the wire
     np.testing.assert_allclose(frame.pose("Tool1"), lps_from_ras_transform(peer_pose_ras(N)), atol=1e-5)
     assert frame.pose("Tool0") is None
@@ -85,32 +71,43 @@ def _check_sequence(src) -> None:
     assert h.messages + h.extra.get("coalesced", 0) >= N + 2  # every message accepted (some superseded in a batch)
 
 
-def test_cpp_server_to_our_client(peer):
+def _end(proc: subprocess.Popen, passed: bool) -> None:
+    """Reap the peer; after a failure kill it first so the real failure is what is reported."""
+    if not passed and proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_cpp_server_to_our_client(peer, wait_until):
     port = free_port()
     proc = subprocess.Popen([str(peer), "serve", str(port), str(N)], stdout=subprocess.PIPE, text=True)
+    passed = False
     try:
         assert proc.stdout.readline().strip() == "LISTENING"
         src = IGTLClientSource("127.0.0.1", port)
         with src:
-            _check_sequence(src)
+            _check_sequence(src, wait_until)
             assert src.health().connected
+        passed = True
     finally:
-        proc.wait(timeout=10)
+        _end(proc, passed)
 
 
-def test_cpp_client_pushes_to_our_server_source(peer):
+def test_cpp_client_pushes_to_our_server_source(peer, wait_until):
     with IGTLServerSource(0) as src:
         proc = subprocess.Popen([str(peer), "push", str(src.port), str(N)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        passed = False
         try:
-            _check_sequence(src)
+            _check_sequence(src, wait_until)
             # device timestamps of the C++ sender survive (32.32 fixed point)
             tools = src.latest().tools
             assert tools["Tool1"].device_time_s == pytest.approx(1000.0 + N / 8.0, abs=1e-6)
             # Tool0, missing from that TDATA, is not visible as of the TDATA's time
             assert tools["Tool0"].device_time_s == pytest.approx(1000.0 + N / 8.0, abs=1e-6)
+            passed = True
         finally:
             src.stop()  # closes the connection: the peer exits
-            proc.wait(timeout=10)
+            _end(proc, passed)
     assert proc.returncode == 0, proc.stderr.read()
     # the pushing tracker is gone: nothing stays live
     assert src.latest().status("Tool1") is ToolStatus.NOT_VISIBLE
@@ -118,15 +115,16 @@ def test_cpp_client_pushes_to_our_server_source(peer):
 
 def test_our_server_to_cpp_client(peer):
     rng = np.random.default_rng(0)
-    poses = [random_rigid(rng, max_translation_mm=300) for _ in range(3)]
+    names = ["Pointer", "Saw", "Drill"]
+    poses = [random_rigid(rng, max_translation_mm=300) for _ in names]
     mesh = pv.Sphere(radius=20.0, theta_resolution=8, phi_resolution=8).translate((5.0, -7.0, 11.0))
     with IGTLServer(0) as server:
         proc = subprocess.Popen([str(peer), "recv", str(server.port), "6"], stdout=subprocess.PIPE, text=True)
         try:
             assert server.wait_for_clients(1, 10.0)
-            for i, p in enumerate(poses):
-                server.send_poses({"Pointer": p}, 2000.0 + i * 0.5)
-            server.send_poses({"Pointer": None}, 2002.0)
+            # poses are newest-only per device: one send of three tools, then another tool's status
+            server.send_poses(dict(zip(names, poses)), 2000.5)
+            server.send_poses({"Probe": None}, 2002.0)
             server.send_string("Msg", "hello C++")
             server.send_polydata("Femur", mesh)
             out, _ = proc.communicate(timeout=20)
@@ -136,14 +134,14 @@ def test_our_server_to_cpp_client(peer):
     lines = out.strip().splitlines()
     assert proc.returncode == 0 and len(lines) == 6, out
     assert "CRCFAIL" not in out  # the reference library accepts our CRC-64
-    for i, (line, p) in enumerate(zip(lines[:3], poses)):
+    for name, line, p in zip(names, lines[:3], poses):
         parts = line.split()
-        assert parts[:2] == ["TRANSFORM", "PointerToTracker"]
-        assert float(parts[2]) == pytest.approx(2000.0 + i * 0.5, abs=1e-5)
+        assert parts[:2] == ["TRANSFORM", f"{name}ToTracker"]
+        assert float(parts[2]) == pytest.approx(2000.5, abs=1e-5)
         m = np.eye(4)
         m[:3, :4] = np.array(parts[3:], dtype=float).reshape(3, 4)
         np.testing.assert_allclose(m, ras_from_lps_transform(p), atol=1e-4)  # RAS on the wire
-    assert lines[3].split()[:4] == ["STATUS", "PointerToTracker", "2002.000000", "13"]
+    assert lines[3].split()[:4] == ["STATUS", "ProbeToTracker", "2002.000000", "13"]
     assert lines[4].split()[0:2] == ["STRING", "Msg"] and lines[4].endswith("hello C++")
     parts = lines[5].split()
     assert parts[:2] == ["POLYDATA", "Femur"]

@@ -151,3 +151,66 @@ def test_names_that_do_not_fit_the_header_are_input_errors():
         P.transform_message(P.as_device_name("AVeryLongToolName"), np.eye(4))
     with pytest.raises(InputError, match="ASCII"):
         P.transform_message("Säge", np.eye(4))
+
+
+def _v2_with_body(body: bytes, device: str = "PointerToTracker") -> bytes:
+    """A v2 TRANSFORM with ``body`` and a correct header CRC (so only the body's structure is wrong)."""
+    return P.pack_header(2, "TRANSFORM", device, 1.0, body) + body
+
+
+def test_one_byte_metadata_header_is_a_protocol_error_not_a_crash():
+    """Review P1: a valid-CRC v2 message whose metadata header is 1 byte used to raise struct.error."""
+    content = P.pack_transform(np.eye(4))
+    ext = P._EXT_HEADER.pack(P.EXTENDED_HEADER_SIZE, 1, 0, 0)
+    raw = _v2_with_body(ext + content + b"\x00")
+    with pytest.raises(P.IGTLProtocolError, match="metadata header"):
+        P.decode_message(raw)
+    parser = P.StreamParser()
+    good = P.transform_message("SawToTracker", np.eye(4), timestamp_s=2.0)
+    msgs = parser.feed(raw + good)  # must not raise, and the stream goes on
+    assert [m.device for m in msgs] == ["SawToTracker"] and parser.stats.bad_header == 1
+
+
+def test_fuzzed_v2_extended_header_and_metadata_with_valid_crc():
+    """Mutate the v2 extended header and metadata fields, recompute the CRC: only
+    IGTLProtocolError may come out of decode_message, and nothing out of StreamParser.feed."""
+    rng = np.random.default_rng(11)
+    base = P.pack_message("TRANSFORM", "PointerToTracker", P.pack_transform(np.eye(4)), timestamp_s=1.0, version=2,
+                          metadata={"TransformStatus": "OK", "Quality": "0.1"})
+    body0 = bytearray(base[P.HEADER_SIZE:])
+    n_meta_fields = 2 + 8 * 2  # count + two 8-byte entries, right after the 48-byte content
+    meta_off = P.EXTENDED_HEADER_SIZE + 48
+    tail = P.transform_message("SawToTracker", np.eye(4), timestamp_s=3.0)
+    decoded = errors = 0
+    for k in range(3000):
+        body = bytearray(body0)
+        for _ in range(int(rng.integers(1, 4))):
+            if rng.random() < 0.5:  # extended header: ext size, meta header size, meta size, msg id
+                pos = int(rng.integers(0, P.EXTENDED_HEADER_SIZE))
+            else:  # metadata header / key / value bytes
+                pos = meta_off + int(rng.integers(0, n_meta_fields + 8))
+            body[pos] = int(rng.integers(0, 256)) if rng.random() < 0.7 else rng.choice([0, 1, 2, 255])
+        if rng.random() < 0.2:  # also change the length
+            body = body[: int(rng.integers(0, len(body)))] if rng.random() < 0.5 else body + bytes(int(rng.integers(1, 20)))
+        raw = _v2_with_body(bytes(body))
+        try:
+            P.decode_message(raw)
+            decoded += 1
+        except P.IGTLProtocolError:
+            errors += 1
+        parser = P.StreamParser()
+        msgs = parser.feed(raw + tail)  # never raises; the next message still arrives
+        assert msgs and msgs[-1].device == "SawToTracker", k
+    assert decoded > 0 and errors > 1000  # the fuzz reached both outcomes
+
+
+def test_position_only_and_3d_tdata_are_not_poses():
+    """Review P3: no invented identity rotation for data that carries no orientation."""
+    with pytest.raises(P.IGTLProtocolError, match="position-only"):
+        P.unpack_position(np.array([1, 2, 3], dtype=">f4").tobytes())
+    m = random_rigid(np.random.default_rng(2))
+    content = bytearray(P.pack_tdata([("Pointer", m), ("Saw", m)]))
+    content[P._TDATA_ELEMENT.size + 20] = P.TDATA_TYPE_3D  # the Saw element says "3D (position only)"
+    (pname, pm), (sname, sm) = P.unpack_tdata(bytes(content))
+    np.testing.assert_allclose(pm, m, atol=1e-4)
+    assert sname == "Saw" and np.isnan(sm).all()

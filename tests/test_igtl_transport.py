@@ -26,19 +26,6 @@ def f32(m: np.ndarray) -> np.ndarray:
     return m.astype(np.float32).astype(np.float64)
 
 
-def wait_until(source, predicate, timeout_s: float = 5.0):
-    """Wait on the source's update event until ``predicate(frame)`` holds; returns the frame."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        frame = source.latest()
-        if predicate(frame):
-            return frame
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"condition not met within {timeout_s} s; last frame {frame}")
-        source.wait_for_update(min(remaining, 0.5))
-
-
 @pytest.fixture
 def server():
     with IGTLServer(0) as s:
@@ -54,7 +41,7 @@ def client(server):
     c.stop()
 
 
-def test_poses_arrive_equal_in_lps_with_timestamps(server, client):
+def test_poses_arrive_equal_in_lps_with_timestamps(server, client, wait_until):
     rng = np.random.default_rng(0)
     poses = {"Pointer": random_rigid(rng, max_translation_mm=400), "Reference": random_rigid(rng, max_translation_mm=400)}
     t_dev = 1732500000.25
@@ -86,7 +73,7 @@ def test_wire_carries_ras_as_an_independent_client_sees_it(server):
         c.stop()
 
 
-def test_dropped_tool_is_not_visible_never_stale(server, client):
+def test_dropped_tool_is_not_visible_never_stale(server, client, wait_until):
     pose = random_rigid(np.random.default_rng(2))
     server.send_poses({"Pointer": pose}, 1.0)
     wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE)
@@ -101,7 +88,7 @@ def test_dropped_tool_is_not_visible_never_stale(server, client):
     assert frame.status("Pointer") is ToolStatus.NOT_VISIBLE and frame.pose("Pointer") is None
 
 
-def test_tdata_missing_tool_and_status_message(server, client):
+def test_tdata_missing_tool_and_status_message(server, client, wait_until):
     rng = np.random.default_rng(3)
     a, b = random_rigid(rng), random_rigid(rng)
     tdata = P.pack_tdata([("Pointer", ras_from_lps_transform(a)), ("Saw", ras_from_lps_transform(b))])
@@ -115,7 +102,7 @@ def test_tdata_missing_tool_and_status_message(server, client):
     wait_until(client, lambda f: f.status("Pointer") is ToolStatus.NOT_VISIBLE)
 
 
-def test_no_update_beyond_timeout_is_timed_out():
+def test_no_update_beyond_timeout_is_timed_out(wait_until):
     tools = ToolSet(tools=[ToolDefinition(name="Pointer", kind="pointer", timeout_s=0.05)])
     with IGTLServer(0) as server:
         c = IGTLClientSource("127.0.0.1", server.port, tools=tools)
@@ -132,7 +119,7 @@ def test_no_update_beyond_timeout_is_timed_out():
             assert c.health().dropouts == 1
 
 
-def test_reconnects_after_peer_returns_and_marks_tools_not_visible():
+def test_reconnects_after_peer_returns_and_marks_tools_not_visible(wait_until):
     with IGTLServer(0) as server:
         port = server.port
         c = IGTLClientSource("127.0.0.1", port, max_backoff_s=0.5)
@@ -155,7 +142,7 @@ def test_reconnects_after_peer_returns_and_marks_tools_not_visible():
         c.stop()
 
 
-def test_garbage_and_bad_crc_on_a_live_socket_are_counted_and_stream_continues(server, client):
+def test_garbage_and_bad_crc_on_a_live_socket_are_counted_and_stream_continues(server, client, wait_until):
     pose = random_rigid(np.random.default_rng(5))
     bad = bytearray(P.transform_message("PointerToTracker", np.eye(4)))
     bad[-3] ^= 0x10
@@ -178,7 +165,7 @@ def test_refused_connection_without_reconnect_raises():
         IGTLClientSource("127.0.0.1", port, reconnect=False).start()
 
 
-def test_server_source_receives_pushed_poses_from_pyigtl():
+def test_server_source_receives_pushed_poses_from_pyigtl(wait_until):
     pose = random_rigid(np.random.default_rng(6), max_translation_mm=300)
     with IGTLServerSource(0) as src:
         c = pyigtl.OpenIGTLinkClient("127.0.0.1", src.port, start_now=True)
@@ -192,18 +179,23 @@ def test_server_source_receives_pushed_poses_from_pyigtl():
             c.stop()
 
 
-def test_simulated_source_noise_statistics():
+def test_simulated_source_noise_statistics(wait_until):
     true = random_rigid(np.random.default_rng(7), max_translation_mm=100)
-    src = SimulatedSource(lambda t: {"Pointer": true, "Saw": None if t > 0 else None}, rate_hz=500, tracker_noise_mm=0.2, seed=1)
+    # the saw is visible for the first 50 ms of the script, then lost: it must turn not visible
+    src = SimulatedSource(lambda t: {"Pointer": true, "Saw": true if t < 0.05 else None}, rate_hz=500, tracker_noise_mm=0.2, seed=1)
     errs = []
+    saw_seen = set()
     with src:
         while len(errs) < 200:
             assert src.wait_for_update(2.0)
             f = src.latest()
+            saw_seen.add(f.status("Saw"))
             p = f.pose("Pointer")
             if p is not None:
                 errs.append(p[:3, 3] - true[:3, 3])
-        assert f.status("Saw") is ToolStatus.NOT_VISIBLE
+        f = wait_until(src, lambda fr: fr.tools["Saw"].device_time_s >= 0.05)
+        assert f.status("Saw") is ToolStatus.NOT_VISIBLE and f.pose("Saw") is None
+    assert ToolStatus.LIVE in saw_seen
     e = np.array(errs)
     assert 0.15 < e.std() < 0.25  # sigma 0.2 mm per axis
     assert np.abs(e.mean(axis=0)).max() < 0.06
@@ -295,7 +287,7 @@ def test_slow_client_never_blocks_the_sender_and_drops_are_counted():
             lazy.close()
 
 
-def test_truncated_and_oversized_messages_on_the_wire(server, client):
+def test_truncated_and_oversized_messages_on_the_wire(server, client, wait_until):
     good = P.transform_message("PointerToTracker", np.eye(4), timestamp_s=1.0)
     huge = bytearray(good)
     huge[42:50] = (1 << 40).to_bytes(8, "big")
@@ -332,7 +324,7 @@ def test_pyigtl_server_to_our_client():
         server.stop()
 
 
-def test_thousands_of_mutated_messages_on_a_live_socket(server, client):
+def test_thousands_of_mutated_messages_on_a_live_socket(server, client, wait_until):
     """Fuzz over the wire: the client stays connected, counts the damage, keeps the last good pose."""
     rng = np.random.default_rng(11)
     chunks = []
@@ -360,7 +352,7 @@ def test_thousands_of_mutated_messages_on_a_live_socket(server, client):
     assert h.messages + h.extra["coalesced"] > 1000
 
 
-def test_position_message_is_a_pose(server, client):
+def test_position_message_is_a_pose(server, client, wait_until):
     pose = random_rigid(np.random.default_rng(12), max_translation_mm=250)
     server.send_bytes(P.pack_message("POSITION", "DrillToTracker", P.pack_position(ras_from_lps_transform(pose)), timestamp_s=4.0))
     frame = wait_until(client, lambda f: f.status("Drill") is ToolStatus.LIVE)

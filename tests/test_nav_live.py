@@ -47,10 +47,10 @@ def test_live_session_pictures_exist_and_show_state(live):
     assert len(s.screenshots) >= 3
     first = np.asarray(Image.open(s.screenshots[0]).convert("RGB")).astype(int)
     assert first.shape == (600, 800, 3)
-    # The first picture is before registration: the red NOT TRACKING banner is in the middle.
+    # The first picture is before registration: the amber NOT REGISTERED banner is in the middle.
     mid = first[250:350, 200:600]
-    red = (mid[..., 0] > 180) & (mid[..., 1] < 90) & (mid[..., 2] < 90)
-    assert red.sum() > 500
+    amber = (mid[..., 0] > 200) & (mid[..., 1] > 130) & (mid[..., 1] < 210) & (mid[..., 2] < 60)
+    assert amber.sum() > 500
     last_registered = np.asarray(Image.open(s.screenshots[-2]).convert("RGB")).astype(int)[250:350, 200:600]
     assert ((last_registered[..., 0] > 180) & (last_registered[..., 1] < 90) & (last_registered[..., 2] < 90)).sum() < 50
 

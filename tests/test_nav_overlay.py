@@ -57,6 +57,11 @@ def _red_pixels(img):
     return int(((a[..., 0] > 180) & (a[..., 1] < 90) & (a[..., 2] < 90)).sum())
 
 
+def _amber_pixels(img):
+    a = np.asarray(img.convert("RGB")).astype(int)[250:350, 200:600]
+    return int(((a[..., 0] > 200) & (a[..., 1] > 130) & (a[..., 1] < 210) & (a[..., 2] < 60)).sum())
+
+
 def test_overlay_shows_not_tracking_then_guidance_and_reslices(toy, tmp_path):
     case, geo = toy
     inp = load_navigation_inputs(case, ct=True)
@@ -75,7 +80,8 @@ def test_overlay_shows_not_tracking_then_guidance_and_reslices(toy, tmp_path):
                     del want[k]
         assert not want
         st_before, p_before = shots["before"]
-        assert not st_before.tracking and _red_pixels(Image.open(p_before)) > 500
+        assert not st_before.tracking and st_before.reason == "not registered"
+        assert _red_pixels(Image.open(p_before)) < 50 and _amber_pixels(Image.open(p_before)) > 500
         st_saw, p_saw = shots["saw"]
         assert st_saw.tracking and st_saw.status("Saw").value == "live"
         img = np.asarray(Image.open(p_saw).convert("RGB")).astype(int)

@@ -39,10 +39,15 @@ def test_stream_sends_reference_relative_poses_models_and_guidance():
                     if got is not None:
                         break
             assert got is not None
-            expected = tf.invert(sc.ct_from_reference) @ state.tools["Saw"].ct_from_tool  # LPS again after the client
-            np.testing.assert_allclose(got, expected, atol=1e-3)  # float32 on the wire
+            # Our client reads every transform as RAS-output and flips it once; undo that to see the wire.
+            wire_saw_to_ref = tf.lps_from_ras_transform(got)
+            ct_from_saw = state.tools["Saw"].ct_from_tool
+            np.testing.assert_allclose(wire_saw_to_ref, tf.invert(sc.ct_from_reference) @ ct_from_saw, atol=1e-3)  # float32
             ref_to_ras = client.latest().pose("ReferenceToRas")
             np.testing.assert_allclose(ref_to_ras, sc.ct_from_reference, atol=1e-3)
+            # Slicer composes ReferenceToRas @ SawToReference: the saw lands at its RAS pose.
+            wire_ref_to_ras = tf.ras_from_lps_transform(ref_to_ras)
+            np.testing.assert_allclose(wire_ref_to_ras @ wire_saw_to_ref, tf.ras_from_lps_transform(ct_from_saw), atol=1e-3)
             msgs = client.messages()
             for _ in range(20):
                 if {"Bone_femur", "Cut_distal_femur", "Guidance"} <= {m.device for m in msgs}:

@@ -14,7 +14,7 @@ from orthonav.planning.fiducials import detect_fiducial_beads, order_beads
 def _bead_ct(beads_lps: np.ndarray, *, radius_mm: float = 1.0, seed: int = 0) -> Volume:
     """CT (HU) with a cortical slab (1500 HU, z < 0 plane tilted) and beads seated on it.
 
-    Partial volume: each voxel value is the mean over 4x4x4 sub-samples; then a Gaussian PSF
+    Partial volume: each voxel value is the mean over 3x3x3 sub-samples; then a Gaussian PSF
     (0.6 voxel) and 15 HU noise. Geometry: anisotropic spacing, rotated direction, offset origin.
     """
     rng = np.random.default_rng(seed)
@@ -23,7 +23,7 @@ def _bead_ct(beads_lps: np.ndarray, *, radius_mm: float = 1.0, seed: int = 0) ->
     shape_ijk = (64, 60, 40)
     origin = -(direction @ (spacing * (np.array(shape_ijk) - 1) / 2)) + np.array([5.0, -3.0, 2.0])
     m = make_lps_from_ijk(spacing, origin, direction)
-    sub = 4
+    sub = 3
     offs = (np.arange(sub) + 0.5) / sub - 0.5
     ii, jj, kk = np.meshgrid(*[np.arange(n) for n in shape_ijk], indexing="ij")
     acc = np.zeros(shape_ijk)

@@ -23,8 +23,10 @@ FAKE = textwrap.dedent(
     NDI_115200 = 7
     NDI_8N1 = 0
     NDI_NOHANDSHAKE = 0
+    NDI_OUT_OF_VOLUME = 0x0040
     FAKE_PACING_S = 0.005
     FAIL_OPEN = False
+    OUT_OF_VOLUME = False  # when True, handle 1 is reported (pose and all) but flagged out of volume
 
     class Dev:
         def __init__(self):
@@ -82,6 +84,10 @@ FAKE = textwrap.dedent(
         c, s = math.cos(0.25), math.sin(0.25)  # 30 deg about z: q = (cos 15, 0, 0, sin 15)
         return (c, 0.0, 0.0, s, 10.0, -20.0, -1500.0, 0.12)
 
+    def ndiGetBXPortStatus(d, ph):
+        status = 0x01 | 0x10 | 0x20  # tool in port, initialised, enabled
+        return status | NDI_OUT_OF_VOLUME if OUT_OF_VOLUME else status
+
     def ndiGetBXFrame(d, ph):
         return d.frame
     '''
@@ -137,3 +143,15 @@ def test_missing_rom_and_missing_binding(tmp_path):
     src = NDISource("/dev/ttyUSB0", ToolSet(tools=[ToolDefinition(name="P", kind="pointer")]))
     with pytest.raises(TrackingError, match="ndicapi|NDI"):
         src.start()
+
+
+def test_out_of_volume_pose_is_not_visible(fake_binding, tmp_path):
+    """BX:0801 returns poses of out-of-volume tools too; the port status bit must hide them."""
+    (tmp_path / "fake_ndicapi.py").write_text(FAKE.replace("OUT_OF_VOLUME = False", "OUT_OF_VOLUME = True"))
+    src = NDISource("/dev/ttyFAKE0", toolset(tmp_path), binding_module=fake_binding, start_timeout_s=30)
+    with src:
+        deadline = time.monotonic() + 10
+        while "Pointer" not in src.latest().tools:
+            assert src.wait_for_update(max(0.0, deadline - time.monotonic()))
+        frame = src.latest()
+    assert frame.status("Pointer") is ToolStatus.NOT_VISIBLE and frame.pose("Pointer") is None

@@ -139,5 +139,7 @@ def test_replay_plus_at_recorded_speed(shared_data):
         assert src.finished.wait(10.0)
         elapsed = time.monotonic() - t0
         last = src.latest()
-    assert span / 4.0 * 0.9 < elapsed < span / 4.0 + 0.5
+    # never faster than 4x; the upper bound only has to catch "speed ignored" (1x = span ~1.8 s),
+    # so it leaves a 1 s margin for a loaded machine
+    assert span / 4.0 * 0.9 < elapsed < span / 4.0 + 1.0
     np.testing.assert_array_equal(last.pose("Stylus"), frames[-1].pose("Stylus"))

@@ -26,6 +26,7 @@ Zhang's method (Zhang 2000, "A flexible new technique for camera calibration", I
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import threading
 import time
@@ -40,10 +41,13 @@ from numpy.typing import ArrayLike, NDArray
 from orthonav.core.errors import InputError, TrackingError
 from orthonav.core.procrustes import paired_point
 from orthonav.core.schema import Versioned, load_model, save_model
+from orthonav.core.transforms import invert, make_rigid
 
 from .frame import SourceHealth, TrackerSource, TrackingFrame
 from .store import PoseStore
 from .tools import ToolSet
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DICTIONARY = "DICT_5X5_100"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -216,10 +220,8 @@ def _marker_models(tool_markers: dict[int, list], tool: str) -> dict[int, _Marke
 
 
 def _to_matrix(rvec: NDArray, tvec: NDArray) -> NDArray[np.float64]:
-    m = np.eye(4)
-    m[:3, :3] = cv2.Rodrigues(np.asarray(rvec, dtype=np.float64))[0]
-    m[:3, 3] = np.asarray(tvec, dtype=np.float64).ravel()
-    return m
+    """OpenCV (rvec, tvec) -> 4x4 ``camera_from_x``."""
+    return make_rigid(cv2.Rodrigues(np.asarray(rvec, dtype=np.float64))[0], np.asarray(tvec, dtype=np.float64).ravel())
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ class ArucoTracker:
                 if not ok:
                     continue
                 for rv, tv in zip(rvecs, tvecs):  # IPPE returns both planar solutions
-                    cand = _to_matrix(rv, tv) @ np.linalg.inv(models[mid].tool_from_marker)
+                    cand = _to_matrix(rv, tv) @ invert(models[mid].tool_from_marker)
                     err = self._reproj(obj, img, cand)
                     if err < best_err:
                         best, best_err = cand, err
@@ -351,10 +353,9 @@ class _Frames:
         if self.files:
             if self.i >= len(self.files):
                 return None
-            img = _read_gray(self.files[self.i])
-            t = self.i / self.fps
-            self.i += 1
-            return img, t
+            i = self.i
+            self.i += 1  # first: an unreadable file is skipped, not retried forever
+            return _read_gray(self.files[i]), i / self.fps
         assert self.cap is not None
         ok, img = self.cap.read()
         if not ok:
@@ -414,19 +415,29 @@ class ArucoSource(TrackerSource):
 
     def _run(self) -> None:
         assert self._frames is not None
-        while not self._stop.is_set():
-            got = self._frames.read()
-            if got is None:
-                break
-            img, t = got
-            now = time.monotonic()
-            for name, det in self.tracker.track(img).items():
-                if det is None:
-                    self.store.put(name, None, device_time_s=t, host_time_s=now)
-                else:
-                    self.store.put(name, det.camera_from_tool, device_time_s=t, quality=det.reprojection_px, host_time_s=now)
-        self.finished.set()
-        self.store.set_connected(False)
+        try:
+            while not self._stop.is_set():
+                try:
+                    got = self._frames.read()
+                    if got is None:
+                        break
+                    img, t = got
+                    now = time.monotonic()
+                    detections = self.tracker.track(img)
+                except (InputError, cv2.error) as e:  # one bad frame: count it, go on with the next
+                    self.store.mark_error(f"ArUco frame skipped: {e}", bad_message=True)
+                    continue
+                for name, det in detections.items():
+                    if det is None:
+                        self.store.put(name, None, device_time_s=t, host_time_s=now)
+                    else:
+                        self.store.put(name, det.camera_from_tool, device_time_s=t, quality=det.reprojection_px, host_time_s=now)
+        except Exception as e:  # anything else ends tracking, loudly: health says why
+            log.exception("ArUco tracking failed")
+            self.store.mark_error(f"ArUco tracking failed: {e!r}")
+        finally:
+            self.finished.set()
+            self.store.set_connected(False)
 
 
 # --- synthetic rendering (tests, benchmarks, demos) -----------------------------------------

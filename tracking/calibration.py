@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from orthonav.core.errors import InputError
-from orthonav.core.transforms import rotation_angle_deg
+from orthonav.core.errors import InputError, TrackingError
 
 from .frame import TrackerSource
 from .tools import ToolSet
@@ -91,19 +89,29 @@ def rotation_spread_deg(poses: NDArray[np.float64]) -> float:
     (its tip along the shaft is then undetermined); pivoting +-10 deg in a cone scores ~5,
     +-30 deg ~14.
     """
-    u, _s, vt = np.linalg.svd(poses[:, :3, :3].sum(axis=0))
-    mean = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-    dev = (poses[:, :3, :3] - mean).reshape(-1, 3)
+    dev = (poses[:, :3, :3] - _mean_rotation(poses[:, :3, :3])).reshape(-1, 3)
     return float(np.degrees(np.linalg.svd(dev, compute_uv=False)[-1] / math.sqrt(len(poses))))
 
 
-def _solve_algebraic(poses: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def _mean_rotation(rotations: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Chordal L2 mean of (n, 3, 3) rotations: the rotation nearest their sum (SVD projection
+    onto SO(3), Hartley et al. 2013, "Rotation averaging", IJCV 103, sec. 5.3)."""
+    u, _s, vt = np.linalg.svd(rotations.sum(axis=0))
+    return u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
+
+
+def _pivot_system(poses: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``A x = b`` of the pivot equations ``[R_i  -I] [p_tip; p_pivot] = -t_i`` (Yaniv 2015, eq. 1)."""
     n = len(poses)
     a = np.zeros((3 * n, 6))
     a[:, :3] = poses[:, :3, :3].reshape(3 * n, 3)
     a[:, 3:] = -np.tile(np.eye(3), (n, 1))
-    b = -poses[:, :3, 3].reshape(3 * n)
-    x, *_ = np.linalg.lstsq(a, b, rcond=None)
+    return a, -poses[:, :3, 3].reshape(3 * n)
+
+
+def _solve_algebraic(poses: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    a, b = _pivot_system(poses)
+    x, *_ = np.linalg.lstsq(a, b, rcond=None)  # minimum-norm solution when rank-deficient
     return x[:3], x[3:]
 
 
@@ -232,14 +240,10 @@ def spin_calibration(tracker_from_tool: ArrayLike, *, tip_in_tool_mm: ArrayLike 
         w /= np.linalg.norm(w)
         errs.append(math.degrees(math.acos(min(1.0, abs(float(w @ axis))))))
     # fixed line: points x (tool frame) with R_i x + t_i equal for all i, i.e. the pivot system
-    n = len(poses)
-    a = np.zeros((3 * n, 6))
-    a[:, :3] = poses[:, :3, :3].reshape(3 * n, 3)
-    a[:, 3:] = -np.tile(np.eye(3), (n, 1))
-    b = -poses[:, :3, 3].reshape(3 * n)
-    x, *_ = np.linalg.lstsq(a, b, rcond=None)  # minimum-norm solution on the line
-    point = x[:3] - axis * float(x[:3] @ axis)
-    res = np.linalg.norm(a @ x - b) / math.sqrt(n)
+    tip, pivot = _solve_algebraic(poses)  # minimum-norm solution: a point on the line
+    a, b = _pivot_system(poses)
+    point = tip - axis * float(tip @ axis)
+    res = np.linalg.norm(a @ np.concatenate([tip, pivot]) - b) / math.sqrt(len(poses))
     if res > 1.0:  # the tool did not spin about a fixed line
         point = np.full(3, np.nan)
     return SpinResult(axis, point, float(np.sqrt(np.mean(np.square(errs)))) if errs else 0.0, float(angles.max()))
@@ -262,75 +266,13 @@ def with_tip_calibration(toolset: ToolSet, tool: str, result: PivotResult, *, ax
     return toolset.model_copy(update={"tools": tools})
 
 
-class StillCapture:
-    """Captures a pose automatically when a tool is held still.
-
-    Feed poses with :meth:`update`; once the tool has stayed within ``max_motion_mm`` (origin
-    and the point ``probe_in_tool_mm``, e.g. its tip) and ``max_rotation_deg`` of the window's
-    first pose for ``hold_s`` seconds, the mean pose of the window is returned once; the
-    detector re-arms only after the tool moves by more than ``rearm_mm``.
-    """
-
-    def __init__(
-        self,
-        *,
-        hold_s: float = 0.5,
-        max_motion_mm: float = 0.3,
-        max_rotation_deg: float = 0.5,
-        rearm_mm: float = 5.0,
-        probe_in_tool_mm: ArrayLike = (0.0, 0.0, 0.0),
-    ) -> None:
-        self.hold_s = hold_s
-        self.max_motion_mm = max_motion_mm
-        self.max_rotation_deg = max_rotation_deg
-        self.rearm_mm = rearm_mm
-        self.probe = np.asarray(probe_in_tool_mm, dtype=np.float64)
-        self._window: deque[tuple[float, NDArray[np.float64]]] = deque()
-        self._armed = True
-        self._captured_at: NDArray[np.float64] | None = None
-
-    def _point(self, pose: NDArray[np.float64]) -> NDArray[np.float64]:
-        return pose[:3, :3] @ self.probe + pose[:3, 3]
-
-    def update(self, t_s: float, pose: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
-        """Add a pose at time ``t_s`` (None: tool not visible, resets). Returns a captured pose."""
-        if pose is None:
-            self._window.clear()
-            return None
-        pose = np.asarray(pose, dtype=np.float64)
-        if not self._armed:
-            assert self._captured_at is not None
-            if np.linalg.norm(self._point(pose) - self._captured_at) > self.rearm_mm:
-                self._armed = True
-                self._window.clear()
-            return None
-        self._window.append((t_s, pose))
-        first = self._window[0][1]
-        # drop from the front until the window is still relative to its first pose
-        while self._window:
-            first = self._window[0][1]
-            moved = max(np.linalg.norm(pose[:3, 3] - first[:3, 3]), np.linalg.norm(self._point(pose) - self._point(first)))
-            if moved <= self.max_motion_mm and rotation_angle_deg(first, pose) <= self.max_rotation_deg:
-                break
-            self._window.popleft()
-        if self._window and t_s - self._window[0][0] >= self.hold_s:
-            stack = np.array([p for _, p in self._window])
-            u, _s, vt = np.linalg.svd(stack[:, :3, :3].sum(axis=0))
-            mean = np.eye(4)
-            mean[:3, :3] = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-            mean[:3, 3] = stack[:, :3, 3].mean(axis=0)
-            self._armed = False
-            self._captured_at = self._point(mean)
-            self._window.clear()
-            return mean
-        return None
-
-
 def collect_poses(source: TrackerSource, tool: str, n: int, *, timeout_s: float = 60.0, min_interval_s: float = 0.0) -> NDArray[np.float64]:
     """Collect ``n`` fresh LIVE poses of ``tool`` from a started source (for pivot / spin).
 
-    Only poses with a new device timestamp are taken (never the same sample twice), at most
-    one per ``min_interval_s``. Waits on the source's update event.
+    Only new samples are taken (never the same sample twice): a sample is identified by its
+    device timestamp, or by its host receive time when the device time is not finite (NaN
+    never equals itself). At most one per ``min_interval_s``. Waits on the source's update
+    event.
 
     Raises
     ------
@@ -339,10 +281,8 @@ def collect_poses(source: TrackerSource, tool: str, n: int, *, timeout_s: float 
     """
     import time
 
-    from orthonav.core.errors import TrackingError
-
     out: list[NDArray[np.float64]] = []
-    last_t = None
+    last_key: tuple[str, float] | None = None
     last_host = -math.inf
     deadline = time.monotonic() + timeout_s
     while len(out) < n:
@@ -352,10 +292,11 @@ def collect_poses(source: TrackerSource, tool: str, n: int, *, timeout_s: float 
         if not source.wait_for_update(min(remaining, 0.5)):
             continue
         pose = source.latest().tools.get(tool)
-        if pose is None or pose.tracker_from_tool is None or pose.device_time_s == last_t:
+        if pose is None or pose.tracker_from_tool is None:
             continue
-        if pose.host_time_s - last_host < min_interval_s:
+        key = ("device", pose.device_time_s) if math.isfinite(pose.device_time_s) else ("host", pose.host_time_s)
+        if key == last_key or pose.host_time_s - last_host < min_interval_s:
             continue
-        last_t, last_host = pose.device_time_s, pose.host_time_s
+        last_key, last_host = key, pose.host_time_s
         out.append(pose.tracker_from_tool)
     return np.array(out)

@@ -9,12 +9,16 @@ wait between attempts is an Event wait, so :meth:`stop` interrupts it.
 
 Mapping of messages (``<Tool>ToTracker`` device -> tool ``<Tool>``):
 
-* TRANSFORM / POSITION: a pose, RAS-based on the wire, converted to LPS here with
-  :func:`~orthonav.core.transforms.lps_from_ras_transform` (the only receive-side
-  conversion). v2 metadata ``TransformStatus`` other than ``OK`` (PLUS), a non-finite matrix
+* TRANSFORM / POSITION: ``ras_tracker_from_tool`` on the wire (the tracker frame is
+  RAS-based, the tool frame is the tool's own native frame), converted to LPS here with
+  :func:`~orthonav.core.transforms.lps_from_ras_transform`, which flips only the output
+  (tracker) frame: the tool frame, and so tool tips in ``ToolDefinition``, stay native, exactly
+  as NDI / ArUco sources deliver them. This is the only receive-side conversion. A 12-byte
+  (position-only) POSITION carries no orientation and counts as a bad message. v2 metadata ``TransformStatus`` other than ``OK`` (PLUS), a non-finite matrix
   or a non-rigid matrix -> NOT_VISIBLE (the last two also count as bad messages).
 * TDATA: one element per tool; a tool seen before but missing from a TDATA message, or an
-  element with a non-finite / all-zero matrix -> NOT_VISIBLE.
+  element with a non-finite / all-zero matrix -> NOT_VISIBLE; a 3D-type (position-only)
+  element -> NOT_VISIBLE and a bad message.
 * STATUS on a tool's device with a code other than OK -> NOT_VISIBLE.
 * STRING, POLYDATA, other STATUS and anything else -> a bounded queue (:meth:`messages`);
   when full the oldest is dropped and counted in ``health().dropped``.
@@ -43,6 +47,9 @@ from .tools import ToolSet
 
 log = logging.getLogger(__name__)
 
+#: Largest message body a tracking receiver accepts by default (bytes). Poses are < 1 kB;
+#: a POLYDATA receiver may pass a bigger ``max_body`` explicitly.
+TRACKING_MAX_BODY = 1 << 20
 #: Disconnect and reconnect when this many bytes in a row could not be parsed.
 MAX_GARBAGE_BYTES = 1 << 20
 RIGID_TOL = 1e-3  # float32 on the wire: orthonormal to ~1e-7; anything worse is not a rigid pose
@@ -98,8 +105,12 @@ class MessageRouter:
         self.other: deque[P.Message] = deque()
         self.queue_size = queue_size
         self.known_tools: set[str] = set(tool_names or ())
-        self.coalesced = 0  #: pose messages superseded within one received batch (not applied)
         self._lock = threading.Lock()
+
+    @property
+    def coalesced(self) -> int:
+        """Pose messages superseded within one received batch (not applied)."""
+        return int(self.store.health_snapshot().extra.get("coalesced", 0.0))
 
     def _put(self, tool: str, pose: NDArray[np.float64] | None, header: P.Header, host_time_s: float) -> None:
         dev_t = header.timestamp_s if header.timestamp_s > 0 else math.nan
@@ -130,9 +141,13 @@ class MessageRouter:
                 self._pose(P.tool_from_device(h.device), P.unpack_position(msg.content), h, host_time_s)
             elif h.type == "TDATA":
                 seen = set()
-                for name, m in P.unpack_tdata(msg.content):
+                for name, kind, m in P.unpack_tdata_elements(msg.content):
                     tool = P.tool_from_device(name)
                     seen.add(tool)
+                    if kind == P.TDATA_TYPE_3D:  # position only: no orientation, not a pose
+                        self.store.mark_error(f"TDATA '{name}': 3D (position-only) element is not a pose", bad_message=True)
+                        self._put(tool, None, h, host_time_s)
+                        continue
                     valid = np.all(np.isfinite(m)) and np.any(m[:3, :3] != 0)
                     self._pose(tool, m if valid else np.full((4, 4), np.nan), h, host_time_s)
                 with self._lock:
@@ -179,6 +194,9 @@ def receive_stream(
     """Blocking receive loop on a connected socket until the peer closes or an error occurs.
 
     Returns the reason the loop ended (for logs). Counts parser problems as bad messages.
+    An unexpected exception while decoding or applying a message (a decoder bug) ends this
+    connection with that reason, counted as a bad message: the caller then reconnects and
+    marks the tools not visible; it never kills the receiving thread silently.
     """
     seen = 0
     good_at_skip = 0
@@ -190,7 +208,12 @@ def receive_stream(
         if not data:
             return "peer closed the connection"
         now = clock()
-        msgs = parser.feed(data)
+        try:
+            msgs = parser.feed(data)
+        except Exception as e:  # a decoder bug: drop this connection loudly, not the thread
+            log.exception("OpenIGTLink decoder failed")
+            router.store.mark_error(f"OpenIGTLink decoder failed: {e!r}", bad_message=True)
+            return f"decoder failed: {e!r}"
         st = parser.stats
         bad = st.bad_crc + st.bad_header + st.oversized
         if bad > seen:
@@ -199,9 +222,14 @@ def receive_stream(
             seen = bad
         kept, skipped = coalesce(msgs)
         if skipped:
-            router.coalesced += skipped
+            router.store.count_extra("coalesced", skipped)
         for m in kept:
-            router.apply(m, now)
+            try:
+                router.apply(m, now)
+            except Exception as e:  # a bug in routing: end this connection loudly
+                log.exception("OpenIGTLink %s '%s' could not be applied", m.header.type, m.header.device)
+                router.store.mark_error(f"{m.header.type} '{m.header.device}': could not be applied: {e!r}", bad_message=True)
+                return f"message could not be applied: {e!r}"
         if msgs:
             good_at_skip = st.skipped_bytes
         elif st.skipped_bytes - good_at_skip > MAX_GARBAGE_BYTES:
@@ -233,7 +261,7 @@ class IGTLClientSource(TrackerSource):
         reconnect: bool = True,
         max_backoff_s: float = 0.5,
         connect_timeout_s: float = 2.0,
-        max_body: int = P.DEFAULT_MAX_BODY,
+        max_body: int = TRACKING_MAX_BODY,
         queue_size: int = 256,
     ) -> None:
         self.host, self.port = host, int(port)
@@ -247,7 +275,8 @@ class IGTLClientSource(TrackerSource):
         self._stop = threading.Event()
         self._connected = threading.Condition()
         self._sock: socket.socket | None = None
-        self._sock_lock = threading.Lock()
+        self._sock_lock = threading.Lock()  # guards self._sock only, never held during I/O
+        self._send_lock = threading.Lock()  # serialises sendall between callers of send()
         self._thread: threading.Thread | None = None
         self._parser_stats = P.ParserStats()
         self._connections = 0
@@ -290,8 +319,8 @@ class IGTLClientSource(TrackerSource):
             bad_header=float(st.bad_header),
             oversized=float(st.oversized),
             skipped_bytes=float(st.skipped_bytes),
-            coalesced=float(self.router.coalesced),
         )
+        h.extra.setdefault("coalesced", 0.0)
         return h
 
     # --- extras ------------------------------------------------------------------------
@@ -306,11 +335,20 @@ class IGTLClientSource(TrackerSource):
         return self.router.drain()
 
     def send(self, data: bytes) -> None:
-        """Send raw message bytes to the server (e.g. ``P.transform_message(...)``)."""
+        """Send raw message bytes to the server (e.g. ``P.transform_message(...)``).
+
+        Blocks while the peer does not read; :meth:`stop` (or a lost connection) makes it
+        raise :class:`TrackingError` instead of hanging.
+        """
         with self._sock_lock:
-            if self._sock is None:
-                raise TrackingError(f"OpenIGTLink {self.host}:{self.port}: not connected")
-            self._sock.sendall(data)
+            sock = self._sock
+        if sock is None:
+            raise TrackingError(f"OpenIGTLink {self.host}:{self.port}: not connected")
+        with self._send_lock:
+            try:
+                sock.sendall(data)
+            except OSError as e:
+                raise TrackingError(f"OpenIGTLink {self.host}:{self.port}: send failed ({e})") from e
 
     # --- internals ---------------------------------------------------------------------
 
@@ -329,6 +367,24 @@ class IGTLClientSource(TrackerSource):
             self._connected.notify_all()
 
     def _run(self, first: socket.socket | None) -> None:
+        try:
+            self._run_connections(first)
+        except BaseException as e:  # never die silently: say why, then fall through to finally
+            log.exception("OpenIGTLink %s:%d receiver failed", self.host, self.port)
+            self.store.mark_error(f"OpenIGTLink {self.host}:{self.port}: receiver failed: {e!r}")
+            raise
+        finally:
+            with self._sock_lock:
+                sock, self._sock = self._sock, None
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            self._set_connected(False)
+            self.router.all_not_visible(time.monotonic())
+
+    def _run_connections(self, first: socket.socket | None) -> None:
         backoff = 0.05
         sock = first
         while not self._stop.is_set():
@@ -353,22 +409,20 @@ class IGTLClientSource(TrackerSource):
             self._set_connected(True)
             parser = P.StreamParser(max_body=self.max_body)
             self._parser_stats = parser.stats
-            reason = receive_stream(sock, parser, self.router)
-            with self._sock_lock:
-                self._sock = None
             try:
-                sock.close()
-            except OSError:
-                pass
+                reason = receive_stream(sock, parser, self.router)
+            finally:
+                with self._sock_lock:
+                    self._sock = None
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+                self._set_connected(False)
+                self.router.all_not_visible(time.monotonic())
             sock = None
-            self._set_connected(False)
-            self.router.all_not_visible(time.monotonic())
             if not self._stop.is_set():
                 self.store.mark_error(f"OpenIGTLink {self.host}:{self.port}: {reason}")
                 log.info("OpenIGTLink %s:%d: %s", self.host, self.port, reason)
             if not self.reconnect:
                 break
-        with self._sock_lock:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None

@@ -302,6 +302,8 @@ def decode_body(header: Header, body: bytes) -> Message:
     content = bytes(body[ext_size:end])
     metadata: dict[str, str] = {}
     if meta_head_size:
+        if meta_head_size < 2:
+            raise IGTLProtocolError(f"v2 {header.type}: metadata header of {meta_head_size} bytes (needs at least 2)")
         mh = body[end : end + meta_head_size]
         (count,) = struct.unpack_from(">H", mh)
         if meta_head_size != 2 + 8 * count:
@@ -409,12 +411,14 @@ def pack_position(matrix: ArrayLike) -> bytes:
 def unpack_position(content: bytes) -> NDArray[np.float64]:
     """POSITION content (12, 24 or 28 bytes, per the spec) -> (4, 4) matrix.
 
-    12 bytes: position only (identity rotation); 24: quaternion without W (W = sqrt(1 - |v|^2)).
+    24 bytes: quaternion without W (W = sqrt(1 - |v|^2)). 12 bytes (position only) carries no
+    orientation: inventing an identity rotation would put the tip of any tool with a tip
+    offset in the wrong place, so it raises :class:`IGTLProtocolError` (counted as a bad
+    message by receivers).
     """
     n = len(content)
     if n == 12:
-        x, y, z = struct.unpack(">3f", content)
-        q = (0.0, 0.0, 0.0, 1.0)
+        raise IGTLProtocolError("POSITION of 12 bytes is position-only (no orientation): not usable as a pose")
     elif n == 24:
         x, y, z, ox, oy, oz = struct.unpack(">6f", content)
         q = (ox, oy, oz, math.sqrt(max(0.0, 1.0 - ox * ox - oy * oy - oz * oz)))
@@ -506,6 +510,7 @@ def unpack_status(content: bytes) -> Status:
 
 # --- TDATA ----------------------------------------------------------------------------------
 
+TDATA_TYPE_3D = 1
 TDATA_TYPE_6D = 2
 
 
@@ -518,18 +523,27 @@ def pack_tdata(elements: Iterable[tuple[str, ArrayLike]]) -> bytes:
     return bytes(out)
 
 
-def unpack_tdata(content: bytes) -> list[tuple[str, NDArray[np.float64]]]:
-    """TDATA content -> [(tool name, (4, 4) matrix)]."""
+def unpack_tdata_elements(content: bytes) -> list[tuple[str, int, NDArray[np.float64]]]:
+    """TDATA content -> [(tool name, element type, (4, 4) matrix)] (type 1 = 3D, 2 = 6D)."""
     size = _TDATA_ELEMENT.size
     if len(content) % size:
         raise IGTLProtocolError(f"TDATA content of {len(content)} bytes is not a multiple of {size}")
     out = []
     for off in range(0, len(content), size):
-        name, _type, _res, *vals = _TDATA_ELEMENT.unpack_from(content, off)
+        name, kind, _res, *vals = _TDATA_ELEMENT.unpack_from(content, off)
         m = np.eye(4)
         m[:3, :4] = np.asarray(vals, dtype=np.float64).reshape(4, 3).T
-        out.append((name.split(b"\0", 1)[0].decode("ascii", "replace"), m))
+        out.append((name.split(b"\0", 1)[0].decode("ascii", "replace"), int(kind), m))
     return out
+
+
+def unpack_tdata(content: bytes) -> list[tuple[str, NDArray[np.float64]]]:
+    """TDATA content -> [(tool name, (4, 4) matrix)].
+
+    A 3D-type element (position only) has no orientation; its matrix is all NaN (not a pose)
+    rather than an invented identity rotation.
+    """
+    return [(name, m if kind != TDATA_TYPE_3D else np.full((4, 4), np.nan)) for name, kind, m in unpack_tdata_elements(content)]
 
 
 # --- POLYDATA -------------------------------------------------------------------------------
@@ -662,7 +676,7 @@ class StreamParser:
             self._header = None
             try:
                 msg = decode_body(h, body)
-            except IGTLProtocolError as e:
+            except (IGTLProtocolError, struct.error, ValueError) as e:  # no decoder slip escapes feed()
                 if "CRC" in str(e):
                     self.stats.bad_crc += 1
                 else:
@@ -737,5 +751,6 @@ __all__ = [
     "unpack_status",
     "unpack_string",
     "unpack_tdata",
+    "unpack_tdata_elements",
     "unpack_transform",
 ]

@@ -1,13 +1,17 @@
 """OpenIGTLink server: push poses / strings / meshes to clients, or receive from trackers.
 
 :class:`IGTLServer` listens (127.0.0.1 by default), accepts any number of clients and sends
-every message to all of them. Each client has a bounded outgoing queue drained by its own
-writer thread, so one slow client never blocks the sender: when its queue is full the
-oldest message is dropped and counted (``dropped``). A reader thread per client decodes what
-the client sends (handed to ``on_message``) and notices when it leaves.
+every message to all of them. Each client has its own writer thread, so one slow client
+never blocks the sender. Messages leave in the order they were sent, except that poses
+(:meth:`IGTLServer.send_poses`) are newest-only per device: a new pose for a device replaces
+the one a client has not been sent yet, so a slow client gets the newest pose when it
+catches up, never a backlog of stale ones. The queue is bounded (``max_queue``); when it is
+full the oldest message is dropped. Replaced and dropped messages are counted (``dropped``). A reader thread per client decodes what the client sends (handed
+to the ``router``) and notices when it leaves.
 
-Poses are LPS-based in OrthoNav and are converted to RAS with
-:func:`~orthonav.core.transforms.ras_from_lps_transform` here, on the send side only.
+Poses are ``tracker_from_tool`` with an LPS tracker frame in OrthoNav; they are sent with an
+RAS tracker frame via :func:`~orthonav.core.transforms.ras_from_lps_transform` (which flips
+the output frame only; tool frames stay native), on the send side only.
 
 :class:`IGTLServerSource` is the other direction ("trackers push to us"): it listens and is
 a :class:`~orthonav.tracking.frame.TrackerSource` fed by whatever clients send.
@@ -15,13 +19,14 @@ a :class:`~orthonav.tracking.frame.TrackerSource` fed by whatever clients send.
 
 from __future__ import annotations
 
+import errno
 import logging
 import selectors
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -31,7 +36,7 @@ from orthonav.core.transforms import ras_from_lps_points, ras_from_lps_transform
 
 from . import igtl_protocol as P
 from .frame import SourceHealth, TrackerSource, TrackingFrame
-from .igtl_client import MessageRouter, receive_stream
+from .igtl_client import TRACKING_MAX_BODY, MessageRouter, receive_stream
 from .store import PoseStore
 from .tools import ToolSet
 
@@ -45,7 +50,10 @@ class _Peer:
         self.server = server
         self.sock = sock
         self.addr = addr
-        self.queue: deque[bytes] = deque()
+        #: Outgoing messages in send order as [key, bytes]; key is the device name of a pose
+        #: message (newest only: a new pose for the device replaces the unsent one) or None.
+        self.queue: deque[list] = deque()
+        self.pending_pose: dict[str, list] = {}  #: device -> its unsent entry in ``queue``
         self.cond = threading.Condition()
         self.closed = False
         self.dropped = 0
@@ -56,18 +64,34 @@ class _Peer:
         self.writer.start()
         self.reader.start()
 
-    def enqueue(self, data: bytes) -> bool:
+    def enqueue(self, items: list[tuple[str | None, bytes]]) -> int:
+        """Queue messages (key = device for a pose, None otherwise); returns how many were lost.
+
+        A pose replaces the unsent pose of the same device (lost: it was stale), and a full
+        queue drops its oldest entry, so a slow client never accumulates a stale backlog.
+        """
+        lost = 0
         with self.cond:
             if self.closed:
-                return False
-            dropped = False
-            if len(self.queue) >= self.server.max_queue:
-                self.queue.popleft()
-                self.dropped += 1
-                dropped = True
-            self.queue.append(data)
+                return len(items)
+            for key, data in items:
+                if key is not None:
+                    old = self.pending_pose.pop(key, None)
+                    if old is not None:
+                        self.queue.remove(old)
+                        lost += 1
+                if len(self.queue) >= self.server.max_queue:
+                    gone = self.queue.popleft()
+                    if gone[0] is not None:
+                        self.pending_pose.pop(gone[0], None)
+                    lost += 1
+                entry = [key, data]
+                self.queue.append(entry)
+                if key is not None:
+                    self.pending_pose[key] = entry
+            self.dropped += lost
             self.cond.notify()
-        return not dropped
+        return lost
 
     def _write_loop(self) -> None:
         while True:
@@ -75,8 +99,9 @@ class _Peer:
                 self.cond.wait_for(lambda: self.queue or self.closed)
                 if self.closed:
                     return
-                batch = b"".join(self.queue)
+                batch = b"".join(data for _key, data in self.queue)
                 self.queue.clear()
+                self.pending_pose.clear()
             try:
                 self.sock.sendall(batch)
             except OSError as e:
@@ -84,9 +109,18 @@ class _Peer:
                 return
 
     def _read_loop(self) -> None:
-        parser = P.StreamParser(max_body=self.server.max_body)
-        reason = receive_stream(self.sock, parser, self.server.router) if self.server.router else self._discard()
-        self.close(reason)
+        reason = "reader failed"
+        try:
+            parser = P.StreamParser(max_body=self.server.max_body)
+            reason = receive_stream(self.sock, parser, self.server.router) if self.server.router else self._discard()
+        except BaseException as e:  # never die silently: the peer is removed, tools go not visible
+            log.exception("OpenIGTLink client %s: reader failed", self.addr)
+            reason = f"reader failed: {e!r}"
+            if self.server.router is not None:
+                self.server.router.store.mark_error(f"OpenIGTLink client {self.addr}: {reason}")
+            raise
+        finally:
+            self.close(reason)
 
     def _discard(self) -> str:
         while True:
@@ -122,9 +156,12 @@ class IGTLServer:
     version
         Header version of the messages it sends (1 is understood by every peer).
     max_queue
-        Per-client outgoing queue length (messages); beyond it the oldest is dropped.
+        Per-client queue length for non-pose messages; beyond it the oldest is dropped
+        (poses are newest-only and never queue up).
     router
         Where received messages go (None: received bytes are read and discarded).
+    on_clients
+        Called with the number of connected clients whenever it changes.
     """
 
     def __init__(
@@ -136,6 +173,7 @@ class IGTLServer:
         max_queue: int = 1024,
         max_body: int = P.DEFAULT_MAX_BODY,
         router: MessageRouter | None = None,
+        on_clients: Callable[[int], None] | None = None,
     ) -> None:
         self.host = host
         self._port = int(port)
@@ -145,11 +183,15 @@ class IGTLServer:
         self.router = router
         self._listen: socket.socket | None = None
         self._peers: list[_Peer] = []
+        self.on_clients = on_clients
         self._lock = threading.Condition()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
-        self.sent = 0  #: messages handed to send_bytes
-        self.dropped = 0  #: messages dropped from full client queues (all clients)
+        self._stats_lock = threading.Lock()
+        self.sent = 0  #: messages handed to send_bytes / send_poses
+        self.dropped = 0  #: messages dropped from full client queues or replaced pose batches (all clients)
         self.accepted = 0
 
     @property
@@ -169,6 +211,8 @@ class IGTLServer:
         s.listen(8)
         self._port = s.getsockname()[1]
         self._listen = s
+        self._stop_event.clear()
+        self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._accept_loop, name=f"igtl-server-{self._port}", daemon=True)
         self._thread.start()
         return self
@@ -176,9 +220,14 @@ class IGTLServer:
     def stop(self) -> None:
         if self._thread is None:
             return
+        self._stop_event.set()
+        assert self._wake_w is not None and self._wake_r is not None
         self._wake_w.send(b"x")
         self._thread.join(timeout=5.0)
         self._thread = None
+        self._wake_w.close()
+        self._wake_r.close()
+        self._wake_r = self._wake_w = None
         if self._listen is not None:  # first: no client may connect into the backlog meanwhile
             self._listen.close()
             self._listen = None
@@ -219,15 +268,27 @@ class IGTLServer:
                         return
                     try:
                         conn, addr = self._listen.accept()
-                    except OSError:
+                    except OSError as e:
+                        log.warning("OpenIGTLink server %d: accept failed: %s", self._port, e)
+                        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            if self._stop_event.wait(0.1):  # out of descriptors: do not spin
+                                return
                         continue
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    try:
+                        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    except OSError as e:  # e.g. the client already reset the connection
+                        log.warning("OpenIGTLink client %s: dropped at accept: %s", addr, e)
+                        conn.close()
+                        continue
                     peer = _Peer(self, conn, addr)
                     with self._lock:
                         self._peers.append(peer)
                         self.accepted += 1
+                        n = len(self._peers)
                         self._lock.notify_all()
                     peer.start()
+                    if self.on_clients is not None:
+                        self.on_clients(n)
                     log.info("OpenIGTLink client %s connected", addr)
         finally:
             sel.close()
@@ -237,24 +298,27 @@ class IGTLServer:
             if peer in self._peers:
                 self._peers.remove(peer)
                 self._lock.notify_all()
-            last = not self._peers
-        if last and self.router is not None:
+            n = len(self._peers)
+        if n == 0 and self.router is not None:
             self.router.all_not_visible(time.monotonic())  # the pushing tracker is gone
+        if self.on_clients is not None:
+            self.on_clients(n)
         log.info("OpenIGTLink client %s left: %s", peer.addr, reason)
 
     # --- sending -----------------------------------------------------------------------
 
     def send_bytes(self, data: bytes) -> int:
         """Queue one packed message to every client; returns how many clients got it."""
+        return self._send([(None, data)])
+
+    def _send(self, items: list[tuple[str | None, bytes]]) -> int:
         with self._lock:
             peers = list(self._peers)
-        n = 0
-        for p in peers:
-            if not p.enqueue(data):
-                self.dropped += 1
-            n += 1
-        self.sent += 1
-        return n
+        lost = sum(p.enqueue(items) for p in peers)
+        with self._stats_lock:
+            self.sent += len(items)
+            self.dropped += lost
+        return len(peers)
 
     def send_poses(self, poses: Mapping[str, ArrayLike | None], device_time_s: float, *, not_visible: str = "status") -> int:
         """Send ``tracker_from_tool`` (LPS, mm) of each tool as ``<Tool>ToTracker`` TRANSFORMs (RAS).
@@ -262,19 +326,22 @@ class IGTLServer:
         A None pose is sent as "not visible": a STATUS message (code NOT_READY) on the
         tool's device with ``not_visible="status"`` (understood by any peer), or with
         ``"transform"`` a v2 TRANSFORM carrying ``TransformStatus: INVALID`` (PLUS style).
+
+        Each tool's message replaces that tool's message a client has not been sent yet
+        (newest only per device).
         """
-        chunks = []
+        chunks: list[tuple[str | None, bytes]] = []
         for tool, pose in poses.items():
             dev = P.as_device_name(tool)
             if pose is not None:
                 m = ras_from_lps_transform(np.asarray(pose, dtype=np.float64))
-                chunks.append(P.transform_message(dev, m, timestamp_s=device_time_s, version=self.version))
+                chunks.append((dev, P.transform_message(dev, m, timestamp_s=device_time_s, version=self.version)))
             elif not_visible == "transform":
-                chunks.append(P.transform_message(dev, np.eye(4), timestamp_s=device_time_s, status_ok=False))
+                chunks.append((dev, P.transform_message(dev, np.eye(4), timestamp_s=device_time_s, status_ok=False)))
             else:
                 status = P.Status(P.StatusCode.NOT_READY, 0, "NotVisible", f"{tool} not visible")
-                chunks.append(P.pack_message("STATUS", dev, P.pack_status(status), timestamp_s=device_time_s, version=self.version))
-        return self.send_bytes(b"".join(chunks)) if chunks else 0
+                chunks.append((dev, P.pack_message("STATUS", dev, P.pack_status(status), timestamp_s=device_time_s, version=self.version)))
+        return self._send(chunks) if chunks else 0
 
     def send_string(self, device: str, text: str, *, device_time_s: float | None = None) -> int:
         t = time.time() if device_time_s is None else device_time_s
@@ -297,20 +364,23 @@ class IGTLServerSource(TrackerSource):
     """A tracker source that listens: trackers (PLUS, a C++ sender) connect and push poses.
 
     Message handling is the same as :class:`~orthonav.tracking.igtl_client.IGTLClientSource`.
+    ``health().connected`` is True only while at least one tracker is connected.
     """
 
-    def __init__(self, port: int = 18944, *, host: str = "127.0.0.1", tools: ToolSet | None = None, queue_size: int = 256) -> None:
+    def __init__(self, port: int = 18944, *, host: str = "127.0.0.1", tools: ToolSet | None = None, queue_size: int = 256, max_body: int = TRACKING_MAX_BODY) -> None:
         self.store = PoseStore(tools.timeouts_s() if tools else None)
         self.router = MessageRouter(self.store, queue_size=queue_size, tool_names=set(tools.by_name()) if tools else None)
-        self.server = IGTLServer(port, host=host, router=self.router)
+        self.server = IGTLServer(port, host=host, router=self.router, max_body=max_body, on_clients=self._on_clients)
 
     @property
     def port(self) -> int:
         return self.server.port
 
+    def _on_clients(self, n: int) -> None:
+        self.store.set_connected(n > 0)
+
     def start(self) -> None:
         self.server.start()
-        self.store.set_connected(True)
 
     def stop(self) -> None:
         self.server.stop()
@@ -325,7 +395,7 @@ class IGTLServerSource(TrackerSource):
     def health(self) -> SourceHealth:
         h = self.store.health_snapshot()
         h.extra["clients"] = float(self.server.n_clients)
-        h.extra["coalesced"] = float(self.router.coalesced)
+        h.extra.setdefault("coalesced", 0.0)
         return h
 
     def messages(self) -> list[P.Message]:

@@ -13,7 +13,9 @@ The binding is imported by module name inside the worker (``binding_module``, de
 Frames: poses are the tracker's own frame as NDI reports it (mm; quaternion q0 qx qy qz +
 translation), no RAS/LPS meaning and no conversion. ``device_time_s`` is the tracker frame
 number divided by the tracker frame rate (60 Hz by default); ``quality`` is NDI's RMS
-marker-fit error (mm). A "MISSING" / "DISABLED" handle, or a frame flagged out of volume,
+marker-fit error (mm). A "MISSING" / "DISABLED" handle, or a port whose BX status has the
+out-of-volume bit set (``NDI_OUT_OF_VOLUME``, 0x40 in ndicapi.h: ``BX:0801`` also returns
+poses of tools outside the calibrated measurement volume, whose accuracy is not specified),
 is reported as not visible.
 """
 
@@ -37,6 +39,9 @@ from .frame import SourceHealth, TrackerSource, TrackingFrame
 from .igtl_protocol import matrix_from_quaternion
 from .store import PoseStore
 from .tools import ToolSet
+
+#: Port-status bit "tool out of the measurement volume" (ndicapi.h NDI_OUT_OF_VOLUME).
+NDI_OUT_OF_VOLUME = 0x0040
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,9 @@ def ndi_worker(conn: Any, stop: Any, binding_module: str, spec: str, tools: list
                 t = frame_no / frame_rate_hz
                 if isinstance(tr, str) or tr is None:  # "MISSING" / "DISABLED"
                     out.append((name, None, math.nan, t))
+                    continue
+                if int(nd.ndiGetBXPortStatus(device, ph)) & getattr(nd, "NDI_OUT_OF_VOLUME", NDI_OUT_OF_VOLUME):
+                    out.append((name, None, math.nan, t))  # outside the accurate volume: not a usable pose
                     continue
                 q0, qx, qy, qz, tx, ty, tz, rms = (float(v) for v in tr[:8])
                 if not all(math.isfinite(v) for v in (q0, qx, qy, qz, tx, ty, tz)):

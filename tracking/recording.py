@@ -34,12 +34,11 @@ ProbeToReference) are unaffected by that choice. Only ``*ToTracker`` transforms 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -50,6 +49,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from orthonav.core.atomic import open_atomic
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import lps_from_ras_transform
 
@@ -73,6 +73,10 @@ def _matrix_json(m: NDArray[np.float64] | None) -> list[float] | None:
     return None if m is None else [float(v) for v in np.asarray(m, dtype=np.float64).ravel()]
 
 
+class _Aborted(Exception):
+    """Unwinds the atomic file of an aborted recording."""
+
+
 class RecordingWriter:
     """Append frames to a recording; :meth:`close` makes it appear atomically.
 
@@ -81,10 +85,10 @@ class RecordingWriter:
 
     def __init__(self, path: str | Path, *, source: str = "") -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}-", suffix=".part", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._f: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8")
+        # core.atomic.open_atomic: temporary file beside path, usual file mode, fsync + rename
+        # on close; held open across write() calls by an ExitStack
+        self._stack = contextlib.ExitStack()
+        self._f: IO[str] | None = self._stack.enter_context(open_atomic(self.path, "w"))
         self._lock = threading.Lock()
         self.frames = 0
         header = {
@@ -135,20 +139,17 @@ class RecordingWriter:
         with self._lock:
             if self._f is None:
                 return self.path
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
             self._f = None
-            os.replace(self._tmp, self.path)
+            self._stack.close()
         return self.path
 
     def abort(self) -> None:
-        """Discard the partial recording."""
+        """Discard the partial recording (nothing appears at ``path``). Safe to call twice."""
         with self._lock:
             if self._f is not None:
-                self._f.close()
                 self._f = None
-                self._tmp.unlink(missing_ok=True)
+                # unwinding with an exception makes open_atomic remove the temporary file
+                self._stack.__exit__(_Aborted, _Aborted(), None)
 
     def __enter__(self) -> "RecordingWriter":
         return self
@@ -374,9 +375,13 @@ class ReplaySource(TrackerSource):
 
     def _publish(self, frame: TrackingFrame) -> None:
         now = time.monotonic()
+        scale = 1.0 / self.speed if self.speed else 1.0  # as fast as read: keep recorded ages
         with self._consumed:
             for name, pose in frame.tools.items():
-                self.store.put(name, pose.tracker_from_tool, device_time_s=pose.device_time_s, quality=pose.quality, host_time_s=now)
+                # keep the pose's recorded age (a pose already stale when recorded stays stale)
+                age_s = frame.host_time_s - pose.host_time_s
+                received = now - age_s * scale if math.isfinite(age_s) and age_s > 0 else now
+                self.store.put(name, pose.tracker_from_tool, device_time_s=pose.device_time_s, quality=pose.quality, host_time_s=received)
             self._published += 1
 
     def _run(self) -> None:

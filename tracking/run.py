@@ -192,7 +192,11 @@ def run_track(
         health = None
     finally:
         if writer is not None:
-            writer.close()
+            if writer.frames:
+                writer.close()
+            else:  # nothing recorded (e.g. the source failed to start): publish no empty file
+                writer.abort()
+                path = None
     return TrackSummary(frames, time.monotonic() - t0, tools, path, health)
 
 

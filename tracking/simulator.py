@@ -205,15 +205,17 @@ def stream_script(
         raise InputError(None, f"duration_s must be positive, got {duration_s}")
     stop = stop or threading.Event()
     rng = np.random.default_rng(seed)
-    writer = RecordingWriter(truth_path, source="simulator") if truth_path is not None else None
+    writer = None
     samples = 0
-    with IGTLServer(port, host=host) as server:
+    with IGTLServer(port, host=host) as server:  # raises (port busy) before any file exists
+        # created only once the server listens, so a failed start leaves no .part file or fd
+        writer = RecordingWriter(truth_path, source="simulator") if truth_path is not None else None
         if on_listening is not None:
             on_listening(server.port)
-        if wait_for_client_s > 0:
-            server.wait_for_clients(1, wait_for_client_s)
-        ticker = Ticker(rate_hz, stop)
         try:
+            if wait_for_client_s > 0:
+                server.wait_for_clients(1, wait_for_client_s)
+            ticker = Ticker(rate_hz, stop)
             while True:
                 t = time.monotonic() - ticker.t0
                 if t >= duration_s:

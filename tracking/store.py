@@ -66,7 +66,9 @@ class PoseStore:
         if tracker_from_tool is None:
             pose = ToolPose(ToolStatus.NOT_VISIBLE, None, quality, device_time_s, now)
         else:
-            pose = ToolPose(ToolStatus.LIVE, np.array(tracker_from_tool, dtype=np.float64), quality, device_time_s, now)
+            m = np.array(tracker_from_tool, dtype=np.float64)  # a private copy ...
+            m.setflags(write=False)  # ... that consumers sharing this frame cannot modify
+            pose = ToolPose(ToolStatus.LIVE, m, quality, device_time_s, now)
         with self._cond:
             self._tools[tool] = pose
             self._seq += 1
@@ -89,6 +91,11 @@ class PoseStore:
             self.health.bad_messages += bad_messages
             self.health.dropped += dropped
             self.health.reconnects += reconnects
+
+    def count_extra(self, key: str, n: float = 1.0) -> None:
+        """Add ``n`` to the named counter in ``health.extra``, under the store's lock."""
+        with self._cond:
+            self.health.extra[key] = self.health.extra.get(key, 0.0) + float(n)
 
     def set_lag(self, lag_s: float) -> None:
         """Record the latest host-minus-device time (s), under the lock."""
