@@ -121,12 +121,15 @@ def plan(
     auto: bool = typer.Option(False, "--auto", help="automatic landmarks, axes and cuts; no window"),
     screenshot: Optional[Path] = typer.Option(None, help="render the plan off-screen to this PNG"),
     alignment: str = typer.Option("mechanical", help="mechanical or kinematic"),
+    resection_mm: float = typer.Option(9.0, help="distal femoral / proximal tibial resection depth (mm)"),
+    slope_deg: float = typer.Option(3.0, help="posterior slope of the tibial cut (deg)"),
+    bead_min_hu: float = typer.Option(2500.0, help="HU threshold of the fiducial beads"),
 ) -> None:
     """Plan landmarks, alignment, implants and cuts (interactive unless --auto)."""
     if auto:
         from orthonav.planning.auto import auto_plan
 
-        p = auto_plan(case, alignment=alignment)
+        p = auto_plan(case, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, bead_min_hu=bead_min_hu)
         angles = ", ".join(f"{k}={v:.1f}" for k, v in p.angles_deg.items())
         console.print(f"[green]plan written[/] {Path(case) / 'plan.json'}  ({angles})")
     elif screenshot is None:
@@ -145,6 +148,37 @@ def report(case: Path = typer.Argument(..., help="case folder with plan.json")) 
     from orthonav.planning.report import write_plan_report
 
     console.print(f"report {write_plan_report(case)}")
+
+
+@app.command()
+def guides(case: Path = typer.Argument(..., help="case folder with plan.json and meshes/")) -> None:
+    """Write printable patient-specific cutting guides (CASE/guides/<bone>_guide.stl)."""
+    from orthonav.planning.guides import write_guides
+
+    for bone, path in write_guides(case).items():
+        console.print(f"{bone}: {path}")
+
+
+@app.command()
+def markups(
+    action: str = typer.Argument(..., help="import or export"),
+    case: Path = typer.Argument(..., help="case folder with plan.json"),
+    path: Path = typer.Argument(..., help="3D Slicer markups file (.mrk.json)"),
+    ras: bool = typer.Option(False, "--ras", help="export in RAS (default LPS)"),
+) -> None:
+    """Exchange landmarks with 3D Slicer markups (.mrk.json); import overrides the plan's landmarks."""
+    from orthonav.core.case import Case
+    from orthonav.core.errors import InputError
+    from orthonav.planning.markups import export_markups, import_markups_into_case
+    from orthonav.planning.schema import load_plan
+
+    if action == "export":
+        plan_path = Case(case).plan
+        console.print(f"wrote {export_markups(load_plan(plan_path).landmarks, path, coordinate_system='RAS' if ras else 'LPS')}")
+    elif action == "import":
+        console.print(f"landmarks set from {path}: {', '.join(import_markups_into_case(case, path))}")
+    else:
+        raise InputError(None, f"markups action must be 'import' or 'export', got {action!r}")
 
 
 @app.command("simulate-tracker")

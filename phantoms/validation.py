@@ -44,6 +44,9 @@ from orthonav.core.transforms import apply, invert, make_rigid, random_rigid, ro
 
 #: Number of tracker samples averaged per touch in the simulation: a 0.4 s dwell at 60 Hz.
 DEFAULT_SAMPLES_PER_TOUCH = 24
+#: Fewest Monte Carlo trials at which "TRE vs prediction" is judged (relative standard error of
+#: the RMS ~ 1/sqrt(6T): 1.8 % at 500 trials, small against the 10 % tolerance).
+MIN_TRIALS_FOR_PREDICTION_CHECK = 500
 
 
 class ValidationConfig(Versioned):
@@ -332,9 +335,18 @@ def evaluate_checks(
         with np.errstate(invalid="ignore", divide="ignore"):
             dev = np.abs(rms / np.asarray(predicted_tre_mm, dtype=np.float64) - 1.0)
         worst = float(np.nanmax(dev)) if np.isfinite(dev).any() else math.nan
-        checks.append(Check("TRE vs Fitzpatrick prediction", worst, config.max_prediction_deviation,
-                            None if not math.isfinite(worst) else bool(worst <= config.max_prediction_deviation),
-                            "largest |measured RMS / predicted - 1| over targets"))
+        n_trials = int(np.isfinite(tre).all(axis=1).sum())
+        if n_trials < MIN_TRIALS_FOR_PREDICTION_CHECK:
+            # The Monte Carlo RMS of T trials has a relative standard error of about
+            # 1/sqrt(6T) (3-D Gaussian errors): at 200 trials ~3 %, so per-target noise alone
+            # can exceed a 10 % tolerance over several targets. Not judged below the minimum.
+            checks.append(Check("TRE vs Fitzpatrick prediction", worst, config.max_prediction_deviation, None,
+                                f"not judged: {n_trials} trials (needs >= {MIN_TRIALS_FOR_PREDICTION_CHECK} for Monte Carlo "
+                                "noise to be small against the tolerance)"))
+        else:
+            checks.append(Check("TRE vs Fitzpatrick prediction", worst, config.max_prediction_deviation,
+                                None if not math.isfinite(worst) else bool(worst <= config.max_prediction_deviation),
+                                f"largest |measured RMS / predicted - 1| over targets ({n_trials} trials)"))
     return tuple(checks)
 
 
@@ -353,11 +365,6 @@ def _targets_from_truth(case_dir: Path) -> tuple[list[str], NDArray[np.float64],
     if not t_names:
         raise InputError(p, "has no targets (targets_lps_mm) to measure TRE at")
     return f_names, f_pts, t_names, t_pts
-
-
-def _batch_rotations(rng: np.random.Generator, n: int, max_angle_deg: float = 180.0) -> NDArray[np.float64]:
-    """(n, 3, 3) random rotations (uniform axis, angle uniform in +-max), Rodrigues' formula."""
-    return np.array([rotation_about_axis(rng.normal(size=3), math.radians(rng.uniform(-max_angle_deg, max_angle_deg))) for _ in range(n)])
 
 
 def simulate_pivot(
@@ -450,7 +457,9 @@ def simulate_validation(
 
     # The OR set-up of every trial: reference marker pose in the CT, camera pose (both random).
     ct_from_ref = np.array([random_rigid(rng, max_translation_mm=150.0) for _ in range(trials)])  # (T, 4, 4)
-    tracker_from_ct = np.array([make_rigid(r, (0.0, 0.0, -1500.0)) for r in _batch_rotations(rng, trials)])
+    # the phantom 1.5 m in front of the camera in a uniformly random orientation
+    tracker_from_phantom = make_rigid(None, (0.0, 0.0, -1500.0))
+    tracker_from_ct = np.array([tracker_from_phantom @ random_rigid(rng, max_translation_mm=0.0) for _ in range(trials)])
     tracker_from_ref = tracker_from_ct @ ct_from_ref
     # Touches: true fiducial + FLE (CT frame), seen by the tracker.
     fle = rng.normal(0.0, fle_mm / math.sqrt(3.0), size=(trials, n, 3))

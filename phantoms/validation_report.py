@@ -254,7 +254,8 @@ def plot_pivot(result: ValidationResult, path: Path) -> Path | None:
     axes[1].hist(r, bins=30, color="#cfe0f5", edgecolor="#7a9cc6")
     axes[1].set_xlabel("tip residual (mm)")
     axes[1].set_ylabel("poses")
-    tip = "" if not math.isfinite(result.pivot.tip_error_mm) else f", tip error {result.pivot.tip_error_mm:.3f} mm"
+    what = "tip error" if result.mode == "simulation" else "tip vs tool file"
+    tip = "" if not math.isfinite(result.pivot.tip_error_mm) else f", {what} {result.pivot.tip_error_mm:.3f} mm"
     fig.suptitle(f"Pivot calibration residuals ({result.pivot.n_poses} poses{tip})", fontsize=10)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -419,7 +420,10 @@ def write_validation_report(result: ValidationResult, case_dir: str | Path) -> P
     else:
         pivot_sec = Section("Pointer calibration (pivot)", text=piv.source,
                             tables=[("Pivot calibration", ["figure", "value"],
-                                     [["RMS residual (mm)", piv.rms_mm], ["tip error vs truth (mm)", piv.tip_error_mm], ["poses", piv.n_poses]])],
+                                     [["RMS residual (mm)", piv.rms_mm],
+                                      ["tip error vs truth (mm)" if result.mode == "simulation"
+                                       else "tip difference vs the session's tool file (mm)", piv.tip_error_mm],
+                                      ["poses", piv.n_poses]])],
                             figures=[(plots[k], "pivot residuals") for k in ("validation_pivot.png",) if k in plots])
     files = Section("Raw numbers", text="result.json (everything), trials.csv (per trial), targets.csv, fiducials.csv; "
                                         "coordinates in the CT's LPS frame, millimetres.")

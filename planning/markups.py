@@ -105,3 +105,21 @@ def import_markups(path: str | Path, *, default_bone: str = "unknown") -> dict[s
 
 
 __all__ = ["export_markups", "import_markups"]
+
+
+def import_markups_into_case(case_dir: str | Path, path: str | Path) -> list[str]:
+    """Override the case plan's landmarks with those in a Slicer markups file; axes, angles,
+    cuts and metrics are recomputed and ``plan.json`` is saved atomically. Returns the names set."""
+    from orthonav.core.case import Case
+
+    from .auto import load_bone_meshes
+    from .schema import load_plan
+    from .session import PlanSession
+
+    case = Case(case_dir)
+    imported = import_markups(path)
+    session = PlanSession(load_plan(case.require(case.plan, "orthonav plan CASE --auto")), load_bone_meshes(case_dir))
+    for name, lm in imported.items():
+        session.set_landmark(name, lm.position_lps_mm, method="markups import")
+    session.save(case.plan)
+    return sorted(imported)

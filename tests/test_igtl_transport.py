@@ -357,3 +357,199 @@ def test_position_message_is_a_pose(server, client, wait_until):
     server.send_bytes(P.pack_message("POSITION", "DrillToTracker", P.pack_position(ras_from_lps_transform(pose)), timestamp_s=4.0))
     frame = wait_until(client, lambda f: f.status("Drill") is ToolStatus.LIVE)
     np.testing.assert_allclose(frame.pose("Drill"), pose, atol=1e-4)
+
+
+# --- review fixes -----------------------------------------------------------------------------
+
+
+def test_decoder_bug_ends_the_connection_loudly_and_the_client_reconnects(server, client, wait_until, monkeypatch):
+    """Review P1: an exception escaping decode/apply used to kill the receiver thread silently
+    (connected stayed True, tools TIMED_OUT forever). Now: connection dropped, tools NOT_VISIBLE,
+    error reported, reconnect, and poses flow again."""
+    pose = random_rigid(np.random.default_rng(20))
+    server.send_poses({"Pointer": pose}, 1.0)
+    wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE)
+    real = P.unpack_transform
+    calls = {"n": 0}
+
+    def buggy(content):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated decoder bug")
+        return real(content)
+
+    monkeypatch.setattr(P, "unpack_transform", buggy)
+    server.send_poses({"Pointer": pose}, 2.0)
+    frame = wait_until(client, lambda f: f.status("Pointer") is ToolStatus.NOT_VISIBLE)
+    assert frame.pose("Pointer") is None
+    assert server.wait_for_clients(1, 5.0)
+    h = client.health()
+    assert "simulated decoder bug" in (h.last_error or "") or h.reconnects >= 1
+    # the thread is alive: after the reconnect poses are live again
+    deadline = time.monotonic() + 5.0
+    while client.health().reconnects < 1:
+        assert client.wait_connected(max(0.0, deadline - time.monotonic()))
+        assert time.monotonic() < deadline
+        client.wait_for_update(0.05)
+    assert server.wait_for_clients(1, 5.0)
+    server.send_poses({"Pointer": pose}, 3.0)
+    frame = wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE and f.tools["Pointer"].device_time_s == 3.0)
+    h = client.health()
+    assert h.connected and h.reconnects == 1 and h.bad_messages >= 1
+
+
+def test_client_stop_does_not_deadlock_while_send_is_blocked():
+    """Review P1: send() held the socket lock during a blocking sendall, so stop() hung."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    c = IGTLClientSource("127.0.0.1", listener.getsockname()[1])
+    c.start()
+    peer, _ = listener.accept()  # accepted, never read from
+    try:
+        assert c.wait_connected(5.0)
+        blob = P.transform_message("PointerToTracker", np.eye(4)) * 20000  # ~2 MB: fills the buffers
+        send_result: dict = {}
+        sending = threading.Event()
+        send_done = threading.Event()
+
+        def sender():
+            sending.set()
+            try:
+                for _ in range(50):
+                    c.send(blob)
+                send_result["error"] = None
+            except Exception as e:
+                send_result["error"] = e
+            send_done.set()
+
+        threading.Thread(target=sender, daemon=True).start()
+        assert sending.wait(5.0)
+        assert not send_done.wait(0.3)  # the sender is blocked: the peer never reads
+        stopped = threading.Event()
+        threading.Thread(target=lambda: (c.stop(), stopped.set()), daemon=True).start()
+        assert stopped.wait(5.0), "stop() deadlocked behind a blocked send()"
+        assert send_done.wait(5.0)
+        from orthonav.core.errors import TrackingError
+
+        assert isinstance(send_result["error"], TrackingError)
+        assert not c.health().connected
+    finally:
+        peer.close()
+        listener.close()
+
+
+def test_servers_bind_loopback_by_default():
+    with IGTLServer(0) as server:
+        assert server._listen.getsockname()[0] == "127.0.0.1"
+    src = IGTLServerSource(0)
+    with src:
+        assert src.server._listen.getsockname()[0] == "127.0.0.1"
+
+
+def test_server_source_is_connected_only_while_a_tracker_is(wait_until):
+    with IGTLServerSource(0) as src:
+        assert not src.health().connected  # listening, nobody attached
+        c = pyigtl.OpenIGTLinkClient("127.0.0.1", src.port, start_now=True)
+        try:
+            assert src.wait_for_clients(1, 5.0)
+            assert src.health().connected
+        finally:
+            c.stop()
+        with src.server._lock:  # the server's client-count condition
+            assert src.server._lock.wait_for(lambda: not src.server._peers, timeout=5.0)
+        assert not src.health().connected
+
+
+def test_server_start_stop_leaks_no_descriptors():
+    """Review P2: the wake socketpair was created in __init__ and never closed."""
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    IGTLServer(0).start().stop()  # warm-up (lazy imports may open files)
+    before = fds()
+    for _ in range(5):
+        s = IGTLServer(0)
+        s.start()
+        s.stop()
+        IGTLServer(0)  # constructed, never started: nothing to leak
+    assert fds() == before
+
+
+def test_slow_client_gets_the_newest_pose_never_a_stale_backlog():
+    """Review P2: poses are newest-only per device. A client that does not read gets, once it
+    reads, at most what sits in the socket buffers plus the newest pose; a healthy client
+    meanwhile gets the newest pose promptly."""
+    tools = [f"Tool{i:02d}" for i in range(40)]  # ~4.3 kB per send
+    with IGTLServer(0) as server:
+        lazy = socket.socket()
+        lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lazy.connect(("127.0.0.1", server.port))
+        healthy = IGTLClientSource("127.0.0.1", server.port, tools=ToolSet(tools=[ToolDefinition(name=t, kind="pointer", timeout_s=30.0) for t in tools]))
+        healthy.start()
+        try:
+            assert server.wait_for_clients(2, 5.0)
+            # small kernel buffers on the slow path, so what can be in flight is a few sends
+            with server._lock:
+                (lazy_peer,) = [p for p in server._peers if p.addr == lazy.getsockname()]
+            lazy_peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            n_sends = 300
+            for k in range(n_sends):
+                server.send_poses({t: make_pose(k) for t in tools}, 1000.0 + k)
+            newest = 1000.0 + n_sends - 1
+            t_sent = time.monotonic()
+            frame = _wait_device_time(healthy, "Tool39", newest, 5.0)
+            assert frame.tools["Tool39"].host_time_s - t_sent < 2.0
+            # the lazy client now reads everything that reached it
+            lazy.settimeout(2.0)
+            parser = P.StreamParser()
+            times: list[float] = []
+            while not times or times[-1] < newest:
+                data = lazy.recv(1 << 16)
+                assert data, "server closed the slow client"
+                times += [m.header.timestamp_s for m in parser.feed(data) if m.device == "Tool39ToTracker"]
+            assert times[-1] == newest
+            assert len(times) < n_sends / 4, f"slow client got {len(times)} of {n_sends} (stale backlog)"
+            assert server.dropped > 0
+        finally:
+            healthy.stop()
+            lazy.close()
+
+
+def make_pose(k: int) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = (k, 0.0, 0.0)
+    return m
+
+
+def _wait_device_time(src, tool: str, t: float, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        f = src.latest()
+        tp = f.tools.get(tool)
+        if tp is not None and tp.device_time_s == t:
+            return f
+        assert time.monotonic() < deadline, f"{tool} never reached device time {t}: {tp}"
+        src.wait_for_update(0.5)
+
+
+def test_off_axis_tip_lands_at_the_same_point_over_openigtlink_and_directly(server, client, wait_until):
+    """Review item 6: a tool frame stays native across the RAS wire (only the tracker frame flips),
+    so a tip offset lands at the same tracker-frame (LPS) point as from a direct source (NDI/ArUco)."""
+    from orthonav.core.transforms import apply
+
+    tip_in_tool = np.array([-18.7, 0.5, -155.0])
+    tracker_from_tool = random_rigid(np.random.default_rng(21), max_translation_mm=300)
+    direct = apply(tracker_from_tool, tip_in_tool)  # what NDI / ArUco (no conversion) give
+    server.send_poses({"Pointer": tracker_from_tool}, 5.0)
+    frame = wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE)
+    via_igtl = apply(frame.pose("Pointer"), tip_in_tool)
+    np.testing.assert_allclose(via_igtl, direct, atol=2e-3)  # float32 wire
+    # and the old both-sides flip would have put it elsewhere (the test can fail)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    both_sides = flip @ ras_from_lps_transform(tracker_from_tool) @ flip
+    assert np.linalg.norm(apply(lps_from_ras_transform(both_sides), tip_in_tool) - direct) > 10.0
+
+
+def test_position_only_message_is_a_bad_message_not_a_pose(server, client, wait_until):
+    server.send_bytes(P.pack_message("POSITION", "DrillToTracker", np.array([1, 2, 3], dtype=">f4").tobytes(), timestamp_s=1.0))
+    server.send_poses({"Pointer": np.eye(4)}, 2.0)  # a marker that the first was processed
+    wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE)
+    assert client.latest().status("Drill") is not ToolStatus.LIVE
+    assert client.health().bad_messages == 1

@@ -143,3 +143,40 @@ def test_replay_plus_at_recorded_speed(shared_data):
     # so it leaves a 1 s margin for a loaded machine
     assert span / 4.0 * 0.9 < elapsed < span / 4.0 + 1.0
     np.testing.assert_array_equal(last.pose("Stylus"), frames[-1].pose("Stylus"))
+
+
+def test_recording_file_gets_the_usual_mode_not_0600(tmp_path):
+    """Review P2: the writer reimplemented the atomic write and left mkstemp's 0600."""
+    import os
+
+    from orthonav.core.atomic import _UMASK
+
+    path = tmp_path / "rec.jsonl"
+    with RecordingWriter(path) as w:
+        w.write(_frames(1)[0])
+    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~_UMASK
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.jsonl"]  # no temporary left behind
+    w2 = RecordingWriter(tmp_path / "gone.jsonl")
+    w2.write(_frames(1)[0])
+    w2.abort()
+    w2.abort()  # twice is fine
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.jsonl"]
+
+
+def test_replay_keeps_a_recorded_stale_pose_stale(tmp_path):
+    """Review P3: replay stamped every pose 0 s old, so a pose already stale when recorded was LIVE."""
+    from orthonav.tracking.tools import ToolDefinition, ToolSet
+
+    path = tmp_path / "rec.jsonl"
+    pose = random_rigid(np.random.default_rng(3))
+    with RecordingWriter(path) as w:
+        # the Pointer pose was received 2 s before this frame was taken; the Saw pose just now
+        w.write(TrackingFrame({"Pointer": ToolPose(ToolStatus.LIVE, pose, 0.1, 5.0, 98.0),
+                               "Saw": ToolPose(ToolStatus.LIVE, pose, 0.1, 5.0, 99.99)}, 100.0, 1))
+    tools = ToolSet(tools=[ToolDefinition(name="Pointer", kind="pointer", timeout_s=1.0),
+                           ToolDefinition(name="Saw", kind="saw", timeout_s=1.0)])
+    with ReplaySource(path, speed=None, tools=tools) as src:
+        assert src.wait_for_update(5.0)
+        frame = src.latest()
+    assert frame.status("Pointer") is ToolStatus.TIMED_OUT and frame.pose("Pointer") is None
+    assert frame.status("Saw") is ToolStatus.LIVE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import numpy as np
@@ -95,3 +96,29 @@ def test_calibrate_tool_cli_from_a_recorded_pivot(tmp_path):
     assert np.linalg.norm(p.tip_in_tool() - tip) < 0.3 and p.calibration_rms_mm < 0.5 and p.calibration_date
     with pytest.raises(InputError, match="not in the tool file"):
         calibrate_tool_cli(tools, "Nope", replay=rec)
+
+
+def test_run_track_publishes_no_empty_recording_when_the_source_fails(tmp_path):
+    """Review P2: a source whose start() raises left a header-only recording that replay rejects."""
+    from orthonav.core.errors import TrackingError
+    from orthonav.tracking.igtl_client import IGTLClientSource
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = IGTLClientSource("127.0.0.1", port, reconnect=False, connect_timeout_s=1.0)
+    with pytest.raises(TrackingError, match="cannot connect"):
+        run_track(src, duration_s=1.0, record_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_stream_script_on_a_busy_port_leaves_no_partial_recording(tmp_path):
+    """Review P2: the truth recording was opened before the server; a busy port leaked it."""
+    from orthonav.core.errors import TrackingError
+    from orthonav.tracking.simulator import stream_script
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(TrackingError, match="cannot listen"):
+            stream_script(lambda t: {"Pointer": np.eye(4)}, port, duration_s=0.5, truth_path=tmp_path / "truth.jsonl")
+    assert list(tmp_path.iterdir()) == []

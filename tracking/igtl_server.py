@@ -161,7 +161,8 @@ class IGTLServer:
     router
         Where received messages go (None: received bytes are read and discarded).
     on_clients
-        Called with the number of connected clients whenever it changes.
+        Called with the number of connected clients whenever it changes (under the server's
+        lock: it must be quick and must not call back into the server).
     """
 
     def __init__(
@@ -284,11 +285,10 @@ class IGTLServer:
                     with self._lock:
                         self._peers.append(peer)
                         self.accepted += 1
-                        n = len(self._peers)
+                        if self.on_clients is not None:  # before waiters see the new count
+                            self.on_clients(len(self._peers))
                         self._lock.notify_all()
                     peer.start()
-                    if self.on_clients is not None:
-                        self.on_clients(n)
                     log.info("OpenIGTLink client %s connected", addr)
         finally:
             sel.close()
@@ -297,12 +297,12 @@ class IGTLServer:
         with self._lock:
             if peer in self._peers:
                 self._peers.remove(peer)
+                if self.on_clients is not None:
+                    self.on_clients(len(self._peers))
                 self._lock.notify_all()
             n = len(self._peers)
         if n == 0 and self.router is not None:
             self.router.all_not_visible(time.monotonic())  # the pushing tracker is gone
-        if self.on_clients is not None:
-            self.on_clients(n)
         log.info("OpenIGTLink client %s left: %s", peer.addr, reason)
 
     # --- sending -----------------------------------------------------------------------

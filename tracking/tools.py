@@ -15,6 +15,7 @@ Tool files are JSON (``ToolSet``), versioned, and carry the calibration date and
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from orthonav.core.schema import Versioned, load_model, save_model
 
 Vec3 = tuple[float, float, float]
+#: What a tool is; anything else in a tool file is a SchemaError when loading.
+ToolKind = Literal["pointer", "saw", "drill", "reference"]
 
 
 class ToolDefinition(BaseModel):
@@ -30,7 +33,7 @@ class ToolDefinition(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="tool name; OpenIGTLink device name is '<name>ToTracker'")
-    kind: str = Field(description="'pointer', 'saw', 'drill' or 'reference'")
+    kind: ToolKind = Field(description="'pointer', 'saw', 'drill' or 'reference'")
     tip_mm: Vec3 = (0.0, 0.0, 0.0)
     axis: Vec3 = (0.0, 0.0, -1.0)
     normal: Vec3 = (1.0, 0.0, 0.0)
