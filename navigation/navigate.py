@@ -33,7 +33,7 @@ from orthonav.tracking.tools import ToolSet, default_toolset
 from .guidance import BoneSurface, CutFrame, cut_frame
 from .registration import RegistrationRecord, write_registration
 from .session import SUMMARY, SessionInfo, SessionRecorder, comparable, read_guidance, read_session_info, state_record
-from .state import NavigationContext, NavigationState
+from .state import NavigationContext, NavigationState, expire_state
 from .workflow import Workflow, WorkflowConfig
 
 Progress = Callable[[str], None]
@@ -222,9 +222,10 @@ def _truth_targets(truth: object | None) -> dict[str, NDArray[np.float64]] | Non
 class _GuidanceErrors:
     """Accumulates |measured - true| saw guidance over states (scenario truth by script time)."""
 
-    def __init__(self, truth_at: Callable[[float], Any] | None, cut: str = "distal_femur") -> None:
+    def __init__(self, truth_at: Callable[[float], Any] | None, cut: str = "distal_femur", *, boundary_margin_s: float = 0.03) -> None:
         self.truth_at = truth_at
         self.cut = cut
+        self.boundary_margin_s = boundary_margin_s
         self.err: list[tuple[float, float, float]] = []
 
     def add(self, state: NavigationState) -> None:
@@ -235,6 +236,12 @@ class _GuidanceErrors:
             return
         tr = self.truth_at(saw.device_time_s)
         if not getattr(tr, "saw_visible", False):
+            return
+        # Over a socket the device time maps to script time only to within the sender's jitter:
+        # a pose sampled just before a scripted jump (one hold to the next) must not be compared
+        # with the truth just after it.
+        ph = getattr(tr, "phase", None)
+        if ph is not None and min(saw.device_time_s - ph.t0_s, ph.t1_s - saw.device_time_s) < self.boundary_margin_s:
             return
         g = state.saw[self.cut]
         self.err.append((g.flexion_deg - tr.saw_flexion_deg, g.varus_deg - tr.saw_varus_deg, g.distance_mm - tr.saw_distance_mm))
@@ -285,6 +292,7 @@ def navigate_case(
     stop: threading.Event | None = None,
     window_size: tuple[int, int] = (800, 600),
     stream_port: int | None = None,
+    max_state_age_s: float = 0.5,
 ) -> NavigationSummary:
     """Navigate ``case_dir`` with live poses from ``source`` for ``duration_s`` seconds.
 
@@ -318,6 +326,10 @@ def navigate_case(
     stream_port
         If given, stream poses, models and guidance to 3D Slicer on 127.0.0.1:``stream_port``
         (:class:`~orthonav.navigation.stream.SlicerStream`; 0 = any free port).
+    max_state_age_s
+        The display shows NOT TRACKING when the newest navigation state is older than this
+        (s): a stalled tracking thread never leaves the last poses on screen as live
+        (:func:`~orthonav.navigation.state.expire_state`).
 
     Returns
     -------
@@ -379,14 +391,12 @@ def navigate_case(
         t0 = time.monotonic()
         next_shot = t0
         period = 1.0 / display_fps
-        last_seq = -1
         while not stop.is_set():
             now = time.monotonic()
             if (duration_s is not None and now - t0 >= duration_s) or loop.error is not None:
                 break
-            state = loop.latest_state()
-            if state is not None and state.sequence != last_seq:
-                last_seq = state.sequence
+            # A state older than max_state_age_s (tracking thread stalled) is shown as NOT TRACKING.
+            state = expire_state(loop.latest_state(), time.monotonic(), max_state_age_s)
             report_events()
             if scene is not None:
                 scene.update(state, info=_info_text(workflow))
@@ -431,7 +441,8 @@ def navigate_case(
             write_registration(recorder.dir / "registration.json", reg.record)
     # Guidance errors from the recorded states when a truth is given.
     if truth_at is not None and recorder is not None:
-        _accumulate_from_record(errors, recorder.dir, inputs.context, workflow)
+        _accumulate_from_record(errors, recorder.dir, lambda: Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm,
+                                                                       check_points_ct_mm=checks, config=config))
     stats = loop.stats()
     summary = NavigationSummary(
         session_dir=recorder.dir if recorder is not None else None,
@@ -460,17 +471,15 @@ def _info_text(workflow: Workflow) -> str:
     return f"Registered  FRE {workflow.registration.record.fre_mm:.2f} mm"
 
 
-def _accumulate_from_record(errors: _GuidanceErrors, session_dir: Path, ctx: NavigationContext, workflow: Workflow) -> None:
-    """Guidance errors over every recorded state (recomputed from the recorded frames)."""
+def _accumulate_from_record(errors: _GuidanceErrors, session_dir: Path, make_workflow: Callable[[], Workflow]) -> None:
+    """Guidance errors over every recorded state, as displayed: the recorded frames are run
+    through a fresh workflow (the same deterministic states as the live session, each with the
+    registration that was in force at its frame, e.g. before and after a surface refinement)."""
     from orthonav.tracking.recording import read_recording
 
-    if workflow.registration is None:
-        return
-    from .state import compute_state
-
-    reg_ctx = ctx.with_registration(workflow.registration.ct_from_reference)
+    workflow = make_workflow()
     for frame in read_recording(session_dir / "frames.jsonl"):
-        st = compute_state(frame, reg_ctx, clock=None)
+        st = workflow.process(frame, clock=None)
         if st.tracking:
             errors.add(st)
 

@@ -10,7 +10,10 @@ Pose chain (SlicerIGT-style, patient motion compensated)::
 
 Watchdog: a tool is LIVE only when its pose is LIVE in the frame and not older than its
 timeout at the frame's time; when the Reference is not LIVE (or there is no registration yet)
-every tool is NOT_TRACKING and no pose or guidance is shown.
+every tool is NOT_TRACKING and no pose or guidance is shown. A state is itself a snapshot: a
+display that shows the newest state must pass it through :func:`expire_state` with the current
+time, so that a tracking thread that stalls or dies turns the screen NOT TRACKING instead of
+freezing the last poses on it as if they were live.
 """
 
 from __future__ import annotations
@@ -162,6 +165,32 @@ def newest_receipt_s(frame: TrackingFrame) -> float:
     """Host receipt time (s) of the newest LIVE message in ``frame`` (NaN if none)."""
     times = [p.host_time_s for p in frame.tools.values() if p.status is ToolStatus.LIVE and math.isfinite(p.host_time_s)]
     return max(times) if times else math.nan
+
+
+def expire_state(state: NavigationState | None, now_s: float, max_age_s: float) -> NavigationState | None:
+    """``state`` if it is at most ``max_age_s`` old at host time ``now_s``, else a NOT TRACKING copy.
+
+    The copy keeps the sequence and host time, marks every tool NOT_TRACKING (no pose, no tip),
+    drops all guidance and says ``reason = "navigation state stale (X s old)"``. Use it in any
+    display that reads the newest state at its own rate (the tracking thread may have stalled).
+
+    Parameters
+    ----------
+    state
+        The newest state (None passes through).
+    now_s
+        Current host time, ``time.monotonic()`` (s), same clock as ``state.host_time_s``.
+    max_age_s
+        Oldest state still shown (s); a NaN state time counts as stale.
+    """
+    if state is None:
+        return None
+    age = now_s - state.host_time_s
+    if age <= max_age_s:  # NaN age is stale
+        return state
+    tools = {name: ToolState(NavStatus.NOT_TRACKING, None, None, t.age_s, t.device_time_s) for name, t in state.tools.items()}
+    return NavigationState(state.sequence, state.host_time_s, False, tools, latency_s=state.latency_s,
+                           reason=f"navigation state stale ({age:.2f} s old)")
 
 
 def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callable[[], float] | None = time.monotonic) -> NavigationState:

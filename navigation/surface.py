@@ -35,10 +35,37 @@ from orthonav.core.errors import InputError, RegistrationError
 from orthonav.core.transforms import apply, make_rigid, validate_rigid
 
 
-class SurfaceModel:
-    """A bone mesh prepared for ICP: vertices, outward vertex normals and a KD-tree (build once)."""
+class _Level:
+    """Vertices, unit outward normals and their KD-tree: one resolution of a :class:`SurfaceModel`."""
 
-    def __init__(self, mesh: pv.PolyData, name: str = "bone") -> None:
+    def __init__(self, points_mm: NDArray[np.float64], normals: NDArray[np.float64]) -> None:
+        self.points_mm = points_mm
+        self.normals = normals
+        self.tree = cKDTree(points_mm)
+
+
+class SurfaceModel:
+    """A bone mesh prepared for ICP: vertices, outward vertex normals and KD-trees (build once per mesh).
+
+    Two resolutions: all vertices (``points_mm``, ``normals``, ``tree``) for the final fit, and a
+    coarse level (one vertex per ``coarse_spacing_mm`` voxel) for the first iterations of
+    :func:`icp_point_to_plane`. Far from the surface, a KD-tree query on the dense level visits
+    many nodes (1k points 5 mm off a 200k-vertex mesh: ~13 ms per query versus ~1.7 ms on the
+    surface); on the coarse level it stays ~1 ms, and the plane through a vertex 2 mm apart
+    deviates from a bone surface of radius >= 20 mm by < 0.1 mm, well inside the capture range
+    of the fine stage.
+
+    Parameters
+    ----------
+    mesh
+        Triangulated bone surface in CT LPS mm.
+    name
+        Bone name (for messages).
+    coarse_spacing_mm
+        Voxel size of the coarse level (mm); 0 = no coarse level (the dense one is used).
+    """
+
+    def __init__(self, mesh: pv.PolyData, name: str = "bone", *, coarse_spacing_mm: float = 2.0) -> None:
         if mesh.n_points < 10:
             raise InputError(None, f"bone mesh '{name}' has {mesh.n_points} points; too few for surface registration")
         tri = mesh.triangulate() if not mesh.is_all_triangles else mesh
@@ -46,10 +73,32 @@ class SurfaceModel:
         tri = tri.compute_normals(point_normals=True, cell_normals=False, auto_orient_normals=True, consistent_normals=True,
                                   split_vertices=False)
         self.name = name
-        self.points_mm = np.asarray(tri.points, dtype=np.float64)
+        pts = np.asarray(tri.points, dtype=np.float64)
         nrm = np.asarray(tri.point_data["Normals"], dtype=np.float64)
-        self.normals = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-        self.tree = cKDTree(self.points_mm)
+        nrm = nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
+        self.fine = _Level(pts, nrm)
+        self.coarse = self.fine
+        if coarse_spacing_mm > 0:
+            keys = np.floor((pts - pts.min(axis=0)) / coarse_spacing_mm).astype(np.int64)
+            _u, first = np.unique(keys, axis=0, return_index=True)
+            if 100 <= len(first) < 0.5 * len(pts):
+                first.sort()
+                self.coarse = _Level(pts[first], nrm[first])
+
+    @property
+    def points_mm(self) -> NDArray[np.float64]:
+        """(n, 3) all vertices (CT LPS mm)."""
+        return self.fine.points_mm
+
+    @property
+    def normals(self) -> NDArray[np.float64]:
+        """(n, 3) unit outward vertex normals."""
+        return self.fine.normals
+
+    @property
+    def tree(self) -> cKDTree:
+        """KD-tree of all vertices."""
+        return self.fine.tree
 
 
 @dataclass(frozen=True)
@@ -136,12 +185,14 @@ def icp_point_to_plane(
     scale = float(np.sqrt(np.mean(np.sum((p - p.mean(axis=0)) ** 2, axis=1)))) or 1.0
     it_total = 0
     converged = False
-    if 0 < coarse_points < len(p) // 2:
-        sub = p[np.random.default_rng(0).choice(len(p), coarse_points, replace=False)]
-        t, it, _c = _icp_stage(sub, model, t, max(6, int(round(keep_fraction * len(sub)))), scale, max_iterations,
+    if coarse_points > 0:
+        # Coarse: a fixed random subset (all points if few) against the coarse vertex level.
+        sub = p[np.random.default_rng(0).choice(len(p), coarse_points, replace=False)] if coarse_points < len(p) // 2 else p
+        t, it, _c = _icp_stage(sub, model.coarse, model.name, t, max(6, int(round(keep_fraction * len(sub)))), scale, max_iterations,
                                10 * tol_rotation_deg, 10 * tol_translation_mm, max_distance_mm)
         it_total += it
-    t, it, converged = _icp_stage(p, model, t, n_keep, scale, max_iterations, tol_rotation_deg, tol_translation_mm, max_distance_mm)
+    t, it, converged = _icp_stage(p, model.fine, model.name, t, n_keep, scale, max_iterations, tol_rotation_deg, tol_translation_mm,
+                                  max_distance_mm)
     it_total += it
     it = it_total
     x = apply(t, p)
@@ -158,8 +209,13 @@ def icp_point_to_plane(
     return SurfaceRegistration(t, rms, inl.size / len(p), constraint, it, converged, r)
 
 
-def _icp_stage(p: NDArray[np.float64], model: SurfaceModel, t: NDArray[np.float64], n_keep: int, scale: float, max_iterations: int,
-               tol_rotation_deg: float, tol_translation_mm: float, max_distance_mm: float) -> tuple[NDArray[np.float64], int, bool]:
+#: Candidate nearest vertices kept per point between KD-tree queries (see :func:`_icp_stage`).
+_CANDIDATES = 4
+
+
+def _icp_stage(p: NDArray[np.float64], model: _Level, name: str, t: NDArray[np.float64], n_keep: int, scale: float,
+               max_iterations: int, tol_rotation_deg: float, tol_translation_mm: float,
+               max_distance_mm: float) -> tuple[NDArray[np.float64], int, bool]:
     """Trimmed point-to-plane iterations on ``p`` from ``t``: (ct_from_reference, iterations, converged).
 
     Converged when the update is below the tolerances, or when the trimmed RMS has changed by
@@ -168,15 +224,34 @@ def _icp_stage(p: NDArray[np.float64], model: SurfaceModel, t: NDArray[np.float6
     """
     it = 0
     rms_hist: list[float] = []
+    cand = x_cand = margin = cand_p = cand_n = None
+    rows = np.arange(len(p))
     for it in range(1, max_iterations + 1):
         x = apply(t, p)
-        _d, idx = model.tree.query(x, workers=1)
-        q = model.points_mm[idx]
-        nrm = model.normals[idx]
+        # Nearest vertex, exactly, with one KD-tree query for several iterations: keep each point's
+        # K nearest vertices (distances d_1 <= .. <= d_K) from the last query. After the point has
+        # moved by delta, its nearest vertex is within d_1 + 2 delta of the old position, hence
+        # among the K candidates while 2 delta <= d_K - d_1; otherwise query that point again.
+        # The candidates' coordinates and normals are gathered once per query (random access into
+        # a large vertex array is the slow part), so an iteration touches only (n, K, 3) arrays.
+        if cand is None:
+            dk, cand = model.tree.query(x, k=_CANDIDATES, workers=1)
+            x_cand, margin = x.copy(), dk[:, -1] - dk[:, 0]
+            cand_p, cand_n = model.points_mm[cand], model.normals[cand]
+        else:
+            moved = np.flatnonzero(2.0 * np.sqrt(np.sum((x - x_cand) ** 2, axis=1)) > margin)
+            if moved.size:
+                dk, ck = model.tree.query(x[moved], k=_CANDIDATES, workers=1)
+                x_cand[moved], margin[moved] = x[moved], dk[:, -1] - dk[:, 0]
+                cand_p[moved], cand_n[moved] = model.points_mm[ck], model.normals[ck]
+        diff = cand_p - x[:, None, :]
+        j = np.argmin(np.einsum("ijk,ijk->ij", diff, diff), axis=1)
+        q = cand_p[rows, j]
+        nrm = cand_n[rows, j]
         r = np.einsum("ij,ij->i", x - q, nrm)
         ok = np.abs(r) <= max_distance_mm
         if ok.sum() < 6:
-            raise RegistrationError(f"only {int(ok.sum())} digitised points lie within {max_distance_mm} mm of the {model.name} surface")
+            raise RegistrationError(f"only {int(ok.sum())} digitised points lie within {max_distance_mm} mm of the {name} surface")
         order = np.argsort(np.abs(np.where(ok, r, np.inf)))[: min(n_keep, int(ok.sum()))]
         xs, ns, rs = x[order], nrm[order], r[order]
         rms_hist.append(float(np.sqrt(np.mean(rs**2))))

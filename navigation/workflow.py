@@ -70,9 +70,12 @@ class WorkflowConfig:
         surface and refine with trimmed point-to-plane ICP (0 = off). Samples are taken at
         least ``surface_spacing_mm`` apart and only within ``surface_band_mm`` of a bone
         surface under the current registration. ``surface_keep_fraction`` is the ICP trimming;
-        a refinement that did not converge or whose ``constraint`` is below
-        ``surface_min_constraint`` (points that let the bone slide or roll) is refused and the
-        paired-point registration kept.
+        a refinement is refused and the paired-point registration kept when it did not converge,
+        when its ``constraint`` is below ``surface_min_constraint`` (points that let the bone
+        slide or roll), when fewer than ``surface_min_inlier_fraction`` of the points end within
+        the ICP's inlier distance of the bone (a wrong local minimum, or the bone moved against
+        the reference), or when it moves the digitised fiducials more than ``max_fre_mm`` (RMS)
+        from their CT positions (see :func:`surface_refusal`).
     pointer, reference
         Tool names.
     """
@@ -89,6 +92,7 @@ class WorkflowConfig:
     surface_band_mm: float = 5.0
     surface_keep_fraction: float = 0.9
     surface_min_constraint: float = 0.05
+    surface_min_inlier_fraction: float = 0.5
     fle_rms_mm: float | None = None
     pointer: str = "Pointer"
     reference: str = "Reference"
@@ -235,11 +239,10 @@ class Workflow:
             self.events.append(WorkflowEvent(t, f"surface refinement failed ({e}); keeping the fiducial registration"))
             return
         sf = refined.record.surface
-        if sf["converged"] != 1.0 or sf["constraint"] < self.config.surface_min_constraint:
+        why = surface_refusal(sf, refined.record.fre_mm, self.config)
+        if why is not None:
             self.surface_rejected = sf
-            self.events.append(WorkflowEvent(t, f"surface refinement refused (converged {bool(sf['converged'])}, constraint "
-                                                f"{sf['constraint']:.3f} < {self.config.surface_min_constraint}): the painted points "
-                                                f"do not pin the bone down; keeping the fiducial registration"))
+            self.events.append(WorkflowEvent(t, f"surface refinement refused ({why}); keeping the fiducial registration"))
             return
         self.registration = refined
         self.ctx = self.base_ctx.with_registration(refined.ct_from_reference)
@@ -303,6 +306,35 @@ class Workflow:
         for v in self.verifications:
             out.setdefault(v.name, v.distance_mm)
         return out
+
+
+def surface_refusal(surface: Mapping[str, float], refined_fre_mm: float, config: WorkflowConfig) -> str | None:
+    """Why a surface refinement must not replace the fiducial registration (None: accept it).
+
+    Parameters
+    ----------
+    surface
+        The refined record's ``surface`` figures (``converged``, ``constraint``,
+        ``inlier_fraction``; see :func:`~orthonav.navigation.surface.refine_registration`).
+    refined_fre_mm
+        RMS distance of the digitised fiducials from their CT positions under the refined
+        registration (mm).
+    config
+        Acceptance limits: ``surface_min_constraint``, ``surface_min_inlier_fraction``,
+        ``max_fre_mm``.
+    """
+    if surface.get("converged") != 1.0:
+        return "ICP did not converge"
+    if not surface.get("constraint", 0.0) >= config.surface_min_constraint:
+        return (f"constraint {surface.get('constraint', math.nan):.3f} < {config.surface_min_constraint}: "
+                f"the painted points do not pin the bone down")
+    if not surface.get("inlier_fraction", 0.0) >= config.surface_min_inlier_fraction:
+        return (f"only {surface.get('inlier_fraction', math.nan):.0%} of the painted points lie on the bone "
+                f"(< {config.surface_min_inlier_fraction:.0%})")
+    if not refined_fre_mm <= config.max_fre_mm:
+        return (f"it moves the digitised fiducials {refined_fre_mm:.2f} mm RMS from their CT positions "
+                f"(> {config.max_fre_mm:.2f} mm): the surface fit disagrees with the fiducials")
+    return None
 
 
 def percentile_ms(values_s: list[float], q: float) -> float:

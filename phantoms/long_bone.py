@@ -50,7 +50,7 @@ class LongBoneParameters:
     femur_length_mm: float = 190.0
     ldfa_deg: float = 88.0
     femur_tilt_deg: float = 3.0
-    posterior_condyle_offset_mm: float = 3.1
+    posterior_condyle_offset_mm: float = 1.9
     soft_tissue: bool = False
     spacing_mm: tuple[float, float, float] = (0.6, 0.6, 1.0)
     mesh_step_mm: float = 0.8
@@ -104,9 +104,9 @@ def _long_bone_geometry(prm: LongBoneParameters) -> _LongBoneGeometry:
         return Fz([x * s, y * s, frac * length])
 
     bead_starts = [
-        ("femur", at(0.08, 40.0, -15.0)),
-        ("femur", at(0.16, -45.0, -20.0)),
-        ("femur", at(0.30, 5.0, -40.0)),
+        ("femur", at(0.07, 40.0, -15.0)),
+        ("femur", at(0.20, -40.0, -20.0)),
+        ("femur", at(0.32, 5.0, -40.0)),
         ("femur", at(0.45, 35.0, 5.0)),
         ("femur", at(0.60, -35.0, 0.0)),
         ("femur", at(0.75, 8.0, -38.0)),
@@ -117,13 +117,13 @@ def _long_bone_geometry(prm: LongBoneParameters) -> _LongBoneGeometry:
         ("target_lateral_condyle_posterior", "femur", Fz([-22.0 * s, 40.0 * s, -10.0 * s])),
         ("target_femoral_notch", "femur", Fz([0.0, 15.0 * s, -10.0 * s])),
         ("target_mid_shaft_posterior", "femur", at(0.52, 0.0, 40.0)),
-        ("target_femoral_head_top", "femur", L["femoral_head_centre"] + np.array([0.0, 0.0, 40.0 * s])),
+        ("target_femoral_head_anterior", "femur", L["femoral_head_centre"] + np.array([0.0, -30.0 * s, 20.0 * s])),
     ]
     anchors = _surface_points(anat, list(bead_starts) + [(b, p) for _n, b, p in target_starts])
     r = prm.bead_radius_mm + prm.bead_standoff_mm
     beads = [(bone, p + r * n) for (bone, _s), (p, n) in zip(bead_starts, anchors[: len(bead_starts)])]
     targets = [(name, bone, p) for (name, bone, _s), (p, _n) in zip(target_starts, anchors[len(bead_starts) :])]
-    mount = _surface_point(anat.bones["femur"].sdf, at(0.40, -10.0, -40.0))
+    mount = _surface_point(anat.bones["femur"].sdf, at(0.53, -10.0, -40.0))
 
     b = anat.bones["femur"].bounds_limb_mm
     if prm.soft_tissue:

@@ -67,6 +67,7 @@ class PrintedPhantomSpec(Versioned):
     bounding_box_mm: list[float] = Field(description="x, y, z extent of the print")
     volume_ml: float
     material_hu: float = Field(default=150.0, description="assumed CT number of the print material (PLA, dense infill)")
+    printed_bones: list[str] = Field(default_factory=list, description="truth bones reproduced by the print (the rest is support)")
 
 
 @dataclass(frozen=True)
@@ -260,15 +261,227 @@ def make_printable_knee(phantom, *, divot_depth_mm: float = 2.5, femur_top_mm: f
         label_text=f"OrthoNav knee phantom seed {truth.seed}",
         bounding_box_mm=[float(x) for x in (bb[1] - bb[0])],
         volume_ml=float(model.volume() / 1000.0),
+        printed_bones=["femur", "tibia"],
     )
     return PrintedPhantom(mesh=mesh, spec=spec)
+
+
+# ------------------------------------------------------------------------------------------
+# Hip and long bone: the same construction from a layout
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrintLayout:
+    """What to print of a phantom, in its limb frame (mm, z up on the print bed).
+
+    Attributes
+    ----------
+    bones
+        Printed bone -> lowest kept limb z (the bone is cut by that horizontal plane), or None.
+    base_top_z
+        Limb z of the base plate's top face (the base is 6 mm thick, below it).
+    pillars
+        (top point (3,), half width): square pillars from the base up into the bone at the point.
+    registration, targets
+        (name, bone, start point (3,)): divot anchors are the start points projected onto the
+        bone surface.
+    mount
+        (bone, start point (3,)): the reference-marker block sits on the projected point.
+    """
+
+    bones: dict[str, float | None]
+    base_top_z: float
+    pillars: list[tuple[NDArray[np.float64], float]]
+    registration: list[tuple[str, str, NDArray[np.float64]]]
+    targets: list[tuple[str, str, NDArray[np.float64]]]
+    mount: tuple[str, NDArray[np.float64]]
+
+
+def _hip_layout(phantom) -> PrintLayout:
+    """The left hemipelvis and the left proximal femur (cut below the lesser trochanter), in
+    their CT relationship: the femur stands on the base, pillars hold the ischium and pubis."""
+    t = phantom.truth
+    limb_from_ct = invert(phantom.ct_from_limb)
+    s = float(t.parameters.get("scale", 1.0))
+    L = {k: apply(limb_from_ct, np.array(v)) for k, v in t.landmarks_lps_mm.items()}
+    h = L["femoral_head_centre_left"]
+    g = float(t.parameters.get("symphysis_gap_mm", 6.0))
+    z_cut = float(h[2] - 100.0 * s)
+    P = lambda x, y, z: np.array([x, y, z]) * s  # noqa: E731  (pelvis frame, left side)
+    lt = [apply(limb_from_ct, np.array(t.targets_lps_mm[n])) for n in t.targets_lps_mm if n.startswith("target_lesser_trochanter_left")]
+    targets = [
+        ("target_asis_left", "hip_left", L["asis_left"] + np.array([0.0, -3.0, 0.0])),
+        ("target_pubic_tubercle_left", "hip_left", L["pubic_tubercle_left"] + np.array([0.0, -3.0, 0.0])),
+        ("target_greater_trochanter_left", "femur_left", h + P(62.0, 8.0, 22.0)),
+        ("target_iliac_fossa_left", "hip_left", P(60.0, -15.0, 75.0)),
+    ]
+    if lt:
+        targets.append(("target_lesser_trochanter_left", "femur_left", lt[0]))
+    return PrintLayout(
+        bones={"hip_left": None, "femur_left": z_cut},
+        base_top_z=z_cut + 1.0,
+        pillars=[(P(62.0, 20.0, -66.0), 6.0 * s), (np.array([0.5 * g + 8.0 * s, -34.0 * s, -30.0 * s]), 4.0 * s)],
+        registration=[
+            ("divot_1", "hip_left", P(118.0, 0.0, 98.0)),
+            ("divot_2", "hip_left", P(128.0, -25.0, 40.0)),
+            ("divot_3", "hip_left", P(90.0, 45.0, 85.0)),
+            ("divot_4", "hip_left", P(60.0, -50.0, -5.0)),
+            ("divot_5", "hip_left", P(62.0, 40.0, -76.0)),
+            ("divot_6", "femur_left", h + P(70.0, 0.0, -30.0)),
+            ("divot_7", "femur_left", h + P(40.0, -35.0, -80.0)),
+        ],
+        targets=targets,
+        mount=("hip_left", apply(limb_from_ct, np.array(t.reference_mount_lps_mm))),
+    )
+
+
+def _long_bone_layout(phantom) -> PrintLayout:
+    """The whole femur standing on its condyles, a pillar under the greater trochanter; the
+    divots at the truth fiducial sites (registration) and truth targets."""
+    t = phantom.truth
+    limb_from_ct = invert(phantom.ct_from_limb)
+    verts = apply(limb_from_ct, np.asarray(phantom.truth_meshes["femur"].points, dtype=np.float64))
+    z_base = float(verts[:, 2].min() + 1.5)
+    head = apply(limb_from_ct, np.array(t.landmarks_lps_mm["femoral_head_centre"]))
+    prox = verts[verts[:, 2] > head[2] - 60.0]
+    gt = prox[np.argmin(prox[:, 0])]  # most lateral proximal point (right femur: lateral = -x)
+    r_bead = t.bead_radius_mm + float(t.parameters.get("bead_standoff_mm", 0.0))
+    reg = []
+    for i, name in enumerate(t.fiducials_lps_mm):
+        reg.append((f"divot_{i + 1}", t.fiducial_bones.get(name, "femur"), apply(limb_from_ct, np.array(t.fiducials_lps_mm[name]))))
+    tgts = [(n, t.target_bones.get(n, "femur"), apply(limb_from_ct, np.array(p))) for n, p in t.targets_lps_mm.items()]
+    tgts = [x for x in tgts if x[2][2] > z_base + 8.0]  # not at the base
+    del r_bead
+    return PrintLayout(
+        bones={"femur": None},
+        base_top_z=z_base,
+        pillars=[(gt + np.array([6.0, 0.0, -4.0]), 5.0)],
+        registration=reg,
+        targets=tgts,
+        mount=("femur", apply(limb_from_ct, np.array(t.reference_mount_lps_mm))),
+    )
+
+
+def _build_printable(phantom, layout: PrintLayout, divot_depth_mm: float) -> PrintedPhantom:
+    """Exact CSG (manifold3d) of a :class:`PrintLayout`: bones (cut), base, pillars, divots,
+    a mount with two 3.2 mm screw holes and the seed engraved as notches on the base edge."""
+    truth = phantom.truth
+    kind = truth.kind
+    ct_from_limb = phantom.ct_from_limb
+    limb_from_ct = invert(ct_from_limb)
+    parts = []
+    for bone, z_lo in layout.bones.items():
+        m = phantom.truth_meshes[bone].copy()
+        m.points = apply(limb_from_ct, np.asarray(m.points, dtype=np.float64))
+        man = _to_manifold(m)
+        if z_lo is not None:
+            man = man.trim_by_plane((0.0, 0.0, 1.0), float(z_lo))  # keep z >= z_lo
+        parts.append(man)
+    bb = np.array(mf.Manifold.batch_boolean(parts, mf.OpType.Add).bounding_box()).reshape(2, 3)
+    base_t = 6.0
+    zb = layout.base_top_z
+    x0, x1 = bb[0, 0] - 6.0, bb[1, 0] + 6.0
+    y0, y1 = bb[0, 1] - 6.0, bb[1, 1] + 6.0
+    base = _box([x0, y0, zb - base_t], [x1, y1, zb])
+    pillars = [_box([p[0] - hw, p[1] - hw, zb - 1.0], [p[0] + hw, p[1] + hw, p[2]]) for p, hw in layout.pillars]
+    model = mf.Manifold.batch_boolean(parts + [base] + pillars, mf.OpType.Add)
+
+    limb_from_phantom = make_rigid(None, [0.0, 0.0, zb - base_t])
+    phantom_from_limb = invert(limb_from_phantom)
+    ct_from_phantom = ct_from_limb @ limb_from_phantom
+
+    def divots(starts):
+        out, cutters = {}, []
+        for name, bone, start in starts:
+            s_pt, n = _surface_anchor(phantom.bones[bone].sdf, start)
+            apex = s_pt - divot_depth_mm * n
+            cutters.append(_cone_cutter(apex, n, divot_depth_mm, DIVOT_HALF_ANGLE_DEG))
+            out[name] = Divot(
+                apex_phantom_mm=tuple(float(x) for x in apply(phantom_from_limb, apex)),
+                apex_ct_lps_mm=tuple(float(x) for x in apply(ct_from_limb, apex)),
+                axis_phantom=tuple(float(x) for x in n),
+                depth_mm=divot_depth_mm,
+                bone=bone,
+            )
+        return out, cutters
+
+    reg, reg_cut = divots(layout.registration)
+    tgt, tgt_cut = divots(layout.targets)
+
+    # reference-marker mount: a 20 x 20 mm block, 4 mm into the bone and 10 mm out of it
+    m_bone, m_start = layout.mount
+    mp, mn = _surface_anchor(phantom.bones[m_bone].sdf, m_start)
+    rot = _frame_from_z(mn)
+    block = mf.Manifold.cube((20.0, 20.0, 14.0)).translate((-10.0, -10.0, -4.0)).transform(np.hstack([rot, mp.reshape(3, 1)]).tolist())
+    face = mp + 10.0 * mn
+    holes = [face + dx * rot[:, 0] for dx in (-6.0, 6.0)]
+    hole_rot = _frame_from_z(-mn)
+    hole_cut = [mf.Manifold.cylinder(10.0, 1.6, 1.6, 32).transform(np.hstack([hole_rot, (hp + 0.01 * mn).reshape(3, 1)]).tolist()) for hp in holes]
+    model = model + block
+
+    code = format(int(truth.seed) % 256, "08b")
+    notch = [_box([x0 + 4.0 + i * 6.0, y0 - 1.0, zb - base_t + 1.5], [x0 + 7.0 + i * 6.0, y0 + 1.0, zb - 1.5]) for i, bit in enumerate(code) if bit == "1"]
+    cut = mf.Manifold.batch_boolean(reg_cut + tgt_cut + hole_cut + notch, mf.OpType.Add)
+    model = (model - cut).transform(np.hstack([np.eye(3), phantom_from_limb[:3, 3:4]]).tolist())
+    # collapse the sub-micron slivers CSG leaves where a cone grazes the surface: they would
+    # fold into non-manifold edges once the STL rounds vertices to float32
+    model = model.simplify(1e-3)
+    if model.status() != mf.Error.NoError or model.is_empty():
+        raise InputError(None, f"printable {kind} model construction failed ({model.status()})")
+    mesh = _to_polydata(model)
+    bbm = np.array(model.bounding_box()).reshape(2, 3)
+    spec = PrintedPhantomSpec(
+        kind=kind,
+        seed=int(truth.seed),
+        stl=f"phantom_{kind}.stl",
+        ct_from_phantom=ct_from_phantom.tolist(),
+        registration_divots=reg,
+        target_divots=tgt,
+        mount_phantom_from_marker=(phantom_from_limb @ make_rigid(rot, face)).tolist(),
+        mount_screw_holes_phantom_mm=[tuple(float(x) for x in apply(phantom_from_limb, hp)) for hp in holes],
+        label_code=code,
+        label_text=f"OrthoNav {kind.replace('_', ' ')} phantom seed {truth.seed}",
+        bounding_box_mm=[float(x) for x in (bbm[1] - bbm[0])],
+        volume_ml=float(model.volume() / 1000.0),
+        printed_bones=list(layout.bones),
+    )
+    return PrintedPhantom(mesh=mesh, spec=spec)
+
+
+def make_printable(phantom, *, divot_depth_mm: float = 2.5) -> PrintedPhantom:
+    """The printable model of any phantom kind ('knee', 'hip', 'long_bone').
+
+    Knee: femur + tibia on a base (:func:`make_printable_knee`). Hip: the left hemipelvis and
+    left proximal femur. Long bone: the whole femur standing on its condyles. All: conical
+    divots of ``divot_depth_mm`` (registration and targets), a reference-marker mount, the
+    seed engraved on the base; phantom frame = limb frame shifted so the base bottom is z = 0.
+    """
+    if not 0.5 <= divot_depth_mm <= 5.0:
+        raise InputError(None, f"divot depth must be in [0.5, 5] mm, got {divot_depth_mm}")
+    kind = phantom.truth.kind
+    if kind == "knee":
+        return make_printable_knee(phantom, divot_depth_mm=divot_depth_mm)
+    layouts = {"hip": _hip_layout, "long_bone": _long_bone_layout}
+    if kind not in layouts:
+        raise InputError(None, f"no printable design for phantom kind {kind!r}; available: knee, {', '.join(layouts)}")
+    return _build_printable(phantom, layouts[kind](phantom), divot_depth_mm)
 
 
 # ------------------------------------------------------------------------------------------
 # A CT of exactly what is printed
 # ------------------------------------------------------------------------------------------
 
-PRINT_LABELS = {"femur": 1, "tibia": 2, "support": 5}
+PRINT_LABELS = {"femur": 1, "tibia": 2, "support": 5}  # the knee's; other kinds: see _print_labels
+
+
+def _print_labels(phantom, printed: PrintedPhantom) -> dict[str, int]:
+    """Label values of the printed CT: each printed bone keeps its truth label; the support
+    (base, pillars, mount) is one more than the largest truth label (5 for the knee)."""
+    bones = printed.spec.printed_bones or ["femur", "tibia"]
+    out = {b: int(phantom.truth.bones[b]) for b in bones}
+    out["support"] = max(int(v) for v in phantom.truth.bones.values()) + 1
+    return out
 
 
 def _stencil_mask(mesh: pv.PolyData, spacing, origin, shape_ijk) -> NDArray[np.bool_]:
@@ -313,8 +526,9 @@ def render_printed_ct(
 
     The grid uses the phantom CT's direction matrix and ``ct_from_phantom``, so the divots'
     ``apex_ct_lps_mm`` and the phantom truth landmarks inside the printed region are valid in
-    this CT. Labels: femur 1, tibia 2 (print material within 0.5 mm of that true bone), support
-    5 (base, pillar, arm, mount).
+    this CT. Labels: each printed bone its truth label (print material within 0.5 mm of that
+    true bone; knee: femur 1, tibia 2), support = largest truth label + 1 (knee: 5; base,
+    pillars, arm, mount).
 
     Returns
     -------
@@ -350,25 +564,30 @@ def render_printed_ct(
     if noise_hu > 0:
         vol += np.random.default_rng(seed).normal(0.0, noise_hu, size=vol.shape).astype(np.float32)
     ct = Volume(np.clip(np.rint(vol), -1024, 32767).astype(np.int16), grid.lps_from_ijk.copy())
-    labels = Volume(np.where(centre, PRINT_LABELS["support"], 0).astype(np.uint8), grid.lps_from_ijk.copy())
+    print_labels = _print_labels(phantom, printed)
+    labels = Volume(np.where(centre, print_labels["support"], 0).astype(np.uint8), grid.lps_from_ijk.copy())
     # split the print into the bones it reproduces
     lab = labels.array_zyx
     kji = np.nonzero(lab > 0)
     p_ct = ct.to_lps(np.stack([kji[2], kji[1], kji[0]], axis=1).astype(np.float64))
     limb_from_ct = invert(phantom.ct_from_limb)
     p_limb = apply(limb_from_ct, p_ct)
-    for bone in ("femur", "tibia"):
+    for bone, value in print_labels.items():
+        if bone == "support":
+            continue
         near = phantom.bones[bone].sdf(p_limb) < 0.5
-        lab[kji[0][near], kji[1][near], kji[2][near]] = PRINT_LABELS[bone]
-    table = LabelTable(labels={v: k for k, v in PRINT_LABELS.items()}, backend="printed phantom truth", side="right")
+        lab[kji[0][near], kji[1][near], kji[2][near]] = value
+    side = phantom.truth.side if phantom.truth.side in ("left", "right") else None
+    table = LabelTable(labels={v: k for k, v in print_labels.items()}, backend="printed phantom truth", side=side)
     return ct, labels, table
 
 
 def write_printed_case(phantom, case_dir, *, spacing_mm: tuple[float, float, float] = (0.8, 0.8, 1.0), seed: int = 0):
-    """A case whose ``ct.nii.gz`` is the CT of the printed knee (what ``orthonav phantom knee
-    CASE --printed`` writes): ``print/phantom_knee.stl|json``, ``truth/labels.nii.gz|json`` and
-    ``truth/truth.json`` (the source phantom's truth; landmarks outside the printed region,
-    e.g. the hip and ankle centres, are not in this CT)."""
+    """A case whose ``ct.nii.gz`` is the CT of the printed phantom (what ``orthonav phantom
+    knee|hip|long-bone CASE --printed`` writes): ``print/phantom_<kind>.stl|json``,
+    ``truth/labels.nii.gz|json`` and ``truth/truth.json`` (the source phantom's truth;
+    landmarks outside the printed region, e.g. the knee's hip and ankle centres, are not in
+    this CT)."""
     from orthonav.core.case import Case, write_labels_table
     from orthonav.core.meshio import write_mesh
     from orthonav.core.schema import save_model
@@ -377,12 +596,12 @@ def write_printed_case(phantom, case_dir, *, spacing_mm: tuple[float, float, flo
     from .truth import write_truth
 
     case = Case(case_dir)
-    printed = make_printable_knee(phantom)
+    printed = make_printable(phantom)
     ct, labels, table = render_printed_ct(phantom, printed, spacing_mm=spacing_mm, seed=seed)
     write_volume(ct, case.ct)
     write_volume(labels, case.truth_dir / "labels.nii.gz")
     write_labels_table(case.truth_dir / "labels.json", table)
     write_truth(case.root, phantom.truth)
-    write_mesh(printed.mesh, case.print_dir / "phantom_knee.stl")
-    save_model(case.print_dir / "phantom_knee.json", printed.spec)
+    write_mesh(printed.mesh, case.print_dir / printed.spec.stl)
+    save_model(case.print_dir / f"phantom_{printed.spec.kind}.json", printed.spec)
     return case

@@ -197,7 +197,15 @@ def toy_geometry(*, seed: int = 0) -> KneeGeometry:
 
 def _unit(v: ArrayLike) -> Vec:
     a = np.asarray(v, dtype=np.float64)
-    return a / np.linalg.norm(a)
+    return a / math.sqrt(float(a @ a))
+
+
+def _cross(a: Vec, b: Vec) -> Vec:
+    """Cross product of two (3,) vectors (np.cross costs ~50 us per call; this ~2 us: the script
+    runs at the tracker rate, up to 1 kHz, in the simulator's thread)."""
+    ax, ay, az = a.tolist()
+    bx, by, bz = b.tolist()
+    return np.array([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx])
 
 
 def pointer_pose_ct(tip_ct_mm: ArrayLike, direction_ct: ArrayLike, tip_in_tool: ArrayLike, axis_in_tool: ArrayLike) -> Vec:
@@ -209,12 +217,12 @@ def pointer_pose_ct(tip_ct_mm: ArrayLike, direction_ct: ArrayLike, tip_in_tool: 
     a = _unit(axis_in_tool)
     # Rotation taking tool axis a to d; build frames [a, b, c] -> [d, e, f].
     helper = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    e = _unit(np.cross(d, helper))
-    f = np.cross(d, e)
+    e = _unit(_cross(d, helper))
+    f = _cross(d, e)
     helper_t = np.array([1.0, 0.0, 0.0]) if abs(a[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    b = _unit(np.cross(a, helper_t))
-    c = np.cross(a, b)
-    r = np.c_[d, e, f] @ np.c_[a, b, c].T
+    b = _unit(_cross(a, helper_t))
+    c = _cross(a, b)
+    r = np.array([d, e, f]).T @ np.array([a, b, c])
     t = np.asarray(tip_ct_mm, dtype=np.float64) - r @ np.asarray(tip_in_tool, dtype=np.float64)
     return make_rigid(r, t)
 
@@ -247,7 +255,7 @@ def saw_pose_ct(
     edge = np.asarray(cut_point_mm, dtype=np.float64) + distance_mm * n - along_mm * ant + across_mm * med
     # Tool frame: normal_in_tool -> m, axis_in_tool -> c.
     nt, at = _unit(normal_in_tool), _unit(axis_in_tool)
-    r = np.c_[m, c, np.cross(m, c)] @ np.c_[nt, at, np.cross(nt, at)].T
+    r = np.array([m, c, _cross(m, c)]).T @ np.array([nt, at, _cross(nt, at)])
     return make_rigid(r, edge - r @ np.asarray(tip_in_tool, dtype=np.float64))
 
 

@@ -340,10 +340,10 @@ def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path, *, print
     write_truth(case.root, phantom.truth)
     if printable:
         kind = phantom.truth.kind
-        if kind == "knee":
-            from .printable import make_printable_knee
+        if kind in ("knee", "hip", "long_bone"):
+            from .printable import make_printable
 
-            printed = make_printable_knee(phantom)
+            printed = make_printable(phantom)
             write_mesh(printed.mesh, case.print_dir / f"phantom_{kind}.stl")
             save_model(case.print_dir / f"phantom_{kind}.json", printed.spec)
         elif phantom.print_mesh is not None:

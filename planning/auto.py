@@ -47,6 +47,19 @@ def largest_piece(mesh: pv.PolyData) -> tuple[pv.PolyData, float]:
     return kept.clean(), 1.0 - kept.n_points / max(mesh.n_points, 1)
 
 
+def check_bone_mesh(mesh: pv.PolyData, path: str | Path) -> None:
+    """Raise InputError naming ``path`` if the (largest piece of the) mesh cannot be a bone:
+    too few vertices or faces, non-finite coordinates, or flat (thinner than 2 mm)."""
+    if mesh.n_points < 50 or mesh.n_cells < 50:
+        raise InputError(path, f"bone mesh has only {mesh.n_points} vertices / {mesh.n_cells} faces in its largest piece; re-run segmentation")
+    pts = np.asarray(mesh.points, dtype=np.float64)
+    if not np.all(np.isfinite(pts)):
+        raise InputError(path, "bone mesh has non-finite vertex coordinates")
+    extent = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False) / np.sqrt(len(pts))
+    if extent[-1] < 1.0:
+        raise InputError(path, f"bone mesh is flat (spread {extent[-1]:.2f} mm across its thinnest direction): not a bone surface")
+
+
 def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, *, required: tuple[str, ...] = REQUIRED_BONES, report: dict[str, float] | None = None) -> dict[str, pv.PolyData]:
     """Read the bone meshes of a case (LPS mm), each reduced to its largest connected piece;
     InputError naming the file if a required one is missing. ``report`` (if given) receives
@@ -60,6 +73,7 @@ def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, 
                 raise InputError(case.mesh(b), f"missing from case {case.root}; run 'orthonav segment' first (planning needs {', '.join(required)})")
             continue
         out[b], dropped = largest_piece(read_mesh(p))
+        check_bone_mesh(out[b], p)
         if dropped > 0 and report is not None:
             report[b] = dropped
     return out
@@ -186,7 +200,13 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
         side = read_labels_table(case.labels_json).side
     ct = read_volume(case.ct) if case.ct.is_file() else None
     fids = fiducial_landmarks(ct, meshes, min_hu=bead_min_hu) if ct is not None else {}
-    plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
+    try:
+        plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
+    except InputError as e:
+        if e.path is not None:
+            raise
+        # Name the files the automatic plan was computed from.
+        raise InputError(case.meshes_dir, f"automatic plan failed on these meshes ({', '.join(sorted(meshes))}): {e.problem}") from e
     if islands:
         dropped = ", ".join(f"{b} {100 * f:.1f}%" for b, f in islands.items())
         plan = plan.model_copy(update={"notes": plan.notes + f"; disconnected mesh pieces ignored (vertices dropped: {dropped})"})
@@ -194,4 +214,4 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
     return plan
 
 
-__all__ = ["auto_plan", "build_plan", "load_bone_meshes", "fiducial_landmarks", "anatomical_axes", "find_mesh_path"]
+__all__ = ["auto_plan", "build_plan", "load_bone_meshes", "check_bone_mesh", "fiducial_landmarks", "anatomical_axes", "find_mesh_path"]

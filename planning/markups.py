@@ -30,6 +30,8 @@ def export_markups(landmarks: Mapping[str, Landmark], path: str | Path, *, coord
     names = list(landmarks)
     p_lps = np.array([landmarks[n].position_lps_mm for n in names], dtype=float).reshape(-1, 3)
     p = p_lps if coordinate_system == "LPS" else ras_from_lps_points(p_lps)
+    # Slicer stores each point's orientation (identity in RAS) in the file's coordinate system.
+    orientation = [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0] if coordinate_system == "LPS" else [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     points = [
         {
             "id": str(i + 1),
@@ -37,7 +39,7 @@ def export_markups(landmarks: Mapping[str, Landmark], path: str | Path, *, coord
             "description": f"{landmarks[n].bone}; {landmarks[n].method}",
             "associatedNodeID": "",
             "position": [float(x) for x in p[i]],
-            "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
+            "orientation": orientation,
             "selected": True,
             "locked": False,
             "visibility": True,
@@ -87,14 +89,14 @@ def import_markups(path: str | Path, *, default_bone: str = "unknown") -> dict[s
             pos = cp.get("position") if isinstance(cp, dict) else None
             if not isinstance(label, str) or not label:
                 raise SchemaError(p, f"markups[{mi}].controlPoints[{ci}] has no label")
+            if cp.get("positionStatus", "defined") != "defined":
+                continue  # placeholder ("preview" / "undefined"): Slicer may store no usable position
             try:
                 xyz = np.asarray(pos, dtype=float)
             except (TypeError, ValueError) as e:
                 raise SchemaError(p, f"control point {label!r} has a non-numeric position") from e
             if xyz.shape != (3,) or not np.all(np.isfinite(xyz)):
                 raise SchemaError(p, f"control point {label!r} needs 3 finite coordinates, got {pos!r}")
-            if cp.get("positionStatus", "defined") != "defined":
-                continue
             lps = xyz if cs == "LPS" else lps_from_ras_points(xyz)
             desc = cp.get("description", "")
             bone = desc.split(";")[0].strip() if isinstance(desc, str) and desc.strip() else default_bone

@@ -7,6 +7,8 @@ it is not one (open or self-intersecting segmentations must be repaired first).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import manifold3d as mf
 import numpy as np
 import pyvista as pv
@@ -104,4 +106,102 @@ def cross_section(m: mf.Manifold, ct_from_plane: NDArray[np.float64]) -> mf.Cros
     return transform(m, invert(ct_from_plane)).slice(0.0)
 
 
-__all__ = ["to_manifold", "to_polydata", "transform", "halfspace_keep", "frame_from_plane", "cross_section", "affine34"]
+# --- volumes of a closed surface clipped by planes (no boolean) ---------------------------
+
+
+@dataclass(frozen=True)
+class ClosedSurface:
+    """A solid's boundary as indexed triangles (outward wound), with each triangle's signed
+    tetrahedron volume from ``origin`` precomputed, for :func:`clipped_volume`."""
+
+    vertices: NDArray[np.float64]  # (m, 3) mm
+    faces: NDArray[np.int64]  # (n, 3)
+    origin: NDArray[np.float64]  # (3,) mm
+    tri_volumes: NDArray[np.float64]  # (n,) mm^3
+
+
+def closed_surface(m: mf.Manifold) -> ClosedSurface:
+    """The boundary of a manifold3d solid as a :class:`ClosedSurface`."""
+    mesh = m.to_mesh()
+    v = np.asarray(mesh.vert_properties)[:, :3].astype(np.float64)
+    f = np.asarray(mesh.tri_verts, dtype=np.int64)
+    origin = v.mean(axis=0) if len(v) else np.zeros(3)
+    return ClosedSurface(v, f, origin, _signed_volumes(v[f], origin) if len(f) else np.zeros(0))
+
+
+def _signed_volumes(tris: NDArray[np.float64], origin: NDArray[np.float64]) -> NDArray[np.float64]:
+    a, b, c = tris[:, 0] - origin, tris[:, 1] - origin, tris[:, 2] - origin
+    return np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0
+
+
+def _clip_soup(tris: NDArray[np.float64], point: NDArray[np.float64], normal: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Clip a closed, oriented triangle soup to the half-space ``(x - point) . normal <= 0``
+    and close it with a fan of cap triangles from ``point`` over the cut edges.
+
+    The cut edges of the clipped triangles, reversed, bound the cap; fanning them from one
+    point of the plane gives cap triangles whose signed areas sum to the cap's (holes and
+    several loops included), so the result is again closed for the divergence theorem.
+    """
+    if len(tris) == 0:
+        return tris
+    d = (tris - point) @ normal  # (n, 3)
+    inside = d <= 0.0
+    n_in = inside.sum(axis=1)
+    keep = [tris[n_in == 3]]
+    caps = []
+    for count in (1, 2):
+        sel = np.flatnonzero(n_in == count)
+        if len(sel) == 0:
+            continue
+        t, dd, ins = tris[sel], d[sel], inside[sel]
+        # Roll each triangle (keeping its winding) so the odd vertex out is first: the lone
+        # inside vertex (count 1) or the lone outside vertex (count 2).
+        first = np.argmax(ins if count == 1 else ~ins, axis=1)
+        order = (first[:, None] + np.arange(3)[None]) % 3
+        rows = np.arange(len(sel))[:, None]
+        t, dd = t[rows, order], dd[rows, order]
+        a, b, c = t[:, 0], t[:, 1], t[:, 2]
+        da, db, dc = dd[:, 0:1], dd[:, 1:2], dd[:, 2:3]
+        p_ab = a + (b - a) * (da / (da - db))
+        p_ca = c + (a - c) * (dc / (dc - da))
+        fan = np.broadcast_to(point, a.shape)
+        if count == 1:  # kept: a -> p_ab -> p_ca; cut edge p_ab -> p_ca
+            keep.append(np.stack([a, p_ab, p_ca], axis=1))
+            caps.append(np.stack([fan, p_ca, p_ab], axis=1))
+        else:  # kept: p_ab -> b -> c -> p_ca; cut edge p_ca -> p_ab
+            keep.append(np.stack([p_ab, b, c], axis=1))
+            keep.append(np.stack([p_ab, c, p_ca], axis=1))
+            caps.append(np.stack([fan, p_ab, p_ca], axis=1))
+    return np.concatenate(keep + caps, axis=0)
+
+
+def clipped_volume(surface: ClosedSurface, planes: list[tuple[NDArray[np.float64], NDArray[np.float64]]]) -> float:
+    """Volume (mm^3) of a closed surface intersected with the half-spaces
+    ``(x - point) . normal <= 0`` of ``planes`` (a convex region), without a boolean.
+
+    Divergence theorem (the volume is the sum of signed tetrahedra from an origin over a
+    closed oriented surface): triangles inside every half-space count as precomputed; the
+    others are clipped plane by plane, each cut closed by a fan cap (:func:`_clip_soup`).
+    Triangles entirely outside a later plane are still clipped by the earlier ones, because
+    their cut edges bound the earlier caps; put the plane that discards most first. Cost: one
+    distance per vertex and plane, plus clipping of the triangles near the region.
+    """
+    if not planes:
+        return float(surface.tri_volumes.sum())
+    all_in = np.ones(len(surface.faces), bool)
+    out_first = None
+    for q, n in planes:
+        n = np.asarray(n, dtype=np.float64)
+        inside_f = ((surface.vertices - np.asarray(q, dtype=np.float64)) @ (n / np.linalg.norm(n)) <= 0.0)[surface.faces]
+        all_in &= inside_f.all(axis=1)
+        if out_first is None:
+            out_first = ~inside_f.any(axis=1)  # outside the first plane: dropped before any cap exists
+    total = float(surface.tri_volumes[all_in].sum())
+    soup = surface.vertices[surface.faces[~all_in & ~out_first]]
+    for q, n in planes:
+        n = np.asarray(n, dtype=np.float64)
+        soup = _clip_soup(soup, np.asarray(q, dtype=np.float64), n / np.linalg.norm(n))
+    return total + (float(_signed_volumes(soup, surface.origin).sum()) if len(soup) else 0.0)
+
+
+__all__ = ["clipped_volume", "closed_surface", "ClosedSurface", "to_manifold", "to_polydata", "transform", "halfspace_keep", "frame_from_plane", "cross_section", "affine34"]

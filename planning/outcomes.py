@@ -23,7 +23,7 @@ from orthonav.core.transforms import apply
 from orthonav.core.volume import Volume
 
 from .implants import FEMORAL_FLANGE_MM, implant_model, tray_outline
-from .meshops import cross_section, halfspace_keep, to_manifold, to_polydata, transform
+from .meshops import ClosedSurface, clipped_volume, closed_surface, cross_section, halfspace_keep, to_manifold, to_polydata, transform
 from .placement import femoral_cut_planes_implant
 from .schema import ImplantPlacement, Plan
 
@@ -47,6 +47,7 @@ class BoneSolids:
     _roi: dict[str, tuple[mf.Manifold, NDArray[np.float64]]] = field(default_factory=dict)
     _volume: dict[int, float] = field(default_factory=dict)
     _memo: dict[tuple, object] = field(default_factory=dict)
+    _surfaces: dict[str, ClosedSurface] = field(default_factory=dict)
 
     def memo(self, key: tuple, compute: "callable[[], object]") -> object:
         """Cache a per-bone result keyed by the pose / plane it depends on (an edit changes
@@ -61,6 +62,12 @@ class BoneSolids:
         if bone not in self._solids:
             self._solids[bone] = to_manifold(self.meshes[bone], name=f"{bone} mesh")
         return self._solids[bone]
+
+    def surface(self, bone: str) -> ClosedSurface:
+        """The solid's boundary triangles, for boolean-free clipped volumes (cached)."""
+        if bone not in self._surfaces:
+            self._surfaces[bone] = closed_surface(self.solid(bone))
+        return self._surfaces[bone]
 
     def volume(self, bone: str) -> float:
         return self.volume_of(self.solid(bone))
@@ -128,34 +135,51 @@ def _key(a) -> bytes:
     return np.asarray(a, dtype=np.float64).tobytes()
 
 
+def femoral_region_planes(femoral: ImplantPlacement, *, margin_mm: float = 2.0) -> tuple[tuple[Vec, Vec], list[tuple[Vec, Vec]]]:
+    """The femoral resection as planes (CT LPS): the top plane ``(point, normal)`` (bone is
+    removed only below it) and the component's five cut planes (point, normal into the
+    removed bone). Removed = bone below the top minus bone below the top inside all five."""
+    m = np.asarray(femoral.ct_from_implant)
+    ap = implant_model(femoral.family, femoral.size).dims.get("ap_mm")
+    if ap is None:
+        raise ValueError("femoral component without an 'ap_mm' dimension")
+    top = (m[:3, 3] + femoral_region_top_mm(margin_mm) * m[:3, 2], m[:3, 2].copy())
+    box = [(apply(m, q), m[:3, :3] @ n) for q, n in femoral_cut_planes_implant(ap).values()]
+    return top, box
+
+
 def resect(plan: Plan, solids: BoneSolids) -> dict[str, Resection]:
-    """Resected femur and tibia for the plan (implant-derived cuts when there are implants)."""
+    """Resected femur and tibia for the plan (implant-derived cuts when there are implants).
+
+    Removed volumes are computed without a boolean, by clipping the bone surface with the
+    cut planes (divergence theorem, :func:`~orthonav.planning.meshops.clipped_volume`):
+    exact for the planar cuts, and a few milliseconds on 100k-triangle bones. The kept bone
+    solid (a manifold3d boolean) is built only when asked for (``Resection.kept``).
+    """
     out: dict[str, Resection] = {}
     fem = next((i for i in plan.implants if i.family == "tka_femoral"), None)
     if "femur" in solids.meshes:
         remove = None
         if fem is not None:
-            m = np.asarray(fem.ct_from_implant)
-            region = femoral_region_top_mm()
-            # Bone outside the ROI is untouched if it all lies above the region's top.
-            unaffected = lambda pts: bool(len(pts) == 0 or ((pts - m[:3, 3]) @ m[:3, 2]).min() > region + 1.0)  # noqa: E731
             r = femoral_removal_region(fem)
             remove = lambda b, r=r: b - r  # noqa: E731
+            top, box = femoral_region_planes(fem)
+            key = ("femur", fem.size, _key(fem.ct_from_implant))
+            volume = lambda: clipped_volume(solids.surface("femur"), [top]) - clipped_volume(solids.surface("femur"), [top, *box])  # noqa: E731
         elif "distal_femur" in plan.cuts:
             c = plan.cuts["distal_femur"]
             pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
-            unaffected = lambda pts: bool(len(pts) == 0 or ((pts - pt) @ n).max() < -1.0)  # noqa: E731
             remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
+            key = ("femur-plane", _key(pt), _key(n))
+            volume = lambda: clipped_volume(solids.surface("femur"), [(pt, -n)])  # noqa: E731
         if remove is not None:
-            key = ("femur", fem.size, _key(fem.ct_from_implant)) if fem is not None else ("femur-plane", _key(pt), _key(n))
-            removed = solids.memo(key, lambda: solids.volume_of(solids.local("femur", unaffected)) - remove(solids.local("femur", unaffected)).volume())
+            removed = solids.memo(key, volume)
             out["femur"] = Resection("femur", float(removed), solids.volume("femur"), solids.solid("femur"), remove)
     if "tibia" in solids.meshes and "proximal_tibia" in plan.cuts:
         c = plan.cuts["proximal_tibia"]
         pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
-        unaffected = lambda pts: bool(len(pts) == 0 or ((pts - pt) @ n).max() < -1.0)  # noqa: E731
         remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
-        removed = solids.memo(("tibia-plane", _key(pt), _key(n)), lambda: solids.volume_of(solids.local("tibia", unaffected)) - remove(solids.local("tibia", unaffected)).volume())
+        removed = solids.memo(("tibia-plane", _key(pt), _key(n)), lambda: clipped_volume(solids.surface("tibia"), [(pt, -n)]))
         out["tibia"] = Resection("tibia", float(removed), solids.volume("tibia"), solids.solid("tibia"), remove)
     return out
 

@@ -17,10 +17,11 @@ from numpy.typing import ArrayLike
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 
-from .alignment import compute_angles, compute_axes, limb_frames
+from .alignment import compute_angles, compute_axes, limb_frames, position
+from .cuts import depth_along_axis_mm
 from .outcomes import BoneSolids, Resection, compute_metrics
 from .placement import cuts_from_implants, implant_delta, move_implant
-from .schema import Landmark, Plan, save_plan
+from .schema import CutPlane, Landmark, Plan, save_plan
 
 
 def component_alignment(plan: Plan) -> dict[str, float]:
@@ -56,6 +57,27 @@ def component_alignment(plan: Plan) -> dict[str, float]:
     return out
 
 
+def refresh_depths(cut: CutPlane, landmarks) -> CutPlane:
+    """``cut`` with ``depths_mm`` (and ``resection_depth_mm`` at its reference) recomputed from
+    the current landmark positions, measured as :mod:`orthonav.planning.cuts` defines them
+    (along the bone's mechanical axis for the distal femoral and tibial cuts, perpendicular
+    to the plane otherwise). Depths whose landmarks or axis are missing are left as they were."""
+    if not cut.depths_mm:
+        return cut
+    fr = limb_frames(landmarks)
+    axis = {"femur": fr.femur_proximal, "tibia": fr.tibia_proximal}.get(cut.bone)
+    point, normal = np.asarray(cut.point_lps_mm), np.asarray(cut.normal_lps)
+    along_axis = axis is not None and abs(float(np.dot(normal, axis))) > 0.5  # a transverse cut
+    depths = dict(cut.depths_mm)
+    for name in depths:
+        if name not in landmarks:
+            continue
+        p = position(landmarks[name])
+        depths[name] = depth_along_axis_mm(p, point, normal, axis) if along_axis else float(np.dot(p - point, normal))
+    ref = depths.get(cut.reference, cut.resection_depth_mm)
+    return cut.model_copy(update={"depths_mm": depths, "resection_depth_mm": float(ref)})
+
+
 class PlanSession:
     """A plan being edited, with its bones (as solids for fast booleans) and optional CT.
 
@@ -84,7 +106,7 @@ class PlanSession:
         lms = plan.landmarks
         axes = {**{k: v for k, v in plan.axes.items() if k.endswith("_anatomical")}, **compute_axes(lms)}
         angles = compute_angles(lms)
-        cuts = dict(plan.cuts)
+        cuts = {k: refresh_depths(c, lms) for k, c in plan.cuts.items()}  # landmarks may have moved
         if plan.implants:
             cuts.update(cuts_from_implants(plan.implants, lms))
         plan = plan.model_copy(update={"axes": axes, "angles_deg": angles, "cuts": cuts})
@@ -177,4 +199,4 @@ class PlanSession:
         return save_plan(path, self._plan)
 
 
-__all__ = ["PlanSession", "component_alignment"]
+__all__ = ["PlanSession", "component_alignment", "refresh_depths"]

@@ -81,7 +81,7 @@ class ClassicalParams:
     merge_ratio: float = 0.55
     adaptive_boundary: bool = True
     peel_mm: float = 2.0
-    peak_radius_mm: float = 3.0
+    peak_radius_mm: float = 2.5
     valley_hu: float = 150.0
     valley_max_mm: float = 3.2
     marrow_max_hu: float = 650.0
@@ -162,7 +162,7 @@ def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Cla
 
     For every region (its own mask; other regions count as outside, so a blurred bridge at a
     joint is peeled too), voxels within ``p.peel_mm`` of its outside are kept only if their HU
-    reaches half-way between the local bone peak (grey dilation of the region's HU over
+    reaches half-way between the local bone peak (grey dilation, box kernel, of the region's HU over
     ``p.peak_radius_mm``: the cortex next to this edge) and the soft tissue around the region
     (median of a 2 mm shell). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller.
@@ -196,7 +196,7 @@ def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Cla
         edge = comp & (depth <= p.peel_mm)
         if not edge.any():
             continue
-        peak = _arr(sitk.GrayscaleDilate(_img(np.where(comp, vals, -1024.0).astype(np.float32), spacing), peak_r, sitk.sitkBall))
+        peak = _arr(sitk.GrayscaleDilate(_img(np.where(comp, vals, -1024.0).astype(np.float32), spacing), peak_r, sitk.sitkBox))
         thr = np.clip(0.5 * (peak + soft), p.bone_low_hu, p.max_boundary_hu)
         # Only the outer slope of the cortex is peeled: there HU rises going inwards (the HU
         # gradient points along the depth gradient). Marrow under a thin or blurred cortex lies

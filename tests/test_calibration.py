@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import apply, make_rigid, rotation_about_axis
+from orthonav.core.transforms import make_rigid, rotation_about_axis
 from orthonav.tracking.calibration import collect_poses, pivot_calibration, spin_calibration, with_tip_calibration
 from orthonav.tracking.simulator import add_noise
 from orthonav.tracking.tools import default_toolset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -245,7 +246,8 @@ def test_stream_script_over_socket_with_truth_recording(tmp_path):
 
 def _thread_cpu_s(native_id: int) -> float:
     """CPU seconds (user + system) of one thread of this process, from /proc (Linux)."""
-    fields = open(f"/proc/self/task/{native_id}/stat").read().rsplit(")", 1)[1].split()
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -553,3 +555,85 @@ def test_position_only_message_is_a_bad_message_not_a_pose(server, client, wait_
     wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE)
     assert client.latest().status("Drill") is not ToolStatus.LIVE
     assert client.health().bad_messages == 1
+
+
+class _FlakyListener:
+    """Stands in for the server's listening socket: the first accept fails with EMFILE, the
+    second returns a connection whose setsockopt fails; then it delegates to the real one."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.calls = 0
+        self.bad_conn_closed = threading.Event()
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def accept(self):
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.EMFILE, "Too many open files")
+        conn, addr = self.real.accept()
+        if self.calls == 2:
+            outer = self
+
+            class BadConn:
+                def setsockopt(self, *a):
+                    raise OSError(errno.ECONNRESET, "Connection reset by peer")
+
+                def close(self):
+                    conn.close()
+                    outer.bad_conn_closed.set()
+
+            return BadConn(), addr
+        return conn, addr
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_accept_survives_emfile_and_a_failed_setsockopt():
+    """Review P2: one failed accept / setsockopt used to end the accept thread (and leak the
+    connection); EMFILE used to spin. Now both are logged and the server keeps accepting."""
+    with IGTLServer(0) as server:
+        flaky = _FlakyListener(server._listen)
+        server._listen = flaky
+        c1 = socket.create_connection(("127.0.0.1", server.port))  # accept -> EMFILE, retried after a wait
+        try:
+            assert flaky.bad_conn_closed.wait(5.0)  # 2nd accept: setsockopt failed, connection closed
+            assert c1.recv(1) == b""  # the client sees the close, nothing leaks
+            c2 = socket.create_connection(("127.0.0.1", server.port))
+            try:
+                assert server.wait_for_clients(1, 5.0)
+                assert server.n_clients == 1 and flaky.calls == 3  # no spinning on EMFILE
+            finally:
+                c2.close()
+        finally:
+            c1.close()
+
+
+def test_server_source_decoder_bug_drops_that_tracker_loudly(wait_until, monkeypatch):
+    """Review P1, server side: the peer is removed, its tools go not visible, health says why."""
+    pose = random_rigid(np.random.default_rng(22))
+    with IGTLServerSource(0) as src:
+        tracker = socket.create_connection(("127.0.0.1", src.port))
+        try:
+            tracker.sendall(P.transform_message("PointerToTracker", ras_from_lps_transform(pose), timestamp_s=1.0))
+            wait_until(src, lambda f: f.status("Pointer") is ToolStatus.LIVE)
+            assert src.health().connected
+
+            def buggy(content):
+                raise RuntimeError("simulated decoder bug")
+
+            monkeypatch.setattr(P, "unpack_transform", buggy)
+            tracker.sendall(P.transform_message("PointerToTracker", ras_from_lps_transform(pose), timestamp_s=2.0))
+            frame = wait_until(src, lambda f: f.status("Pointer") is ToolStatus.NOT_VISIBLE)
+            assert frame.pose("Pointer") is None
+            tracker.settimeout(5.0)
+            assert tracker.recv(1) == b""  # the server dropped this connection
+            with src.server._lock:
+                assert src.server._lock.wait_for(lambda: not src.server._peers, timeout=5.0)
+            h = src.health()
+            assert not h.connected and "simulated decoder bug" in (h.last_error or "") and h.bad_messages >= 1
+        finally:
+            tracker.close()

@@ -277,3 +277,109 @@ def test_missed_fiducial_does_not_shift_the_labels():
     assert reg is not None and set(reg.record.points_ct_mm) == {f"fiducial_{k}" for k in range(2, 7)}
     err = reg.ct_from_reference @ tf.invert(sc.ct_from_reference)
     assert max(np.linalg.norm(tf.apply(err, p) - p) for p in sc.geometry.targets_ct_mm.values()) < 1.0
+
+
+def test_expired_state_is_shown_as_not_tracking():
+    """A display reading the newest state must never show an old one as live (stalled tracking thread)."""
+    from orthonav.navigation.state import expire_state
+
+    sc = knee_scenario(toy_geometry(), seed=14)
+    g = sc.geometry
+    ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference,
+                            cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+    poses = sc.script(12.0)
+    assert poses["Saw"] is not None
+    frame = TrackingFrame({k: ToolPose(ToolStatus.LIVE, v, host_time_s=100.0) for k, v in poses.items() if v is not None}, 100.0, 7)
+    live = compute_state(frame, ctx, clock=None)
+    assert live.tracking and live.status("Saw") is NavStatus.LIVE and "distal_femur" in live.saw
+    assert expire_state(live, 100.3, 0.5) is live
+    old = expire_state(live, 100.51, 0.5)
+    assert not old.tracking and "stale" in old.reason and old.sequence == 7
+    assert not old.saw and not old.drill and math.isnan(old.pointer_to_bone_mm)
+    assert all(t.status is NavStatus.NOT_TRACKING and t.ct_from_tool is None and t.tip_ct_mm is None for t in old.tools.values())
+    assert set(old.tools) == set(live.tools)
+    assert expire_state(None, 100.0, 0.5) is None
+    nan_time = compute_state(TrackingFrame(frame.tools, math.nan, 8), ctx, clock=None)
+    assert not expire_state(nan_time, 100.0, 0.5).tracking
+
+
+def test_loop_that_dies_wakes_waiters_and_reports_the_error():
+    """A tracking thread killed by its source must not leave waiters blocked or fail silently."""
+    import threading
+    import time
+
+    from orthonav.core.errors import TrackingError
+    from orthonav.navigation.loop import NavigationLoop
+    from orthonav.tracking.frame import SourceHealth, TrackerSource
+
+    class Broken(TrackerSource):
+        def __init__(self):
+            self.stopped = threading.Event()
+
+        def start(self):
+            pass
+
+        def stop(self):
+            self.stopped.set()
+
+        def latest(self):
+            raise OSError("tracker cable pulled")
+
+        def wait_for_update(self, timeout_s):
+            return True
+
+        def health(self):
+            return SourceHealth()
+
+    sc = knee_scenario(toy_geometry(), seed=3)
+    wf = _workflow(sc)
+    loop = NavigationLoop(Broken(), wf)
+    loop.start()
+    t0 = time.monotonic()
+    assert loop.wait_until(lambda s: True, 30.0) is None
+    assert loop.wait_for_state(-1, 30.0) is None
+    assert time.monotonic() - t0 < 10.0  # woken by the thread's end, not by the 30 s timeouts
+    assert not loop.running and isinstance(loop.error, OSError)
+    with pytest.raises(TrackingError, match="tracker cable pulled"):
+        loop.stop()
+
+
+def test_surface_refusal_limits():
+    from orthonav.navigation.workflow import surface_refusal
+
+    cfg = WorkflowConfig(max_fre_mm=2.0, surface_min_constraint=0.05, surface_min_inlier_fraction=0.5)
+    good = {"converged": 1.0, "constraint": 0.2, "inlier_fraction": 0.9, "rms_mm": 0.3}
+    assert surface_refusal(good, 0.8, cfg) is None
+    assert "converge" in surface_refusal({**good, "converged": 0.0}, 0.8, cfg)
+    assert "pin the bone" in surface_refusal({**good, "constraint": 0.01}, 0.8, cfg)
+    assert "lie on the bone" in surface_refusal({**good, "inlier_fraction": 0.3}, 0.8, cfg)
+    assert "fiducials" in surface_refusal(good, 2.5, cfg)
+    assert surface_refusal({**good, "constraint": math.nan}, 0.8, cfg) is not None  # NaN never passes
+    assert surface_refusal(good, math.nan, cfg) is not None
+
+
+def test_painting_a_bone_that_disagrees_with_the_fiducials_is_refused():
+    """The CT model is 4 mm off the painted bone (wrong mesh, or the bone moved against the reference):
+    ICP would follow the paint and move the fiducials ~4 mm, so the refinement is refused."""
+    from orthonav.navigation.guidance import BoneSurface
+    from test_registration_surface import bone_like_mesh
+
+    bone = bone_like_mesh(res=90).translate((0.0, 0.0, 70.0), inplace=False)
+    path = _painting_path(bone, (-45.0, 30.0), 2500, 600, np.random.default_rng(0))
+    sc = knee_scenario(toy_geometry(), seed=16, fle_mm=0.25, surface_points_ct_mm=path, surface_step_s=0.04, saw_errors=())
+    g = sc.geometry
+    model_bone = bone.translate((4.0, 0.0, 0.0), inplace=False)
+    ctx = NavigationContext(sc.toolset, cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)},
+                            surfaces={"femur": BoneSurface(model_bone, "femur")})
+    wf = Workflow(ctx, list(g.fiducial_names), g.fiducials_ct_mm, check_points_ct_mm=g.targets_ct_mm,
+                  config=WorkflowConfig(surface_points=150, surface_spacing_mm=1.5, max_fre_mm=2.0))
+    rough = None
+    for fr in sc.frames(80.0, **NOISE, seed=2):
+        wf.process(fr, clock=None)
+        if rough is None and wf.registration is not None:
+            rough = wf.registration.ct_from_reference.copy()
+    texts = [e.text for e in wf.events]
+    assert rough is not None and wf.surface_rejected is not None, texts
+    assert wf.registration.record.method == "paired_point", texts
+    np.testing.assert_array_equal(wf.registration.ct_from_reference, rough)
+    assert any("refused" in t and "fiducials" in t for t in texts), texts

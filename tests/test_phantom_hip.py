@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import pyvista as pv
+import trimesh
 
 from orthonav.core.case import read_labels_table
 from orthonav.core.errors import InputError
+from orthonav.core.schema import load_model
+from orthonav.core.transforms import apply
 from orthonav.core.volume import read_volume
 from orthonav.phantoms.hip import app_frame, hip_angles, make_hip_phantom
-from orthonav.phantoms.synthetic import make_phantom_case
+from orthonav.phantoms.printable import PrintedPhantomSpec
+from orthonav.phantoms.synthetic import make_phantom_case, write_phantom_case
 from orthonav.phantoms.truth import read_truth
 
 SIDES = ("left", "right")
@@ -22,6 +27,13 @@ SIDES = ("left", "right")
 @pytest.fixture(scope="module")
 def phantom():
     return make_hip_phantom(seed=0, small=True)
+
+
+@pytest.fixture(scope="module")
+def printed(phantom, tmp_path_factory):
+    case = write_phantom_case(phantom, tmp_path_factory.mktemp("hip_print"))
+    spec = load_model(case.print_dir / "phantom_hip.json", PrintedPhantomSpec)
+    return spec, trimesh.load(case.print_dir / "phantom_hip.stl")
 
 
 def _sphere_fit(p: np.ndarray) -> tuple[np.ndarray, float]:
@@ -199,6 +211,56 @@ def test_cli_entry_writes_a_readable_case(phantom, tmp_path):
         assert (case.truth_dir / "meshes" / f"{bone}.stl").exists()
     with pytest.raises(InputError, match="unknown hip phantom knob"):
         make_hip_phantom(small=True, flexion_deg=10)
+
+
+def test_printable_hip_is_one_watertight_manifold_with_exact_divots(phantom, printed):
+    spec, mesh = printed
+    assert mesh.is_watertight and mesh.is_winding_consistent and mesh.is_volume
+    assert len(mesh.split(only_watertight=False)) == 1
+    assert mesh.volume / 1000.0 == pytest.approx(spec.volume_ml, rel=1e-3)
+    assert np.all(mesh.bounds[1] - mesh.bounds[0] <= 250.0) and mesh.bounds[0][2] == pytest.approx(0.0, abs=1e-4)
+    assert set(spec.printed_bones) == {"hip_left", "femur_left"}
+    assert len(spec.registration_divots) >= 6 and len(spec.target_divots) >= 4
+    surface = pv.PolyData(mesh.vertices, np.hstack([np.full((len(mesh.faces), 1), 3), mesh.faces]).ravel())
+    ct_from_phantom = np.array(spec.ct_from_phantom)
+    for name, d in {**spec.registration_divots, **spec.target_divots}.items():
+        apex, axis = np.array(d.apex_phantom_mm), np.array(d.axis_phantom)
+        assert np.linalg.norm(mesh.vertices - apex, axis=1).min() < 0.05, name
+        perp = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        other = np.cross(axis, perp)
+        a = np.radians(d.half_angle_deg)
+        wall = [apex + np.cos(a) * axis + np.sin(a) * (np.cos(q) * perp + np.sin(q) * other) for q in np.linspace(0, 2 * np.pi, 8, endpoint=False)]
+        sd = np.asarray(pv.PolyData(np.vstack([wall, apex - 0.3 * axis, apex + 0.3 * axis])).compute_implicit_distance(surface)["implicit_distance"])
+        assert np.abs(sd[:8]).max() < 0.05 and sd[8] < 0 < sd[9], name
+        # in the CT frame the apex is depth_mm below the true bone surface along the axis
+        p_ct = apply(ct_from_phantom, apex)
+        np.testing.assert_allclose(p_ct, d.apex_ct_lps_mm, atol=1e-6)
+        anchor = p_ct + d.depth_mm * (ct_from_phantom[:3, :3] @ axis)
+        assert abs(phantom.signed_distance_mm(d.bone, anchor[None])[0]) < 0.02, name
+    reg = np.array([d.apex_phantom_mm for d in spec.registration_divots.values()])
+    tgt = np.array([d.apex_phantom_mm for d in spec.target_divots.values()])
+    assert np.linalg.svd(reg - reg.mean(axis=0), compute_uv=False)[2] > 5.0
+    assert np.linalg.norm(reg[:, None] - tgt[None], axis=2).min() > 15.0
+    # the printed ASIS target is the truth landmark (same point, CT frame)
+    d = spec.target_divots["target_asis_left"]
+    asis_anchor = np.array(d.apex_ct_lps_mm) + d.depth_mm * (ct_from_phantom[:3, :3] @ np.array(d.axis_phantom))
+    assert np.linalg.norm(asis_anchor - np.array(phantom.truth.landmarks_lps_mm["asis_left"])) < 1.0
+
+
+@pytest.mark.slow
+def test_ct_of_the_printed_hip(phantom, tmp_path):
+    from orthonav.phantoms.printable import write_printed_case
+
+    case = write_printed_case(phantom, tmp_path / "printed", spacing_mm=(1.6, 1.6, 1.6))
+    ct, labels = read_volume(case.ct), read_volume(case.truth_dir / "labels.nii.gz")
+    assert read_labels_table(case.truth_dir / "labels.json").labels == {1: "hip_left", 4: "femur_left", 6: "support"}
+    np.testing.assert_allclose(ct.direction, phantom.ct.direction, atol=1e-6)
+    a, lab = ct.array_zyx, labels.array_zyx
+    assert np.median(a[lab == 0]) < -950 and abs(np.median(a[lab == 1]) - 150.0) < 30
+    c = np.array(phantom.truth.landmarks_lps_mm["femoral_head_centre_left"])
+    i, j, k = np.rint(ct.to_ijk(c)).astype(int)
+    assert lab[k, j, i] == 4  # the printed femoral head is where the truth says
 
 
 @pytest.mark.slow

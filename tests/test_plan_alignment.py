@@ -161,13 +161,37 @@ def test_plan_json_round_trip_newer_and_corrupt(tmp_path):
     data = json.loads(p.read_text())
     data["schema_version"] = Plan.SCHEMA_VERSION + 1
     (tmp_path / "newer.json").write_text(json.dumps(data))
-    with pytest.raises(SchemaError, match="newer"):
+    with pytest.raises(SchemaError, match="newer") as err:
         load_plan(tmp_path / "newer.json")
+    assert err.value.path == tmp_path / "newer.json" and "newer.json" in str(err.value)
     (tmp_path / "corrupt.json").write_text(p.read_text()[:200])
-    with pytest.raises(SchemaError, match="not valid JSON"):
+    with pytest.raises(SchemaError, match="not valid JSON") as err:
         load_plan(tmp_path / "corrupt.json")
+    assert err.value.path == tmp_path / "corrupt.json"
+    with pytest.raises(InputError, match="not found") as err:
+        load_plan(tmp_path / "absent.json")
+    assert err.value.path == tmp_path / "absent.json"
     data = json.loads(p.read_text())
     data["cuts"]["distal_femur"]["normal_lps"] = [0, 0, 0]
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="cuts.distal_femur.normal_lps"):
         load_plan(tmp_path / "bad.json")
+
+
+def test_refresh_depths_follows_moved_landmarks():
+    """A landmark edit re-measures the depths of cuts that are not implant-derived (the plane stays)."""
+    from orthonav.planning.session import refresh_depths
+
+    L = synthetic_landmarks()
+    cuts = mechanical_cuts(L, resection_mm=9.0, slope_deg=3.0)
+    fr = limb_frames(L)
+    L2 = dict(L)
+    L2["distal_lateral_condyle"] = L["distal_lateral_condyle"] - 1.5 * fr.femur_proximal  # 1.5 mm more distal
+    L2["medial_plateau_centre"] = L["medial_plateau_centre"] + 0.5 * fr.tibia_proximal  # 0.5 mm higher
+    f = refresh_depths(cuts["distal_femur"], L2)
+    t = refresh_depths(cuts["proximal_tibia"], L2)
+    assert f.point_lps_mm == cuts["distal_femur"].point_lps_mm and f.normal_lps == cuts["distal_femur"].normal_lps
+    assert f.depths_mm["distal_lateral_condyle"] == pytest.approx(cuts["distal_femur"].depths_mm["distal_lateral_condyle"] + 1.5, abs=1e-9)
+    assert f.depths_mm["distal_medial_condyle"] == pytest.approx(9.0, abs=1e-9)
+    assert t.depths_mm["medial_plateau_centre"] == pytest.approx(cuts["proximal_tibia"].depths_mm["medial_plateau_centre"] + 0.5, abs=1e-9)
+    assert t.resection_depth_mm == pytest.approx(9.0, abs=1e-9)  # reference (lateral plateau) unchanged

@@ -192,9 +192,16 @@ def test_markups_round_trip_lps_and_ras(tmp_path):
     (tmp_path / "bad.mrk.json").write_text(json.dumps(bad))
     with pytest.raises(SchemaError, match="coordinateSystem"):
         import_markups(tmp_path / "bad.mrk.json")
+    # A placeholder point (Slicer 'undefined' status, no position) is skipped, not an error.
+    doc = json.loads((tmp_path / "l_RAS.mrk.json").read_text())
+    doc["markups"][0]["controlPoints"].append({"id": "9", "label": "tibial_spine", "positionStatus": "undefined"})
+    (tmp_path / "placeholder.mrk.json").write_text(json.dumps(doc))
+    assert sorted(import_markups(tmp_path / "placeholder.mrk.json")) == sorted(lms)
+    assert doc["markups"][0]["controlPoints"][0]["orientation"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]  # identity in RAS
     (tmp_path / "trunc.mrk.json").write_text("{\"markups\": [")
-    with pytest.raises(SchemaError, match="not valid JSON"):
+    with pytest.raises(SchemaError, match="not valid JSON") as err:
         import_markups(tmp_path / "trunc.mrk.json")
+    assert err.value.path == tmp_path / "trunc.mrk.json"
 
 
 def test_open_or_inverted_meshes():

@@ -111,3 +111,42 @@ def test_combined_fiducials_then_surface(model):
     rec = refined.record
     assert rec.method == "paired_point+surface_icp" and rec.surface["converged"] == 1.0
     assert rec.surface["rms_mm"] < 0.3 and set(rec.residuals_mm) == {"f1", "f2", "f3"}
+
+
+def test_icp_ends_at_the_exact_nearest_vertex_optimum(model):
+    """The cached nearest-vertex candidates must give what a fresh KD-tree query gives: at the
+    returned transform, one more trimmed point-to-plane step with exact correspondences is ~0."""
+    rng = np.random.default_rng(11)
+    p_ct = _sample_distal(bone_like_mesh(res=90), 400, rng) + rng.normal(scale=0.2, size=(400, 3))
+    true = tf.random_rigid(rng, max_translation_mm=100.0)
+    p_ref = tf.apply(tf.invert(true), p_ct)
+    res = icp_point_to_plane(p_ref, model, _perturb(true, p_ct.mean(axis=0), 8.0, 8.0, rng), keep_fraction=0.9)
+    assert res.converged
+    x = tf.apply(res.ct_from_reference, p_ref)
+    _d, idx = model.tree.query(x)
+    r = np.einsum("ij,ij->i", x - model.points_mm[idx], model.normals[idx])
+    keep = np.argsort(np.abs(r))[: int(round(0.9 * len(x)))]
+    xs, ns, rs = x[keep], model.normals[idx[keep]], r[keep]
+    a = np.c_[np.cross(xs - x.mean(axis=0), ns), ns]
+    step = np.linalg.lstsq(a, -rs, rcond=None)[0]
+    assert math.degrees(np.linalg.norm(step[:3])) < 0.02 and np.linalg.norm(step[3:]) < 0.02
+    np.testing.assert_allclose(res.distances_mm, np.abs(r), atol=1e-9)
+
+
+def test_surface_model_has_a_coarse_level_for_dense_meshes():
+    model = SurfaceModel(bone_like_mesh(res=300), "dense")
+    assert 100 <= len(model.coarse.points_mm) < 0.5 * len(model.points_mm)
+    # Every coarse vertex is a mesh vertex with its normal (no new geometry is invented).
+    _d, idx = model.tree.query(model.coarse.points_mm)
+    np.testing.assert_array_equal(model.points_mm[idx], model.coarse.points_mm)
+    np.testing.assert_array_equal(model.normals[idx], model.coarse.normals)
+    small = SurfaceModel(pv.Sphere(radius=20.0, theta_resolution=8, phi_resolution=8), "tiny")
+    assert small.coarse is small.fine  # too few vertices to thin out
+    # Coarse-to-fine on the dense mesh: same capture range and accuracy as on one level.
+    rng = np.random.default_rng(4)
+    p_ct = _sample_distal(bone_like_mesh(res=90), 300, rng) + rng.normal(scale=0.2, size=(300, 3))
+    true = tf.random_rigid(rng, max_translation_mm=100.0)
+    res = icp_point_to_plane(tf.apply(tf.invert(true), p_ct), model, _perturb(true, p_ct.mean(axis=0), 10.0, 10.0, rng))
+    assert res.converged and tf.rotation_angle_deg(res.ct_from_reference, true) < 0.5
+    centre = p_ct.mean(axis=0)
+    assert np.linalg.norm(tf.apply(res.ct_from_reference @ tf.invert(true), centre) - centre) < 0.5

@@ -31,7 +31,8 @@ def test_knee_dice_and_hd95_against_truth(knee_seg):
     k, seg = knee_seg
     scores = evaluate_segmentation(seg.labels, seg.table, k.labels, k.table)
     for name, s in scores.items():
-        assert s.dice >= 0.97, (name, s)
+        # The mini patella is 8 mm thick (about 1500 voxels): one voxel layer is ~15 % of it.
+        assert s.dice >= (0.96 if name == "patella" else 0.98), (name, s)
         assert s.hd95_mm <= 1.5, (name, s)
         assert s.msd_mm < 0.5 * float(k.ct.spacing_mm.min()), (name, s)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from orthonav.core.errors import InputError, SchemaError
-from orthonav.core.transforms import invert, lps_from_ras_transform, random_rigid, validate_rigid
+from orthonav.core.transforms import invert, lps_from_ras_transform, random_rigid, ras_from_lps_transform, validate_rigid
 from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
 from orthonav.tracking.recording import (
     RecordingWriter,
@@ -96,7 +96,7 @@ def test_plus_sequence_real_data(shared_data):
                 validate_rigid(p, name=name, tol=1e-4)  # real tracker poses are rigid
     # reference-relative pose does not depend on the RAS/LPS choice
     ref_from_probe = invert(f0.pose("Reference")) @ f0.pose("Probe")
-    ras_ref = lps_from_ras_transform(f0.pose("Reference"))  # the file's ReferenceToTracker, back in RAS
+    ras_ref = ras_from_lps_transform(f0.pose("Reference"))  # the file's ReferenceToTracker, back in RAS
     np.testing.assert_allclose(ref_from_probe, invert(ras_ref) @ probe_ras, atol=1e-9)
     # the probe moves ~1 mm between frames in this freehand sweep; the reference barely moves
     d_probe = np.linalg.norm(frames[-1].pose("Probe")[:3, 3] - f0.pose("Probe")[:3, 3])

@@ -122,3 +122,18 @@ def test_stream_script_on_a_busy_port_leaves_no_partial_recording(tmp_path):
         with pytest.raises(TrackingError, match="cannot listen"):
             stream_script(lambda t: {"Pointer": np.eye(4)}, port, duration_s=0.5, truth_path=tmp_path / "truth.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tool_kind_is_checked_when_loading_a_tool_file(tmp_path):
+    """Review P3: ToolDefinition.kind was a free string; a typo must fail loudly at load time."""
+    import json
+
+    from orthonav.core.errors import SchemaError
+    from orthonav.tracking.tools import load_toolset
+
+    path = save_toolset(tmp_path / "tools.json", default_toolset())
+    data = json.loads(path.read_text())
+    data["tools"][0]["kind"] = "pionter"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SchemaError, match="tools.json"):
+        load_toolset(path)

@@ -250,6 +250,9 @@ class IGTLClientSource(TrackerSource):
         first connection makes :meth:`start` raise :class:`TrackingError`.
     max_backoff_s
         Longest wait between connection attempts (s).
+    max_body
+        Largest message body accepted (bytes; 1 MiB by default, ample for poses); a receiver
+        of big POLYDATA meshes passes more explicitly. Bigger messages count as oversized.
     """
 
     def __init__(

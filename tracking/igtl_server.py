@@ -300,9 +300,11 @@ class IGTLServer:
                 if self.on_clients is not None:
                     self.on_clients(len(self._peers))
                 self._lock.notify_all()
-            n = len(self._peers)
-        if n == 0 and self.router is not None:
-            self.router.all_not_visible(time.monotonic())  # the pushing tracker is gone
+        if self.router is not None:
+            # a pushing tracker is gone (or its stream failed): nothing it sent may stay live.
+            # Fail-safe with several pushers: their tools show not visible until their next
+            # message (one frame), never a stale pose.
+            self.router.all_not_visible(time.monotonic())
         log.info("OpenIGTLink client %s left: %s", peer.addr, reason)
 
     # --- sending -----------------------------------------------------------------------

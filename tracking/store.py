@@ -2,6 +2,8 @@
 
 Receiver threads call :meth:`PoseStore.put`; consumers call :meth:`PoseStore.snapshot`,
 which applies each tool's timeout so that a pose older than its timeout is never LIVE.
+Pose matrices are copied on :meth:`PoseStore.put` and stored read-only, so the consumers
+sharing a frame cannot change what another sees.
 """
 
 from __future__ import annotations
