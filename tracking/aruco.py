@@ -43,8 +43,7 @@ from orthonav.core.procrustes import paired_point
 from orthonav.core.schema import Versioned, load_model, save_model
 from orthonav.core.transforms import invert, make_rigid
 
-from .frame import SourceHealth, TrackerSource, TrackingFrame
-from .store import PoseStore
+from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
 log = logging.getLogger(__name__)
@@ -368,7 +367,7 @@ class _Frames:
             self.cap.release()
 
 
-class ArucoSource(TrackerSource):
+class ArucoSource(StoreBackedSource):
     """A :class:`TrackerSource` tracking marker tools in a camera / video / image folder.
 
     Files are processed as fast as possible; a folder's frames are timed at ``fps``.
@@ -403,15 +402,6 @@ class ArucoSource(TrackerSource):
         if self._frames is not None:
             self._frames.close()
         self.store.set_connected(False)
-
-    def latest(self) -> TrackingFrame:
-        return self.store.snapshot()
-
-    def wait_for_update(self, timeout_s: float) -> bool:
-        return self.store.wait_for_update(timeout_s)
-
-    def health(self) -> SourceHealth:
-        return self.store.health_snapshot()
 
     def _run(self) -> None:
         assert self._frames is not None

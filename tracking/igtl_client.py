@@ -41,8 +41,8 @@ from orthonav.core.errors import TrackingError
 from orthonav.core.transforms import lps_from_ras_transform
 
 from . import igtl_protocol as P
-from .frame import SourceHealth, TrackerSource, TrackingFrame
-from .store import PoseStore
+from .frame import SourceHealth
+from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def receive_stream(
             return f"{st.skipped_bytes - good_at_skip} bytes of garbage without a valid message"
 
 
-class IGTLClientSource(TrackerSource):
+class IGTLClientSource(StoreBackedSource):
     """Tracker source reading an OpenIGTLink server (PLUS, a tracker, Slicer, the simulator).
 
     Parameters
@@ -307,12 +307,6 @@ class IGTLClientSource(TrackerSource):
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
-
-    def latest(self) -> TrackingFrame:
-        return self.store.snapshot()
-
-    def wait_for_update(self, timeout_s: float) -> bool:
-        return self.store.wait_for_update(timeout_s)
 
     def health(self) -> SourceHealth:
         h = self.store.health_snapshot()

@@ -35,9 +35,9 @@ from orthonav.core.errors import TrackingError
 from orthonav.core.transforms import ras_from_lps_points, ras_from_lps_transform
 
 from . import igtl_protocol as P
-from .frame import SourceHealth, TrackerSource, TrackingFrame
+from .frame import SourceHealth
 from .igtl_client import TRACKING_MAX_BODY, MessageRouter, receive_stream
-from .store import PoseStore
+from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
 log = logging.getLogger(__name__)
@@ -362,7 +362,7 @@ class IGTLServer:
         return self.send_bytes(P.pack_message("POLYDATA", device, P.pack_polydata(poly), timestamp_s=t, version=self.version))
 
 
-class IGTLServerSource(TrackerSource):
+class IGTLServerSource(StoreBackedSource):
     """A tracker source that listens: trackers (PLUS, a C++ sender) connect and push poses.
 
     Message handling is the same as :class:`~orthonav.tracking.igtl_client.IGTLClientSource`.
@@ -387,12 +387,6 @@ class IGTLServerSource(TrackerSource):
     def stop(self) -> None:
         self.server.stop()
         self.store.set_connected(False)
-
-    def latest(self) -> TrackingFrame:
-        return self.store.snapshot()
-
-    def wait_for_update(self, timeout_s: float) -> bool:
-        return self.store.wait_for_update(timeout_s)
 
     def health(self) -> SourceHealth:
         h = self.store.health_snapshot()

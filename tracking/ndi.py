@@ -35,9 +35,8 @@ import numpy as np
 
 from orthonav.core.errors import InputError, TrackingError
 
-from .frame import SourceHealth, TrackerSource, TrackingFrame
 from .igtl_protocol import matrix_from_quaternion
-from .store import PoseStore
+from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
 #: Port-status bit "tool out of the measurement volume" (ndicapi.h NDI_OUT_OF_VOLUME).
@@ -178,7 +177,7 @@ def ndi_worker(conn: Any, stop: Any, binding_module: str, spec: str, tools: list
         conn.close()
 
 
-class NDISource(TrackerSource):
+class NDISource(StoreBackedSource):
     """NDI tracker as a :class:`TrackerSource` (worker process; see module docstring).
 
     Parameters
@@ -290,11 +289,3 @@ class NDISource(TrackerSource):
             self._conn = None
         self.store.set_connected(False)
 
-    def latest(self) -> TrackingFrame:
-        return self.store.snapshot()
-
-    def wait_for_update(self, timeout_s: float) -> bool:
-        return self.store.wait_for_update(timeout_s)
-
-    def health(self) -> SourceHealth:
-        return self.store.health_snapshot()

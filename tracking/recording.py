@@ -53,8 +53,8 @@ from orthonav.core.atomic import open_atomic
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import lps_from_ras_transform
 
-from .frame import SourceHealth, ToolPose, ToolStatus, TrackerSource, TrackingFrame
-from .store import PoseStore
+from .frame import SourceHealth, ToolPose, ToolStatus, TrackingFrame
+from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
 FORMAT = "orthonav.tracking.recording"
@@ -306,7 +306,7 @@ def read_plus_sequence(path: str | Path) -> list[TrackingFrame]:
 # --- Replay ---------------------------------------------------------------------------------
 
 
-class ReplaySource(TrackerSource):
+class ReplaySource(StoreBackedSource):
     """Replays a recording (OrthoNav ``.jsonl`` or PLUS ``.mha``) as a live source.
 
     Parameters
@@ -363,9 +363,6 @@ class ReplaySource(TrackerSource):
             self._taken = self._published
             self._consumed.notify_all()
         return frame
-
-    def wait_for_update(self, timeout_s: float) -> bool:
-        return self.store.wait_for_update(timeout_s)
 
     def health(self) -> SourceHealth:
         h = self.store.health_snapshot()

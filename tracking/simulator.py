@@ -28,8 +28,8 @@ from numpy.typing import NDArray
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import make_rigid, rotation_about_axis
 
-from .frame import SourceHealth, ToolPose, ToolStatus, TrackerSource, TrackingFrame
-from .store import PoseStore
+from .frame import ToolPose, ToolStatus, TrackingFrame
+from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
 Script = Callable[[float], Mapping[str, NDArray[np.float64] | None]]
@@ -78,7 +78,7 @@ class Ticker:
         return not self.stop.wait(max(0.0, due - now))
 
 
-class SimulatedSource(TrackerSource):
+class SimulatedSource(StoreBackedSource):
     """In-process simulated tracker running ``script`` at ``rate_hz`` with noise.
 
     ``device_time_s`` of each pose is the script time ``t`` (s since start) and
@@ -122,15 +122,6 @@ class SimulatedSource(TrackerSource):
             self._thread.join(timeout=5.0)
             self._thread = None
         self.store.set_connected(False)
-
-    def latest(self) -> TrackingFrame:
-        return self.store.snapshot()
-
-    def wait_for_update(self, timeout_s: float) -> bool:
-        return self.store.wait_for_update(timeout_s)
-
-    def health(self) -> SourceHealth:
-        return self.store.health_snapshot()
 
     def _run(self) -> None:
         ticker = Ticker(self.rate_hz, self._stop)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from .frame import SourceHealth, ToolPose, ToolStatus, TrackingFrame
+from .frame import SourceHealth, ToolPose, ToolStatus, TrackerSource, TrackingFrame
 
 #: Default per-tool timeout (s): a pose not refreshed within this is not shown as live.
 DEFAULT_TIMEOUT_S = 0.25
@@ -134,3 +134,22 @@ class PoseStore:
         with self._cond:
             h = self.health
             return SourceHealth(**{**h.__dict__, "extra": dict(h.extra)})
+
+
+class StoreBackedSource(TrackerSource):
+    """A :class:`TrackerSource` whose receiver fills a :class:`PoseStore` kept in ``self.store``.
+
+    Gives every source the same ``latest`` / ``wait_for_update`` / ``health``; a source adds
+    only its own ``start`` / ``stop`` (and may extend ``health`` with its own figures).
+    """
+
+    store: PoseStore
+
+    def latest(self) -> TrackingFrame:
+        return self.store.snapshot()
+
+    def wait_for_update(self, timeout_s: float) -> bool:
+        return self.store.wait_for_update(timeout_s)
+
+    def health(self) -> SourceHealth:
+        return self.store.health_snapshot()
