@@ -72,7 +72,9 @@ class KneeParameters:
     flexion_deg: float = 0.0
 
 
-SMALL = dict(spacing_mm=(1.4, 1.4, 2.8), joint_gap_mm=6.5, fibula_gap_mm=3.0, patella_gap_mm=4.0, mesh_step_mm=1.5, bead_radius_mm=3.0)
+#: The test phantom: coarser voxels, and joint gaps of >= 3 voxels so that a threshold-based
+#: segmentation can separate every bone at this resolution (the full phantom keeps realistic gaps).
+SMALL = dict(spacing_mm=(1.2, 1.2, 2.4), joint_gap_mm=6.5, fibula_gap_mm=4.0, patella_gap_mm=4.5, mesh_step_mm=1.5, bead_radius_mm=3.0)
 
 
 def _ry(deg: float) -> NDArray[np.float64]:
