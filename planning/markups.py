@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-
 from orthonav.core.atomic import write_json
 from orthonav.core.errors import SchemaError
 from orthonav.core.schema import read_json_file
@@ -113,6 +112,7 @@ def import_markups_into_case(case_dir: str | Path, path: str | Path) -> list[str
     """Override the case plan's landmarks with those in a Slicer markups file; axes, angles,
     cuts and metrics are recomputed and ``plan.json`` is saved atomically. Returns the names set."""
     from orthonav.core.case import Case
+    from orthonav.core.errors import InputError
 
     from .auto import load_bone_meshes
     from .schema import load_plan
@@ -120,8 +120,13 @@ def import_markups_into_case(case_dir: str | Path, path: str | Path) -> list[str
 
     case = Case(case_dir)
     imported = import_markups(path)
-    session = PlanSession(load_plan(case.require(case.plan, "orthonav plan CASE --auto")), load_bone_meshes(case_dir))
+    plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
+    unknown = sorted(set(imported) - set(plan.landmarks))
+    if unknown:  # e.g. Slicer's default labels 'F-1': refuse rather than add meaningless landmarks
+        raise InputError(path, f"landmarks {unknown} are not in the plan; rename them to one of {sorted(plan.landmarks)}")
+    session = PlanSession(plan, load_bone_meshes(case_dir))
     for name, lm in imported.items():
-        session.set_landmark(name, lm.position_lps_mm, method="markups import")
+        known = name in session.plan.landmarks
+        session.set_landmark(name, lm.position_lps_mm, method="markups import", bone=None if known or lm.bone == "unknown" else lm.bone)
     session.save(case.plan)
     return sorted(imported)
