@@ -55,11 +55,11 @@ def main() -> None:
     rows.append(("build_plan (landmarks, sizing, cuts, metrics)", t, tmax, ""))
     session, t, _ = _timed(lambda: PlanSession(plan, meshes))
     rows.append(("PlanSession start (mesh -> solid)", t, t, ""))
-    steps = [("tka_femoral", dict(translation_mm=(0.0, 0.5, 0.0))), ("tka_femoral", dict(rotation_deg=1.0)), ("tka_tibial_tray", dict(translation_mm=(0.0, 0.0, -0.5))), ("tka_tibial_tray", dict(rotation_axis=(1.0, 0.0, 0.0), rotation_deg=1.0))]
+    steps = [("tka_femoral", {"translation_mm": (0.0, 0.5, 0.0)}), ("tka_femoral", {"rotation_deg": 1.0}), ("tka_tibial_tray", {"translation_mm": (0.0, 0.0, -0.5)}), ("tka_tibial_tray", {"rotation_axis": (1.0, 0.0, 0.0), "rotation_deg": 1.0})]
     times = []
     for i in range(20):
         fam, kw = steps[i % len(steps)]
-        _, t, _ = _timed(lambda: session.move_implant(fam, **kw))
+        _, t, _ = _timed(lambda fam=fam, kw=kw: session.move_implant(fam, **kw))
         times.append(t)
     import os
 

@@ -43,8 +43,7 @@ def make_ct(shape_ijk: tuple[int, int, int], path: Path) -> None:
     """Resample the small knee phantom onto a grid of ``shape_ijk`` voxels covering it."""
     import numpy as np
     import SimpleITK as sitk
-
-    from orthonav.core.volume import make_lps_from_ijk, to_sitk, write_volume, from_sitk
+    from orthonav.core.volume import from_sitk, make_lps_from_ijk, to_sitk, write_volume
     from orthonav.phantoms.knee import make_knee_phantom
 
     ph = make_knee_phantom(seed=1, small=True)
@@ -70,7 +69,7 @@ def main() -> None:
         t = time.perf_counter()
         make_ct(tuple(args.shape), path)
         print(f"synthesised {tuple(args.shape)} CT in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.threads)], capture_output=True, text=True)
+        res = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.threads)], capture_output=True, text=True, check=False)
         if res.returncode != 0:
             sys.exit(res.stderr)
         r = json.loads(res.stdout.strip().splitlines()[-1])

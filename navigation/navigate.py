@@ -241,8 +241,10 @@ class _GuidanceErrors:
         # a pose sampled just before a scripted jump (one hold to the next) must not be compared
         # with the truth just after it.
         ph = getattr(tr, "phase", None)
-        if ph is not None and min(saw.device_time_s - ph.t0_s, ph.t1_s - saw.device_time_s) < self.boundary_margin_s:
-            return
+        m = self.boundary_margin_s
+        if ph is not None and m > 0 and not (getattr(self.truth_at(saw.device_time_s - m), "phase", None) == ph
+                                             and getattr(self.truth_at(saw.device_time_s + m), "phase", None) == ph):
+            return  # (device time may be on another clock than the script: compare phases, not times)
         g = state.saw[self.cut]
         self.err.append((g.flexion_deg - tr.saw_flexion_deg, g.varus_deg - tr.saw_varus_deg, g.distance_mm - tr.saw_distance_mm))
 
@@ -352,11 +354,25 @@ def navigate_case(
                            check_points_mm={k: [float(x) for x in v] for k, v in checks.items()})
         recorder = SessionRecorder(sdir, info)
     scene = None
-    if render:
-        from .overlay import NavigationScene
+    streamer = None
+    try:
+        if render:
+            from .overlay import NavigationScene
 
-        scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts, trajectories=inputs.context.trajectories,
-                                off_screen=off_screen, window_size=window_size, ct=inputs.ct, implants=inputs.implants)
+            scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts,
+                                    trajectories=inputs.context.trajectories, off_screen=off_screen, window_size=window_size,
+                                    ct=inputs.ct, implants=inputs.implants)
+        if stream_port is not None:
+            from .stream import SlicerStream
+
+            streamer = SlicerStream(stream_port, bones=inputs.bones, cuts=inputs.context.cuts).start()
+    except BaseException:
+        # Nothing half-made is left behind: no temporary session files, no window, no socket.
+        if scene is not None:
+            scene.close()
+        if recorder is not None:
+            recorder.abort()
+        raise
     stop = stop or threading.Event()
     errors = _GuidanceErrors(truth_at)
     shots: list[Path] = []
@@ -370,12 +386,8 @@ def navigate_case(
             n_events += 1
 
     started_here = False
-    streamer = None
     on_state = None
-    if stream_port is not None:
-        from .stream import SlicerStream
-
-        streamer = SlicerStream(stream_port, bones=inputs.bones, cuts=inputs.context.cuts).start()
+    if streamer is not None:
         if progress is not None:
             progress(f"streaming to OpenIGTLink clients on 127.0.0.1:{streamer.port}")
 

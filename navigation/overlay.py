@@ -90,7 +90,7 @@ def tool_model(tool: ToolDefinition) -> pv.PolyData:
     axis = tool.axis_in_tool()
     if tool.kind == "saw":
         n = tool.normal_in_tool()
-        w = np.cross(axis, n)
+        w = np.cross(n, axis)  # so that [n, w, -axis] is a rotation (det +1), not a reflection
         length = tool.blade_length_mm or 90.0
         width = tool.blade_width_mm or 25.0
         local = np.eye(4)

@@ -188,32 +188,68 @@ def icp_point_to_plane(
     if coarse_points > 0:
         # Coarse: a fixed random subset (all points if few) against the coarse vertex level.
         sub = p[np.random.default_rng(0).choice(len(p), coarse_points, replace=False)] if coarse_points < len(p) // 2 else p
-        t, it, _c = _icp_stage(sub, model.coarse, model.name, t, max(6, int(round(keep_fraction * len(sub)))), scale, max_iterations,
+        t, it, _c = _icp_stage(sub, _NearestVertices(model.coarse), model.name, t, max(6, int(round(keep_fraction * len(sub)))), scale, max_iterations,
                                10 * tol_rotation_deg, 10 * tol_translation_mm, max_distance_mm)
         it_total += it
-    t, it, converged = _icp_stage(p, model.fine, model.name, t, n_keep, scale, max_iterations, tol_rotation_deg, tol_translation_mm,
+    fine = _NearestVertices(model.fine)
+    t, it, converged = _icp_stage(p, fine, model.name, t, n_keep, scale, max_iterations, tol_rotation_deg, tol_translation_mm,
                                   max_distance_mm)
     it_total += it
     it = it_total
     x = apply(t, p)
-    _d, idx = model.tree.query(x, workers=1)
-    r = np.abs(np.einsum("ij,ij->i", x - model.points_mm[idx], model.normals[idx]))
+    q, nrm = fine.nearest(x)
+    r = np.abs(np.einsum("ij,ij->i", x - q, nrm))
     kept = np.sort(r)[:n_keep]
     inl = kept[kept <= inlier_mm]
     rms = float(np.sqrt(np.mean(inl**2))) if inl.size else math.nan
     order = np.argsort(r)[:n_keep]
-    xs, ns = x[order], model.normals[idx[order]]
+    xs, ns = x[order], nrm[order]
     a = np.c_[np.cross(xs - xs.mean(axis=0), ns) / scale, ns]
     ev = np.linalg.eigvalsh(a.T @ a)
     constraint = float(np.sqrt(max(ev[0], 0.0) / ev[-1])) if ev[-1] > 0 else 0.0
     return SurfaceRegistration(t, rms, inl.size / len(p), constraint, it, converged, r)
 
 
-#: Candidate nearest vertices kept per point between KD-tree queries (see :func:`_icp_stage`).
+class _NearestVertices:
+    """Exact nearest mesh vertex (and its normal) of the points of one point set, with few KD-tree queries.
+
+    Keeps each point's K nearest vertices (distances d_1 <= .. <= d_K) from its last query.
+    After the point has moved by delta, its nearest vertex is within d_1 + 2 delta of the old
+    position, hence among the K candidates while 2 delta <= d_K - d_1; only points that moved
+    farther are queried again. ICP moves the points a little per iteration, so after the first
+    query most iterations need none. The candidates' coordinates and normals are gathered once
+    per query (random access into a large vertex array is the slow part).
+    """
+
+    def __init__(self, level: _Level) -> None:
+        self.level = level
+        self.x: NDArray[np.float64] | None = None
+
+    def _query(self, x: NDArray[np.float64]) -> tuple[NDArray[np.float64], ...]:
+        d, i = self.level.tree.query(x, k=_CANDIDATES, workers=1)
+        return d[:, -1] - d[:, 0], self.level.points_mm[i], self.level.normals[i]
+
+    def nearest(self, x: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """(n, 3) nearest vertices and (n, 3) their unit normals for the (n, 3) points ``x``."""
+        if self.x is None or len(self.x) != len(x):
+            self.x = x.copy()
+            self.margin, self.cand_p, self.cand_n = self._query(x)
+        else:
+            moved = np.flatnonzero(2.0 * np.sqrt(np.sum((x - self.x) ** 2, axis=1)) > self.margin)
+            if moved.size:
+                self.x[moved] = x[moved]
+                self.margin[moved], self.cand_p[moved], self.cand_n[moved] = self._query(x[moved])
+        diff = self.cand_p - x[:, None, :]
+        j = np.argmin(np.einsum("ijk,ijk->ij", diff, diff), axis=1)
+        rows = np.arange(len(x))
+        return self.cand_p[rows, j], self.cand_n[rows, j]
+
+
+#: Candidate nearest vertices kept per point between KD-tree queries (see :class:`_NearestVertices`).
 _CANDIDATES = 4
 
 
-def _icp_stage(p: NDArray[np.float64], model: _Level, name: str, t: NDArray[np.float64], n_keep: int, scale: float,
+def _icp_stage(p: NDArray[np.float64], cache: "_NearestVertices", name: str, t: NDArray[np.float64], n_keep: int, scale: float,
                max_iterations: int, tol_rotation_deg: float, tol_translation_mm: float,
                max_distance_mm: float) -> tuple[NDArray[np.float64], int, bool]:
     """Trimmed point-to-plane iterations on ``p`` from ``t``: (ct_from_reference, iterations, converged).
@@ -224,30 +260,9 @@ def _icp_stage(p: NDArray[np.float64], model: _Level, name: str, t: NDArray[np.f
     """
     it = 0
     rms_hist: list[float] = []
-    cand = x_cand = margin = cand_p = cand_n = None
-    rows = np.arange(len(p))
     for it in range(1, max_iterations + 1):
         x = apply(t, p)
-        # Nearest vertex, exactly, with one KD-tree query for several iterations: keep each point's
-        # K nearest vertices (distances d_1 <= .. <= d_K) from the last query. After the point has
-        # moved by delta, its nearest vertex is within d_1 + 2 delta of the old position, hence
-        # among the K candidates while 2 delta <= d_K - d_1; otherwise query that point again.
-        # The candidates' coordinates and normals are gathered once per query (random access into
-        # a large vertex array is the slow part), so an iteration touches only (n, K, 3) arrays.
-        if cand is None:
-            dk, cand = model.tree.query(x, k=_CANDIDATES, workers=1)
-            x_cand, margin = x.copy(), dk[:, -1] - dk[:, 0]
-            cand_p, cand_n = model.points_mm[cand], model.normals[cand]
-        else:
-            moved = np.flatnonzero(2.0 * np.sqrt(np.sum((x - x_cand) ** 2, axis=1)) > margin)
-            if moved.size:
-                dk, ck = model.tree.query(x[moved], k=_CANDIDATES, workers=1)
-                x_cand[moved], margin[moved] = x[moved], dk[:, -1] - dk[:, 0]
-                cand_p[moved], cand_n[moved] = model.points_mm[ck], model.normals[ck]
-        diff = cand_p - x[:, None, :]
-        j = np.argmin(np.einsum("ijk,ijk->ij", diff, diff), axis=1)
-        q = cand_p[rows, j]
-        nrm = cand_n[rows, j]
+        q, nrm = cache.nearest(x)
         r = np.einsum("ij,ij->i", x - q, nrm)
         ok = np.abs(r) <= max_distance_mm
         if ok.sum() < 6:

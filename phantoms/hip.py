@@ -34,14 +34,33 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import apply, apply_vector, make_rigid, rotation_about_axis
+from orthonav.core.transforms import (
+    apply,
+    apply_vector,
+    make_rigid,
+    rotation_about_axis,
+)
 
 from . import sdf as S
-from .knee import _ellipsoid_samples, _extreme_point, _min_gap, _secant_fit, _surface_point, _surface_points, _surface_samples
-from .synthetic import DEFAULT_HU, BoneSpec, SyntheticPhantom, fit_grid, render_ct, surface_mesh
+from .knee import (
+    _ellipsoid_samples,
+    _extreme_point,
+    _min_gap,
+    _secant_fit,
+    _surface_point,
+    _surface_points,
+    _surface_samples,
+)
+from .synthetic import (
+    DEFAULT_HU,
+    BoneSpec,
+    SyntheticPhantom,
+    fit_grid,
+    render_ct,
+    surface_mesh,
+)
 from .truth import PhantomTruth
 
 LABELS = {"hip_left": 1, "hip_right": 2, "sacrum": 3, "femur_left": 4, "femur_right": 5}
@@ -68,7 +87,7 @@ class HipParameters:
     si_gap_mm: float = 3.0
     symphysis_gap_mm: float = 6.0
     scale: float = 1.0
-    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    spacing_mm: tuple[float, float, float] = (1.2, 1.2, 2.0)
     mesh_step_mm: float = 1.0
     bead_radius_mm: float = 2.0
     bead_standoff_mm: float = 1.0
@@ -77,7 +96,7 @@ class HipParameters:
     pose_jitter_deg: float = 0.0
 
 
-SMALL = dict(spacing_mm=(1.6, 1.6, 2.4), joint_gap_mm=5.0, si_gap_mm=4.0, symphysis_gap_mm=8.0, mesh_step_mm=1.5, bead_radius_mm=3.0)
+SMALL = {"spacing_mm": (1.8, 1.8, 2.4), "joint_gap_mm": 5.0, "si_gap_mm": 4.0, "symphysis_gap_mm": 8.0, "shaft_length_mm": 120.0, "mesh_step_mm": 1.5, "bead_radius_mm": 3.0}
 
 
 def _unit(v: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -277,7 +296,7 @@ def build_hip(prm: HipParameters) -> HipAnatomy:
         return np.array([wx, 20.0 * s, 58.0 * s])
 
     def si_gap(wx: float) -> float:
-        return _min_gap(_ellipsoid_samples(sac_c, sac_semi(wx), r_sac, n=70), hip_sdfs["left"])
+        return _min_gap(_ellipsoid_samples(sac_c, sac_semi(wx), r_sac, n=140), hip_sdfs["left"])
 
     wx, _g = _secant_fit(si_gap, prm.si_gap_mm, 30.0 * s, 34.0 * s, iterations=12)
     sac = S.ellipsoid(sac_c, sac_semi(wx), r_sac)
@@ -330,7 +349,7 @@ def hip_landmarks_limb(anat: HipAnatomy, meshes_limb: Mapping[str, NDArray[np.fl
     return L
 
 
-def _fiducials_targets_limb(anat: HipAnatomy, s: float, bead_r: float, standoff: float):
+def _fiducials_targets_limb(anat: HipAnatomy, s: float, bead_r: float, standoff: float, shaft_mm: float):
     """Bead centres (surface point + (radius + standoff) along the outward normal), targets on
     the bone surfaces and the reference mount (iliac crest, left), all in the pelvis frame."""
     c, a, b, u_d, lp = anat.acetabulum_centres, anat.socket_axes, anat.neck_bases, anat.shaft_dirs, anat.lateral_dirs
@@ -341,8 +360,8 @@ def _fiducials_targets_limb(anat: HipAnatomy, s: float, bead_r: float, standoff:
         ("hip_left", np.array([45.0, -55.0, -12.0]) * s),
         ("femur_left", b["left"] + 40.0 * s * lp["left"] + 5.0 * s * u_d["left"]),
         ("hip_right", np.array([-62.0, 40.0, -76.0]) * s),
-        ("femur_right", b["right"] + 80.0 * s * u_d["right"] + 30.0 * s * lp["right"]),
-        ("femur_left", b["left"] + 135.0 * s * u_d["left"] - 30.0 * s * Y),
+        ("femur_right", b["right"] + 0.55 * shaft_mm * u_d["right"] + 30.0 * s * lp["right"]),
+        ("femur_left", b["left"] + (shaft_mm - 30.0 * s) * u_d["left"] - 30.0 * s * Y),
     ]
     r_s = anat.socket_radius
     target_starts = [
@@ -399,7 +418,7 @@ def _hip_geometry(prm: HipParameters) -> _HipGeometry:
         gaps[f"femur_hip_{side}"] = _min_gap(verts[f"femur_{side}"], hip_f)
         gaps[f"sacrum_hip_{side}"] = _min_gap(verts["sacrum"], hip_f)
     gaps["hip_left_hip_right"] = _min_gap(verts["hip_left"], anat.bones["hip_right"].sdf)
-    beads, targets, mount = _fiducials_targets_limb(anat, prm.scale, prm.bead_radius_mm, prm.bead_standoff_mm)
+    beads, targets, mount = _fiducials_targets_limb(anat, prm.scale, prm.bead_radius_mm, prm.bead_standoff_mm, prm.shaft_length_mm * prm.scale)
     return _HipGeometry(anat, meshes, L, gaps, beads, targets, mount)
 
 
@@ -411,7 +430,8 @@ def make_hip_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> 
     seed
         Noise and intensity variation (and the pose, when ``pose_jitter_deg`` > 0).
     small
-        Coarser voxels (1.6 x 1.6 x 2.4 mm) and wider gaps (>= 2 voxels): fast, for tests.
+        Coarser voxels (1.8 x 1.8 x 2.4 mm), wider gaps (>= 2 voxels) and a shorter
+        femoral shaft: fast, for tests.
     **knobs
         Any :class:`HipParameters` field, e.g. ``inclination_deg=45``, ``scale=0.9``,
         ``noise_hu=30``, ``pose_jitter_deg=5``.
@@ -432,6 +452,8 @@ def make_hip_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> 
     prm = HipParameters(**base)  # type: ignore[arg-type]
     if prm.scale <= 0.5 or prm.scale > 1.5:
         raise InputError(None, f"scale must be in (0.5, 1.5], got {prm.scale}")
+    if not 100.0 <= prm.shaft_length_mm <= 300.0:
+        raise InputError(None, f"shaft_length_mm must be in [100, 300], got {prm.shaft_length_mm}")
     if not 2.0 <= prm.joint_gap_mm <= 8.0:
         raise InputError(None, f"joint_gap_mm must be in [2, 8], got {prm.joint_gap_mm}")
     if not (20.0 <= prm.inclination_deg <= 65.0 and -10.0 <= prm.anteversion_deg <= 35.0):
@@ -511,4 +533,4 @@ def make_hip_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> 
     return SyntheticPhantom(ct=ct, labels=labels, label_table=table, truth=truth, truth_meshes=meshes, bones=dict(anat.bones), print_mesh=None)
 
 
-__all__ = ["LABELS", "HipParameters", "HipAnatomy", "app_frame", "build_hip", "hip_angles", "hip_landmarks_limb", "make_hip_phantom"]
+__all__ = ["LABELS", "HipAnatomy", "HipParameters", "app_frame", "build_hip", "hip_angles", "hip_landmarks_limb", "make_hip_phantom"]

@@ -18,14 +18,24 @@ from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import apply, apply_vector, make_rigid, rotation_about_axis
+from orthonav.core.transforms import (
+    apply,
+    apply_vector,
+    make_rigid,
+    rotation_about_axis,
+)
 
 from . import sdf as S
 from .angles import knee_angles
-from .knee import KneeParameters, _frame, _knee_geometry, _surface_point, _surface_points
+from .knee import (
+    KneeParameters,
+    _frame,
+    _knee_geometry,
+    _surface_point,
+    _surface_points,
+)
 from .synthetic import DEFAULT_HU, SyntheticPhantom, fit_grid, render_ct
 from .truth import PhantomTruth
 
@@ -61,7 +71,7 @@ class LongBoneParameters:
     pose_jitter_deg: float = 0.0
 
 
-SMALL = dict(spacing_mm=(0.9, 0.9, 1.6), mesh_step_mm=1.2, bead_radius_mm=2.0)
+SMALL = {"spacing_mm": (0.9, 0.9, 1.6), "mesh_step_mm": 1.2, "bead_radius_mm": 2.0}
 
 
 def _knee_prm(prm: LongBoneParameters) -> KneeParameters:

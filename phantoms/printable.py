@@ -308,7 +308,9 @@ def _hip_layout(phantom) -> PrintLayout:
     h = L["femoral_head_centre_left"]
     g = float(t.parameters.get("symphysis_gap_mm", 6.0))
     z_cut = float(h[2] - 100.0 * s)
-    P = lambda x, y, z: np.array([x, y, z]) * s  # noqa: E731  (pelvis frame, left side)
+    def P(x: float, y: float, z: float) -> NDArray[np.float64]:  # pelvis frame, left side
+        return np.array([x, y, z]) * s
+
     lt = [apply(limb_from_ct, np.array(t.targets_lps_mm[n])) for n in t.targets_lps_mm if n.startswith("target_lesser_trochanter_left")]
     targets = [
         ("target_asis_left", "hip_left", L["asis_left"] + np.array([0.0, -3.0, 0.0])),
@@ -346,13 +348,11 @@ def _long_bone_layout(phantom) -> PrintLayout:
     head = apply(limb_from_ct, np.array(t.landmarks_lps_mm["femoral_head_centre"]))
     prox = verts[verts[:, 2] > head[2] - 60.0]
     gt = prox[np.argmin(prox[:, 0])]  # most lateral proximal point (right femur: lateral = -x)
-    r_bead = t.bead_radius_mm + float(t.parameters.get("bead_standoff_mm", 0.0))
     reg = []
     for i, name in enumerate(t.fiducials_lps_mm):
         reg.append((f"divot_{i + 1}", t.fiducial_bones.get(name, "femur"), apply(limb_from_ct, np.array(t.fiducials_lps_mm[name]))))
     tgts = [(n, t.target_bones.get(n, "femur"), apply(limb_from_ct, np.array(p))) for n, p in t.targets_lps_mm.items()]
     tgts = [x for x in tgts if x[2][2] > z_base + 8.0]  # not at the base
-    del r_bead
     return PrintLayout(
         bones={"femur": None},
         base_top_z=z_base,
@@ -424,9 +424,10 @@ def _build_printable(phantom, layout: PrintLayout, divot_depth_mm: float) -> Pri
     notch = [_box([x0 + 4.0 + i * 6.0, y0 - 1.0, zb - base_t + 1.5], [x0 + 7.0 + i * 6.0, y0 + 1.0, zb - 1.5]) for i, bit in enumerate(code) if bit == "1"]
     cut = mf.Manifold.batch_boolean(reg_cut + tgt_cut + hole_cut + notch, mf.OpType.Add)
     model = (model - cut).transform(np.hstack([np.eye(3), phantom_from_limb[:3, 3:4]]).tolist())
-    # collapse the sub-micron slivers CSG leaves where a cone grazes the surface: they would
-    # fold into non-manifold edges once the STL rounds vertices to float32
-    model = model.simplify(1e-3)
+    # snap to float32 (the STL's precision) and rebuild, then collapse sub-micron edges: thin
+    # CSG slivers where a cone meets the surface would otherwise fold into non-manifold edges
+    # when the STL is written
+    model = _to_manifold(_to_polydata(model)).simplify(1e-3)
     if model.status() != mf.Error.NoError or model.is_empty():
         raise InputError(None, f"printable {kind} model construction failed ({model.status()})")
     mesh = _to_polydata(model)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from orthonav.core.errors import InputError
+from orthonav.core.errors import InputError, TrackingError
 from orthonav.core.transforms import apply, compose, invert, make_rigid, rotation_about_axis
 from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
 from orthonav.tracking.tools import ToolSet, default_toolset
@@ -173,7 +173,7 @@ def toy_geometry(*, seed: int = 0) -> KneeGeometry:
     """A small synthetic knee (no phantom needed): 6 fiducials around a distal femur near the origin.
 
     The femur's mechanical axis is +z (LPS superior), the distal cut is the plane z = 0 with
-    normal -z, medial is -x (a right knee: patient left is medial).
+    normal -z, medial is +x (a right knee: its medial side faces the patient's left, LPS +x).
     """
     rng = np.random.default_rng(seed)
     ang = np.radians(np.array([20.0, 80.0, 150.0, 210.0, 270.0, 330.0]) + rng.uniform(-10, 10, 6))
@@ -676,12 +676,12 @@ def simulate_navigation(
     th.start()
     if not listening.wait(30.0) or "error" in box:
         th.join(timeout=1.0)
-        raise InputError(None, f"the simulated tracker did not start: {box.get('error')!r}")
+        raise TrackingError(f"the simulated tracker did not start: {box.get('error')!r}") from box.get("error")  # type: ignore[misc]
     source = IGTLClientSource("127.0.0.1", int(box["port"]), tools=sc.toolset)  # type: ignore[arg-type]
     summary = navigate_case(case_dir, source, duration_s=sc.duration_s + 1.0, truth_at=truth_at, **common)
     th.join(timeout=10.0)
     if "error" in box:
-        raise InputError(None, f"the simulated tracker failed: {box['error']!r}")
+        raise TrackingError(f"the simulated tracker failed: {box['error']!r}") from box["error"]  # type: ignore[misc]
     return summary, sc
 
 

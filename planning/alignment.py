@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-
 from orthonav.core.errors import InputError
 
 from .schema import Axis, Landmark
@@ -227,4 +226,4 @@ def compute_angles(landmarks: Mapping[str, object], *, medial_plateau_ap_tangent
     return out
 
 
-__all__ = ["ANGLE_REQUIREMENTS", "LimbFrames", "limb_frames", "compute_axes", "compute_angles", "position"]
+__all__ = ["ANGLE_REQUIREMENTS", "LimbFrames", "compute_angles", "compute_axes", "limb_frames", "position"]

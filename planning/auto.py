@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pyvista as pv
-from scipy.spatial import cKDTree
-
 from orthonav.core.case import Case, read_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import MESH_SUFFIXES, read_mesh
 from orthonav.core.volume import Volume, read_volume
+from scipy.spatial import cKDTree
 
 from .alignment import compute_angles, compute_axes, limb_frames
 from .cuts import kinematic_cuts, mechanical_cuts
@@ -214,4 +213,4 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
     return plan
 
 
-__all__ = ["auto_plan", "build_plan", "load_bone_meshes", "check_bone_mesh", "fiducial_landmarks", "anatomical_axes", "find_mesh_path"]
+__all__ = ["anatomical_axes", "auto_plan", "build_plan", "check_bone_mesh", "fiducial_landmarks", "find_mesh_path", "load_bone_meshes"]

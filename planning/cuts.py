@@ -22,7 +22,6 @@ from collections.abc import Mapping
 
 import numpy as np
 from numpy.typing import NDArray
-
 from orthonav.core.errors import InputError
 
 from .alignment import limb_frames, position
@@ -169,10 +168,10 @@ def kinematic_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0
 
 
 __all__ = [
-    "mechanical_cuts",
-    "kinematic_cuts",
-    "femoral_cut_from_normal",
-    "tibial_cut_from_normal",
-    "sloped_normal",
     "depth_along_axis_mm",
+    "femoral_cut_from_normal",
+    "kinematic_cuts",
+    "mechanical_cuts",
+    "sloped_normal",
+    "tibial_cut_from_normal",
 ]

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
-
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
+from scipy import ndimage
 
 
 def detect_fiducial_beads(
@@ -63,7 +62,7 @@ def detect_fiducial_beads(
     mask = a > min_hu
     if not mask.any():
         return np.zeros((0, 3))
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    lab, _n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     spacing_zyx = ct.spacing_mm[::-1]
     voxel_mm3 = float(np.prod(spacing_zyx))
     objs = ndimage.find_objects(lab)

@@ -24,7 +24,6 @@ import manifold3d as mf
 import numpy as np
 import pyvista as pv
 from numpy.typing import NDArray
-
 from orthonav.core.case import Case
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import write_mesh
@@ -150,4 +149,4 @@ def write_guides(case_dir: str | Path, plan: Plan | None = None, *, spec: GuideS
     return out
 
 
-__all__ = ["GuideSpec", "Guide", "make_cutting_guide", "write_guides"]
+__all__ = ["Guide", "GuideSpec", "make_cutting_guide", "write_guides"]

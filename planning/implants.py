@@ -28,11 +28,10 @@ from pathlib import Path
 import manifold3d as mf
 import numpy as np
 import pyvista as pv
-from pydantic import Field
-
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import read_mesh
 from orthonav.core.schema import Versioned, load_model
+from pydantic import Field
 
 from .meshops import to_manifold, to_polydata, transform
 
@@ -284,17 +283,17 @@ def implant_meshes_for(plan, case_dir: str | Path | None = None) -> dict[str, pv
 
 
 __all__ = [
-    "ImplantModel",
-    "CustomImplant",
     "FAMILIES",
     "FEMORAL_SIZES",
-    "TIBIAL_SIZES",
     "INSERT_THICKNESSES_MM",
-    "implant_model",
+    "TIBIAL_SIZES",
+    "CustomImplant",
+    "ImplantModel",
+    "femoral_box_profile",
     "implant_meshes_for",
+    "implant_model",
+    "insert_size",
     "register_custom_implant",
     "sizes",
-    "insert_size",
     "tray_outline",
-    "femoral_box_profile",
 ]

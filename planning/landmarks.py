@@ -25,10 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyvista as pv
 from numpy.typing import NDArray
+from orthonav.core.errors import InputError
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
-
-from orthonav.core.errors import InputError
 
 from .schema import Axis, Landmark
 
@@ -96,7 +95,7 @@ def principal_axis(points: Vec, weights: Vec | None = None) -> tuple[Vec, Vec]:
     c = (points * w[:, None]).sum(axis=0) / w.sum()
     d = points - c
     cov = (d * w[:, None]).T @ d / w.sum()
-    evals, evecs = np.linalg.eigh(cov)
+    _evals, evecs = np.linalg.eigh(cov)
     return c, evecs[:, -1]
 
 
@@ -374,10 +373,14 @@ def find_landmarks(meshes: Mapping[str, pv.PolyData], *, side: str | None = None
     fa = _femoral_anterior(out)
     t_ant = t_ant if np.dot(t_ant, fa) >= 0 else -t_ant
     # The plateau plane's antero-posterior tangent through the medial plateau centre (slope).
-    tangent = _unit(np.cross(n_p, t_lat))  # the plateau plane's line in the sagittal plane
+    # docs/anatomy.md: the MEDIAL plateau's tangent, so the plane is fitted to the medial
+    # compartment only (the lateral plateau's slope differs in real knees).
+    medial_up = up_facing & ((ts.points - tkc) @ t_med > 5.0)
+    n_med = plateau_normal(ts, medial_up, t_ax) if medial_up.sum() >= 30 else n_p
+    tangent = _unit(np.cross(n_med, t_lat))  # the medial plateau plane's line in the sagittal plane
     tangent = tangent if np.dot(tangent, t_ant) >= 0 else -tangent
-    out["medial_plateau_anterior"] = _lm(mpc + 15.0 * tangent, "tibia", "plateau plane fit: 15 mm anterior of medial plateau centre along its AP tangent")
-    out["medial_plateau_posterior"] = _lm(mpc - 15.0 * tangent, "tibia", "plateau plane fit: 15 mm posterior of medial plateau centre along its AP tangent")
+    out["medial_plateau_anterior"] = _lm(mpc + 15.0 * tangent, "tibia", "medial plateau plane fit: 15 mm anterior of medial plateau centre along its AP tangent")
+    out["medial_plateau_posterior"] = _lm(mpc - 15.0 * tangent, "tibia", "medial plateau plane fit: 15 mm posterior of medial plateau centre along its AP tangent")
 
     if side is not None:
         _check_side(side, out)
@@ -476,13 +479,13 @@ def infer_side(lms: Mapping[str, Landmark]) -> str:
 
 
 __all__ = [
-    "find_landmarks",
-    "surface_samples",
-    "cap_point",
-    "fit_sphere",
-    "femoral_head_sphere",
-    "anatomical_axis",
-    "section_centroids",
-    "infer_side",
     "SurfaceSamples",
+    "anatomical_axis",
+    "cap_point",
+    "femoral_head_sphere",
+    "find_landmarks",
+    "fit_sphere",
+    "infer_side",
+    "section_centroids",
+    "surface_samples",
 ]

@@ -13,7 +13,6 @@ import manifold3d as mf
 import numpy as np
 import pyvista as pv
 from numpy.typing import NDArray
-
 from orthonav.core.errors import InputError
 
 
@@ -188,14 +187,16 @@ def clipped_volume(surface: ClosedSurface, planes: list[tuple[NDArray[np.float64
     """
     if not planes:
         return float(surface.tri_volumes.sum())
-    all_in = np.ones(len(surface.faces), bool)
-    out_first = None
+    inside_all = None
     for q, n in planes:
         n = np.asarray(n, dtype=np.float64)
-        inside_f = ((surface.vertices - np.asarray(q, dtype=np.float64)) @ (n / np.linalg.norm(n)) <= 0.0)[surface.faces]
-        all_in &= inside_f.all(axis=1)
-        if out_first is None:
-            out_first = ~inside_f.any(axis=1)  # outside the first plane: dropped before any cap exists
+        inside_v = (surface.vertices - np.asarray(q, dtype=np.float64)) @ (n / np.linalg.norm(n)) <= 0.0
+        if inside_all is None:
+            out_first = ~inside_v[surface.faces].any(axis=1)  # outside the first plane: dropped before any cap exists
+            inside_all = inside_v
+        else:
+            inside_all &= inside_v
+    all_in = inside_all[surface.faces].all(axis=1)
     total = float(surface.tri_volumes[all_in].sum())
     soup = surface.vertices[surface.faces[~all_in & ~out_first]]
     for q, n in planes:
@@ -204,4 +205,4 @@ def clipped_volume(surface: ClosedSurface, planes: list[tuple[NDArray[np.float64
     return total + (float(_signed_volumes(soup, surface.origin).sum()) if len(soup) else 0.0)
 
 
-__all__ = ["clipped_volume", "closed_surface", "ClosedSurface", "to_manifold", "to_polydata", "transform", "halfspace_keep", "frame_from_plane", "cross_section", "affine34"]
+__all__ = ["ClosedSurface", "affine34", "clipped_volume", "closed_surface", "cross_section", "frame_from_plane", "halfspace_keep", "to_manifold", "to_polydata", "transform"]

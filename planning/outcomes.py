@@ -17,13 +17,21 @@ import numpy as np
 import pyvista as pv
 from matplotlib.path import Path as MplPath
 from numpy.typing import NDArray
-from scipy.ndimage import map_coordinates
-
 from orthonav.core.transforms import apply
 from orthonav.core.volume import Volume
+from scipy.ndimage import map_coordinates
 
 from .implants import FEMORAL_FLANGE_MM, implant_model, tray_outline
-from .meshops import ClosedSurface, clipped_volume, closed_surface, cross_section, halfspace_keep, to_manifold, to_polydata, transform
+from .meshops import (
+    ClosedSurface,
+    clipped_volume,
+    closed_surface,
+    cross_section,
+    halfspace_keep,
+    to_manifold,
+    to_polydata,
+    transform,
+)
 from .placement import femoral_cut_planes_implant
 from .schema import ImplantPlacement, Plan
 
@@ -48,8 +56,9 @@ class BoneSolids:
     _volume: dict[int, float] = field(default_factory=dict)
     _memo: dict[tuple, object] = field(default_factory=dict)
     _surfaces: dict[str, ClosedSurface] = field(default_factory=dict)
+    _roi_surfaces: dict[str, tuple[ClosedSurface, NDArray[np.float64]]] = field(default_factory=dict)
 
-    def memo(self, key: tuple, compute: "callable[[], object]") -> object:
+    def memo(self, key: tuple, compute: callable[[], object]) -> object:
         """Cache a per-bone result keyed by the pose / plane it depends on (an edit changes
         one implant, so the other bone's results are reused; undo is then free)."""
         if key not in self._memo:
@@ -69,6 +78,27 @@ class BoneSolids:
             self._surfaces[bone] = closed_surface(self.solid(bone))
         return self._surfaces[bone]
 
+    def surface_for(self, bone: str, first_plane: tuple[NDArray[np.float64], NDArray[np.float64]]) -> ClosedSurface:
+        """The boundary to clip with planes whose first is ``first_plane`` (point, normal; the
+        region kept is ``(x - point) . normal <= 0``): only the triangles touching the ROI when
+        every vertex outside the ROI is beyond that plane (the triangles left out then hold no
+        part of the region, so the volume is unchanged), else the whole boundary."""
+        full = self.surface(bone)
+        if self.roi_centre_lps is None:
+            return full
+        if bone not in self._roi_surfaces:
+            c, h = np.asarray(self.roi_centre_lps, dtype=float), self.roi_half_mm
+            v_out = np.any(np.abs(full.vertices - c) > h, axis=1)
+            f_in = ~v_out[full.faces].all(axis=1)
+            used = np.unique(full.faces[f_in])
+            remap = np.full(len(full.vertices), -1, dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            sub = ClosedSurface(full.vertices[used], remap[full.faces[f_in]], full.origin, full.tri_volumes[f_in])
+            self._roi_surfaces[bone] = (sub, full.vertices[v_out])
+        sub, outside = self._roi_surfaces[bone]
+        q, n = (np.asarray(a, dtype=float) for a in first_plane)
+        return sub if len(outside) == 0 or bool(np.all((outside - q) @ n > 0.0)) else full
+
     def volume(self, bone: str) -> float:
         return self.volume_of(self.solid(bone))
 
@@ -79,7 +109,7 @@ class BoneSolids:
             self._volume[key] = float(solid.volume())
         return self._volume[key]
 
-    def local(self, bone: str, unaffected: "callable[[NDArray[np.float64]], bool] | None" = None) -> mf.Manifold:
+    def local(self, bone: str, unaffected: callable[[NDArray[np.float64]], bool] | None = None) -> mf.Manifold:
         """The bone within the ROI if ``unaffected(points outside the ROI)`` holds, else whole."""
         if self.roi_centre_lps is None or unaffected is None:
             return self.solid(bone)
@@ -101,7 +131,7 @@ class Resection:
     removed_volume_mm3: float
     bone_volume_mm3: float
     whole: mf.Manifold = field(repr=False)
-    remove: "callable[[mf.Manifold], mf.Manifold]" = field(repr=False)
+    remove: callable[[mf.Manifold], mf.Manifold] = field(repr=False)
 
     @property
     def kept(self) -> mf.Manifold:
@@ -161,25 +191,24 @@ def resect(plan: Plan, solids: BoneSolids) -> dict[str, Resection]:
     if "femur" in solids.meshes:
         remove = None
         if fem is not None:
-            r = femoral_removal_region(fem)
-            remove = lambda b, r=r: b - r  # noqa: E731
+            remove = lambda b, fem=fem: b - femoral_removal_region(fem)
             top, box = femoral_region_planes(fem)
             key = ("femur", fem.size, _key(fem.ct_from_implant))
-            volume = lambda: clipped_volume(solids.surface("femur"), [top]) - clipped_volume(solids.surface("femur"), [top, *box])  # noqa: E731
+            volume = lambda: clipped_volume(solids.surface_for("femur", top), [top]) - clipped_volume(solids.surface_for("femur", top), [top, *box])
         elif "distal_femur" in plan.cuts:
             c = plan.cuts["distal_femur"]
             pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
-            remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
+            remove = lambda b: halfspace_keep(b, pt, n)
             key = ("femur-plane", _key(pt), _key(n))
-            volume = lambda: clipped_volume(solids.surface("femur"), [(pt, -n)])  # noqa: E731
+            volume = lambda: clipped_volume(solids.surface_for("femur", (pt, -n)), [(pt, -n)])
         if remove is not None:
             removed = solids.memo(key, volume)
             out["femur"] = Resection("femur", float(removed), solids.volume("femur"), solids.solid("femur"), remove)
     if "tibia" in solids.meshes and "proximal_tibia" in plan.cuts:
         c = plan.cuts["proximal_tibia"]
         pt, n = np.asarray(c.point_lps_mm), np.asarray(c.normal_lps)
-        remove = lambda b: halfspace_keep(b, pt, n)  # noqa: E731
-        removed = solids.memo(("tibia-plane", _key(pt), _key(n)), lambda: clipped_volume(solids.surface("tibia"), [(pt, -n)]))
+        remove = lambda b: halfspace_keep(b, pt, n)
+        removed = solids.memo(("tibia-plane", _key(pt), _key(n)), lambda: clipped_volume(solids.surface_for("tibia", (pt, -n)), [(pt, -n)]))
         out["tibia"] = Resection("tibia", float(removed), solids.volume("tibia"), solids.solid("tibia"), remove)
     return out
 
@@ -374,4 +403,4 @@ def _is_outcome_key(k: str) -> bool:
     return k.startswith(("femur_", "tibia_", "resection_", "tibial_coverage", "tibial_overhang", "tibial_max", "tibial_cut", "tibial_mean", "femoral_ml", "femoral_bone", "femoral_mean"))
 
 
-__all__ = ["BoneSolids", "Resection", "Coverage", "resect", "coverage", "mean_hu_under", "compute_metrics", "update_plan_outcomes", "femoral_removal_region"]
+__all__ = ["BoneSolids", "Coverage", "Resection", "compute_metrics", "coverage", "femoral_removal_region", "mean_hu_under", "resect", "update_plan_outcomes"]

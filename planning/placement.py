@@ -21,13 +21,22 @@ from collections.abc import Mapping
 import numpy as np
 import pyvista as pv
 from numpy.typing import NDArray
-
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply, apply_vector, rotation_about_axis
 
 from .alignment import limb_frames, position
 from .cuts import depth_along_axis_mm
-from .implants import FEMORAL_CHAMFER_MM, FEMORAL_FLANGE_MM, FEMORAL_SIZES, FEMORAL_THICKNESS_MM, INSERT_THICKNESSES_MM, TIBIAL_SIZES, TRAY_THICKNESS_MM, implant_model, insert_size
+from .implants import (
+    FEMORAL_CHAMFER_MM,
+    FEMORAL_FLANGE_MM,
+    FEMORAL_SIZES,
+    FEMORAL_THICKNESS_MM,
+    INSERT_THICKNESSES_MM,
+    TIBIAL_SIZES,
+    TRAY_THICKNESS_MM,
+    implant_model,
+    insert_size,
+)
 from .meshops import cross_section, to_manifold
 from .schema import CutPlane, ImplantPlacement
 
@@ -256,15 +265,15 @@ def implant_delta(*, translation_mm=(0.0, 0.0, 0.0), rotation_axis=(0.0, 0.0, 1.
 
 
 __all__ = [
+    "choose_insert",
+    "cuts_from_implants",
+    "extension_gap_mm",
+    "femoral_cut_planes_implant",
+    "femoral_frame",
+    "implant_delta",
+    "move_implant",
     "place_tka",
     "size_and_place_femoral",
     "size_and_place_tibial",
-    "femoral_frame",
     "tibial_frame",
-    "cuts_from_implants",
-    "femoral_cut_planes_implant",
-    "extension_gap_mm",
-    "choose_insert",
-    "move_implant",
-    "implant_delta",
 ]

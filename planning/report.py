@@ -136,7 +136,6 @@ def write_report_preview(case_dir: str | Path, png_path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
-
     from orthonav.core.atomic import write_with
 
     case = Case(case_dir)
@@ -171,4 +170,4 @@ def write_report_preview(case_dir: str | Path, png_path: str | Path) -> Path:
     return Path(out)
 
 
-__all__ = ["write_plan_report", "write_report_preview", "report_tables"]
+__all__ = ["report_tables", "write_plan_report", "write_report_preview"]

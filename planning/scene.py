@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyvista as pv
 from numpy.typing import NDArray
-
 from orthonav.core.atomic import write_with
 from orthonav.core.case import Case
 from orthonav.core.errors import InputError
@@ -198,4 +197,4 @@ def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str,
     return render_scene(plan, meshes, png_path, views=views, size=size, implant_meshes=implant_meshes, zoom=zoom)
 
 
-__all__ = ["SceneItem", "scene_items", "view_camera", "render_scene", "render_plan", "cut_disc", "VIEWS"]
+__all__ = ["VIEWS", "SceneItem", "cut_disc", "render_plan", "render_scene", "scene_items", "view_camera"]

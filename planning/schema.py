@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from orthonav.core.schema import Versioned, load_model, save_model
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Vec3 = tuple[float, float, float]
 Matrix4 = list[list[float]]

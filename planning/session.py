@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyvista as pv
 from numpy.typing import ArrayLike
-
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 
@@ -165,13 +164,15 @@ class PlanSession:
         imps[i] = imps[i].model_copy(update={"size": size})
         return self._commit(self._plan.model_copy(update={"implants": imps}))
 
-    def set_landmark(self, name: str, position_lps_mm: ArrayLike, *, method: str = "manual") -> Plan:
-        """Override a landmark (e.g. picked in the UI); axes and angles follow."""
+    def set_landmark(self, name: str, position_lps_mm: ArrayLike, *, method: str = "manual", bone: str | None = None) -> Plan:
+        """Override a landmark (e.g. picked in the UI); axes, angles and cut depths follow.
+        ``bone`` defaults to the existing landmark's (or 'unknown' for a new name)."""
         p = np.asarray(position_lps_mm, dtype=float)
         if p.shape != (3,) or not np.all(np.isfinite(p)):
             raise InputError(None, f"landmark {name!r} needs 3 finite coordinates, got {p.tolist()}")
         lms = dict(self._plan.landmarks)
-        bone = lms[name].bone if name in lms else "unknown"
+        if bone is None:
+            bone = lms[name].bone if name in lms else "unknown"
         lms[name] = Landmark(position_lps_mm=tuple(p), bone=bone, method=method)
         return self._commit(self._plan.model_copy(update={"landmarks": lms}))
 

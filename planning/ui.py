@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from orthonav.core.case import Case
 from orthonav.core.errors import InputError
 
@@ -197,4 +196,4 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
 #: The name the CLI calls (``orthonav plan CASE``).
 open_planner = open_plan_window
 
-__all__ = ["PlanEditor", "open_plan_window", "open_planner", "MOVE_KEYS"]
+__all__ = ["MOVE_KEYS", "PlanEditor", "open_plan_window", "open_planner"]

@@ -31,18 +31,17 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
-from scipy import ndimage as ndi
-
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
+from scipy import ndimage as ndi
 
-from .naming import RegionInfo, name_regions
+from .naming import RegionInfo, detect_anatomy, name_regions
 
 ANATOMIES = ("auto", "knee", "hip", "general")
 
@@ -59,11 +58,15 @@ class Segmentation:
         Label value -> bone name.
     confidence
         Optional float32 per-voxel confidence in [0, 1] on the same grid, or None.
+    notes
+        What the backend changed that the user should know (e.g. an unnamed fragment merged
+        into its bone or dropped).
     """
 
     labels: Volume
     table: LabelTable
     confidence: Volume | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,6 @@ class ClassicalParams:
     bump_radius_mm: float = 2.0
     bump_max_volume_mm3: float = 25.0
     bump_max_extent_mm: float = 7.0
-    extra: dict = field(default_factory=dict)
 
 
 def _img(array: NDArray, spacing_ijk: NDArray) -> sitk.Image:
@@ -134,19 +136,24 @@ def _bead_mask(ct_zyx: NDArray, spacing: NDArray, p: ClassicalParams) -> tuple[N
         return np.zeros(ct_zyx.shape, bool), []
     voxel_mm3 = float(np.prod(spacing))
     lab, n = ndi.label(metal)
-    sizes = ndi.sum_labels(metal, lab, index=np.arange(1, n + 1)) * voxel_mm3
+    sizes = np.bincount(lab[metal], minlength=n + 1)[1:] * voxel_mm3
     small = np.flatnonzero(sizes <= p.bead_max_volume_mm3) + 1
     if small.size == 0:
         return np.zeros(ct_zyx.shape, bool), []
     keep = np.zeros(n + 1, bool)
     keep[small] = True
-    beads = keep[lab]
-    # Zone: bead grown by its blur halo (distance in mm, anisotropic spacing respected).
-    dist = sitk.SignedMaurerDistanceMap(
-        _img(beads.astype(np.uint8), spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-    )
-    zone = sitk.GetArrayFromImage(dist) <= p.bead_zone_mm
     boxes = [b for i, b in enumerate(ndi.find_objects(lab), start=1) if b is not None and keep[i]]
+    # Zone: bead grown by its blur halo (distance in mm, anisotropic spacing respected),
+    # computed in each bead's own box grown by the halo (beads are small and sparse).
+    zone = np.zeros(ct_zyx.shape, bool)
+    halo = [int(np.ceil(p.bead_zone_mm / s)) + 1 for s in spacing[::-1]]
+    for i, b in enumerate(ndi.find_objects(lab), start=1):
+        if b is None or not keep[i]:
+            continue
+        g = tuple(slice(max(0, s_.start - h), min(dim, s_.stop + h)) for s_, h, dim in zip(b, halo, ct_zyx.shape))
+        bead = np.pad((lab[g] == i).astype(np.uint8), 1)  # padded so the box edge is outside
+        dist = _arr(sitk.SignedMaurerDistanceMap(_img(bead, spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
+        zone[g] |= dist[1:-1, 1:-1, 1:-1] <= p.bead_zone_mm
     return zone, boxes
 
 
@@ -230,6 +237,25 @@ def _body_mask(ct_zyx: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray
     return body.astype(bool)
 
 
+def _drop_small_components(mask: NDArray, spacing: NDArray, min_volume_mm3: float) -> NDArray:
+    """``mask`` without its 26-connected components smaller than ``min_volume_mm3``."""
+    min_vox = max(1, int(np.ceil(min_volume_mm3 / float(np.prod(spacing)))))
+    cc = sitk.RelabelComponent(sitk.ConnectedComponent(_img(mask.astype(np.uint8), spacing), True), minimumObjectSize=min_vox)
+    return _arr(cc) > 0
+
+
+def _shift_boxes(boxes: list[tuple[slice, ...]], inner: tuple[slice, ...]) -> list[tuple[slice, ...]]:
+    """Boxes (k, j, i slices) re-expressed inside the sub-box ``inner``; boxes outside it are dropped."""
+    out = []
+    for b in boxes:
+        sh = tuple(
+            slice(max(0, s_.start - i.start), min(i.stop - i.start, s_.stop - i.start)) for s_, i in zip(b, inner)
+        )
+        if all(x.stop > x.start for x in sh):
+            out.append(sh)
+    return out
+
+
 def _coarse_step(spacing: NDArray) -> tuple[int, int, int]:
     """Sub-sampling step along (k, j, i) giving voxels of about 2 mm."""
     return tuple(max(1, int(2.0 // s)) for s in spacing[::-1])  # type: ignore[return-value]
@@ -305,15 +331,6 @@ def fill_cavities(mask: NDArray) -> NDArray:
 _DIRECTIONS = [d for d in np.ndindex(3, 3, 3) if d > (1, 1, 1)]
 
 
-def _shifted(a: NDArray, offset: tuple[int, int, int], fill: float) -> NDArray:
-    """``out[x] = a[x + offset]`` (edge filled with ``fill``)."""
-    out = np.full_like(a, fill)
-    src = tuple(slice(max(0, o), a.shape[i] + min(0, o)) for i, o in enumerate(offset))
-    dst = tuple(slice(max(0, -o), a.shape[i] + min(0, -o)) for i, o in enumerate(offset))
-    out[dst] = a[src]
-    return out
-
-
 def joint_valleys(ct_zyx: NDArray, mask: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
     """Voxels of ``mask`` darker by ``valley_hu`` than both neighbours at +/- r along some direction.
 
@@ -322,17 +339,31 @@ def joint_valleys(ct_zyx: NDArray, mask: NDArray, spacing: NDArray, p: Classical
     enhancement filtering", MICCAI, computed here by finite offsets instead of a Hessian). The
     offsets span at most ``valley_max_mm`` so wide dark regions (marrow) do not respond.
     """
-    a = ct_zyx.astype(np.float32)
     valley = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return valley
+    # Evaluated only at the mask's voxels, by flat-index gathers in the mask's bounding box
+    # (padded with -1024 HU as outside the image): no full-volume shifted copies.
+    pad = 2
+    box = ndi.find_objects(mask.astype(np.uint8))[0]
+    grown = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, mask.shape))
+    a = np.pad(ct_zyx[grown].astype(np.float32), pad, constant_values=-1024.0).ravel()
+    m = np.pad(mask[grown], pad)
+    strides = np.array([m.shape[1] * m.shape[2], m.shape[2], 1], dtype=np.int64)
+    idx = np.flatnonzero(m)
+    raised = a[idx] + np.float32(p.valley_hu)  # a neighbour must be brighter than this
+    hit = np.zeros(idx.shape, bool)
     for d in _DIRECTIONS:
         step = np.array(d) - 1
         for r in (1, 2):
-            off = tuple(int(x) for x in step * r)
             if r > 1 and np.linalg.norm(step * r * spacing[::-1]) > p.valley_max_mm:
                 continue
-            lo = np.minimum(_shifted(a, off, -1024.0), _shifted(a, tuple(-x for x in off), -1024.0))
-            valley |= (lo - a) > p.valley_hu
-    return valley & mask
+            o = int(step @ strides) * r
+            hit |= (a[idx + o] > raised) & (a[idx - o] > raised)
+    m.ravel()[idx] = hit  # m is a fresh array: reuse it for the answer
+    inner = tuple(slice(pad, n - pad) for n in m.shape)
+    valley[grown] = m[inner]
+    return valley
 
 
 def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArray) -> tuple[NDArray, NDArray]:
@@ -466,8 +497,6 @@ def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int]
         beyond = t > t1 - end_zone or t < t0 + end_zone
         within = radial < np.sqrt(cs_big / np.pi)
         solid = hu_sum[(ra, rb)] / area >= p.shaft_interface_hu  # through bone, not a blurred joint space
-        if p.extra.get("debug"):
-            print("shaft?", big, small, round(area), round(cs_small), beyond, within, round(hu_sum[(ra, rb)] / area), round(t, 1), (round(t0), round(t1)), round(radial, 1))
         piece = shape_of(small)[0] <= p.shaft_piece_ratio * shape_of(big)[0]  # an end piece, not a bone of its own
         if beyond and within and solid and piece and area >= p.shaft_area_ratio * cs_small:
             parent[find(ra)] = find(rb)
@@ -484,7 +513,11 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[
     n = int(regions.max())
     if n < 2:
         return regions
-    depth = ndi.maximum(dist, regions, index=np.arange(1, n + 1))
+    depth = np.zeros(n, np.float64)
+    for r, box in enumerate(ndi.find_objects(regions), start=1):
+        if box is not None:
+            depth[r - 1] = float(dist[box][regions[box] == r].max())
+    saddle_nn = np.zeros((n + 1, n + 1), np.float32) if n <= 4000 else None
     saddle: dict[tuple[int, int], float] = {}
     for axis in range(3):
         a = np.moveaxis(regions, axis, 0)
@@ -496,6 +529,9 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[
         va, vb = la[touch], lb[touch]
         dd = np.minimum(d[:-1][touch], d[1:][touch])
         lo, hi = np.minimum(va, vb), np.maximum(va, vb)
+        if saddle_nn is not None:  # dense pair table: no sort of the interface voxels
+            np.maximum.at(saddle_nn, (lo, hi), dd.astype(np.float32))
+            continue
         key = lo.astype(np.int64) * (n + 1) + hi
         order = np.argsort(key)
         key, dd = key[order], dd[order]
@@ -503,6 +539,9 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[
         for s, m in zip(starts, np.maximum.reduceat(dd, starts)):
             pair = (int(key[s] // (n + 1)), int(key[s] % (n + 1)))
             saddle[pair] = max(saddle.get(pair, 0.0), float(m))
+    if saddle_nn is not None:
+        for a_, b_ in zip(*np.nonzero(saddle_nn)):
+            saddle[(int(a_), int(b_))] = float(saddle_nn[a_, b_])
     parent = list(range(n + 1))
 
     def find(x: int) -> int:
@@ -521,9 +560,15 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[
     return lut[regions]
 
 
-def _clean_regions(regions: NDArray, spacing: NDArray, p: ClassicalParams, body: NDArray) -> list[tuple[tuple[slice, ...], NDArray]]:
+def _clean_regions(
+    regions: NDArray, spacing: NDArray, p: ClassicalParams, body: NDArray, *, offset_kji: NDArray | None = None
+) -> list[tuple[tuple[slice, ...], NDArray]]:
     """Per region: largest connected piece, cavities filled; drop regions below the minimum
-    volume and regions lying mostly outside the body (the table, cables, external objects)."""
+    volume and regions lying mostly outside the body (the table, cables, external objects).
+
+    ``body`` is the coarse body mask of a box whose voxel (0, 0, 0) is ``-offset_kji`` in
+    ``regions`` (index (k, j, i) offset of ``regions`` inside that box; zero when the same box)."""
+    off = np.zeros(3, np.int64) if offset_kji is None else np.asarray(offset_kji, np.int64)
     step = _coarse_step(spacing)
     voxel_mm3 = float(np.prod(spacing))
     masks: list[tuple[tuple[slice, ...], NDArray]] = []
@@ -537,7 +582,7 @@ def _clean_regions(regions: NDArray, spacing: NDArray, p: ClassicalParams, body:
             m = lab == (int(np.argmax(sizes)) + 1)
         if m.sum() * voxel_mm3 < p.min_bone_volume_mm3:
             continue
-        kji = np.argwhere(m) + np.array([s.start for s in box])
+        kji = np.argwhere(m) + np.array([s.start for s in box]) + off
         kji = kji[:: max(1, len(kji) // 5000)] // np.array(step)
         kji = np.minimum(kji, np.array(body.shape) - 1)
         if body[kji[:, 0], kji[:, 1], kji[:, 2]].mean() < p.min_inside_body:
@@ -596,6 +641,23 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
 
     zone, bead_boxes = _bead_mask(ct_zyx, spacing, p)
     bone = fill_cavities(_hysteresis(ct_zyx, ~zone, spacing, p))
+    body = _body_mask(ct_zyx, spacing, p)  # on the wide box: the body around the bones
+    # Components smaller than a bone can never become one (every region lies in one component
+    # and regions below ``min_bone_volume_mm3`` are dropped): drop them now (noise specks
+    # above ``bone_low_hu`` in soft tissue), then shrink the work box to the bones left plus a
+    # margin wider than any neighbourhood used below. Every later pass runs on that box.
+    bone = _drop_small_components(bone, spacing, p.min_bone_volume_mm3)
+    if not bone.any():
+        raise InputError(None, "no bone found: dense voxels exist but none forms a bone-sized solid object")
+    margin = [max(p.crop_margin_vox + 3, int(np.ceil(8.0 / s_))) for s_ in spacing[::-1]]
+    inner = tuple(
+        slice(max(0, s_.start - g), min(n_, s_.stop + g))
+        for s_, g, n_ in zip(ndi.find_objects(bone.astype(np.uint8))[0], margin, bone.shape)
+    )
+    inner_kji = np.array([s_.start for s_ in inner])
+    ct_zyx, bone, zone = ct_zyx[inner], bone[inner], zone[inner]
+    bead_boxes = _shift_boxes(bead_boxes, inner)
+    box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
     if p.adaptive_boundary:
         bone = fill_cavities(_adaptive_refine(ct_zyx, ndi.label(bone)[0], spacing, p) > 0)
     bone = _repair_bead_dents(bone, zone, bead_boxes, spacing)
@@ -603,8 +665,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     regions, _dist = _separate(bone, spacing, p, ct_zyx)
     if p.adaptive_boundary:  # again per bone: peels blurred bridges left between touching bones
         regions = _adaptive_refine(ct_zyx, regions, spacing, p)
-    body = _body_mask(ct_zyx, spacing, p)
-    pieces = _clean_regions(regions, spacing, p, body)
+    pieces = _clean_regions(regions, spacing, p, body, offset_kji=inner_kji)
     if not pieces:
         raise InputError(None, "no bone found: dense voxels exist but none forms a bone-sized solid object")
 
@@ -617,6 +678,13 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         infos.append(RegionInfo.from_points(i, ct.to_lps(ijk[::step]), volume_mm3=float(mk.sum() * np.prod(spacing))))
     body_lps = _body_centre_lps(ct)
     names, side = name_regions(infos, anatomy=anatomy, body_centre_lps=body_lps)
+    # A limb field of view names every bone it expects; anything else the leg rule leaves as
+    # ``bone_<n>`` is a fragment (a piece of a bone cut off by the separation, a blurred bridge),
+    # never a bone of its own: it is merged into the bone it touches most, or dropped, with a note.
+    limb = (anatomy if anatomy != "auto" else detect_anatomy(infos)) in ("knee", "hip")
+    fragments = [i for i, n in names.items() if limb and n.startswith("bone_")]
+    for i in fragments:
+        del names[i]
 
     labels_crop = np.zeros(ct_zyx.shape, np.uint8)
     table: dict[int, str] = {}
@@ -631,6 +699,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         b, mk = pieces[info.index]
         labels_crop[b][mk & (labels_crop[b] == 0)] = value
         table[value] = name
+    notes = [_absorb_fragment(labels_crop, table, pieces[i], infos[i]) for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3)]
     labels_crop, table = _join_touching(labels_crop, table, stem="vertebrae", ct=ct, crop_origin_ijk=crop_origin_ijk)
     if not table:
         raise InputError(None, "no bone found that could be named for this anatomy")
@@ -640,7 +709,28 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         labels=Volume(labels, ct.lps_from_ijk.copy()),
         table=LabelTable(labels=table, backend="classical", side=side),
         confidence=None,
+        notes=tuple(notes),
     )
+
+
+def _absorb_fragment(labels: NDArray, table: dict[int, str], piece: tuple[tuple[slice, ...], NDArray], info: RegionInfo) -> str:
+    """Merge one unnamed fragment into the labelled bone sharing most of its 26-neighbour
+    boundary (in place), or leave it out when it touches none. Returns a note saying which."""
+    b, mk = piece
+    grown = tuple(slice(max(0, s_.start - 1), min(n_, s_.stop + 1)) for s_, n_ in zip(b, labels.shape))
+    local = np.zeros(tuple(s_.stop - s_.start for s_ in grown), bool)
+    local[tuple(slice(s_.start - g.start, s_.stop - g.start) for s_, g in zip(b, grown))] = mk
+    shell = ndi.binary_dilation(local, structure=np.ones((3, 3, 3), bool)) & ~local
+    sub = labels[grown]
+    touching = np.bincount(sub[shell], minlength=len(table) + 1)
+    touching[0] = 0
+    where = ", ".join(f"{x:.0f}" for x in info.centroid_lps)
+    if touching.max() == 0:
+        return f"dropped an unnamed fragment of {info.volume_mm3:.0f} mm^3 at LPS ({where}) mm touching no bone"
+    value = int(touching.argmax())
+    sub[local & (sub == 0)] = value
+    labels[grown] = sub
+    return f"merged an unnamed fragment of {info.volume_mm3:.0f} mm^3 at LPS ({where}) mm into {table[value]}"
 
 
 def _join_touching(

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
-from scipy import ndimage as ndi
-
 from orthonav.core.atomic import write_json
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, from_sitk, to_sitk
+from scipy import ndimage as ndi
 
 
 @dataclass(frozen=True)

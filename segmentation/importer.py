@@ -15,10 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from orthonav.core.case import Case
 from orthonav.core.errors import InputError
-from orthonav.core.volume import VOLUME_SUFFIXES, Volume, from_sitk, read_volume, write_volume
+from orthonav.core.volume import (
+    VOLUME_SUFFIXES,
+    Volume,
+    from_sitk,
+    read_volume,
+    write_volume,
+)
 
 #: Relative tolerance on slice spacing (and absolute floor, mm) before a series is rejected.
 SPACING_RTOL = 0.01

@@ -20,13 +20,12 @@ import pyvista as pv
 import trimesh
 import vtk
 from numpy.typing import NDArray
-from scipy import ndimage as ndi
-from vtk.util import numpy_support
-
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply
 from orthonav.core.volume import Volume
+from scipy import ndimage as ndi
+from vtk.util import numpy_support
 
 vtk.vtkSMPTools.SetBackend("STDThread")
 

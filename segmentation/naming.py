@@ -52,7 +52,7 @@ class RegionInfo:
     volume_mm3: float
 
     @classmethod
-    def from_points(cls, index: int, points_lps: NDArray[np.float64], *, volume_mm3: float) -> "RegionInfo":
+    def from_points(cls, index: int, points_lps: NDArray[np.float64], *, volume_mm3: float) -> RegionInfo:
         """Summarise an (n, 3) LPS point sample of the region's voxels."""
         c = points_lps.mean(axis=0)
         q = points_lps - c

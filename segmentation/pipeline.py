@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from orthonav.core.case import Case, LabelTable, read_labels_table, write_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import MESH_SUFFIXES, write_mesh
@@ -22,7 +21,11 @@ from orthonav.core.volume import Volume, read_volume, write_volume
 
 from .classical import Segmentation, segment_classical
 from .importer import check_looks_like_ct
-from .meshing import DEFAULT_SMOOTHING_ITERATIONS, DEFAULT_TARGET_TRIANGLES, label_meshes
+from .meshing import (
+    DEFAULT_SMOOTHING_ITERATIONS,
+    DEFAULT_TARGET_TRIANGLES,
+    label_meshes,
+)
 from .slicer_seg import write_seg_nrrd
 
 BACKENDS = ("classical", "unet", "totalsegmentator")
@@ -52,6 +55,7 @@ class SegmentationSummary:
     files: list[Path]
     timings_s: dict[str, float] = field(default_factory=dict)
     side: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 def _report(progress: Progress | None, step: str, fraction: float) -> None:
@@ -179,7 +183,7 @@ def segment_case(
 
     bones = _bone_summaries(seg.labels, seg.table)
     bones = {n: BoneSummary(b.label, b.voxels, b.volume_ml, int(meshes[n].n_cells) if n in meshes else 0) for n, b in bones.items()}
-    return SegmentationSummary(case.root, seg.table.backend or backend, bones, files, timings, seg.table.side)
+    return SegmentationSummary(case.root, seg.table.backend or backend, bones, files, timings, seg.table.side, getattr(seg, "notes", ()))
 
 
 def mesh_case(

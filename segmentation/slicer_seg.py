@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage as ndi
-
 from orthonav.core.atomic import write_with
 from orthonav.core.case import LabelTable
 from orthonav.core.volume import Volume, to_sitk
+from scipy import ndimage as ndi
 
 #: Bone colours (RGB 0..1), roughly Slicer's "bone" tones; others cycle through a palette.
 _PALETTE = [

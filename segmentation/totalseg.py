@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, read_volume, write_volume

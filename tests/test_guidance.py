@@ -141,3 +141,26 @@ def test_drill_guidance_against_known_geometry():
     assert g.entry_offset_mm == pytest.approx(2.0, abs=1e-9)
     assert g.depth_to_target_mm == pytest.approx(25.0, abs=1e-9)
     np.testing.assert_allclose(g.tip_ct_mm, [12.0, 0.0, -15.0], atol=1e-9)
+
+
+def test_tibial_cut_signs_from_the_cut_surface_itself():
+    """Proximal tibial cut of a right knee (normal proximal, +z): a blade plane that drops 3 deg
+    towards posterior is +3 deg (extra posterior slope); one that drops towards medial is varus."""
+    f = cut_frame([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], medial_hint=[1.0, 0.0, 0.0])
+    a = math.radians(3.0)
+
+    def normal_of_plane(u, v):  # the blade plane spanned by two in-plane directions
+        return np.cross(u, v)
+
+    # Lower posteriorly: moving +y (posterior) the plane goes down (-z).
+    sloped = normal_of_plane([1.0, 0.0, 0.0], [0.0, math.cos(a), -math.sin(a)])
+    g = saw_guidance(_saw_with_normal(sloped, [0, 0, 0], [0, 1, 0]), SAW, f)
+    assert g.flexion_deg == pytest.approx(3.0, abs=1e-9) and g.varus_deg == pytest.approx(0.0, abs=1e-9)
+    # Lower medially: moving +x (medial for a right knee) the plane goes down.
+    varus = normal_of_plane([math.cos(a), 0.0, -math.sin(a)], [0.0, 1.0, 0.0])
+    g = saw_guidance(_saw_with_normal(varus, [0, 0, 0], [0, 1, 0]), SAW, f)
+    assert g.varus_deg == pytest.approx(3.0, abs=1e-9) and g.flexion_deg == pytest.approx(0.0, abs=1e-9)
+    # A left knee (medial = patient right, -x): the same medial drop is varus again.
+    f_left = cut_frame([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], medial_hint=[-1.0, 0.0, 0.0])
+    varus_left = normal_of_plane([math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0])  # lower towards -x
+    assert saw_guidance(_saw_with_normal(varus_left, [0, 0, 0], [0, 1, 0]), SAW, f_left).varus_deg == pytest.approx(3.0, abs=1e-9)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, make_lps_from_ijk, read_volume, write_volume
 from orthonav.segmentation.importer import import_source, list_dicom_series
@@ -41,7 +40,7 @@ def test_real_dicom_geometry_and_hu(shared_data, tmp_path):
     np.testing.assert_allclose(ct.spacing_mm, [0.9765625, 0.9765625, 2.0], atol=1e-6)
     np.testing.assert_allclose(ct.direction, np.eye(3), atol=1e-9)
     # First slice (most inferior) position from its own DICOM header, (0020,0032).
-    first = sorted(series[0].files, key=lambda f: _position(f)[2])[0]
+    first = min(series[0].files, key=lambda f: _position(f)[2])
     np.testing.assert_allclose(ct.origin_lps, _position(first), atol=1e-4)
     # HU = stored * slope + intercept (slope 1, intercept -1024): air outside the body is about -1000.
     r = sitk.ImageFileReader()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial import cKDTree
-
 from orthonav.core.case import read_labels_table
 from orthonav.core.meshio import read_mesh
 from orthonav.core.volume import read_volume
 from orthonav.segmentation.importer import import_source
 from orthonav.segmentation.pipeline import segment_case
+from scipy.spatial import cKDTree
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +51,7 @@ def test_real_ct_bones_named_plausibly(real_case):
 
 
 def test_real_ct_mesh_vertices_on_label_boundary(real_case):
-    case, summary = real_case
+    case, _summary = real_case
     labels = read_volume(case.labels)
     table = read_labels_table(case.labels_json)
     half_voxel = 0.5 * float(labels.spacing_mm.min())

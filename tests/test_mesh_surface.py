@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
-from test_seg_synth import mini_knee
-
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, make_lps_from_ijk
 from orthonav.segmentation.classical import segment_classical
 from orthonav.segmentation.meshing import is_watertight, label_meshes, mask_mesh
+from test_seg_synth import mini_knee
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,22 @@ def test_overlay_shows_not_tracking_then_guidance_and_reslices(toy, tmp_path):
         assert not st_drop.tracking and _red_pixels(Image.open(p_drop)) > 500
     finally:
         scene.close()
+
+
+def test_saw_display_model_sits_on_the_blade_and_is_not_mirrored():
+    """The blade model lies in the tool's blade plane, runs from the edge centre back along the
+    cutting direction, and keeps its outward winding (a mirrored transform would turn it inside out)."""
+    from orthonav.navigation.overlay import tool_model
+    from orthonav.tracking.tools import default_toolset
+
+    saw = default_toolset().by_name()["Saw"]
+    m = tool_model(saw).triangulate()
+    p = np.asarray(m.points)
+    n, a, tip = saw.normal_in_tool(), saw.axis_in_tool(), saw.tip_in_tool()
+    assert np.ptp(p @ n) == pytest.approx(1.3, abs=1e-6)  # blade thickness along its normal
+    along = (p - tip) @ a
+    assert along.max() == pytest.approx(0.0, abs=1e-6) and along.min() == pytest.approx(-saw.blade_length_mm, abs=1e-6)
+    tri = m.faces.reshape(-1, 4)[:, 1:]
+    v0, v1, v2 = p[tri[:, 0]], p[tri[:, 1]], p[tri[:, 2]]
+    signed_volume = np.einsum("ij,ij->i", v0, np.cross(v1, v2)).sum() / 6.0
+    assert signed_volume == pytest.approx(1.3 * saw.blade_width_mm * saw.blade_length_mm, rel=1e-6)

@@ -60,3 +60,29 @@ def test_stream_sends_reference_relative_poses_models_and_guidance():
             guidance = [m for m in msgs if m.device == "Guidance"][0]
             data = json.loads(unpack_string(guidance.content))
             assert data["saw"]["distal_femur"]["flexion_deg"] == pytest.approx(state.saw["distal_femur"].flexion_deg)
+
+
+def test_navigate_with_a_busy_stream_port_fails_cleanly(tmp_path):
+    """The Slicer port is taken: navigate_case raises TrackingError and leaves no half-written session files."""
+    import socket
+
+    from orthonav.core.errors import TrackingError
+    from orthonav.navigation.navigate import navigate_case
+    from orthonav.phantoms.scenario import write_toy_case
+    from orthonav.tracking.simulator import SimulatedSource
+
+    geo = write_toy_case(tmp_path / "case", resolution=30)
+    sc = knee_scenario(geo, seed=3)
+    source = SimulatedSource(sc.script, rate_hz=50.0, tools=sc.toolset)
+    busy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        with pytest.raises(TrackingError, match="cannot listen"):
+            navigate_case(tmp_path / "case", source, duration_s=1.0, render=False, toolset=sc.toolset,
+                          stream_port=busy.getsockname()[1])
+    finally:
+        busy.close()
+    leftovers = [p.name for p in (tmp_path / "case").rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
+    assert leftovers == []
+    assert source._thread is None  # the tracker source was never started

@@ -383,3 +383,33 @@ def test_painting_a_bone_that_disagrees_with_the_fiducials_is_refused():
     assert wf.registration.record.method == "paired_point", texts
     np.testing.assert_array_equal(wf.registration.ct_from_reference, rough)
     assert any("refused" in t and "fiducials" in t for t in texts), texts
+
+
+def test_guidance_errors_skip_samples_at_scripted_jumps():
+    """Over a socket, device time maps to script time only within the sender's jitter: a pose just
+    before a jump from one scripted saw hold to the next is not compared with the next hold's truth."""
+    from dataclasses import replace
+
+    from orthonav.navigation.navigate import _GuidanceErrors
+
+    sc = knee_scenario(toy_geometry(), seed=14)
+    g = sc.geometry
+    ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference,
+                            cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+    holds = [p for p in sc.phases if p.name == "saw_hold"]
+    jump = holds[1].t0_s  # hold 0 -> hold 1: flexion 3 deg -> varus -2 deg
+
+    def state_at(pose_t, device_t):
+        fr = next(iter(sc.frames(1000.0, t0_s=pose_t, t1_s=pose_t + 0.0015)))
+        tools = {k: replace(v, device_time_s=device_t) for k, v in fr.tools.items()}
+        return compute_state(TrackingFrame(tools, fr.host_time_s, fr.sequence), ctx, clock=None)
+
+    errors = _GuidanceErrors(sc.truth_at)
+    errors.add(state_at(jump - 0.01, jump + 0.005))  # pose from hold 0 stamped 15 ms late: skipped
+    errors.add(state_at(jump - 0.2, jump - 0.2))  # well inside hold 0: compared
+    errors.add(state_at(jump + 0.2, jump + 0.2))  # well inside hold 1: compared
+    s = errors.summary()
+    assert s["n"] == 2.0 and s["flexion_deg_max"] < 1e-6 and s["varus_deg_max"] < 1e-6 and s["distance_mm_max"] < 1e-6
+    naive = _GuidanceErrors(sc.truth_at, boundary_margin_s=0.0)
+    naive.add(state_at(jump - 0.01, jump + 0.005))
+    assert naive.summary()["flexion_deg_max"] > 2.9  # what the margin protects against

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import pyvista as pv
 import trimesh
-
 from orthonav.core.case import read_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.schema import load_model
@@ -198,6 +197,7 @@ def test_targets_and_mount_are_on_the_bones_away_from_fiducials(phantom):
     assert np.linalg.norm(fids - m, axis=1).min() > 15.0
 
 
+@pytest.mark.slow
 def test_cli_entry_writes_a_readable_case(phantom, tmp_path):
     case = make_phantom_case("hip", tmp_path / "hip", seed=0, small=True)
     ct = read_volume(case.ct)

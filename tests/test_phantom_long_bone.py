@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import pyvista as pv
 import trimesh
-
 from orthonav.core.case import read_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.schema import load_model
@@ -136,8 +135,8 @@ def test_printable_long_bone_is_watertight_with_exact_divots(phantom, case):
         assert abs(phantom.signed_distance_mm(d.bone, anchor[None])[0]) < 0.02, name
         assert phantom.signed_distance_mm(d.bone, p_ct[None])[0] < -0.8 * d.depth_mm, name
     # registration divots sit under the CT beads: bead centre = anchor + (radius + standoff) * normal
-    names, beads = phantom.truth.points("fiducials")
-    for i, d in enumerate(spec.registration_divots.values()):
+    _names, beads = phantom.truth.points("fiducials")
+    for d in spec.registration_divots.values():
         anchor = np.array(d.apex_ct_lps_mm) + d.depth_mm * (ct_from_phantom[:3, :3] @ np.array(d.axis_phantom))
         assert np.linalg.norm(beads - anchor, axis=1).min() == pytest.approx(
             phantom.truth.bead_radius_mm + phantom.truth.parameters["bead_standoff_mm"], abs=0.3

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from orthonav.core import transforms as tf
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.planning.alignment import compute_angles, compute_axes, limb_frames

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from scipy import ndimage
-
 from orthonav.core import transforms as tf
 from orthonav.core.volume import Volume, make_lps_from_ijk
 from orthonav.planning.fiducials import detect_fiducial_beads, order_beads
+from scipy import ndimage
 
 
 def _bead_ct(beads_lps: np.ndarray, *, radius_mm: float = 1.0, seed: int = 0) -> Volume:

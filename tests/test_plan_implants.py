@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 import pyvista as pv
 import trimesh
-
 from orthonav.core import transforms as tf
 from orthonav.core.errors import InputError, SchemaError
-from orthonav.planning.implants import FAMILIES, implant_model, register_custom_implant, sizes
+from orthonav.planning.implants import (
+    FAMILIES,
+    implant_model,
+    register_custom_implant,
+    sizes,
+)
 from orthonav.planning.markups import export_markups, import_markups
 from orthonav.planning.meshops import to_manifold, to_polydata
 from orthonav.planning.outcomes import BoneSolids, coverage, resect
@@ -67,7 +71,6 @@ def test_tibial_resection_volume_and_coverage_exact():
     assert res.removed_volume_mm3 == pytest.approx(area * 10.0, rel=1e-6)
     # Coverage of a circle by the tray outline, against dense point sampling.
     from matplotlib.path import Path as MplPath
-
     from orthonav.planning.implants import tray_outline
     from orthonav.planning.meshops import cross_section
 
@@ -215,3 +218,22 @@ def test_open_or_inverted_meshes():
     with pytest.raises(InputError, match="closed"):
         to_manifold(sheet, name="sheet", max_hole_mm=0.1)
     assert to_polydata(to_manifold(bone)).n_cells > 100
+
+
+def test_clipped_volume_matches_boolean_for_convex_regions():
+    """Boolean-free volume of a closed surface cut by 1-6 planes equals manifold3d's exact
+    trim, for planes through and beside a bone-like solid (a bent, capped tube)."""
+    from orthonav.planning.meshops import clipped_volume, closed_surface, halfspace_keep
+
+    tube = pv.Cylinder(radius=20.0, height=120.0, resolution=90).triangulate().clean()
+    knob = pv.Sphere(radius=28.0, center=(0.0, 8.0, -60.0), theta_resolution=60, phi_resolution=60)
+    solid = to_manifold(tube) + to_manifold(knob)
+    surf = closed_surface(solid)
+    rng = np.random.default_rng(3)
+    for k in range(1, 7):
+        planes = [(rng.uniform(-40.0, 40.0, 3), rng.normal(size=3)) for _ in range(k)]
+        ref = solid
+        for q, n in planes:
+            ref = halfspace_keep(ref, q, n)
+        assert clipped_volume(surf, planes) == pytest.approx(ref.volume(), rel=1e-9, abs=1e-3), k
+    assert clipped_volume(surf, []) == pytest.approx(solid.volume(), rel=1e-12)

@@ -10,14 +10,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply
 from orthonav.planning.alignment import compute_angles, limb_frames
 from orthonav.planning.auto import auto_plan, load_bone_meshes
+from orthonav.planning.implants import FEMORAL_FLANGE_MM, implant_model
 from orthonav.planning.landmarks import find_landmarks
 from orthonav.planning.placement import femoral_cut_planes_implant
-from orthonav.planning.implants import FEMORAL_FLANGE_MM, implant_model
 from orthonav.planning.schema import load_plan
 
 pytestmark = pytest.mark.slow
@@ -131,10 +130,10 @@ def adaptive_volume_mm3(fields, lo, hi, *, coarse_mm=2.0, fine_mm=0.5):
 
 def test_removed_volumes_against_analytic_bone(knee):
     """Mesh-boolean removed volumes vs adaptive integration of the phantom's exact SDF."""
-    phantom, case, plan = knee
+    phantom, _case, plan = knee
     # Tibia: the true bone above the tibial cut plane (tray frame: z = 0 is the cut).
     tray = np.asarray(next(i for i in plan.implants if i.family == "tka_tibial_tray").ct_from_implant)
-    bone_t = lambda g: phantom.signed_distance_mm("tibia", apply(tray, g))  # noqa: E731
+    bone_t = lambda g: phantom.signed_distance_mm("tibia", apply(tray, g))
     ref_t = adaptive_volume_mm3([bone_t, lambda g: -g[:, 2]], [-60.0, -50.0, -4.0], [60.0, 50.0, 36.0])
     assert plan.metrics["tibia_removed_volume_mm3"] == pytest.approx(ref_t, rel=0.02)
     # Femur: the true bone outside the component's five-cut box, below its flange height.
@@ -142,17 +141,16 @@ def test_removed_volumes_against_analytic_bone(knee):
     m = np.asarray(fem.ct_from_implant)
     ap = implant_model(fem.family, fem.size).dims["ap_mm"]
     planes = list(femoral_cut_planes_implant(ap).values())
-    bone_f = lambda g: phantom.signed_distance_mm("femur", apply(m, g))  # noqa: E731
-    outside_box = lambda g: -np.max(np.stack([(g - q) @ n for q, n in planes]), axis=0)  # noqa: E731
+    bone_f = lambda g: phantom.signed_distance_mm("femur", apply(m, g))
+    outside_box = lambda g: -np.max(np.stack([(g - q) @ n for q, n in planes]), axis=0)
     top = FEMORAL_FLANGE_MM["anterior"] + 2.0
     ref_f = adaptive_volume_mm3([bone_f, outside_box], [-48.0, -ap / 2 - 24.0, -24.0], [48.0, ap / 2 + 24.0, top])
     assert plan.metrics["femur_removed_volume_mm3"] == pytest.approx(ref_f, rel=0.02)
 
 
 def test_render_plan_png(knee, tmp_path):
-    from PIL import Image
-
     from orthonav.planning.scene import render_plan
+    from PIL import Image
 
     _, case, _ = knee
     out = render_plan(case, tmp_path / "scene.png", size=(900, 600))
@@ -196,7 +194,6 @@ def test_session_implant_move_recomputes_cuts_metrics_and_undo(knee):
 
 def test_guides_written_and_report(knee):
     import trimesh
-
     from orthonav.planning.guides import write_guides
     from orthonav.planning.report import write_plan_report
 
@@ -248,3 +245,88 @@ def test_kinematic_alignment_equal_resections(knee):
         assert a == pytest.approx(b, abs=0.05), key
     assert p.cuts["proximal_tibia"].depths_mm["lateral_plateau_centre"] == pytest.approx(8.0, abs=1e-6)
     assert p.metrics["tibial_component_slope_deg"] == pytest.approx(p.angles_deg["slope"], abs=0.3)  # native slope kept
+
+
+def _mirrored(mesh):
+    """The mesh mirrored through the sagittal plane x = 0 (LPS), winding reversed so it stays outward."""
+    import pyvista as pv
+
+    p = np.asarray(mesh.points).copy()
+    p[:, 0] *= -1.0
+    f = mesh.faces.reshape(-1, 4).copy()
+    f[:, 1:] = f[:, 1:][:, ::-1]
+    return pv.PolyData(p, f.ravel())
+
+
+def test_left_leg_mirror_image(knee):
+    """A left leg (the right phantom mirrored through the sagittal plane): every landmark is the
+    mirror of the truth landmark OF THE SAME NAME (medial stays medial), the angles and the
+    resections are unchanged, and the side is detected as left (a wrong side raises)."""
+    from orthonav.planning.auto import build_plan
+    from orthonav.planning.landmarks import infer_side
+
+    phantom, case, plan = knee
+    meshes = {b: _mirrored(m) for b, m in load_bone_meshes(case).items()}
+    mirror = np.array([-1.0, 1.0, 1.0])
+    ref = {k: np.asarray(v) * mirror for k, v in phantom.truth.landmarks_lps_mm.items()}
+    found = find_landmarks(meshes)
+    errors = {k: float(np.linalg.norm(np.asarray(found[k].position_lps_mm) - ref[k])) for k in ref}
+    assert max(errors.values()) < LANDMARK_TOL_MM, errors
+    assert infer_side(found) == "left"
+    # Medial is towards the midline (+x for the right leg, -x for the left one).
+    assert found["medial_epicondyle"].position_lps_mm[0] < found["lateral_epicondyle"].position_lps_mm[0]
+    angles = compute_angles(found)
+    for k in ("hka", "ldfa", "mpta", "slope", "femoral_rotation"):
+        assert angles[k] == pytest.approx(phantom.truth.angles_deg[k], abs=ANGLE_TOL_DEG), k
+        assert angles[k] == pytest.approx(plan.angles_deg[k], abs=0.05), k  # same as the right leg
+    with pytest.raises(InputError, match="side"):  # the patella (or the chirality) contradicts it
+        find_landmarks(meshes, side="right")
+    left = build_plan(meshes)
+    assert left.side == "left"
+    for key in ("distal_femur", "posterior_femur", "proximal_tibia"):
+        assert left.cuts[key].depths_mm == pytest.approx(plan.cuts[key].depths_mm, abs=0.05), key
+        np.testing.assert_allclose(np.asarray(left.cuts[key].normal_lps) * mirror, plan.cuts[key].normal_lps, atol=1e-3)
+    for key in ("femur_removed_volume_mm3", "tibia_removed_volume_mm3"):
+        assert left.metrics[key] == pytest.approx(plan.metrics[key], rel=0.005), key
+
+
+def test_missing_and_degenerate_meshes_name_the_file(knee, tmp_path):
+    import pyvista as pv
+
+    _, case, _ = knee
+    bad = tmp_path / "case"
+    (bad / "meshes").mkdir(parents=True)
+    shutil.copy(case / "meshes" / "femur.stl", bad / "meshes" / "femur.stl")
+    with pytest.raises(InputError, match="missing") as err:
+        auto_plan(bad)
+    assert err.value.path == bad / "meshes" / "tibia.stl"
+    pv.Plane(i_size=80, j_size=80, i_resolution=20, j_resolution=20).triangulate().save(bad / "meshes" / "tibia.stl")
+    with pytest.raises(InputError, match="flat") as err:
+        auto_plan(bad)
+    assert err.value.path == bad / "meshes" / "tibia.stl"
+    # A closed but wrong shape (a box for a tibia): landmark detection fails, naming the meshes.
+    pv.Box(bounds=(-20, 20, -20, 20, -200, -40), level=8).triangulate().save(bad / "meshes" / "tibia.stl")
+    with pytest.raises(InputError) as err:
+        auto_plan(bad)
+    assert err.value.path is not None and "meshes" in str(err.value.path)
+    assert not (bad / "plan.json").exists()
+
+
+def test_slope_follows_the_medial_plateau(knee):
+    """docs/anatomy.md: slope is the MEDIAL plateau's. Tilt only the lateral plateau 6 deg
+    further back (a smooth shear of the lateral proximal tibia): slope must stay the truth's."""
+    phantom, case, _plan = knee
+    fr = limb_frames({k: np.asarray(v) for k, v in phantom.truth.landmarks_lps_mm.items()})
+    meshes = load_bone_meshes(case)
+    tib = meshes["tibia"].copy()
+    p = np.asarray(tib.points).copy()
+    tkc = np.asarray(phantom.truth.landmarks_lps_mm["tibial_knee_centre"])
+    d = p - tkc
+    lateral = np.clip((d @ fr.tibia_lateral - 5.0) / 10.0, 0.0, 1.0)  # 0 medially, 1 beyond 15 mm lateral
+    proximal = np.clip((d @ fr.tibia_proximal + 40.0) / 10.0, 0.0, 1.0)  # only the top 30-40 mm
+    p += (np.tan(np.radians(6.0)) * (d @ fr.tibia_anterior) * lateral * proximal)[:, None] * fr.tibia_proximal
+    tib.points = p
+    found = find_landmarks({**meshes, "tibia": tib})
+    slope = compute_angles(found)["slope"]
+    assert slope == pytest.approx(phantom.truth.angles_deg["slope"], abs=ANGLE_TOL_DEG)
+    assert found["medial_plateau_centre"].method.startswith("deepest")

@@ -150,3 +150,18 @@ def test_surface_model_has_a_coarse_level_for_dense_meshes():
     assert res.converged and tf.rotation_angle_deg(res.ct_from_reference, true) < 0.5
     centre = p_ct.mean(axis=0)
     assert np.linalg.norm(tf.apply(res.ct_from_reference @ tf.invert(true), centre) - centre) < 0.5
+
+
+def test_cached_nearest_vertices_equal_a_fresh_kdtree_query(model):
+    """The candidate cache ICP uses must return exactly the KD-tree's nearest vertex, whatever the motion."""
+    from orthonav.navigation.surface import _NearestVertices
+
+    rng = np.random.default_rng(2)
+    x = _sample_distal(bone_like_mesh(res=90), 500, rng) + rng.normal(scale=1.0, size=(500, 3))
+    cache = _NearestVertices(model.fine)
+    for step_mm in (0.0, 0.05, 0.05, 0.3, 2.0, 0.01, 8.0):
+        x = x + rng.normal(scale=step_mm / np.sqrt(3), size=x.shape)
+        q, n = cache.nearest(x)
+        d, idx = model.tree.query(x)
+        np.testing.assert_allclose(np.linalg.norm(x - q, axis=1), d, atol=1e-12)
+        np.testing.assert_array_equal(n, model.normals[idx])

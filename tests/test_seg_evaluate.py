@@ -6,11 +6,15 @@ import json
 
 import numpy as np
 import pytest
-
-from orthonav.core.case import LabelTable
+from orthonav.core.case import LabelTable, write_labels_table
 from orthonav.core.volume import Volume, make_lps_from_ijk, write_volume
-from orthonav.core.case import write_labels_table
-from orthonav.segmentation.evaluate import evaluate_paths, evaluate_segmentation, score_masks, scores_table, write_scores_json
+from orthonav.segmentation.evaluate import (
+    evaluate_paths,
+    evaluate_segmentation,
+    score_masks,
+    scores_table,
+    write_scores_json,
+)
 
 
 def _box(shape, lo, hi):

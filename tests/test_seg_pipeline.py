@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_seg_synth import mini_knee
-
 from orthonav.core.case import Case, read_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import read_mesh
 from orthonav.core.volume import Volume, read_volume, write_volume
 from orthonav.segmentation.pipeline import mesh_case, segment_case
+from test_seg_synth import mini_knee
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
-
 from orthonav.core.case import LabelTable
 from orthonav.core.transforms import apply, invert, make_rigid, rotation_about_axis
 from orthonav.core.volume import Volume

@@ -1,0 +1,771 @@
+"""Learned bone segmentation: a compact 3D U-Net in plain torch (the ``unet`` backend).
+
+* Network: a 3D U-Net (Ronneberger et al. 2015 / Cicek et al. 2016, MICCAI) with the
+  nnU-Net choices (Isensee et al. 2021, Nature Methods 18): per level two 3x3x3 convolutions,
+  instance norm and LeakyReLU; strided-convolution down-sampling, transposed-convolution
+  up-sampling, skip connections by concatenation.
+* Grid: every CT is resampled to an isotropic ``spacing_mm`` grid in *canonical orientation*
+  (the CT's own axes permuted / flipped to the nearest LPS axes, so the network always sees
+  i -> left, j -> posterior, k -> superior) before training and inference. Intensities: HU
+  clipped to ``hu_window`` and mapped linearly to [-1, 1]. Both are stored in the model card.
+* Training (:func:`train_from_folder`): class-balanced patch sampling (each patch is centred on
+  a voxel of a class drawn uniformly among the classes present, background included), loss =
+  cross-entropy + soft Dice (Milletari et al. 2016, V-Net, eq. 1 without squares), AdamW with a
+  time-based polynomial learning-rate decay so that any time budget ends at a small rate.
+* Inference (:func:`segment_unet`): overlapping sliding windows blended with a Gaussian weight
+  (sigma = patch / 8, as nnU-Net), softmax; class probabilities resampled back to the CT's own
+  grid with linear interpolation (probabilities still sum to one), arg-max there, so the labels
+  have exactly the CT's geometry and a sub-voxel boundary. Confidence = the winning
+  probability. Small islands of a class (< ``min_island_fraction`` of its largest piece) are
+  removed.
+* Weights file: ``torch.save({"format", "format_version", "state_dict", "model_card"})`` with
+  only tensors and plain containers inside, read back with ``torch.load(weights_only=True)``;
+  the model card is also written as JSON beside it (``<weights>.json``) for people to read
+  (the card inside the weights file is the one that is used).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy import ndimage as ndi
+from torch import nn
+
+from orthonav.core.atomic import write_with
+from orthonav.core.case import LabelTable, read_labels_table
+from orthonav.core.errors import InputError, SchemaError
+from orthonav.core.schema import Versioned, save_model
+from orthonav.core.volume import Volume, read_volume, to_sitk
+
+from .classical import Segmentation
+
+Progress = Callable[[str, float], None]
+
+#: ``format`` key of an OrthoNav U-Net weights file, and the layout version this code reads.
+WEIGHTS_FORMAT = "orthonav-unet3d"
+WEIGHTS_FORMAT_VERSION = 1
+#: HU window mapped to [-1, 1] (cortical bone and radiopaque beads stay distinguishable).
+DEFAULT_HU_WINDOW = (-300.0, 3000.0)
+#: HU used outside the CT's field of view when resampling.
+AIR_HU = -1024.0
+NUM_THREADS = 2
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+class Architecture(BaseModel):
+    """What :func:`build_network` needs to rebuild the network."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "unet3d"
+    in_channels: int = Field(default=1, ge=1)
+    num_classes: int = Field(ge=2, description="output channels = bones + background")
+    base_channels: int = Field(default=16, ge=2, le=64)
+    levels: int = Field(default=3, ge=2, le=5, description="resolution levels (levels - 1 down-samplings)")
+    patch_size: int = Field(default=64, ge=8, description="cubic patch edge (voxels) for training and inference")
+
+
+class TrainingSummary(BaseModel):
+    """Where the weights came from (informational)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cases: list[str] = Field(default_factory=list)
+    iterations: int = 0
+    seconds: float = 0.0
+    final_loss: float | None = None
+    seed: int = 0
+    batch_size: int = 2
+    torch_version: str = ""
+    host: str = ""
+
+
+class ModelCard(Versioned):
+    """The model card: classes, grid, intensity normalisation, architecture, provenance.
+
+    ``classes`` maps output channel -> bone name (channel 0 is background and absent);
+    channels 1..n must all be named.
+    """
+
+    SCHEMA_VERSION = 1
+    classes: dict[int, str]
+    side: str | None = Field(default=None, description="side of every training case when they agree, else None")
+    spacing_mm: float = Field(gt=0.0, description="isotropic voxel size the network works at (mm)")
+    orientation: str = Field(default="canonical-LPS", description="grid axes: CT axes permuted/flipped to the nearest LPS axes")
+    hu_window: tuple[float, float] = Field(description="HU clipped to this window, then mapped linearly to [-1, 1]")
+    architecture: Architecture
+    training: TrainingSummary = Field(default_factory=TrainingSummary)
+    created_utc: str = ""
+
+
+def _check_card(card: ModelCard, path: Path | None) -> None:
+    names = list(card.classes.values())
+    want = list(range(1, card.architecture.num_classes))
+    if sorted(card.classes) != want:
+        raise SchemaError(
+            path,
+            f"model card names channels {sorted(card.classes)} but the network has {card.architecture.num_classes} output "
+            f"channels (background 0 + bones {want})",
+        )
+    if any(not n or n != n.strip() for n in names) or len(set(names)) != len(names):
+        raise SchemaError(path, f"model card class names must be unique and non-empty, got {names}")
+    lo, hi = card.hu_window
+    if not hi > lo:
+        raise SchemaError(path, f"model card hu_window must be (low, high) with high > low, got {card.hu_window}")
+    if card.orientation != "canonical-LPS":
+        raise SchemaError(path, f"unknown grid orientation {card.orientation!r} in the model card")
+    if card.architecture.patch_size % (2 ** (card.architecture.levels - 1)):
+        raise SchemaError(path, f"patch_size {card.architecture.patch_size} is not divisible by 2^(levels-1)")
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class _Block(nn.Sequential):
+    """Two (conv 3x3x3 -> instance norm -> LeakyReLU); the first may down-sample (stride 2)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv3d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.InstanceNorm3d(c_out, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv3d(c_out, c_out, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(c_out, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class UNet3D(nn.Module):
+    """Compact 3D U-Net: input (b, 1, z, y, x) -> logits (b, num_classes, z, y, x).
+
+    Each spatial size must be divisible by ``2 ** (levels - 1)``.
+    """
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        ch = [arch.base_channels * 2**i for i in range(arch.levels)]
+        self.encoders = nn.ModuleList([_Block(arch.in_channels, ch[0])] + [_Block(ch[i - 1], ch[i], stride=2) for i in range(1, arch.levels)])
+        self.ups = nn.ModuleList([nn.ConvTranspose3d(ch[i], ch[i - 1], 2, stride=2) for i in range(arch.levels - 1, 0, -1)])
+        self.decoders = nn.ModuleList([_Block(2 * ch[i - 1], ch[i - 1]) for i in range(arch.levels - 1, 0, -1)])
+        self.head = nn.Conv3d(ch[0], arch.num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for enc in self.encoders:
+            x = enc(x)
+            skips.append(x)
+        x = skips.pop()
+        for up, dec in zip(self.ups, self.decoders):
+            x = dec(torch.cat([skips.pop(), up(x)], dim=1))
+        return self.head(x)
+
+
+def build_network(arch: Architecture) -> UNet3D:
+    if arch.name != "unet3d":
+        raise InputError(None, f"unknown network architecture {arch.name!r}; this OrthoNav builds 'unet3d'")
+    return UNet3D(arch)
+
+
+@dataclass(frozen=True)
+class UNetModel:
+    """A loaded network (eval mode, CPU) with its model card."""
+
+    network: UNet3D
+    card: ModelCard
+    path: Path | None = None
+
+    @property
+    def table(self) -> LabelTable:
+        return LabelTable(labels=dict(self.card.classes), backend="unet", side=self.card.side)
+
+
+# ----------------------------------------------------------------------------- weights file
+
+
+def card_path_for(weights_path: str | Path) -> Path:
+    """The JSON model card written beside a weights file: ``<name>.json``."""
+    p = Path(weights_path)
+    return p.with_name(p.name + ".json") if p.suffix.lower() in ("", ".json") else p.with_suffix(".json")
+
+
+def save_weights(network: nn.Module, card: ModelCard, path: str | Path) -> Path:
+    """Atomically write the weights file (tensors + plain containers only) and its JSON card."""
+    _check_card(card, None)
+    payload = {
+        "format": WEIGHTS_FORMAT,
+        "format_version": WEIGHTS_FORMAT_VERSION,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()},
+        "model_card": card.model_dump(mode="json"),
+    }
+    out = write_with(path, lambda tmp: torch.save(payload, tmp))
+    save_model(card_path_for(out), card)
+    return out
+
+
+def load_model(path: str | Path, *, expect_classes: Sequence[str] | dict[int, str] | None = None) -> UNetModel:
+    """Load a weights file written by :func:`train_from_folder` (``torch.load(weights_only=True)``).
+
+    Parameters
+    ----------
+    path
+        Weights file.
+    expect_classes
+        Optional bone names (or channel -> name) the caller needs; a card naming other classes
+        is refused.
+
+    Raises
+    ------
+    InputError
+        Missing file, not a torch file, a file holding pickled objects other than tensors and
+        plain containers (refused by ``weights_only=True``), not an OrthoNav U-Net file, a
+        newer layout, a model card that fails validation or disagrees with the weights.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "U-Net weights file not found" + ("" if not p.is_dir() else " (it is a folder)"))
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... : all mean "not usable"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise InputError(p, f"not a loadable U-Net weights file (torch.load with weights_only=True refused it: {first})") from e
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+        raise InputError(p, f"not an OrthoNav U-Net weights file (no format '{WEIGHTS_FORMAT}')")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > WEIGHTS_FORMAT_VERSION:
+        raise InputError(p, f"weights file layout version {version!r} is not one this OrthoNav reads (up to {WEIGHTS_FORMAT_VERSION})")
+    state, card_data = payload.get("state_dict"), payload.get("model_card")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(p, "weights file has no state_dict of tensors")
+    if not isinstance(card_data, dict):
+        raise InputError(p, "weights file has no model card")
+    if isinstance(card_data.get("schema_version"), int) and card_data["schema_version"] > ModelCard.SCHEMA_VERSION:
+        raise SchemaError(p, f"model card schema_version {card_data['schema_version']} is newer than this OrthoNav reads")
+    try:
+        card = ModelCard.model_validate(card_data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise SchemaError(p, f"model card is invalid at '{'.'.join(str(x) for x in first['loc'])}': {first['msg']}") from e
+    _check_card(card, p)
+    if expect_classes is not None:
+        want = dict(expect_classes) if isinstance(expect_classes, dict) else {i + 1: n for i, n in enumerate(expect_classes)}
+        if (isinstance(expect_classes, dict) and want != card.classes) or (not isinstance(expect_classes, dict) and sorted(want.values()) != sorted(card.classes.values())):
+            raise SchemaError(p, f"model card classes {card.classes} are not the expected {want}")
+    network = build_network(card.architecture)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise InputError(p, f"weights do not fit the architecture in the model card ({first})") from e
+    network.eval()
+    return UNetModel(network, card, p)
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def canonical_direction(direction: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.int64], NDArray[np.float64]]:
+    """The CT's axes permuted and flipped to lie nearest the LPS axes.
+
+    Returns
+    -------
+    direction_canon
+        (3, 3) direction of the canonical grid (columns = LPS directions of its i, j, k).
+    perm, sign
+        Canonical axis a is CT axis ``perm[a]`` times ``sign[a]``.
+    """
+    d = np.asarray(direction, dtype=np.float64)
+    perm = np.full(3, -1, dtype=np.int64)
+    free = list(range(3))
+    # greedy assignment on |cosine|: most confident LPS axis first
+    for a in np.argsort(-np.abs(d).max(axis=1)):
+        c = max(free, key=lambda col: abs(d[a, col]))
+        perm[a] = c
+        free.remove(c)
+    sign = np.sign(d[np.arange(3), perm])
+    sign[sign == 0] = 1.0
+    return d[:, perm] * sign, perm, sign
+
+
+@dataclass(frozen=True)
+class _Grid:
+    origin: NDArray[np.float64]
+    direction: NDArray[np.float64]
+    spacing: float
+    size_ijk: tuple[int, int, int]
+
+
+def canonical_grid(ct: Volume, spacing_mm: float) -> _Grid:
+    """Isotropic grid in canonical orientation covering the CT's voxel-centre box."""
+    d_can, _, _ = canonical_direction(ct.direction)
+    ni, nj, nk = ct.shape_ijk
+    corners_ijk = np.array([[i, j, k] for i in (-0.5, ni - 0.5) for j in (-0.5, nj - 0.5) for k in (-0.5, nk - 0.5)])
+    corners = ct.to_lps(corners_ijk)
+    local = corners @ d_can  # coordinates along the canonical axes
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    size = np.maximum(np.ceil((hi - lo) / spacing_mm).astype(int), 1)
+    origin = d_can @ (lo + 0.5 * spacing_mm)
+    return _Grid(origin, d_can, float(spacing_mm), (int(size[0]), int(size[1]), int(size[2])))
+
+
+def _resample(image: sitk.Image, grid: _Grid, interpolator: int, default: float) -> sitk.Image:
+    return sitk.Resample(
+        image, list(grid.size_ijk), sitk.Transform(), interpolator, [float(x) for x in grid.origin],
+        [grid.spacing] * 3, [float(x) for x in grid.direction.ravel()], float(default), sitk.sitkFloat32,
+    )  # fmt: skip
+
+
+def normalise_hu(values_hu: NDArray, hu_window: tuple[float, float]) -> NDArray[np.float32]:
+    """HU -> [-1, 1]: clip to ``hu_window`` then map linearly."""
+    lo, hi = hu_window
+    v = np.clip(np.asarray(values_hu, dtype=np.float32), lo, hi)
+    return ((v - 0.5 * (lo + hi)) / (0.5 * (hi - lo))).astype(np.float32)
+
+
+def ct_to_grid(ct: Volume, grid: _Grid, hu_window: tuple[float, float]) -> NDArray[np.float32]:
+    """CT resampled (linear) to ``grid`` and normalised; array (z, y, x)."""
+    img = to_sitk(ct.with_array(ct.array_zyx.astype(np.float32)))
+    return normalise_hu(sitk.GetArrayFromImage(_resample(img, grid, sitk.sitkLinear, AIR_HU)), hu_window)
+
+
+def labels_to_grid(labels_zyx: NDArray, geometry: Volume, grid: _Grid, num_classes: int) -> NDArray[np.uint8]:
+    """Label map resampled to ``grid``: linear interpolation of each class indicator, arg-max."""
+    best = None
+    out = None
+    for c in range(num_classes):
+        ind = geometry.with_array((labels_zyx == c).astype(np.float32))
+        p = sitk.GetArrayFromImage(_resample(to_sitk(ind), grid, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
+        if best is None:
+            best, out = p, np.zeros(p.shape, dtype=np.uint8)
+        else:
+            better = p > best
+            best[better] = p[better]
+            out[better] = c
+    assert out is not None
+    return out
+
+
+# ----------------------------------------------------------------------------- training data
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One CT + label map on the network's grid (arrays (z, y, x))."""
+
+    name: str
+    image: NDArray[np.float32]
+    labels: NDArray[np.uint8]
+
+
+def find_training_cases(data_dir: str | Path) -> list[tuple[Path, Path, Path]]:
+    """(ct, labels, labels.json) of every case folder under ``data_dir`` (or ``data_dir`` itself).
+
+    A case is a folder with ``ct.nii.gz`` and either ``truth/labels.nii.gz`` +
+    ``truth/labels.json`` (a phantom case; the truth wins over a segmentation beside it) or
+    ``labels.nii.gz`` + ``labels.json``.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError(root, "training data folder not found")
+    found = []
+    for d in [root] + sorted(p.parent for p in root.rglob("ct.nii.gz") if p.parent != root):
+        if not (d / "ct.nii.gz").is_file():
+            continue
+        for lab, js in ((d / "truth" / "labels.nii.gz", d / "truth" / "labels.json"), (d / "labels.nii.gz", d / "labels.json")):
+            if lab.is_file() and js.is_file():
+                found.append((d / "ct.nii.gz", lab, js))
+                break
+    if not found:
+        raise InputError(root, "no training cases: expected folders with ct.nii.gz and labels.nii.gz + labels.json (or truth/labels.nii.gz + truth/labels.json)")
+    return found
+
+
+def _class_names(tables: list[LabelTable]) -> dict[int, str]:
+    names: list[str] = []
+    for t in tables:
+        for v in sorted(t.labels):
+            if t.labels[v] not in names:
+                names.append(t.labels[v])
+    return {i + 1: n for i, n in enumerate(names)}
+
+
+def load_training_cases(
+    paths: list[tuple[Path, Path, Path]], spacing_mm: float, hu_window: tuple[float, float], progress: Progress | None = None
+) -> tuple[list[TrainingCase], dict[int, str], str | None]:
+    """Read and resample every case; classes are the union of bone names (first-seen order)."""
+    tables = [read_labels_table(js) for _, _, js in paths]
+    classes = _class_names(tables)
+    by_name = {n: c for c, n in classes.items()}
+    cases = []
+    for n, ((ct_p, lab_p, _), table) in enumerate(zip(paths, tables)):
+        ct = read_volume(ct_p)
+        lab = read_volume(lab_p)
+        if lab.array_zyx.shape != ct.array_zyx.shape or not np.allclose(lab.lps_from_ijk, ct.lps_from_ijk, atol=1e-3):
+            raise InputError(lab_p, f"label map geometry differs from its CT {ct_p} (shape {lab.array_zyx.shape} vs {ct.array_zyx.shape})")
+        if not np.issubdtype(lab.array_zyx.dtype, np.integer):
+            raise InputError(lab_p, f"label map must hold integers, got {lab.array_zyx.dtype}")
+        present = set(np.unique(lab.array_zyx).tolist()) - {0}
+        unknown = sorted(present - set(table.labels))
+        if unknown:
+            raise InputError(lab_p, f"label values {unknown} are not named in its labels.json")
+        lut = np.zeros(int(max(present | {0})) + 1, dtype=np.uint8)
+        for v, name in table.labels.items():
+            if v < len(lut):
+                lut[v] = by_name[name]
+        remapped = lut[lab.array_zyx.astype(np.int64)]
+        grid = canonical_grid(ct, spacing_mm)
+        cases.append(TrainingCase(ct_p.parent.name, ct_to_grid(ct, grid, hu_window), labels_to_grid(remapped, ct, grid, len(classes) + 1)))
+        if progress is not None:
+            progress("reading training cases", (n + 1) / len(paths))
+    sides = {t.side for t in tables}
+    return cases, classes, (sides.pop() if len(sides) == 1 else None)
+
+
+class PatchSampler:
+    """Class-balanced random patches: the class is drawn uniformly among those in the case."""
+
+    def __init__(self, cases: list[TrainingCase], patch: int, num_classes: int, rng: np.random.Generator) -> None:
+        self.cases, self.patch, self.rng = cases, patch, rng
+        self.where: list[dict[int, NDArray[np.int64]]] = []
+        for c in cases:
+            flat = c.labels.ravel()
+            per = {}
+            for k in range(num_classes):
+                idx = np.flatnonzero(flat == k)
+                if len(idx):
+                    per[k] = idx if len(idx) <= 200_000 else rng.choice(idx, 200_000, replace=False)
+            self.where.append(per)
+
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.patch
+        xs, ys = [], []
+        for _ in range(batch):
+            n = int(self.rng.integers(len(self.cases)))
+            case, per = self.cases[n], self.where[n]
+            k = list(per)[int(self.rng.integers(len(per)))]
+            centre = np.array(np.unravel_index(per[k][int(self.rng.integers(len(per[k])))], case.labels.shape))
+            centre = centre + self.rng.integers(-p // 4, p // 4 + 1, size=3)
+            start = centre - p // 2
+            img = _crop(case.image, start, p, -1.0)  # -1 = the bottom of the HU window (air)
+            lab = _crop(case.labels, start, p, 0)
+            # intensity augmentation: small gain / offset and noise, in normalised units
+            img = img * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
+            img = img + self.rng.normal(0.0, 0.02, size=img.shape).astype(np.float32)
+            xs.append(img.astype(np.float32))
+            ys.append(lab)
+        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
+
+
+def _crop(array: NDArray, start: NDArray[np.int64], size: int, fill: float) -> NDArray:
+    """Cube of edge ``size`` from ``start`` (z, y, x); outside the array filled with ``fill``."""
+    out = np.full((size, size, size), fill, dtype=array.dtype)
+    src = [slice(max(s, 0), min(s + size, n)) for s, n in zip(start, array.shape)]
+    dst = [slice(a.start - s, a.stop - s) for a, s in zip(src, start)]
+    if all(a.stop > a.start for a in src):
+        out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + (1 - mean soft Dice over classes present in the batch or predicted)."""
+    ce = F.cross_entropy(logits, target)
+    prob = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).to(prob.dtype)
+    dims = (0, 2, 3, 4)
+    inter = (prob * onehot).sum(dims)
+    denom = prob.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + 1e-5) / (denom + 1e-5)
+    return ce + (1.0 - dice.mean())
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train_from_folder(
+    data_dir: str | Path,
+    out_path: str | Path,
+    *,
+    minutes: float = 5.0,
+    spacing_mm: float = 2.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+    base_channels: int = 16,
+    levels: int = 3,
+    patch_size: int = 64,
+    batch_size: int = 2,
+    learning_rate: float = 3e-3,
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+    min_iterations: int = 5,
+) -> Path:
+    """Train the U-Net on every case folder under ``data_dir`` within a time budget.
+
+    Parameters
+    ----------
+    data_dir
+        Folder of case folders (see :func:`find_training_cases`).
+    out_path
+        Weights file to write (the model card goes beside it as ``<stem>.json``).
+    minutes
+        Wall-clock budget for the optimisation loop (reading the data comes on top).
+    spacing_mm
+        Isotropic voxel size (mm) of the network's grid.
+    seed
+        Seeds the network initialisation and the patch sampling.
+    progress
+        Optional ``callable(step, fraction)``.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+
+    Raises
+    ------
+    InputError
+        No cases, unreadable or mismatched CT / labels, bad settings.
+    """
+    if not minutes > 0 or not spacing_mm > 0:
+        raise InputError(None, f"minutes and spacing_mm must be > 0, got {minutes}, {spacing_mm}")
+    if patch_size % (2 ** (levels - 1)):
+        raise InputError(None, f"patch_size {patch_size} must be divisible by {2 ** (levels - 1)} for {levels} levels")
+    torch.set_num_threads(NUM_THREADS)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    paths = find_training_cases(data_dir)
+    cases, classes, side = load_training_cases(paths, spacing_mm, hu_window, progress)
+    if not classes:
+        raise InputError(Path(data_dir), "the training label maps name no bones")
+    arch = Architecture(num_classes=len(classes) + 1, base_channels=base_channels, levels=levels, patch_size=patch_size)
+    net = build_network(arch)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
+    sampler = PatchSampler(cases, patch_size, arch.num_classes, rng)
+    budget_s = minutes * 60.0
+    t0 = time.monotonic()
+    it, losses = 0, []
+    while True:
+        frac = (time.monotonic() - t0) / budget_s
+        if frac >= 1.0 and it >= min_iterations:
+            break
+        for g in opt.param_groups:  # polynomial decay in elapsed time (nnU-Net uses it per epoch)
+            g["lr"] = learning_rate * max(1.0 - min(frac, 1.0), 0.02) ** 0.9
+        x, y = sampler.sample(batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss = dice_ce_loss(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        it += 1
+        if progress is not None:
+            progress("training", min(frac, 1.0))
+    elapsed = time.monotonic() - t0
+    card = ModelCard(
+        classes=classes,
+        side=side,
+        spacing_mm=float(spacing_mm),
+        hu_window=(float(hu_window[0]), float(hu_window[1])),
+        architecture=arch,
+        training=TrainingSummary(
+            cases=[str(p[0].parent) for p in paths],
+            iterations=it,
+            seconds=round(elapsed, 1),
+            final_loss=float(np.mean(losses[-20:])) if losses else None,
+            seed=seed,
+            batch_size=batch_size,
+            torch_version=torch.__version__,
+            host=platform.machine(),
+        ),
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    out = save_weights(net, card, out_path)
+    if progress is not None:
+        progress("training", 1.0)
+    return out
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def _window_starts(n: int, patch: int, step: int) -> list[int]:
+    if n <= patch:
+        return [0]
+    starts = list(range(0, n - patch, step)) + [n - patch]
+    return sorted(set(starts))
+
+
+def gaussian_weight(patch: int, sigma_fraction: float = 0.125) -> NDArray[np.float32]:
+    """Separable Gaussian blending weight of a cubic window (peak 1, nnU-Net's sigma = patch / 8)."""
+    x = np.arange(patch, dtype=np.float64) - (patch - 1) / 2.0
+    g = np.exp(-0.5 * (x / (sigma_fraction * patch)) ** 2)
+    w = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+def sliding_window_probabilities(
+    network: nn.Module, image_zyx: NDArray[np.float32], patch: int, num_classes: int, *, overlap: float = 0.5, progress: Progress | None = None
+) -> NDArray[np.float32]:
+    """Softmax probabilities (num_classes, z, y, x) of a whole normalised volume.
+
+    Windows overlap by ``overlap`` of the patch edge and are blended with :func:`gaussian_weight`;
+    volumes smaller than a patch are padded with the volume's minimum (air).
+    """
+    shape = np.array(image_zyx.shape)
+    padded_shape = np.maximum(shape, patch)
+    img = np.full(padded_shape, float(image_zyx.min()), dtype=np.float32)
+    img[: shape[0], : shape[1], : shape[2]] = image_zyx
+    step = max(1, int(round(patch * (1.0 - overlap))))
+    starts = [_window_starts(int(n), patch, step) for n in padded_shape]
+    windows = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    acc = np.zeros((num_classes, *padded_shape), dtype=np.float32)
+    wsum = np.zeros(padded_shape, dtype=np.float32)
+    w = gaussian_weight(patch)
+    with torch.inference_mode():
+        for n, (a, b, c) in enumerate(windows):
+            x = torch.from_numpy(np.ascontiguousarray(img[a : a + patch, b : b + patch, c : c + patch]))[None, None]
+            prob = torch.softmax(network(x), dim=1)[0].numpy()
+            acc[:, a : a + patch, b : b + patch, c : c + patch] += prob * w
+            wsum[a : a + patch, b : b + patch, c : c + patch] += w
+            if progress is not None:
+                progress("unet inference", (n + 1) / len(windows))
+    acc /= wsum
+    return acc[:, : shape[0], : shape[1], : shape[2]]
+
+
+def _remove_islands(labels_zyx: NDArray[np.uint8], confidence_zyx: NDArray[np.float32], num_classes: int, min_fraction: float) -> None:
+    """In place: pieces of a class smaller than ``min_fraction`` of its largest piece -> background.
+
+    Their confidence becomes 1 - p(class), the probability that they are not that bone.
+    """
+    for c in range(1, num_classes):
+        mask = labels_zyx == c
+        if not mask.any():
+            continue
+        comp, n = ndi.label(mask)
+        if n <= 1:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        small = np.flatnonzero(sizes < min_fraction * sizes.max()) + 1
+        if len(small):
+            drop = np.isin(comp, small)
+            labels_zyx[drop] = 0
+            confidence_zyx[drop] = 1.0 - confidence_zyx[drop]
+
+
+def _knee_side(labels: Volume, classes: dict[int, str]) -> str | None:
+    """'right' when the fibula lies right (-x LPS) of the tibia, as segmentation.naming decides."""
+    by_name = {n: c for c, n in classes.items()}
+    if "tibia" not in by_name or "fibula" not in by_name:
+        return None
+    cents = []
+    for name in ("tibia", "fibula"):
+        kji = np.argwhere(labels.array_zyx == by_name[name])
+        if len(kji) == 0:
+            return None
+        cents.append(labels.to_lps(kji.mean(axis=0)[None, ::-1])[0])
+    return "right" if cents[1][0] < cents[0][0] else "left"
+
+
+def segment_unet(
+    ct: Volume,
+    weights: str | Path | UNetModel | None,
+    *,
+    overlap: float = 0.5,
+    min_island_fraction: float = 0.05,
+    progress: Progress | None = None,
+) -> Segmentation:
+    """Segment ``ct`` with a trained U-Net: labels and confidence on the CT's own grid.
+
+    Parameters
+    ----------
+    ct
+        CT in HU (any direction / anisotropic spacing).
+    weights
+        Weights file from :func:`train_from_folder`, or a :class:`UNetModel` already loaded.
+    overlap
+        Sliding-window overlap as a fraction of the patch edge (0 <= overlap < 1).
+    min_island_fraction
+        Pieces of a bone smaller than this fraction of its largest piece are removed.
+    progress
+        Optional ``callable(step, fraction)``.
+
+    Returns
+    -------
+    Segmentation
+        uint8 labels and float32 confidence (winning softmax probability, 0..1), both with
+        ``lps_from_ijk`` equal to the CT's; table with the model card's classes, backend "unet".
+
+    Raises
+    ------
+    InputError
+        No weights given, or an unusable weights file.
+    """
+    if weights is None:
+        raise InputError(None, "the unet backend needs a weights file (--weights W); train one with 'orthonav train-seg DATA OUT'")
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(None, f"overlap must be in [0, 1), got {overlap}")
+    model = weights if isinstance(weights, UNetModel) else load_model(weights)
+    torch.set_num_threads(NUM_THREADS)
+    card = model.card
+    nc = card.architecture.num_classes
+    grid = canonical_grid(ct, card.spacing_mm)
+    if progress is not None:
+        progress("unet resampling", 0.0)
+    image = ct_to_grid(ct, grid, card.hu_window)
+    model.network.eval()
+    prob = sliding_window_probabilities(model.network, image, card.architecture.patch_size, nc, overlap=overlap, progress=progress)
+    # Back to the CT grid: class by class (memory: two float32 volumes of the CT's size).
+    ref = to_sitk(ct.with_array(np.zeros(ct.array_zyx.shape, dtype=np.uint8)))
+    best = np.zeros(ct.array_zyx.shape, dtype=np.float32)
+    labels = np.zeros(ct.array_zyx.shape, dtype=np.uint8)
+    for c in range(nc):
+        p_img = sitk.GetImageFromArray(prob[c])
+        p_img.SetOrigin([float(x) for x in grid.origin])
+        p_img.SetSpacing([grid.spacing] * 3)
+        p_img.SetDirection([float(x) for x in grid.direction.ravel()])
+        p_ct = sitk.GetArrayFromImage(sitk.Resample(p_img, ref, sitk.Transform(), sitk.sitkLinear, 1.0 if c == 0 else 0.0, sitk.sitkFloat32))
+        better = p_ct > best
+        best[better] = p_ct[better]
+        labels[better] = c
+        if progress is not None:
+            progress("unet resampling", (c + 1) / nc)
+    best = np.clip(best, 0.0, 1.0)
+    if min_island_fraction > 0:
+        _remove_islands(labels, best, nc, min_island_fraction)
+    lab_vol = Volume(labels, ct.lps_from_ijk.copy())
+    side = card.side
+    detected = _knee_side(lab_vol, card.classes)
+    if detected is not None:
+        side = detected
+    table = LabelTable(labels=dict(card.classes), backend="unet", side=side)
+    return Segmentation(lab_vol, table, Volume(best.astype(np.float32), ct.lps_from_ijk.copy()))
+
+
+__all__ = [
+    "Architecture",
+    "ModelCard",
+    "UNet3D",
+    "UNetModel",
+    "build_network",
+    "card_path_for",
+    "canonical_direction",
+    "canonical_grid",
+    "find_training_cases",
+    "gaussian_weight",
+    "load_model",
+    "save_weights",
+    "segment_unet",
+    "sliding_window_probabilities",
+    "train_from_folder",
+]
