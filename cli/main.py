@@ -37,7 +37,7 @@ def phantom(
     seed: int = typer.Option(0, help="random seed (noise, placement)"),
     small: bool = typer.Option(False, help="coarse, fast phantom (tests)"),
     printed: bool = typer.Option(False, help="CT of the printed part (print material in air) instead of anatomy"),
-    flexion: Optional[float] = typer.Option(None, help="knee flexion (deg)"),
+    flexion: Optional[float] = typer.Option(None, help="knee flexion (deg; knee only)"),
     scale: Optional[float] = typer.Option(None, help="size factor"),
     noise: Optional[float] = typer.Option(None, help="CT noise (HU, standard deviation)"),
 ) -> None:
