@@ -209,10 +209,21 @@ def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Cla
         # gradient points along the depth gradient). Marrow under a thin or blurred cortex lies
         # on the inner slope (HU falls inwards) and is kept.
         sm = ndi.gaussian_filter(vals.astype(np.float32), 0.7)
-        rising_inwards = np.zeros(comp.shape, np.float32)
-        for gi, gd, sp_ in zip(np.gradient(sm), np.gradient(depth.astype(np.float32)), spacing[::-1]):
-            rising_inwards += gi * gd / float(sp_ * sp_)
-        peel = edge & (vals < thr) & (rising_inwards > 0)
+        depth = depth.astype(np.float32, copy=False)
+        cand = np.nonzero(edge & (vals < thr))  # only these can be peeled: gradients there only
+        rising_inwards = np.zeros(cand[0].shape, np.float32)
+        for ax, sp_ in enumerate(spacing[::-1]):
+            # Central differences, one-sided at the box faces: what np.gradient computes.
+            lo = np.maximum(cand[ax] - 1, 0)
+            hi = np.minimum(cand[ax] + 1, comp.shape[ax] - 1)
+            den = (hi - lo).astype(np.float32)
+            at_lo = tuple(lo if a == ax else c for a, c in enumerate(cand))
+            at_hi = tuple(hi if a == ax else c for a, c in enumerate(cand))
+            gi = (sm[at_hi] - sm[at_lo]) / den
+            gd = (depth[at_hi] - depth[at_lo]) / den
+            rising_inwards += gi * gd / np.float32(sp_ * sp_)
+        peel = np.zeros(comp.shape, bool)
+        peel[tuple(c[rising_inwards > 0] for c in cand)] = True
         sub = out[grown]
         sub[peel] = 0
         out[grown] = sub
