@@ -10,9 +10,12 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from .errors import InputError
 
 
 def _read_umask() -> int:
@@ -90,3 +93,56 @@ def open_atomic(path: str | Path, mode: str = "w", *, encoding: str | None = "ut
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+class _Aborted(Exception):
+    """Raised into :func:`open_atomic` to make it discard its temporary file."""
+
+
+class JsonLinesWriter:
+    """Append JSON records, one per line, to a file that appears at ``path`` only on :meth:`close`.
+
+    Thread-safe :meth:`write`. :meth:`abort` (or an exception inside a ``with`` block) discards
+    the partial file, so a reader never sees half a recording. The file gets the usual
+    umask-based mode.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._stack = contextlib.ExitStack()  # holds open_atomic open across write() calls
+        self._f = self._stack.enter_context(open_atomic(self.path, "w"))
+        self._lock = threading.Lock()
+        self.lines = 0
+
+    def write(self, obj: Any) -> None:
+        """Append one JSON-serialisable record."""
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._f is None:
+                raise InputError(self.path, "already closed")
+            self._f.write(line)
+            self.lines += 1
+
+    def close(self) -> Path:
+        """Flush, fsync and rename into place. Safe to call twice."""
+        with self._lock:
+            if self._f is not None:
+                self._f = None
+                self._stack.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the partial file (nothing appears at ``path``). Safe to call twice."""
+        with self._lock:
+            if self._f is not None:
+                self._f = None
+                self._stack.__exit__(_Aborted, _Aborted(), None)
+
+    def __enter__(self) -> "JsonLinesWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pydantic import Field
 
+from orthonav.core.atomic import JsonLinesWriter
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.schema import Versioned, load_model, save_model
 from orthonav.tracking.recording import RecordingWriter
@@ -99,45 +97,6 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
     out.pop("latency_s", None)
     out["tools"] = {k: {kk: vv for kk, vv in v.items() if kk != "age_s"} for k, v in record["tools"].items()}
     return out
-
-
-class JsonLinesWriter:
-    """Append JSON lines to a hidden temporary; :meth:`close` renames it into place."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}-", suffix=".part", dir=self.path.parent)
-        self._tmp = Path(tmp)
-        self._f: IO[str] | None = os.fdopen(fd, "w", encoding="utf-8")
-        self._lock = threading.Lock()
-        self.lines = 0
-
-    def write(self, obj: Any) -> None:
-        line = json.dumps(obj, separators=(",", ":")) + "\n"
-        with self._lock:
-            if self._f is None:
-                raise InputError(self.path, "already closed")
-            self._f.write(line)
-            self.lines += 1
-
-    def close(self) -> Path:
-        with self._lock:
-            if self._f is None:
-                return self.path
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
-            os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        with self._lock:
-            if self._f is not None:
-                self._f.close()
-                self._f = None
-                self._tmp.unlink(missing_ok=True)
 
 
 class SessionRecorder:

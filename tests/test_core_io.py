@@ -115,3 +115,22 @@ def test_case_require_names_the_missing_step(tmp_path):
     case = Case(tmp_path)
     with pytest.raises(InputError, match="run 'orthonav segment'"):
         case.require(case.labels, "orthonav segment")
+
+
+def test_json_lines_writer_appears_only_on_close_with_usual_mode(tmp_path):
+    import os
+
+    from orthonav.core.atomic import JsonLinesWriter
+
+    w = JsonLinesWriter(tmp_path / "log.jsonl")
+    w.write({"a": 1})
+    w.write({"b": [1, 2]})
+    assert not (tmp_path / "log.jsonl").exists()  # a reader never sees a partial file
+    w.close()
+    assert [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [{"a": 1}, {"b": [1, 2]}]
+    assert oct(os.stat(tmp_path / "log.jsonl").st_mode & 0o777) != oct(0o600)
+    with pytest.raises(RuntimeError):
+        with JsonLinesWriter(tmp_path / "other.jsonl") as w2:
+            w2.write({"c": 3})
+            raise RuntimeError("stop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # aborted: nothing left

@@ -34,7 +34,6 @@ ProbeToReference) are unaffected by that choice. Only ``*ToTracker`` transforms 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
@@ -44,12 +43,12 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from orthonav.core.atomic import open_atomic
+from orthonav.core.atomic import JsonLinesWriter
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import lps_from_ras_transform
 
@@ -73,10 +72,6 @@ def _matrix_json(m: NDArray[np.float64] | None) -> list[float] | None:
     return None if m is None else [float(v) for v in np.asarray(m, dtype=np.float64).ravel()]
 
 
-class _Aborted(Exception):
-    """Unwinds the atomic file of an aborted recording."""
-
-
 class RecordingWriter:
     """Append frames to a recording; :meth:`close` makes it appear atomically.
 
@@ -85,21 +80,20 @@ class RecordingWriter:
 
     def __init__(self, path: str | Path, *, source: str = "") -> None:
         self.path = Path(path)
-        # core.atomic.open_atomic: temporary file beside path, usual file mode, fsync + rename
-        # on close; held open across write() calls by an ExitStack
-        self._stack = contextlib.ExitStack()
-        self._f: IO[str] | None = self._stack.enter_context(open_atomic(self.path, "w"))
-        self._lock = threading.Lock()
-        self.frames = 0
-        header = {
+        self._lines = JsonLinesWriter(self.path)  # temporary beside path, renamed on close
+        self._lines.write({
             "format": FORMAT,
             "version": VERSION,
             "frame": "tracker frame, LPS-based, mm",
             "matrix": "tracker_from_tool, 4x4 row-major",
             "source": source,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        self._f.write(json.dumps(header) + "\n")
+        })
+
+    @property
+    def frames(self) -> int:
+        """Frames written so far."""
+        return self._lines.lines - 1
 
     def write(
         self,
@@ -127,29 +121,15 @@ class RecordingWriter:
             rec["truth"] = {k: _matrix_json(v) for k, v in truth.items()}
         if script_time_s is not None:
             rec["script_time_s"] = float(script_time_s)
-        line = json.dumps(rec, separators=(",", ":")) + "\n"
-        with self._lock:
-            if self._f is None:
-                raise InputError(self.path, "recording already closed")
-            self._f.write(line)
-            self.frames += 1
+        self._lines.write(rec)
 
     def close(self) -> Path:
         """Flush, fsync and rename into place. Safe to call twice."""
-        with self._lock:
-            if self._f is None:
-                return self.path
-            self._f = None
-            self._stack.close()
-        return self.path
+        return self._lines.close()
 
     def abort(self) -> None:
         """Discard the partial recording (nothing appears at ``path``). Safe to call twice."""
-        with self._lock:
-            if self._f is not None:
-                self._f = None
-                # unwinding with an exception makes open_atomic remove the temporary file
-                self._stack.__exit__(_Aborted, _Aborted(), None)
+        self._lines.abort()
 
     def __enter__(self) -> "RecordingWriter":
         return self
