@@ -4,7 +4,7 @@ Issue acceptance: Dice >= 0.90 per bone on the held-out phantom. The five phanto
 seed (noise, intensities), pose (``pose_jitter_deg``) and size (``scale``), so the held-out case
 is not a copy of a training case. Prints a table of per-bone Dice and the timings.
 
-    python benchmarks/bench_unet.py [--minutes 5] [--spacing 2.0] [--full]
+    python benchmarks/bench_unet.py [--minutes 5] [--spacing 2.0] [--patch 48] [--channels 12] [--threads 1] [--full]
 
 ``--full`` uses the full-resolution phantoms (0.8 mm class voxels) instead of ``small=True``.
 """
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=2.0)
     ap.add_argument("--patch", type=int, default=48)
     ap.add_argument("--channels", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is faster on a busy shared machine)")
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="keep the weights file here")
     args = ap.parse_args()
@@ -49,13 +50,13 @@ def main() -> None:
         t = time.perf_counter()
         weights = train_from_folder(
             root / "data", args.out or root / "unet.pt", minutes=args.minutes, spacing_mm=args.spacing,
-            base_channels=args.channels, patch_size=args.patch, seed=0,
+            base_channels=args.channels, patch_size=args.patch, seed=0, num_threads=args.threads,
         )  # fmt: skip
         t_train = time.perf_counter() - t
         model = load_model(weights)
 
         t = time.perf_counter()
-        seg = segment_unet(test.ct, model)
+        seg = segment_unet(test.ct, model, num_threads=args.threads)
         t_infer = time.perf_counter() - t
 
     truth, pred = test.labels.array_zyx, seg.labels.array_zyx

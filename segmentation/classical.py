@@ -26,7 +26,16 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    thick as the thinner region (a waist, not a joint) are merged again.
 7. **Naming** by anatomy (:func:`name_regions`): knee (femur, tibia, fibula, patella), hip
    (hip, femur, sacrum) or a general trunk rule (vertebrae, ribs, humeri, ...), with
-   TotalSegmentator class names and ``_left`` / ``_right`` where both sides are present.
+   TotalSegmentator class names and ``_left`` / ``_right`` where both sides are present. In a
+   limb field of view (knee, hip) a region the rule cannot name is a fragment of a bone (e.g.
+   the end of a long bone whose marrow pinched off and that :func:`_merge_split_shafts` did not
+   rejoin): it is merged into the bone it touches most, or dropped, with a note in
+   :attr:`Segmentation.notes`; it is never reported as a bone.
+
+Cost: after the hysteresis, components smaller than ``min_bone_volume_mm3`` are dropped and
+every later pass runs in the bones' bounding box plus a margin; the joint-valley test and the
+peel's gradient are evaluated only at the voxels that can change (mask voxels; edge voxels
+below the local threshold), the bead halo in each bead's own box.
 """
 
 from __future__ import annotations

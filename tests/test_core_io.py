@@ -68,7 +68,7 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
 
     with pytest.raises(RuntimeError):
         write_with(target, failing_writer)
-    assert json.loads(target.read_text()) == {"a": 1}
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]  # no temporary left behind
 
 
@@ -81,7 +81,7 @@ def test_plan_round_trip_and_bad_plans(tmp_path):
     assert back.cuts["distal_femur"].normal_lps == (0.0, 0.0, -1.0)  # normalised on validation
     assert back.schema_version == Plan.SCHEMA_VERSION
 
-    newer = json.loads(path.read_text())
+    newer = json.loads(path.read_text(encoding="utf-8"))
     newer["schema_version"] = Plan.SCHEMA_VERSION + 1
     (tmp_path / "newer.json").write_text(json.dumps(newer))
     with pytest.raises(SchemaError, match="newer than this OrthoNav reads") as e:
@@ -92,7 +92,7 @@ def test_plan_round_trip_and_bad_plans(tmp_path):
     with pytest.raises(SchemaError, match="not valid JSON"):
         load_plan(tmp_path / "corrupt.json")
 
-    wrong = json.loads(path.read_text())
+    wrong = json.loads(path.read_text(encoding="utf-8"))
     wrong["cuts"]["distal_femur"]["normal_lps"] = [0, 0, 0]
     (tmp_path / "wrong.json").write_text(json.dumps(wrong))
     with pytest.raises(SchemaError, match="cuts.distal_femur.normal_lps"):
@@ -127,7 +127,7 @@ def test_json_lines_writer_appears_only_on_close_with_usual_mode(tmp_path):
     w.write({"b": [1, 2]})
     assert not (tmp_path / "log.jsonl").exists()  # a reader never sees a partial file
     w.close()
-    assert [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [{"a": 1}, {"b": [1, 2]}]
+    assert [json.loads(x) for x in (tmp_path / "log.jsonl").read_text(encoding="utf-8").splitlines()] == [{"a": 1}, {"b": [1, 2]}]
     assert oct(os.stat(tmp_path / "log.jsonl").st_mode & 0o777) != oct(0o600)
     with pytest.raises(RuntimeError):
         with JsonLinesWriter(tmp_path / "other.jsonl") as w2:

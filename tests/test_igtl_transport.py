@@ -393,9 +393,16 @@ def test_decoder_bug_ends_the_connection_loudly_and_the_client_reconnects(server
         assert client.wait_connected(max(0.0, deadline - time.monotonic()))
         assert time.monotonic() < deadline
         client.wait_for_update(0.05)
-    assert server.wait_for_clients(1, 5.0)
-    server.send_poses({"Pointer": pose}, 3.0)
-    frame = wait_until(client, lambda f: f.status("Pointer") is ToolStatus.LIVE and f.tools["Pointer"].device_time_s == 3.0)
+    # The server may still count the dropped connection for a moment: resend (newest-only per
+    # device) until the reconnected client has the pose, waiting on the client's update event.
+    deadline = time.monotonic() + 5.0
+    while True:
+        server.send_poses({"Pointer": pose}, 3.0)
+        client.wait_for_update(0.1)
+        frame = client.latest()
+        if frame.status("Pointer") is ToolStatus.LIVE and frame.tools["Pointer"].device_time_s == 3.0:
+            break
+        assert time.monotonic() < deadline, f"no live pose after the reconnect; health {client.health()}"
     h = client.health()
     assert h.connected and h.reconnects == 1 and h.bad_messages >= 1
 

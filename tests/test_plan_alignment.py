@@ -157,20 +157,20 @@ def test_plan_json_round_trip_newer_and_corrupt(tmp_path):
     back = load_plan(p)
     assert back.angles_deg == pytest.approx(plan.angles_deg)
     assert back.cuts["distal_femur"].depths_mm == pytest.approx(plan.cuts["distal_femur"].depths_mm)
-    data = json.loads(p.read_text())
+    data = json.loads(p.read_text(encoding="utf-8"))
     data["schema_version"] = Plan.SCHEMA_VERSION + 1
     (tmp_path / "newer.json").write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="newer") as err:
         load_plan(tmp_path / "newer.json")
     assert err.value.path == tmp_path / "newer.json" and "newer.json" in str(err.value)
-    (tmp_path / "corrupt.json").write_text(p.read_text()[:200])
+    (tmp_path / "corrupt.json").write_text(p.read_text(encoding="utf-8")[:200])
     with pytest.raises(SchemaError, match="not valid JSON") as err:
         load_plan(tmp_path / "corrupt.json")
     assert err.value.path == tmp_path / "corrupt.json"
     with pytest.raises(InputError, match="not found") as err:
         load_plan(tmp_path / "absent.json")
     assert err.value.path == tmp_path / "absent.json"
-    data = json.loads(p.read_text())
+    data = json.loads(p.read_text(encoding="utf-8"))
     data["cuts"]["distal_femur"]["normal_lps"] = [0, 0, 0]
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="cuts.distal_femur.normal_lps"):

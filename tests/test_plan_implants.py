@@ -183,20 +183,20 @@ def test_markups_round_trip_lps_and_ras(tmp_path):
            "ankle_centre": Landmark(position_lps_mm=(-5.0, 12.5, -80.0), bone="tibia", method="manual")}
     for cs in ("LPS", "RAS"):
         p = export_markups(lms, tmp_path / f"l_{cs}.mrk.json", coordinate_system=cs)
-        doc = json.loads(p.read_text())
+        doc = json.loads(p.read_text(encoding="utf-8"))
         pos = doc["markups"][0]["controlPoints"][0]["position"]
         assert pos == ([10.0, -20.0, 300.0] if cs == "LPS" else [-10.0, 20.0, 300.0])
         back = import_markups(p)
         for k in lms:
             np.testing.assert_allclose(back[k].position_lps_mm, lms[k].position_lps_mm, atol=1e-12)
             assert back[k].bone == lms[k].bone and back[k].method == "markups import"
-    bad = json.loads((tmp_path / "l_LPS.mrk.json").read_text())
+    bad = json.loads((tmp_path / "l_LPS.mrk.json").read_text(encoding="utf-8"))
     bad["markups"][0]["coordinateSystem"] = "IJK"
     (tmp_path / "bad.mrk.json").write_text(json.dumps(bad))
     with pytest.raises(SchemaError, match="coordinateSystem"):
         import_markups(tmp_path / "bad.mrk.json")
     # A placeholder point (Slicer 'undefined' status, no position) is skipped, not an error.
-    doc = json.loads((tmp_path / "l_RAS.mrk.json").read_text())
+    doc = json.loads((tmp_path / "l_RAS.mrk.json").read_text(encoding="utf-8"))
     doc["markups"][0]["controlPoints"].append({"id": "9", "label": "tibial_spine", "positionStatus": "undefined"})
     (tmp_path / "placeholder.mrk.json").write_text(json.dumps(doc))
     assert sorted(import_markups(tmp_path / "placeholder.mrk.json")) == sorted(lms)

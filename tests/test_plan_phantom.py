@@ -206,7 +206,7 @@ def test_guides_written_and_report(knee):
         assert t.is_watertight and t.is_volume and t.volume > 5000.0
     html = write_plan_report(case)
     assert html == case / "report" / "plan.html"
-    text = html.read_text()
+    text = html.read_text(encoding="utf-8")
     for key in ("hka", "ldfa", "mpta", "slope", "femoral_rotation", "tka_femoral", "femur_guide.stl", "@media print"):
         assert key in text
     assert f"{plan.angles_deg['hka']:.2f}" in text

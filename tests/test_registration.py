@@ -109,7 +109,7 @@ def test_load_registration_rejects_non_rigid_and_newer(tmp_path):
     geo = toy_geometry()
     rec = register_paired_points(geo.fiducial_names, geo.fiducials_ct_mm, geo.fiducials_ct_mm).record
     p = write_registration(tmp_path / "registration.json", rec)
-    data = json.loads(p.read_text())
+    data = json.loads(p.read_text(encoding="utf-8"))
     data["ct_from_reference"][0][0] = 2.0
     p.write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="ct_from_reference"):

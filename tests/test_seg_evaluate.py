@@ -54,7 +54,7 @@ def test_missing_and_extra_bones_and_json(tmp_path):
     assert scores["tibia"].dice == 0.0 and scores["tibia"].hd95_mm == float("inf")
     assert scores["patella"].voxels_truth == 0
     out = write_scores_json(scores, tmp_path / "scores.json")
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text(encoding="utf-8"))
     assert data["tibia"]["hd95_mm"] is None and data["femur"]["dice"] == 1.0
     assert "femur" in scores_table(scores)
     # The same through files (pred as a case folder, truth as a label file with its table).

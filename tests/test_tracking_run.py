@@ -132,7 +132,7 @@ def test_tool_kind_is_checked_when_loading_a_tool_file(tmp_path):
     from orthonav.tracking.tools import load_toolset
 
     path = save_toolset(tmp_path / "tools.json", default_toolset())
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data["tools"][0]["kind"] = "pionter"
     path.write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="tools.json"):

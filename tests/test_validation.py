@@ -137,7 +137,7 @@ def test_report_files_and_pictures(knee_case, simulated):
     html = write_validation_report(simulated, knee_case)
     out = knee_case / "validation"
     assert html == out / "report.html"
-    text = html.read_text()
+    text = html.read_text(encoding="utf-8")
     assert "PASS" in text and "Fitzpatrick" in text
     for name in ("validation_tre.png", "validation_tre_vs_predicted.png", "validation_fre.png", "validation_vectors.png",
                  "validation_pivot.png"):
@@ -145,11 +145,11 @@ def test_report_files_and_pictures(knee_case, simulated):
         img = np.asarray(Image.open(out / name).convert("L")).astype(float)
         assert img.shape[0] > 300 and img.shape[1] > 400
         assert img.std() > 10 and (img < 128).mean() > 0.002, name  # not blank: real ink on the page
-    trials = (out / "trials.csv").read_text().splitlines()
+    trials = (out / "trials.csv").read_text(encoding="utf-8").splitlines()
     assert len(trials) == 1001 and trials[0].startswith("trial,fre_mm,tre_target_")
     row = trials[5].split(",")
     assert float(row[1]) == pytest.approx(simulated.fre_mm[4], rel=1e-5)
-    data = json.loads((out / "result.json").read_text())
+    data = json.loads((out / "result.json").read_text(encoding="utf-8"))
     assert data["passed"] is True and len(data["raw"]["fre_mm"]) == 1000
     assert [t["target"] for t in data["targets"]] == list(simulated.target_names)
 
@@ -164,7 +164,7 @@ def test_cli_simulation_writes_the_report_with_the_config_verdicts(knee_case, tm
     cfg.write_text(json.dumps({"schema_version": 1, "max_tre_p95_mm": 0.01}))
     text = validate_cli(simulate=case, fle_mm=0.25, trials=60, config=cfg)
     assert "FAIL TRE p95" in text and "PASS FRE" in text and text.splitlines()[-2] == "OVERALL: FAIL"
-    assert (case / "validation" / "report.html").is_file() and (case / "validation" / "trials.csv").read_text().count("\n") == 61
+    assert (case / "validation" / "report.html").is_file() and (case / "validation" / "trials.csv").read_text(encoding="utf-8").count("\n") == 61
 
 
 def test_cli_needs_exactly_one_source(tmp_path):
@@ -236,8 +236,8 @@ def test_session_fre_and_touched_tre_match_the_truth(toy):
     assert names["pivot RMS"].passed is None  # no pivot data in the session: reported, not invented
     assert r.passed
     html = write_validation_report(r, case)
-    assert html == case / "validation" / "report.html" and "Recorded navigation session" in html.read_text()
-    assert json.loads((case / "validation" / "result.json").read_text())["mode"] == "session"
+    assert html == case / "validation" / "report.html" and "Recorded navigation session" in html.read_text(encoding="utf-8")
+    assert json.loads((case / "validation" / "result.json").read_text(encoding="utf-8"))["mode"] == "session"
     text = summary_text(r, html)
     assert "OVERALL: PASS" in text and "PASS FRE" in text and "N/A  pivot RMS" in text and str(html) in text
 
@@ -268,7 +268,7 @@ def test_session_with_noise_and_a_pivot_recording(toy):
         assert abs(r.tre_mm[0, j] - true_tre) < 0.15  # touch noise averaged over the dwell
     assert r.passed
     # in a session the tip is compared with the session's tool file, not with a truth (review P3)
-    text = write_validation_report(r, case).read_text()
+    text = write_validation_report(r, case).read_text(encoding="utf-8")
     assert "tip difference vs the session&#x27;s tool file" in text or "tip difference vs the session's tool file" in text
     assert "tip error vs truth" not in text
 
