@@ -106,13 +106,19 @@ def evaluate_seg(
 @app.command("train-seg")
 def train_seg(
     data: Path = typer.Argument(..., help="folder of case folders (ct.nii.gz + labels) or phantom cases"),
-    out: Path = typer.Argument(..., help="weights file to write"),
+    out: Path = typer.Argument(..., help="weights file to write (a model-card JSON is written beside it)"),
     minutes: float = typer.Option(5.0, help="training time budget"),
+    spacing: float = typer.Option(2.0, help="isotropic training/inference spacing (mm)"),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default 2)"),
 ) -> None:
     """Train the compact 3D U-Net on CT + label pairs."""
     from orthonav.segmentation.unet import train_from_folder
 
-    train_from_folder(data, out, minutes=minutes)
+    with _progress() as progress:
+        path = train_from_folder(data, out, minutes=minutes, spacing_mm=spacing, seed=seed, num_threads=threads,
+                                 progress=progress.update)
+    console.print(f"weights {path}")
 
 
 @app.command()
