@@ -75,7 +75,17 @@ def segment(
     with _progress() as progress:
         kwargs = {"weights": weights} if weights is not None else {}
         summary = segment_case(case, backend=backend, anatomy=anatomy, progress=progress.update, **kwargs)
-    console.print(summary)
+    from rich.table import Table
+
+    table = Table(title=f"{summary.case_dir} ({summary.backend}, side: {summary.side})")
+    for col in ("bone", "label", "volume mL", "triangles"):
+        table.add_column(col, justify="left" if col == "bone" else "right")
+    for name, b in summary.bones.items():
+        table.add_row(name, str(b.label), f"{b.volume_ml:.1f}", str(b.triangles))
+    Console().print(table)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"{len(summary.files)} files written in {summary.timings_s.get('total', float('nan')):.1f} s")
 
 
 @app.command()

@@ -27,5 +27,7 @@ class StepProgress:
 
     def update(self, step: str, fraction: float) -> None:
         if step not in self._tasks:
+            for task in self._tasks.values():  # a new step means the earlier ones are done
+                self._progress.update(task, completed=1.0)
             self._tasks[step] = self._progress.add_task(step, total=1.0)
         self._progress.update(self._tasks[step], completed=max(0.0, min(1.0, fraction)))

@@ -7,7 +7,6 @@ bone in the image, a missing weights file) leaves the case folder as it was.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,16 +68,15 @@ def _check_ct(ct: Volume, path: Path) -> None:
     check_looks_like_ct(ct, path)
 
 
-def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto", weights: str | Path | None = None) -> Segmentation:
+def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto", weights: str | Path | None = None,
+                progress: Progress | None = None) -> Segmentation:
     """Segment ``ct`` with the named backend (no files touched)."""
     if backend == "classical":
         return segment_classical(ct, anatomy=anatomy)
     if backend == "unet":
-        if importlib.util.find_spec("orthonav.segmentation.unet") is None:
-            raise InputError(None, "the 'unet' backend is not available in this OrthoNav build yet; use --backend classical")
-        from .unet import segment_unet  # type: ignore[import-not-found]
+        from .unet import segment_unet
 
-        return segment_unet(ct, weights=weights)
+        return segment_unet(ct, weights=weights, progress=progress)
     if backend == "totalsegmentator":
         from .totalseg import segment_totalsegmentator
 
@@ -157,7 +155,7 @@ def segment_case(
 
     t = time.perf_counter()
     _report(progress, f"segmenting ({backend})", 0.1)
-    seg = run_backend(ct, backend=backend, anatomy=anatomy, weights=weights)
+    seg = run_backend(ct, backend=backend, anatomy=anatomy, weights=weights, progress=progress)
     timings["segment"] = time.perf_counter() - t
 
     meshes = {}
