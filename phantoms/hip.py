@@ -57,9 +57,9 @@ from .synthetic import (
     DEFAULT_HU,
     BoneSpec,
     SyntheticPhantom,
+    closed_limb_meshes,
     fit_grid,
     render_ct,
-    surface_mesh,
 )
 from .truth import PhantomTruth
 
@@ -406,10 +406,7 @@ class _HipGeometry:
 def _hip_geometry(prm: HipParameters) -> _HipGeometry:
     """Everything that does not depend on the seed, the pose or the CT grid (cached)."""
     anat = build_hip(prm)
-    meshes = {name: surface_mesh(b.sdf, b.bounds_limb_mm, prm.mesh_step_mm, np.eye(4)) for name, b in anat.bones.items()}
-    for name, m in meshes.items():
-        if m.n_open_edges:
-            raise RuntimeError(f"internal: truth mesh of {name} is open ({m.n_open_edges} edges): its bounding box is too small")
+    meshes = closed_limb_meshes(anat.bones, prm.mesh_step_mm)
     verts = {name: np.asarray(m.points, dtype=np.float64) for name, m in meshes.items()}
     L = hip_landmarks_limb(anat, verts)
     gaps = {}

@@ -36,7 +36,7 @@ from orthonav.core.transforms import apply, apply_vector, make_rigid, rotation_a
 
 from . import sdf as S
 from .angles import knee_angles
-from .synthetic import DEFAULT_HU, BoneSpec, SyntheticPhantom, fit_grid, render_ct, surface_mesh
+from .synthetic import DEFAULT_HU, BoneSpec, SyntheticPhantom, closed_limb_meshes, fit_grid, render_ct, surface_mesh
 from .truth import PhantomTruth
 
 LABELS = {"femur": 1, "tibia": 2, "fibula": 3, "patella": 4}
@@ -575,10 +575,7 @@ class _KneeGeometry:
 def _knee_geometry(prm: KneeParameters) -> _KneeGeometry:
     """Everything that does not depend on the seed, the pose or the CT grid (cached)."""
     anat = build_knee(prm)
-    meshes = {name: surface_mesh(b.sdf, b.bounds_limb_mm, prm.mesh_step_mm, np.eye(4)) for name, b in anat.bones.items()}
-    for name, m in meshes.items():
-        if m.n_open_edges:
-            raise RuntimeError(f"internal: truth mesh of {name} is open ({m.n_open_edges} edges): its bounding box is too small")
+    meshes = closed_limb_meshes(anat.bones, prm.mesh_step_mm)
     verts_limb = {name: np.asarray(m.points, dtype=np.float64) for name, m in meshes.items()}
     L_limb, ap_limb = knee_landmarks_limb(anat, verts_limb)
     gaps = {

@@ -322,6 +322,16 @@ def surface_mesh(f: S.SDF, bounds_limb_mm: NDArray[np.float64], step_mm: float, 
     return out
 
 
+def closed_limb_meshes(bones: Mapping[str, BoneSpec], step_mm: float) -> dict[str, pv.PolyData]:
+    """Truth surface of every bone in the limb frame (``surface_mesh`` with identity placement);
+    raises if one is open, which means its bounding box cuts the bone."""
+    meshes = {name: surface_mesh(b.sdf, b.bounds_limb_mm, step_mm, np.eye(4)) for name, b in bones.items()}
+    for name, m in meshes.items():
+        if m.n_open_edges:
+            raise RuntimeError(f"internal: truth mesh of {name} is open ({m.n_open_edges} edges): its bounding box is too small")
+    return meshes
+
+
 def write_phantom_case(phantom: SyntheticPhantom, case_dir: str | Path, *, printable: bool = True) -> Case:
     """Write a phantom into a case folder (every write atomic).
 
