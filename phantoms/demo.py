@@ -62,6 +62,24 @@ def _prepare_out(out_dir: Path) -> Case:
     return Case(case_dir)
 
 
+def _report_screenshots(session_dir: Path | None, shots: list[Path], n: int = 4) -> list[Path]:
+    """Up to ``n`` overlay pictures for the report: spread over the session, always including the
+    last one taken while the saw was guided against the planned cut (the point of the demo)."""
+    if not shots:
+        return []
+    picks = {int(round(x)) for x in np.linspace(0, len(shots) - 1, n)}
+    if session_dir is not None:
+        from orthonav.navigation.session import read_guidance, read_session_info
+
+        saw_seqs = {r["seq"] for r in read_guidance(session_dir) if r.get("saw")}
+        seq_of = read_session_info(session_dir).screenshots
+        sawing = [i for i, p in enumerate(shots) if seq_of.get(p.name) in saw_seqs]
+        if sawing:
+            picks.discard(max(picks))
+            picks.add(sawing[-1])
+    return [shots[i] for i in sorted(picks)]
+
+
 def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int = 0, progress: Progress | None = None) -> DemoSummary:
     """Run the whole chain on the knee phantom in ``OUT/case`` and write ``OUT/case/report/index.html``.
 
@@ -137,8 +155,7 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
     summary.latency_p50_ms = nav.latency_p50_ms
     summary.latency_p99_ms = nav.latency_p99_ms
     summary.session_dir = nav.session_dir
-    picks = sorted({int(round(x)) for x in np.linspace(0, len(nav.screenshots) - 1, 4)}) if nav.screenshots else []
-    for i, shot in enumerate(nav.screenshots[j] for j in picks):
+    for i, shot in enumerate(_report_screenshots(nav.session_dir, nav.screenshots)):
         dest = case.report_dir / f"navigation_{i}.png"
         shutil.copyfile(shot, dest)
         summary.screenshots.append(dest)
