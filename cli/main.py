@@ -40,11 +40,12 @@ def phantom(
     flexion: Optional[float] = typer.Option(None, help="knee flexion (deg; knee only)"),
     scale: Optional[float] = typer.Option(None, help="size factor"),
     noise: Optional[float] = typer.Option(None, help="CT noise (HU, standard deviation)"),
+    metal: Optional[float] = typer.Option(None, help="metal streak artefact around the beads (HU amplitude; knee only)"),
 ) -> None:
     """Write a synthetic CT with ground truth and printable STL parts into CASE."""
     from orthonav.phantoms.synthetic import make_phantom_case
 
-    knobs = {k: v for k, v in {"flexion_deg": flexion, "scale": scale, "noise_hu": noise}.items() if v is not None}
+    knobs = {k: v for k, v in {"flexion_deg": flexion, "scale": scale, "noise_hu": noise, "metal_artefact_hu": metal}.items() if v is not None}
     out = make_phantom_case(kind, case, seed=seed, small=small, printed=printed, **knobs)
     console.print(f"[green]phantom written[/] to {out.root}")
 

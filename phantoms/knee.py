@@ -70,6 +70,7 @@ class KneeParameters:
     psf_sigma_vox: float = 0.6
     pose_jitter_deg: float = 0.0
     flexion_deg: float = 0.0
+    metal_artefact_hu: float = 0.0
 
 
 #: The test phantom: coarser voxels, and joint gaps of >= 3 voxels so that a threshold-based
@@ -648,6 +649,7 @@ def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) ->
         psf_sigma_vox=prm.psf_sigma_vox,
         cortical_hu_fn=cortical_hu,
         marrow_hu_fn=marrow_hu,
+        metal_artefact_hu=prm.metal_artefact_hu,
     )
     meshes = {}
     for name, m in geo.meshes_limb.items():

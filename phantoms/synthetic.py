@@ -219,8 +219,14 @@ def render_ct(
     psf_sigma_vox: float = 0.6,
     cortical_hu_fn: Callable[[NDArray[np.float64]], NDArray[np.float64]] | None = None,
     marrow_hu_fn: Callable[[str], float] | None = None,
+    metal_artefact_hu: float = 0.0,
 ) -> tuple[Volume, Volume]:
-    """Sample a phantom onto ``grid``: returns (CT int16 HU, truth labels uint8)."""
+    """Sample a phantom onto ``grid``: returns (CT int16 HU, truth labels uint8).
+
+    ``metal_artefact_hu`` > 0 adds a streak (starburst) artefact around every bead in the
+    slices it crosses: amplitude in HU, alternating bright/dark rays that fade with distance,
+    as filtered back-projection gives around dense metal. Labels are unaffected.
+    """
     limb_from_ct = invert(ct_from_limb)
     sp = grid.spacing_mm
     full = (slice(0, grid.shape_zyx[0]), slice(0, grid.shape_zyx[1]), slice(0, grid.shape_zyx[2]))
@@ -285,12 +291,43 @@ def render_ct(
         occ = (np.linalg.norm(d_lps, axis=2) < bead_radius_mm).mean(axis=1).reshape(kk.shape).astype(np.float32)
         vol[box] = vol[box] * (1.0 - occ) + occ * hu["bead"]
 
+    if metal_artefact_hu > 0:
+        _add_metal_streaks(vol, grid, apply(ct_from_limb, np.asarray(bead_centres_limb_mm, dtype=np.float64).reshape(-1, 3)),
+                           bead_radius_mm, metal_artefact_hu, rng)
     if psf_sigma_vox > 0:
         vol = gaussian_filter(vol, psf_sigma_vox, mode="nearest")
     if noise_hu > 0:
         vol += rng.normal(0.0, noise_hu, size=vol.shape).astype(np.float32)
     ct = np.clip(np.rint(vol), -1024, 32767).astype(np.int16)
     return Volume(ct, grid.lps_from_ijk.copy()), Volume(labels, grid.lps_from_ijk.copy())
+
+
+def _add_metal_streaks(vol: NDArray[np.float32], grid: GridSpec, beads_lps_mm: NDArray[np.float64], bead_radius_mm: float,
+                       amplitude_hu: float, rng: np.random.Generator, *, fade_mm: float = 25.0) -> None:
+    """Add a starburst of streaks around each bead, in place, in every slice (k) the bead crosses.
+
+    Streak value at in-slice distance r (mm) and angle t from the bead:
+    ``A cos(m t + phase) * fade / (fade + r)``, m in 4..7 rays per half turn, outside the bead only.
+    """
+    ijk_from_lps = np.linalg.inv(grid.lps_from_ijk)
+    nk, nj, ni = vol.shape
+    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+    for c_lps in beads_lps_mm:
+        c_ijk = apply(ijk_from_lps, c_lps)
+        half_k = bead_radius_mm / grid.spacing_mm[2]
+        m = int(rng.integers(4, 8))
+        phase = float(rng.uniform(0.0, 2.0 * np.pi))
+        k_lo, k_hi = int(np.ceil(c_ijk[2] - half_k)), int(np.floor(c_ijk[2] + half_k))  # slices whose centre cuts the bead
+        if k_lo > k_hi:
+            k_lo = k_hi = int(np.rint(c_ijk[2]))
+        for k in range(max(0, k_lo), min(nk, k_hi + 1)):
+            d_ijk = np.stack([ii - c_ijk[0], jj - c_ijk[1], np.full(ii.shape, k - c_ijk[2])], axis=-1)
+            d_lps = d_ijk @ grid.lps_from_ijk[:3, :3].T
+            u, v = d_lps[..., 0], d_lps[..., 1]  # in-plane axes of the slice (LPS x, y)
+            r = np.hypot(u, v)
+            streak = amplitude_hu * np.cos(2 * m * np.arctan2(v, u) + phase) * fade_mm / (fade_mm + r)
+            streak[np.linalg.norm(d_lps, axis=-1) <= bead_radius_mm + 0.5] = 0.0
+            vol[k] += streak.astype(np.float32)
 
 
 def surface_mesh(f: S.SDF, bounds_limb_mm: NDArray[np.float64], step_mm: float, ct_from_limb: NDArray[np.float64]) -> pv.PolyData:
