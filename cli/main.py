@@ -268,23 +268,27 @@ def navigate(
     stream_port: Optional[int] = typer.Option(None, help="also stream poses, models and guidance to 3D Slicer on this port"),
     surface_points: int = typer.Option(0, help="after fiducials, digitise this many bone-surface points for ICP refinement"),
     tools: Optional[Path] = typer.Option(None, help="tool definition JSON (default: the phantom tool set)"),
+    max_predicted_tre: float = typer.Option(2.0, help="refuse registration when the predicted TRE at a plan target exceeds this (mm; 0 disables)"),
 ) -> None:
     """Register, then run the live navigation loop with overlay, recording the session."""
     from orthonav.navigation.navigate import navigate_cli
 
     console.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen, stream_port=stream_port,
-                               surface_points=surface_points, tools=tools))
+                               surface_points=surface_points, tools=tools,
+                               max_predicted_tre_mm=max_predicted_tre if max_predicted_tre > 0 else None))
 
 
 @app.command()
 def replay(
     session: Path = typer.Argument(..., help="sessions/<timestamp> folder"),
     off_screen: bool = typer.Option(False, "--off-screen"),
+    allow_changed_plan: bool = typer.Option(False, "--allow-changed-plan",
+                                            help="replay even though plan.json changed since recording (numbers may differ)"),
 ) -> None:
     """Replay a recorded session: the same numbers and pictures (exit 2 if any number differs)."""
     from orthonav.navigation.navigate import replay_cli
 
-    console.print(replay_cli(session, off_screen=off_screen))
+    console.print(replay_cli(session, off_screen=off_screen, allow_changed_plan=allow_changed_plan))
 
 
 @app.command()

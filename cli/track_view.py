@@ -22,8 +22,10 @@ def tool_table(frame: TrackingFrame, health: SourceHealth) -> Table:
         f"{'connected' if health.connected else 'NOT CONNECTED'}  rate {health.rate_hz:.0f} Hz  "
         f"messages {health.messages}  bad {health.bad_messages}  dropped {health.dropped}  dropouts {health.dropouts}"
     )
-    if health.last_error:
-        title += f"\nlast error: {health.last_error}"
+    if health.last_error:  # cleared by the source on a successful (re)connection
+        age = now - health.last_error_time_s
+        when = f" ({age:.1f} s ago)" if math.isfinite(age) else ""
+        title += f"\nlast error{when}: {health.last_error}"
     t = Table(title=title)
     for col in ("tool", "state", "x mm", "y mm", "z mm", "age ms", "quality"):
         t.add_column(col, justify="left" if col in ("tool", "state") else "right")

@@ -13,7 +13,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from .errors import InputError
 
@@ -99,7 +99,28 @@ class _Aborted(Exception):
     """Raised into :func:`open_atomic` to make it discard its temporary file."""
 
 
-class JsonLinesWriter:
+class CommitOnExit:
+    """Context-manager half of a streaming atomic writer: a ``with`` block that ends normally
+    calls :meth:`close` (commit: the file appears), one that raises calls :meth:`abort`
+    (nothing appears). Subclasses implement ``close`` and ``abort``."""
+
+    def close(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class JsonLinesWriter(CommitOnExit):
     """Append JSON records, one per line, to a file that appears at ``path`` only on :meth:`close`.
 
     Thread-safe :meth:`write`. :meth:`abort` (or an exception inside a ``with`` block) discards
@@ -137,12 +158,3 @@ class JsonLinesWriter:
             if self._f is not None:
                 self._f = None
                 self._stack.__exit__(_Aborted, _Aborted(), None)
-
-    def __enter__(self) -> "JsonLinesWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -5,7 +5,9 @@ pointer, registers (paired-point, FRE reported; rejected above ``max_fre_mm``), 
 verification touches, runs the live loop (tracking thread at tracker rate, overlay at display
 rate), saves overlay PNGs, records the whole session in ``CASE/sessions/<timestamp>/`` and
 writes ``CASE/registration.json``. :func:`replay_session` feeds the recorded frames through the
-same deterministic workflow and checks that every guidance number is reproduced exactly.
+same deterministic workflow and checks that every guidance number is reproduced exactly; it
+refuses when ``plan.json`` has changed since the session was recorded (sha256 in
+``session.json``) unless ``allow_changed_plan`` is given.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from orthonav.tracking.frame import TrackerSource
 from orthonav.tracking.tools import ToolSet, default_toolset
 
 from .guidance import BoneSurface, CutFrame, cut_frame
-from .registration import RegistrationRecord, write_registration
-from .session import SUMMARY, SessionInfo, SessionRecorder, comparable, read_guidance, read_session_info, state_record
+from .registration import PAIRED_POINT_SURFACE, RegistrationRecord, write_registration
+from .session import SUMMARY, SessionInfo, SessionRecorder, comparable, file_sha256, read_guidance, read_session_info, state_record
 from .state import NavigationContext, NavigationState, expire_state
 from .workflow import Workflow, WorkflowConfig
 
@@ -49,10 +51,22 @@ class NavigationSummary:
         The recorded session folder (None when not recorded).
     registered
         Whether registration succeeded.
+    registration_method
+        What produced the registration in force (``paired_point`` or
+        ``paired_point+surface_icp``); '' if not registered.
     fre_mm
-        Fiducial registration error (RMS, mm); NaN if not registered.
+        FRE of the paired-point (fiducial) stage (RMS, mm); NaN if not registered.
     predicted_tre_mm
-        Check point -> predicted RMS TRE (mm) from the fiducial configuration.
+        Check point -> predicted RMS TRE (mm) of the fiducial stage (Fitzpatrick 1998); after a
+        surface refinement it does not describe the registration in force.
+    surface
+        Surface stage figures (``rms_mm``, ``inlier_fraction``, ``constraint``, ...) when refined.
+    refusal
+        Why registration was refused with every fiducial touched (navigation never started), else None.
+    warnings
+        Things the user must know about the run (e.g. a replay against a changed plan).
+    plan_changed
+        Replay only: ``plan.json`` differs from the one recorded (replayed with ``allow_changed_plan``).
     verification_mm
         Check point -> distance of the pointer touch nearest to it after registration (mm).
     tre_mm
@@ -73,6 +87,11 @@ class NavigationSummary:
     registered: bool
     fre_mm: float
     predicted_tre_mm: dict[str, float] = field(default_factory=dict)
+    registration_method: str = ""
+    surface: dict[str, float] = field(default_factory=dict)
+    refusal: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    plan_changed: bool = False
     verification_mm: dict[str, float] = field(default_factory=dict)
     tre_mm: dict[str, float] = field(default_factory=dict)
     guidance_error: dict[str, float] = field(default_factory=dict)
@@ -91,8 +110,13 @@ class NavigationSummary:
         return {
             "session_dir": str(self.session_dir) if self.session_dir else None,
             "registered": self.registered,
+            "registration_method": self.registration_method,
             "fre_mm": num(self.fre_mm),
             "predicted_tre_mm": self.predicted_tre_mm,
+            "surface": {k: num(v) for k, v in self.surface.items()},
+            "refusal": self.refusal,
+            "warnings": self.warnings,
+            "plan_changed": self.plan_changed,
             "verification_mm": self.verification_mm,
             "tre_mm": self.tre_mm,
             "guidance_error": {k: num(v) for k, v in self.guidance_error.items()},
@@ -156,6 +180,7 @@ class CaseNavigationInputs:
     bones: dict[str, Any]
     ct: Any = None  #: the CT (:class:`~orthonav.core.volume.Volume`) for reslices, if the case has one
     implants: dict[str, Any] = field(default_factory=dict)  #: '<family>_<i>' -> implant ghost mesh in CT LPS
+    plan_sha256: str = ""  #: sha256 (hex) of the plan.json bytes read
 
 
 def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None, *, surfaces: bool = True,
@@ -170,7 +195,11 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
     from .overlay import load_case_meshes
 
     case = Case(case_dir)
-    plan = load_plan(case.require(case.plan, "orthonav plan"))
+    plan_path = case.require(case.plan, "orthonav plan")
+    plan_hash = file_sha256(plan_path)
+    plan = load_plan(plan_path)
+    if file_sha256(plan_path) != plan_hash:
+        raise InputError(plan_path, "changed while it was being read; try again")
     names, pts = plan_fiducials(plan)
     if len(names) < 3:
         raise InputError(case.plan, f"has {len(names)} fiducial landmarks (fiducial_1..); registration needs at least 3")
@@ -189,7 +218,7 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
         from orthonav.core.volume import read_volume
 
         volume = read_volume(case.ct)
-    return CaseNavigationInputs(plan, ctx, names, pts, bones, volume, implants)
+    return CaseNavigationInputs(plan, ctx, names, pts, bones, volume, implants, plan_hash)
 
 
 def implant_ghosts(plan: Plan) -> dict[str, Any]:
@@ -349,7 +378,8 @@ def navigate_case(
     recorder = None
     if record:
         sdir = case.new_session_dir()
-        info = SessionInfo(case_dir=str(Path(case_dir).resolve()), toolset=inputs.context.toolset, workflow=config.to_dict(),
+        info = SessionInfo(case_dir=str(Path(case_dir).resolve()), plan_sha256=inputs.plan_sha256,
+                           toolset=inputs.context.toolset, workflow=config.to_dict(),
                            started_utc=datetime.now(timezone.utc).isoformat(), source=type(source).__name__,
                            check_points_mm={k: [float(x) for x in v] for k, v in checks.items()})
         recorder = SessionRecorder(sdir, info)
@@ -400,6 +430,9 @@ def navigate_case(
         source.start()
         started_here = True
         loop.start()
+        # The first picture shows the first state, not "no data yet" because this thread got
+        # the CPU before the tracking thread (a silent tracker still shows NOT TRACKING after 1 s).
+        loop.wait_for_state(-1, 1.0)
         t0 = time.monotonic()
         next_shot = t0
         period = 1.0 / display_fps
@@ -461,6 +494,9 @@ def navigate_case(
         registered=reg is not None,
         fre_mm=reg.record.fre_mm if reg is not None else math.nan,
         predicted_tre_mm=dict(reg.record.predicted_tre_mm) if reg is not None else {},
+        registration_method=reg.record.method if reg is not None else "",
+        surface=dict(reg.record.surface) if reg is not None else {},
+        refusal=workflow.refusal,
         verification_mm=workflow.verification_by_point(),
         tre_mm=_true_tre(reg.record if reg else None, true_ct_from_reference, truth_targets or {}),
         guidance_error=errors.summary(),
@@ -477,10 +513,15 @@ def navigate_case(
 
 
 def _info_text(workflow: Workflow) -> str:
+    if workflow.refusal is not None:
+        return "REGISTRATION REFUSED: fiducial layout (see the log)"
     if workflow.registration is None:
         nxt = workflow.digitiser.next_name or ""
         return f"Digitise {nxt} ({len(workflow.digitiser.captures)}/{len(workflow.fiducial_names)})"
-    return f"Registered  FRE {workflow.registration.record.fre_mm:.2f} mm"
+    rec = workflow.registration.record
+    if rec.surface_refined:
+        return f"Registered (fiducials + surface)  surface RMS {rec.surface.get('rms_mm', math.nan):.2f} mm"
+    return f"Registered  FRE {rec.fre_mm:.2f} mm"
 
 
 def _accumulate_from_record(errors: _GuidanceErrors, session_dir: Path, make_workflow: Callable[[], Workflow]) -> None:
@@ -499,18 +540,36 @@ def _accumulate_from_record(errors: _GuidanceErrors, session_dir: Path, make_wor
 # --- replay --------------------------------------------------------------------------------------
 
 
-def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True, progress: Progress | None = None) -> NavigationSummary:
+def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True, progress: Progress | None = None,
+                   allow_changed_plan: bool = False) -> NavigationSummary:
     """Re-run a recorded session from its frames and check the guidance numbers match exactly.
 
     Pictures are re-rendered at the frames the live session took its screenshots, into
     ``<session>/replay/``. ``replay_mismatches`` counts guidance lines that differ (0 = exact).
+
+    The navigation context is rebuilt from the case's current ``plan.json``. If its sha256
+    differs from the one recorded in ``session.json``, the replay is refused (InputError naming
+    the plan) unless ``allow_changed_plan``; then it runs with a warning in ``warnings`` (and
+    through ``progress``). A session recorded before plan hashing replays with a warning.
+
+    Raises
+    ------
+    InputError
+        Not a session, or the plan changed since recording (without ``allow_changed_plan``).
     """
     from orthonav.tracking.recording import read_recording
 
     sdir = Path(session_dir)
     info = read_session_info(sdir)
     inputs = load_navigation_inputs(info.case_dir, info.toolset, ct=render)
-    cfg = WorkflowConfig(**info.workflow)
+    warnings = _plan_check(info, inputs.plan_sha256, allow_changed_plan)
+    plan_changed = bool(info.plan_sha256) and info.plan_sha256 != inputs.plan_sha256
+    for w in warnings:
+        if progress is not None:
+            progress(f"WARNING: {w}")
+    settings = dict(info.workflow)
+    settings.setdefault("max_predicted_tre_mm", None)  # recorded before the TRE limit existed: replay as recorded
+    cfg = WorkflowConfig(**settings)
     checks = {k: np.asarray(v, dtype=np.float64) for k, v in info.check_points_mm.items()}
     workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=cfg)
     recorded = iter(read_guidance(sdir))
@@ -565,12 +624,32 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
         registered=reg is not None,
         fre_mm=reg.record.fre_mm if reg is not None else math.nan,
         predicted_tre_mm=dict(reg.record.predicted_tre_mm) if reg is not None else {},
+        registration_method=reg.record.method if reg is not None else "",
+        surface=dict(reg.record.surface) if reg is not None else {},
+        refusal=workflow.refusal,
+        warnings=warnings,
+        plan_changed=plan_changed,
         verification_mm=workflow.verification_by_point(),
         states=n,
         screenshots=shots,
         events=[e.text for e in workflow.events],
         replay_mismatches=mismatches,
     )
+
+
+def _plan_check(info: SessionInfo, current_sha256: str, allow_changed_plan: bool) -> list[str]:
+    """Warnings about the plan a replay rebuilds from; InputError when it changed and that is not allowed."""
+    plan_path = Case(info.case_dir).plan
+    if not info.plan_sha256:
+        return [f"the session was recorded without a plan hash: cannot check that {plan_path} is the plan it navigated"]
+    if info.plan_sha256 == current_sha256:
+        return []
+    what = (f"has changed since the session was recorded (sha256 {info.plan_sha256[:12]}... then, "
+            f"{current_sha256[:12]}... now)")
+    if not allow_changed_plan:
+        raise InputError(plan_path, f"{what}: a replay would rebuild the guidance from a different plan. Restore the "
+                                    f"recorded plan, or pass --allow-changed-plan to replay against the current one")
+    return [f"{plan_path} {what}: replaying against the CURRENT plan; numbers may differ from the live session"]
 
 
 def parse_host_port(text: str, *, default_port: int = 18944) -> tuple[str, int]:
@@ -594,10 +673,25 @@ def summary_table(summary: NavigationSummary, title: str = "Navigation") -> Any:
     t.add_column("figure")
     t.add_column("value")
     t.add_row("session", str(summary.session_dir) if summary.session_dir else "(not recorded)")
-    t.add_row("registered", "yes" if summary.registered else "[bold red]NO[/] (not all fiducials digitised)")
-    t.add_row("FRE", mm(summary.fre_mm))
+    for w in summary.warnings:
+        t.add_row("[bold yellow]WARNING[/]", w)
+    if summary.registered:
+        t.add_row("registered", f"yes ({summary.registration_method})")
+    elif summary.refusal is not None:
+        t.add_row("registered", f"[bold red]REFUSED[/] ({summary.refusal})")
+    else:
+        t.add_row("registered", "[bold red]NO[/] (not all fiducials digitised)")
+    refined = summary.registration_method == PAIRED_POINT_SURFACE
+    stage = " (fiducial stage)" if refined else ""
+    t.add_row(f"FRE{stage}", mm(summary.fre_mm))
     for k, v in summary.predicted_tre_mm.items():
-        t.add_row(f"predicted TRE {k}", mm(v))
+        t.add_row(f"predicted TRE {k}{stage}", mm(v))
+    if refined:
+        sf = summary.surface
+        t.add_row("surface RMS", mm(sf.get("rms_mm", math.nan)))
+        t.add_row("surface inliers", f"{sf.get('inlier_fraction', math.nan):.0%}")
+        t.add_row("surface constraint", f"{sf.get('constraint', math.nan):.3f}")
+        t.add_row("fiducials after surface (RMS)", mm(sf.get("fiducial_rms_mm", math.nan)))
     for k, v in summary.verification_mm.items():
         t.add_row(f"touch check {k}", mm(v))
     for k, v in summary.tre_mm.items():
@@ -615,8 +709,12 @@ def summary_table(summary: NavigationSummary, title: str = "Navigation") -> Any:
 
 
 def navigate_cli(case: str | Path, *, igtl: str = "127.0.0.1:18944", duration_s: float | None = None, off_screen: bool = False,
-                 stream_port: int | None = None, surface_points: int = 0, tools: str | Path | None = None) -> Any:
+                 stream_port: int | None = None, surface_points: int = 0, tools: str | Path | None = None,
+                 max_predicted_tre_mm: float | None = WorkflowConfig.max_predicted_tre_mm) -> Any:
     """``orthonav navigate``: navigate ``case`` with poses from an OpenIGTLink server; returns a rich table.
+
+    ``max_predicted_tre_mm`` (``--max-predicted-tre``): registration is refused when the TRE
+    predicted at the plan's landmarks exceeds it (mm); None or <= 0 disables the check.
 
     Raises
     ------
@@ -630,26 +728,34 @@ def navigate_cli(case: str | Path, *, igtl: str = "127.0.0.1:18944", duration_s:
     from orthonav.tracking.tools import load_toolset
 
     host, port = parse_host_port(igtl)
+    if max_predicted_tre_mm is not None and not math.isfinite(max_predicted_tre_mm):
+        raise InputError(None, f"max_predicted_tre_mm must be a number of mm, got {max_predicted_tre_mm}")
+    tre_limit = max_predicted_tre_mm if max_predicted_tre_mm is not None and max_predicted_tre_mm > 0 else None
     toolset = load_toolset(tools) if tools is not None else default_toolset()
     source = IGTLClientSource(host, port, tools=toolset)
     summary = navigate_case(case, source, duration_s=duration_s, off_screen=off_screen, toolset=toolset, stream_port=stream_port,
-                            config=WorkflowConfig(surface_points=surface_points), progress=lambda text: print(text, flush=True))
+                            config=WorkflowConfig(surface_points=surface_points, max_predicted_tre_mm=tre_limit),
+                            progress=lambda text: print(text, flush=True))
     table = summary_table(summary)
     if not summary.registered:
         from rich.console import Console
 
         Console().print(table)
-        raise RegistrationError("navigation ended without a registration: not every plan fiducial was digitised "
-                                f"(session recorded in {summary.session_dir})")
+        why = f"registration was refused: {summary.refusal}" if summary.refusal else "not every plan fiducial was digitised"
+        raise RegistrationError(f"navigation ended without a registration: {why} (session recorded in {summary.session_dir})")
     return table
 
 
-def replay_cli(session: str | Path, *, off_screen: bool = True) -> Any:
-    """``orthonav replay``: replay a session; returns a rich table; RegistrationError if numbers differ."""
+def replay_cli(session: str | Path, *, off_screen: bool = True, allow_changed_plan: bool = False) -> Any:
+    """``orthonav replay``: replay a session; returns a rich table; RegistrationError if numbers differ.
+
+    ``allow_changed_plan`` (``--allow-changed-plan``): replay even if ``plan.json`` changed since
+    recording (the table then starts with a WARNING row); without it that is an InputError.
+    """
     from orthonav.core.errors import RegistrationError
 
-    summary = replay_session(session, off_screen=off_screen)
-    if summary.replay_mismatches != 0:
+    summary = replay_session(session, off_screen=off_screen, allow_changed_plan=allow_changed_plan)
+    if summary.replay_mismatches != 0 and not summary.plan_changed:
         raise RegistrationError(f"replay differs from the recorded guidance in {summary.replay_mismatches} states")
     return summary_table(summary, title="Replay")
 

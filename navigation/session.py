@@ -10,12 +10,17 @@ temporary and renamed on close)::
     summary.json        the session's figures (FRE, TRE, loop rate, latency, guidance errors)
     screenshots/*.png   overlay pictures; ``screenshots.json`` lists the frame of each
 
+``session.json`` holds the sha256 of the ``plan.json`` bytes navigated with: replay rebuilds
+the navigation context from the case's current plan, so it refuses a plan that has changed
+since (unless told to go on, with a warning).
+
 Guidance lines hold full-precision floats (JSON round-trips IEEE doubles exactly), so a
 replay that recomputes the states from ``frames.jsonl`` can be compared number for number.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -24,7 +29,7 @@ from typing import Any
 
 from pydantic import Field
 
-from orthonav.core.atomic import JsonLinesWriter
+from orthonav.core.atomic import CommitOnExit, JsonLinesWriter
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.schema import Versioned, load_model, save_model
 from orthonav.tracking.recording import RecordingWriter
@@ -41,16 +46,30 @@ SCREENSHOTS = "screenshots"
 
 
 class SessionInfo(Versioned):
-    """``session.json``."""
+    """``session.json``. Version 2 adds ``plan_sha256``."""
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     case_dir: str
+    plan_sha256: str = Field(default="", description="sha256 (hex) of the plan.json bytes navigated with ('' in version 1)")
     toolset: ToolSet
     workflow: dict[str, Any] = Field(default_factory=dict, description="WorkflowConfig fields")
     started_utc: str = ""
     source: str = ""
     check_points_mm: dict[str, list[float]] = Field(default_factory=dict, description="verification points, CT LPS mm")
     screenshots: dict[str, int] = Field(default_factory=dict, description="png file name -> frame sequence")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes (e.g. ``plan.json``); InputError if it cannot be read."""
+    p = Path(path)
+    h = hashlib.sha256()
+    try:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise InputError(p, f"cannot be read ({e.strerror or e})") from e
+    return h.hexdigest()
 
 
 def _num(x: float) -> float | None:
@@ -99,8 +118,9 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class SessionRecorder:
-    """Writes one session folder (see the module docstring). Thread-safe ``write``."""
+class SessionRecorder(CommitOnExit):
+    """Writes one session folder (see the module docstring). Thread-safe ``write``; as a context
+    manager it closes the session on success and aborts it (no stream files left) on an exception."""
 
     def __init__(self, session_dir: str | Path, info: SessionInfo) -> None:
         self.dir = Path(session_dir)
@@ -155,7 +175,7 @@ def read_guidance(session_dir: str | Path) -> Iterator[dict[str, Any]]:
                 raise SchemaError(p, f"line {lineno} is not JSON ({e.msg})") from e
 
 
-def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True) -> Any:
+def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True, allow_changed_plan: bool = False) -> Any:
     """Replay a recorded session: :func:`orthonav.navigation.navigate.replay_session` (re-exported here).
 
     Returns its :class:`~orthonav.navigation.navigate.NavigationSummary`; ``replay_mismatches``
@@ -164,4 +184,4 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
     """
     from .navigate import replay_session as _replay
 
-    return _replay(session_dir, off_screen=off_screen, render=render)
+    return _replay(session_dir, off_screen=off_screen, render=render, allow_changed_plan=allow_changed_plan)

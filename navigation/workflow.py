@@ -11,11 +11,17 @@ Phases
     Each pointer dwell (:class:`~orthonav.navigation.digitise.StillCapture`) is assigned to
     the next plan fiducial if its distances to those already captured match the CT. When all
     are captured, paired-point registration runs; if the FRE exceeds ``max_fre_mm`` the
-    fiducial with the largest residual is discarded and must be touched again.
+    fiducial with the largest residual is discarded and must be touched again. If the TRE
+    predicted at the check points exceeds ``max_predicted_tre_mm`` (near-collinear or clustered
+    fiducials), registration is refused: with fiducials still untouched, digitising goes on
+    (touching them spreads the layout); with every plan fiducial touched, the workflow stays
+    unregistered (:attr:`Workflow.refusal` says why) and navigation never starts.
 ``surface`` (only with ``surface_points > 0``)
     Registered with the fiducials (navigation is live); pointer samples near the bone surface
     are collected, then :func:`~orthonav.navigation.surface.refine_registration` refines the
-    registration (method ``paired_point+surface_icp``). A failed refinement keeps the
+    registration (method ``paired_point+surface_icp``; the record keeps the fiducial stage's FRE
+    and predicted TRE labelled as such, see
+    :func:`~orthonav.navigation.registration.with_surface_stage`). A failed refinement keeps the
     paired-point registration and says so in the events.
 ``navigate``
     Registered: states carry tool poses and guidance. Every further pointer dwell is a
@@ -34,12 +40,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from orthonav.core.errors import RegistrationError
-from orthonav.core.procrustes import paired_point
 from orthonav.core.transforms import apply
 from orthonav.tracking.frame import TrackingFrame
 
 from .digitise import FiducialDigitiser, StillCapture, pointer_sample_time, tip_in_reference
-from .registration import Registration, register_paired_points
+from .registration import FRELimitExceeded, Registration, register_paired_points, with_surface_stage
 from .state import NavigationContext, NavigationState, compute_state
 
 
@@ -65,6 +70,14 @@ class WorkflowConfig:
         within this distance of it (other dwells are ignored).
     fle_rms_mm
         FLE used for predicted TRE (None: estimated from the FRE).
+    max_predicted_tre_mm
+        Registration is refused when the TRE predicted (Fitzpatrick 1998) at any check point
+        exceeds this (mm; None = no limit). The check uses FLE = max(``fle_rms_mm`` or the FLE
+        estimated from the FRE, ``policy_min_fle_mm``), so a lucky small FRE cannot pass a
+        layout that amplifies error (see
+        :func:`~orthonav.navigation.registration.register_paired_points`).
+    policy_min_fle_mm
+        Floor of the FLE used by that check (mm): a typical optical pointer FLE.
     surface_points
         After paired-point registration, collect this many pointer samples on the bone
         surface and refine with trimmed point-to-plane ICP (0 = off). Samples are taken at
@@ -94,6 +107,8 @@ class WorkflowConfig:
     surface_min_constraint: float = 0.05
     surface_min_inlier_fraction: float = 0.5
     fle_rms_mm: float | None = None
+    max_predicted_tre_mm: float | None = 2.0
+    policy_min_fle_mm: float = 0.25
     pointer: str = "Pointer"
     reference: str = "Reference"
 
@@ -169,6 +184,8 @@ class Workflow:
         self.verifications: list[Verification] = []
         self.events: list[WorkflowEvent] = []
         self.failed_registrations = 0
+        #: Why registration was refused with every plan fiducial touched (navigation cannot start), else None.
+        self.refusal: str | None = None
 
     @property
     def phase(self) -> str:
@@ -188,15 +205,26 @@ class Workflow:
                 targets_ct_mm=self.check_points or None,
                 fle_rms_mm=self.config.fle_rms_mm,
                 max_fre_mm=self.config.max_fre_mm,
+                max_predicted_tre_mm=self.config.max_predicted_tre_mm,
+                policy_min_fle_mm=self.config.policy_min_fle_mm,
                 host_times_s=[caps[n].host_time_s for n in names],
             )
-        except RegistrationError as e:
+        except FRELimitExceeded as e:
             # Re-digitise the fiducial with the largest residual (the likely mis-touch).
             self.failed_registrations += 1
-            res = paired_point(p_ct, p_ref).residuals_mm
-            worst = names[int(np.argmax(res))]
-            self.digitiser.discard(worst)
-            self.events.append(WorkflowEvent(t, f"registration rejected ({e}); touch {worst} again"))
+            self.digitiser.discard(e.worst)
+            self.events.append(WorkflowEvent(t, f"registration rejected ({e}); touch {e.worst} again"))
+            return
+        except RegistrationError as e:
+            # The layout of the fiducials touched (TRELimitExceeded) or degenerate: re-touching does not help.
+            self.failed_registrations += 1
+            missing = [n for n in self.fiducial_names if n not in caps]
+            if missing:
+                self.events.append(WorkflowEvent(t, f"registration refused ({e}); touch {', '.join(missing)} as well"))
+            else:
+                self.refusal = str(e)
+                self.events.append(WorkflowEvent(t, f"REGISTRATION REFUSED ({e}); navigation cannot start with this plan's "
+                                                    f"fiducials: add fiducials around the targets and plan again"))
             return
         self.registration = reg
         self.ctx = self.base_ctx.with_registration(reg.ct_from_reference)
@@ -233,13 +261,13 @@ class Workflow:
                 next(iter(self.base_ctx.surfaces.values())).mesh
             self._surface_model = SurfaceModel(merged, "bones")
         try:
-            refined = refine_registration(self.registration, np.array(self.surface_samples), self._surface_model,
-                                          keep_fraction=self.config.surface_keep_fraction)
+            refined = with_surface_stage(self.registration, refine_registration(
+                self.registration, np.array(self.surface_samples), self._surface_model, keep_fraction=self.config.surface_keep_fraction))
         except RegistrationError as e:
             self.events.append(WorkflowEvent(t, f"surface refinement failed ({e}); keeping the fiducial registration"))
             return
         sf = refined.record.surface
-        why = surface_refusal(sf, refined.record.fre_mm, self.config)
+        why = surface_refusal(sf, sf["fiducial_rms_mm"], self.config)
         if why is not None:
             self.surface_rejected = sf
             self.events.append(WorkflowEvent(t, f"surface refinement refused ({why}); keeping the fiducial registration"))
@@ -248,7 +276,7 @@ class Workflow:
         self.ctx = self.base_ctx.with_registration(refined.ct_from_reference)
         self.events.append(WorkflowEvent(t, f"surface refinement: {len(self.surface_samples)} points, RMS {sf['rms_mm']:.2f} mm, "
                                             f"inliers {sf['inlier_fraction']:.0%}, constraint {sf['constraint']:.2f}, "
-                                            f"fiducial FRE now {refined.record.fre_mm:.3f} mm"))
+                                            f"fiducials now {sf['fiducial_rms_mm']:.3f} mm RMS from their CT positions"))
 
     def _verify(self, frame: TrackingFrame) -> None:
         t = pointer_sample_time(frame, self.config.pointer, self.config.reference)

@@ -633,7 +633,8 @@ def validate_session(session_dir: str | Path, *, config: ValidationConfig | None
     config = config or ValidationConfig()
     info = read_session_info(sdir)
     record = load_registration(reg_path)
-    wf = WorkflowConfig(**info.workflow)
+    # sessions recorded before the predicted-TRE limit existed replay without it, as navigation replay does
+    wf = WorkflowConfig(**{"max_predicted_tre_mm": None, **info.workflow})
     defs = info.toolset.by_name()
     if wf.pointer not in defs:
         raise InputError(sdir / "session.json", f"the tool set has no '{wf.pointer}' pointer")
@@ -687,6 +688,9 @@ def validate_session(session_dir: str | Path, *, config: ValidationConfig | None
         parameters={"session": str(sdir), "targets_from": target_source, "targets_touched": len(touches),
                     "replay_reproduces_registration": replayed_registration,
                     "registration_method": record.method, "fiducials": n, "targets": m,
+                    "predicted_tre_of": ("the fiducial stage only: the surface refinement has no Fitzpatrick prediction, "
+                                         "while the measured TRE uses the refined registration")
+                    if "surface" in record.method else "the paired-point registration",
                     "fle_from": "assumed" if record.fle_assumed_mm is not None else "estimated from FRE (eq. 10)"},
     )
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from orthonav.core import transforms as tf
+from orthonav.core.procrustes import paired_point
 from orthonav.navigation.digitise import StillCapture
 from orthonav.navigation.guidance import cut_frame
+from orthonav.navigation.registration import fle_from_fre, predict_tre
 from orthonav.navigation.state import NavigationContext, NavStatus, compute_state
 from orthonav.navigation.workflow import Workflow, WorkflowConfig
 from orthonav.phantoms.scenario import knee_scenario, toy_geometry
@@ -241,6 +243,19 @@ def test_surface_painting_refines_a_rough_fiducial_registration():
     assert tre(rough) > 0.8  # the fiducials alone leave about a millimetre here
     assert tre(wf.registration.ct_from_reference) < 0.8
     assert tre(wf.registration.ct_from_reference) < 0.6 * tre(rough)
+    # The record says which stage produced what: FRE and predicted TRE stay the fiducial stage's.
+    rec = wf.registration.record
+    np.testing.assert_array_equal(np.asarray(rec.fiducial_ct_from_reference), rough)
+    p_ct = np.array([rec.points_ct_mm[k] for k in rec.points_ct_mm])
+    p_ref = np.array([rec.points_reference_mm[k] for k in rec.points_ct_mm])
+    fid_fit = paired_point(p_ct, p_ref)
+    assert rec.fre_mm == pytest.approx(fid_fit.fre_mm, abs=1e-9)  # the paired-point fit's FRE, not the ICP's
+    after = np.linalg.norm(tf.apply(wf.registration.ct_from_reference, p_ref) - p_ct, axis=1)
+    assert rec.surface["fiducial_rms_mm"] == pytest.approx(np.sqrt(np.mean(after**2)), abs=1e-9)
+    assert rec.surface["fiducial_rms_mm"] != pytest.approx(rec.fre_mm, abs=1e-3)
+    assert rec.predicted_tre_mm == pytest.approx(dict(zip(sc.geometry.targets_ct_mm, predict_tre(
+        p_ct, np.array(list(sc.geometry.targets_ct_mm.values())), fle_from_fre(fid_fit.fre_mm, len(p_ct))))), abs=1e-9)
+    assert 0.0 < rec.surface["rms_mm"] < 0.5 and rec.surface["inlier_fraction"] > 0.8 and rec.surface["constraint"] > 0.05
 
 
 def test_poorly_constrained_painting_is_refused():
@@ -257,11 +272,9 @@ def test_poorly_constrained_painting_is_refused():
     assert any("refused" in e.text for e in wf.events)
 
 
-def test_missed_fiducial_does_not_shift_the_labels():
-    """The pointer is not seen during fiducial_1's dwell: the later dwells are still labelled by
-    geometry, and once the pointer moves on to the targets the five fiducials are registered."""
-    sc = knee_scenario(toy_geometry(), seed=17, fle_mm=0.2)
-    wf = _workflow(sc)
+
+def _run_hiding_pointer_during_fiducial_1(sc, wf):
+    """Feed the scripted session to ``wf`` with the pointer not visible during fiducial_1's dwell; returns that phase."""
     ph1 = next(p for p in sc.phases if p.name == "fiducial" and p.label == "fiducial_1")
     for fr in sc.frames(60.0, **NOISE, seed=4):
         if ph1.t0_s <= fr.host_time_s < ph1.t1_s:
@@ -269,6 +282,14 @@ def test_missed_fiducial_does_not_shift_the_labels():
             tools["Pointer"] = ToolPose(ToolStatus.NOT_VISIBLE, None, host_time_s=fr.host_time_s)
             fr = TrackingFrame(tools, fr.host_time_s, fr.sequence)
         wf.process(fr, clock=None)
+    return ph1
+
+def test_missed_fiducial_does_not_shift_the_labels():
+    """The pointer is not seen during fiducial_1's dwell: the later dwells are still labelled by
+    geometry, and once the pointer moves on to the targets the five fiducials are registered."""
+    sc = knee_scenario(toy_geometry(), seed=17, fle_mm=0.2)
+    wf = _workflow(sc)
+    ph1 = _run_hiding_pointer_during_fiducial_1(sc, wf)
     texts = [e.text for e in wf.events]
     # The first dwell (really fiducial_2) is provisionally fiducial_1 until the second one shows otherwise.
     assert any("relabelled earlier captures by geometry: fiducial_1 -> fiducial_2" in t for t in texts), texts
@@ -413,3 +434,58 @@ def test_guidance_errors_skip_samples_at_scripted_jumps():
     naive = _GuidanceErrors(sc.truth_at, boundary_margin_s=0.0)
     naive.add(state_at(jump - 0.01, jump + 0.005))
     assert naive.summary()["flexion_deg_max"] > 2.9  # what the margin protects against
+
+
+def test_near_collinear_plan_fiducials_refuse_registration_and_navigation_never_starts():
+    """Six fiducials within 1 mm of one line, touched with the usual noise: FRE is small, but the
+    predicted TRE at the targets (40-60 mm off the line) exceeds the limit, so registration is
+    refused; re-touching cannot help, so the workflow stays unregistered and says why."""
+    from dataclasses import replace
+
+    geo = toy_geometry()
+    rng = np.random.default_rng(3)
+    x = np.array([-70.0, -45.0, -15.0, 10.0, 40.0, 75.0])
+    line = np.c_[x, -45.0 + rng.uniform(-1.0, 1.0, 6), 20.0 + rng.uniform(-1.0, 1.0, 6)]
+    sc = knee_scenario(replace(geo, fiducials_ct_mm=line), seed=15, touch_targets=False, saw_errors=())
+    wf = _workflow(sc, max_predicted_tre_mm=2.0)
+    states = [wf.process(fr, clock=None) for fr in sc.frames(50.0, **NOISE, seed=1)]
+    texts = [e.text for e in wf.events]
+    assert wf.registration is None and wf.refusal is not None, texts
+    assert "predicted TRE" in wf.refusal and "nearly collinear" in wf.refusal
+    assert any("REGISTRATION REFUSED" in t for t in texts)
+    assert len(wf.digitiser.captures) == 6  # every fiducial was touched (labelled), FRE was fine
+    fit = paired_point(line, np.array([wf.digitiser.captures[n].p_reference_mm for n in geo.fiducial_names]))
+    assert fit.fre_mm < 0.5
+    assert not any(st.tracking for st in states) and states[-1].reason == "not registered"
+    # The same touches with no TRE limit register (the refusal is the policy, not a failed fit).
+    wf2 = _workflow(sc, max_predicted_tre_mm=None)
+    for fr in sc.frames(50.0, **NOISE, seed=1):
+        wf2.process(fr, clock=None)
+    assert wf2.registration is not None and max(wf2.registration.record.predicted_tre_mm.values()) > 1.0  # vs ~0.1 spread out
+
+
+def test_registering_a_near_collinear_subset_is_refused_until_the_missing_fiducial_is_touched():
+    """Five fiducials lie near one line and fiducial_1 off it. The pointer is not seen while it
+    touches fiducial_1, so the workflow tries the five (after the pointer moved on to the targets):
+    refused on predicted TRE, asking for fiducial_1; touching it then registers all six."""
+    from dataclasses import replace
+
+    geo = toy_geometry()
+    rng = np.random.default_rng(5)
+    line = np.c_[[-70.0, -40.0, -10.0, 25.0, 70.0], -45.0 + rng.uniform(-1, 1, 5), 20.0 + rng.uniform(-1, 1, 5)]
+    fid = np.vstack([[[0.0, 45.0, -20.0]], line])
+    sc = knee_scenario(replace(geo, fiducials_ct_mm=fid), seed=17, fle_mm=0.2, saw_errors=())
+    wf = _workflow(sc, max_predicted_tre_mm=2.0)
+    ph1 = _run_hiding_pointer_during_fiducial_1(sc, wf)
+    texts = [e.text for e in wf.events]
+    assert wf.registration is None and wf.refusal is None, texts  # not final: a fiducial is left to touch
+    assert any("registration refused" in t and "nearly collinear" in t and "touch fiducial_1 as well" in t for t in texts), texts
+    assert wf.digitiser.next_name == "fiducial_1"
+    offset = sc.duration_s
+    for fr in sc.frames(60.0, **NOISE, seed=6, t0_s=ph1.t0_s - 0.5, t1_s=ph1.t1_s):
+        wf.process(TrackingFrame(fr.tools, fr.host_time_s + offset, fr.sequence), clock=None)
+    reg = wf.registration
+    assert reg is not None, [e.text for e in wf.events]
+    assert set(reg.record.points_ct_mm) == set(geo.fiducial_names) and max(reg.record.predicted_tre_mm.values()) < 2.0
+    err = reg.ct_from_reference @ tf.invert(sc.ct_from_reference)
+    assert max(np.linalg.norm(tf.apply(err, p) - p) for p in sc.geometry.targets_ct_mm.values()) < 1.0

@@ -106,3 +106,101 @@ def test_count_extra_is_a_locked_counter():
     for t in threads:
         t.join()
     assert store.health_snapshot().extra["coalesced"] == 4000.0
+
+
+def test_reconnection_clears_the_last_error_and_errors_carry_their_time():
+    import math
+
+    clock = FakeClock(50.0)
+    store = PoseStore(clock=clock)
+    store.mark_error("OpenIGTLink 127.0.0.1:18944: cannot connect (refused)")
+    h = store.health_snapshot()
+    assert not h.connected and "cannot connect" in h.last_error and h.last_error_time_s == 50.0
+    clock.t = 51.0
+    store.set_connected(True)  # the connection succeeded: the old error is resolved
+    h = store.health_snapshot()
+    assert h.connected and h.last_error is None and math.isnan(h.last_error_time_s)
+    store.mark_error("bad CRC", bad_message=True)  # a problem during the connection stays visible ...
+    store.set_connected(True)  # ... a repeated 'connected' is not a reconnection
+    h = store.health_snapshot()
+    assert h.last_error == "bad CRC" and h.last_error_time_s == 51.0 and h.bad_messages == 1
+    store.set_connected(False)
+    store.mark_error("peer closed the connection")
+    assert store.health_snapshot().last_error == "peer closed the connection"  # shown while disconnected
+
+
+def test_wait_for_health_wakes_on_an_error_from_another_thread():
+    store = PoseStore()
+    t = threading.Thread(target=store.mark_error, args=("device lost",))
+    t.start()
+    assert store.wait_for_health(lambda h: h.last_error == "device lost", 5.0)
+    t.join()
+    assert not store.wait_for_health(lambda h: h.connected, 0.01)
+
+
+def test_store_backed_source_lifecycle_from_the_base_class():
+    """A source that implements only its thread body (and the hooks it needs) gets start / stop /
+    context manager from StoreBackedSource: hooks in order, idempotent, nothing started when open fails."""
+    from orthonav.tracking.store import StoreBackedSource
+
+    calls: list[str] = []
+
+    class Counting(StoreBackedSource):
+        _thread_name = "counting"
+
+        def __init__(self, fail_open: bool = False) -> None:
+            super().__init__(PoseStore())
+            self.fail_open = fail_open
+            self.running = threading.Event()
+
+        def _open(self) -> None:
+            calls.append("open")
+            if self.fail_open:
+                raise OSError("no device")
+
+        def _run(self) -> None:
+            calls.append(f"run connected={self.store.health.connected}")
+            self.running.set()
+            k = 0
+            while not self._stop.wait(0.001):
+                k += 1
+                self.store.put("Tool", np.eye(4), device_time_s=float(k))
+
+        def _interrupt(self) -> None:
+            calls.append("interrupt")
+
+        def _close(self) -> None:
+            calls.append("close")
+
+    src = Counting()
+    src.stop()  # before start: safe
+    calls.clear()
+    with src as s:
+        assert s is src and src.running.wait(5.0) and src._thread.name == "counting"
+        src.start()  # already running: no second thread, no second open
+        assert src.wait_for_update(5.0) and src.latest().status("Tool") is ToolStatus.LIVE
+        assert src.health().connected
+    assert calls == ["open", "run connected=True", "interrupt", "close"]  # connected before the thread ran
+    assert src._thread is None and not src.health().connected
+    src.stop()  # twice: safe
+    bad = Counting(fail_open=True)
+    with pytest.raises(OSError, match="no device"):
+        bad.start()
+    assert bad._thread is None and not bad.health().connected
+
+
+def test_simulator_whose_script_fails_at_once_ends_disconnected_with_the_error():
+    """The store is marked connected before the worker starts, so a worker that fails immediately
+    cannot be overwritten by a late 'connected' from start()."""
+    from orthonav.tracking.simulator import SimulatedSource
+
+    def broken(t: float):
+        raise ValueError("no such pose")
+
+    for _ in range(20):  # the old order lost this race only sometimes
+        src = SimulatedSource(broken)
+        src.start()
+        src._thread.join(5.0)
+        h = src.health()
+        assert not h.connected and "no such pose" in h.last_error
+        src.stop()

@@ -375,33 +375,22 @@ class ArucoSource(StoreBackedSource):
     """
 
     def __init__(self, device: str | int | Path, toolset: ToolSet, calibration: CameraCalibration, *, dictionary: str = DEFAULT_DICTIONARY, fps: float = 30.0) -> None:
+        super().__init__(PoseStore(toolset.timeouts_s()))
         self.tracker = ArucoTracker(toolset, calibration, dictionary=dictionary)
         self.device = device
         self.fps = fps
-        self.store = PoseStore(toolset.timeouts_s())
         self.finished = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._frames: _Frames | None = None
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._frames = _Frames(self.device, self.fps)
-        self._stop.clear()
-        self.finished.clear()
-        self._thread = threading.Thread(target=self._run, name="aruco", daemon=True)
-        self._thread.start()
-        self.store.set_connected(True)
+    _thread_name = "aruco"
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
+    def _open(self) -> None:
+        self._frames = _Frames(self.device, self.fps)
+        self.finished.clear()
+
+    def _close(self) -> None:
         if self._frames is not None:
             self._frames.close()
-        self.store.set_connected(False)
 
     def _run(self) -> None:
         assert self._frames is not None

@@ -92,7 +92,10 @@ class SourceHealth:
     reconnects: int = 0
     rate_hz: float = 0.0  #: recent message rate
     lag_s: float = math.nan  #: recent host_time - device_time (only meaningful with a shared clock)
+    #: The newest problem since the source last (re)connected: a successful connection clears it,
+    #: so a resolved "cannot connect" is not shown as current.
     last_error: str | None = None
+    last_error_time_s: float = math.nan  #: host ``time.monotonic()`` (s) of ``last_error``
     extra: dict[str, float] = field(default_factory=dict)
 
 

@@ -273,40 +273,31 @@ class IGTLClientSource(StoreBackedSource):
         self.max_backoff_s = max_backoff_s
         self.connect_timeout_s = connect_timeout_s
         self.max_body = max_body
-        self.store = PoseStore(tools.timeouts_s() if tools else None)
+        super().__init__(PoseStore(tools.timeouts_s() if tools else None))
         self.router = MessageRouter(self.store, queue_size=queue_size, tool_names=set(tools.by_name()) if tools else None)
-        self._stop = threading.Event()
         self._connected = threading.Condition()
         self._sock: socket.socket | None = None
         self._sock_lock = threading.Lock()  # guards self._sock only, never held during I/O
         self._send_lock = threading.Lock()  # serialises sendall between callers of send()
-        self._thread: threading.Thread | None = None
+        self._first: socket.socket | None = None  # the connection start() made (reconnect=False)
         self._parser_stats = P.ParserStats()
         self._connections = 0
+        self._thread_name = f"igtl-client-{self.host}:{self.port}"
 
-    # --- TrackerSource -----------------------------------------------------------------
+    # --- TrackerSource (lifecycle in StoreBackedSource) --------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        first = None
-        if not self.reconnect:
-            first = self._connect()  # raises TrackingError when refused
-        self._thread = threading.Thread(target=self._run, args=(first,), name=f"igtl-client-{self.host}:{self.port}", daemon=True)
-        self._thread.start()
+    _connected_while_running = False  # the receiver thread reports each connection
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _open(self) -> None:
+        self._first = None if self.reconnect else self._connect()  # raises TrackingError when refused
+
+    def _interrupt(self) -> None:
         with self._sock_lock:
             if self._sock is not None:
                 try:
                     self._sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
 
     def health(self) -> SourceHealth:
         h = self.store.health_snapshot()
@@ -363,7 +354,8 @@ class IGTLClientSource(StoreBackedSource):
             self.store.set_connected(value)
             self._connected.notify_all()
 
-    def _run(self, first: socket.socket | None) -> None:
+    def _run(self) -> None:
+        first, self._first = self._first, None
         try:
             self._run_connections(first)
         except BaseException as e:  # never die silently: say why, then fall through to finally
@@ -373,11 +365,12 @@ class IGTLClientSource(StoreBackedSource):
         finally:
             with self._sock_lock:
                 sock, self._sock = self._sock, None
-            if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+            for s in (sock, first):  # first: stopped before the loop adopted it (closing twice is harmless)
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
             self._set_connected(False)
             self.router.all_not_visible(time.monotonic())
 

@@ -370,7 +370,7 @@ class IGTLServerSource(StoreBackedSource):
     """
 
     def __init__(self, port: int = 18944, *, host: str = "127.0.0.1", tools: ToolSet | None = None, queue_size: int = 256, max_body: int = TRACKING_MAX_BODY) -> None:
-        self.store = PoseStore(tools.timeouts_s() if tools else None)
+        super().__init__(PoseStore(tools.timeouts_s() if tools else None))
         self.router = MessageRouter(self.store, queue_size=queue_size, tool_names=set(tools.by_name()) if tools else None)
         self.server = IGTLServer(port, host=host, router=self.router, max_body=max_body, on_clients=self._on_clients)
 
@@ -380,6 +380,8 @@ class IGTLServerSource(StoreBackedSource):
 
     def _on_clients(self, n: int) -> None:
         self.store.set_connected(n > 0)
+
+    # The server's own threads receive (one per client): no worker thread of our own.
 
     def start(self) -> None:
         self.server.start()

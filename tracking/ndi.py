@@ -25,7 +25,6 @@ import importlib
 import importlib.util
 import math
 import multiprocessing as mp
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,22 +209,22 @@ class NDISource(StoreBackedSource):
             tools.append(NDIToolSpec(t.name, t.rom_file))
         if not tools:
             raise InputError(None, "NDI source needs at least one tool")
+        super().__init__(PoseStore(toolset.timeouts_s()))
         self.spec = spec
         self.tools = tools
         self.binding_module = binding_module
         self.frame_rate_hz = frame_rate_hz
         self.start_timeout_s = start_timeout_s
-        self.store = PoseStore(toolset.timeouts_s())
         self.info: dict[str, Any] = {}
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Any = None
         self._stop_evt: Any = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._proc is not None:
-            return
+    _thread_name = "ndi-receiver"
+
+    def _open(self) -> None:
+        """Start the worker process and wait until it tracks (the receiver thread starts after)."""
         if self.binding_module == "ndicapi" and importlib.util.find_spec("ndicapi") is None:
             raise TrackingError("NDI support needs the 'ndicapi' package: pip install 'orthonav[ndi]'")
         parent, child = self._ctx.Pipe(duplex=False)
@@ -251,11 +250,9 @@ class NDISource(StoreBackedSource):
             self.stop()
             raise TrackingError(f"NDI tracker at '{self.spec}': {payload}")
         self.info = payload
-        self.store.set_connected(True)
-        self._thread = threading.Thread(target=self._receive, name="ndi-receiver", daemon=True)
-        self._thread.start()
 
-    def _receive(self) -> None:
+    def _run(self) -> None:
+        """Receiver thread: frames from the worker's pipe into the store until the worker ends."""
         while True:
             try:
                 kind, payload = self._conn.recv()  # blocking: no polling
@@ -272,7 +269,8 @@ class NDISource(StoreBackedSource):
         for t in self.tools:  # the worker is gone: nothing is visible any more
             self.store.put(t.name, None, device_time_s=math.nan)
 
-    def stop(self) -> None:
+    def _interrupt(self) -> None:
+        """Stop the worker process; its end closes the pipe, which ends the receiver thread."""
         if self._stop_evt is not None:
             self._stop_evt.set()
         if self._proc is not None:
@@ -281,11 +279,8 @@ class NDISource(StoreBackedSource):
                 self._proc.terminate()
                 self._proc.join(timeout=2.0)
             self._proc = None
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self.store.set_connected(False)
-

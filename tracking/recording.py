@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from orthonav.core.atomic import JsonLinesWriter
+from orthonav.core.atomic import CommitOnExit, JsonLinesWriter
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import lps_from_ras_transform
 
@@ -72,7 +72,7 @@ def _matrix_json(m: NDArray[np.float64] | None) -> list[float] | None:
     return None if m is None else [float(v) for v in np.asarray(m, dtype=np.float64).ravel()]
 
 
-class RecordingWriter:
+class RecordingWriter(CommitOnExit):
     """Append frames to a recording; :meth:`close` makes it appear atomically.
 
     Use as a context manager; an exception inside the ``with`` discards the partial file.
@@ -130,15 +130,6 @@ class RecordingWriter:
     def abort(self) -> None:
         """Discard the partial recording (nothing appears at ``path``). Safe to call twice."""
         self._lines.abort()
-
-    def __enter__(self) -> "RecordingWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 @dataclass(frozen=True)
@@ -309,33 +300,22 @@ class ReplaySource(StoreBackedSource):
         self.frames = list(read_recording(self.path))  # validates the whole file up front
         if not self.frames:
             raise InputError(self.path, "recording has no frames")
+        super().__init__(PoseStore(tools.timeouts_s() if tools else None))
         self.speed = speed
         self.loop = loop
-        self.store = PoseStore(tools.timeouts_s() if tools else None)
         self.finished = threading.Event()
-        self._stop = threading.Event()
         self._consumed = threading.Condition()
         self._published = 0
         self._taken = 0
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
+    _thread_name = "replay"
+
+    def _open(self) -> None:
         self.finished.clear()
-        self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
-        self._thread.start()
-        self.store.set_connected(True)
 
-    def stop(self) -> None:
-        self._stop.set()
-        with self._consumed:
+    def _interrupt(self) -> None:
+        with self._consumed:  # a replay waiting for the consumer
             self._consumed.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        self.store.set_connected(False)
 
     def latest(self) -> TrackingFrame:
         with self._consumed:

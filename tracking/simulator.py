@@ -97,31 +97,16 @@ class SimulatedSource(StoreBackedSource):
         tools: ToolSet | None = None,
     ) -> None:
         _check_rate(rate_hz)
+        super().__init__(PoseStore(tools.timeouts_s() if tools else None))
         self.script = script
         self.rate_hz = rate_hz
         self.noise = (tracker_noise_mm, rotation_noise_deg)
         self.rng = np.random.default_rng(seed)
-        self.store = PoseStore(tools.timeouts_s() if tools else None)
         self.truth: dict[str, NDArray[np.float64] | None] = {}
         self.truth_time_s = math.nan
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="simulated-tracker", daemon=True)
-        self._thread.start()
-        self.store.set_connected(True)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        self.store.set_connected(False)
+    _thread_name = "simulated-tracker"
 
     def _run(self) -> None:
         ticker = Ticker(self.rate_hz, self._stop)

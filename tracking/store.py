@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.typing import NDArray
@@ -81,11 +81,14 @@ class PoseStore:
             self._cond.notify_all()
 
     def mark_error(self, message: str, *, bad_message: bool = False) -> None:
-        """Count a problem and keep the last error text."""
+        """Count a problem and keep the last error text and its time (host monotonic s)."""
+        now = self._clock()
         with self._cond:
             self.health.last_error = message
+            self.health.last_error_time_s = now
             if bad_message:
                 self.health.bad_messages += 1
+            self._cond.notify_all()
 
     def count(self, *, bad_messages: int = 0, dropped: int = 0, reconnects: int = 0) -> None:
         """Add to the health counters under the store's lock (receiver threads call this)."""
@@ -105,7 +108,12 @@ class PoseStore:
             self.health.lag_s = lag_s
 
     def set_connected(self, connected: bool) -> None:
+        """Set the connection state. A (re)connection clears ``last_error``: the problems before it
+        (e.g. "cannot connect") are resolved; the ``reconnects`` / ``bad_messages`` counters keep the history."""
         with self._cond:
+            if connected and not self.health.connected:
+                self.health.last_error = None
+                self.health.last_error_time_s = float("nan")
             self.health.connected = connected
             self._cond.notify_all()
 
@@ -130,6 +138,12 @@ class PoseStore:
         with self._cond:
             return self._cond.wait_for(lambda: self._seq > self._seen_seq, timeout=timeout_s)
 
+    def wait_for_health(self, predicate: Callable[[SourceHealth], bool], timeout_s: float) -> bool:
+        """Block until ``predicate(health)`` holds (checked on every put, error and connection
+        change; False on timeout). For tests and tools that wait for a connection or an error."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.health), timeout=timeout_s)
+
     def health_snapshot(self) -> SourceHealth:
         with self._cond:
             h = self.health
@@ -137,13 +151,74 @@ class PoseStore:
 
 
 class StoreBackedSource(TrackerSource):
-    """A :class:`TrackerSource` whose receiver fills a :class:`PoseStore` kept in ``self.store``.
+    """A :class:`TrackerSource` whose worker thread fills a :class:`PoseStore` kept in ``self.store``.
 
-    Gives every source the same ``latest`` / ``wait_for_update`` / ``health``; a source adds
-    only its own ``start`` / ``stop`` (and may extend ``health`` with its own figures).
+    Gives every source the same ``latest`` / ``wait_for_update`` / ``health`` and the same
+    worker-thread lifecycle; a source implements :meth:`_run` (the thread body, which ends when
+    ``self._stop`` is set) and, where it needs them, the hooks :meth:`_open`, :meth:`_interrupt`
+    and :meth:`_close`:
+
+    :meth:`start`
+        (no-op while running) clears ``_stop``, calls :meth:`_open` (open the device / file /
+        socket; an exception here propagates and nothing is started), marks the store connected
+        when ``_connected_while_running`` (before the thread starts, so a thread that fails at
+        once leaves it disconnected), then starts a daemon thread named ``_thread_name`` on
+        :meth:`_run`.
+    :meth:`stop`
+        (safe to call twice, and before start) sets ``_stop``, calls :meth:`_interrupt` (wake a
+        blocking call in the thread), joins the thread (``_join_timeout_s``), calls :meth:`_close`
+        and marks the store disconnected.
+
+    Use as a context manager (``with source: ...``; from :class:`TrackerSource`). A source whose
+    receiving runs in another object (e.g. :class:`~orthonav.tracking.igtl_server.IGTLServerSource`)
+    overrides ``start`` / ``stop`` instead. Subclasses call ``super().__init__(store)``.
     """
 
     store: PoseStore
+    _thread_name: str = "tracker"
+    _connected_while_running: bool = True  #: False: the thread itself reports connection (e.g. a socket client)
+    _join_timeout_s: float = 5.0
+
+    def __init__(self, store: PoseStore) -> None:
+        self.store = store
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._open()
+        if self._connected_while_running:
+            self.store.set_connected(True)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._interrupt()
+        if self._thread is not None:
+            self._thread.join(timeout=self._join_timeout_s)
+            self._thread = None
+        self._close()
+        self.store.set_connected(False)
+
+    def _open(self) -> None:
+        """Acquire what the thread reads (called by :meth:`start` before the thread exists)."""
+
+    def _run(self) -> None:
+        """The worker thread: put poses into ``self.store`` until ``self._stop`` is set."""
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        """Wake the thread from a blocking call (called by :meth:`stop` after ``_stop`` is set)."""
+
+    def _close(self) -> None:
+        """Release what :meth:`_open` acquired (called by :meth:`stop` after the thread has ended)."""
+
+    # --- reading ---------------------------------------------------------------------------
 
     def latest(self) -> TrackingFrame:
         return self.store.snapshot()
