@@ -141,12 +141,20 @@ def plan(
     resection_mm: float = typer.Option(9.0, help="distal femoral / proximal tibial resection depth (mm)"),
     slope_deg: float = typer.Option(3.0, help="posterior slope of the tibial cut (deg)"),
     bead_min_hu: float = typer.Option(2500.0, help="HU threshold of the fiducial beads"),
+    procedure: Optional[str] = typer.Option(None, help="tka or tha (default: from the bones in the case)"),
+    side: Optional[str] = typer.Option(None, help="operated side: left, right (THA also both); default from labels.json"),
+    cup_inclination: float = typer.Option(40.0, help="THA: planned cup radiographic inclination vs the APP (deg)"),
+    cup_anteversion: float = typer.Option(15.0, help="THA: planned cup radiographic anteversion vs the APP (deg)"),
+    cup_medialise: float = typer.Option(0.0, help="THA: move the cup centre medially from the socket centre (mm)"),
+    ream: float = typer.Option(2.0, help="THA: reaming added to the socket diameter when sizing the cup (mm)"),
 ) -> None:
-    """Plan landmarks, alignment, implants and cuts (interactive unless --auto)."""
+    """Plan landmarks, alignment, implants and cuts, knee (TKA) or hip (THA) (interactive unless --auto)."""
     if auto:
         from orthonav.planning.auto import auto_plan
 
-        p = auto_plan(case, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, bead_min_hu=bead_min_hu)
+        p = auto_plan(case, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, bead_min_hu=bead_min_hu,
+                      procedure=procedure, side=side, cup_inclination_deg=cup_inclination, cup_anteversion_deg=cup_anteversion,
+                      cup_medialise_mm=cup_medialise, ream_mm=ream)
         angles = ", ".join(f"{k}={v:.1f}" for k, v in p.angles_deg.items())
         console.print(f"[green]plan written[/] {Path(case) / 'plan.json'}  ({angles})")
     elif screenshot is None:

@@ -1,8 +1,10 @@
 """``orthonav plan CASE --auto``: landmarks, axes, angles, cuts and fiducials -> ``plan.json``.
 
-Reads ``CASE/meshes/<bone>.stl`` (femur and tibia required; fibula, patella optional) and,
-when present, ``CASE/ct.nii.gz`` (fiducial beads) and ``CASE/labels.json`` (side), and
-writes ``CASE/plan.json`` atomically.
+Knee (TKA): reads ``CASE/meshes/<bone>.stl`` (femur and tibia required; fibula, patella
+optional). Hip (THA, :mod:`orthonav.planning.tha`): when the case has no femur + tibia but
+``hip_<side>`` and ``femur_<side>`` meshes (TotalSegmentator names; both hip bones for the
+anterior pelvic plane, sacrum optional). Also reads, when present, ``CASE/ct.nii.gz``
+(fiducial beads) and ``CASE/labels.json`` (side), and writes ``CASE/plan.json`` atomically.
 """
 
 from __future__ import annotations
@@ -76,6 +78,16 @@ def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, 
         if dropped > 0 and report is not None:
             report[b] = dropped
     return out
+
+
+def load_case_meshes(case_dir: str | Path, procedure: str = "tka") -> dict[str, pv.PolyData]:
+    """The bone meshes a plan of ``procedure`` is drawn and edited with: the knee bones
+    (femur and tibia required) for 'tka', the hip bones present for 'tha'."""
+    if procedure == "tha":
+        from .tha import load_hip_meshes
+
+        return load_hip_meshes(case_dir)
+    return load_bone_meshes(case_dir)
 
 
 def _nearest_bone(p: np.ndarray, trees: dict[str, cKDTree]) -> str:
@@ -168,13 +180,42 @@ def build_plan(
     return plan.model_copy(update={"metrics": {**sizing, **metrics, **component_alignment(plan)}})
 
 
-def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_mm: float = 9.0, slope_deg: float = 3.0, bead_min_hu: float = 2500.0) -> Plan:
-    """Plan a TKA automatically and write ``CASE/plan.json``.
+def case_procedure(case_dir: str | Path) -> str:
+    """'tha' when the case has a hip bone and a femur of one side (``hip_<side>``,
+    ``femur_<side>``) and not both femur and tibia; 'tka' when it has any knee bone (a
+    missing one is then reported by its file); else InputError naming the meshes folder."""
+    from .tha import HIP_BONES, is_hip_case
+
+    case = Case(case_dir)
+    present = [b for b in (*KNEE_BONES, *HIP_BONES) if find_mesh_path(case, b) is not None]
+    if is_hip_case(present):
+        return "tha"
+    if any(b in present for b in KNEE_BONES):
+        return "tka"  # planning then names the missing knee bone's file
+    raise InputError(case.meshes_dir, f"no bones to plan: a knee needs {' and '.join(REQUIRED_BONES)}, a hip needs hip_<side> and femur_<side> meshes (found: {', '.join(present) or 'none'}); run 'orthonav segment' first")
+
+
+def auto_plan(
+    case_dir: str | Path,
+    *,
+    alignment: str = "mechanical",
+    resection_mm: float = 9.0,
+    slope_deg: float = 3.0,
+    bead_min_hu: float = 2500.0,
+    side: str | None = None,
+    procedure: str | None = None,
+    cup_inclination_deg: float = 40.0,
+    cup_anteversion_deg: float = 15.0,
+    cup_medialise_mm: float = 0.0,
+    ream_mm: float = 2.0,
+) -> Plan:
+    """Plan a TKA or a THA automatically and write ``CASE/plan.json``.
 
     Parameters
     ----------
     case_dir
-        The case folder (needs ``meshes/femur.*`` and ``meshes/tibia.*``).
+        The case folder (a knee: ``meshes/femur.*`` and ``meshes/tibia.*``; a hip:
+        ``meshes/hip_<side>.*`` and ``meshes/femur_<side>.*``).
     alignment
         'mechanical' (cuts perpendicular to the mechanical axes) or 'kinematic'.
     resection_mm
@@ -183,6 +224,14 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
         Posterior slope of the tibial cut for mechanical alignment (deg).
     bead_min_hu
         Threshold for fiducial bead candidates in ``CASE/ct.nii.gz`` (skipped if no CT).
+    side
+        Operated side ('left' / 'right'; THA also 'both'). Default: ``labels.json``'s side;
+        for a THA without one, both sides with a femur are planned.
+    procedure
+        'tka' or 'tha'; default from the meshes present (:func:`case_procedure`).
+    cup_inclination_deg, cup_anteversion_deg, cup_medialise_mm, ream_mm
+        THA cup target (radiographic, relative to the anterior pelvic plane), medialisation
+        of the cup centre and diametral reaming allowance (cup >= socket diameter + ream).
 
     Returns
     -------
@@ -192,15 +241,28 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
     case = Case(case_dir)
     if not case.root.is_dir():
         raise InputError(case.root, "case folder not found")
+    if procedure is None:
+        procedure = case_procedure(case.root)
+    if procedure not in ("tka", "tha"):
+        raise InputError(None, f"procedure must be 'tka' or 'tha', got {procedure!r}")
     islands: dict[str, float] = {}
-    meshes = load_bone_meshes(case.root, report=islands)
-    side = None
-    if case.labels_json.is_file():
+    if procedure == "tha":
+        from .tha import load_hip_meshes
+
+        meshes = load_hip_meshes(case.root, report=islands)
+    else:
+        meshes = load_bone_meshes(case.root, report=islands)
+    if side is None and case.labels_json.is_file():
         side = read_labels_table(case.labels_json).side
     ct = read_volume(case.ct) if case.ct.is_file() else None
     fids = fiducial_landmarks(ct, meshes, min_hu=bead_min_hu) if ct is not None else {}
     try:
-        plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
+        if procedure == "tha":
+            from .tha import build_tha_plan
+
+            plan = build_tha_plan(meshes, side=side, inclination_deg=cup_inclination_deg, anteversion_deg=cup_anteversion_deg, medialise_mm=cup_medialise_mm, ream_mm=ream_mm, fiducials=fids)
+        else:
+            plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
     except InputError as e:
         if e.path is not None:
             raise
@@ -213,4 +275,4 @@ def auto_plan(case_dir: str | Path, *, alignment: str = "mechanical", resection_
     return plan
 
 
-__all__ = ["anatomical_axes", "auto_plan", "build_plan", "check_bone_mesh", "fiducial_landmarks", "find_mesh_path", "load_bone_meshes"]
+__all__ = ["anatomical_axes", "auto_plan", "build_plan", "case_procedure", "check_bone_mesh", "fiducial_landmarks", "find_mesh_path", "load_bone_meshes", "load_case_meshes"]

@@ -11,9 +11,11 @@ Implant frames (mm), used by ``ImplantPlacement.ct_from_implant``:
 * ``tka_tibial_tray``: origin at the centre of the tray's bone-facing (distal) surface, on
   the tibial cut; z proximal (the cut normal), y anterior.
 * ``tka_insert``: same frame as the tray it sits on (its underside at z = tray thickness).
-* ``tha_cup``: origin at the centre of rotation, z out of the cup opening.
-* ``tha_stem``: origin at the head centre, z along the stem axis pointing distally... (see
-  :func:`_tha_stem`).
+* ``tha_cup``: origin at the centre of rotation, z out of the cup opening (the cup axis).
+* ``tha_stem``: origin at the (prosthetic) head centre; z parallel to the stem body's axis,
+  pointing proximally; x from the stem axis towards the head (the neck lies in the x-z
+  plane). The body's axis is the line x = -offset, y = 0; the neck runs from the head along
+  (-sin 45, 0, -cos 45) (135 deg neck-shaft angle) to the shoulder at z = -offset.
 
 Sizes are nominal catalogue-like series (not a specific manufacturer).
 Custom implants: a JSON next to an STL, see :class:`CustomImplant`.
@@ -168,9 +170,9 @@ def _tha_cup(size: str) -> ImplantModel:
 
 
 def _tha_stem(size: str) -> ImplantModel:
-    """Stem: origin at the head centre; z along the neck towards the head (proximal-medial),
-    the body runs distally along -z' where z' is the stem axis in the x-z plane (135 deg
-    neck-shaft angle)."""
+    """Stem: origin at the head centre, z proximal along the body's axis (which is offset
+    ``offset_mm`` along -x from the head), the neck from the head down to the shoulder at
+    135 deg to the body (see the module docstring)."""
     d = STEM_SIZES[size]
     length, offset = d["length_mm"], d["offset_mm"]
     head = mf.Manifold.sphere(14.0, 64)
@@ -183,7 +185,7 @@ def _tha_stem(size: str) -> ImplantModel:
     shoulder = -neck_dir * neck_len
     body = mf.Manifold.cylinder(length, 7.0, 11.0, 48).translate([0.0, 0.0, -length]).translate(shoulder.tolist())
     solid = head + neck + body
-    return ImplantModel("tha_stem", size, solid, {"length_mm": length, "offset_mm": offset, "head_diameter_mm": 28.0})
+    return ImplantModel("tha_stem", size, solid, {"length_mm": length, "offset_mm": offset, "head_diameter_mm": 28.0, "neck_shaft_deg": 135.0})
 
 
 def _rotation_onto(a: np.ndarray, b: np.ndarray) -> np.ndarray:

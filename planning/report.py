@@ -26,6 +26,19 @@ ANGLE_NAMES = {
     "slope": "Posterior tibial slope",
     "femoral_rotation": "Posterior condylar angle (TEA vs PCL)",
 }
+for _side in ("left", "right"):
+    NORMAL_RANGES.update({
+        f"acetabular_inclination_{_side}": "40 ± 10 (Lewinnek)", f"acetabular_anteversion_{_side}": "15 ± 10 (Lewinnek)",
+        f"cup_inclination_{_side}": "40 ± 10 (Lewinnek)", f"cup_anteversion_{_side}": "15 ± 10 (Lewinnek)", f"neck_shaft_{_side}": "125-135",
+    })
+    ANGLE_NAMES.update({
+        f"acetabular_inclination_{_side}": f"Native acetabular inclination, {_side} (radiographic, vs anterior pelvic plane)",
+        f"acetabular_anteversion_{_side}": f"Native acetabular anteversion, {_side} (radiographic, vs anterior pelvic plane)",
+        f"cup_inclination_{_side}": f"Planned cup inclination, {_side} (radiographic, vs anterior pelvic plane)",
+        f"cup_anteversion_{_side}": f"Planned cup anteversion, {_side} (radiographic, vs anterior pelvic plane)",
+        f"neck_shaft_{_side}": f"Native neck-shaft angle, {_side} (neck axis vs proximal shaft axis)",
+        f"stem_neck_shaft_{_side}": f"Planned stem neck-shaft angle, {_side}",
+    })
 
 _CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em auto; max-width: 1150px; color: #222; }
@@ -99,8 +112,9 @@ def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anteri
     plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
     rep = case.report_dir
     rep.mkdir(parents=True, exist_ok=True)
+    joint = "pelvis and operated hip" if plan.procedure == "tha" else "whole limb and knee"
     figs = [
-        (render_plan(case.root, rep / "plan_views.png", views=views, size=(1400, 800)), f"{' and '.join(views)} views: whole limb and knee"),
+        (render_plan(case.root, rep / "plan_views.png", views=views, size=(1400, 800)), f"{' and '.join(views)} views: {joint}"),
         (render_plan(case.root, rep / "plan_views2.png", views=extra_views, size=(1400, 800)), f"{' and '.join(extra_views)} views"),
     ]
     guide_note = ""
@@ -108,13 +122,17 @@ def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anteri
         g = sorted(p.name for p in case.guides_dir.glob("*_guide.stl"))
         if g:
             guide_note = f"<p>Patient-specific cutting guides: {', '.join(html.escape(x) for x in g)} (in <code>guides/</code>).</p>"
+    sides = f"{plan.side} side{'s' if plan.side == 'both' else ''}"
+    how = "cup orientation relative to the anterior pelvic plane" if plan.procedure == "tha" else f"{plan.alignment} alignment"
+    meta = (
+        f"<p class='meta'>Procedure {html.escape(plan.procedure.upper())}, {html.escape(sides)}, {html.escape(how)}. "
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. All positions are LPS millimetres in the CT frame.</p>"
+    )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>OrthoNav plan - {html.escape(case.root.name)}</title><style>{_CSS}</style></head><body>",
         f"<h1>Surgical plan: {html.escape(case.root.name)}</h1>",
-        f"<p class='meta'>Procedure {html.escape(plan.procedure.upper())}, {html.escape(str(plan.side))} side, "
-        f"{html.escape(plan.alignment)} alignment. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
-        "All positions are LPS millimetres in the CT frame.</p>",
+        meta,
     ]
     if plan.notes:
         parts.append(f"<p class='meta'>{html.escape(plan.notes)}</p>")
@@ -146,7 +164,8 @@ def write_report_preview(case_dir: str | Path, png_path: str | Path) -> Path:
     tables = report_tables(plan)
     fig = plt.figure(figsize=(8.27, 11.69), dpi=110)
     fig.text(0.05, 0.97, f"Surgical plan: {case.root.name}", fontsize=15, weight="bold", va="top")
-    fig.text(0.05, 0.945, f"{plan.procedure.upper()}, {plan.side} side, {plan.alignment} alignment; LPS mm, CT frame", fontsize=9, color="#555", va="top")
+    how = "cup vs anterior pelvic plane" if plan.procedure == "tha" else f"{plan.alignment} alignment"
+    fig.text(0.05, 0.945, f"{plan.procedure.upper()}, {plan.side} side{'s' if plan.side == 'both' else ''}, {how}; LPS mm, CT frame", fontsize=9, color="#555", va="top")
     ax = fig.add_axes([0.05, 0.60, 0.9, 0.33])
     ax.imshow(mpimg.imread(img_path))
     ax.axis("off")

@@ -20,8 +20,15 @@ from orthonav.core.errors import InputError
 from .alignment import limb_frames, position
 from .schema import Plan, load_plan
 
-BONE_COLOURS = {"femur": "#e8dcc0", "tibia": "#e0d2b0", "fibula": "#d8c8a0", "patella": "#d0c090"}
-CUT_COLOURS = {"distal_femur": "#2f7fd0", "proximal_tibia": "#d05a2f"}
+BONE_COLOURS = {
+    "femur": "#e8dcc0", "tibia": "#e0d2b0", "fibula": "#d8c8a0", "patella": "#d0c090",
+    "hip_left": "#e4d8bc", "hip_right": "#e4d8bc", "sacrum": "#d8cca8", "femur_left": "#e8dcc0", "femur_right": "#e8dcc0",
+}
+CUT_COLOURS = {"distal_femur": "#2f7fd0", "proximal_tibia": "#d05a2f", "neck_left": "#2f7fd0", "neck_right": "#2f7fd0"}
+CUT_RADIUS_MM = {"neck_left": 24.0, "neck_right": 24.0}
+IMPLANT_COLOURS = {"tha_cup": "#8fa8c8", "tha_stem": "#b0b8c8"}
+#: THA axes drawn as tubes from their origin: key prefix -> (length mm, colour)
+THA_AXES = {"acetabular_": (45.0, "#8040a0"), "femoral_neck_": (40.0, "#1060c0"), "femoral_shaft_": (90.0, "#607080")}
 VIEWS = ("anterior", "lateral", "medial", "posterior", "superior", "inferior")
 
 
@@ -64,6 +71,13 @@ def scene_items(plan: Plan, meshes: dict[str, pv.PolyData], *, implant_meshes: d
         if a in lms and b in lms:
             items.append(SceneItem(f"axis:{key}", "axis", pv.Tube(pointa=position(lms[a]), pointb=position(lms[b]), radius=1.0, n_sides=12), colour))
     for key, ax in plan.axes.items():
+        tha = next((v for k, v in THA_AXES.items() if key.startswith(k)), None)
+        if tha is not None:
+            o, d = np.asarray(ax.origin_lps_mm), np.asarray(ax.direction_lps)
+            length, colour = tha
+            a, b = (o - length * d, o + length * d) if key.startswith("femoral_shaft_") else (o, o + length * d)
+            items.append(SceneItem(f"axis:{key}", "axis", pv.Tube(pointa=a, pointb=b, radius=1.0, n_sides=12), colour))
+            continue
         if not key.endswith("_anatomical"):
             continue
         o = np.asarray(ax.origin_lps_mm)
@@ -72,13 +86,13 @@ def scene_items(plan: Plan, meshes: dict[str, pv.PolyData], *, implant_meshes: d
     for key, cut in plan.cuts.items():
         if key not in CUT_COLOURS:
             continue  # the femoral box cuts are shown by the component itself
-        r = cut_radius_mm
+        r = CUT_RADIUS_MM.get(key, cut_radius_mm)
         items.append(SceneItem(f"cut:{key}", "cut", cut_disc(np.asarray(cut.point_lps_mm), np.asarray(cut.normal_lps), r), CUT_COLOURS.get(key, "#3060c0"), 0.6))
     for i, imp in enumerate(plan.implants):
         key = f"{imp.family}:{imp.size}"
         if implant_meshes and key in implant_meshes:
             m = implant_meshes[key].transform(np.asarray(imp.ct_from_implant), inplace=False)
-            items.append(SceneItem(f"implant:{i}:{key}", "implant", m, "#b0b8c8", 1.0))
+            items.append(SceneItem(f"implant:{i}:{key}", "implant", m, IMPLANT_COLOURS.get(imp.family, "#b0b8c8"), 1.0))
     return items
 
 
@@ -92,6 +106,8 @@ def view_camera(plan: Plan, view: str, *, distance_mm: float = 1400.0, whole_lim
     """
     if view not in VIEWS:
         raise InputError(None, f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    if plan.procedure == "tha":
+        return _hip_camera(plan, view, distance_mm=distance_mm, whole_limb=whole_limb)
     lms = plan.landmarks
     fr = limb_frames(lms) if lms else None
     up = np.array([0.0, 0.0, 1.0])
@@ -109,6 +125,32 @@ def view_camera(plan: Plan, view: str, *, distance_mm: float = 1400.0, whole_lim
         focal = np.mean([position(v) for v in lms.values()], axis=0)
     else:
         focal = np.zeros(3)
+    d = {"anterior": ant, "posterior": -ant, "lateral": lat, "medial": -lat, "superior": up, "inferior": -up}[view]
+    vup = up if view not in ("superior", "inferior") else ant
+    return focal + distance_mm * d, focal, vup
+
+
+def _hip_camera(plan: Plan, view: str, *, distance_mm: float, whole_limb: bool) -> tuple[NDArray, NDArray, NDArray]:
+    """Hip views in the anterior pelvic plane frame (LPS axes when the APP is missing):
+    'lateral' / 'medial' are the operated side's (the left for a bilateral plan); the
+    close-up looks at the operated hip joint, the whole view at the pelvis."""
+    from .tha import SIDES, app_frame
+
+    lms = plan.landmarks
+    try:
+        ml, ant, up = app_frame(lms)
+    except InputError:
+        ml, ant, up = np.array([1.0, 0.0, 0.0]), np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    side = plan.side if plan.side in SIDES else "left"
+    lat = SIDES[side] * ml
+    joints = [position(lms[k]) for k in (f"acetabulum_centre_{side}", f"femoral_head_centre_{side}") if k in lms]
+    both = [position(v) for k, v in lms.items() if k.startswith(("acetabulum_centre_", "femoral_head_centre_"))]
+    if not whole_limb and joints:
+        focal = np.mean(joints, axis=0)
+    elif both:
+        focal = np.mean(both, axis=0)
+    else:
+        focal = np.mean([position(v) for v in lms.values()], axis=0) if lms else np.zeros(3)
     d = {"anterior": ant, "posterior": -ant, "lateral": lat, "medial": -lat, "superior": up, "inferior": -up}[view]
     vup = up if view not in ("superior", "inferior") else ant
     return focal + distance_mm * d, focal, vup
@@ -140,8 +182,9 @@ def render_scene(
     title: str | None = None,
     zoom: float = 1.0,
 ) -> Path:
-    """Render the planning scene into one PNG (atomic): for each view a whole-limb panel,
-    then for each view a knee close-up (150 mm tall / ``zoom``)."""
+    """Render the planning scene into one PNG (atomic): for each view a whole-limb (knee) or
+    whole-pelvis (hip) panel, then for each view a close-up of the joint (140 mm tall /
+    ``zoom``)."""
     if not views:
         raise InputError(None, "at least one view is needed")
     for v in views:
@@ -152,7 +195,7 @@ def render_scene(
     knee_items = [it for it in items if it.kind != "axis" or "mechanical" in it.name or "transepicondylar" in it.name]
     n = len(views)
     panels = [(v, False) for v in views] + [(v, True) for v in views]
-    weights = [1] * n + [2] * n
+    weights = [1] * n + [2] * n if plan.procedure != "tha" else [1] * (2 * n)
     pl = pv.Plotter(off_screen=True, shape=(1, 2 * n), col_weights=weights, window_size=list(size), border=False)
     try:
         for col, (view, close) in enumerate(panels):
@@ -168,12 +211,18 @@ def render_scene(
             aspect = max(1.0, size[1] / panel_w)
             if close:
                 pl.camera.parallel_scale = 0.5 * KNEE_FIELD_MM * aspect / zoom
+            elif plan.procedure == "tha":  # a wide pelvis: fit its projected width and height
+                pts = np.concatenate([np.asarray(m.points) for m in meshes.values()])
+                right = np.cross(focal - pos, vup)
+                right /= np.linalg.norm(right)
+                w, h = np.ptp(pts @ right), np.ptp(pts @ (vup / np.linalg.norm(vup)))
+                pl.camera.parallel_scale = 0.55 * max(h, w * aspect) / zoom
             else:
                 pl.camera.parallel_scale = 0.55 * _limb_length_mm(meshes) / zoom
-            label = f"{view} (knee)" if close else view
+            label = f"{view} ({'hip' if plan.procedure == 'tha' else 'knee'})" if close else view
             pl.add_text(label if title is None else f"{title} - {label}", font_size=9, color="black")
             if col == n and plan.angles_deg:
-                txt = "  ".join(f"{k} {v:.1f}" for k, v in plan.angles_deg.items())
+                txt = _angle_text(plan)
                 pl.add_text(txt, position="lower_left", font_size=8, color="black")
         pl.render()
         out = write_with(png_path, lambda tmp: pl.screenshot(str(tmp)))
@@ -182,13 +231,31 @@ def render_scene(
     return Path(out)
 
 
+def _angle_text(plan: Plan) -> str:
+    """The angle line(s) under the close-up panels (THA: per side, native and cup
+    inclination / anteversion)."""
+    if plan.procedure != "tha":
+        return "  ".join(f"{k} {v:.1f}" for k, v in plan.angles_deg.items())
+    a = plan.angles_deg
+    lines = []
+    for side in ("left", "right"):
+        parts = []
+        for label, pre in (("native", "acetabular"), ("cup", "cup")):
+            i, v = a.get(f"{pre}_inclination_{side}"), a.get(f"{pre}_anteversion_{side}")
+            if i is not None and v is not None:
+                parts.append(f"{label} {i:.1f}/{v:.1f}")
+        if parts:
+            lines.append(f"{side} (incl/antev deg): " + "  ".join(parts))
+    return "\n".join(lines)
+
+
 def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str, ...] = ("anterior", "lateral"), size: tuple[int, int] = (1200, 800), zoom: float = 1.0) -> Path:
     """Render ``CASE/plan.json`` with the case's bone meshes (and implants) to ``png_path``."""
-    from .auto import load_bone_meshes
+    from .auto import load_case_meshes
 
     case = Case(case_dir)
     plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
-    meshes = load_bone_meshes(case.root)
+    meshes = load_case_meshes(case.root, plan.procedure)
     implant_meshes = None
     if plan.implants:
         from .implants import implant_meshes_for

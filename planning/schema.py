@@ -101,7 +101,7 @@ class Plan(Versioned):
 
     SCHEMA_VERSION = 1
     procedure: str = Field(default="tka", description="'tka' or 'tha'")
-    side: str | None = None
+    side: str | None = Field(default=None, description="'left', 'right', 'both' (a bilateral THA plan) or None")
     alignment: str = Field(default="mechanical", description="'mechanical' or 'kinematic'")
     landmarks: dict[str, Landmark] = Field(default_factory=dict)
     axes: dict[str, Axis] = Field(default_factory=dict)

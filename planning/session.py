@@ -176,6 +176,18 @@ class PlanSession:
         lms[name] = Landmark(position_lps_mm=tuple(p), bone=bone, method=method)
         return self._commit(self._plan.model_copy(update={"landmarks": lms}))
 
+    def set_cut(self, name: str, point_lps_mm: ArrayLike, normal_lps: ArrayLike) -> Plan:
+        """Move a cut plane that no implant owns (e.g. dragged in the UI): a point on it and its
+        normal, both in CT LPS (mm / unit vector); depths and metrics follow."""
+        if name not in self._plan.cuts:
+            raise InputError(None, f"the plan has no cut {name!r}; it has {sorted(self._plan.cuts)}")
+        p = np.asarray(point_lps_mm, dtype=float)
+        n = np.asarray(normal_lps, dtype=float)
+        if p.shape != (3,) or n.shape != (3,) or not (np.all(np.isfinite(p)) and np.all(np.isfinite(n))) or np.linalg.norm(n) < 1e-9:
+            raise InputError(None, f"cut {name!r} needs a finite point and a non-zero normal, got {p.tolist()} / {n.tolist()}")
+        moved = self._plan.cuts[name].model_copy(update={"point_lps_mm": tuple(p), "normal_lps": tuple(n / np.linalg.norm(n))})
+        return self._commit(self._plan.model_copy(update={"cuts": {**self._plan.cuts, name: moved}}))
+
     # -- history ------------------------------------------------------------------------
     def undo(self) -> Plan:
         if not self._undo:
