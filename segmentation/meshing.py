@@ -51,7 +51,9 @@ def _contour_index_space(mask_zyx: NDArray[np.bool_]) -> pv.PolyData:
     image.SetDimensions(ni, nj, nk)
     image.SetSpacing(1.0, 1.0, 1.0)
     image.SetOrigin(0.0, 0.0, 0.0)
-    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(mask_zyx, dtype=np.float32).ravel(), deep=True)
+    # uint8 0/1 scalars: the iso-value 0.5 interpolates half-way along each crossing edge, as on
+    # float input, at a quarter of the memory.
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(mask_zyx, dtype=np.uint8).ravel(), deep=True)
     image.GetPointData().SetScalars(scalars)
     fe = vtk.vtkFlyingEdges3D()
     fe.SetInputData(image)
@@ -138,7 +140,7 @@ def mask_mesh(
     """
     if not mask_zyx.any():
         raise InputError(None, f"{name!r} has no voxels to mesh")
-    box = ndi.find_objects(mask_zyx.astype(np.uint8))[0]
+    box = ndi.find_objects(mask_zyx.view(np.uint8) if mask_zyx.dtype == bool else mask_zyx.astype(np.uint8))[0]
     pad = 2
     crop = np.pad(mask_zyx[box], pad)
     surf = _contour_index_space(crop)
@@ -151,6 +153,8 @@ def mask_mesh(
     if np.linalg.det(lps_from_ijk[:3, :3]) < 0:  # a mirrored grid flips the winding
         faces = faces[:, ::-1]
     tm = _make_watertight(points_lps, faces, name)
+    if len(tm.faces) == 0:  # a mask with voxels always has a surface: never return an empty one
+        raise InputError(None, f"the surface of {name!r} came out empty ({int(mask_zyx.sum())} voxels)")
     return _polydata(np.asarray(tm.vertices), np.asarray(tm.faces))
 
 
@@ -164,14 +168,17 @@ def label_meshes(
 ) -> dict[str, pv.PolyData]:
     """One watertight LPS-mm surface per bone named in ``table`` (bones with no voxels are skipped).
 
+    Bones are meshed one after the other: meshing them on parallel Python threads was tried
+    and once returned an empty surface (VTK pipelines are not safe to run that way).
+
     Returns
     -------
     dict
-        bone name -> ``pv.PolyData`` triangle mesh (LPS mm, outward normals).
+        bone name -> ``pv.PolyData`` triangle mesh (LPS mm, outward normals), in label order.
     """
     out: dict[str, pv.PolyData] = {}
     arr = labels.array_zyx
-    boxes = ndi.find_objects(arr.astype(np.int32)) if arr.max() > 0 else []
+    boxes = ndi.find_objects(arr if arr.dtype == np.uint8 else arr.astype(np.int32)) if arr.max() > 0 else []
     for value, name in sorted(table.labels.items()):
         if value - 1 >= len(boxes) or boxes[value - 1] is None:
             continue

@@ -105,15 +105,98 @@ def detect_anatomy(regions: list[RegionInfo]) -> str:
             if a is not b and a.centroid_lps[2] > b.centroid_lps[2] and _z_overlap(a, b) < 0.2:
                 if abs(a.centroid_lps[0] - b.centroid_lps[0]) < 0.5 * (a.length_mm + b.length_mm) / 2:
                     return "knee"
-    if longs and big and not big[0].is_long:
-        pelvis, femur = big[0], longs[0]
-        if (
-            pelvis.centroid_lps[2] > femur.centroid_lps[2]
-            and pelvis.volume_mm3 >= 100_000.0
-            and femur.volume_mm3 >= 30_000.0
-        ):
-            return "hip"
+    if _hip_pairs(regions):
+        return "hip"
     return "general"
+
+
+#: A proximal femur in a pelvis field of view: a near-vertical region at least this elongated
+#: (head, neck and a stump of shaft are less elongated than a whole long bone) and this large.
+FEMUR_MIN_ELONGATION = 1.8
+FEMUR_MIN_VOLUME_MM3 = 20_000.0
+#: A hip bone (os coxae) is at least this large and at least this fraction of its femur's volume.
+HIP_MIN_VOLUME_MM3 = 60_000.0
+HIP_MIN_FEMUR_RATIO = 0.5
+
+
+def _is_femur_like(r: RegionInfo) -> bool:
+    return abs(r.axis_lps[2]) > 0.7 and r.elongation >= FEMUR_MIN_ELONGATION and r.volume_mm3 >= FEMUR_MIN_VOLUME_MM3
+
+
+def _hip_pairs(regions: list[RegionInfo]) -> list[tuple[RegionInfo, RegionInfo]]:
+    """(hip bone, femur) pairs of a pelvis field of view, at most two, largest femurs first.
+
+    A femur is a near-vertical elongated region (:func:`_is_femur_like`); its hip bone is the
+    largest other region, not more elongated than it, at least :data:`HIP_MIN_FEMUR_RATIO` of its
+    volume, whose centroid is superior to the femur's, whose z range contains the femur's top
+    (the femoral head sits in the acetabulum) and whose x range contains the femur's centroid
+    x (the same side). A knee (femur above a long tibia) has no such partner: the tibia is below.
+    """
+    femurs = sorted([r for r in regions if _is_femur_like(r)], key=lambda r: -r.volume_mm3)
+    pairs: list[tuple[RegionInfo, RegionInfo]] = []
+    used: set[int] = set()
+    for f in femurs:
+        if f.index in used:
+            continue
+        cands = [
+            h
+            for h in regions
+            if h.index != f.index
+            and h.index not in used
+            and h.volume_mm3 >= max(HIP_MIN_VOLUME_MM3, HIP_MIN_FEMUR_RATIO * f.volume_mm3)
+            and h.elongation <= f.elongation
+            and h.centroid_lps[2] > f.centroid_lps[2]
+            and h.z_range_mm[0] < f.z_range_mm[1] < h.z_range_mm[1]
+            and h.x_range_mm[0] < f.centroid_lps[0] < h.x_range_mm[1]
+        ]
+        if not cands:
+            continue
+        h = max(cands, key=lambda r: r.volume_mm3)
+        pairs.append((h, f))
+        used |= {h.index, f.index}
+        if len(pairs) == 2:
+            break
+    return pairs
+
+
+def _name_hip(regions: list[RegionInfo], body_centre_lps: NDArray[np.float64] | None) -> tuple[dict[int, str], str | None]:
+    """Name a pelvis field of view: ``hip_<side>``, ``femur_<side>``, ``sacrum``, ``vertebrae_<letter>``.
+
+    Sides (LPS +x = patient left): with both hips, from the midline between them; with one, from
+    anatomy: the femur (trochanters, shaft) lies lateral to its hip bone's centroid. The sacrum is
+    the largest remaining region between the hip bones (or, with one hip, medial of it, within
+    60 mm of the midline) posterior of the acetabula; smaller midline regions above it are
+    vertebrae, lettered superior to inferior. Returns names and the side of a single hip (or None).
+    """
+    pairs = _hip_pairs(regions)
+    names: dict[int, str] = {}
+    if not pairs:
+        return names, None
+    if len(pairs) == 2:
+        mid_x = 0.5 * (pairs[0][1].centroid_lps[0] + pairs[1][1].centroid_lps[0])
+        sides = ["left" if f.centroid_lps[0] > mid_x else "right" for _h, f in pairs]
+        if sides[0] == sides[1]:  # both on one side of their own midpoint: cannot happen, be safe
+            pairs = pairs[:1]
+    if len(pairs) == 1:
+        h, f = pairs[0]
+        sides = ["left" if f.centroid_lps[0] > h.centroid_lps[0] else "right"]
+        mid_x = float(body_centre_lps[0]) if body_centre_lps is not None else float(h.centroid_lps[0] - (60.0 if sides[0] == "left" else -60.0))
+    for (h, f), side in zip(pairs, sides):
+        names[h.index], names[f.index] = f"hip_{side}", f"femur_{side}"
+    hips = [h for h, _f in pairs]
+    lo_x = min(min(h.centroid_lps[0] for h in hips), mid_x)
+    hi_x = max(max(h.centroid_lps[0] for h in hips), mid_x)
+    hip_y = float(np.mean([h.centroid_lps[1] for h in hips]))
+    rest = sorted([r for r in regions if r.index not in names], key=lambda r: -r.volume_mm3)
+    sac = [r for r in rest if lo_x < r.centroid_lps[0] < hi_x and abs(r.centroid_lps[0] - mid_x) < 60.0 and r.centroid_lps[1] > hip_y - 10.0]
+    if sac:
+        sacrum = sac[0]
+        names[sacrum.index] = "sacrum"
+        top = float(sacrum.z_range_mm[1])
+        verts = [r for r in rest if r.index not in names and abs(r.centroid_lps[0] - mid_x) < 40.0 and r.centroid_lps[2] > top - 10.0]
+        for r, letter in zip(sorted(verts, key=lambda r: -r.centroid_lps[2]), _letters(len(verts))):
+            names[r.index] = f"vertebrae_{letter}"
+    return names, (sides[0] if len(pairs) == 1 else None)
 
 
 def _letters(n: int) -> list[str]:
@@ -130,7 +213,8 @@ def _letters(n: int) -> list[str]:
 
 
 def _name_leg(regions: list[RegionInfo], anatomy: str) -> tuple[dict[int, str], str | None]:
-    """Name one leg's bones (knee or hip field of view). Returns names and the side if known."""
+    """Name one leg's bones (knee field of view; a pelvis is named by :func:`_name_hip`).
+    Returns names and the side if known."""
     names: dict[int, str] = {}
     by_vol = sorted(regions, key=lambda r: -r.volume_mm3)
     longs = [r for r in by_vol if _is_long_vertical(r)]
@@ -162,14 +246,6 @@ def _name_leg(regions: list[RegionInfo], anatomy: str) -> tuple[dict[int, str], 
         if pat:
             names[pat[0].index] = "patella"
         return names, side
-    # hip
-    if not longs:
-        return names, None
-    femur = longs[0]
-    names[femur.index] = "femur"
-    above = [r for r in by_vol if r.index not in names and r.centroid_lps[2] > femur.centroid_lps[2] and not r.is_long]
-    if above:
-        names[above[0].index] = "hip"
     return names, None
 
 
@@ -198,9 +274,11 @@ def name_regions(
         anatomy = detect_anatomy(regions)
     names: dict[int, str] = {}
     side: str | None = None
-    if anatomy in ("knee", "hip"):
+    if anatomy == "knee":
         names, side = _name_legs(regions, anatomy, body_centre_lps)
-    if anatomy == "hip" or anatomy == "general":
+    elif anatomy == "hip":
+        names, side = _name_hip(regions, body_centre_lps)
+    if anatomy == "general":
         names.update(_name_trunk([r for r in regions if r.index not in names], regions, body_centre_lps, anatomy))
     rest = [r for r in sorted(regions, key=lambda r: -r.volume_mm3) if r.index not in names]
     for n, r in enumerate(rest, start=1):
@@ -229,7 +307,7 @@ def _name_legs(
         ("right", [r for r in regions if r.centroid_lps[0] <= mid_x]),
     ):
         leg, _ = _name_leg(group, anatomy)
-        names.update({i: f"{n}_{suffix}" if n in ("femur", "hip") or anatomy == "knee" else n for i, n in leg.items()})
+        names.update({i: f"{n}_{suffix}" for i, n in leg.items()})
     return names, None
 
 
@@ -269,11 +347,6 @@ def _name_trunk(
             names[cand.index] = f"humerus_{side}"
             group.remove(cand)
             humeri.append(cand)
-    if anatomy == "hip":
-        if vertebrae:
-            sac = max(vertebrae, key=lambda r: r.volume_mm3)
-            names[sac.index] = "sacrum"
-        return names
     for group, stem in ((vertebrae, "vertebrae"), (ribs_l, "rib_left"), (ribs_r, "rib_right"), (sternum, "sternum")):
         group = sorted(group, key=lambda r: -r.centroid_lps[2])
         if stem == "sternum":
