@@ -118,17 +118,19 @@ def evaluate_seg(
 def train_seg(
     data: Path = typer.Argument(..., help="folder of case folders (ct.nii.gz + labels) or phantom cases"),
     out: Path = typer.Argument(..., help="weights file to write (a model-card JSON is written beside it)"),
-    minutes: float = typer.Option(5.0, help="training time budget"),
-    spacing: float = typer.Option(2.0, help="isotropic training/inference spacing (mm)"),
+    minutes: float = typer.Option(5.0, help="training time budget (minutes)"),
+    steps: Optional[int] = typer.Option(None, help="train exactly this many optimizer steps instead of a time budget"),
+    spacing: float = typer.Option(4.0, help="isotropic training/inference spacing (mm); coarse gives the patch context"),
     seed: int = typer.Option(0),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default 2)"),
 ) -> None:
     """Train the compact 3D U-Net on CT + label pairs."""
     from orthonav.segmentation.unet import train_from_folder
 
+    budget = dict(minutes=1e-6, min_iterations=steps) if steps is not None else dict(minutes=minutes)
     with _progress() as progress:
-        path = train_from_folder(data, out, minutes=minutes, spacing_mm=spacing, seed=seed, num_threads=threads,
-                                 progress=progress.update)
+        path = train_from_folder(data, out, spacing_mm=spacing, seed=seed, num_threads=threads,
+                                 progress=progress.update, **budget)
     console.print(f"weights {path}")
 
 

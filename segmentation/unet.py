@@ -9,9 +9,12 @@
   i -> left, j -> posterior, k -> superior) before training and inference. Intensities: HU
   clipped to ``hu_window`` and mapped linearly to [-1, 1]. Both are stored in the model card.
 * Training (:func:`train_from_folder`): class-balanced patch sampling (each patch is centred on
-  a voxel of a class drawn uniformly among the classes present, background included), loss =
-  cross-entropy + soft Dice (Milletari et al. 2016, V-Net, eq. 1 without squares), AdamW with a
-  time-based polynomial learning-rate decay so that any time budget ends at a small rate.
+  a voxel of a class drawn uniformly among the classes present, background included); the
+  targets are partial-volume class fractions on the coarse grid (:func:`soft_labels_to_grid`),
+  so a coarse grid (default 4 mm, wide context for naming the bones, cheap steps) still gives
+  sub-voxel boundaries on the CT grid; loss = cross-entropy + soft Dice (Milletari et al.
+  2016, V-Net, eq. 1 with squares, averaged over classes so small bones weigh as much as the
+  femur); AdamW with a polynomial learning-rate decay over the budget (time or steps).
 * Inference (:func:`segment_unet`): overlapping sliding windows blended with a Gaussian weight
   (sigma = patch / 8, as nnU-Net), softmax; class probabilities resampled back to the CT's own
   grid with linear interpolation (probabilities still sum to one), arg-max there, so the labels
@@ -26,6 +29,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +64,12 @@ DEFAULT_HU_WINDOW = (-300.0, 3000.0)
 #: HU used outside the CT's field of view when resampling.
 AIR_HU = -1024.0
 NUM_THREADS = 2
+#: Default network grid (mm). With partial-volume targets a perfect network on a 4 mm grid
+#: still gives Dice 0.95-0.99 per knee bone on the CT grid, and a 40-voxel patch sees 160 mm:
+#: enough context to tell the tibia (fibula beside it) from the femur shaft, cheaply.
+DEFAULT_SPACING_MM = 4.0
+#: Sliding windows per network call at inference.
+WINDOW_BATCH = 4
 
 
 def _torch_settings(num_threads: int | None) -> None:
@@ -97,8 +107,11 @@ class TrainingSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cases: list[str] = Field(default_factory=list)
-    iterations: int = 0
-    seconds: float = 0.0
+    iterations: int = Field(default=0, description="optimizer steps")
+    seconds: float = Field(default=0.0, description="wall-clock seconds of the optimisation loop")
+    cpu_seconds: float | None = Field(default=None, description="process CPU seconds of the loop (all threads)")
+    load_average: float | None = Field(default=None, description="1-minute load average at the end (machine busy?)")
+    num_threads: int | None = None
     final_loss: float | None = None
     seed: int = 0
     batch_size: int = 2
@@ -353,21 +366,30 @@ def ct_to_grid(ct: Volume, grid: _Grid, hu_window: tuple[float, float]) -> NDArr
     return normalise_hu(sitk.GetArrayFromImage(_resample(img, grid, sitk.sitkLinear, AIR_HU)), hu_window)
 
 
-def labels_to_grid(labels_zyx: NDArray, geometry: Volume, grid: _Grid, num_classes: int) -> NDArray[np.uint8]:
-    """Label map resampled to ``grid``: linear interpolation of each class indicator, arg-max."""
-    best = None
-    out = None
+def soft_labels_to_grid(
+    labels_zyx: NDArray, geometry: Volume, grid: _Grid, num_classes: int, *, sigma_fraction: float = 0.3
+) -> NDArray[np.float16]:
+    """Partial-volume class fractions on ``grid``: the training targets, array (c, z, y, x).
+
+    Each class indicator is low-pass filtered on the CT grid (Gaussian, sigma =
+    ``sigma_fraction`` x the grid spacing: anti-aliasing before down-sampling) and resampled
+    linearly to ``grid``; the fractions are renormalised to sum to one per voxel. A network
+    trained on these fractions predicts the partial volume of each bone in a coarse voxel, so
+    the linear interpolation of its probabilities back to the CT grid (:func:`segment_unet`)
+    puts the boundary between coarse voxel centres. On the held-out knee phantom at 3 mm a
+    perfect network reaches fibula Dice 0.97 with these targets, 0.93 with hard (arg-max)
+    labels; at 2 mm 0.997 vs 0.95 (measured with the truth labels).
+    """
+    sigma_mm = float(sigma_fraction) * grid.spacing
+    out = np.empty((num_classes, *grid.size_ijk[::-1]), dtype=np.float32)
     for c in range(num_classes):
-        ind = geometry.with_array((labels_zyx == c).astype(np.float32))
-        p = sitk.GetArrayFromImage(_resample(to_sitk(ind), grid, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
-        if best is None:
-            best, out = p, np.zeros(p.shape, dtype=np.uint8)
-        else:
-            better = p > best
-            best[better] = p[better]
-            out[better] = c
-    assert out is not None
-    return out
+        ind = to_sitk(geometry.with_array((labels_zyx == c).astype(np.float32)))
+        if sigma_mm > 0:
+            ind = sitk.SmoothingRecursiveGaussian(ind, sigma_mm)
+        out[c] = sitk.GetArrayFromImage(_resample(ind, grid, sitk.sitkLinear, 1.0 if c == 0 else 0.0))
+    np.clip(out, 0.0, None, out=out)
+    out /= np.maximum(out.sum(axis=0, keepdims=True), 1e-6)
+    return out.astype(np.float16)
 
 
 # ----------------------------------------------------------------------------- training data
@@ -375,11 +397,23 @@ def labels_to_grid(labels_zyx: NDArray, geometry: Volume, grid: _Grid, num_class
 
 @dataclass(frozen=True)
 class TrainingCase:
-    """One CT + label map on the network's grid (arrays (z, y, x))."""
+    """One CT + label map on the network's grid.
+
+    Attributes
+    ----------
+    image
+        Normalised CT, (z, y, x) float32.
+    labels
+        Arg-max class per voxel, (z, y, x) uint8 (used to choose patch centres).
+    targets
+        Class fractions, (c, z, y, x) float16 summing to one (the training targets; see
+        :func:`soft_labels_to_grid`).
+    """
 
     name: str
     image: NDArray[np.float32]
     labels: NDArray[np.uint8]
+    targets: NDArray[np.float16]
 
 
 def find_training_cases(data_dir: str | Path) -> list[tuple[Path, Path, Path]]:
@@ -439,7 +473,8 @@ def load_training_cases(
                 lut[v] = by_name[name]
         remapped = lut[lab.array_zyx.astype(np.int64)]
         grid = canonical_grid(ct, spacing_mm)
-        cases.append(TrainingCase(ct_p.parent.name, ct_to_grid(ct, grid, hu_window), labels_to_grid(remapped, ct, grid, len(classes) + 1)))
+        targets = soft_labels_to_grid(remapped, ct, grid, len(classes) + 1)
+        cases.append(TrainingCase(ct_p.parent.name, ct_to_grid(ct, grid, hu_window), np.argmax(targets, axis=0).astype(np.uint8), targets))
         if progress is not None:
             progress("reading training cases", (n + 1) / len(paths))
     sides = {t.side for t in tables}
@@ -447,10 +482,15 @@ def load_training_cases(
 
 
 class PatchSampler:
-    """Class-balanced random patches: the class is drawn uniformly among those in the case."""
+    """Class-balanced random patches: the class is drawn uniformly among those in the case.
+
+    The patch centre is a random voxel of that class moved by up to a quarter patch, so every
+    bone, however small (the patella is 0.1 % of a knee CT's voxels), is in most batches, and
+    background patches (drawn as often as each bone) teach what is not bone.
+    """
 
     def __init__(self, cases: list[TrainingCase], patch: int, num_classes: int, rng: np.random.Generator) -> None:
-        self.cases, self.patch, self.rng = cases, patch, rng
+        self.cases, self.patch, self.num_classes, self.rng = cases, patch, num_classes, rng
         self.where: list[dict[int, NDArray[np.int64]]] = []
         for c in cases:
             flat = c.labels.ravel()
@@ -462,6 +502,7 @@ class PatchSampler:
             self.where.append(per)
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch: images (b, 1, p, p, p) float32 and class fractions (b, c, p, p, p) float32."""
         p = self.patch
         xs, ys = [], []
         for _ in range(batch):
@@ -472,13 +513,13 @@ class PatchSampler:
             centre = centre + self.rng.integers(-p // 4, p // 4 + 1, size=3)
             start = centre - p // 2
             img = _crop(case.image, start, p, -1.0)  # -1 = the bottom of the HU window (air)
-            lab = _crop(case.labels, start, p, 0)
+            tgt = np.stack([_crop(case.targets[c], start, p, 1.0 if c == 0 else 0.0) for c in range(self.num_classes)])
             # intensity augmentation: small gain / offset and noise, in normalised units
             img = img * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
             img = img + self.rng.normal(0.0, 0.02, size=img.shape).astype(np.float32)
             xs.append(img.astype(np.float32))
-            ys.append(lab)
-        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
+            ys.append(tgt)
+        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.float32))
 
 
 def _crop(array: NDArray, start: NDArray[np.int64], size: int, fill: float) -> NDArray:
@@ -492,13 +533,32 @@ def _crop(array: NDArray, start: NDArray[np.int64], size: int, fill: float) -> N
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy + (1 - mean soft Dice over classes present in the batch or predicted)."""
-    ce = F.cross_entropy(logits, target)
-    prob = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 4, 1, 2, 3).to(prob.dtype)
+    """Cross-entropy + (1 - mean soft Dice over classes) for soft (or hard) targets.
+
+    Parameters
+    ----------
+    logits
+        (b, c, z, y, x) network output.
+    target
+        (b, c, z, y, x) class fractions summing to one per voxel, or (b, z, y, x) class indices.
+
+    Notes
+    -----
+    Soft Dice as in V-Net (Milletari et al. 2016, eq. 1, with squares in the denominator):
+    ``2 sum(p t) / (sum(p^2) + sum(t^2))``, summed over the batch and the patch per class
+    ("batch Dice", nnU-Net), then averaged over the classes so a small bone weighs as much as
+    the femur. With squares, Dice is best exactly at p = t (Cauchy-Schwarz), so it agrees with
+    the cross-entropy on fractional (partial-volume) targets; without them it would push the
+    probabilities to 0 / 1. A class absent from the batch and not predicted scores 1.
+    """
+    if target.dim() == logits.dim() - 1:
+        target = F.one_hot(target.long(), logits.shape[1]).permute(0, 4, 1, 2, 3).to(logits.dtype)
+    logp = torch.log_softmax(logits, dim=1)
+    ce = -(target * logp).sum(dim=1).mean()
+    prob = logp.exp()
     dims = (0, 2, 3, 4)
-    inter = (prob * onehot).sum(dims)
-    denom = prob.sum(dims) + onehot.sum(dims)
+    inter = (prob * target).sum(dims)
+    denom = (prob * prob).sum(dims) + (target * target).sum(dims)
     dice = (2 * inter + 1e-5) / (denom + 1e-5)
     return ce + (1.0 - dice.mean())
 
@@ -511,14 +571,14 @@ def train_from_folder(
     out_path: str | Path,
     *,
     minutes: float = 5.0,
-    spacing_mm: float = 2.0,
+    spacing_mm: float = DEFAULT_SPACING_MM,
     seed: int = 0,
     progress: Progress | None = None,
-    base_channels: int = 16,
-    levels: int = 3,
-    patch_size: int = 64,
-    batch_size: int = 2,
-    learning_rate: float = 3e-3,
+    base_channels: int = 8,
+    levels: int = 4,
+    patch_size: int = 40,
+    batch_size: int = 4,
+    learning_rate: float = 5e-3,
     hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
     min_iterations: int = 5,
     num_threads: int | None = None,
@@ -537,13 +597,16 @@ def train_from_folder(
         Training runs at least this many steps, even past ``minutes`` (a tiny ``minutes`` and a
         set ``min_iterations`` give a machine-independent, reproducible run).
     spacing_mm
-        Isotropic voxel size (mm) of the network's grid.
+        Isotropic voxel size (mm) of the network's grid (default 4 mm: see
+        :data:`DEFAULT_SPACING_MM`).
     seed
         Seeds the network initialisation and the patch sampling.
     progress
         Optional ``callable(step, fraction)``.
     base_channels, levels, patch_size, batch_size, learning_rate, hu_window
-        Network and optimisation settings (stored in the model card).
+        Network and optimisation settings (stored in the model card). The defaults reach
+        Dice >= 0.90 per knee bone on a held-out phantom after ~650 steps (5 min on 2 quiet
+        cores; ``benchmarks/bench_unet.py``); ~400 steps gave 0.90-0.93.
     num_threads
         torch CPU threads (default 2).
 
@@ -574,7 +637,7 @@ def train_from_folder(
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
     sampler = PatchSampler(cases, patch_size, arch.num_classes, rng)
     budget_s = minutes * 60.0
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), time.process_time()
     it, losses = 0, []
     while True:
         # progress through training: the time budget, stretched to reach min_iterations
@@ -592,7 +655,7 @@ def train_from_folder(
         it += 1
         if progress is not None:
             progress("training", min(frac, 1.0))
-    elapsed = time.monotonic() - t0
+    elapsed, cpu = time.monotonic() - t0, time.process_time() - c0
     card = ModelCard(
         classes=classes,
         side=side,
@@ -603,6 +666,9 @@ def train_from_folder(
             cases=[str(p[0].parent) for p in paths],
             iterations=it,
             seconds=round(elapsed, 1),
+            cpu_seconds=round(cpu, 1),
+            load_average=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            num_threads=torch.get_num_threads(),
             final_loss=float(np.mean(losses[-20:])) if losses else None,
             seed=seed,
             batch_size=batch_size,
@@ -653,14 +719,20 @@ def sliding_window_probabilities(
     acc = np.zeros((num_classes, *padded_shape), dtype=np.float32)
     wsum = np.zeros(padded_shape, dtype=np.float32)
     w = gaussian_weight(patch)
+    # Windows go through the network in batches of WINDOW_BATCH, never 1: torch's CPU
+    # convolution takes a slow non-oneDNN path for a batch of one small 3D input (measured 6x
+    # slower per window at 32^3), so a lone last window is sent with a copy of itself.
     with torch.inference_mode():
-        for n, (a, b, c) in enumerate(windows):
-            x = torch.from_numpy(np.ascontiguousarray(img[a : a + patch, b : b + patch, c : c + patch]))[None, None]
-            prob = torch.softmax(network(x), dim=1)[0].numpy()
-            acc[:, a : a + patch, b : b + patch, c : c + patch] += prob * w
-            wsum[a : a + patch, b : b + patch, c : c + patch] += w
+        for first in range(0, len(windows), WINDOW_BATCH):
+            group = windows[first : first + WINDOW_BATCH]
+            crops = [img[a : a + patch, b : b + patch, c : c + patch] for a, b, c in group]
+            x = torch.from_numpy(np.stack(crops + crops[:1] * (len(crops) == 1))[:, None])
+            prob = torch.softmax(network(x), dim=1).numpy()
+            for n, (a, b, c) in enumerate(group):
+                acc[:, a : a + patch, b : b + patch, c : c + patch] += prob[n] * w
+                wsum[a : a + patch, b : b + patch, c : c + patch] += w
             if progress is not None:
-                progress("unet inference", (n + 1) / len(windows))
+                progress("unet inference", (first + len(group)) / len(windows))
     acc /= wsum
     return acc[:, : shape[0], : shape[1], : shape[2]]
 
@@ -783,14 +855,16 @@ __all__ = [
     "UNet3D",
     "UNetModel",
     "build_network",
-    "card_path_for",
     "canonical_direction",
     "canonical_grid",
+    "card_path_for",
+    "dice_ce_loss",
     "find_training_cases",
     "gaussian_weight",
     "load_model",
     "save_weights",
     "segment_unet",
     "sliding_window_probabilities",
+    "soft_labels_to_grid",
     "train_from_folder",
 ]

@@ -168,16 +168,72 @@ def test_gaussian_blending_is_seamless() -> None:
     np.testing.assert_allclose(prob[1], 0.75, atol=1e-5)
 
 
+def test_soft_targets_keep_sub_voxel_boundaries() -> None:
+    """Class fractions on a 4 mm grid, interpolated back to the CT grid, rebuild the sphere far
+    better than hard labels on that grid would (the reason the network learns fractions)."""
+    ct = _oblique_anisotropic_ct()
+    truth = (ct.array_zyx > 520).astype(np.uint8)
+    grid = U.canonical_grid(ct, 4.0)
+    frac = U.soft_labels_to_grid(truth, ct, grid, 2)
+    assert frac.shape == (2, *grid.size_ijk[::-1]) and frac.dtype == np.float16
+    np.testing.assert_allclose(frac.astype(np.float32).sum(axis=0), 1.0, atol=2e-3)
+    assert 0.0 <= float(frac.min()) and float(frac.max()) <= 1.0
+    # mean of the bone fraction x voxel volume = the sphere's volume on the CT (within 3 %)
+    vol_ct = truth.sum() * np.prod(ct.spacing_mm)
+    vol_grid = float(frac[1].astype(np.float64).sum()) * 4.0**3
+    assert abs(vol_grid - vol_ct) / vol_ct < 0.03, (vol_grid, vol_ct)
+
+    def back(prob_grid: np.ndarray) -> np.ndarray:
+        """Bone probability on the grid -> linear interpolation to the CT grid (as segment_unet) -> > 0.5."""
+        p_img = U.sitk.GetImageFromArray(prob_grid.astype(np.float32))
+        p_img.SetOrigin([float(v) for v in grid.origin])
+        p_img.SetSpacing([grid.spacing] * 3)
+        p_img.SetDirection([float(v) for v in grid.direction.ravel()])
+        ref = U.to_sitk(ct.with_array(np.zeros(ct.array_zyx.shape, dtype=np.uint8)))
+        return U.sitk.GetArrayFromImage(U.sitk.Resample(p_img, ref, U.sitk.Transform(), U.sitk.sitkLinear, 0.0, U.sitk.sitkFloat32)) > 0.5
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+    soft = dice(back(frac[1].astype(np.float32)), truth > 0)
+    hard = dice(back((frac[1] > 0.5).astype(np.float32)), truth > 0)
+    assert soft > 0.94 and soft > hard + 0.01, (soft, hard)  # measured 0.953 vs 0.935 (r = 12 mm, 4 mm grid)
+
+
+def test_loss_is_smallest_at_the_target_fractions() -> None:
+    """CE + squared soft Dice on fractional targets: the gradient vanishes at p = t, and a
+    sharper (0/1) prediction scores worse than the fractions themselves."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.softmax(3.0 * torch.randn(2, 3, 4, 4, 4, generator=g), dim=1)
+    logits = torch.log(t).clone().requires_grad_(True)
+    loss = U.dice_ce_loss(logits, t)
+    loss.backward()
+    assert logits.grad is not None and float(logits.grad.abs().max()) < 1e-6
+    sharp = torch.log(_one_hot_like(t) * 0.998 + 0.001)
+    assert float(U.dice_ce_loss(sharp, t)) > float(loss.detach()) + 0.05
+    # hard labels are accepted and agree with their one-hot fractions
+    lab = t.argmax(dim=1)
+    np.testing.assert_allclose(float(U.dice_ce_loss(logits.detach(), lab)), float(U.dice_ce_loss(logits.detach(), _one_hot_like(t))), rtol=1e-6)
+
+
+def _one_hot_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.one_hot(t.argmax(dim=1), t.shape[1]).permute(0, 4, 1, 2, 3).float()
+
+
+STEPS = 150
+FEMUR_MIN = 0.6  # measured 0.72 (tibia 0.09, fibula 0.29, patella 0.0: not learnt in 150 steps)
+BONE_MIN = 0.8  # bone vs background, measured 0.89
+
+
 @pytest.mark.slow
 def test_short_training_on_phantoms_beats_chance(tmp_path: Path) -> None:
-    """150 steps (~45 s on one free core) on 2 tiny knee phantoms, tested on a third phantom with
-    another pose (pose jitter) and noise.
+    """A fixed, short training (150 steps of 2 patches, 4 mm grid) on 2 coarse knee phantoms,
+    tested on a third phantom with another pose (pose jitter), noise and intensities.
 
-    Honest threshold for so short a training: femur Dice >= 0.55 and all-bone Dice >= 0.65 on the
-    held-out phantom (measured 0.67 and 0.77; chance, i.e. calling every voxel femur, is ~0.03).
-    The smaller bones are not learnt yet at this budget. The issue's acceptance (Dice >= 0.90 per
-    bone after minutes on 4 phantoms) is benchmarks/bench_unet.py. A fixed step count (not a
-    time budget) keeps the result independent of the machine's load.
+    A fixed step count (not a time budget) keeps the result independent of the machine's load.
+    Thresholds sit below the measured values (see FEMUR_MIN, BONE_MIN; 45 s on one core);
+    chance, i.e. calling every voxel femur, gives ~0.03 for the femur. The issue's acceptance (Dice >= 0.90 per bone after
+    minutes on 4 phantoms) is benchmarks/bench_unet.py.
     """
     from orthonav.phantoms.knee import make_knee_phantom
     from orthonav.phantoms.synthetic import write_phantom_case
@@ -188,12 +244,12 @@ def test_short_training_on_phantoms_beats_chance(tmp_path: Path) -> None:
     test = make_knee_phantom(seed=3, **knobs)
     steps: list[str] = []
     weights = U.train_from_folder(
-        tmp_path / "data", tmp_path / "w.pt", minutes=0.01, min_iterations=150, learning_rate=1e-2, spacing_mm=4.0,
-        seed=0, base_channels=8, patch_size=32, batch_size=2, num_threads=1, progress=lambda s, f: steps.append(s),
+        tmp_path / "data", tmp_path / "w.pt", minutes=1e-6, min_iterations=STEPS, learning_rate=5e-3, spacing_mm=4.0,
+        seed=0, base_channels=8, levels=4, patch_size=32, batch_size=2, num_threads=1, progress=lambda s, f: steps.append(s),
     )  # fmt: skip
     assert "training" in steps and "reading training cases" in steps
     card = json.loads(U.card_path_for(weights).read_text(encoding="utf-8"))
-    assert card["training"]["iterations"] == 150 and len(card["training"]["cases"]) == 2
+    assert card["training"]["iterations"] == STEPS and len(card["training"]["cases"]) == 2
     assert card["classes"] == {"1": "femur", "2": "tibia", "3": "fibula", "4": "patella"}
     seg = U.segment_unet(test.ct, weights, num_threads=1)
     np.testing.assert_array_equal(seg.labels.lps_from_ijk, test.ct.lps_from_ijk)
@@ -202,6 +258,7 @@ def test_short_training_on_phantoms_beats_chance(tmp_path: Path) -> None:
     def dice(a: np.ndarray, b: np.ndarray) -> float:
         return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
-    femur = dice(pred == seg.table.value_of("femur"), truth == test.label_table.value_of("femur"))
+    per = {n: dice(pred == v, truth == test.label_table.value_of(n)) for v, n in seg.table.labels.items()}
     bone = dice(pred > 0, truth > 0)
-    assert femur >= 0.55 and bone >= 0.65, (femur, bone)
+    assert per["femur"] >= FEMUR_MIN and bone >= BONE_MIN, (per, bone)
+
