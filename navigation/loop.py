@@ -7,11 +7,18 @@ takes a frame, so a silent tracker turns tools STALE / NOT TRACKING on screen wi
 timeout plus ``idle_timeout_s``. A renderer reads :meth:`NavigationLoop.latest_state` at its own
 display rate (decoupled: rendering never delays tracking, and tracking never queues frames
 for the renderer).
+
+Latency: the thread sleeps on the store's condition variable (notified by every ``put``), so it
+wakes as soon as the receiver has stored a pose, and a state costs ~0.1-0.2 ms. What remains is
+scheduling. A renderer in the same process runs Python between its VTK calls (which release the
+GIL); CPython hands the GIL to a waiting thread only after the switch interval (5 ms by default),
+so while running the loop lowers it to ``switch_interval_s`` (restored by :meth:`stop`).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -38,7 +45,7 @@ class LoopStats:
         Navigation states computed.
     rate_hz
         States per second over the loop's run time.
-    latency_p50_ms, latency_p99_ms
+    latency_p50_ms, latency_p99_ms, latency_max_ms
         Host receipt of the newest message -> state computed (ms).
     duration_s
         Run time so far (s).
@@ -49,6 +56,7 @@ class LoopStats:
     latency_p50_ms: float
     latency_p99_ms: float
     duration_s: float
+    latency_max_ms: float = math.nan
 
 
 class NavigationLoop:
@@ -67,10 +75,16 @@ class NavigationLoop:
     on_state
         Optional callback ``on_state(state, workflow)`` run in the tracking thread after each
         state (e.g. streaming to Slicer); keep it short.
+    switch_interval_s
+        CPython's GIL switch interval while the loop runs (s), if lower than the current one
+        (see the module docstring); None leaves it alone.
     """
 
     def __init__(self, source: TrackerSource, workflow: Workflow, *, recorder: SessionRecorder | None = None,
-                 idle_timeout_s: float = 0.05, on_state: Callable[[NavigationState, Workflow], None] | None = None) -> None:
+                 idle_timeout_s: float = 0.05, on_state: Callable[[NavigationState, Workflow], None] | None = None,
+                 switch_interval_s: float | None = 0.0005) -> None:
+        self.switch_interval_s = switch_interval_s
+        self._saved_switch_interval: float | None = None
         self.source = source
         self.workflow = workflow
         self.recorder = recorder
@@ -93,6 +107,9 @@ class NavigationLoop:
         self._stop.clear()
         self._finished = False
         self._t0 = time.monotonic()
+        if self.switch_interval_s is not None and self.switch_interval_s < sys.getswitchinterval():
+            self._saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(self.switch_interval_s)
         self._thread = threading.Thread(target=self._run, name="navigation-loop", daemon=True)
         self._thread.start()
 
@@ -102,12 +119,15 @@ class NavigationLoop:
         if self._thread is not None:
             self._thread.join(timeout=10.0)
             self._thread = None
+        if self._saved_switch_interval is not None:
+            sys.setswitchinterval(self._saved_switch_interval)
+            self._saved_switch_interval = None
         if math.isnan(self._t1):
             self._t1 = time.monotonic()
         if self.error is not None:
             raise TrackingError(f"the navigation loop failed: {self.error!r}") from self.error
 
-    def __enter__(self) -> "NavigationLoop":
+    def __enter__(self) -> NavigationLoop:
         self.start()
         return self
 
@@ -150,7 +170,8 @@ class NavigationLoop:
         lat = lat[np.isfinite(lat)]
         p50 = float(np.percentile(lat, 50) * 1e3) if lat.size else math.nan
         p99 = float(np.percentile(lat, 99) * 1e3) if lat.size else math.nan
-        return LoopStats(n, n / dur if dur > 0 else 0.0, p50, p99, dur)
+        worst = float(lat.max() * 1e3) if lat.size else math.nan
+        return LoopStats(n, n / dur if dur > 0 else 0.0, p50, p99, dur, worst)
 
     def _run(self) -> None:
         try:

@@ -140,8 +140,10 @@ def _position(lm: object) -> NDArray[np.float64]:
 def medial_hint(plan: Plan, bone: str) -> NDArray[np.float64]:
     """A vector pointing medially for ``bone``: from landmarks, else from ``plan.side``.
 
-    Femur: lateral -> medial epicondyle; tibia: lateral -> medial plateau centre. Without those,
-    a right leg's medial side is LPS +x (towards the patient's left), a left leg's is -x.
+    Femur: lateral -> medial epicondyle; tibia: lateral -> medial plateau centre. A bone named
+    ``*_left`` / ``*_right`` (hip plans): from its side's acetabulum (or femoral head) centre
+    towards the other side's, else by its side. Otherwise a right leg's medial side is LPS +x
+    (towards the patient's left), a left leg's is -x.
     """
     pairs = {"femur": ("medial_epicondyle", "lateral_epicondyle"), "tibia": ("medial_plateau_centre", "lateral_plateau_centre")}
     lms = plan.landmarks
@@ -151,6 +153,12 @@ def medial_hint(plan: Plan, bone: str) -> NDArray[np.float64]:
     for m, l in pairs.values():
         if m in lms and l in lms:
             return _position(lms[m]) - _position(lms[l])
+    for own, other in (("left", "right"), ("right", "left")):
+        if bone.endswith(f"_{own}"):  # a bone of one side (hip plan): medial points towards the other side
+            for key in ("acetabulum_centre", "femoral_head_centre"):
+                if f"{key}_{own}" in lms and f"{key}_{other}" in lms:
+                    return _position(lms[f"{key}_{other}"]) - _position(lms[f"{key}_{own}"])
+            return np.array([-1.0, 0.0, 0.0]) if own == "left" else np.array([1.0, 0.0, 0.0])
     if plan.side in ("right", "left"):
         return np.array([1.0, 0.0, 0.0]) if plan.side == "right" else np.array([-1.0, 0.0, 0.0])
     raise InputError(None, "cannot tell medial from lateral: the plan has no epicondyle / plateau landmarks and no side")
@@ -404,7 +412,9 @@ def navigate_case(
             recorder.abort()
         raise
     stop = stop or threading.Event()
-    errors = _GuidanceErrors(truth_at)
+    # the cut the scripted saw follows (phantoms.scenario): the distal femoral cut, else the plan's first
+    scored = "distal_femur" if "distal_femur" in inputs.context.cuts or not inputs.context.cuts else min(inputs.context.cuts)
+    errors = _GuidanceErrors(truth_at, scored)
     shots: list[Path] = []
     n_events = 0
 

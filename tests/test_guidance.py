@@ -164,3 +164,122 @@ def test_tibial_cut_signs_from_the_cut_surface_itself():
     f_left = cut_frame([0.0, 0.0, 0.0], [0.0, 0.0, 1.0], medial_hint=[-1.0, 0.0, 0.0])
     varus_left = normal_of_plane([math.cos(a), 0.0, math.sin(a)], [0.0, 1.0, 0.0])  # lower towards -x
     assert saw_guidance(_saw_with_normal(varus_left, [0, 0, 0], [0, 1, 0]), SAW, f_left).varus_deg == pytest.approx(3.0, abs=1e-9)
+
+
+def _all_crossings(obb, o, d, length: float) -> list[float]:
+    """Reference: every crossing of the segment o + s d (0 <= s <= length) found by an independent
+    locator (a vtkOBBTree, all hits), as distances along d."""
+    import vtk
+
+    pts = vtk.vtkPoints()
+    obb.IntersectWithLine(list(o), list(np.asarray(o) + length * np.asarray(d)), pts, None)
+    return [float(np.dot(np.asarray(pts.GetPoint(i)) - o, d)) for i in range(pts.GetNumberOfPoints())]
+
+
+def test_far_crossing_equals_the_farthest_of_all_crossings(ellipsoid_surface):
+    """The backward first-hit cast (clipped to the bounding box) finds the same farthest crossing
+    as collecting every crossing; no crossing -> 0; max_length is respected."""
+    import vtk
+
+    obb = vtk.vtkOBBTree()
+    obb.SetDataSet(ellipsoid_surface.mesh)
+    obb.BuildLocator()
+    rng = np.random.default_rng(5)
+    centre = np.array([0.0, 0.0, 70.0])
+    checked = {"hit": 0, "miss": 0}
+    for k in range(300):
+        o = centre + rng.normal(size=3) * [60.0, 60.0, 120.0]
+        d = rng.normal(size=3)
+        if k % 10 == 0:
+            d = np.eye(3)[k % 3] * (1 if k % 20 else -1)  # axis-parallel rays hit the slab test's special case
+        d /= np.linalg.norm(d)
+        length = 300.0 if k % 4 else 80.0
+        ref = _all_crossings(obb, o, d, length)
+        got = ellipsoid_surface.far_crossing_mm(o, d, max_length_mm=length)
+        if ref:
+            assert got == pytest.approx(max(max(ref), 0.0), abs=1e-4)
+            checked["hit"] += 1
+        else:
+            assert got == 0.0
+            checked["miss"] += 1
+    assert checked["hit"] > 50 and checked["miss"] > 50
+
+
+def test_signed_distance_is_exact_near_the_bone_and_bounded_far_from_it(ellipsoid_surface):
+    import vtk
+
+    exact = vtk.vtkImplicitPolyDataDistance()
+    exact.SetInput(ellipsoid_surface.mesh)
+    s = ellipsoid_surface
+    assert 0.0 < s.far_error_mm < 5.0
+    rng = np.random.default_rng(6)
+    surf = np.asarray(s.mesh.points)
+    nrm = np.asarray(s.mesh.point_data["Normals"])
+    n_near = n_far = 0
+    for k in range(400):
+        i = rng.integers(len(surf))
+        if k % 2:
+            p = surf[i] + rng.uniform(-38.0, 150.0) * nrm[i] + rng.normal(size=3)
+        else:
+            p = surf[i] + rng.uniform(-1.0, 1.0) * nrm[i] + rng.normal(size=3) * 0.3
+        want = exact.EvaluateFunction(p.tolist())
+        got = s.signed_distance_mm(p)
+        if abs(want) <= s.exact_band_mm - s.far_error_mm:  # nearest vertex within the band: exact
+            assert got == want
+            n_near += 1
+        elif abs(want) > s.exact_band_mm:  # beyond the band: right sign, over-estimate <= far_error_mm
+            assert np.sign(got) == np.sign(want)
+            assert 0.0 <= abs(got) - abs(want) <= s.far_error_mm + 1e-6
+            n_far += 1
+    assert n_near > 150 and n_far > 150
+    assert math.isnan(s.signed_distance_mm([math.nan, 0.0, 0.0]))  # never a made-up distance
+
+
+def test_compute_state_matches_an_independent_numpy_chain():
+    """The plain-float live path gives what the pose chain and the definitions give with numpy."""
+    from orthonav.navigation.state import NavigationContext, NavStatus, compute_state
+    from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
+
+    geo = toy_geometry()
+    sc = knee_scenario(geo, seed=3)
+    f = cut_frame(geo.cut_point_mm, geo.cut_normal, geo.medial)
+    entry, target = np.array([10.0, -20.0, 30.0]), np.array([15.0, -10.0, -20.0])
+    ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference, cuts={"distal_femur": f},
+                            trajectories={"pin": (entry, target)})
+    tools = sc.toolset.by_name()
+    saw_start = next(p.t0_s for p in sc.phases if p.name == "saw_sweep")
+    n = n_drill = 0
+    for fr in sc.frames(20.0, tracker_noise_mm=0.3, rotation_noise_deg=0.3, seed=2, t0_s=saw_start, t1_s=saw_start + 3.0):
+        if fr.status("Saw") is ToolStatus.LIVE:  # the script has no drill: hold one where the saw is, turned
+            drill_pose = fr.pose("Saw") @ tf.make_rigid(tf.rotation_about_axis([1.0, 2.0, 0.5], 0.4), [3.0, -2.0, 5.0])
+            fr = TrackingFrame({**fr.tools, "Drill": ToolPose(ToolStatus.LIVE, drill_pose, 0.0, fr.host_time_s, fr.host_time_s)},
+                               fr.host_time_s, fr.sequence)
+        st = compute_state(fr, ctx, clock=None)
+        assert st.tracking
+        ct_from_tracker = sc.ct_from_reference @ tf.invert(fr.pose("Reference"))
+        for name, ts in st.tools.items():
+            if ts.status is not NavStatus.LIVE:
+                continue
+            want = ct_from_tracker @ fr.pose(name)
+            np.testing.assert_allclose(ts.ct_from_tool, want, atol=1e-9)
+            np.testing.assert_allclose(ts.tip_ct_mm, tf.apply(want, tools[name].tip_in_tool()), atol=1e-9)
+        if st.status("Saw") is NavStatus.LIVE:
+            t = st.tools["Saw"].ct_from_tool
+            m = tf.apply_vector(t, SAW.normal_in_tool())
+            m = m if np.dot(m, f.normal) >= 0 else -m
+            g = st.saw["distal_femur"]
+            assert g.flexion_deg == pytest.approx(math.degrees(math.atan2(-np.dot(m, f.anterior), np.dot(m, f.normal))), abs=1e-9)
+            assert g.varus_deg == pytest.approx(math.degrees(math.atan2(np.dot(m, f.medial), np.dot(m, f.normal))), abs=1e-9)
+            assert g.distance_mm == pytest.approx(np.dot(tf.apply(t, SAW.tip_in_tool()) - f.point_mm, f.normal), abs=1e-9)
+            n += 1
+        if st.status("Drill") is NavStatus.LIVE:
+            t = st.tools["Drill"].ct_from_tool
+            tip = tf.apply(t, tools["Drill"].tip_in_tool())
+            d = (target - entry) / np.linalg.norm(target - entry)
+            g = st.drill["pin"]
+            assert g.depth_to_target_mm == pytest.approx(np.dot(target - tip, d), abs=1e-9)
+            assert g.entry_offset_mm == pytest.approx(np.linalg.norm(np.cross(tip - entry, d)), abs=1e-9)
+            assert g.angle_deg == pytest.approx(math.degrees(math.acos(np.dot(tf.apply_vector(t, tools["Drill"].axis_in_tool()), d))),
+                                                abs=1e-6)
+            n_drill += 1
+    assert n > 30 and n_drill == n

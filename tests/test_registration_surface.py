@@ -165,3 +165,16 @@ def test_cached_nearest_vertices_equal_a_fresh_kdtree_query(model):
         d, idx = model.tree.query(x)
         np.testing.assert_allclose(np.linalg.norm(x - q, axis=1), d, atol=1e-12)
         np.testing.assert_array_equal(n, model.normals[idx])
+
+
+def test_min_norm_solve_equals_lstsq_on_degenerate_systems():
+    """The eigen-decomposition solve used per ICP iteration is lstsq's minimum-norm solution,
+    including when the points leave motions unconstrained (rank-deficient normal equations)."""
+    from orthonav.navigation.surface import _min_norm_solve
+
+    rng = np.random.default_rng(9)
+    for rank in (6, 5, 4, 2):
+        a = rng.normal(size=(50, rank)) @ rng.normal(size=(rank, 6))  # (50, 6) of the given rank
+        h, g = a.T @ a, a.T @ rng.normal(size=50)
+        want = np.linalg.lstsq(h, g, rcond=1e-9)[0]
+        np.testing.assert_allclose(_min_norm_solve(h, g), want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
