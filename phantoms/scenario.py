@@ -1,9 +1,13 @@
-"""The scripted OR: what the tracker sees during a simulated knee navigation, with ground truth.
+"""The scripted OR: what the tracker sees during a simulated knee or hip navigation, with ground truth.
 
 A :class:`Scenario` places the CT (the phantom) at a known, random but plausible pose in front
-of the tracker (``tracker_from_ct``, the knee 1.2-1.8 m from the camera), fixes a patient
+of the tracker (``tracker_from_ct``, the anatomy 1.2-1.8 m from the camera), fixes a patient
 reference marker rigidly to the bone (``ct_from_reference`` at the phantom's reference mount),
-and scripts the tools over time:
+and scripts the tools over time. Everything comes from the case (truth + plan), not from the
+kind of joint: :func:`geometry_from` takes the fiducials, targets and reference mount from the
+phantom truth, the cut from the plan (a TKA's distal femoral cut, else the plan's first cut,
+e.g. a THA's femoral neck cut ``neck_<side>``) and an optional axis to guide the drill tool
+along (the plan's first trajectory, else a THA cup axis, :func:`cup_trajectories`).
 
 1. The pointer visits every fiducial in the plan's order: it moves for ``move_s`` (lifting off
    the surface) and dwells ``dwell_s`` with its tip exactly at the TRUE fiducial (plus an
@@ -11,9 +15,11 @@ and scripts the tools over time:
 2. Optionally (``surface_points_ct_mm``) the pointer glides over the exposed bone surface
    (surface registration). Then it touches each truth target the same way as the fiducials
    (verification / TRE).
-3. The pointer parks away from the knee; the saw appears, sweeps along the planned distal
-   femoral cut exactly on-plane, then holds a list of off-plane poses with known flexion,
-   varus and distance errors, then is hidden again.
+3. The pointer parks away from the anatomy; the saw appears, sweeps along the planned cut
+   exactly on-plane, then holds a list of off-plane poses with known flexion, varus and
+   distance errors, then is hidden again.
+4. Only with a trajectory: the drill tool (a reamer / impactor on a THA cup axis) advances
+   along it, then holds poses with known angle and entry-offset errors.
 
 The reference is visible throughout (unless ``reference_dropout_s`` is given).
 ``scenario.script(t_s)`` is the ``script`` the tracking simulator runs
@@ -51,6 +57,10 @@ DEFAULT_SAW_ERRORS: tuple[tuple[float, float, float], ...] = (
 )
 
 
+#: Drill (reamer / impactor) holds scripted by default: (angle_deg, entry_offset_mm).
+DEFAULT_DRILL_ERRORS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (5.0, 0.0), (0.0, 2.0), (3.0, 1.5), (10.0, 4.0))
+
+
 @dataclass(frozen=True)
 class KneeGeometry:
     """What the scenario needs from the phantom truth and the plan (CT LPS mm).
@@ -64,13 +74,22 @@ class KneeGeometry:
     targets_ct_mm
         Target name -> (3,) true position (verification and TRE).
     cut_point_mm, cut_normal
-        The planned distal femoral cut (normal from kept bone into the removed part).
+        The planned cut the saw follows (normal from kept bone into the removed part): the
+        distal femoral cut of a knee plan, else the plan's first cut in name order (a THA
+        plan's femoral neck cut ``neck_<side>``).
     medial
-        (3,) unit vector pointing medially (lateral -> medial epicondyle).
+        (3,) unit vector pointing medially for the cut's bone (knee: lateral -> medial
+        epicondyle; hip: from the operated acetabulum towards the other one, or the midline).
     reference_mount_ct_mm
         (3,) where the reference marker is fixed to the bone.
     centre_ct_mm
-        (3,) a point inside the knee (approach directions point away from it).
+        (3,) a point inside the anatomy (approach directions point away from it).
+    cut_name
+        Plan key of the cut (``distal_femur``, ``neck_left``, ...).
+    trajectory_name, trajectory_entry_mm, trajectory_target_mm
+        An axis the drill tool is guided along ('' / None when the plan has none): the plan's
+        first trajectory, else (THA) the planned cup axis for the reamer / impactor, from
+        :func:`cup_trajectories`.
     """
 
     fiducial_names: tuple[str, ...]
@@ -81,6 +100,14 @@ class KneeGeometry:
     medial: Vec
     reference_mount_ct_mm: Vec
     centre_ct_mm: Vec
+    cut_name: str = "distal_femur"
+    trajectory_name: str = ""
+    trajectory_entry_mm: Vec | None = None
+    trajectory_target_mm: Vec | None = None
+
+
+#: The scripted OR works for any case with fiducials, a cut and a reference mount: one geometry.
+ORGeometry = KneeGeometry
 
 
 def _get(obj: object, key: str, default: object = None) -> object:
@@ -108,9 +135,80 @@ def plan_fiducials(plan: object) -> tuple[list[str], Vec]:
     return names, pts
 
 
+def _medial_direction(lm, cut_bone: str, plan_side: object, plan: object = None) -> Vec:
+    """Unit medial direction for ``cut_bone`` from landmarks (truth or plan, via ``lm``).
+
+    Knee: lateral -> medial epicondyle. Otherwise, for a :class:`~orthonav.planning.schema.Plan`,
+    navigation's own choice (``medial_hint``), so scripted saw errors are defined in the frame
+    navigation measures them in. Else, hip (``<bone>_<side>``): from the operated side's
+    acetabulum (or femoral head) centre towards the other side's, else towards the patient
+    midline by side (LPS +x is the patient's left, so medial is -x on the left). Raises
+    InputError when nothing tells medial from lateral.
+    """
+    med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
+    if med is not None and lat is not None:
+        return _unit(med - lat)
+    if plan is not None:
+        # Navigation decomposes the saw's errors in its own bone frame: script the truth in the
+        # same one, whatever it is (orthonav.navigation.navigate.medial_hint).
+        from orthonav.navigation.navigate import medial_hint
+
+        try:
+            return _unit(medial_hint(plan, cut_bone))
+        except InputError:
+            pass
+    side = cut_bone.rsplit("_", 1)[1] if cut_bone.endswith(("_left", "_right")) else plan_side
+    if side in ("left", "right"):
+        other = "right" if side == "left" else "left"
+        for stem in ("acetabulum_centre", "femoral_head_centre"):
+            a, b = lm(f"{stem}_{side}"), lm(f"{stem}_{other}")
+            if a is not None and b is not None:
+                return _unit(b - a)
+        return np.array([-1.0, 0.0, 0.0]) if side == "left" else np.array([1.0, 0.0, 0.0])
+    raise InputError(None, f"cannot tell medial from lateral for {cut_bone!r}: need epicondyle or hip landmarks, or a side")
+
+
+#: The reamer / impactor approaches the cup centre along the cup axis from this far out (mm).
+CUP_APPROACH_MM = 60.0
+
+
+def cup_trajectories(plan: object, *, approach_mm: float = CUP_APPROACH_MM) -> dict[str, tuple[str, Vec, Vec]]:
+    """The planned cup axis of every ``tha_cup`` implant as a reaming / impaction trajectory.
+
+    ``{"cup_axis_<side>": (bone, entry (3,), target (3,))}``: the target is the cup centre of
+    rotation (the implant frame's origin), the entry ``approach_mm`` out along the cup axis
+    (the implant frame's +z, out of the opening), so the tool axis entry -> target is -z.
+    """
+    out: dict[str, tuple[str, Vec, Vec]] = {}
+    for imp in _get(plan, "implants", []) or []:
+        if _get(imp, "family") != "tha_cup":
+            continue
+        m = np.asarray(_get(imp, "ct_from_implant"), dtype=np.float64)
+        bone = str(_get(imp, "bone", "hip"))
+        side = bone.rsplit("_", 1)[1] if bone.endswith(("_left", "_right")) else str(len(out) + 1)
+        out[f"cup_axis_{side}"] = (bone, m[:3, 3] + approach_mm * m[:3, 2], m[:3, 3].copy())
+    return out
+
+
+def _plan_trajectory(plan: object) -> tuple[str, Vec, Vec] | None:
+    """(name, entry, target) of the plan's first trajectory, else of its first cup axis."""
+    trajs = _get(plan, "trajectories", {}) or {}
+    if trajs:
+        name = min(trajs)
+        t = trajs[name]
+        return name, np.asarray(_get(t, "entry_lps_mm"), dtype=np.float64), np.asarray(_get(t, "target_lps_mm"), dtype=np.float64)
+    cups = cup_trajectories(plan)
+    if cups:
+        name = min(cups)
+        return name, cups[name][1], cups[name][2]
+    return None
+
+
 def geometry_from(truth: object, plan: object) -> KneeGeometry:
     """Combine phantom truth (``truth.json`` object or dict) and a plan into a :class:`KneeGeometry`.
 
+    Works for a knee (TKA) and a hip (THA) plan alike: the saw follows the distal femoral cut,
+    else the plan's first cut; medial comes from the landmarks (:func:`_medial_direction`).
     Each plan fiducial is matched to the nearest true fiducial (the plan's are detected in the
     CT, so they differ from the truth by the detection error).
     """
@@ -127,9 +225,10 @@ def geometry_from(truth: object, plan: object) -> KneeGeometry:
     if not isinstance(_get(truth, "targets_lps_mm"), Mapping):
         t_names = [f"target_{i + 1}" for i in range(len(t_pts))]
     cuts = _get(plan, "cuts", {}) or {}
-    if "distal_femur" not in cuts:
-        raise InputError(None, "the plan has no 'distal_femur' cut")
-    cut = cuts["distal_femur"]
+    if not cuts:
+        raise InputError(None, "the plan has no cut for the saw to follow (e.g. 'distal_femur', 'neck_left')")
+    cut_name = "distal_femur" if "distal_femur" in cuts else min(cuts)
+    cut = cuts[cut_name]
     lms = dict(_get(truth, "landmarks_lps_mm") or {})
     plan_lms = _get(plan, "landmarks", {}) or {}
 
@@ -140,21 +239,27 @@ def geometry_from(truth: object, plan: object) -> KneeGeometry:
             return np.asarray(_get(plan_lms[name], "position_lps_mm", None), dtype=np.float64)
         return None
 
-    med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
-    if med is None or lat is None:
-        raise InputError(None, "need medial_epicondyle and lateral_epicondyle landmarks (truth or plan) for the medial direction")
+    cut_point = np.asarray(_get(cut, "point_lps_mm"), dtype=np.float64)
+    from orthonav.planning.schema import Plan
+
+    medial = _medial_direction(lm, str(_get(cut, "bone", "") or ""), _get(plan, "side"), plan if isinstance(plan, Plan) else None)
     mount = _get(truth, "reference_mount_lps_mm")
     if mount is None:
         raise InputError(None, "truth has no reference_mount_lps_mm")
+    med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
+    near_cut = [med, lat] if med is not None and lat is not None else [cut_point]
+    traj = _plan_trajectory(plan)
     return KneeGeometry(
         fiducial_names=tuple(names),
         fiducials_ct_mm=fid_true,
         targets_ct_mm={k: v for k, v in zip(t_names, t_pts)},
-        cut_point_mm=np.asarray(_get(cut, "point_lps_mm"), dtype=np.float64),
+        cut_point_mm=cut_point,
         cut_normal=np.asarray(_get(cut, "normal_lps"), dtype=np.float64),
-        medial=(med - lat) / np.linalg.norm(med - lat),
+        medial=medial,
         reference_mount_ct_mm=np.asarray(mount, dtype=np.float64).reshape(3),
-        centre_ct_mm=np.mean(np.vstack([fid_true, med, lat]), axis=0),
+        centre_ct_mm=np.mean(np.vstack([fid_true, *near_cut]), axis=0),
+        cut_name=cut_name,
+        **({} if traj is None else {"trajectory_name": traj[0], "trajectory_entry_mm": traj[1], "trajectory_target_mm": traj[2]}),
     )
 
 
@@ -276,6 +381,7 @@ class Phase:
     t1_s: float
     label: str = ""  #: fiducial / target name, or the hold index
     saw_errors: tuple[float, float, float] | None = None  #: (flexion_deg, varus_deg, distance_mm)
+    drill_errors: tuple[float, float] | None = None  #: (angle_deg, entry_offset_mm) of a drill hold
 
 
 @dataclass(frozen=True)
@@ -292,6 +398,9 @@ class TruthSample:
         Whether the script shows the saw.
     saw_flexion_deg, saw_varus_deg, saw_distance_mm
         True saw guidance numbers (NaN when the saw is hidden).
+    drill_visible, drill_angle_deg, drill_offset_mm, drill_depth_mm
+        Whether the script shows the drill, and its true guidance against the trajectory
+        (:class:`~orthonav.navigation.guidance.DrillGuidance` definitions; NaN when hidden).
     """
 
     phase: Phase
@@ -300,6 +409,10 @@ class TruthSample:
     saw_flexion_deg: float
     saw_varus_deg: float
     saw_distance_mm: float
+    drill_visible: bool = False
+    drill_angle_deg: float = math.nan  #: true drill guidance against the geometry's trajectory
+    drill_offset_mm: float = math.nan
+    drill_depth_mm: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -364,8 +477,34 @@ class Scenario:
                                distance_mm=d, along_mm=-5.0, across_mm=3.0, **common)
         return None
 
+    def _drill_state(self, t_s: float, ph: Phase) -> tuple[Vec, Vec, float, float, float] | None:
+        """(tip, axis direction, angle_deg, entry_offset_mm, depth_mm) of the drill in CT, or None.
+
+        ``drill_approach``: on the trajectory, the tip going from the entry to 5 mm short of the
+        target. ``drill_hold``: the tip 20 mm past the entry, moved ``offset`` off the line, the
+        axis tilted by ``angle`` (both about fixed directions perpendicular to the trajectory).
+        """
+        g = self.geometry
+        if g.trajectory_entry_mm is None or g.trajectory_target_mm is None or ph.name not in ("drill_approach", "drill_hold"):
+            return None
+        entry, target = g.trajectory_entry_mm, g.trajectory_target_mm
+        length = float(np.linalg.norm(target - entry))
+        d = (target - entry) / length
+        if ph.name == "drill_approach":
+            u = (t_s - ph.t0_s) / (ph.t1_s - ph.t0_s)
+            s_mm = (0.5 - 0.5 * math.cos(math.pi * u)) * max(length - 5.0, 0.0)
+            return entry + s_mm * d, d, 0.0, 0.0, length - s_mm
+        angle, offset = ph.drill_errors or (0.0, 0.0)
+        helper = self.anterior if abs(float(self.anterior @ d)) < 0.9 else g.medial
+        tilt_axis = _unit(_cross(d, helper))
+        side = _cross(d, tilt_axis)
+        axis = rotation_about_axis(tilt_axis, math.radians(angle)) @ d
+        return entry + 20.0 * d + offset * side, axis, float(angle), float(abs(offset)), length - 20.0
+
     def script(self, t_s: float) -> dict[str, Vec | None]:
-        """Tool poses at time ``t_s`` (s from the start): ``tracker_from_tool`` or None (not visible)."""
+        """Tool poses at time ``t_s`` (s from the start): ``tracker_from_tool`` or None (not visible).
+
+        A ``Drill`` entry is present only when the geometry has a trajectory."""
         ph = self.phase_at(t_s)
         out: dict[str, Vec | None] = {}
         ref_hidden = self.reference_dropout_s is not None and self.reference_dropout_s[0] <= t_s < self.reference_dropout_s[1]
@@ -374,6 +513,14 @@ class Scenario:
         out["Pointer"] = None if ptr is None else compose(self.tracker_from_ct, ptr)
         saw = self._ct_from_saw(t_s, ph)
         out["Saw"] = None if saw is None else compose(self.tracker_from_ct, saw)
+        if self.geometry.trajectory_name:
+            dr = self._drill_state(t_s, ph)
+            if dr is None:
+                out["Drill"] = None
+            else:
+                tool = self.toolset.by_name()["Drill"]
+                ct_from_drill = pointer_pose_ct(dr[0], dr[1], tool.tip_in_tool(), tool.axis_in_tool())
+                out["Drill"] = compose(self.tracker_from_ct, ct_from_drill)
         return out
 
     def truth_at(self, t_s: float) -> TruthSample:
@@ -387,7 +534,10 @@ class Scenario:
             f, v, d = ph.saw_errors
         else:
             f = v = d = math.nan
-        return TruthSample(ph, None if td is None else td[0], saw_visible, f, v, d)
+        dr = self._drill_state(t_s, ph)
+        if dr is None:
+            return TruthSample(ph, None if td is None else td[0], saw_visible, f, v, d)
+        return TruthSample(ph, None if td is None else td[0], saw_visible, f, v, d, True, dr[2], dr[3], dr[4])
 
     def true_points_reference_mm(self) -> Vec:
         """(n, 3) true fiducials in the reference frame (no FLE): what perfect digitisation gives."""
@@ -435,6 +585,8 @@ def knee_scenario(
     surface_points_ct_mm: ArrayLike | None = None,
     surface_step_s: float = 0.05,
     lead_in_s: float = 1.0,
+    drill_s: float = 2.0,
+    drill_errors: Sequence[tuple[float, float]] = DEFAULT_DRILL_ERRORS,
 ) -> Scenario:
     """Build the scripted knee session.
 
@@ -464,6 +616,11 @@ def knee_scenario(
     lead_in_s
         The pointer (and saw) are not visible for this long at the start (the surgeon picks the
         pointer up; the navigator settles), phase ``"lead_in"``.
+    drill_s, drill_errors
+        Only when the geometry has a trajectory (a THA plan's cup axis): after the saw, the
+        ``Drill`` tool (the reamer / impactor) advances along it for ``drill_s`` (phase
+        ``"drill_approach"``), then holds each (angle_deg, entry_offset_mm) error for ``hold_s``
+        (``"drill_hold"``).
     """
     if isinstance(source, KneeGeometry):
         geo = source
@@ -472,7 +629,7 @@ def knee_scenario(
     else:
         geo = geometry_from_case(source)
     tools = toolset or default_toolset()
-    for needed in ("Reference", "Pointer", "Saw"):
+    for needed in ("Reference", "Pointer", "Saw") + (("Drill",) if geo.trajectory_name else ()):
         if needed not in tools.by_name():
             raise InputError(None, f"the tool set has no '{needed}' tool")
     rng = np.random.default_rng(seed)
@@ -532,6 +689,8 @@ def knee_scenario(
     phases.append(Phase("move", t, t + move_s, "park"))
     t += move_s
     saw_end = t + saw_hidden_s + sweep_s + hold_s * len(saw_errors) + 0.3
+    if geo.trajectory_name:
+        saw_end += drill_s + hold_s * len(drill_errors) + 0.3
     keys.append((t, saw_end, park_tip, home_dir, park_tip, home_dir, np.zeros(3)))
     phases.append(Phase("saw_hidden", t, t + saw_hidden_s))
     t += saw_hidden_s
@@ -540,6 +699,14 @@ def knee_scenario(
     for i, err in enumerate(saw_errors):
         phases.append(Phase("saw_hold", t, t + hold_s, str(i), tuple(float(x) for x in err)))
         t += hold_s
+    if geo.trajectory_name:
+        phases.append(Phase("saw_hidden", t, t + 0.3))
+        t += 0.3
+        phases.append(Phase("drill_approach", t, t + drill_s, geo.trajectory_name))
+        t += drill_s
+        for i, (ang, off) in enumerate(drill_errors):
+            phases.append(Phase("drill_hold", t, t + hold_s, str(i), drill_errors=(float(ang), float(off))))
+            t += hold_s
     phases.append(Phase("saw_hidden", t, saw_end))
     return Scenario(
         geometry=geo,
