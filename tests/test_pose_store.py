@@ -86,6 +86,29 @@ def test_wait_for_update_returns_true_after_a_newer_put_and_false_on_timeout():
     assert not th.is_alive() and result["got"] is True
 
 
+
+def test_a_batch_of_puts_wakes_waiters_once_complete():
+    """A consumer never wakes on half a tracker sample: inside batch() the update is not yet
+    visible to wait_for_update; at the end of the batch it is, with every tool of the sample."""
+    store = PoseStore(default_timeout_s=10.0)
+    store.snapshot()
+    t = random_rigid(np.random.default_rng(3))
+    with store.batch():
+        store.put("Reference", np.eye(4), device_time_s=1.0)
+        assert not store.wait_for_update(0.02)  # half a sample: not an update yet
+        store.put("Pointer", t, device_time_s=1.0)
+    assert store.wait_for_update(0.0)
+    frame = store.snapshot()
+    assert frame.tools["Reference"].status is ToolStatus.LIVE and frame.tools["Pointer"].status is ToolStatus.LIVE
+    np.testing.assert_allclose(frame.tools["Pointer"].tracker_from_tool, t, atol=1e-12)
+    with store.batch():  # a batch whose apply raises still wakes waiters at its end
+        with pytest.raises(RuntimeError):
+            with store.batch():
+                store.put("Pointer", np.eye(4), device_time_s=2.0)
+                raise RuntimeError("decoder bug")
+        assert not store.wait_for_update(0.0)
+    assert store.wait_for_update(0.0)
+
 def test_returned_matrices_are_read_only_copies():
     store = PoseStore(default_timeout_s=10.0)
     pose = np.eye(4)

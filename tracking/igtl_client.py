@@ -223,13 +223,14 @@ def receive_stream(
         kept, skipped = coalesce(msgs)
         if skipped:
             router.store.count_extra("coalesced", skipped)
-        for m in kept:
-            try:
-                router.apply(m, now)
-            except Exception as e:  # a bug in routing: end this connection loudly
-                log.exception("OpenIGTLink %s '%s' could not be applied", m.header.type, m.header.device)
-                router.store.mark_error(f"{m.header.type} '{m.header.device}': could not be applied: {e!r}", bad_message=True)
-                return f"message could not be applied: {e!r}"
+        with router.store.batch():  # one wake-up per received batch, not per message
+            for m in kept:
+                try:
+                    router.apply(m, now)
+                except Exception as e:  # a bug in routing: end this connection loudly
+                    log.exception("OpenIGTLink %s '%s' could not be applied", m.header.type, m.header.device)
+                    router.store.mark_error(f"{m.header.type} '{m.header.device}': could not be applied: {e!r}", bad_message=True)
+                    return f"message could not be applied: {e!r}"
         if msgs:
             good_at_skip = st.skipped_bytes
         elif st.skipped_bytes - good_at_skip > MAX_GARBAGE_BYTES:

@@ -8,9 +8,11 @@ sharing a frame cannot change what another sees.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -44,6 +46,7 @@ class PoseStore:
         self._default_timeout = default_timeout_s
         self._clock = clock
         self._cond = threading.Condition()
+        self._batch_depth = 0  # > 0 inside batch(): puts wake waiters once, at the end
         self._tools: dict[str, ToolPose] = {}
         self._seq = 0
         self._seen_seq = 0
@@ -78,7 +81,23 @@ class PoseStore:
             self._recent.append(now)
             if len(self._recent) > 1 and self._recent[-1] > self._recent[0]:
                 self.health.rate_hz = (len(self._recent) - 1) / (self._recent[-1] - self._recent[0])
-            self._cond.notify_all()
+            if self._batch_depth == 0:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Apply several puts (one received network batch: every tool of one tracker sample) and
+        wake consumers once at the end, so a consumer never computes from half a sample and does
+        not compete with the producer for the GIL between its puts."""
+        with self._cond:
+            self._batch_depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._batch_depth -= 1
+                if self._batch_depth == 0:
+                    self._cond.notify_all()
 
     def mark_error(self, message: str, *, bad_message: bool = False) -> None:
         """Count a problem and keep the last error text and its time (host monotonic s)."""
@@ -134,9 +153,10 @@ class PoseStore:
             return TrackingFrame(tools=out, host_time_s=now, sequence=self._seq)
 
     def wait_for_update(self, timeout_s: float) -> bool:
-        """Block until a message newer than the last snapshot arrives (False on timeout)."""
+        """Block until a message newer than the last snapshot arrives and no :meth:`batch` is
+        being applied (False on timeout)."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._seq > self._seen_seq, timeout=timeout_s)
+            return self._cond.wait_for(lambda: self._seq > self._seen_seq and self._batch_depth == 0, timeout=timeout_s)
 
     def wait_for_health(self, predicate: Callable[[SourceHealth], bool], timeout_s: float) -> bool:
         """Block until ``predicate(health)`` holds (checked on every put, error and connection
