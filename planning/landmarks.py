@@ -132,6 +132,32 @@ def fit_sphere(points: Vec) -> tuple[Vec, float, float]:
     return out.x[:3], float(out.x[3]), rms
 
 
+def hough_sphere_vote(s: SurfaceSamples, idx: NDArray[np.int64], r_range_mm: tuple[float, float], *, concave: bool,
+                      seed_lps: Vec | None = None, seed_radius_mm: float = 15.0) -> tuple[float, Vec | None, float | None]:
+    """Hough vote for a sphere among the vertices ``idx`` of ``s``: (support, centre LPS mm, radius mm).
+
+    Each vertex p with outward normal n votes for the centres p -/+ r n (convex / ``concave``
+    surface) over radii in ``r_range_mm`` (1 mm steps); the candidate with the most other votes
+    within 1.5 mm wins. With ``seed_lps``, only candidates within ``seed_radius_mm`` of it count.
+    At most 6000 vertices vote (a fixed random subset, reproducible). Centre and radius are None
+    when no candidate counts.
+    """
+    rng = np.random.default_rng(0)
+    sub = idx if len(idx) <= 6000 else rng.choice(idx, 6000, replace=False)
+    p, n = s.points[sub], s.normals[sub]
+    sign = 1.0 if concave else -1.0
+    best: tuple[float, Vec | None, float | None] = (-1.0, None, None)
+    for r in np.arange(r_range_mm[0], r_range_mm[1] + 0.1, 1.0):
+        cand = p + sign * r * n
+        counts = cKDTree(cand).query_ball_point(cand, 1.5, return_length=True).astype(float)
+        if seed_lps is not None:
+            counts[np.linalg.norm(cand - seed_lps, axis=1) > seed_radius_mm] = 0
+        k = int(np.argmax(counts))
+        if counts[k] > best[0]:
+            best = (float(counts[k]), cand[k], float(r))
+    return best
+
+
 def femoral_head_sphere(s: SurfaceSamples, proximal_mask: NDArray[np.bool_], *, r_range_mm: tuple[float, float] = (12.0, 35.0)) -> tuple[Vec, float, float]:
     """Centre (LPS mm), radius and RMS of the femoral head among the ``proximal_mask`` vertices.
 
@@ -142,19 +168,7 @@ def femoral_head_sphere(s: SurfaceSamples, proximal_mask: NDArray[np.bool_], *, 
     idx = np.flatnonzero(proximal_mask)
     if len(idx) < 50:
         raise InputError(None, "too few vertices near the proximal femur to find the femoral head")
-    rng = np.random.default_rng(0)
-    sub = idx if len(idx) <= 6000 else rng.choice(idx, 6000, replace=False)
-    p, n = s.points[sub], s.normals[sub]
-    best = (-1, None, None)
-    for r in np.arange(r_range_mm[0], r_range_mm[1] + 0.1, 1.0):
-        cand = p - r * n
-        tree = cKDTree(cand)
-        counts = tree.query_ball_point(cand, 1.5, return_length=True)
-        # Weight by area so dense regions do not dominate.
-        k = int(np.argmax(counts))
-        if counts[k] > best[0]:
-            best = (int(counts[k]), cand[k], r)
-    _, c, r = best
+    _, c, r = hough_sphere_vote(s, idx, r_range_mm, concave=False)
     for _ in range(3):
         d = s.points[idx] - c
         dist = np.linalg.norm(d, axis=1)
@@ -485,6 +499,7 @@ __all__ = [
     "femoral_head_sphere",
     "find_landmarks",
     "fit_sphere",
+    "hough_sphere_vote",
     "infer_side",
     "section_centroids",
     "surface_samples",

@@ -59,6 +59,7 @@ from .landmarks import (
     femoral_head_sphere,
     fit_line,
     fit_sphere,
+    hough_sphere_vote,
     section_centroids,
     surface_samples,
 )
@@ -154,26 +155,13 @@ def socket_sphere(s: SurfaceSamples, region: NDArray[np.bool_], seed_lps: Vec | 
     sphere, normal pointing to the centre) are refitted (:func:`fit_sphere`) with the
     tolerance tightened to 3 RMS.
     """
-    from scipy.spatial import cKDTree
-
     idx = np.flatnonzero(region)
     if len(idx) < 50:
         raise InputError(None, "too few hip bone vertices near the femoral head to find the acetabulum")
-    rng = np.random.default_rng(0)
-    sub = idx if len(idx) <= 6000 else rng.choice(idx, 6000, replace=False)
-    p, n = s.points[sub], s.normals[sub]
-    best = (-1.0, None, None)
-    for r in np.arange(r_range_mm[0], r_range_mm[1] + 0.1, 1.0):
-        cand = p + r * n
-        counts = cKDTree(cand).query_ball_point(cand, 1.5, return_length=True).astype(float)
-        if seed_lps is not None:
-            counts[np.linalg.norm(cand - seed_lps, axis=1) > 15.0] = 0  # the socket holds the head
-        k = int(np.argmax(counts))
-        if counts[k] > best[0]:
-            best = (counts[k], cand[k], r)
-    if best[1] is None or best[0] < 20:
+    # the socket holds the head: its centre lies within 15 mm of the femoral head centre
+    support, c, r = hough_sphere_vote(s, idx, r_range_mm, concave=True, seed_lps=seed_lps, seed_radius_mm=15.0)
+    if c is None or support < 20:
         raise InputError(None, "acetabulum: no concave spherical surface found around the femoral head")
-    c, r = best[1], float(best[2])
     tol = max(1.5, 0.08 * r)
     for _ in range(5):
         d = s.points[idx] - c
