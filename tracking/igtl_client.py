@@ -364,16 +364,21 @@ class IGTLClientSource(StoreBackedSource):
             self.store.mark_error(f"OpenIGTLink {self.host}:{self.port}: receiver failed: {e!r}")
             raise
         finally:
-            with self._sock_lock:
-                sock, self._sock = self._sock, None
-            for s in (sock, first):  # first: stopped before the loop adopted it (closing twice is harmless)
-                if s is not None:
-                    try:
-                        s.close()
-                    except OSError:
-                        pass
-            self._set_connected(False)
-            self.router.all_not_visible(time.monotonic())
+            self._disconnect(first)  # first: stopped before the loop adopted it
+
+    def _disconnect(self, *others: socket.socket | None) -> None:
+        """Close the current socket and ``others`` (closing twice is harmless), then mark the
+        source disconnected and every tool seen so far not visible."""
+        with self._sock_lock:
+            sock, self._sock = self._sock, None
+        for s in (sock, *others):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self._set_connected(False)
+        self.router.all_not_visible(time.monotonic())
 
     def _run_connections(self, first: socket.socket | None) -> None:
         backoff = 0.05
@@ -403,14 +408,7 @@ class IGTLClientSource(StoreBackedSource):
             try:
                 reason = receive_stream(sock, parser, self.router)
             finally:
-                with self._sock_lock:
-                    self._sock = None
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-                self._set_connected(False)
-                self.router.all_not_visible(time.monotonic())
+                self._disconnect(sock)
             sock = None
             if not self._stop.is_set():
                 self.store.mark_error(f"OpenIGTLink {self.host}:{self.port}: {reason}")
