@@ -21,9 +21,14 @@ from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
 NOISE = dict(tracker_noise_mm=0.1, rotation_noise_deg=0.05)
 
 
+def _planned_cuts(g):
+    """The scripted saw's planned cut of a scenario geometry, as NavigationContext takes it."""
+    return {"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)}
+
+
 def _workflow(sc, **cfg):
     g = sc.geometry
-    ctx = NavigationContext(sc.toolset, cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+    ctx = NavigationContext(sc.toolset, cuts=_planned_cuts(g))
     return Workflow(ctx, list(g.fiducial_names), g.fiducials_ct_mm, check_points_ct_mm=g.targets_ct_mm, config=WorkflowConfig(**cfg))
 
 
@@ -116,7 +121,7 @@ def test_stale_pose_is_never_live():
     sc = knee_scenario(toy_geometry(), seed=14)
     g = sc.geometry
     ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference,
-                            cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+                            cuts=_planned_cuts(g))
     poses = sc.script(12.0)
     timeout = sc.toolset.by_name()["Saw"].timeout_s
 
@@ -212,7 +217,7 @@ def _paint_run(bone, path, surface_points, fle_mm=1.5):
 
     sc = knee_scenario(toy_geometry(), seed=16, fle_mm=fle_mm, surface_points_ct_mm=path, surface_step_s=0.04, saw_errors=())
     g = sc.geometry
-    ctx = NavigationContext(sc.toolset, cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)},
+    ctx = NavigationContext(sc.toolset, cuts=_planned_cuts(g),
                             surfaces={"femur": BoneSurface(bone, "femur")})
     wf = Workflow(ctx, list(g.fiducial_names), g.fiducials_ct_mm, check_points_ct_mm=g.targets_ct_mm,
                   config=WorkflowConfig(surface_points=surface_points, surface_spacing_mm=1.5, max_fre_mm=5.0, consistency_mm=12.0))
@@ -307,7 +312,7 @@ def test_expired_state_is_shown_as_not_tracking():
     sc = knee_scenario(toy_geometry(), seed=14)
     g = sc.geometry
     ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference,
-                            cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+                            cuts=_planned_cuts(g))
     poses = sc.script(12.0)
     assert poses["Saw"] is not None
     frame = TrackingFrame({k: ToolPose(ToolStatus.LIVE, v, host_time_s=100.0) for k, v in poses.items() if v is not None}, 100.0, 7)
@@ -390,7 +395,7 @@ def test_painting_a_bone_that_disagrees_with_the_fiducials_is_refused():
     sc = knee_scenario(toy_geometry(), seed=16, fle_mm=0.25, surface_points_ct_mm=path, surface_step_s=0.04, saw_errors=())
     g = sc.geometry
     model_bone = bone.translate((4.0, 0.0, 0.0), inplace=False)
-    ctx = NavigationContext(sc.toolset, cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)},
+    ctx = NavigationContext(sc.toolset, cuts=_planned_cuts(g),
                             surfaces={"femur": BoneSurface(model_bone, "femur")})
     wf = Workflow(ctx, list(g.fiducial_names), g.fiducials_ct_mm, check_points_ct_mm=g.targets_ct_mm,
                   config=WorkflowConfig(surface_points=150, surface_spacing_mm=1.5, max_fre_mm=2.0))
@@ -416,7 +421,7 @@ def test_guidance_errors_skip_samples_at_scripted_jumps():
     sc = knee_scenario(toy_geometry(), seed=14)
     g = sc.geometry
     ctx = NavigationContext(sc.toolset, ct_from_reference=sc.ct_from_reference,
-                            cuts={"distal_femur": cut_frame(g.cut_point_mm, g.cut_normal, g.medial)})
+                            cuts=_planned_cuts(g))
     holds = [p for p in sc.phases if p.name == "saw_hold"]
     jump = holds[1].t0_s  # hold 0 -> hold 1: flexion 3 deg -> varus -2 deg
 
