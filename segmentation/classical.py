@@ -45,6 +45,7 @@ the whole box) on parallel threads; the separation runs on a grid no finer than
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -665,6 +666,22 @@ def _separate_box(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: N
     return _merge_waists(regions, dist, p.merge_ratio, protected=set(range(1, n_marrow + 1)))
 
 
+def _union_lut(size: int, pairs: Iterable[tuple[int, int]]) -> NDArray[np.int32]:
+    """Union-find over labels ``0..size-1``: joins each pair in order (a's set under b's root)
+    and returns the lookup table label -> root label."""
+    parent = list(range(size))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    return np.array([find(i) for i in range(size)], dtype=np.int32)
+
+
 def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int], p: ClassicalParams, ct_zyx: NDArray) -> NDArray:
     """Merge two marrow-grown regions that are one bone whose marrow pinched off near an end.
 
@@ -717,32 +734,24 @@ def _merge_split_shafts(regions: NDArray, spacing: NDArray, candidates: set[int]
             cache[r] = (float(len(kji) * np.prod(spacing)), c, vt[0], (float(t.min()), float(t.max())), cs)
         return cache[r]
 
-    parent = list(range(n + 1))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for (ra, rb), area in areas.items():
-        if ra not in candidates or rb not in candidates:
-            continue
-        big, small = (ra, rb) if shape_of(ra)[0] >= shape_of(rb)[0] else (rb, ra)
-        _v, c_big, axis, (t0, t1), cs_big = shape_of(big)
-        _v2, c_small, _a2, _t2, cs_small = shape_of(small)
-        rel = c_small - c_big
-        t = float(rel @ axis)
-        radial = float(np.linalg.norm(rel - t * axis))
-        end_zone = p.shaft_end_fraction * (t1 - t0)
-        beyond = t > t1 - end_zone or t < t0 + end_zone
-        within = radial < np.sqrt(cs_big / np.pi)
-        solid = hu_sum[(ra, rb)] / area >= p.shaft_interface_hu  # through bone, not a blurred joint space
-        piece = shape_of(small)[0] <= p.shaft_piece_ratio * shape_of(big)[0]  # an end piece, not a bone of its own
-        if beyond and within and solid and piece and area >= p.shaft_area_ratio * cs_small:
-            parent[find(ra)] = find(rb)
-    lut = np.array([find(i) for i in range(n + 1)], dtype=np.int32)
-    return lut[regions]
+    def joined() -> Iterator[tuple[int, int]]:
+        for (ra, rb), area in areas.items():
+            if ra not in candidates or rb not in candidates:
+                continue
+            big, small = (ra, rb) if shape_of(ra)[0] >= shape_of(rb)[0] else (rb, ra)
+            _v, c_big, axis, (t0, t1), cs_big = shape_of(big)
+            _v2, c_small, _a2, _t2, cs_small = shape_of(small)
+            rel = c_small - c_big
+            t = float(rel @ axis)
+            radial = float(np.linalg.norm(rel - t * axis))
+            end_zone = p.shaft_end_fraction * (t1 - t0)
+            beyond = t > t1 - end_zone or t < t0 + end_zone
+            within = radial < np.sqrt(cs_big / np.pi)
+            solid = hu_sum[(ra, rb)] / area >= p.shaft_interface_hu  # through bone, not a blurred joint space
+            piece = shape_of(small)[0] <= p.shaft_piece_ratio * shape_of(big)[0]  # an end piece, not a bone of its own
+            if beyond and within and solid and piece and area >= p.shaft_area_ratio * cs_small:
+                yield ra, rb
+    return _union_lut(n + 1, joined())[regions]
 
 
 def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[int] | None = None) -> NDArray:
@@ -1191,18 +1200,7 @@ def _split_joined_bones(
         # Peel the joint space each bone took up to the meeting line, but only across dark
         # sheets: pieces whose interface is no valley (likely one bone, rejoined later as a
         # fragment) are refined together, so their interface is not peeled.
-        parent = list(range(int(ws.max()) + 1))
-
-        def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for (a, b), depth in depths.items():
-            if depth <= 0.0:
-                parent[find(a)] = find(b)
-        together = np.array([find(i) for i in range(len(parent))], dtype=np.int32)[ws]
+        together = _union_lut(int(ws.max()) + 1, ((a, b) for (a, b), depth in depths.items() if depth <= 0.0))[ws]
         groups = np.where(_adaptive_refine(ct_zyx, together, spacing, p) > 0, groups, 0)
     new = _clean_regions(groups, spacing, p, body, offset_kji=offset_kji)
     kept = [pc for i, pc in enumerate(pieces, start=1) if not np.isin(comps[pc[0]][pc[1]], affected).any()]
