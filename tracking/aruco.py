@@ -406,11 +406,12 @@ class ArucoSource(StoreBackedSource):
                 except (InputError, cv2.error) as e:  # one bad frame: count it, go on with the next
                     self.store.mark_error(f"ArUco frame skipped: {e}", bad_message=True)
                     continue
-                for name, det in detections.items():
-                    if det is None:
-                        self.store.put(name, None, device_time_s=t, host_time_s=now)
-                    else:
-                        self.store.put(name, det.camera_from_tool, device_time_s=t, quality=det.reprojection_px, host_time_s=now)
+                with self.store.batch():  # one camera frame: consumers wake once, with every tool of it
+                    for name, det in detections.items():
+                        if det is None:
+                            self.store.put(name, None, device_time_s=t, host_time_s=now)
+                        else:
+                            self.store.put(name, det.camera_from_tool, device_time_s=t, quality=det.reprojection_px, host_time_s=now)
         except Exception as e:  # anything else ends tracking, loudly: health says why
             log.exception("ArUco tracking failed")
             self.store.mark_error(f"ArUco tracking failed: {e!r}")

@@ -260,8 +260,9 @@ class NDISource(StoreBackedSource):
                 break
             now = time.monotonic()
             if kind == "frame":
-                for name, pose, rms, t in payload:
-                    self.store.put(name, pose, device_time_s=t, quality=rms, host_time_s=now)
+                with self.store.batch():  # one tracker frame: consumers wake once, with every tool of it
+                    for name, pose, rms, t in payload:
+                        self.store.put(name, pose, device_time_s=t, quality=rms, host_time_s=now)
             elif kind == "error":
                 self.store.mark_error(f"NDI: {payload}")
                 break

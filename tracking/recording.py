@@ -333,7 +333,7 @@ class ReplaySource(StoreBackedSource):
     def _publish(self, frame: TrackingFrame) -> None:
         now = time.monotonic()
         scale = 1.0 / self.speed if self.speed else 1.0  # as fast as read: keep recorded ages
-        with self._consumed:
+        with self._consumed, self.store.batch():  # one recorded frame: consumers wake once, with all of it
             for name, pose in frame.tools.items():
                 # keep the pose's recorded age (a pose already stale when recorded stays stale)
                 age_s = frame.host_time_s - pose.host_time_s

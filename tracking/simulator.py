@@ -122,9 +122,10 @@ class SimulatedSource(StoreBackedSource):
             self.truth = poses
             self.truth_time_s = t
             now = time.monotonic()
-            for tool, pose in poses.items():
-                noisy = None if pose is None else add_noise(pose, self.rng, *self.noise)
-                self.store.put(tool, noisy, device_time_s=t, quality=self.noise[0], host_time_s=now)
+            with self.store.batch():  # one sample: consumers wake once, with every tool of it
+                for tool, pose in poses.items():
+                    noisy = None if pose is None else add_noise(pose, self.rng, *self.noise)
+                    self.store.put(tool, noisy, device_time_s=t, quality=self.noise[0], host_time_s=now)
             if not ticker.wait_next():
                 return
 
