@@ -39,11 +39,9 @@ import numpy as np
 import pyvista as pv
 
 from orthonav.core import transforms as tf
-from orthonav.navigation.loop import NavigationLoop
-from orthonav.navigation.navigate import load_navigation_inputs
+from orthonav.navigation import NavigationLoop, Workflow, load_navigation_inputs
 from orthonav.navigation.overlay import NavigationScene
 from orthonav.navigation.surface import SurfaceModel, icp_point_to_plane
-from orthonav.navigation.workflow import Workflow
 from orthonav.phantoms.scenario import knee_scenario, toy_geometry, write_toy_case
 
 WARM_UP_S = 0.5

@@ -36,9 +36,9 @@ def main() -> None:
     from orthonav.core.meshio import read_mesh
     from orthonav.phantoms.knee import make_knee_phantom
     from orthonav.phantoms.synthetic import write_phantom_case
-    from orthonav.planning.auto import build_plan
-    from orthonav.planning.landmarks import find_landmarks
-    from orthonav.planning.session import PlanSession
+    from orthonav.planning.tka.plan import build_tka_plan as build_plan
+    from orthonav.planning.tka.landmarks import find_landmarks
+    from orthonav.planning.tka.session import TkaSession as PlanSession
 
     rows = []
     with tempfile.TemporaryDirectory() as d:

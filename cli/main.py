@@ -160,8 +160,10 @@ def plan(
         angles = ", ".join(f"{k}={v:.1f}" for k, v in p.angles_deg.items())
         console.print(f"[green]plan written[/] {Path(case) / 'plan.json'}  ({angles})")
     elif screenshot is None:
+        from orthonav.cli.args import require_display
         from orthonav.planning.ui import open_planner
 
+        require_display("orthonav plan CASE")
         open_planner(case)
     if screenshot is not None:
         from orthonav.planning.scene import render_plan
@@ -210,7 +212,7 @@ def markups(
 
 @app.command("simulate-tracker")
 def simulate_tracker(
-    case: Path = typer.Argument(Path("demo_out/case"), help="phantom case with plan.json and truth/"),
+    case: Path = typer.Argument(..., help="phantom case with plan.json and truth/ (e.g. demo_out/case)"),
     port: int = typer.Option(18944, help="OpenIGTLink port"),
     host: str = typer.Option("127.0.0.1", help="address to bind (loopback unless told otherwise)"),
     rate: float = typer.Option(200.0, help="poses per second per tool"),
@@ -221,13 +223,21 @@ def simulate_tracker(
     """Stream a pointer, a saw and a reference over OpenIGTLink along the phantom OR script."""
     from orthonav.phantoms.scenario import serve_scenario
 
-    serve_scenario(case, port=port, host=host, rate_hz=rate, duration_s=duration, truth_path=truth_out, seed=seed)
+    def listening(h: str, p: int, duration_s: float) -> None:
+        console.print(f"simulated tracker listening on {h}:{p} ({duration_s:.0f} s script, starts when a client connects)",
+                      soft_wrap=True)
+
+    stats = serve_scenario(case, port=port, host=host, rate_hz=rate, duration_s=duration, truth_path=truth_out, seed=seed,
+                           on_listening=listening)
+    console.print(f"simulated tracker done: {stats.samples} samples in {stats.duration_s:.1f} s "
+                  f"({stats.rate_hz:.0f} Hz, {stats.late_samples} late)", soft_wrap=True)
 
 
 @app.command()
 def track(
     igtl: Optional[str] = typer.Option(None, help="HOST:PORT of an OpenIGTLink server (PlusServer, Slicer)"),
     listen: Optional[int] = typer.Option(None, help="listen on this port for trackers that push"),
+    listen_allow: Optional[str] = typer.Option(None, help="with --listen: comma-separated hosts to accept (default: the first peer's host)"),
     aruco: Optional[str] = typer.Option(None, help="camera index, video file or frame folder"),
     tools: Optional[Path] = typer.Option(None, help="tool definition JSON"),
     camera: Optional[Path] = typer.Option(None, help="camera calibration JSON (ArUco)"),
@@ -237,9 +247,10 @@ def track(
     record: Optional[Path] = typer.Option(None, help="folder to record into"),
 ) -> None:
     """Show live tool states, rate and lag from any tracker source; optionally record."""
-    from orthonav.cli.track_view import run_track_cli
+    from orthonav.cli.track import run_track_cli
 
-    run_track_cli(igtl=igtl, listen=listen, aruco=aruco, tools=tools, camera=camera, ndi=ndi, replay=replay, duration_s=duration, record=record)
+    run_track_cli(igtl=igtl, listen=listen, aruco=aruco, tools=tools, camera=camera, ndi=ndi, replay=replay, duration_s=duration,
+                  record=record, listen_allow=listen_allow)
 
 
 @app.command("calibrate-tool")
@@ -253,7 +264,7 @@ def calibrate_tool(
     method: str = typer.Option("ransac", help="algebraic, sphere or ransac"),
 ) -> None:
     """Pivot-calibrate a tool tip; writes tip offset, RMS and date into the tool file."""
-    from orthonav.tracking.run import calibrate_tool_cli
+    from orthonav.cli.track import calibrate_tool_cli
 
     console.print(calibrate_tool_cli(tools, tool, n_poses=poses, method=method, igtl=igtl, listen=listen, replay=replay))
 
@@ -264,7 +275,7 @@ def calibrate_camera(
     out: Path = typer.Argument(..., help="camera calibration JSON to write"),
 ) -> None:
     """Calibrate a camera from ChArUco board views."""
-    from orthonav.tracking.aruco import calibrate_camera_cli
+    from orthonav.cli.calibrate import calibrate_camera_cli
 
     console.print(calibrate_camera_cli(source, out))
 
@@ -281,7 +292,7 @@ def navigate(
     max_predicted_tre: float = typer.Option(2.0, help="refuse registration when the predicted TRE at a plan target exceeds this (mm; 0 disables)"),
 ) -> None:
     """Register, then run the live navigation loop with overlay, recording the session."""
-    from orthonav.navigation.navigate import navigate_cli
+    from orthonav.cli.navigate import navigate_cli
 
     console.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen, stream_port=stream_port,
                                surface_points=surface_points, tools=tools,
@@ -296,7 +307,7 @@ def replay(
                                             help="replay even though plan.json changed since recording (numbers may differ)"),
 ) -> None:
     """Replay a recorded session: the same numbers and pictures (exit 2 if any number differs)."""
-    from orthonav.navigation.navigate import replay_cli
+    from orthonav.cli.navigate import replay_cli
 
     console.print(replay_cli(session, off_screen=off_screen, allow_changed_plan=allow_changed_plan))
 
@@ -312,7 +323,8 @@ def validate(
     config: Optional[Path] = typer.Option(None, help="pass/fail thresholds (ValidationConfig JSON)"),
 ) -> None:
     """Accuracy protocol: FRE, TRE per target, predicted TRE, calibration; HTML report. Exit 1 on FAIL."""
-    from orthonav.phantoms.validation import summary_text, validate_and_report
+    from orthonav.cli.validate import summary_text
+    from orthonav.phantoms.validation import validate_and_report
 
     result, report_path = validate_and_report(session=session, simulate=simulate, fle_mm=fle, trials=trials,
                                               tracker_noise_mm=tracker_noise, seed=seed, config=config)
@@ -328,7 +340,8 @@ def demo(
     seed: int = typer.Option(0),
 ) -> None:
     """Phantom -> segmentation -> plan -> simulated tracker -> navigation, with a summary and a report."""
-    from orthonav.phantoms.demo import print_summary, run_demo
+    from orthonav.cli.demo import print_summary
+    from orthonav.phantoms.demo import run_demo
 
     with _progress() as progress:
         summary = run_demo(out, small=small, seed=seed, progress=progress.update)
@@ -340,7 +353,9 @@ def main() -> None:
     try:
         app(prog_name="orthonav")
     except OrthoNavError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
 
 

@@ -1,13 +1,10 @@
-"""``orthonav track``: a live table of tool states, rate and lag for any tracker source."""
+"""The live table of ``orthonav track``: tool states, positions, age and quality, and the source's health."""
 
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
-from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from orthonav.tracking.frame import SourceHealth, ToolStatus, TrackingFrame
@@ -36,26 +33,4 @@ def tool_table(frame: TrackingFrame, health: SourceHealth) -> Table:
     return t
 
 
-def run_track_cli(*, igtl: str | None, listen: int | None, aruco: str | None, tools: Path | None, camera: Path | None,
-                  ndi: str | None, replay: Path | None, duration_s: float | None, record: Path | None) -> None:
-    """Open the chosen source, show the live table until ``duration_s`` or Ctrl-C, print a summary."""
-    from orthonav.tracking.run import open_source, run_track
-
-    source = open_source(igtl=igtl, listen=listen, aruco=aruco, ndi=ndi, replay=replay, tools=tools, camera=camera)
-    console = Console()
-    shown = [-math.inf]
-
-    with Live(console=console, refresh_per_second=10, transient=False) as live:
-
-        def show(frame: TrackingFrame, health: SourceHealth) -> None:
-            # Every frame is recorded; the table is rebuilt at most 10 times a second.
-            if frame.host_time_s - shown[0] >= 0.1:
-                shown[0] = frame.host_time_s
-                live.update(tool_table(frame, health))
-
-        summary = run_track(source, duration_s=duration_s, record_dir=record, on_update=show)
-    console.print(f"{summary.frames} frames in {summary.duration_s:.1f} s")
-    for name, s in summary.tools.items():
-        console.print(f"  {name}: visible {100 * s.visible_fraction:.1f}% of frames, {s.dropouts} dropouts")
-    if summary.recording is not None:
-        console.print(f"recording: {summary.recording}")
+__all__ = ["tool_table"]

@@ -1,7 +1,16 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename.
+"""Crash-safe file writes.
 
-A reader never sees a half-written file, and a failed write leaves the old file in place
-and no temporary behind.
+* Atomic writes (:func:`atomic_path`, :func:`write_json`, :class:`JsonLinesWriter`, ...): write
+  to a hidden temporary file in the same folder, then rename. A reader never sees a
+  half-written file, and a failed write leaves the old file in place and no temporary behind.
+  A temporary's name holds the writing process's id (``.<name>-<pid>-<random><suffix>``), so
+  one left behind by a killed process is recognised and removed by the next write of the same
+  file (:func:`remove_stale_temporaries`) while a live concurrent writer's is left alone.
+  Hidden files are never data: every reader in OrthoNav skips names that start with ".".
+* Journals (:class:`JournalWriter`): records appended to the final file and handed to the
+  operating system line by line, for long recordings that must survive ``kill -9`` (a killed
+  navigation session keeps every frame written before the kill). Readers of a journal
+  tolerate a truncated last line (:func:`iter_json_lines`).
 """
 
 from __future__ import annotations
@@ -9,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Self
@@ -28,17 +39,57 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name.split('.')[0]}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporaries of ``path`` left by writers that no longer run (killed mid-write).
+
+    Only files named like this module's temporaries for the same target
+    (``.<stem>-<pid>-<random><suffix>``) whose process is gone are removed; a concurrent live
+    writer's temporary is kept. Returns the files removed.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    suffix = "".join(target.suffixes) or ".tmp"
+    pattern = re.compile(re.escape(_temporary_prefix(target)) + r"(\d+)-[^/]*" + re.escape(suffix) + "$")
+    removed: list[Path] = []
+    for p in target.parent.glob(f"{_temporary_prefix(target)}*{suffix}"):
+        m = pattern.match(p.name)
+        if m is not None and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` that keeps its suffixes; rename it on success.
 
     Writers that pick a format from the file name (SimpleITK, VTK, trimesh) can write to the
     yielded path. On an exception the temporary file is removed and ``path`` is untouched.
+    Temporaries of the same target left by killed writers are removed first.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}-", suffix=suffix, dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{_temporary_prefix(target)}{os.getpid()}-", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
@@ -158,3 +209,74 @@ class JsonLinesWriter(CommitOnExit):
             if self._f is not None:
                 self._f = None
                 self._stack.__exit__(_Aborted, _Aborted(), None)
+
+
+class JournalWriter(CommitOnExit):
+    """Append JSON records, one per line, straight to ``path``, each handed to the operating
+    system as it is written: a process killed at any moment leaves every record written before
+    (at most the line being written is cut; :func:`iter_json_lines` drops it).
+
+    :meth:`close` fsyncs. :meth:`abort` removes the file (for a recording that never started:
+    nothing half-made is left). Thread-safe :meth:`write`. The file is created new
+    (an existing file is an error: a journal never overwrites).
+    """
+
+    def __init__(self, path: str | Path, *, fsync_interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._f: IO[str] | None = open(self.path, "x", encoding="utf-8")
+        except FileExistsError as e:
+            raise InputError(self.path, "already exists; a journal never overwrites") from e
+        self._lock = threading.Lock()
+        self._fsync_interval_s = fsync_interval_s
+        self._last_sync = time.monotonic()
+        self.lines = 0
+
+    def write(self, obj: Any) -> None:
+        """Append one JSON-serialisable record and hand it to the OS (fsync at most once per
+        ``fsync_interval_s``, for power loss; a process kill loses nothing written)."""
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._f is None:
+                raise InputError(self.path, "already closed")
+            self._f.write(line)
+            self._f.flush()
+            self.lines += 1
+            now = time.monotonic()
+            if now - self._last_sync >= self._fsync_interval_s:
+                os.fsync(self._f.fileno())
+                self._last_sync = now
+
+    def close(self) -> Path:
+        """Flush and fsync. Safe to call twice."""
+        with self._lock:
+            if self._f is not None:
+                f, self._f = self._f, None
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the file. Safe to call twice."""
+        with self._lock:
+            if self._f is not None:
+                f, self._f = self._f, None
+                f.close()
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+
+
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of every complete line of a JSON-lines file or journal.
+
+    Blank lines are skipped. A last line without its newline (a journal cut by a killed
+    writer) is dropped; callers parse the text and report a bad complete line as corrupt.
+    """
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.endswith("\n"):
+                return  # cut by a killed writer: the record was never complete
+            if line.strip():
+                yield lineno, line

@@ -20,14 +20,40 @@ Layout (a contract: later stages and external checks rely on these names)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from .errors import InputError, SchemaError
 from .schema import Versioned, load_model, save_model
+
+if TYPE_CHECKING:
+    import pyvista as pv
+
+
+#: A name that may become part of a file name inside a case (a bone, a screenshot, a tool):
+#: letters, digits, '_', '-', '.', starting with a letter or digit, at most 128 characters.
+#: No separators, no '..', no hidden names: nothing read from a file can write outside the case.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_name(name: str, what: str = "name", source: str | Path | None = None) -> str:
+    """Return ``name`` if it is safe as (part of) a file name inside a case folder.
+
+    Raises
+    ------
+    InputError
+        Naming ``source`` (the file the name came from) and what is wrong: a path separator,
+        "..", a leading "." or other character outside ``[A-Za-z0-9_.-]``, or an empty name.
+    """
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise InputError(source, f"{what} {name!r} cannot be used in a file name: use letters, digits, '_', '-' or '.' "
+                                 f"(no path separators, no '..', not starting with '.')")
+    return name
 
 
 @dataclass(frozen=True)
@@ -60,8 +86,34 @@ class Case:
         return self.root / "meshes"
 
     def mesh(self, bone: str, ext: str = ".stl") -> Path:
-        """Path of the mesh of ``bone`` with ending ``ext`` (".stl", ".vtp", ".ply", ".obj")."""
-        return self.meshes_dir / f"{bone}{ext}"
+        """Path of the mesh of ``bone`` with ending ``ext`` (".stl", ".vtp", ".ply", ".obj");
+        InputError for a bone name that could leave the folder (:func:`check_name`)."""
+        return self.meshes_dir / f"{check_name(bone, 'bone name')}{ext}"
+
+    def mesh_path(self, bone: str) -> Path | None:
+        """The first existing ``meshes/<bone><ext>`` over :data:`~orthonav.core.meshio.MESH_SUFFIXES`
+        (.stl first), or None."""
+        from .meshio import MESH_SUFFIXES
+
+        for ext in MESH_SUFFIXES:
+            p = self.mesh(bone, ext)
+            if p.is_file():
+                return p
+        return None
+
+    def mesh_paths(self) -> dict[str, Path]:
+        """Bone name -> mesh file for every bone in ``meshes/`` (one file per bone, .stl preferred
+        over the other endings). Hidden files (e.g. an unfinished atomic write) are never data."""
+        from .meshio import MESH_SUFFIXES
+
+        out: dict[str, Path] = {}
+        if not self.meshes_dir.is_dir():
+            return out
+        for suffix in MESH_SUFFIXES:
+            for p in sorted(self.meshes_dir.glob(f"*{suffix}")):
+                if not p.name.startswith(".") and p.is_file():
+                    out.setdefault(p.stem, p)
+        return out
 
     @property
     def plan(self) -> Path:
@@ -109,6 +161,23 @@ class Case:
         return path
 
 
+def read_case_meshes(case_dir: str | Path, bones: tuple[str, ...] | None = None) -> dict[str, "pv.PolyData"]:
+    """Read the bone meshes of a case (LPS mm): every bone in ``meshes/`` (``bones`` None), or
+    those of ``bones`` that are present, in that order. The one mesh reader for every stage.
+
+    Raises
+    ------
+    InputError
+        A mesh file that cannot be read (naming the file).
+    """
+    from .meshio import read_mesh
+
+    case = Case(case_dir)
+    paths = case.mesh_paths()
+    names = list(paths) if bones is None else [b for b in bones if b in paths]
+    return {b: read_mesh(paths[b]) for b in names}
+
+
 class LabelTable(Versioned):
     """``labels.json``: which label value is which bone.
 
@@ -129,10 +198,16 @@ class LabelTable(Versioned):
 
 
 def read_labels_table(path: str | Path) -> LabelTable:
-    """Load ``labels.json`` (clear error if missing, corrupt or newer)."""
+    """Load ``labels.json`` (clear error if missing, corrupt or newer, or if a bone name could
+    not be a file name inside the case: it names the meshes)."""
     table = load_model(path, LabelTable)
     if 0 in table.labels:
         raise SchemaError(path, "label value 0 is background and cannot name a bone")
+    for name in table.labels.values():
+        try:
+            check_name(name, "bone name")
+        except InputError as e:
+            raise SchemaError(path, e.problem) from None
     return table
 
 

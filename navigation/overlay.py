@@ -23,8 +23,7 @@ import vtk
 from numpy.typing import NDArray
 from vtk.util import numpy_support
 
-from orthonav.core.case import Case
-from orthonav.core.meshio import MESH_SUFFIXES, read_mesh
+from orthonav.core.case import read_case_meshes
 from orthonav.core.volume import Volume
 from orthonav.tracking.tools import ToolDefinition, ToolSet
 
@@ -70,18 +69,6 @@ def decimate_for_display(mesh: pv.PolyData, max_faces: int) -> pv.PolyData:
     faces = tri.faces.reshape(-1, 4)[:, 1:]
     pts, out_faces = fast_simplification.simplify(np.asarray(tri.points, dtype=np.float32), faces, target_reduction=1.0 - max_faces / tri.n_cells)
     return pv.PolyData(np.asarray(pts, dtype=np.float64), np.c_[np.full(len(out_faces), 3), out_faces].ravel())
-
-
-def load_case_meshes(case_dir: str | Path) -> dict[str, pv.PolyData]:
-    """Bone meshes of ``CASE/meshes`` (one per bone name; .stl preferred over other endings)."""
-    d = Case(case_dir).meshes_dir
-    out: dict[str, pv.PolyData] = {}
-    if not d.is_dir():
-        return out
-    for suffix in MESH_SUFFIXES:
-        for p in sorted(d.glob(f"*{suffix}")):
-            out.setdefault(p.stem, read_mesh(p))
-    return out
 
 
 def tool_model(tool: ToolDefinition) -> pv.PolyData:
@@ -265,7 +252,7 @@ class NavigationScene:
     @classmethod
     def for_case(cls, case_dir: str | Path, toolset: ToolSet, **kwargs: object) -> "NavigationScene":
         """A scene with the bones of ``CASE/meshes``."""
-        return cls(toolset, load_case_meshes(case_dir), **kwargs)  # type: ignore[arg-type]
+        return cls(toolset, read_case_meshes(case_dir), **kwargs)  # type: ignore[arg-type]
 
     def _set_text(self, actor: vtk.vtkTextActor, text: str, colour: tuple[float, float, float] = WHITE) -> None:
         actor.SetInput(text)
@@ -288,7 +275,7 @@ class NavigationScene:
                 continue
             st = NavStatus.NOT_TRACKING if state is None else state.status(tool.name)
             label = {NavStatus.LIVE: "live", NavStatus.NOT_VISIBLE: "NOT VISIBLE", NavStatus.STALE: "STALE",
-                     NavStatus.NOT_TRACKING: "not tracking"}[st]
+                     NavStatus.NOT_TRACKING: "not tracking", NavStatus.IMPLAUSIBLE: "IMPLAUSIBLE POSE"}[st]
             lines.append(f"{tool.name}: {label}")
         ref = state.reason.upper() if state is not None and not state.tracking else "NO TRACKING DATA"
         ref = "" if tracking else ref

@@ -1,14 +1,20 @@
 """Recording a navigation session in ``CASE/sessions/<timestamp>/`` and reading it back.
 
-Layout of a session folder (every file appears atomically: streams are written to a hidden
-temporary and renamed on close)::
+Layout of a session folder. The two streams are journals: every line is appended to the final
+file and handed to the operating system as it is written, so a session killed at any moment
+(``kill -9``, a power cut aside) keeps every frame and state recorded before it and replays and
+validates; only a line cut mid-write is dropped on reading. The JSON files are written
+atomically (temporary + rename)::
 
     session.json        what was navigated: case folder, tool set, workflow settings, times
     frames.jsonl        every tracking frame the loop processed (orthonav.tracking.recording)
     guidance.jsonl      one line per navigation state: tool status, tips, guidance numbers
     registration.json   the registration made during the session
-    summary.json        the session's figures (FRE, TRE, loop rate, latency, guidance errors)
+    summary.json        the session's figures (FRE, predicted TRE, verification, loop rate, latency)
     screenshots/*.png   overlay pictures; ``screenshots.json`` lists the frame of each
+
+A phantom run adds ``scores.json`` (true TRE, guidance errors against the scripted truth),
+written by :mod:`orthonav.phantoms.scoring`, never by navigation.
 
 ``session.json`` holds the sha256 of the ``plan.json`` bytes navigated with: replay rebuilds
 the navigation context from the case's current plan, so it refuses a plan that has changed
@@ -27,12 +33,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from orthonav.core.atomic import CommitOnExit, JsonLinesWriter
+from orthonav.core.atomic import CommitOnExit, JournalWriter, iter_json_lines
+from orthonav.core.case import check_name
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.schema import Versioned, load_model, save_model
-from orthonav.tracking.recording import RecordingWriter
+from orthonav.tracking.frame import TrackingFrame
+from orthonav.tracking.recording import RecordingWriter, read_recording
 from orthonav.tracking.tools import ToolSet
 
 from .state import NavigationState
@@ -57,6 +65,17 @@ class SessionInfo(Versioned):
     source: str = ""
     check_points_mm: dict[str, list[float]] = Field(default_factory=dict, description="verification points, CT LPS mm")
     screenshots: dict[str, int] = Field(default_factory=dict, description="png file name -> frame sequence")
+
+    @field_validator("screenshots")
+    @classmethod
+    def _names_stay_in_the_session(cls, v: dict[str, int]) -> dict[str, int]:
+        # A name read from the file becomes a path (replay writes <session>/replay/<name>).
+        for name in v:
+            try:
+                check_name(name, "screenshot name")
+            except InputError as e:
+                raise ValueError(e.problem) from None
+        return v
 
 
 def file_sha256(path: str | Path) -> str:
@@ -120,15 +139,19 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
 
 class SessionRecorder(CommitOnExit):
     """Writes one session folder (see the module docstring). Thread-safe ``write``; as a context
-    manager it closes the session on success and aborts it (no stream files left) on an exception."""
+    manager it closes the session on success and aborts it (no stream files left) on an exception.
+
+    ``session.json`` is written at once and rewritten with each screenshot, so a killed session
+    still names its pictures. A session is complete when ``summary.json`` exists
+    (:func:`session_closed`)."""
 
     def __init__(self, session_dir: str | Path, info: SessionInfo) -> None:
         self.dir = Path(session_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.info = info
-        self.frames = RecordingWriter(self.dir / FRAMES, source=info.source or "navigation")
-        self.guidance = JsonLinesWriter(self.dir / GUIDANCE)
         save_model(self.dir / SESSION, info)
+        self.frames = RecordingWriter(self.dir / FRAMES, source=info.source or "navigation", journal=True)
+        self.guidance = JournalWriter(self.dir / GUIDANCE)
 
     @property
     def screenshots_dir(self) -> Path:
@@ -140,7 +163,14 @@ class SessionRecorder(CommitOnExit):
         self.guidance.write(state_record(state))
 
     def add_screenshot(self, name: str, sequence: int) -> None:
-        self.info.screenshots[name] = int(sequence)
+        """List a picture written into :attr:`screenshots_dir` (``session.json`` is rewritten)."""
+        self.info.screenshots[check_name(name, "screenshot name")] = int(sequence)
+        save_model(self.dir / SESSION, self.info)
+
+    @property
+    def frames_written(self) -> int:
+        """Frames recorded so far."""
+        return self.frames.frames
 
     def close(self) -> None:
         self.frames.close()
@@ -148,8 +178,15 @@ class SessionRecorder(CommitOnExit):
         save_model(self.dir / SESSION, self.info)
 
     def abort(self) -> None:
+        """Remove the streams (for a session that never started: nothing half-made is left)."""
         self.frames.abort()
         self.guidance.abort()
+
+
+def session_closed(session_dir: str | Path) -> bool:
+    """Whether a session ended normally (its ``summary.json`` was written); False for a session
+    whose process was killed: its streams hold what was recorded up to then."""
+    return (Path(session_dir) / SUMMARY).is_file()
 
 
 def read_session_info(session_dir: str | Path) -> SessionInfo:
@@ -165,23 +202,20 @@ def read_guidance(session_dir: str | Path) -> Iterator[dict[str, Any]]:
     p = Path(session_dir) / GUIDANCE
     if not p.is_file():
         raise InputError(p, "guidance record not found (was the session closed cleanly?)")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SchemaError(p, f"line {lineno} is not JSON ({e.msg})") from e
+    for lineno, line in iter_json_lines(p):  # a last line cut by a killed session is dropped
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SchemaError(p, f"line {lineno} is not JSON ({e.msg})") from e
 
 
-def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: bool = True, allow_changed_plan: bool = False) -> Any:
-    """Replay a recorded session: :func:`orthonav.navigation.navigate.replay_session` (re-exported here).
+def read_frames(session_dir: str | Path) -> Iterator[TrackingFrame]:
+    """The tracking frames a session's loop processed (``frames.jsonl``), in order: the one frame
+    reader for replay, scoring and validation.
 
-    Returns its :class:`~orthonav.navigation.navigate.NavigationSummary`; ``replay_mismatches``
-    is 0 when every guidance number was reproduced exactly. For the CLI's table and exit
-    status use :func:`orthonav.navigation.navigate.replay_cli`.
+    Raises
+    ------
+    InputError
+        The session has no frame record.
     """
-    from .navigate import replay_session as _replay
-
-    return _replay(session_dir, off_screen=off_screen, render=render, allow_changed_plan=allow_changed_plan)
+    return iter(read_recording(Path(session_dir) / FRAMES))

@@ -14,6 +14,14 @@ every tool is NOT_TRACKING and no pose or guidance is shown. A state is itself a
 display that shows the newest state must pass it through :func:`expire_state` with the current
 time, so that a tracking thread that stalls or dies turns the screen NOT TRACKING instead of
 freezing the last poses on it as if they were live.
+
+Plausibility: navigation never computes or shows numbers from an absurd pose, whatever let it
+through. A pose (reference or tool) with a non-finite entry or a translation beyond
+``MAX_POSE_MM`` in the tracker's frame is implausible: for the reference the state is NOT
+TRACKING (reason "reference pose implausible"), for a tool it is IMPLAUSIBLE (reason in its
+:class:`ToolState`). So is a tool whose tip lies outside the workspace: the box around the
+bones, the planned points and the patient reference (CT LPS), padded by
+``WORKSPACE_MARGIN_MM`` on every side (:func:`workspace_box`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
+from orthonav.core.vectors import unit
 from orthonav.tracking.frame import ToolStatus, TrackingFrame
 from orthonav.tracking.tools import ToolSet
 
@@ -37,15 +46,13 @@ from .guidance import (
     DrillGuidance,
     SawGuidance,
     ToolGeometry,
-    Vec3,
-    _transform,
-    _unit,
-    _vec3,
     drill_guidance_rows,
+    nearest_surface,
     remaining_depth_rows,
     saw_guidance_rows,
     tool_geometry,
 )
+from .vec3 import Vec3, transform, vec3
 
 
 class NavStatus(str, enum.Enum):
@@ -55,6 +62,24 @@ class NavStatus(str, enum.Enum):
     NOT_VISIBLE = "not_visible"  #: the tracker does not see the tool (or never saw it)
     STALE = "stale"  #: the newest pose is older than the tool's timeout
     NOT_TRACKING = "not_tracking"  #: reference not visible or no registration: nothing is shown
+    IMPLAUSIBLE = "implausible"  #: the pose is not finite, or puts the tool outside the workspace: not shown
+
+
+#: A tool tip farther than this outside the box around the bones, planned points and patient
+#: reference (mm, on every side) is outside the workspace: no optical or electromagnetic
+#: tracker measures a tool 3 m away from the patient it is tracking (their measurement volumes
+#: span at most ~2.5 m), so such a pose is a corrupt or mis-framed one, not an instrument.
+WORKSPACE_MARGIN_MM = 3000.0
+
+#: Largest translation (mm) of a plausible pose in the tracker's frame (100 m): far beyond any
+#: tracker's range (the receiving side rejects much less, see :mod:`orthonav.tracking`), it
+#: only keeps huge finite values (e.g. 3e38) out of the pose chain, where they would cancel
+#: into plausible-looking numbers.
+MAX_POSE_MM = 1e5
+
+#: :attr:`ToolState.reason` of an IMPLAUSIBLE tool.
+IMPLAUSIBLE_POSE = f"pose not finite or beyond {MAX_POSE_MM / 1000:g} m"
+OUTSIDE_WORKSPACE = f"tip outside the workspace ({WORKSPACE_MARGIN_MM / 1000:g} m around the patient)"
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,8 @@ class ToolState:
         Frame time minus the host receipt time of the tool's newest message (s); NaN if none.
     device_time_s
         Source timestamp of the tool's newest message (s, source clock); NaN if none.
+    reason
+        Why an IMPLAUSIBLE tool is not shown (``IMPLAUSIBLE_POSE`` or ``OUTSIDE_WORKSPACE``); else "".
     """
 
     status: NavStatus
@@ -80,6 +107,7 @@ class ToolState:
     tip_ct_mm: NDArray[np.float64] | None = None
     age_s: float = math.nan
     device_time_s: float = math.nan
+    reason: str = ""
 
     @property
     def live(self) -> bool:
@@ -148,6 +176,8 @@ class _Compiled:
     cuts: tuple[tuple[str, CutFrame, BoneSurface | None], ...]
     trajectories: tuple[tuple[str, Vec3, Vec3, Vec3], ...]  #: name, entry, target, unit direction (CT LPS)
     surfaces: tuple[tuple[str, BoneSurface], ...]
+    workspace_lo: Vec3  #: the workspace box (CT LPS mm): a LIVE tool's tip must lie inside it
+    workspace_hi: Vec3
 
 
 def _compile(ctx: NavigationContext) -> _Compiled:
@@ -159,9 +189,37 @@ def _compile(ctx: NavigationContext) -> _Compiled:
     for name, (entry, target) in ctx.trajectories.items():
         e = np.asarray(entry, dtype=np.float64).reshape(3)
         t = np.asarray(target, dtype=np.float64).reshape(3)
-        trajs.append((name, _vec3(e), _vec3(t), _vec3(_unit(t - e, f"planned trajectory '{name}' (entry equals target)"))))
+        trajs.append((name, vec3(e), vec3(t), vec3(unit(t - e, f"planned trajectory '{name}' (entry equals target)"))))
     reg = None if ctx.ct_from_reference is None else np.asarray(ctx.ct_from_reference, dtype=np.float64).reshape(4, 4).tolist()
-    return _Compiled(ctx.reference, ref_timeout, tools, reg, cuts, tuple(trajs), tuple(ctx.surfaces.items()))
+    lo, hi = workspace_box(ctx)
+    return _Compiled(ctx.reference, ref_timeout, tools, reg, cuts, tuple(trajs), tuple(ctx.surfaces.items()), lo, hi)
+
+
+def workspace_box(ctx: NavigationContext, margin_mm: float = WORKSPACE_MARGIN_MM) -> tuple[Vec3, Vec3]:
+    """The workspace (CT LPS mm): the box around the bone surfaces, the planned cut points and
+    trajectories and the patient reference (``ct_from_reference``), padded by ``margin_mm``.
+
+    With none of these (no anatomy, no plan, no registration) the box is centred on the CT
+    origin. Returns (lower corner, upper corner).
+    """
+    pts = [np.asarray(s.mesh.bounds, dtype=np.float64).reshape(3, 2).T for s in ctx.surfaces.values()]
+    pts += [np.asarray(cf.point_mm, dtype=np.float64).reshape(1, 3) for cf in ctx.cuts.values()]
+    pts += [np.asarray(e, dtype=np.float64).reshape(1, 3) for pair in ctx.trajectories.values() for e in pair]
+    if ctx.ct_from_reference is not None:
+        pts.append(np.asarray(ctx.ct_from_reference, dtype=np.float64).reshape(4, 4)[None, :3, 3])
+    a = np.vstack(pts) if pts else np.zeros((0, 3))
+    a = a[np.all(np.isfinite(a), axis=1)]
+    if len(a) == 0:
+        a = np.zeros((1, 3))
+    return vec3(a.min(axis=0) - margin_mm), vec3(a.max(axis=0) + margin_mm)
+
+
+def pose_is_plausible(m: list[list[float]], max_translation_mm: float = MAX_POSE_MM) -> bool:
+    """True when a rigid 4x4 (nested lists) is finite and translates by at most ``max_translation_mm``."""
+    r0, r1, r2 = m[0], m[1], m[2]
+    if not math.isfinite(r0[0] + r0[1] + r0[2] + r1[0] + r1[1] + r1[2] + r2[0] + r2[1] + r2[2]):
+        return False  # a NaN or an infinity anywhere (or a sum that overflows: absurd entries)
+    return math.hypot(r0[3], r1[3], r2[3]) <= max_translation_mm  # False for NaN / inf
 
 
 @dataclass(frozen=True)
@@ -182,8 +240,9 @@ class NavigationState:
     drill
         Trajectory name -> :class:`DrillGuidance` while the drill is LIVE (else empty).
     pointer_to_bone_mm
-        Signed distance of the pointer tip to the nearest bone surface (negative inside), NaN if
-        the pointer is not LIVE or no surface is loaded.
+        Signed distance of the pointer tip to the nearest bone surface (mm, negative inside; see
+        :meth:`BoneSurface.signed_distance_mm`), NaN if the pointer is not LIVE (an implausible
+        pose never is) or no surface is loaded.
     latency_s
         Host receipt of the newest message in the frame -> this state computed (s).
     """
@@ -197,7 +256,7 @@ class NavigationState:
     pointer_to_bone_mm: float = math.nan
     pointer_bone: str = ""
     latency_s: float = math.nan
-    reason: str = ""  #: why not tracking: "not registered" or "reference not visible" / "reference stale"
+    reason: str = ""  #: why not tracking: "not registered", "reference not visible" / "reference stale" / "reference pose implausible"
 
     def status(self, tool: str) -> NavStatus:
         t = self.tools.get(tool)
@@ -277,7 +336,9 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
     About 0.1 ms with a saw and a pointer live on a 200k-face bone (the live loop runs it for
     every tracker update): per-context constants come from ``ctx.compiled``, the per-frame maths
     is done on plain floats, and the costly geometry is bounded (ray casts clipped to the bone's
-    box, pointer-to-bone distance exact only near the bone: see :class:`BoneSurface`).
+    box, pointer-to-bone distance exact only near the bone: see :class:`BoneSurface`). Absurd
+    poses are never used (see the module docstring: IMPLAUSIBLE tools, NOT TRACKING for an
+    implausible reference).
 
     Parameters
     ----------
@@ -299,11 +360,16 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
         reason = "reference stale"
     elif ref_status is not NavStatus.LIVE:
         reason = "reference not visible"
-    tools: dict[str, ToolState] = {}
-    live: list[tuple[_ToolConst, list[list[float]], ToolState]] = []
     ct_from_tracker = None
     if tracking:
-        ct_from_tracker = _matmul_rigid(c.ct_from_reference, _inverse_rigid(frame.tools[c.reference].tracker_from_tool.tolist()))
+        tracker_from_reference = frame.tools[c.reference].tracker_from_tool.tolist()
+        if pose_is_plausible(tracker_from_reference):
+            ct_from_tracker = _matmul_rigid(c.ct_from_reference, _inverse_rigid(tracker_from_reference))
+        else:
+            tracking, reason = False, "reference pose implausible"
+    tools: dict[str, ToolState] = {}
+    live: list[tuple[_ToolConst, list[list[float]], ToolState]] = []
+    lo, hi = c.workspace_lo, c.workspace_hi
     for tc in c.tools:
         status, age = _tool_status(frame, tc.name, tc.timeout_s, now)
         pose = frame.tools.get(tc.name)
@@ -314,8 +380,15 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
         if status is not NavStatus.LIVE:
             tools[tc.name] = ToolState(status, None, None, age, dev_t)
             continue
-        rows = _matmul_rigid(ct_from_tracker, pose.tracker_from_tool.tolist())
-        tip = _transform(rows, tc.geometry.tip)
+        tracker_from_tool = pose.tracker_from_tool.tolist()
+        if not pose_is_plausible(tracker_from_tool):
+            tools[tc.name] = ToolState(NavStatus.IMPLAUSIBLE, None, None, age, dev_t, IMPLAUSIBLE_POSE)
+            continue
+        rows = _matmul_rigid(ct_from_tracker, tracker_from_tool)
+        tip = transform(rows, tc.geometry.tip)
+        if not (lo[0] <= tip[0] <= hi[0] and lo[1] <= tip[1] <= hi[1] and lo[2] <= tip[2] <= hi[2]):
+            tools[tc.name] = ToolState(NavStatus.IMPLAUSIBLE, None, None, age, dev_t, OUTSIDE_WORKSPACE)
+            continue
         st = ToolState(NavStatus.LIVE, np.array(rows), np.array(tip), age, dev_t)
         tools[tc.name] = st
         live.append((tc, rows, st))
@@ -336,11 +409,10 @@ def compute_state(frame: TrackingFrame, ctx: NavigationContext, *, clock: Callab
         elif tc.kind == "drill":
             for traj_name, entry, target, direction in c.trajectories:
                 drill[traj_name] = drill_guidance_rows(rows, tc.geometry, entry, target, direction)
-        elif tc.kind == "pointer":
-            for bone, surf in c.surfaces:
-                d = surf.signed_distance_mm(st.tip_ct_mm)
-                if not math.isfinite(ptr_dist) or abs(d) < abs(ptr_dist):
-                    ptr_dist, ptr_bone = d, bone
+        elif tc.kind == "pointer" and c.surfaces:
+            d, bone = nearest_surface(transform(rows, tc.geometry.tip), c.surfaces)
+            if not math.isfinite(ptr_dist) or abs(d) < abs(ptr_dist):  # several pointers: the nearest of them
+                ptr_dist, ptr_bone = d, bone
     latency = math.nan
     if clock is not None:
         latency = clock() - newest_receipt_s(frame)

@@ -191,11 +191,11 @@ def icp_point_to_plane(
         # Coarse: a fixed random subset (all points if few) against the coarse vertex level; only a
         # start for the fine stage, so lazily refreshed correspondences suffice.
         sub = p[np.random.default_rng(0).choice(len(p), coarse_points, replace=False)] if coarse_points < len(p) // 2 else p
-        t, it, _c = _icp_stage(sub, _NearestVertices(model.coarse), model.name, t, max(6, round(keep_fraction * len(sub))), scale, max_iterations,
+        t, it, _c = _icp_stage(sub, NearestVertices(model.coarse), model.name, t, max(6, round(keep_fraction * len(sub))), scale, max_iterations,
                                10 * tol_rotation_deg, 10 * tol_translation_mm, max_distance_mm, lazy_mm=model.coarse_lazy_mm,
                                exact_finish=False)
         it_total += it
-    fine = _NearestVertices(model.fine)
+    fine = NearestVertices(model.fine)
     t, it, converged = _icp_stage(p, fine, model.name, t, n_keep, scale, max_iterations, tol_rotation_deg, tol_translation_mm,
                                   max_distance_mm, lazy_mm=_LAZY_MM)
     it_total += it
@@ -214,7 +214,7 @@ def icp_point_to_plane(
     return SurfaceRegistration(t, rms, inl.size / len(p), constraint, it, converged, r)
 
 
-class _NearestVertices:
+class NearestVertices:
     """Exact nearest mesh vertex (and its normal) of the points of one point set, with few KD-tree queries.
 
     Keeps each point's K nearest vertices (distances d_1 <= .. <= d_K) from its last query.
@@ -269,14 +269,14 @@ class _NearestVertices:
         return self.cand_p.reshape(-1, 3)[flat], self.cand_n.reshape(-1, 3)[flat]
 
 
-#: Candidate nearest vertices kept per point between KD-tree queries (see :class:`_NearestVertices`).
+#: Candidate nearest vertices kept per point between KD-tree queries (see :class:`NearestVertices`).
 _CANDIDATES = 4
 #: Fine-stage ICP iterations re-query a point's nearest vertices only once it has moved this far
 #: (mm) since its last query, until they converge; exact iterations finish the stage.
 _LAZY_MM = 0.2
 
 
-def _icp_stage(p: NDArray[np.float64], cache: _NearestVertices, name: str, t: NDArray[np.float64], n_keep: int, scale: float,
+def _icp_stage(p: NDArray[np.float64], cache: NearestVertices, name: str, t: NDArray[np.float64], n_keep: int, scale: float,
                max_iterations: int, tol_rotation_deg: float, tol_translation_mm: float,
                max_distance_mm: float, lazy_mm: float = 0.0, exact_finish: bool = True) -> tuple[NDArray[np.float64], int, bool]:
     """Trimmed point-to-plane iterations on ``p`` from ``t``: (ct_from_reference, iterations, converged).
@@ -284,7 +284,7 @@ def _icp_stage(p: NDArray[np.float64], cache: _NearestVertices, name: str, t: ND
     Converged when the update is below the tolerances, or when the trimmed RMS has changed by
     less than 1e-4 mm over 3 iterations (with trimming, the kept set can switch back and forth
     by a point, so the step need not shrink to zero). With ``lazy_mm > 0`` the iterations use
-    lazily refreshed correspondences (:meth:`_NearestVertices.nearest`) until they converge,
+    lazily refreshed correspondences (:meth:`NearestVertices.nearest`) until they converge,
     then (``exact_finish``) go on with exact nearest vertices until they converge again, so the
     result is the exact nearest-vertex optimum either way.
     """
@@ -314,7 +314,7 @@ def _icp_stage(p: NDArray[np.float64], cache: _NearestVertices, name: str, t: ND
         a = np.empty((k, 6))
         a[:, :3] = _cross_rows(xs - c, ns) / scale
         a[:, 3:] = ns
-        sol = _min_norm_solve(a.T @ a, -(a.T @ rs))
+        sol = min_norm_solve(a.T @ a, -(a.T @ rs))
         w = sol[:3] / scale
         angle = float(np.linalg.norm(w))
         rot = np.eye(3) if angle < 1e-15 else _rodrigues(w / angle, angle)
@@ -335,7 +335,7 @@ def _cross_rows(u: NDArray[np.float64], v: NDArray[np.float64]) -> NDArray[np.fl
     return out
 
 
-def _min_norm_solve(h: NDArray[np.float64], g: NDArray[np.float64], rcond: float = 1e-9) -> NDArray[np.float64]:
+def min_norm_solve(h: NDArray[np.float64], g: NDArray[np.float64], rcond: float = 1e-9) -> NDArray[np.float64]:
     """Minimum-norm solution of the symmetric PSD system h x = g (eigenvalues below rcond * the largest
     are treated as 0): a motion the points do not constrain (a degenerate direction, reported by
     ``constraint``) is left unchanged instead of blowing up. Same as lstsq(h, g, rcond), cheaper."""

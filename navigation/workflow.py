@@ -8,9 +8,11 @@ session exactly (captures, registration, guidance): that is how replay works.
 Phases
 ------
 ``digitise``
-    Each pointer dwell (:class:`~orthonav.navigation.digitise.StillCapture`) is assigned to
-    the next plan fiducial if its distances to those already captured match the CT. When all
-    are captured, paired-point registration runs; if the FRE exceeds ``max_fre_mm`` the
+    Every pointer dwell (:class:`~orthonav.navigation.digitise.StillCapture`) is kept, and the
+    dwells are labelled by the largest set of them matching plan fiducials under one rigid
+    transform (:class:`~orthonav.navigation.digitise.FiducialDigitiser`): a rest position or a
+    mis-touch is left unmatched and costs nothing, a re-touch replaces the earlier touch. When
+    all are labelled, paired-point registration runs; if the FRE exceeds ``max_fre_mm`` the
     fiducial with the largest residual is discarded and must be touched again. If the TRE
     predicted at the check points exceeds ``max_predicted_tre_mm`` (near-collinear or clustered
     fiducials), registration is refused: with fiducials still untouched, digitising goes on
@@ -60,11 +62,12 @@ class WorkflowConfig:
         Registration is rejected above this FRE; the fiducial with the largest residual is
         then digitised again.
     consistency_mm
-        A capture whose distances to the fiducials already captured differ from the CT
-        distances by more than this is rejected (see :class:`FiducialDigitiser`).
+        Tolerance (mm) on distances between captures against CT distances, and on the rigid
+        fit's residuals, for labelling captures (see :class:`FiducialDigitiser`); 3.0 suits an
+        FLE of about 0.9 mm RMS (:func:`~orthonav.navigation.fiducial_match.consistency_tolerance_mm`).
     min_fiducials
         When the pointer has clearly moved on (3 captures in a row fit no fiducial) with at least
-        this many fiducials labelled, register with those instead of starting again.
+        this many fiducials labelled, register with those.
     verify_radius_mm
         A touch after registration counts as verification of the nearest known point only
         within this distance of it (other dwells are ignored).
@@ -244,9 +247,11 @@ class Workflow:
             return
         self._last_surface_sample = t
         p_ref = tip_in_reference(frame, self.config.pointer, self.config.reference, self._tip)
+        if p_ref is None:
+            return
         p_ct = apply(self.registration.ct_from_reference, p_ref)
         near = min(abs(s.signed_distance_mm(p_ct)) for s in self.base_ctx.surfaces.values())
-        if near > self.config.surface_band_mm:
+        if not near <= self.config.surface_band_mm:  # NaN (no distance) is never a surface sample
             return
         if self.surface_samples and np.linalg.norm(p_ref - self.surface_samples[-1]) < self.config.surface_spacing_mm:
             return

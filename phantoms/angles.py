@@ -12,22 +12,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from orthonav.core.errors import InputError
-
-
-def _unit(v: NDArray[np.float64]) -> NDArray[np.float64]:
-    n = float(np.linalg.norm(v))
-    if n < 1e-9:
-        raise InputError(None, "degenerate landmark configuration (zero-length axis)")
-    return v / n
-
-
-def _reject(v: NDArray[np.float64], n: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Component of ``v`` perpendicular to unit ``n``."""
-    return v - (v @ n) * n
+from orthonav.core.vectors import perpendicular, unit
 
 
 def _angle_deg(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
-    return float(np.degrees(np.arccos(np.clip(_unit(a) @ _unit(b), -1.0, 1.0))))
+    return float(np.degrees(np.arccos(np.clip(unit(a) @ unit(b), -1.0, 1.0))))
 
 
 def knee_angles(
@@ -67,38 +56,38 @@ def knee_angles(
     if missing:
         raise InputError(None, f"landmarks missing for the knee angles: {', '.join(missing)}")
 
-    u_f = _unit(L["femoral_head_centre"] - L["femoral_knee_centre"])  # femoral mech axis, proximal
+    u_f = unit(L["femoral_head_centre"] - L["femoral_knee_centre"], "femoral mechanical axis")  # femoral mech axis, proximal
     tea = L["lateral_epicondyle"] - L["medial_epicondyle"]  # medial -> lateral
-    n_cor_f = _unit(np.cross(u_f, tea))  # normal of the femoral coronal plane
-    lat_f = _unit(_reject(tea, u_f))  # lateral, in the coronal plane, perpendicular to the axis
+    n_cor_f = unit(np.cross(u_f, tea))  # normal of the femoral coronal plane
+    lat_f = unit(perpendicular(tea, u_f))  # lateral, in the coronal plane, perpendicular to the axis
 
     # hka: angle between hip->knee and knee->ankle in the femoral coronal plane, signed.
-    a = _reject(L["femoral_knee_centre"] - L["femoral_head_centre"], n_cor_f)
-    b = _reject(L["ankle_centre"] - L["tibial_knee_centre"], n_cor_f)
-    a_hat = _unit(a)
-    med = _unit(_reject(-lat_f, a_hat))
+    a = perpendicular(L["femoral_knee_centre"] - L["femoral_head_centre"], n_cor_f)
+    b = perpendicular(L["ankle_centre"] - L["tibial_knee_centre"], n_cor_f)
+    a_hat = unit(a)
+    med = unit(perpendicular(-lat_f, a_hat))
     deviation = np.degrees(np.arctan2(b @ med, b @ a_hat))  # > 0: ankle bends medially = varus
     hka = 180.0 - float(deviation)
 
     # ldfa: lateral angle between the proximal femoral mech axis and the distal condylar line.
-    dcl = _reject(L["distal_lateral_condyle"] - L["distal_medial_condyle"], n_cor_f)
+    dcl = perpendicular(L["distal_lateral_condyle"] - L["distal_medial_condyle"], n_cor_f)
     ldfa = _angle_deg(u_f, dcl)
 
     # mpta: medial angle between the distal tibial mech axis and the plateau line.
-    u_t = _unit(L["tibial_knee_centre"] - L["ankle_centre"])  # tibial mech axis, proximal
+    u_t = unit(L["tibial_knee_centre"] - L["ankle_centre"], "tibial mechanical axis")  # tibial mech axis, proximal
     plateau_ml = L["medial_plateau_centre"] - L["lateral_plateau_centre"]  # towards medial
-    mpta = _angle_deg(-u_t, _reject(plateau_ml, _unit(np.cross(u_t, plateau_ml))))
+    mpta = _angle_deg(-u_t, perpendicular(plateau_ml, unit(np.cross(u_t, plateau_ml))))
 
     out = {"hka": hka, "ldfa": ldfa, "mpta": mpta}
 
     if medial_plateau_ap_tangent_lps is not None:
-        ml = _unit(_reject(plateau_ml, u_t))
-        v = _reject(np.asarray(medial_plateau_ap_tangent_lps, dtype=np.float64), ml)  # tibial sagittal plane
-        out["slope"] = float(np.degrees(np.arcsin(np.clip(-(_unit(v) @ u_t), -1.0, 1.0))))
+        ml = unit(perpendicular(plateau_ml, u_t))
+        v = perpendicular(np.asarray(medial_plateau_ap_tangent_lps, dtype=np.float64), ml)  # tibial sagittal plane
+        out["slope"] = float(np.degrees(np.arcsin(np.clip(-(unit(v) @ u_t), -1.0, 1.0))))
 
     # femoral_rotation: posterior condylar line vs TEA in the plane perpendicular to u_f.
     e1 = lat_f
-    post = _unit(np.cross(tea, u_f)) if side == "right" else _unit(np.cross(u_f, tea))
-    pcl = _reject(L["posterior_lateral_condyle"] - L["posterior_medial_condyle"], u_f)
+    post = unit(np.cross(tea, u_f)) if side == "right" else unit(np.cross(u_f, tea))
+    pcl = perpendicular(L["posterior_lateral_condyle"] - L["posterior_medial_condyle"], u_f)
     out["femoral_rotation"] = float(-np.degrees(np.arctan2(pcl @ post, pcl @ e1)))
     return out

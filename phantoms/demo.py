@@ -4,51 +4,31 @@ phantom -> classical segmentation (Dice vs truth) -> automatic plan -> simulated
 a real OpenIGTLink socket on 127.0.0.1 (pointer touches the fiducials and targets, then the saw
 sweeps the planned distal femoral cut) -> registration and live navigation (FRE, TRE vs truth,
 saw guidance vs scripted truth, loop rate and latency) -> ``report/index.html``.
+
+:func:`run_demo` returns the figures (:class:`DemoSummary`); the command line prints them as
+tables (:mod:`orthonav.cli.demo`).
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from orthonav.core.case import Case, read_labels_table
 from orthonav.core.errors import InputError
 from orthonav.core.volume import read_volume
 
+from .demo_report import write_demo_report
+from .demo_summary import DemoSummary
+
 Progress = Callable[[str, float], None]
 
 #: Steps of the demo, in order, as shown by the progress display.
 STEPS = ("phantom", "segmentation", "plan", "navigation", "report")
-
-
-@dataclass
-class DemoSummary:
-    """Everything the demo measured. Distances mm, angles deg, times s."""
-
-    case_dir: Path
-    dice: dict[str, float] = field(default_factory=dict)
-    hd95_mm: dict[str, float] = field(default_factory=dict)
-    angles_deg: dict[str, float] = field(default_factory=dict)
-    true_angles_deg: dict[str, float] = field(default_factory=dict)
-    fre_mm: float = math.nan
-    tre_mm: dict[str, float] = field(default_factory=dict)
-    predicted_tre_mm: dict[str, float] = field(default_factory=dict)
-    guidance_error: dict[str, float] = field(default_factory=dict)
-    loop_rate_hz: float = math.nan
-    latency_p50_ms: float = math.nan
-    latency_p99_ms: float = math.nan
-    timings_s: dict[str, float] = field(default_factory=dict)
-    screenshots: list[Path] = field(default_factory=list)
-    report: Path | None = None
-    session_dir: Path | None = None
 
 
 def _prepare_out(out_dir: Path) -> Case:
@@ -162,40 +142,9 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
     summary.timings_s["navigation"] = time.perf_counter() - timer
     tick("navigation", 1.0)
 
-    from orthonav.phantoms.demo_report import write_demo_report
-
     summary.report = write_demo_report(summary)
     tick("report", 1.0)
     return summary
 
 
-def print_summary(summary: DemoSummary, console: Console) -> None:
-    """Print the demo's figures as tables."""
-    t = Table(title="Segmentation vs truth")
-    t.add_column("bone")
-    t.add_column("Dice", justify="right")
-    t.add_column("HD95 mm", justify="right")
-    for b, d in summary.dice.items():
-        t.add_row(b, f"{d:.4f}", f"{summary.hd95_mm.get(b, math.nan):.2f}")
-    console.print(t)
-    a = Table(title="Alignment (deg): plan vs truth")
-    for c in ("angle", "plan", "truth", "error"):
-        a.add_column(c, justify="right")
-    for k, v in summary.angles_deg.items():
-        tv = summary.true_angles_deg.get(k, math.nan)
-        a.add_row(k, f"{v:.2f}", f"{tv:.2f}", f"{v - tv:+.2f}")
-    console.print(a)
-    r = Table(title="Registration and navigation")
-    r.add_column("figure")
-    r.add_column("value", justify="right")
-    r.add_row("FRE (mm)", f"{summary.fre_mm:.3f}")
-    for k, v in summary.tre_mm.items():
-        r.add_row(f"TRE {k} (mm), predicted {summary.predicted_tre_mm.get(k, math.nan):.2f}", f"{v:.3f}")
-    for k, v in summary.guidance_error.items():
-        r.add_row(f"saw guidance error {k}", f"{v:.3f}")
-    r.add_row("navigation loop rate (Hz)", f"{summary.loop_rate_hz:.0f}")
-    r.add_row("latency receive->state p50 / p99 (ms)", f"{summary.latency_p50_ms:.3f} / {summary.latency_p99_ms:.3f}")
-    for k, v in summary.timings_s.items():
-        r.add_row(f"time: {k} (s)", f"{v:.1f}")
-    console.print(r)
-    console.print(f"report: {summary.report}")
+__all__ = ["STEPS", "DemoSummary", "Progress", "run_demo"]

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from orthonav.core.atomic import write_json
 from orthonav.core.case import Case
 
+from .demo_summary import DemoSummary
 from .html_report import Section, write_report
-
-if TYPE_CHECKING:
-    from .demo import DemoSummary
 
 
 def _finite(x: float) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def summary_json(summary: "DemoSummary") -> dict:
+def summary_json(summary: DemoSummary) -> dict:
     """The demo's figures as plain JSON (NaN -> null)."""
     return {
         "dice": summary.dice,
@@ -38,7 +35,7 @@ def summary_json(summary: "DemoSummary") -> dict:
     }
 
 
-def write_demo_report(summary: "DemoSummary") -> Path:
+def write_demo_report(summary: DemoSummary) -> Path:
     """Write ``CASE/report/index.html`` and ``CASE/report/summary.json``; return the HTML path."""
     case = Case(summary.case_dir)
     report_dir = case.report_dir
@@ -73,3 +70,6 @@ def write_demo_report(summary: "DemoSummary") -> Path:
     )
     return write_report(report_dir / "index.html", "OrthoNav demo: knee phantom, CT to live overlay", [seg, angles, nav],
                         meta={"case": str(case.root)})
+
+
+__all__ = ["summary_json", "write_demo_report"]

@@ -24,44 +24,28 @@ computed numerically as the points where the anterior pelvic plane touches the s
 (extremes along the plane's normal, iterated); the truth angles follow from those landmarks
 and the socket axes (:func:`hip_angles`). Bones use TotalSegmentator class names
 (``hip_left``, ``hip_right``, ``sacrum``, ``femur_left``, ``femur_right``).
+
+This module gives the hip's parts (parameters, SDFs, landmarks, beads; :data:`HIP_RECIPE`)
+to the shared phantom recipe (:mod:`orthonav.phantoms.recipe`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from orthonav.core.case import LabelTable
+
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import (
-    apply,
-    apply_vector,
-    make_rigid,
-    rotation_about_axis,
-)
+from orthonav.core.transforms import apply_vector, rotation_about_axis
+from orthonav.core.vectors import unit
 
 from . import sdf as S
-from .knee import (
-    _ellipsoid_samples,
-    _extreme_point,
-    _min_gap,
-    _secant_fit,
-    _surface_point,
-    _surface_points,
-    _surface_samples,
-)
-from .synthetic import (
-    DEFAULT_HU,
-    BoneSpec,
-    SyntheticPhantom,
-    closed_limb_meshes,
-    fit_grid,
-    render_ct,
-)
-from .truth import PhantomTruth
+from .probes import ellipsoid_samples, extreme_point, min_gap, secant_fit, surface_point, surface_points, surface_samples
+from .recipe import AnatomyRecipe, AnatomyTruth, Intensity, PhantomGeometry, Pose, make_phantom
+from .render import BoneSpec, SyntheticPhantom, closed_limb_meshes
 
 LABELS = {"hip_left": 1, "hip_right": 2, "sacrum": 3, "femur_left": 4, "femur_right": 5}
 SIDES = {"left": 1.0, "right": -1.0}  # sign of x (patient left = +x, as in LPS)
@@ -99,13 +83,6 @@ class HipParameters:
 SMALL = {"spacing_mm": (1.8, 1.8, 2.4), "joint_gap_mm": 5.0, "si_gap_mm": 4.0, "symphysis_gap_mm": 8.0, "shaft_length_mm": 120.0, "mesh_step_mm": 1.5, "bead_radius_mm": 3.0}
 
 
-def _unit(v: NDArray[np.float64]) -> NDArray[np.float64]:
-    n = float(np.linalg.norm(v))
-    if n < 1e-9:
-        raise InputError(None, "degenerate landmark configuration (zero-length axis)")
-    return v / n
-
-
 def hip_angles(landmarks_lps_mm: Mapping[str, ArrayLike], socket_axes_lps: Mapping[str, ArrayLike]) -> dict[str, float]:
     """Radiographic acetabular inclination and anteversion (Murray 1993) relative to the
     anterior pelvic plane (APP), as defined in docs/anatomy.md ("Hip").
@@ -130,7 +107,7 @@ def hip_angles(landmarks_lps_mm: Mapping[str, ArrayLike], socket_axes_lps: Mappi
     for side, sgn in SIDES.items():
         if side not in socket_axes_lps:
             continue
-        a = _unit(np.asarray(socket_axes_lps[side], dtype=np.float64).reshape(3))
+        a = unit(np.asarray(socket_axes_lps[side], dtype=np.float64).reshape(3), f"socket axis ({side})")
         lat = sgn * ml
         out[f"acetabular_inclination_{side}"] = float(np.degrees(np.arctan2(a @ lat, -(a @ sup))))
         out[f"acetabular_anteversion_{side}"] = float(np.degrees(np.arcsin(np.clip(a @ ant, -1.0, 1.0))))
@@ -142,13 +119,13 @@ def app_frame(L: Mapping[str, NDArray[np.float64]]) -> tuple[NDArray[np.float64]
     plane: through both ASIS and the midpoint of the pubic tubercles."""
     al, ar = np.asarray(L["asis_left"], float), np.asarray(L["asis_right"], float)
     mid = 0.5 * (np.asarray(L["pubic_tubercle_left"], float) + np.asarray(L["pubic_tubercle_right"], float))
-    ml = _unit(al - ar)
+    ml = unit(al - ar, "ASIS right -> left")
     # normal of the plane (asis_right, asis_left, mid); anterior = away from the pelvis body,
     # i.e. the side the ASIS-midpoint -> pubic midpoint vector turns to (right-handed, ml first)
     down = mid - 0.5 * (al + ar)
-    ant = _unit(np.cross(down, ml))
+    ant = unit(np.cross(down, ml), "anterior pelvic plane normal")
     sup = np.cross(ant, ml)
-    return ml, ant, _unit(sup)
+    return ml, ant, unit(sup, "anterior pelvic plane superior axis")
 
 
 @dataclass(frozen=True)
@@ -175,7 +152,7 @@ def _cut_ball(centre: NDArray[np.float64], radius: float, normal: NDArray[np.flo
     def f(p: NDArray[np.float64]) -> NDArray[np.float64]:
         return S.smax(ball(p), (p - centre) @ normal, k)
 
-    return S._with_bound(f, *ball.bsphere)  # smax(a, b) >= a: the ball's bound holds
+    return S.with_bound(f, *ball.bsphere)  # smax(a, b) >= a: the ball's bound holds
 
 
 def _box_of(points: list, pad: float) -> NDArray[np.float64]:
@@ -197,9 +174,9 @@ def _hip_bone(prm: HipParameters, sx: float, symphysis_dx: float = 0.0):
     r_s = prm.head_radius_mm * s + prm.joint_gap_mm
     r_o = r_s + 9.0 * s
     p_si, p_as = P(36.0, 48.0, 62.0), P(110.0, -38.0, 66.0)
-    u = _unit(p_as - p_si)
-    up = _unit(np.cos(np.radians(20.0)) * Z + np.sin(np.radians(20.0)) * sx * X)
-    v = _unit(up - (up @ u) * u)
+    u = unit(p_as - p_si)
+    up = unit(np.cos(np.radians(20.0)) * Z + np.sin(np.radians(20.0)) * sx * X)
+    v = unit(up - (up @ u) * u)
     w = np.cross(u, v)
     wing_c = 0.5 * (p_si + p_as) + 8.0 * s * v
     half = 0.5 * float(np.linalg.norm(p_as - p_si))
@@ -230,12 +207,12 @@ def _proximal_femur(prm: HipParameters, sx: float, head: NDArray[np.float64]):
     s = prm.scale
     tilt = np.radians(7.0)
     u_d = np.array([-sx * np.sin(tilt), 0.0, -np.cos(tilt)])  # distal, the shaft's distal end medial
-    l_perp = _unit(sx * X - (sx * X @ u_d) * u_d)
+    l_perp = unit(sx * X - (sx * X @ u_d) * u_d)
     nsa = np.radians(180.0 - prm.neck_shaft_deg)
     d0 = np.cos(nsa) * u_d + np.sin(nsa) * l_perp  # head -> neck base, before anteversion
     cands = [rotation_about_axis(u_d, sg * np.radians(prm.femoral_anteversion_deg)) @ d0 for sg in (1.0, -1.0)]
     d = cands[0] if cands[0][1] > 0 else cands[1]  # head -> base goes posterior: the neck is anteverted
-    post = _unit(Y - (Y @ u_d) * u_d)
+    post = unit(Y - (Y @ u_d) * u_d)
     b = head + prm.neck_length_mm * s * d
     r_h = prm.head_radius_mm * s
     parts = [
@@ -262,10 +239,10 @@ def build_hip(prm: HipParameters) -> HipAnatomy:
     hi_sym = np.array([30.0 * s, -10.0 * s, 0.0])
 
     def sym_gap(dx: float) -> float:
-        pts = _surface_samples(_hip_bone(prm, 1.0, dx)[0], lo_sym, hi_sym, 0.8 * s)
-        return _min_gap(pts, _hip_bone(prm, -1.0, dx)[0])
+        pts = surface_samples(_hip_bone(prm, 1.0, dx)[0], lo_sym, hi_sym, 0.8 * s)
+        return min_gap(pts, _hip_bone(prm, -1.0, dx)[0])
 
-    dx, _g = _secant_fit(sym_gap, prm.symphysis_gap_mm, 0.0, 2.0)
+    dx, _g = secant_fit(sym_gap, prm.symphysis_gap_mm, 0.0, 2.0)
     for side, sx in SIDES.items():
         f, c, a, r_s, bump, bounds = _hip_bone(prm, sx, dx)
         hip_sdfs[side] = f
@@ -296,9 +273,9 @@ def build_hip(prm: HipParameters) -> HipAnatomy:
         return np.array([wx, 20.0 * s, 58.0 * s])
 
     def si_gap(wx: float) -> float:
-        return _min_gap(_ellipsoid_samples(sac_c, sac_semi(wx), r_sac, n=140), hip_sdfs["left"])
+        return min_gap(ellipsoid_samples(sac_c, sac_semi(wx), r_sac, n=140), hip_sdfs["left"])
 
-    wx, _g = _secant_fit(si_gap, prm.si_gap_mm, 30.0 * s, 34.0 * s, iterations=12)
+    wx, _g = secant_fit(si_gap, prm.si_gap_mm, 30.0 * s, 34.0 * s, iterations=12)
     sac = S.ellipsoid(sac_c, sac_semi(wx), r_sac)
 
     def sac_t(p: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -340,7 +317,7 @@ def hip_landmarks_limb(anat: HipAnatomy, meshes_limb: Mapping[str, NDArray[np.fl
             f = anat.bones[f"hip_{side}"].sdf
             for bump, rad in s_reg.items():
                 near = np.linalg.norm(verts - anat.bump_centres[f"{bump}_{side}"], axis=1) < rad * 1.0
-                L[f"{bump}_{side}"] = _extreme_point(f, verts, ant, near)
+                L[f"{bump}_{side}"] = extreme_point(f, verts, ant, near)
         _ml, ant_new, _sup = app_frame(L)
         done = np.linalg.norm(ant_new - ant) < 1e-8
         ant = ant_new
@@ -372,39 +349,17 @@ def _fiducials_targets_limb(anat: HipAnatomy, s: float, bead_r: float, standoff:
         ("target_pubic_body_right", "hip_right", np.array([-20.0, -60.0, -40.0]) * s),
         ("target_sacral_promontory", "sacrum", np.array([0.0, 10.0, 110.0]) * s),
     ]
-    anchors = _surface_points(anat, list(bead_starts) + [(bn, p) for _n, bn, p in target_starts])
+    anchors = surface_points({n: b.sdf for n, b in anat.bones.items()}, list(bead_starts) + [(bn, p) for _n, bn, p in target_starts])
     beads = [(bone, p + (bead_r + standoff) * n) for (bone, _s), (p, n) in zip(bead_starts, anchors[: len(bead_starts)])]
     targets = [(name, bone, p) for (name, bone, _s), (p, _n) in zip(target_starts, anchors[len(bead_starts) :])]
-    mount = _surface_point(anat.bones["hip_left"].sdf, anat.bump_centres["wing_top_left"] + np.array([0.0, 0.0, 20.0 * s]))
+    mount = surface_point(anat.bones["hip_left"].sdf, anat.bump_centres["wing_top_left"] + np.array([0.0, 0.0, 20.0 * s]))
     return beads, targets, mount
 
 
-def _default_ct_from_limb(seed: int, jitter_deg: float) -> NDArray[np.float64]:
-    """Pelvis -> CT LPS: a supine pelvis with a few degrees of arbitrary rotation, off-centre."""
-    r = rotation_about_axis(Z, np.radians(-6.0)) @ rotation_about_axis(X, np.radians(5.0)) @ rotation_about_axis(Y, np.radians(-3.0))
-    t = np.array([14.0, -22.0, -160.0])
-    if jitter_deg > 0:
-        rng = np.random.default_rng(20_000 + seed)
-        axis = rng.normal(size=3)
-        r = rotation_about_axis(axis, np.radians(rng.uniform(-jitter_deg, jitter_deg))) @ r
-        t = t + rng.uniform(-20.0, 20.0, size=3)
-    return make_rigid(r, t)
-
-
-@dataclass(frozen=True)
-class _HipGeometry:
-    anatomy: HipAnatomy
-    meshes_limb: dict
-    landmarks: dict
-    gaps: dict
-    beads: list
-    targets: list
-    mount: tuple
-
-
 @lru_cache(maxsize=4)
-def _hip_geometry(prm: HipParameters) -> _HipGeometry:
-    """Everything that does not depend on the seed, the pose or the CT grid (cached)."""
+def hip_geometry(prm: HipParameters) -> PhantomGeometry:
+    """Everything that does not depend on the seed, the pose or the CT grid (cached; pelvis
+    frame). ``anatomy`` is the :class:`HipAnatomy`."""
     anat = build_hip(prm)
     meshes = closed_limb_meshes(anat.bones, prm.mesh_step_mm)
     verts = {name: np.asarray(m.points, dtype=np.float64) for name, m in meshes.items()}
@@ -412,11 +367,61 @@ def _hip_geometry(prm: HipParameters) -> _HipGeometry:
     gaps = {}
     for side in SIDES:
         hip_f = anat.bones[f"hip_{side}"].sdf
-        gaps[f"femur_hip_{side}"] = _min_gap(verts[f"femur_{side}"], hip_f)
-        gaps[f"sacrum_hip_{side}"] = _min_gap(verts["sacrum"], hip_f)
-    gaps["hip_left_hip_right"] = _min_gap(verts["hip_left"], anat.bones["hip_right"].sdf)
+        gaps[f"femur_hip_{side}"] = min_gap(verts[f"femur_{side}"], hip_f)
+        gaps[f"sacrum_hip_{side}"] = min_gap(verts["sacrum"], hip_f)
+    gaps["hip_left_hip_right"] = min_gap(verts["hip_left"], anat.bones["hip_right"].sdf)
     beads, targets, mount = _fiducials_targets_limb(anat, prm.scale, prm.bead_radius_mm, prm.bead_standoff_mm, prm.shaft_length_mm * prm.scale)
-    return _HipGeometry(anat, meshes, L, gaps, beads, targets, mount)
+    return PhantomGeometry(
+        anatomy=anat,
+        bones=dict(anat.bones),
+        envelope=anat.envelope,
+        grid_bounds_limb_mm=anat.grid_bounds,
+        meshes_limb=meshes,
+        landmarks_limb=L,
+        beads=beads,
+        targets=targets,
+        mount=mount,
+        gaps_mm=gaps,
+    )
+
+
+def _check(prm: HipParameters) -> None:
+    if prm.scale <= 0.5 or prm.scale > 1.5:
+        raise InputError(None, f"scale must be in (0.5, 1.5], got {prm.scale}")
+    if not 100.0 <= prm.shaft_length_mm <= 300.0:
+        raise InputError(None, f"shaft_length_mm must be in [100, 300], got {prm.shaft_length_mm}")
+    if not 2.0 <= prm.joint_gap_mm <= 8.0:
+        raise InputError(None, f"joint_gap_mm must be in [2, 8], got {prm.joint_gap_mm}")
+    if not (20.0 <= prm.inclination_deg <= 65.0 and -10.0 <= prm.anteversion_deg <= 35.0):
+        raise InputError(None, f"inclination_deg must be in [20, 65] and anteversion_deg in [-10, 35], got {prm.inclination_deg}, {prm.anteversion_deg}")
+
+
+def _truth(geo: PhantomGeometry, ct_from_limb: NDArray[np.float64], landmarks_lps: dict[str, NDArray[np.float64]]) -> AnatomyTruth:
+    anat: HipAnatomy = geo.anatomy
+    axes_lps = {side: apply_vector(ct_from_limb, anat.socket_axes[side]) for side in SIDES}
+    params: dict = {"socket_radius_mm": float(anat.socket_radius)}
+    for side in SIDES:
+        params[f"acetabular_axis_{side}_lps"] = [float(x) for x in axes_lps[side]]
+    return AnatomyTruth(angles_deg=hip_angles(landmarks_lps, axes_lps), parameters=params)
+
+
+#: The hip's parts of the phantom recipe. Pose: a supine pelvis with a few degrees of
+#: arbitrary rotation, off-centre.
+HIP_RECIPE = AnatomyRecipe(
+    kind="hip",
+    knob_name="hip",
+    labels=LABELS,
+    side="both",
+    table_side=None,
+    parameters=HipParameters,
+    small=SMALL,
+    check=_check,
+    geometry=hip_geometry,
+    pose=Pose(rz_deg=-6.0, rx_deg=5.0, ry_deg=-3.0, translation_mm=(14.0, -22.0, -160.0), jitter_seed_offset=20_000),
+    grid_margin_mm=2.0,
+    intensity=Intensity(cortical_hu=1450.0, cortical_amplitude_hu=200.0, cortical_period_mm=70.0, marrow_hu=280.0, marrow_amplitude_hu=70.0),
+    truth=_truth,
+)
 
 
 def make_hip_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> SyntheticPhantom:
@@ -440,94 +445,7 @@ def make_hip_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> 
         anteversion per side; ``truth.parameters['acetabular_axis_<side>_lps']`` the unit
         socket axes (pointing out of the socket) they are computed from.
     """
-    fields = set(HipParameters.__dataclass_fields__)
-    unknown = sorted(set(knobs) - fields)
-    if unknown:
-        raise InputError(None, f"unknown hip phantom knob(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    base = dict(SMALL) if small else {}
-    base.update(knobs)
-    prm = HipParameters(**base)  # type: ignore[arg-type]
-    if prm.scale <= 0.5 or prm.scale > 1.5:
-        raise InputError(None, f"scale must be in (0.5, 1.5], got {prm.scale}")
-    if not 100.0 <= prm.shaft_length_mm <= 300.0:
-        raise InputError(None, f"shaft_length_mm must be in [100, 300], got {prm.shaft_length_mm}")
-    if not 2.0 <= prm.joint_gap_mm <= 8.0:
-        raise InputError(None, f"joint_gap_mm must be in [2, 8], got {prm.joint_gap_mm}")
-    if not (20.0 <= prm.inclination_deg <= 65.0 and -10.0 <= prm.anteversion_deg <= 35.0):
-        raise InputError(None, f"inclination_deg must be in [20, 65] and anteversion_deg in [-10, 35], got {prm.inclination_deg}, {prm.anteversion_deg}")
-    rng = np.random.default_rng(seed)
-    geo = _hip_geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
-    anat = geo.anatomy
-    ct_from_limb = _default_ct_from_limb(seed, prm.pose_jitter_deg)
-    direction = ct_from_limb[:3, :3] @ rotation_about_axis(Z, np.radians(12.0))
-    grid = fit_grid(anat.grid_bounds, ct_from_limb, direction, prm.spacing_mm, margin_mm=2.0)
-
-    bead_limb = np.array([b[1] for b in geo.beads])
-    phase = rng.uniform(0, 2 * np.pi, size=2)
-
-    def cortical_hu(p: NDArray[np.float64]) -> NDArray[np.float64]:
-        return 1450.0 + 200.0 * np.sin(p[:, 2] / 70.0 + phase[0])
-
-    marrow_by_bone = {name: 280.0 + 70.0 * np.sin(phase[1] + i) for i, name in enumerate(LABELS)}
-    ct, labels = render_ct(
-        grid,
-        ct_from_limb,
-        list(anat.bones.values()),
-        anat.envelope,
-        bead_limb,
-        prm.bead_radius_mm,
-        rng,
-        noise_hu=prm.noise_hu,
-        psf_sigma_vox=prm.psf_sigma_vox,
-        cortical_hu_fn=cortical_hu,
-        marrow_hu_fn=lambda bone: marrow_by_bone[bone],
-    )
-    meshes = {}
-    for name, m in geo.meshes_limb.items():
-        m = m.copy()
-        m.points = apply(ct_from_limb, np.asarray(m.points, dtype=np.float64))
-        meshes[name] = m
-
-    def tup(v: NDArray[np.float64]) -> tuple[float, float, float]:
-        return (float(v[0]), float(v[1]), float(v[2]))
-
-    L_lps = {k: apply(ct_from_limb, v) for k, v in geo.landmarks.items()}
-    axes_lps = {side: apply_vector(ct_from_limb, anat.socket_axes[side]) for side in SIDES}
-    angles = hip_angles(L_lps, axes_lps)
-
-    bead_lps = apply(ct_from_limb, bead_limb)
-    order = np.argsort(-bead_lps[:, 2], kind="stable")  # most superior first (as the knee)
-    fiducials = {f"fiducial_{i + 1}": tup(bead_lps[j]) for i, j in enumerate(order)}
-    fid_bones = {f"fiducial_{i + 1}": geo.beads[j][0] for i, j in enumerate(order)}
-
-    params: dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in prm.__dict__.items()}
-    params["small"] = small
-    params["socket_radius_mm"] = float(anat.socket_radius)
-    for side in SIDES:
-        params[f"acetabular_axis_{side}_lps"] = [float(x) for x in axes_lps[side]]
-    mount_p, mount_n = geo.mount
-    truth = PhantomTruth(
-        kind="hip",
-        seed=seed,
-        parameters=params,
-        side="both",
-        bones=dict(LABELS),
-        fiducials_lps_mm=fiducials,
-        fiducial_bones=fid_bones,
-        targets_lps_mm={n: tup(apply(ct_from_limb, p)) for n, _b, p in geo.targets},
-        target_bones={n: b for n, b, _p in geo.targets},
-        landmarks_lps_mm={k: tup(v) for k, v in L_lps.items()},
-        angles_deg=angles,
-        ct_from_limb=ct_from_limb.tolist(),
-        reference_mount_lps_mm=tup(apply(ct_from_limb, mount_p)),
-        reference_mount_normal_lps=tup(apply_vector(ct_from_limb, mount_n)),
-        bead_radius_mm=prm.bead_radius_mm,
-        bead_hu=DEFAULT_HU["bead"],
-        hu=dict(DEFAULT_HU),
-        gaps_mm=dict(geo.gaps),
-    )
-    table = LabelTable(labels={v: k for k, v in LABELS.items()}, backend="phantom truth", side=None)
-    return SyntheticPhantom(ct=ct, labels=labels, label_table=table, truth=truth, truth_meshes=meshes, bones=dict(anat.bones), print_mesh=None)
+    return make_phantom(HIP_RECIPE, seed=seed, small=small, knobs=knobs)
 
 
-__all__ = ["LABELS", "HipAnatomy", "HipParameters", "app_frame", "build_hip", "hip_angles", "hip_landmarks_limb", "make_hip_phantom"]
+__all__ = ["HIP_RECIPE", "LABELS", "SIDES", "SMALL", "HipAnatomy", "HipParameters", "app_frame", "build_hip", "hip_angles", "hip_geometry", "hip_landmarks_limb", "make_hip_phantom"]

@@ -20,30 +20,32 @@ Truth landmarks follow ``docs/anatomy.md``: where a landmark is an extreme point
 it is computed numerically on the analytic surface (dense search + Newton projection), not
 assumed from the construction; the truth angles are computed from the truth landmarks with
 :func:`orthonav.phantoms.angles.knee_angles`.
+
+This module gives the knee's parts (parameters, SDFs, landmarks, beads; :data:`KNEE_RECIPE`)
+to the shared phantom recipe (:mod:`orthonav.phantoms.recipe`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
 
-from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import apply, apply_vector, make_rigid, rotation_about_axis
+from orthonav.core.transforms import apply_vector, rotation_about_axis
 
 from . import sdf as S
 from .angles import knee_angles
-from .synthetic import DEFAULT_HU, BoneSpec, SyntheticPhantom, closed_limb_meshes, fit_grid, render_ct, surface_mesh
-from .truth import PhantomTruth
+from .probes import ellipsoid_samples, extreme_point, frame, min_gap, secant_fit, surface_point, surface_points, surface_samples
+from .recipe import AnatomyRecipe, AnatomyTruth, Intensity, PhantomGeometry, Pose, make_phantom
+from .render import BoneSpec, SyntheticPhantom, closed_limb_meshes
 
 LABELS = {"femur": 1, "tibia": 2, "fibula": 3, "patella": 4}
 
 X = np.array([1.0, 0.0, 0.0])
 Y = np.array([0.0, 1.0, 0.0])
-Z = np.array([0.0, 0.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -86,19 +88,6 @@ def _rx(deg: float) -> NDArray[np.float64]:
     return rotation_about_axis(X, np.radians(deg))
 
 
-def _rz(deg: float) -> NDArray[np.float64]:
-    return rotation_about_axis(Z, np.radians(deg))
-
-
-def _frame(rot: NDArray[np.float64], origin: NDArray[np.float64]):
-    """Return a function mapping local (3,) points of a frame into the limb frame."""
-
-    def to_limb(p_local) -> NDArray[np.float64]:
-        return rot @ np.asarray(p_local, dtype=np.float64) + origin
-
-    return to_limb
-
-
 def _thickness_profile(z_lo: float, z_hi: float, t_end: float, t_mid: float):
     """Cortical thickness along a bone: ``t_end`` at the ends rising to ``t_mid`` mid-shaft."""
     zc = 0.5 * (z_lo + z_hi)
@@ -109,50 +98,6 @@ def _thickness_profile(z_lo: float, z_hi: float, t_end: float, t_mid: float):
         return t_end + (t_mid - t_end) * s * s * (3 - 2 * s)
 
     return t
-
-
-def _distance_to_surface(f: S.SDF, points: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Unsigned distance (mm) of (n, 3) points to the zero set of ``f`` (Newton foot points)."""
-    foot = S.project_to_surface(f, points, iterations=6)
-    return np.linalg.norm(points - foot, axis=1)
-
-
-def _min_gap(points_a: NDArray[np.float64], f_b: S.SDF, prefilter_mm: float = 15.0) -> float:
-    """Minimum distance (mm) from surface samples of body A to the surface of body B."""
-    fb = f_b(points_a)
-    near = points_a[fb < prefilter_mm]
-    if len(near) == 0:
-        return float("inf")
-    # refine around the closest candidates only; negative = the bodies overlap
-    d0 = S.normalized(f_b, near)
-    cand = near[np.argsort(d0)[:200]]
-    return float((_distance_to_surface(f_b, cand) * np.sign(f_b(cand))).min())
-
-
-def _ellipsoid_samples(centre: NDArray[np.float64], semi: NDArray[np.float64], rot: NDArray[np.float64], n: int = 60) -> NDArray[np.float64]:
-    """Points exactly on an ellipsoid surface (latitude-longitude grid)."""
-    th, ph = np.meshgrid(np.linspace(0, np.pi, n), np.linspace(0, 2 * np.pi, 2 * n))
-    unit = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], axis=-1).reshape(-1, 3)
-    return (unit * semi) @ rot.T + centre
-
-
-def _surface_samples(f: S.SDF, lo: NDArray[np.float64], hi: NDArray[np.float64], step: float) -> NDArray[np.float64]:
-    """Vertices of the zero set of ``f`` inside a box (flying edges + projection)."""
-    mesh = surface_mesh(f, np.stack([lo, hi]), step, np.eye(4))
-    p = np.asarray(mesh.points, dtype=np.float64)
-    inside = np.all((p >= lo) & (p <= hi), axis=1)
-    return p[inside]
-
-
-def _secant_fit(gap_of, target: float, x0: float, x1: float, iterations: int = 8, tol: float = 0.005) -> tuple[float, float]:
-    """Solve ``gap_of(x) = target`` by the secant method; returns (x, gap)."""
-    g0, g1 = gap_of(x0) - target, gap_of(x1) - target
-    for _ in range(iterations):
-        if abs(g1) < tol or g1 == g0:
-            break
-        x0, x1, g0 = x1, x1 - g1 * (x1 - x0) / (g1 - g0), g1
-        g1 = gap_of(x1) - target
-    return x1, g1 + target
 
 
 @dataclass(frozen=True)
@@ -190,14 +135,14 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
     # ---- femur frame: origin = nominal femoral knee centre, z = mechanical axis ----
     r_f = _ry(-prm.femur_tilt_deg)  # z_F tilted with its top lateral (-x)
     o_f = np.array([0.0, 0.0, 25.0 * s])
-    F = _frame(r_f, o_f)
+    F = frame(r_f, o_f)
     head = F([0.0, 0.0, prm.femur_length_mm])
     lat = -X  # lateral direction for a right leg
     ldfa_rise = 44.0 * s * np.tan(np.radians(90.0 - prm.ldfa_deg))  # lateral distal point higher by this
     pco = prm.posterior_condyle_offset_mm
 
     def femur_parts(z_shift: float):
-        Fz = _frame(r_f, o_f + np.array([0.0, 0.0, z_shift]))
+        Fz = frame(r_f, o_f + np.array([0.0, 0.0, z_shift]))
         cm = Fz([22.0 * s, 3.0 * s, -3.0 * s])
         cl = Fz([-22.0 * s, 3.0 * s - pco, -3.0 * s + ldfa_rise])
         distal = S.union(
@@ -244,7 +189,7 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
         r_flex = rotation_about_axis(r_f[:, 0], np.radians(prm.flexion_deg))
         r_t = r_flex @ r_t
         o_t = c_flex + r_flex @ (o_t - c_flex)
-    T = _frame(r_t, o_t)
+    T = frame(r_t, o_t)
     ankle_nominal = T([0.0, 0.0, -prm.tibia_length_mm])
     r_p = r_t @ _ry(90.0 - prm.mpta_deg) @ _rx(-prm.slope_deg)
     dish_depth = 2.2 * s
@@ -254,7 +199,7 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
     dl = _dish(dish_depth, dish_r, dish_round, (-20.0 * s, 0.0))
     apex_depth = dish_depth * (1.0 - 0.0 / dish_r)  # rho = 0 at the apex
     o_p = o_t + r_p @ np.array([0.0, 0.0, apex_depth])  # tibial knee centre = mid of the two apexes
-    P = _frame(r_p, o_p)
+    P = frame(r_p, o_p)
     slab = S.elliptic_slab(P([0.0, 0.0, -11.0 * s]), [38.0 * s, 25.0 * s], 11.0 * s, r_p)
 
     def top(p):
@@ -264,7 +209,7 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
     def block(p):
         return S.smax(slab(p), top(p), 2.0 * s)
 
-    S._with_bound(block, *slab.bsphere)  # smax(a, b) >= a: the slab's bound holds
+    S.with_bound(block, *slab.bsphere)  # smax(a, b) >= a: the slab's bound holds
 
     tib_parts = S.union(
         [
@@ -290,12 +235,12 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
     # surface samples of the distal femur near the joint, moved rigidly by the shift
     jl = np.array([-55.0 * s, -45.0 * s, -40.0 * s])
     jh = np.array([55.0 * s, 50.0 * s, 10.0 * s])
-    femur_joint_pts = _surface_samples(femur_sdf_for(distal), jl, jh, 1.0 * s)
+    femur_joint_pts = surface_samples(femur_sdf_for(distal), jl, jh, 1.0 * s)
 
     def joint_gap(dz: float) -> float:
-        return _min_gap(femur_joint_pts + np.array([0.0, 0.0, dz]), tibia_sdf)
+        return min_gap(femur_joint_pts + np.array([0.0, 0.0, dz]), tibia_sdf)
 
-    z_shift, _g = _secant_fit(joint_gap, prm.joint_gap_mm, 0.0, 1.0)
+    z_shift, _g = secant_fit(joint_gap, prm.joint_gap_mm, 0.0, 1.0)
     distal, Fz = femur_parts(z_shift)
     femur_sdf = femur_sdf_for(distal)
 
@@ -322,10 +267,10 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
 
     def head_gap(sv: float) -> float:
         c = head_start + sv * d_fib
-        pts = _surface_samples(fibula_for(c), c - 28.0 * s, c + 28.0 * s, 0.8 * s)
-        return _min_gap(pts, tibia_sdf)
+        pts = surface_samples(fibula_for(c), c - 28.0 * s, c + 28.0 * s, 0.8 * s)
+        return min_gap(pts, tibia_sdf)
 
-    sv, _g = _secant_fit(head_gap, prm.fibula_gap_mm, 5.0 * s, 10.0 * s)
+    sv, _g = secant_fit(head_gap, prm.fibula_gap_mm, 5.0 * s, 10.0 * s)
     c_head = head_start + sv * d_fib
     fibula_sdf = fibula_for(c_head)
 
@@ -336,9 +281,9 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
         return Fz([0.0, -28.0 * s - y_off, 14.0 * s])
 
     def pat_gap(y: float) -> float:
-        return _min_gap(_ellipsoid_samples(pat_centre_for(y), pat_semi, r_f, n=60), femur_sdf)
+        return min_gap(ellipsoid_samples(pat_centre_for(y), pat_semi, r_f, n=60), femur_sdf)
 
-    y_pat, _g = _secant_fit(pat_gap, prm.patella_gap_mm, 0.0, 3.0)
+    y_pat, _g = secant_fit(pat_gap, prm.patella_gap_mm, 0.0, 3.0)
     pat_centre = pat_centre_for(y_pat)
     patella_sdf = S.ellipsoid(pat_centre, pat_semi, r_f)
 
@@ -401,26 +346,6 @@ def build_knee(prm: KneeParameters) -> KneeAnatomy:
 # ------------------------------------------------------------------------------------------
 
 
-def _extreme_point(f: S.SDF, verts: NDArray[np.float64], direction: NDArray[np.float64], mask: NDArray[np.bool_]) -> NDArray[np.float64]:
-    """Surface point maximising ``direction . p`` among masked vertices, refined on the analytic
-    surface by a dense tangent-disk search (0.05 mm) and Newton projection."""
-    d = direction / np.linalg.norm(direction)
-    cand = verts[mask]
-    if len(cand) == 0:
-        raise InputError(None, "no surface vertices in the landmark search region")
-    p0 = cand[np.argmax(cand @ d)]
-    for radius, n in ((2.0, 21), (0.25, 15)):
-        a = np.cross(d, X if abs(d[0]) < 0.9 else Y)
-        a /= np.linalg.norm(a)
-        b = np.cross(d, a)
-        g = np.linspace(-radius, radius, n)
-        uu, vv = np.meshgrid(g, g)
-        pts = p0 + uu.ravel()[:, None] * a + vv.ravel()[:, None] * b
-        pts = S.project_to_surface(f, pts, iterations=4)
-        p0 = pts[np.argmax(pts @ d)]
-    return p0
-
-
 def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.float64]]) -> tuple[dict[str, NDArray[np.float64]], NDArray[np.float64]]:
     """docs/anatomy.md landmarks in the limb frame, and the medial plateau AP tangent (posterior)."""
     fem = anat.bones["femur"].sdf
@@ -437,8 +362,8 @@ def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.flo
     distal = ((vf - o_f) @ z_f) < 60.0
     ml = anat.femur_rot[:, 0]  # medial
     for _ in range(4):
-        med = _extreme_point(fem, vf, ml, distal)
-        latp = _extreme_point(fem, vf, -ml, distal)
+        med = extreme_point(fem, vf, ml, distal)
+        latp = extreme_point(fem, vf, -ml, distal)
         ml_new = (med - latp) / np.linalg.norm(med - latp)
         if np.linalg.norm(ml_new - ml) < 1e-6:
             break
@@ -452,10 +377,10 @@ def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.flo
     post /= np.linalg.norm(post)
     near = ((vf - knee_f) @ u_f) < 10.0
     side = (vf - knee_f) @ (-tea)  # > 0 medial
-    L["distal_medial_condyle"] = _extreme_point(fem, vf, -u_f, near & (side > 0))
-    L["distal_lateral_condyle"] = _extreme_point(fem, vf, -u_f, near & (side < 0))
-    L["posterior_medial_condyle"] = _extreme_point(fem, vf, post, near & (side > 0))
-    L["posterior_lateral_condyle"] = _extreme_point(fem, vf, post, near & (side < 0))
+    L["distal_medial_condyle"] = extreme_point(fem, vf, -u_f, near & (side > 0))
+    L["distal_lateral_condyle"] = extreme_point(fem, vf, -u_f, near & (side < 0))
+    L["posterior_medial_condyle"] = extreme_point(fem, vf, post, near & (side > 0))
+    L["posterior_lateral_condyle"] = extreme_point(fem, vf, post, near & (side < 0))
 
     # plateau centres: the dish apexes, on the surface along the plateau normal
     w = anat.plateau_rot[:, 2]
@@ -481,8 +406,8 @@ def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.flo
         # within 40 mm of each bone's own distal end (along the tibial mechanical axis)
         dist_t = (vt @ u_t) < float((vt @ u_t).min()) + 40.0
         dist_fi = (vfi @ u_t) < float((vfi @ u_t).min()) + 40.0
-        mm = _extreme_point(tib, vt, ml_t, dist_t)
-        lm = _extreme_point(fib, vfi, -ml_t, dist_fi)
+        mm = extreme_point(tib, vt, ml_t, dist_t)
+        lm = extreme_point(fib, vfi, -ml_t, dist_fi)
         ankle = 0.5 * (mm + lm)
         u_new = (knee_t - ankle) / np.linalg.norm(knee_t - ankle)
         done = np.linalg.norm(u_new - u_t) < 1e-7
@@ -496,32 +421,12 @@ def knee_landmarks_limb(anat: KneeAnatomy, meshes_limb: dict[str, NDArray[np.flo
     return L, ap
 
 
-def _surface_points(anat: KneeAnatomy, starts: list) -> list[tuple[NDArray[np.float64], NDArray[np.float64]]]:
-    """Project (bone, start) pairs onto their bone surfaces, batched per bone: (point, normal)."""
-    out: list = [None] * len(starts)
-    for bone in sorted({b for b, _p in starts}):
-        idx = [i for i, (b, _p) in enumerate(starts) if b == bone]
-        f = anat.bones[bone].sdf
-        p = S.project_to_surface(f, np.array([starts[i][1] for i in idx], dtype=np.float64), iterations=8)
-        n = S.gradient(f, p)
-        n /= np.linalg.norm(n, axis=1, keepdims=True)
-        for j, i in enumerate(idx):
-            out[i] = (p[j], n[j])
-    return out
-
-
-def _surface_point(f: S.SDF, start: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    p = S.project_to_surface(f, np.asarray(start, dtype=np.float64)[None], iterations=8)[0]
-    n = S.gradient(f, p[None])[0]
-    return p, n / np.linalg.norm(n)
-
-
 def _fiducials_targets_limb(anat: KneeAnatomy, s: float, bead_r: float, standoff: float):
     """Bead centres (surface point + (radius + standoff) along the outward normal: a bead
     resting on a thin cap on the bone), targets on the bone surfaces and the reference mount (limb)."""
-    Fz = _frame(anat.femur_rot, anat.femur_origin)
-    T = _frame(anat.tibia_rot, anat.tibia_origin)
-    P = _frame(anat.plateau_rot, anat.plateau_origin)
+    Fz = frame(anat.femur_rot, anat.femur_origin)
+    T = frame(anat.tibia_rot, anat.tibia_origin)
+    P = frame(anat.plateau_rot, anat.plateau_origin)
     fem = anat.bones["femur"].sdf
     bead_starts = [
         ("femur", Fz([8.0 * s, -45.0 * s, 150.0 * s])),
@@ -541,51 +446,75 @@ def _fiducials_targets_limb(anat: KneeAnatomy, s: float, bead_r: float, standoff
         ("target_lateral_tibia_cut_level", "tibia", P([-45.0 * s, 5.0 * s, -12.0 * s])),
         ("target_tibial_spine", "tibia", P([0.0, -2.0 * s, 12.0 * s])),
     ]
-    anchors = _surface_points(anat, list(bead_starts) + [(b, p) for _n, b, p in target_starts])
+    anchors = surface_points({n: b.sdf for n, b in anat.bones.items()}, list(bead_starts) + [(b, p) for _n, b, p in target_starts])
     beads = [(bone, p + (bead_r + standoff) * n) for (bone, _s), (p, n) in zip(bead_starts, anchors[: len(bead_starts)])]
     targets = [(name, bone, p) for (name, bone, _s), (p, _n) in zip(target_starts, anchors[len(bead_starts) :])]
-    mount_p, mount_n = _surface_point(fem, Fz([-15.0 * s, -40.0 * s, 200.0 * s]))
+    mount_p, mount_n = surface_point(fem, Fz([-15.0 * s, -40.0 * s, 200.0 * s]))
     return beads, targets, (mount_p, mount_n)
 
 
-def _default_ct_from_limb(seed: int, jitter_deg: float) -> NDArray[np.float64]:
-    """Limb -> CT LPS: leg along +S with a few degrees of arbitrary rotation, off-centre."""
-    r = _rz(7.0) @ _rx(-3.0) @ _ry(2.0)
-    t = np.array([-18.0, 35.0, -820.0])
-    if jitter_deg > 0:
-        rng = np.random.default_rng(10_000 + seed)
-        axis = rng.normal(size=3)
-        r = rotation_about_axis(axis, np.radians(rng.uniform(-jitter_deg, jitter_deg))) @ r
-        t = t + rng.uniform(-20.0, 20.0, size=3)
-    return make_rigid(r, t)
-
-
-@dataclass(frozen=True)
-class _KneeGeometry:
-    anatomy: KneeAnatomy
-    meshes_limb: dict
-    landmarks: dict
-    ap_tangent: NDArray[np.float64]
-    gaps: dict
-    beads: list
-    targets: list
-    mount: tuple
-
-
 @lru_cache(maxsize=4)
-def _knee_geometry(prm: KneeParameters) -> _KneeGeometry:
-    """Everything that does not depend on the seed, the pose or the CT grid (cached)."""
+def knee_geometry(prm: KneeParameters) -> PhantomGeometry:
+    """Everything that does not depend on the seed, the pose or the CT grid (cached; limb frame).
+
+    ``anatomy`` is the :class:`KneeAnatomy`; ``extras['medial_plateau_ap_tangent']`` the
+    medial plateau AP tangent (towards posterior).
+    """
     anat = build_knee(prm)
     meshes = closed_limb_meshes(anat.bones, prm.mesh_step_mm)
     verts_limb = {name: np.asarray(m.points, dtype=np.float64) for name, m in meshes.items()}
     L_limb, ap_limb = knee_landmarks_limb(anat, verts_limb)
     gaps = {
-        "femur_tibia": _min_gap(verts_limb["femur"], anat.bones["tibia"].sdf),
-        "fibula_tibia": _min_gap(verts_limb["fibula"], anat.bones["tibia"].sdf),
-        "patella_femur": _min_gap(verts_limb["patella"], anat.bones["femur"].sdf),
+        "femur_tibia": min_gap(verts_limb["femur"], anat.bones["tibia"].sdf),
+        "fibula_tibia": min_gap(verts_limb["fibula"], anat.bones["tibia"].sdf),
+        "patella_femur": min_gap(verts_limb["patella"], anat.bones["femur"].sdf),
     }
     beads, targets, mount = _fiducials_targets_limb(anat, prm.scale, prm.bead_radius_mm, prm.bead_standoff_mm)
-    return _KneeGeometry(anat, meshes, L_limb, ap_limb, gaps, beads, targets, mount)
+    return PhantomGeometry(
+        anatomy=anat,
+        bones=dict(anat.bones),
+        envelope=anat.envelope,
+        grid_bounds_limb_mm=anat.envelope_bounds,
+        meshes_limb=meshes,
+        landmarks_limb=L_limb,
+        beads=beads,
+        targets=targets,
+        mount=mount,
+        gaps_mm=gaps,
+        extras={"medial_plateau_ap_tangent": ap_limb},
+    )
+
+
+def _check(prm: KneeParameters) -> None:
+    if prm.scale <= 0.3 or prm.scale > 2.0:
+        raise InputError(None, f"scale must be in (0.3, 2], got {prm.scale}")
+    if not 0.0 <= prm.flexion_deg <= 45.0:
+        raise InputError(None, f"flexion_deg must be in [0, 45], got {prm.flexion_deg}")
+
+
+def _truth(geo: PhantomGeometry, ct_from_limb: NDArray[np.float64], landmarks_lps: dict[str, NDArray[np.float64]]) -> AnatomyTruth:
+    ap_lps = apply_vector(ct_from_limb, geo.extras["medial_plateau_ap_tangent"])
+    angles = knee_angles(landmarks_lps, medial_plateau_ap_tangent_lps=ap_lps, side="right")
+    return AnatomyTruth(angles_deg=angles, fields={"medial_plateau_ap_tangent_lps": (float(ap_lps[0]), float(ap_lps[1]), float(ap_lps[2]))})
+
+
+#: The knee's parts of the phantom recipe. Pose: the leg along +S with a few degrees of
+#: arbitrary rotation, off-centre.
+KNEE_RECIPE = AnatomyRecipe(
+    kind="knee",
+    knob_name="knee",
+    labels=LABELS,
+    side="right",
+    table_side="right",
+    parameters=KneeParameters,
+    small=SMALL,
+    check=_check,
+    geometry=knee_geometry,
+    pose=Pose(rz_deg=7.0, rx_deg=-3.0, ry_deg=2.0, translation_mm=(-18.0, 35.0, -820.0), jitter_seed_offset=10_000),
+    grid_margin_mm=4.0,
+    intensity=Intensity(cortical_hu=1500.0, cortical_amplitude_hu=250.0, cortical_period_mm=90.0, marrow_hu=300.0, marrow_amplitude_hu=80.0),
+    truth=_truth,
+)
 
 
 def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> SyntheticPhantom:
@@ -596,7 +525,7 @@ def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) ->
     seed
         Noise and intensity variation (and the pose, when ``pose_jitter_deg`` > 0).
     small
-        Coarser voxels (1.4 x 1.4 x 2.8 mm) and wider gaps (>= 2 voxels): fast, for tests.
+        Coarser voxels (1.2 x 1.2 x 2.4 mm) and wider gaps (>= 3 voxels): fast, for tests.
     **knobs
         Any :class:`KneeParameters` field, e.g. ``varus_deg=5``, ``scale=0.9``,
         ``spacing_mm=(0.8, 0.8, 1.5)``, ``pose_jitter_deg=5``.
@@ -604,102 +533,9 @@ def make_knee_phantom(*, seed: int = 0, small: bool = False, **knobs: object) ->
     Returns
     -------
     SyntheticPhantom
+        ``truth.kind == 'knee'``; landmarks and angles of docs/anatomy.md (LPS mm, degrees).
     """
-    fields = set(KneeParameters.__dataclass_fields__)
-    unknown = sorted(set(knobs) - fields)
-    if unknown:
-        raise InputError(None, f"unknown knee phantom knob(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    base = dict(SMALL) if small else {}
-    base.update(knobs)
-    prm = KneeParameters(**base)  # type: ignore[arg-type]
-    if prm.scale <= 0.3 or prm.scale > 2.0:
-        raise InputError(None, f"scale must be in (0.3, 2], got {prm.scale}")
-    if not 0.0 <= prm.flexion_deg <= 45.0:
-        raise InputError(None, f"flexion_deg must be in [0, 45], got {prm.flexion_deg}")
-    rng = np.random.default_rng(seed)
-    geo = _knee_geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
-    anat = geo.anatomy
-    ct_from_limb = _default_ct_from_limb(seed, prm.pose_jitter_deg)
-    # CT grid: axial rotation of ~12 deg and the limb's tilt: a non-identity direction matrix
-    direction = ct_from_limb[:3, :3] @ _rz(12.0)
-    grid = fit_grid(anat.envelope_bounds, ct_from_limb, direction, prm.spacing_mm, margin_mm=4.0)
+    return make_phantom(KNEE_RECIPE, seed=seed, small=small, knobs=knobs)
 
-    beads, targets, (mount_p, mount_n) = geo.beads, geo.targets, geo.mount
-    bead_limb = np.array([b[1] for b in beads])
 
-    phase = rng.uniform(0, 2 * np.pi, size=2)
-
-    def cortical_hu(p: NDArray[np.float64]) -> NDArray[np.float64]:
-        return 1500.0 + 250.0 * np.sin(p[:, 2] / 90.0 + phase[0])
-
-    marrow_by_bone = {name: 300.0 + 80.0 * np.sin(phase[1] + i) for i, name in enumerate(LABELS)}
-
-    def marrow_hu(bone: str) -> float:
-        return marrow_by_bone[bone]
-
-    ct, labels = render_ct(
-        grid,
-        ct_from_limb,
-        list(anat.bones.values()),
-        anat.envelope,
-        bead_limb,
-        prm.bead_radius_mm,
-        rng,
-        noise_hu=prm.noise_hu,
-        psf_sigma_vox=prm.psf_sigma_vox,
-        cortical_hu_fn=cortical_hu,
-        marrow_hu_fn=marrow_hu,
-        metal_artefact_hu=prm.metal_artefact_hu,
-    )
-    meshes = {}
-    for name, m in geo.meshes_limb.items():
-        m = m.copy()
-        m.points = apply(ct_from_limb, np.asarray(m.points, dtype=np.float64))
-        meshes[name] = m
-    L_limb, ap_limb, gaps = geo.landmarks, geo.ap_tangent, geo.gaps
-
-    L_lps = {k: apply(ct_from_limb, v) for k, v in L_limb.items()}
-    ap_lps = apply_vector(ct_from_limb, ap_limb)
-    angles = knee_angles(L_lps, medial_plateau_ap_tangent_lps=ap_lps, side="right")
-
-    bead_lps = apply(ct_from_limb, bead_limb)
-    order = np.argsort(-bead_lps[:, 2], kind="stable")  # most superior first
-    fiducials = {f"fiducial_{i + 1}": tuple(float(x) for x in bead_lps[j]) for i, j in enumerate(order)}
-    fid_bones = {f"fiducial_{i + 1}": beads[j][0] for i, j in enumerate(order)}
-
-    def tup(v: NDArray[np.float64]) -> tuple[float, float, float]:
-        return (float(v[0]), float(v[1]), float(v[2]))
-
-    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in prm.__dict__.items()}
-    params["small"] = small
-    truth = PhantomTruth(
-        kind="knee",
-        seed=seed,
-        parameters=params,
-        side="right",
-        bones=dict(LABELS),
-        fiducials_lps_mm=fiducials,
-        fiducial_bones=fid_bones,
-        targets_lps_mm={n: tup(apply(ct_from_limb, p)) for n, _b, p in targets},
-        target_bones={n: b for n, b, _p in targets},
-        landmarks_lps_mm={k: tup(v) for k, v in L_lps.items()},
-        angles_deg=angles,
-        medial_plateau_ap_tangent_lps=tup(ap_lps),
-        ct_from_limb=ct_from_limb.tolist(),
-        reference_mount_lps_mm=tup(apply(ct_from_limb, mount_p)),
-        reference_mount_normal_lps=tup(apply_vector(ct_from_limb, mount_n)),
-        bead_radius_mm=prm.bead_radius_mm,
-        bead_hu=DEFAULT_HU["bead"],
-        hu=dict(DEFAULT_HU),
-        gaps_mm=gaps,
-    )
-    table = LabelTable(labels={v: k for k, v in LABELS.items()}, backend="phantom truth", side="right")
-    return SyntheticPhantom(
-        ct=ct,
-        labels=labels,
-        label_table=table,
-        truth=truth,
-        truth_meshes=meshes,
-        bones={k: v for k, v in anat.bones.items()},
-        print_mesh=None,
-    )
+__all__ = ["KNEE_RECIPE", "LABELS", "SMALL", "KneeAnatomy", "KneeParameters", "build_knee", "knee_geometry", "knee_landmarks_limb", "make_knee_phantom"]

@@ -9,35 +9,27 @@ length give a ~240 mm bone, a "mini" sawbones femur. It lies in air on the scann
 Frame: the limb frame of the knee phantom (x medial, y posterior, z superior; a right femur),
 placed into LPS by ``ct_from_limb``. Truth: the femoral landmarks of docs/anatomy.md and the
 two femur-only angles (``ldfa``, ``femoral_rotation``).
+
+This module gives the long bone's parts (parameters, beads, envelope;
+:data:`LONG_BONE_RECIPE`) to the shared phantom recipe (:mod:`orthonav.phantoms.recipe`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from orthonav.core.case import LabelTable
+
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import (
-    apply,
-    apply_vector,
-    make_rigid,
-    rotation_about_axis,
-)
 
 from . import sdf as S
 from .angles import knee_angles
-from .knee import (
-    KneeParameters,
-    _frame,
-    _knee_geometry,
-    _surface_point,
-    _surface_points,
-)
-from .synthetic import DEFAULT_HU, SyntheticPhantom, fit_grid, render_ct
-from .truth import PhantomTruth
+from .knee import KneeParameters, knee_geometry
+from .probes import frame, surface_point, surface_points
+from .recipe import AnatomyRecipe, AnatomyTruth, Intensity, PhantomGeometry, Pose, make_phantom
+from .render import SyntheticPhantom
 
 LABELS = {"femur": 1}
 FEMORAL_LANDMARKS = (
@@ -91,23 +83,17 @@ def _knee_prm(prm: LongBoneParameters) -> KneeParameters:
     )
 
 
-@dataclass(frozen=True)
-class _LongBoneGeometry:
-    knee: object
-    beads: list
-    targets: list
-    mount: tuple
-    envelope: S.SDF
-    grid_bounds: NDArray[np.float64]
-
-
 @lru_cache(maxsize=4)
-def _long_bone_geometry(prm: LongBoneParameters) -> _LongBoneGeometry:
-    kg = _knee_geometry(_knee_prm(prm))
+def long_bone_geometry(prm: LongBoneParameters) -> PhantomGeometry:
+    """Everything that does not depend on the seed, the pose or the CT grid (cached; limb
+    frame): the knee geometry's femur, with the long bone's own beads, targets, mount and
+    envelope. ``anatomy`` is the knee's :class:`~orthonav.phantoms.knee.KneeAnatomy`;
+    ``landmarks_limb`` holds all knee landmarks (the truth keeps the femoral ones)."""
+    kg = knee_geometry(_knee_prm(prm))
     anat = kg.anatomy
     s = prm.scale
-    L = kg.landmarks
-    Fz = _frame(anat.femur_rot, anat.femur_origin)
+    L = kg.landmarks_limb
+    Fz = frame(anat.femur_rot, anat.femur_origin)
     length = float(np.linalg.norm(L["femoral_head_centre"] - L["femoral_knee_centre"]))  # knee -> head (mm)
 
     def at(frac: float, x: float, y: float) -> NDArray[np.float64]:
@@ -129,11 +115,11 @@ def _long_bone_geometry(prm: LongBoneParameters) -> _LongBoneGeometry:
         ("target_mid_shaft_posterior", "femur", at(0.52, 0.0, 40.0)),
         ("target_femoral_head_anterior", "femur", L["femoral_head_centre"] + np.array([0.0, -30.0 * s, 20.0 * s])),
     ]
-    anchors = _surface_points(anat, list(bead_starts) + [(b, p) for _n, b, p in target_starts])
+    anchors = surface_points({n: b.sdf for n, b in anat.bones.items()}, list(bead_starts) + [(b, p) for _n, b, p in target_starts])
     r = prm.bead_radius_mm + prm.bead_standoff_mm
     beads = [(bone, p + r * n) for (bone, _s), (p, n) in zip(bead_starts, anchors[: len(bead_starts)])]
     targets = [(name, bone, p) for (name, bone, _s), (p, _n) in zip(target_starts, anchors[len(bead_starts) :])]
-    mount = _surface_point(anat.bones["femur"].sdf, at(0.53, -10.0, -40.0))
+    mount = surface_point(anat.bones["femur"].sdf, at(0.53, -10.0, -40.0))
 
     b = anat.bones["femur"].bounds_limb_mm
     if prm.soft_tissue:
@@ -149,19 +135,49 @@ def _long_bone_geometry(prm: LongBoneParameters) -> _LongBoneGeometry:
 
         verts = np.asarray(kg.meshes_limb["femur"].points)
         grid_bounds = np.stack([verts.min(axis=0) - 8.0, verts.max(axis=0) + 8.0])
-    return _LongBoneGeometry(kg, beads, targets, mount, envelope, grid_bounds)
+    femur = anat.bones["femur"]
+    return PhantomGeometry(
+        anatomy=anat,
+        bones={"femur": femur},
+        envelope=envelope,
+        grid_bounds_limb_mm=grid_bounds,
+        meshes_limb={"femur": kg.meshes_limb["femur"]},
+        landmarks_limb=kg.landmarks_limb,
+        beads=beads,
+        targets=targets,
+        mount=mount,
+    )
 
 
-def _default_ct_from_limb(seed: int, jitter_deg: float) -> NDArray[np.float64]:
-    """Limb -> CT LPS: the bone along the scanner axis, rolled and tilted a few degrees."""
-    r = rotation_about_axis([0.0, 0.0, 1.0], np.radians(-25.0)) @ rotation_about_axis([1.0, 0.0, 0.0], np.radians(4.0)) @ rotation_about_axis([0.0, 1.0, 0.0], np.radians(-6.0))
-    t = np.array([-30.0, 45.0, -380.0])
-    if jitter_deg > 0:
-        rng = np.random.default_rng(30_000 + seed)
-        axis = rng.normal(size=3)
-        r = rotation_about_axis(axis, np.radians(rng.uniform(-jitter_deg, jitter_deg))) @ r
-        t = t + rng.uniform(-20.0, 20.0, size=3)
-    return make_rigid(r, t)
+def _check(prm: LongBoneParameters) -> None:
+    if not 0.4 <= prm.scale <= 1.5:
+        raise InputError(None, f"scale must be in [0.4, 1.5], got {prm.scale}")
+    if not 150.0 <= prm.femur_length_mm / prm.scale <= 600.0:
+        raise InputError(None, f"femur_length_mm / scale must be in [150, 600], got {prm.femur_length_mm / prm.scale:.0f}")
+
+
+def _truth(geo: PhantomGeometry, ct_from_limb: NDArray[np.float64], landmarks_lps: dict[str, NDArray[np.float64]]) -> AnatomyTruth:
+    a_all = knee_angles(landmarks_lps, side="right")  # the femoral angles need only femoral landmarks
+    return AnatomyTruth(angles_deg={k: a_all[k] for k in ("ldfa", "femoral_rotation")}, landmark_names=FEMORAL_LANDMARKS)
+
+
+#: The long bone's parts of the phantom recipe. Pose: the bone along the scanner axis, rolled
+#: and tilted a few degrees.
+LONG_BONE_RECIPE = AnatomyRecipe(
+    kind="long_bone",
+    knob_name="long-bone",
+    labels=LABELS,
+    side="right",
+    table_side="right",
+    parameters=LongBoneParameters,
+    small=SMALL,
+    check=_check,
+    geometry=long_bone_geometry,
+    pose=Pose(rz_deg=-25.0, rx_deg=4.0, ry_deg=-6.0, translation_mm=(-30.0, 45.0, -380.0), jitter_seed_offset=30_000),
+    grid_margin_mm=2.0,
+    intensity=Intensity(cortical_hu=1500.0, cortical_amplitude_hu=200.0, cortical_period_mm=60.0, marrow_hu=300.0, marrow_amplitude_hu=80.0),
+    truth=_truth,
+)
 
 
 def make_long_bone_phantom(*, seed: int = 0, small: bool = False, **knobs: object) -> SyntheticPhantom:
@@ -183,80 +199,7 @@ def make_long_bone_phantom(*, seed: int = 0, small: bool = False, **knobs: objec
         ``truth.kind == 'long_bone'``; landmarks: the femoral keys of docs/anatomy.md; angles:
         ``ldfa`` and ``femoral_rotation``.
     """
-    fields = set(LongBoneParameters.__dataclass_fields__)
-    unknown = sorted(set(knobs) - fields)
-    if unknown:
-        raise InputError(None, f"unknown long-bone phantom knob(s): {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
-    base = dict(SMALL) if small else {}
-    base.update(knobs)
-    prm = LongBoneParameters(**base)  # type: ignore[arg-type]
-    if not 0.4 <= prm.scale <= 1.5:
-        raise InputError(None, f"scale must be in [0.4, 1.5], got {prm.scale}")
-    if not 150.0 <= prm.femur_length_mm / prm.scale <= 600.0:
-        raise InputError(None, f"femur_length_mm / scale must be in [150, 600], got {prm.femur_length_mm / prm.scale:.0f}")
-    rng = np.random.default_rng(seed)
-    geo = _long_bone_geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
-    kg = geo.knee
-    anat = kg.anatomy
-    femur = anat.bones["femur"]
-    ct_from_limb = _default_ct_from_limb(seed, prm.pose_jitter_deg)
-    direction = ct_from_limb[:3, :3] @ rotation_about_axis([0.0, 0.0, 1.0], np.radians(12.0))
-    grid = fit_grid(geo.grid_bounds, ct_from_limb, direction, prm.spacing_mm, margin_mm=2.0)
-    bead_limb = np.array([b[1] for b in geo.beads])
-    phase = rng.uniform(0, 2 * np.pi, size=2)
-
-    def cortical_hu(p: NDArray[np.float64]) -> NDArray[np.float64]:
-        return 1500.0 + 200.0 * np.sin(p[:, 2] / 60.0 + phase[0])
-
-    marrow = 300.0 + 80.0 * np.sin(phase[1])
-    ct, labels = render_ct(
-        grid,
-        ct_from_limb,
-        [femur],
-        geo.envelope,
-        bead_limb,
-        prm.bead_radius_mm,
-        rng,
-        noise_hu=prm.noise_hu,
-        psf_sigma_vox=prm.psf_sigma_vox,
-        cortical_hu_fn=cortical_hu,
-        marrow_hu_fn=lambda _bone: marrow,
-    )
-    mesh = kg.meshes_limb["femur"].copy()
-    mesh.points = apply(ct_from_limb, np.asarray(mesh.points, dtype=np.float64))
-
-    def tup(v: NDArray[np.float64]) -> tuple[float, float, float]:
-        return (float(v[0]), float(v[1]), float(v[2]))
-
-    L_all = {k: apply(ct_from_limb, v) for k, v in kg.landmarks.items()}
-    a_all = knee_angles(L_all, side="right")  # the femoral angles need only femoral landmarks
-    angles = {k: a_all[k] for k in ("ldfa", "femoral_rotation")}
-    bead_lps = apply(ct_from_limb, bead_limb)
-    order = np.argsort(-bead_lps[:, 2], kind="stable")
-    params: dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in prm.__dict__.items()}
-    params["small"] = small
-    mount_p, mount_n = geo.mount
-    truth = PhantomTruth(
-        kind="long_bone",
-        seed=seed,
-        parameters=params,
-        side="right",
-        bones=dict(LABELS),
-        fiducials_lps_mm={f"fiducial_{i + 1}": tup(bead_lps[j]) for i, j in enumerate(order)},
-        fiducial_bones={f"fiducial_{i + 1}": geo.beads[j][0] for i, j in enumerate(order)},
-        targets_lps_mm={n: tup(apply(ct_from_limb, p)) for n, _b, p in geo.targets},
-        target_bones={n: b for n, b, _p in geo.targets},
-        landmarks_lps_mm={k: tup(L_all[k]) for k in FEMORAL_LANDMARKS},
-        angles_deg=angles,
-        ct_from_limb=ct_from_limb.tolist(),
-        reference_mount_lps_mm=tup(apply(ct_from_limb, mount_p)),
-        reference_mount_normal_lps=tup(apply_vector(ct_from_limb, mount_n)),
-        bead_radius_mm=prm.bead_radius_mm,
-        bead_hu=DEFAULT_HU["bead"],
-        hu=dict(DEFAULT_HU),
-    )
-    table = LabelTable(labels={1: "femur"}, backend="phantom truth", side="right")
-    return SyntheticPhantom(ct=ct, labels=labels, label_table=table, truth=truth, truth_meshes={"femur": mesh}, bones={"femur": femur}, print_mesh=None)
+    return make_phantom(LONG_BONE_RECIPE, seed=seed, small=small, knobs=knobs)
 
 
-__all__ = ["LABELS", "LongBoneParameters", "make_long_bone_phantom"]
+__all__ = ["FEMORAL_LANDMARKS", "LABELS", "LONG_BONE_RECIPE", "SMALL", "LongBoneParameters", "long_bone_geometry", "make_long_bone_phantom"]

@@ -16,6 +16,9 @@ vertex of the printed mesh:
 Frames: the "phantom frame" is the limb frame translated so that the base's bottom face is
 z = 0 (x medial, y posterior, z up, mm): the print bed frame. ``ct_from_phantom`` maps it into
 the phantom CT's LPS frame, so every divot is also given in CT coordinates.
+
+Hip and long bone: :func:`make_printable` lays out their parts the same way (a
+:class:`PrintLayout`). The CT of a printed model is :mod:`orthonav.phantoms.printed_ct`.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def _surface_anchor(f: S.SDF, start) -> tuple[NDArray[np.float64], NDArray[np.fl
 
 
 def make_printable_knee(phantom, *, divot_depth_mm: float = 2.5, femur_top_mm: float = 110.0, tibia_bottom_mm: float = 80.0) -> PrintedPhantom:
-    """Build the printable knee from a knee :class:`~orthonav.phantoms.synthetic.SyntheticPhantom`.
+    """Build the printable knee from a knee :class:`~orthonav.phantoms.render.SyntheticPhantom`.
 
     Parameters
     ----------
@@ -469,140 +472,4 @@ def make_printable(phantom, *, divot_depth_mm: float = 2.5) -> PrintedPhantom:
     return _build_printable(phantom, layouts[kind](phantom), divot_depth_mm)
 
 
-# ------------------------------------------------------------------------------------------
-# A CT of exactly what is printed
-# ------------------------------------------------------------------------------------------
-
-PRINT_LABELS = {"femur": 1, "tibia": 2, "support": 5}  # the knee's; other kinds: see _print_labels
-
-
-def _print_labels(phantom, printed: PrintedPhantom) -> dict[str, int]:
-    """Label values of the printed CT: each printed bone keeps its truth label; the support
-    (base, pillars, mount) is one more than the largest truth label (5 for the knee)."""
-    bones = printed.spec.printed_bones or ["femur", "tibia"]
-    out = {b: int(phantom.truth.bones[b]) for b in bones}
-    out["support"] = max(int(v) for v in phantom.truth.bones.values()) + 1
-    return out
-
-
-def _stencil_mask(mesh: pv.PolyData, spacing, origin, shape_ijk) -> NDArray[np.bool_]:
-    """Inside test of a closed mesh at the centres of an axis-aligned grid (scan-line stencil);
-    returns a (nk, nj, ni) bool array."""
-    import vtk
-    from vtk.util import numpy_support
-
-    ni, nj, nk = (int(x) for x in shape_ijk)
-    st = vtk.vtkPolyDataToImageStencil()
-    st.SetInputData(mesh)
-    st.SetOutputSpacing(*[float(x) for x in spacing])
-    st.SetOutputOrigin(*[float(x) for x in origin])
-    st.SetOutputWholeExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
-    st.SetTolerance(0.0)
-    img = vtk.vtkImageData()
-    img.SetSpacing(*[float(x) for x in spacing])
-    img.SetOrigin(*[float(x) for x in origin])
-    img.SetExtent(0, ni - 1, 0, nj - 1, 0, nk - 1)
-    img.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    img.GetPointData().GetScalars().Fill(1)
-    cut = vtk.vtkImageStencil()
-    cut.SetInputData(img)
-    cut.SetStencilConnection(st.GetOutputPort())
-    cut.ReverseStencilOff()
-    cut.SetBackgroundValue(0)
-    cut.Update()
-    a = numpy_support.vtk_to_numpy(cut.GetOutput().GetPointData().GetScalars())
-    return a.reshape(nk, nj, ni) > 0
-
-
-def render_printed_ct(
-    phantom,
-    printed: PrintedPhantom,
-    *,
-    spacing_mm: tuple[float, float, float] = (0.8, 0.8, 1.0),
-    material_hu: float | None = None,
-    noise_hu: float = 15.0,
-    seed: int = 0,
-):
-    """CT (int16 HU) and labels of the printed phantom scanned in air, in the phantom CT's frame.
-
-    The grid uses the phantom CT's direction matrix and ``ct_from_phantom``, so the divots'
-    ``apex_ct_lps_mm`` and the phantom truth landmarks inside the printed region are valid in
-    this CT. Labels: each printed bone its truth label (print material within 0.5 mm of that
-    true bone; knee: femur 1, tibia 2), support = largest truth label + 1 (knee: 5; base,
-    pillars, arm, mount).
-
-    Returns
-    -------
-    (Volume, Volume, LabelTable)
-    """
-    from orthonav.core.case import LabelTable
-
-    from scipy.ndimage import gaussian_filter
-
-    from orthonav.core.volume import Volume
-
-    from .synthetic import DEFAULT_HU, fit_grid
-
-    spec = printed.spec
-    hu = float(spec.material_hu if material_hu is None else material_hu)
-    ct_from_phantom = np.array(spec.ct_from_phantom, dtype=np.float64)
-    pts = np.asarray(printed.mesh.points)
-    bounds = np.stack([pts.min(axis=0) - 1.0, pts.max(axis=0) + 1.0])
-    grid = fit_grid(bounds, ct_from_phantom, phantom.ct.direction, spacing_mm, margin_mm=8.0)
-    sp = grid.spacing_mm
-    # the mesh in the grid's axis-aligned frame (mm along i, j, k from voxel (0, 0, 0))
-    ijk_from_phantom = np.linalg.inv(grid.lps_from_ijk) @ ct_from_phantom
-    mesh_g = printed.mesh.copy()
-    mesh_g.points = apply(ijk_from_phantom, pts) * sp
-    sub = 2  # partial volume: 2 x 2 x 2 sub-voxel occupancy
-    fine = _stencil_mask(mesh_g, sp / sub, -0.5 * sp + 0.5 * sp / sub, tuple(n * sub for n in grid.shape_ijk))
-    nk, nj, ni = grid.shape_zyx
-    occ = fine.reshape(nk, sub, nj, sub, ni, sub).mean(axis=(1, 3, 5)).astype(np.float32)
-    centre = _stencil_mask(mesh_g, sp, np.zeros(3), grid.shape_ijk)  # voxel centres inside -> label
-    air = DEFAULT_HU["air"]
-    vol = air + occ * (hu - air)
-    vol = gaussian_filter(vol, 0.6, mode="nearest")
-    if noise_hu > 0:
-        vol += np.random.default_rng(seed).normal(0.0, noise_hu, size=vol.shape).astype(np.float32)
-    ct = Volume(np.clip(np.rint(vol), -1024, 32767).astype(np.int16), grid.lps_from_ijk.copy())
-    print_labels = _print_labels(phantom, printed)
-    labels = Volume(np.where(centre, print_labels["support"], 0).astype(np.uint8), grid.lps_from_ijk.copy())
-    # split the print into the bones it reproduces
-    lab = labels.array_zyx
-    kji = np.nonzero(lab > 0)
-    p_ct = ct.to_lps(np.stack([kji[2], kji[1], kji[0]], axis=1).astype(np.float64))
-    limb_from_ct = invert(phantom.ct_from_limb)
-    p_limb = apply(limb_from_ct, p_ct)
-    for bone, value in print_labels.items():
-        if bone == "support":
-            continue
-        near = phantom.bones[bone].sdf(p_limb) < 0.5
-        lab[kji[0][near], kji[1][near], kji[2][near]] = value
-    side = phantom.truth.side if phantom.truth.side in ("left", "right") else None
-    table = LabelTable(labels={v: k for k, v in print_labels.items()}, backend="printed phantom truth", side=side)
-    return ct, labels, table
-
-
-def write_printed_case(phantom, case_dir, *, spacing_mm: tuple[float, float, float] = (0.8, 0.8, 1.0), seed: int = 0):
-    """A case whose ``ct.nii.gz`` is the CT of the printed phantom (what ``orthonav phantom
-    knee|hip|long-bone CASE --printed`` writes): ``print/phantom_<kind>.stl|json``,
-    ``truth/labels.nii.gz|json`` and ``truth/truth.json`` (the source phantom's truth;
-    landmarks outside the printed region, e.g. the knee's hip and ankle centres, are not in
-    this CT)."""
-    from orthonav.core.case import Case, write_labels_table
-    from orthonav.core.meshio import write_mesh
-    from orthonav.core.schema import save_model
-    from orthonav.core.volume import write_volume
-
-    from .truth import write_truth
-
-    case = Case(case_dir)
-    printed = make_printable(phantom)
-    ct, labels, table = render_printed_ct(phantom, printed, spacing_mm=spacing_mm, seed=seed)
-    write_volume(ct, case.ct)
-    write_volume(labels, case.truth_dir / "labels.nii.gz")
-    write_labels_table(case.truth_dir / "labels.json", table)
-    write_truth(case.root, phantom.truth)
-    write_mesh(printed.mesh, case.print_dir / printed.spec.stl)
-    save_model(case.print_dir / f"phantom_{printed.spec.kind}.json", printed.spec)
-    return case
+__all__ = ["DIVOT_HALF_ANGLE_DEG", "Divot", "PrintLayout", "PrintedPhantom", "PrintedPhantomSpec", "make_printable", "make_printable_knee"]

@@ -4,10 +4,11 @@ A :class:`Scenario` places the CT (the phantom) at a known, random but plausible
 of the tracker (``tracker_from_ct``, the anatomy 1.2-1.8 m from the camera), fixes a patient
 reference marker rigidly to the bone (``ct_from_reference`` at the phantom's reference mount),
 and scripts the tools over time. Everything comes from the case (truth + plan), not from the
-kind of joint: :func:`geometry_from` takes the fiducials, targets and reference mount from the
-phantom truth, the cut from the plan (a TKA's distal femoral cut, else the plan's first cut,
-e.g. a THA's femoral neck cut ``neck_<side>``) and an optional axis to guide the drill tool
-along (the plan's first trajectory, else a THA cup axis, :func:`cup_trajectories`).
+kind of joint: :func:`~orthonav.phantoms.or_geometry.geometry_from` takes the fiducials, targets
+and reference mount from the phantom truth, the cut from the plan (a TKA's distal femoral cut,
+else the plan's first cut, e.g. a THA's femoral neck cut ``neck_<side>``) and an optional axis
+to guide the drill tool along (the plan's first trajectory, else a THA cup axis,
+:func:`~orthonav.phantoms.or_geometry.cup_trajectories`).
 
 1. The pointer visits every fiducial in the plan's order: it moves for ``move_s`` (lifting off
    the surface) and dwells ``dwell_s`` with its tip exactly at the TRUE fiducial (plus an
@@ -25,24 +26,32 @@ The reference is visible throughout (unless ``reference_dropout_s`` is given).
 ``scenario.script(t_s)`` is the ``script`` the tracking simulator runs
 (``dict[tool, tracker_from_tool | None]``); :meth:`Scenario.truth_at` gives the true guidance
 numbers at any time, against which navigation output is checked. :func:`simulate_navigation`
-runs the whole thing through :func:`orthonav.navigation.navigate.navigate_case`, over a real
-OpenIGTLink socket or in process.
+runs the whole thing through :func:`orthonav.navigation.navigate_case`, over a real
+OpenIGTLink socket or in process, and scores the recorded session against the truth
+(:mod:`orthonav.phantoms.scoring`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from orthonav.core.errors import InputError, TrackingError
 from orthonav.core.transforms import apply, compose, invert, make_rigid, rotation_about_axis
+from orthonav.core.vectors import unit
+from orthonav.phantoms.or_geometry import KneeGeometry, geometry_from, geometry_from_case, toy_geometry
 from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
 from orthonav.tracking.tools import ToolSet, default_toolset
+
+if TYPE_CHECKING:
+    from orthonav.navigation import NavigationSummary
+    from orthonav.phantoms.scoring import ScoredNavigation
 
 Vec = NDArray[np.float64]
 
@@ -61,248 +70,7 @@ DEFAULT_SAW_ERRORS: tuple[tuple[float, float, float], ...] = (
 DEFAULT_DRILL_ERRORS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (5.0, 0.0), (0.0, 2.0), (3.0, 1.5), (10.0, 4.0))
 
 
-@dataclass(frozen=True)
-class KneeGeometry:
-    """What the scenario needs from the phantom truth and the plan (CT LPS mm).
-
-    Attributes
-    ----------
-    fiducial_names
-        Names in the plan's order (``fiducial_1``, ...).
-    fiducials_ct_mm
-        (n, 3) TRUE fiducial positions (where the pointer physically touches), plan order.
-    targets_ct_mm
-        Target name -> (3,) true position (verification and TRE).
-    cut_point_mm, cut_normal
-        The planned cut the saw follows (normal from kept bone into the removed part): the
-        distal femoral cut of a knee plan, else the plan's first cut in name order (a THA
-        plan's femoral neck cut ``neck_<side>``).
-    medial
-        (3,) unit vector pointing medially for the cut's bone (knee: lateral -> medial
-        epicondyle; hip: from the operated acetabulum towards the other one, or the midline).
-    reference_mount_ct_mm
-        (3,) where the reference marker is fixed to the bone.
-    centre_ct_mm
-        (3,) a point inside the anatomy (approach directions point away from it).
-    cut_name
-        Plan key of the cut (``distal_femur``, ``neck_left``, ...).
-    trajectory_name, trajectory_entry_mm, trajectory_target_mm
-        An axis the drill tool is guided along ('' / None when the plan has none): the plan's
-        first trajectory, else (THA) the planned cup axis for the reamer / impactor, from
-        :func:`cup_trajectories`.
-    """
-
-    fiducial_names: tuple[str, ...]
-    fiducials_ct_mm: Vec
-    targets_ct_mm: Mapping[str, Vec]
-    cut_point_mm: Vec
-    cut_normal: Vec
-    medial: Vec
-    reference_mount_ct_mm: Vec
-    centre_ct_mm: Vec
-    cut_name: str = "distal_femur"
-    trajectory_name: str = ""
-    trajectory_entry_mm: Vec | None = None
-    trajectory_target_mm: Vec | None = None
-
-
-#: The scripted OR works for any case with fiducials, a cut and a reference mount: one geometry.
-ORGeometry = KneeGeometry
-
-
-def _get(obj: object, key: str, default: object = None) -> object:
-    if isinstance(obj, Mapping):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
-def _points_of(value: object) -> tuple[list[str], Vec]:
-    """Names and (n, 3) points from a dict name -> point or a list of points."""
-    if isinstance(value, Mapping):
-        names = list(value)
-        pts = np.array([np.asarray(_get(value[k], "position_lps_mm", value[k]), dtype=np.float64) for k in names])
-        return names, pts.reshape(-1, 3)
-    pts = np.asarray(value, dtype=np.float64).reshape(-1, 3)
-    return [f"fiducial_{i + 1}" for i in range(len(pts))], pts
-
-
-def plan_fiducials(plan: object) -> tuple[list[str], Vec]:
-    """The plan's fiducials (``landmarks['fiducial_k']``) in numeric order, (n, 3) CT LPS mm."""
-    landmarks = _get(plan, "landmarks", {}) or {}
-    names = [k for k in landmarks if k.startswith("fiducial_") and k.split("_", 1)[1].isdigit()]
-    names.sort(key=lambda k: int(k.split("_", 1)[1]))
-    pts = np.array([np.asarray(_get(landmarks[k], "position_lps_mm", landmarks[k]), dtype=np.float64) for k in names]).reshape(-1, 3)
-    return names, pts
-
-
-def _medial_direction(lm, cut_bone: str, plan_side: object, plan: object = None) -> Vec:
-    """Unit medial direction for ``cut_bone`` from landmarks (truth or plan, via ``lm``).
-
-    Knee: lateral -> medial epicondyle. Otherwise, for a :class:`~orthonav.planning.schema.Plan`,
-    navigation's own choice (``medial_hint``), so scripted saw errors are defined in the frame
-    navigation measures them in. Else, hip (``<bone>_<side>``): from the operated side's
-    acetabulum (or femoral head) centre towards the other side's, else towards the patient
-    midline by side (LPS +x is the patient's left, so medial is -x on the left). Raises
-    InputError when nothing tells medial from lateral.
-    """
-    med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
-    if med is not None and lat is not None:
-        return _unit(med - lat)
-    if plan is not None:
-        # Navigation decomposes the saw's errors in its own bone frame: script the truth in the
-        # same one, whatever it is (orthonav.navigation.navigate.medial_hint).
-        from orthonav.navigation.navigate import medial_hint
-
-        try:
-            return _unit(medial_hint(plan, cut_bone))
-        except InputError:
-            pass
-    side = cut_bone.rsplit("_", 1)[1] if cut_bone.endswith(("_left", "_right")) else plan_side
-    if side in ("left", "right"):
-        other = "right" if side == "left" else "left"
-        for stem in ("acetabulum_centre", "femoral_head_centre"):
-            a, b = lm(f"{stem}_{side}"), lm(f"{stem}_{other}")
-            if a is not None and b is not None:
-                return _unit(b - a)
-        return np.array([-1.0, 0.0, 0.0]) if side == "left" else np.array([1.0, 0.0, 0.0])
-    raise InputError(None, f"cannot tell medial from lateral for {cut_bone!r}: need epicondyle or hip landmarks, or a side")
-
-
-#: The reamer / impactor approaches the cup centre along the cup axis from this far out (mm).
-CUP_APPROACH_MM = 60.0
-
-
-def cup_trajectories(plan: object, *, approach_mm: float = CUP_APPROACH_MM) -> dict[str, tuple[str, Vec, Vec]]:
-    """The planned cup axis of every ``tha_cup`` implant as a reaming / impaction trajectory.
-
-    ``{"cup_axis_<side>": (bone, entry (3,), target (3,))}``: the target is the cup centre of
-    rotation (the implant frame's origin), the entry ``approach_mm`` out along the cup axis
-    (the implant frame's +z, out of the opening), so the tool axis entry -> target is -z.
-    """
-    out: dict[str, tuple[str, Vec, Vec]] = {}
-    for imp in _get(plan, "implants", []) or []:
-        if _get(imp, "family") != "tha_cup":
-            continue
-        m = np.asarray(_get(imp, "ct_from_implant"), dtype=np.float64)
-        bone = str(_get(imp, "bone", "hip"))
-        side = bone.rsplit("_", 1)[1] if bone.endswith(("_left", "_right")) else str(len(out) + 1)
-        out[f"cup_axis_{side}"] = (bone, m[:3, 3] + approach_mm * m[:3, 2], m[:3, 3].copy())
-    return out
-
-
-def _plan_trajectory(plan: object) -> tuple[str, Vec, Vec] | None:
-    """(name, entry, target) of the plan's first trajectory, else of its first cup axis."""
-    trajs = _get(plan, "trajectories", {}) or {}
-    if trajs:
-        name = min(trajs)
-        t = trajs[name]
-        return name, np.asarray(_get(t, "entry_lps_mm"), dtype=np.float64), np.asarray(_get(t, "target_lps_mm"), dtype=np.float64)
-    cups = cup_trajectories(plan)
-    if cups:
-        name = min(cups)
-        return name, cups[name][1], cups[name][2]
-    return None
-
-
-def geometry_from(truth: object, plan: object) -> KneeGeometry:
-    """Combine phantom truth (``truth.json`` object or dict) and a plan into a :class:`KneeGeometry`.
-
-    Works for a knee (TKA) and a hip (THA) plan alike: the saw follows the distal femoral cut,
-    else the plan's first cut; medial comes from the landmarks (:func:`_medial_direction`).
-    Each plan fiducial is matched to the nearest true fiducial (the plan's are detected in the
-    CT, so they differ from the truth by the detection error).
-    """
-    names, p_plan = plan_fiducials(plan)
-    if len(names) < 3:
-        raise InputError(None, f"the plan has {len(names)} fiducial landmarks (fiducial_1..); need at least 3")
-    _tn, p_true = _points_of(_get(truth, "fiducials_lps_mm"))
-    d = np.linalg.norm(p_plan[:, None, :] - p_true[None, :, :], axis=2)
-    match = np.argmin(d, axis=1)
-    if len(set(match.tolist())) != len(match) or np.max(d[np.arange(len(match)), match]) > 5.0:
-        raise InputError(None, "plan fiducials do not match the truth fiducials one to one within 5 mm")
-    fid_true = p_true[match]
-    t_names, t_pts = _points_of(_get(truth, "targets_lps_mm") or {})
-    if not isinstance(_get(truth, "targets_lps_mm"), Mapping):
-        t_names = [f"target_{i + 1}" for i in range(len(t_pts))]
-    cuts = _get(plan, "cuts", {}) or {}
-    if not cuts:
-        raise InputError(None, "the plan has no cut for the saw to follow (e.g. 'distal_femur', 'neck_left')")
-    cut_name = "distal_femur" if "distal_femur" in cuts else min(cuts)
-    cut = cuts[cut_name]
-    lms = dict(_get(truth, "landmarks_lps_mm") or {})
-    plan_lms = _get(plan, "landmarks", {}) or {}
-
-    def lm(name: str) -> Vec | None:
-        if name in lms:
-            return np.asarray(_get(lms[name], "position_lps_mm", lms[name]), dtype=np.float64)
-        if name in plan_lms:
-            return np.asarray(_get(plan_lms[name], "position_lps_mm", None), dtype=np.float64)
-        return None
-
-    cut_point = np.asarray(_get(cut, "point_lps_mm"), dtype=np.float64)
-    from orthonav.planning.schema import Plan
-
-    medial = _medial_direction(lm, str(_get(cut, "bone", "") or ""), _get(plan, "side"), plan if isinstance(plan, Plan) else None)
-    mount = _get(truth, "reference_mount_lps_mm")
-    if mount is None:
-        raise InputError(None, "truth has no reference_mount_lps_mm")
-    med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
-    near_cut = [med, lat] if med is not None and lat is not None else [cut_point]
-    traj = _plan_trajectory(plan)
-    return KneeGeometry(
-        fiducial_names=tuple(names),
-        fiducials_ct_mm=fid_true,
-        targets_ct_mm={k: v for k, v in zip(t_names, t_pts)},
-        cut_point_mm=cut_point,
-        cut_normal=np.asarray(_get(cut, "normal_lps"), dtype=np.float64),
-        medial=medial,
-        reference_mount_ct_mm=np.asarray(mount, dtype=np.float64).reshape(3),
-        centre_ct_mm=np.mean(np.vstack([fid_true, *near_cut]), axis=0),
-        cut_name=cut_name,
-        **({} if traj is None else {"trajectory_name": traj[0], "trajectory_entry_mm": traj[1], "trajectory_target_mm": traj[2]}),
-    )
-
-
-def geometry_from_case(case_dir: str | Path) -> KneeGeometry:
-    """Read ``truth/truth.json`` and ``plan.json`` of a phantom case."""
-    from orthonav.core.case import Case
-    from orthonav.phantoms.truth import read_truth
-    from orthonav.planning.schema import load_plan
-
-    case = Case(case_dir)
-    plan = load_plan(case.require(case.plan, "orthonav plan --auto"))
-    return geometry_from(read_truth(case_dir), plan)
-
-
-def toy_geometry(*, seed: int = 0) -> KneeGeometry:
-    """A small synthetic knee (no phantom needed): 6 fiducials around a distal femur near the origin.
-
-    The femur's mechanical axis is +z (LPS superior), the distal cut is the plane z = 0 with
-    normal -z, medial is +x (a right knee: its medial side faces the patient's left, LPS +x).
-    """
-    rng = np.random.default_rng(seed)
-    ang = np.radians(np.array([20.0, 80.0, 150.0, 210.0, 270.0, 330.0]) + rng.uniform(-10, 10, 6))
-    z = np.array([-20.0, 30.0, 10.0, 45.0, -5.0, 25.0])
-    fid = np.c_[40.0 * np.cos(ang), 35.0 * np.sin(ang), z]
-    targets = {"target_1": np.array([10.0, -5.0, 15.0]), "target_2": np.array([-20.0, 8.0, 40.0]), "target_3": np.array([25.0, 15.0, -10.0])}
-    return KneeGeometry(
-        fiducial_names=tuple(f"fiducial_{i + 1}" for i in range(6)),
-        fiducials_ct_mm=fid,
-        targets_ct_mm=targets,
-        cut_point_mm=np.array([0.0, 0.0, 0.0]),
-        cut_normal=np.array([0.0, 0.0, -1.0]),
-        medial=np.array([1.0, 0.0, 0.0]),
-        reference_mount_ct_mm=np.array([0.0, -20.0, 120.0]),
-        centre_ct_mm=np.array([0.0, 0.0, 10.0]),
-    )
-
-
 # --- poses ---------------------------------------------------------------------------------
-
-
-def _unit(v: ArrayLike) -> Vec:
-    a = np.asarray(v, dtype=np.float64)
-    return a / math.sqrt(float(a @ a))
 
 
 def _cross(a: Vec, b: Vec) -> Vec:
@@ -318,14 +86,14 @@ def pointer_pose_ct(tip_ct_mm: ArrayLike, direction_ct: ArrayLike, tip_in_tool: 
 
     The tool axis (handle -> tip) is mapped to ``direction_ct``; the roll is fixed by CT +z.
     """
-    d = _unit(direction_ct)
-    a = _unit(axis_in_tool)
+    d = unit(direction_ct)
+    a = unit(axis_in_tool)
     # Rotation taking tool axis a to d; build frames [a, b, c] -> [d, e, f].
     helper = np.array([0.0, 0.0, 1.0]) if abs(d[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    e = _unit(_cross(d, helper))
+    e = unit(_cross(d, helper))
     f = _cross(d, e)
     helper_t = np.array([1.0, 0.0, 0.0]) if abs(a[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    b = _unit(_cross(a, helper_t))
+    b = unit(_cross(a, helper_t))
     c = _cross(a, b)
     r = np.array([d, e, f]).T @ np.array([a, b, c])
     t = np.asarray(tip_ct_mm, dtype=np.float64) - r @ np.asarray(tip_in_tool, dtype=np.float64)
@@ -354,12 +122,12 @@ def saw_pose_ct(
     direction is posterior, projected into the blade plane.
     """
     n, ant, med = (np.asarray(v, dtype=np.float64) for v in (cut_normal, anterior, medial))
-    m = _unit(n - math.tan(math.radians(flexion_deg)) * ant + math.tan(math.radians(varus_deg)) * med)
+    m = unit(n - math.tan(math.radians(flexion_deg)) * ant + math.tan(math.radians(varus_deg)) * med)
     c = -ant - np.dot(-ant, m) * m
-    c = _unit(c)
+    c = unit(c)
     edge = np.asarray(cut_point_mm, dtype=np.float64) + distance_mm * n - along_mm * ant + across_mm * med
     # Tool frame: normal_in_tool -> m, axis_in_tool -> c.
-    nt, at = _unit(normal_in_tool), _unit(axis_in_tool)
+    nt, at = unit(normal_in_tool), unit(axis_in_tool)
     r = np.array([m, c, _cross(m, c)]).T @ np.array([nt, at, _cross(nt, at)])
     return make_rigid(r, edge - r @ np.asarray(tip_in_tool, dtype=np.float64))
 
@@ -450,7 +218,7 @@ class Scenario:
                 u = 0.0 if t1 <= t0 else (t_s - t0) / (t1 - t0)
                 s = 0.5 - 0.5 * math.cos(math.pi * u)  # smooth start/stop
                 tip = (1 - s) * p0 + s * p1 + 30.0 * math.sin(math.pi * u) * lift
-                d = _unit((1 - s) * d0 + s * d1)
+                d = unit((1 - s) * d0 + s * d1)
                 return tip, d
         return None
 
@@ -496,7 +264,7 @@ class Scenario:
             return entry + s_mm * d, d, 0.0, 0.0, length - s_mm
         angle, offset = ph.drill_errors or (0.0, 0.0)
         helper = self.anterior if abs(float(self.anterior @ d)) < 0.9 else g.medial
-        tilt_axis = _unit(_cross(d, helper))
+        tilt_axis = unit(_cross(d, helper))
         side = _cross(d, tilt_axis)
         axis = rotation_about_axis(tilt_axis, math.radians(angle)) @ d
         return entry + 20.0 * d + offset * side, axis, float(angle), float(abs(offset)), length - 20.0
@@ -639,21 +407,21 @@ def knee_scenario(
     n = len(geo.fiducial_names)
     fle = rng.normal(scale=fle_mm / math.sqrt(3.0), size=(n, 3)) if fle_mm > 0 else np.zeros((n, 3))
     anterior = np.array([0.0, -1.0, 0.0]) - np.dot([0.0, -1.0, 0.0], geo.cut_normal) * geo.cut_normal
-    anterior = _unit(anterior)
+    anterior = unit(anterior)
     medial = geo.medial - np.dot(geo.medial, geo.cut_normal) * geo.cut_normal - np.dot(geo.medial, anterior) * anterior
-    geo = KneeGeometry(**{**geo.__dict__, "medial": _unit(medial), "cut_normal": _unit(geo.cut_normal)})
+    geo = KneeGeometry(**{**geo.__dict__, "medial": unit(medial), "cut_normal": unit(geo.cut_normal)})
 
     def approach(p: Vec) -> Vec:
-        out = _unit(p - geo.centre_ct_mm)
+        out = unit(p - geo.centre_ct_mm)
         tilt = rng.normal(scale=0.25, size=3)
-        return _unit(-(out + tilt - np.dot(tilt, out) * out))  # shaft points into the bone
+        return unit(-(out + tilt - np.dot(tilt, out) * out))  # shaft points into the bone
 
     points: list[tuple[str, str, Vec]] = [("fiducial", nm, geo.fiducials_ct_mm[i] + fle[i]) for i, nm in enumerate(geo.fiducial_names)]
     targets = [("target", nm, np.asarray(p, dtype=np.float64)) for nm, p in geo.targets_ct_mm.items()] if touch_targets else []
     phases: list[Phase] = []
     keys: list[tuple] = []
     home_tip = geo.centre_ct_mm + 120.0 * anterior + 60.0 * geo.medial
-    home_dir = _unit(geo.centre_ct_mm - home_tip)
+    home_dir = unit(geo.centre_ct_mm - home_tip)
     cur_tip, cur_dir = home_tip, home_dir
     t = 0.0
     if lead_in_s > 0:
@@ -665,7 +433,7 @@ def knee_scenario(
             if surface is None or len(surface) == 0:
                 continue
             d = approach(surface[0])
-            keys.append((t, t + move_s, cur_tip, cur_dir, surface[0], d, _unit(surface[0] - geo.centre_ct_mm)))
+            keys.append((t, t + move_s, cur_tip, cur_dir, surface[0], d, unit(surface[0] - geo.centre_ct_mm)))
             phases.append(Phase("move", t, t + move_s, "surface"))
             t += move_s
             t_start = t
@@ -676,7 +444,7 @@ def knee_scenario(
             cur_tip, cur_dir = surface[-1], d
             continue
         d = approach(p)
-        lift = _unit(p - geo.centre_ct_mm)
+        lift = unit(p - geo.centre_ct_mm)
         keys.append((t, t + move_s, cur_tip, cur_dir, p, d, lift))
         phases.append(Phase("move", t, t + move_s, name))
         t += move_s
@@ -784,35 +552,43 @@ def simulate_navigation(
     geometry: KneeGeometry | None = None,
     render: bool = True,
     **scenario_options: object,
-):
-    """Navigate a phantom (or toy) case with the scripted OR, end to end, and return the summary.
+) -> tuple[ScoredNavigation, Scenario]:
+    """Navigate a phantom (or toy) case with the scripted OR, end to end, and score the run.
 
     Builds :func:`knee_scenario` for ``case_dir`` and runs
-    :func:`orthonav.navigation.navigate.navigate_case` on it, either over a real OpenIGTLink
-    socket (``stream_script`` on 127.0.0.1 + ``IGTLClientSource``) or with the in-process
-    ``SimulatedSource``. The phantom truth (targets, true registration, true guidance by time)
-    is passed in, so the summary reports true TRE and guidance errors. ``geometry`` replaces
-    ``truth/truth.json`` (e.g. for a case written by :func:`write_toy_case`).
+    :func:`orthonav.navigation.navigate_case` on it, either over a real OpenIGTLink socket
+    (``stream_script`` on 127.0.0.1 + ``IGTLClientSource``) or with the in-process
+    ``SimulatedSource``. Navigation gets the truth targets as its verification check points
+    and nothing else of the truth; the recorded session is then scored against the truth
+    (true TRE, saw guidance errors by script time: :func:`orthonav.phantoms.scoring.scored_run`,
+    also written to ``<session>/scores.json``). ``geometry`` replaces ``truth/truth.json``
+    (e.g. for a case written by :func:`write_toy_case`).
 
     Returns
     -------
-    (NavigationSummary, Scenario)
+    (ScoredNavigation, Scenario)
+        The navigation summary with ``tre_mm`` and ``guidance_error``, and the scripted OR.
     """
     import threading
     import time as _time
 
-    from orthonav.navigation.navigate import navigate_case
+    from orthonav.navigation import navigate_case
+    from orthonav.phantoms.scoring import scored_run
     from orthonav.tracking.simulator import SimulatedSource, stream_script
 
     case_dir = Path(case_dir)
     sc = knee_scenario(geometry if geometry is not None else case_dir, seed=seed, fle_mm=fle_mm, **scenario_options)  # type: ignore[arg-type]
-    truth = {"targets_lps_mm": dict(sc.geometry.targets_ct_mm)}
-    common = dict(off_screen=off_screen, screenshot_every_s=screenshot_every_s, progress=progress, toolset=sc.toolset, truth=truth,
-                  true_ct_from_reference=sc.ct_from_reference, render=render)
+    targets = dict(sc.geometry.targets_ct_mm)
+    common = dict(off_screen=off_screen, screenshot_every_s=screenshot_every_s, progress=progress, toolset=sc.toolset,
+                  check_points_ct_mm=targets, render=render)
+
+    def scored(summary: NavigationSummary, truth_at: Callable[[float], TruthSample]) -> ScoredNavigation:
+        return scored_run(summary, targets_ct_mm=targets, true_ct_from_reference=sc.ct_from_reference, truth_at=truth_at)
+
     if not over_socket:
         source = SimulatedSource(sc.script, rate_hz=rate_hz, tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
                                  seed=seed, tools=sc.toolset)
-        return navigate_case(case_dir, source, duration_s=sc.duration_s + 0.3, truth_at=sc.truth_at, **common), sc
+        return scored(navigate_case(case_dir, source, duration_s=sc.duration_s + 0.3, **common), sc.truth_at), sc
 
     from orthonav.tracking.igtl_client import IGTLClientSource
 
@@ -845,11 +621,11 @@ def simulate_navigation(
         th.join(timeout=1.0)
         raise TrackingError(f"the simulated tracker did not start: {box.get('error')!r}") from box.get("error")  # type: ignore[misc]
     source = IGTLClientSource("127.0.0.1", int(box["port"]), tools=sc.toolset)  # type: ignore[arg-type]
-    summary = navigate_case(case_dir, source, duration_s=sc.duration_s + 1.0, truth_at=truth_at, **common)
+    summary = navigate_case(case_dir, source, duration_s=sc.duration_s + 1.0, **common)
     th.join(timeout=10.0)
     if "error" in box:
         raise TrackingError(f"the simulated tracker failed: {box['error']!r}") from box["error"]  # type: ignore[misc]
-    return summary, sc
+    return scored(summary, truth_at), sc
 
 
 def serve_scenario(
@@ -863,8 +639,12 @@ def serve_scenario(
     seed: int = 0,
     fle_mm: float = 0.25,
     wait_for_client_s: float = 300.0,
+    on_listening: Callable[[str, int, float], None] | None = None,
 ):
     """``orthonav simulate-tracker``: stream the phantom's OR script over OpenIGTLink.
+
+    ``on_listening(host, port, duration_s)`` is called once the socket listens (the script's
+    length in s), so a caller can say where to connect.
 
     The script's clock starts when the first client (``orthonav navigate``) connects (waiting
     up to ``wait_for_client_s``), so the navigator sees the whole session. Tools go out as
@@ -873,5 +653,7 @@ def serve_scenario(
     from orthonav.tracking.simulator import stream_script
 
     sc = knee_scenario(case_dir, seed=seed, fle_mm=fle_mm)
-    return stream_script(sc.script, port, rate_hz=rate_hz, duration_s=duration_s or sc.duration_s, truth_path=truth_path,
-                         host=host, seed=seed, wait_for_client_s=wait_for_client_s)
+    duration = duration_s or sc.duration_s
+    return stream_script(sc.script, port, rate_hz=rate_hz, duration_s=duration, truth_path=truth_path,
+                         host=host, seed=seed, wait_for_client_s=wait_for_client_s,
+                         on_listening=None if on_listening is None else lambda p: on_listening(host, p, duration))

@@ -21,9 +21,15 @@ from numpy.typing import ArrayLike, NDArray
 SDF = Callable[[NDArray[np.float64]], NDArray[np.float64]]
 
 
-def _with_bound(f: SDF, centre: ArrayLike, radius: float, scale: float = 1.0, slack: float = 0.0) -> SDF:
-    """Attach a bounding sphere: ``f(p) >= scale * (|p - centre| - radius) - slack`` wherever
-    ``|p - centre| > radius`` (used by :func:`union` to skip far parts exactly)."""
+def with_bound(f: SDF, centre: ArrayLike, radius: float, scale: float = 1.0, slack: float = 0.0) -> SDF:
+    """Attach a bounding sphere to ``f`` (in place) and return ``f``.
+
+    The promise: ``f(p) >= scale * (|p - centre| - radius) - slack`` wherever
+    ``|p - centre| > radius`` (``centre`` in mm in ``f``'s frame, ``radius`` and ``slack`` in
+    mm). :func:`union` and :func:`subtract` use it to skip far parts exactly. A composite
+    whose value is never below one part's (e.g. ``smax(a, b) >= a``) may reuse that part's
+    bound: ``with_bound(g, *a.bsphere)``.
+    """
     f.bsphere = (np.asarray(centre, dtype=np.float64), float(radius), float(scale), float(slack))  # type: ignore[attr-defined]
     return f
 
@@ -53,7 +59,7 @@ def sphere(centre: ArrayLike, radius: float) -> SDF:
         d = p - c
         return np.sqrt(np.einsum("ij,ij->i", d, d)) - radius
 
-    return _with_bound(f, c, radius)
+    return with_bound(f, c, radius)
 
 
 def ellipsoid(centre: ArrayLike, semi_axes: ArrayLike, rotation: ArrayLike | None = None) -> SDF:
@@ -73,7 +79,7 @@ def ellipsoid(centre: ArrayLike, semi_axes: ArrayLike, rotation: ArrayLike | Non
         return (np.sqrt(np.einsum("ij,ij->i", q, q)) - 1.0) * rmin
 
     # |q / r| >= |q| / rmax, so f >= (|p - c| - rmax) * rmin / rmax
-    return _with_bound(f, c, float(r.max()), rmin / float(r.max()))
+    return with_bound(f, c, float(r.max()), rmin / float(r.max()))
 
 
 def capsule(a: ArrayLike, b: ArrayLike, radius: float) -> SDF:
@@ -112,7 +118,7 @@ def round_cone(a: ArrayLike, b: ArrayLike, ra: float, rb: float) -> SDF:
             out[m2] = np.sqrt(x2[m2] + y2[m2]) * il2 - ra
         return out
 
-    return _with_bound(f, 0.5 * (pa + pb), 0.5 * np.sqrt(l2) + max(ra, rb))
+    return with_bound(f, 0.5 * (pa + pb), 0.5 * np.sqrt(l2) + max(ra, rb))
 
 
 def elliptic_slab(centre: ArrayLike, semi_axes_xy: ArrayLike, half_height: float, rotation: ArrayLike | None = None) -> SDF:
@@ -130,7 +136,7 @@ def elliptic_slab(centre: ArrayLike, semi_axes_xy: ArrayLike, half_height: float
         return outside + np.minimum(np.maximum(d_xy, d_z), 0.0)
 
     rmax = float(r.max())
-    return _with_bound(f, c, float(np.hypot(rmax, half_height)), rmin / rmax)
+    return with_bound(f, c, float(np.hypot(rmax, half_height)), rmin / rmax)
 
 
 def smin(a: NDArray[np.float64], b: NDArray[np.float64], k: float) -> NDArray[np.float64]:
@@ -175,7 +181,7 @@ def union(parts: list[SDF], k: float = 0.0) -> SDF:
         r = max(float(np.linalg.norm(b[0] - c)) + b[1] for b in bounds)
         sc = min(b[2] for b in bounds)
         slack = max(b[3] for b in bounds) + 0.25 * k
-        _with_bound(f, c, r, sc, slack)
+        with_bound(f, c, r, sc, slack)
     return f
 
 
@@ -195,7 +201,7 @@ def subtract(base: SDF, cutter: SDF, k: float = 0.0) -> SDF:
 
     b = getattr(base, "bsphere", None)
     if b is not None:
-        _with_bound(f, *b)
+        with_bound(f, *b)
     return f
 
 

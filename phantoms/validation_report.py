@@ -26,10 +26,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from orthonav.core.atomic import write_json, write_text, write_with
-from orthonav.core.case import Case
+from orthonav.core.case import Case, read_case_meshes
 
 from .html_report import Section, write_report
-from .validation import ValidationResult
+from .validation_result import ValidationResult
 
 PLOT_NAMES = ("validation_tre.png", "validation_tre_vs_predicted.png", "validation_fre.png", "validation_vectors.png",
               "validation_pivot.png")
@@ -172,13 +172,11 @@ def plot_fre(result: ValidationResult, path: Path) -> Path:
 
 def _phantom_points(case_dir: Path, limit: int = 12000) -> NDArray[np.float64] | None:
     """Surface points of the case's bones (truth meshes first, else segmented meshes), LPS mm."""
-    from orthonav.core.meshio import read_mesh
-
     case = Case(case_dir)
-    for folder in (case.truth_dir / "meshes", case.meshes_dir):
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".stl", ".vtp", ".ply", ".obj")) if folder.is_dir() else []
-        if files:
-            pts = np.vstack([np.asarray(read_mesh(p).points, dtype=np.float64) for p in files])
+    for folder in (case.truth_dir, case.root):  # truth/meshes/ is laid out as a case's meshes/
+        meshes = read_case_meshes(folder)
+        if meshes:
+            pts = np.vstack([np.asarray(m.points, dtype=np.float64) for m in meshes.values()])
             if len(pts) > limit:
                 pts = pts[np.random.default_rng(0).choice(len(pts), limit, replace=False)]
             return pts

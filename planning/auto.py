@@ -1,198 +1,70 @@
-"""``orthonav plan CASE --auto``: landmarks, axes, angles, cuts and fiducials -> ``plan.json``.
+"""``orthonav plan CASE --auto``: dispatch a case to its procedure's planner -> ``plan.json``.
 
-Knee (TKA): reads ``CASE/meshes/<bone>.stl`` (femur and tibia required; fibula, patella
-optional). Hip (THA, :mod:`orthonav.planning.tha`): when the case has no femur + tibia but
-``hip_<side>`` and ``femur_<side>`` meshes (TotalSegmentator names; both hip bones for the
-anterior pelvic plane, sacrum optional). Also reads, when present, ``CASE/ct.nii.gz``
+Which procedure a case is (:func:`case_procedure`) follows from the bone meshes present:
+knee (TKA, :mod:`orthonav.planning.tka`) with ``femur`` and ``tibia`` (fibula, patella
+optional); hip (THA, :mod:`orthonav.planning.tha`) with ``hip_<side>`` and ``femur_<side>``
+(TotalSegmentator names; both hip bones for the anterior pelvic plane, sacrum optional) and
+not both femur and tibia. :func:`auto_plan` also reads, when present, ``CASE/ct.nii.gz``
 (fiducial beads) and ``CASE/labels.json`` (side), and writes ``CASE/plan.json`` atomically.
+:func:`load_case_meshes` and :func:`session_for` give the meshes and the editing session of
+a plan's procedure. Everything procedure-specific is in the sub-packages; this module only
+dispatches.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pyvista as pv
 from orthonav.core.case import Case, read_labels_table
 from orthonav.core.errors import InputError
-from orthonav.core.meshio import MESH_SUFFIXES, read_mesh
-from orthonav.core.volume import Volume, read_volume
-from scipy.spatial import cKDTree
+from orthonav.core.volume import read_volume
 
-from .alignment import compute_angles, compute_axes, limb_frames
-from .cuts import kinematic_cuts, mechanical_cuts
-from .fiducials import detect_fiducial_beads
-from .landmarks import anatomical_axis, find_landmarks, infer_side
-from .outcomes import BoneSolids, compute_metrics
-from .placement import cuts_from_implants, place_tka
-from .schema import Landmark, Plan, save_plan
+from .fiducials import fiducial_landmarks
+from .meshes import bones_present
+from .schema import Plan, save_plan
+from .session import PlanSession
+from .tha import HIP_BONES, ThaSession, build_tha_plan, is_hip_case, load_hip_meshes
+from .tka import KNEE_BONES, REQUIRED_BONES, TkaSession, build_tka_plan, is_knee_case, load_knee_meshes
 
-KNEE_BONES = ("femur", "tibia", "fibula", "patella")
-REQUIRED_BONES = ("femur", "tibia")
+PROCEDURES = ("tka", "tha")
 
 
-def find_mesh_path(case: Case, bone: str) -> Path | None:
-    """The first existing ``CASE/meshes/<bone><ext>`` over the supported endings, or None."""
-    for ext in MESH_SUFFIXES:
-        p = case.mesh(bone, ext)
-        if p.is_file():
-            return p
-    return None
-
-
-def largest_piece(mesh: pv.PolyData) -> tuple[pv.PolyData, float]:
-    """The largest connected surface of a mesh and the fraction of vertices dropped
-    (segmentation islands: stray voxels or a mislabelled fragment of a neighbour)."""
-    conn = mesh.connectivity("largest")
-    kept = pv.PolyData(np.asarray(conn.points), conn.faces) if conn.n_points else mesh
-    return kept.clean(), 1.0 - kept.n_points / max(mesh.n_points, 1)
-
-
-def check_bone_mesh(mesh: pv.PolyData, path: str | Path) -> None:
-    """Raise InputError naming ``path`` if the (largest piece of the) mesh cannot be a bone:
-    too few vertices or faces, non-finite coordinates, or flat (thinner than 2 mm)."""
-    if mesh.n_points < 50 or mesh.n_cells < 50:
-        raise InputError(path, f"bone mesh has only {mesh.n_points} vertices / {mesh.n_cells} faces in its largest piece; re-run segmentation")
-    pts = np.asarray(mesh.points, dtype=np.float64)
-    if not np.all(np.isfinite(pts)):
-        raise InputError(path, "bone mesh has non-finite vertex coordinates")
-    extent = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False) / np.sqrt(len(pts))
-    if extent[-1] < 1.0:
-        raise InputError(path, f"bone mesh is flat (spread {extent[-1]:.2f} mm across its thinnest direction): not a bone surface")
-
-
-def load_bone_meshes(case_dir: str | Path, bones: tuple[str, ...] = KNEE_BONES, *, required: tuple[str, ...] = REQUIRED_BONES, report: dict[str, float] | None = None) -> dict[str, pv.PolyData]:
-    """Read the bone meshes of a case (LPS mm), each reduced to its largest connected piece;
-    InputError naming the file if a required one is missing. ``report`` (if given) receives
-    ``{bone: fraction of vertices dropped}`` for bones that had islands."""
-    case = Case(case_dir)
-    out: dict[str, pv.PolyData] = {}
-    for b in bones:
-        p = find_mesh_path(case, b)
-        if p is None:
-            if b in required:
-                raise InputError(case.mesh(b), f"missing from case {case.root}; run 'orthonav segment' first (planning needs {', '.join(required)})")
-            continue
-        out[b], dropped = largest_piece(read_mesh(p))
-        check_bone_mesh(out[b], p)
-        if dropped > 0 and report is not None:
-            report[b] = dropped
-    return out
-
-
-def load_case_meshes(case_dir: str | Path, procedure: str = "tka") -> dict[str, pv.PolyData]:
-    """The bone meshes a plan of ``procedure`` is drawn and edited with: the knee bones
-    (femur and tibia required) for 'tka', the hip bones present for 'tha'."""
-    if procedure == "tha":
-        from .tha import load_hip_meshes
-
-        return load_hip_meshes(case_dir)
-    return load_bone_meshes(case_dir)
-
-
-def _nearest_bone(p: np.ndarray, trees: dict[str, cKDTree]) -> str:
-    return min(trees, key=lambda b: trees[b].query(p)[0])
-
-
-def fiducial_landmarks(ct: Volume, meshes: dict[str, pv.PolyData], *, min_hu: float = 2500.0) -> dict[str, Landmark]:
-    """Detect beads in the CT; ``fiducial_1..n`` in :func:`detect_fiducial_beads` order
-    (descending LPS z), each assigned to the nearest bone surface."""
-    beads = detect_fiducial_beads(ct, min_hu=min_hu)
-    trees = {b: cKDTree(np.asarray(m.points)) for b, m in meshes.items()}
-    return {
-        f"fiducial_{i + 1}": Landmark(position_lps_mm=tuple(float(x) for x in p), bone=_nearest_bone(p, trees), method="bead centroid")
-        for i, p in enumerate(beads)
-    }
-
-
-def anatomical_axes(meshes: dict[str, pv.PolyData], landmarks: dict[str, Landmark]) -> dict:
-    """Femoral (20-70 % of length from distal) and tibial (20-80 %) shaft axes (docs/anatomy.md)."""
-    fr = limb_frames(landmarks)
-    out = {}
-    for bone, prox, frac in (("femur", fr.femur_proximal, (0.2, 0.7)), ("tibia", fr.tibia_proximal, (0.2, 0.8))):
-        if bone not in meshes or prox is None:
-            continue
-        pts = np.asarray(meshes[bone].points)
-        h = pts @ prox
-        distal_end = pts[np.argmin(h)]
-        out[f"{bone.replace('femur', 'femoral').replace('tibia', 'tibial')}_anatomical"] = anatomical_axis(
-            meshes[bone], distal_end, prox, float(h.max() - h.min()), frac
-        )
-    return out
-
-
-def knee_centre(landmarks) -> np.ndarray | None:
-    """Midpoint of the femoral and tibial knee centres (LPS mm), or None if missing."""
-    from .alignment import position
-
-    names = [n for n in ("femoral_knee_centre", "tibial_knee_centre") if n in landmarks]
-    return np.mean([position(landmarks[n]) for n in names], axis=0) if names else None
-
-
-def build_plan(
-    meshes: dict[str, pv.PolyData],
-    *,
-    alignment: str = "mechanical",
-    resection_mm: float = 9.0,
-    slope_deg: float = 3.0,
-    side: str | None = None,
-    fiducials: dict[str, Landmark] | None = None,
-    implants: bool = True,
-    ct: Volume | None = None,
-) -> Plan:
-    """The automatic plan from meshes alone (no file I/O): landmarks, axes, angles, cuts,
-    and (``implants=True``) sized and placed TKA components, implant-derived cuts and
-    outcome metrics (removed volume, coverage, density when ``ct`` is given)."""
-    if alignment not in ("mechanical", "kinematic"):
-        raise InputError(None, f"alignment must be 'mechanical' or 'kinematic', got {alignment!r}")
-    lms = find_landmarks(meshes, side=side)
-    axes = compute_axes(lms)
-    axes.update(anatomical_axes(meshes, lms))
-    angles = compute_angles(lms)
-    if alignment == "mechanical":
-        cuts = mechanical_cuts(lms, resection_mm=resection_mm, slope_deg=slope_deg)
-    else:
-        cuts = kinematic_cuts(lms, resection_mm=resection_mm)
-    all_lms = dict(lms)
-    all_lms.update(fiducials or {})
-    plan = Plan(
-        procedure="tka",
-        side=side if side is not None else infer_side(lms),
-        alignment=alignment,
-        landmarks=all_lms,
-        axes=axes,
-        angles_deg=angles,
-        cuts=cuts,
-        notes="automatic plan (orthonav plan --auto); fiducial_1..n ordered by descending LPS z",
-    )
-    if not implants:
-        return plan
-    solids = BoneSolids(meshes, roi_centre_lps=knee_centre(lms))
-    # Mechanical: component rotation parallel to the TEA. Kinematic: parallel to the
-    # posterior condylar line (equal posterior resections), i.e. turned by the PCA.
-    rot = -angles.get("femoral_rotation", 0.0) if alignment == "kinematic" else 0.0
-    placed, sizing = place_tka(lms, meshes, cuts, femoral_rotation_deg=rot, tibia_solid=solids.solid("tibia"))
-    implied = cuts_from_implants(placed, lms)
-    plan = plan.model_copy(update={"implants": placed, "cuts": implied, "metrics": sizing})
-    from .session import component_alignment
-
-    metrics, _ = compute_metrics(plan, solids, ct=ct)
-    return plan.model_copy(update={"metrics": {**sizing, **metrics, **component_alignment(plan)}})
+def _check_procedure(procedure: str) -> None:
+    if procedure not in PROCEDURES:
+        raise InputError(None, f"procedure must be 'tka' or 'tha', got {procedure!r}")
 
 
 def case_procedure(case_dir: str | Path) -> str:
     """'tha' when the case has a hip bone and a femur of one side (``hip_<side>``,
     ``femur_<side>``) and not both femur and tibia; 'tka' when it has any knee bone (a
     missing one is then reported by its file); else InputError naming the meshes folder."""
-    from .tha import HIP_BONES, is_hip_case
-
     case = Case(case_dir)
-    present = [b for b in (*KNEE_BONES, *HIP_BONES) if find_mesh_path(case, b) is not None]
+    present = bones_present(case.root, (*KNEE_BONES, *HIP_BONES))
     if is_hip_case(present):
         return "tha"
-    if any(b in present for b in KNEE_BONES):
+    if is_knee_case(present):
         return "tka"  # planning then names the missing knee bone's file
     raise InputError(case.meshes_dir, f"no bones to plan: a knee needs {' and '.join(REQUIRED_BONES)}, a hip needs hip_<side> and femur_<side> meshes (found: {', '.join(present) or 'none'}); run 'orthonav segment' first")
+
+
+def load_case_meshes(case_dir: str | Path, procedure: str = "tka", *, report: dict[str, float] | None = None) -> dict[str, pv.PolyData]:
+    """The bone meshes a plan of ``procedure`` is built, drawn and edited with (LPS mm, largest
+    piece of each): the knee bones (femur and tibia required) for 'tka', the hip bones
+    present for 'tha'. ``report`` (if given) receives ``{bone: fraction of vertices dropped}``."""
+    _check_procedure(procedure)
+    if procedure == "tha":
+        return load_hip_meshes(case_dir, report=report)
+    return load_knee_meshes(case_dir, report=report)
+
+
+def session_for(plan: Plan, meshes: Mapping[str, pv.PolyData], **kw) -> PlanSession:
+    """The editing session for a plan's procedure: :class:`~orthonav.planning.tha.ThaSession`
+    for THA, else :class:`~orthonav.planning.tka.TkaSession` (``kw``: ``ct``, ``max_undo``)."""
+    if plan.procedure == "tha":
+        return ThaSession(plan, meshes, **kw)
+    return TkaSession(plan, meshes, **kw)
 
 
 def auto_plan(
@@ -243,26 +115,18 @@ def auto_plan(
         raise InputError(case.root, "case folder not found")
     if procedure is None:
         procedure = case_procedure(case.root)
-    if procedure not in ("tka", "tha"):
-        raise InputError(None, f"procedure must be 'tka' or 'tha', got {procedure!r}")
+    _check_procedure(procedure)
     islands: dict[str, float] = {}
-    if procedure == "tha":
-        from .tha import load_hip_meshes
-
-        meshes = load_hip_meshes(case.root, report=islands)
-    else:
-        meshes = load_bone_meshes(case.root, report=islands)
+    meshes = load_case_meshes(case.root, procedure, report=islands)
     if side is None and case.labels_json.is_file():
         side = read_labels_table(case.labels_json).side
     ct = read_volume(case.ct) if case.ct.is_file() else None
     fids = fiducial_landmarks(ct, meshes, min_hu=bead_min_hu) if ct is not None else {}
     try:
         if procedure == "tha":
-            from .tha import build_tha_plan
-
             plan = build_tha_plan(meshes, side=side, inclination_deg=cup_inclination_deg, anteversion_deg=cup_anteversion_deg, medialise_mm=cup_medialise_mm, ream_mm=ream_mm, fiducials=fids)
         else:
-            plan = build_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
+            plan = build_tka_plan(meshes, alignment=alignment, resection_mm=resection_mm, slope_deg=slope_deg, side=side, fiducials=fids, ct=ct)
     except InputError as e:
         if e.path is not None:
             raise
@@ -275,4 +139,4 @@ def auto_plan(
     return plan
 
 
-__all__ = ["anatomical_axes", "auto_plan", "build_plan", "case_procedure", "check_bone_mesh", "fiducial_landmarks", "find_mesh_path", "load_bone_meshes", "load_case_meshes"]
+__all__ = ["PROCEDURES", "auto_plan", "case_procedure", "load_case_meshes", "session_for"]

@@ -18,10 +18,14 @@ descending z), ties (within 0.5 mm) broken by x then y. The auto plan stores the
 from __future__ import annotations
 
 import numpy as np
+import pyvista as pv
 from numpy.typing import NDArray
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .schema import Landmark
 
 
 def detect_fiducial_beads(
@@ -114,4 +118,19 @@ def order_beads(points_lps_mm: NDArray[np.float64]) -> NDArray[np.float64]:
     return p[order]
 
 
-__all__ = ["detect_fiducial_beads", "order_beads"]
+def _nearest_bone(p: np.ndarray, trees: dict[str, cKDTree]) -> str:
+    return min(trees, key=lambda b: trees[b].query(p)[0])
+
+
+def fiducial_landmarks(ct: Volume, meshes: dict[str, pv.PolyData], *, min_hu: float = 2500.0) -> dict[str, Landmark]:
+    """Detect beads in the CT; ``fiducial_1..n`` in :func:`detect_fiducial_beads` order
+    (descending LPS z), each assigned to the nearest bone surface."""
+    beads = detect_fiducial_beads(ct, min_hu=min_hu)
+    trees = {b: cKDTree(np.asarray(m.points)) for b, m in meshes.items()}
+    return {
+        f"fiducial_{i + 1}": Landmark(position_lps_mm=tuple(float(x) for x in p), bone=_nearest_bone(p, trees), method="bead centroid")
+        for i, p in enumerate(beads)
+    }
+
+
+__all__ = ["detect_fiducial_beads", "fiducial_landmarks", "order_beads"]

@@ -29,9 +29,10 @@ from orthonav.core.errors import InputError
 from orthonav.core.meshio import write_mesh
 from orthonav.core.transforms import invert
 
-from .alignment import limb_frames
 from .meshops import frame_from_plane, to_manifold, to_polydata, transform
-from .schema import CutPlane, Plan
+from .query import frames
+from .schema import CutPlane, Plan, load_plan
+from .tka.plan import load_knee_meshes
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,11 @@ def make_cutting_guide(bone_mesh: pv.PolyData, cut: CutPlane, anterior_lps: NDAr
 def write_guides(case_dir: str | Path, plan: Plan | None = None, *, spec: GuideSpec = GuideSpec()) -> dict[str, Path]:
     """Build and write ``CASE/guides/<bone>_guide.stl`` for the distal femoral and proximal
     tibial cuts of ``plan`` (default: ``CASE/plan.json``)."""
-    from .auto import load_bone_meshes
-    from .schema import load_plan
-
     case = Case(case_dir)
     if plan is None:
         plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
-    meshes = load_bone_meshes(case.root)
-    fr = limb_frames(plan.landmarks)
+    meshes = load_knee_meshes(case.root)
+    fr = frames(plan)
     out: dict[str, Path] = {}
     for key, anterior in (("distal_femur", fr.femur_anterior), ("proximal_tibia", fr.tibia_anterior)):
         if key not in plan.cuts or anterior is None:

@@ -30,12 +30,14 @@ from pathlib import Path
 import manifold3d as mf
 import numpy as np
 import pyvista as pv
+from numpy.typing import ArrayLike, NDArray
 from orthonav.core.errors import InputError
 from orthonav.core.meshio import read_mesh
 from orthonav.core.schema import Versioned, load_model
 from pydantic import Field
 
 from .meshops import to_manifold, to_polydata, transform
+from .schema import ImplantPlacement, Plan
 
 # Nominal TKA femoral sizes: A = AP distance between the anterior and posterior cuts (mm),
 # W = medio-lateral width (mm).
@@ -180,7 +182,7 @@ def _tha_stem(size: str) -> ImplantModel:
     neck_len = offset / np.sin(np.radians(45.0))
     neck = mf.Manifold.cylinder(neck_len, 6.0, 6.0, 32)
     # rotate the +z cylinder onto -neck_dir (from the head down to the shoulder)
-    rot = _rotation_onto(np.array([0.0, 0.0, 1.0]), -neck_dir)
+    rot = rotation_onto(np.array([0.0, 0.0, 1.0]), -neck_dir)
     neck = neck.transform(np.c_[rot, np.zeros(3)].tolist())
     shoulder = -neck_dir * neck_len
     body = mf.Manifold.cylinder(length, 7.0, 11.0, 48).translate([0.0, 0.0, -length]).translate(shoulder.tolist())
@@ -188,7 +190,9 @@ def _tha_stem(size: str) -> ImplantModel:
     return ImplantModel("tha_stem", size, solid, {"length_mm": length, "offset_mm": offset, "head_diameter_mm": 28.0, "neck_shaft_deg": 135.0})
 
 
-def _rotation_onto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def rotation_onto(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The (3, 3) rotation turning direction ``a`` onto direction ``b`` (shortest arc about
+    ``a x b``; a half turn about x when they are opposite). Neither needs to be unit."""
     from orthonav.core.transforms import rotation_about_axis
 
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
@@ -274,7 +278,7 @@ def implant_model(family: str, size: str) -> ImplantModel:
     return _builtin(family, size)
 
 
-def implant_meshes_for(plan, case_dir: str | Path | None = None) -> dict[str, pv.PolyData]:
+def implant_meshes_for(plan: Plan, case_dir: str | Path | None = None) -> dict[str, pv.PolyData]:
     """``{'<family>:<size>': mesh in implant frame}`` for every implant of a plan."""
     out = {}
     for imp in plan.implants:
@@ -282,6 +286,23 @@ def implant_meshes_for(plan, case_dir: str | Path | None = None) -> dict[str, pv
         if key not in out:
             out[key] = implant_model(imp.family, imp.size).mesh()
     return out
+
+
+def move_implant(implant: ImplantPlacement, delta_implant: NDArray[np.float64]) -> ImplantPlacement:
+    """The implant moved by a rigid ``delta`` expressed in its own frame (6-DoF adjustment:
+    e.g. a translation along its z raises it; a rotation about its z rotates it)."""
+    m = np.asarray(implant.ct_from_implant) @ np.asarray(delta_implant, dtype=np.float64)
+    return implant.model_copy(update={"ct_from_implant": m.tolist()})
+
+
+def implant_delta(*, translation_mm: ArrayLike = (0.0, 0.0, 0.0), rotation_axis: ArrayLike = (0.0, 0.0, 1.0), rotation_deg: float = 0.0) -> NDArray[np.float64]:
+    """A small rigid adjustment in an implant's frame (rotation about its origin, then shift)."""
+    from orthonav.core.transforms import rotation_about_axis
+
+    d = np.eye(4)
+    d[:3, :3] = rotation_about_axis(rotation_axis, np.radians(rotation_deg))
+    d[:3, 3] = translation_mm
+    return d
 
 
 __all__ = [
@@ -292,10 +313,13 @@ __all__ = [
     "CustomImplant",
     "ImplantModel",
     "femoral_box_profile",
+    "implant_delta",
     "implant_meshes_for",
     "implant_model",
     "insert_size",
+    "move_implant",
     "register_custom_implant",
+    "rotation_onto",
     "sizes",
     "tray_outline",
 ]

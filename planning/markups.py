@@ -114,9 +114,8 @@ def import_markups_into_case(case_dir: str | Path, path: str | Path) -> list[str
     from orthonav.core.case import Case
     from orthonav.core.errors import InputError
 
-    from .auto import load_bone_meshes
+    from .auto import load_case_meshes, session_for
     from .schema import load_plan
-    from .session import PlanSession
 
     case = Case(case_dir)
     imported = import_markups(path)
@@ -124,7 +123,7 @@ def import_markups_into_case(case_dir: str | Path, path: str | Path) -> list[str
     unknown = sorted(set(imported) - set(plan.landmarks))
     if unknown:  # e.g. Slicer's default labels 'F-1': refuse rather than add meaningless landmarks
         raise InputError(path, f"landmarks {unknown} are not in the plan; rename them to one of {sorted(plan.landmarks)}")
-    session = PlanSession(plan, load_bone_meshes(case_dir))
+    session = session_for(plan, load_case_meshes(case_dir, plan.procedure))
     for name, lm in imported.items():
         known = name in session.plan.landmarks
         session.set_landmark(name, lm.position_lps_mm, method="markups import", bone=None if known or lm.bone == "unknown" else lm.bone)

@@ -205,4 +205,40 @@ def clipped_volume(surface: ClosedSurface, planes: list[tuple[NDArray[np.float64
     return total + (float(_signed_volumes(soup, surface.origin).sum()) if len(soup) else 0.0)
 
 
-__all__ = ["ClosedSurface", "affine34", "clipped_volume", "closed_surface", "cross_section", "frame_from_plane", "halfspace_keep", "to_manifold", "to_polydata", "transform"]
+_DISTANCE_FUNCTIONS: dict[int, tuple[pv.PolyData, object, float]] = {}
+
+
+def signed_distance_mm(surface: pv.PolyData, points_lps: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Signed distance (n,) of points to a closed surface, negative inside
+    (vtkImplicitPolyDataDistance; its locator is built once per surface and kept), the sign
+    checked on a point surely outside the surface."""
+    import vtk
+    from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+    key = id(surface)
+    hit = _DISTANCE_FUNCTIONS.get(key)
+    if hit is None or hit[0] is not surface:
+        if len(_DISTANCE_FUNCTIONS) > 16:
+            _DISTANCE_FUNCTIONS.clear()
+        f = vtk.vtkImplicitPolyDataDistance()
+        f.SetInput(surface)
+        far = np.asarray(surface.bounds, dtype=np.float64)[1::2] + 50.0
+        hit = (surface, f, 1.0 if f.EvaluateFunction(*far) > 0 else -1.0)
+        _DISTANCE_FUNCTIONS[key] = hit
+    _surface, f, sign = hit
+    pts = np.ascontiguousarray(np.asarray(points_lps, dtype=np.float64).reshape(-1, 3))
+    out = vtk.vtkDoubleArray()
+    f.FunctionValue(numpy_to_vtk(pts, deep=True), out)
+    return sign * vtk_to_numpy(out).astype(np.float64)
+
+
+def unit_sphere_directions(n: int, *, hemisphere: bool = False) -> NDArray[np.float64]:
+    """(n, 3) near-uniform unit vectors (Fibonacci lattice); with ``hemisphere`` only z <= 0."""
+    i = np.arange(n) + 0.5
+    z = -i / n if hemisphere else 1.0 - 2.0 * i / n
+    phi = i * np.pi * (3.0 - np.sqrt(5.0))
+    r = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
+    return np.c_[r * np.cos(phi), r * np.sin(phi), z]
+
+
+__all__ = ["ClosedSurface", "affine34", "clipped_volume", "closed_surface", "cross_section", "frame_from_plane", "halfspace_keep", "signed_distance_mm", "to_manifold", "to_polydata", "transform", "unit_sphere_directions"]

@@ -17,8 +17,10 @@ from orthonav.core.atomic import write_with
 from orthonav.core.case import Case
 from orthonav.core.errors import InputError
 
-from .alignment import limb_frames, position
+from .landmarks import position
+from .query import frames
 from .schema import Plan, load_plan
+from .tha.alignment import SIDES, app_frame
 
 BONE_COLOURS = {
     "femur": "#e8dcc0", "tibia": "#e0d2b0", "fibula": "#d8c8a0", "patella": "#d0c090",
@@ -109,7 +111,7 @@ def view_camera(plan: Plan, view: str, *, distance_mm: float = 1400.0, whole_lim
     if plan.procedure == "tha":
         return _hip_camera(plan, view, distance_mm=distance_mm, whole_limb=whole_limb)
     lms = plan.landmarks
-    fr = limb_frames(lms) if lms else None
+    fr = frames(plan) if lms else None
     up = np.array([0.0, 0.0, 1.0])
     ant = np.array([0.0, -1.0, 0.0])
     lat = np.array([-1.0, 0.0, 0.0])
@@ -134,8 +136,6 @@ def _hip_camera(plan: Plan, view: str, *, distance_mm: float, whole_limb: bool) 
     """Hip views in the anterior pelvic plane frame (LPS axes when the APP is missing):
     'lateral' / 'medial' are the operated side's (the left for a bilateral plan); the
     close-up looks at the operated hip joint, the whole view at the pelvis."""
-    from .tha import SIDES, app_frame
-
     lms = plan.landmarks
     try:
         ml, ant, up = app_frame(lms)
@@ -164,7 +164,9 @@ def _limb_length_mm(meshes: dict[str, pv.PolyData]) -> float:
     return float(np.linalg.norm(pts.max(axis=0) - pts.min(axis=0)))
 
 
-def _setup_rendering() -> None:
+def setup_rendering() -> None:
+    """Configure VTK for off-screen rendering on any machine: no multi-sampling (unsupported
+    by some EGL / software contexts) and the portable thread backend."""
     import vtk
 
     pv.global_theme.multi_samples = 0
@@ -190,7 +192,7 @@ def render_scene(
     for v in views:
         if v not in VIEWS:
             raise InputError(None, f"unknown view {v!r}; choose from {', '.join(VIEWS)}")
-    _setup_rendering()
+    setup_rendering()
     items = scene_items(plan, meshes, implant_meshes=implant_meshes)
     knee_items = [it for it in items if it.kind != "axis" or "mechanical" in it.name or "transepicondylar" in it.name]
     n = len(views)
@@ -222,7 +224,7 @@ def render_scene(
             label = f"{view} ({'hip' if plan.procedure == 'tha' else 'knee'})" if close else view
             pl.add_text(label if title is None else f"{title} - {label}", font_size=9, color="black")
             if col == n and plan.angles_deg:
-                txt = _angle_text(plan)
+                txt = angle_text(plan)
                 pl.add_text(txt, position="lower_left", font_size=8, color="black")
         pl.render()
         out = write_with(png_path, lambda tmp: pl.screenshot(str(tmp)))
@@ -231,7 +233,7 @@ def render_scene(
     return Path(out)
 
 
-def _angle_text(plan: Plan) -> str:
+def angle_text(plan: Plan) -> str:
     """The angle line(s) under the close-up panels (THA: per side, native and cup
     inclination / anteversion)."""
     if plan.procedure != "tha":
@@ -264,4 +266,4 @@ def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str,
     return render_scene(plan, meshes, png_path, views=views, size=size, implant_meshes=implant_meshes, zoom=zoom)
 
 
-__all__ = ["VIEWS", "SceneItem", "cut_disc", "render_plan", "render_scene", "scene_items", "view_camera"]
+__all__ = ["VIEWS", "SceneItem", "angle_text", "cut_disc", "render_plan", "render_scene", "scene_items", "setup_rendering", "view_camera"]

@@ -1,8 +1,11 @@
-"""An editable planning session: every change recomputes cuts and metrics; undo / redo.
+"""An editable plan: every edit recomputes what follows from it; undo / redo.
 
 The interactive window (``planning/ui.py``) and scripts drive the same object; it holds no
 rendering. Each edit produces a new immutable :class:`Plan` (pydantic ``model_copy``), so
-undo is a stack of plans.
+undo is a stack of plans. What an edit recomputes is the procedure's:
+:class:`~orthonav.planning.tka.session.TkaSession` (knee) and
+:class:`~orthonav.planning.tha.session.ThaSession` (hip) define ``_recompute``;
+:func:`orthonav.planning.auto.session_for` picks the one for a plan.
 """
 
 from __future__ import annotations
@@ -16,79 +19,20 @@ from numpy.typing import ArrayLike
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 
-from .alignment import compute_angles, compute_axes, limb_frames, position
-from .cuts import depth_along_axis_mm
-from .outcomes import BoneSolids, Resection, compute_metrics
-from .placement import cuts_from_implants, implant_delta, move_implant
-from .schema import CutPlane, Landmark, Plan, save_plan
-
-
-def component_alignment(plan: Plan) -> dict[str, float]:
-    """Component orientation vs the mechanical axes (degrees).
-
-    ``femoral_component_coronal_deg`` / ``tibial_component_coronal_deg``: tilt of the
-    component's z axis (its joint-line normal) from the bone's mechanical axis in the
-    coronal plane, positive when it leans laterally (0 = mechanically aligned; a tibial cut
-    in varus leans medially, i.e. negative); ``tibial_component_slope_deg``: posterior slope
-    of the tray; ``femoral_component_rotation_deg``: external rotation of the component's
-    anterior axis from the TEA-perpendicular; ``predicted_hka_deg``: with the joint lines of
-    the two components parallel in extension, 180 - femoral + tibial tilt (varus < 180).
-    """
-    fr = limb_frames(plan.landmarks)
-    out: dict[str, float] = {}
-    fem = next((i for i in plan.implants if i.family == "tka_femoral"), None)
-    tray = next((i for i in plan.implants if i.family == "tka_tibial_tray"), None)
-    if fem is not None and fr.femur_proximal is not None:
-        m = np.asarray(fem.ct_from_implant)
-        z, y = m[:3, 2], m[:3, 1]
-        out["femoral_component_coronal_deg"] = float(np.degrees(np.arctan2(np.dot(z, fr.femur_lateral), np.dot(z, fr.femur_proximal))))
-        y_ax = y - np.dot(y, fr.femur_proximal) * fr.femur_proximal
-        out["femoral_component_rotation_deg"] = float(np.degrees(np.arctan2(np.dot(y_ax, fr.femur_lateral), np.dot(y_ax, fr.femur_anterior))))
-    if tray is not None and fr.tibia_proximal is not None:
-        m = np.asarray(tray.ct_from_implant)
-        z = m[:3, 2]
-        out["tibial_component_coronal_deg"] = float(np.degrees(np.arctan2(np.dot(z, fr.tibia_lateral), np.dot(z, fr.tibia_proximal))))
-        out["tibial_component_slope_deg"] = float(np.degrees(np.arctan2(-np.dot(z, fr.tibia_anterior), np.dot(z, fr.tibia_proximal))))
-    if "femoral_component_coronal_deg" in out and "tibial_component_coronal_deg" in out and "hka" in plan.angles_deg:
-        # Parallel joint lines: the tibial axis is turned (femoral - tibial tilt) laterally
-        # from the femoral axis, which puts the ankle medially, i.e. varus.
-        out["predicted_hka_deg"] = 180.0 - out["femoral_component_coronal_deg"] + out["tibial_component_coronal_deg"]
-    return out
-
-
-def refresh_depths(cut: CutPlane, landmarks) -> CutPlane:
-    """``cut`` with ``depths_mm`` (and ``resection_depth_mm`` at its reference) recomputed from
-    the current landmark positions, measured as :mod:`orthonav.planning.cuts` defines them
-    (along the bone's mechanical axis for the distal femoral and tibial cuts, perpendicular
-    to the plane otherwise). Depths whose landmarks or axis are missing are left as they were."""
-    if not cut.depths_mm:
-        return cut
-    fr = limb_frames(landmarks)
-    axis = {"femur": fr.femur_proximal, "tibia": fr.tibia_proximal}.get(cut.bone)
-    point, normal = np.asarray(cut.point_lps_mm), np.asarray(cut.normal_lps)
-    along_axis = axis is not None and abs(float(np.dot(normal, axis))) > 0.5  # a transverse cut
-    depths = dict(cut.depths_mm)
-    for name in depths:
-        if name not in landmarks:
-            continue
-        p = position(landmarks[name])
-        depths[name] = depth_along_axis_mm(p, point, normal, axis) if along_axis else float(np.dot(p - point, normal))
-    ref = depths.get(cut.reference, cut.resection_depth_mm)
-    return cut.model_copy(update={"depths_mm": depths, "resection_depth_mm": float(ref)})
+from .implants import implant_delta, implant_model, move_implant
+from .schema import Landmark, Plan, save_plan
 
 
 class PlanSession:
-    """A plan being edited, with its bones (as solids for fast booleans) and optional CT.
+    """A plan being edited, with its bones (LPS mm) and optional CT: the edits and the
+    history shared by every procedure.
 
     Every edit (:meth:`move_implant`, :meth:`set_implant_pose`, :meth:`set_landmark`,
-    :meth:`resize_implant`) recomputes axes, angles, implant-derived cuts, resection depths
-    and outcome metrics, and pushes the previous plan on the undo stack.
+    :meth:`resize_implant`, :meth:`set_cut`) recomputes what follows from the plan
+    (:meth:`_recompute`, the procedure's) and pushes the previous plan on the undo stack.
     """
 
     def __init__(self, plan: Plan, meshes: Mapping[str, pv.PolyData], *, ct: Volume | None = None, max_undo: int = 200) -> None:
-        from .auto import knee_centre
-
-        self._solids = BoneSolids(meshes, roi_centre_lps=knee_centre(plan.landmarks))
         self.meshes = meshes
         self.ct = ct
         self._undo: list[Plan] = []
@@ -101,18 +45,10 @@ class PlanSession:
     def plan(self) -> Plan:
         return self._plan
 
-    def _recompute(self, plan: Plan) -> tuple[Plan, dict[str, Resection]]:
-        lms = plan.landmarks
-        axes = {**{k: v for k, v in plan.axes.items() if k.endswith("_anatomical")}, **compute_axes(lms)}
-        angles = compute_angles(lms)
-        cuts = {k: refresh_depths(c, lms) for k, c in plan.cuts.items()}  # landmarks may have moved
-        if plan.implants:
-            cuts.update(cuts_from_implants(plan.implants, lms))
-        plan = plan.model_copy(update={"axes": axes, "angles_deg": angles, "cuts": cuts})
-        metrics, res = compute_metrics(plan, self._solids, ct=self.ct)
-        keep = {k: v for k, v in plan.metrics.items() if k in ("anterior_notch_mm", "femoral_ap_needed_mm", "tibial_section_ml_mm", "tibial_section_ap_mm", "extension_gap_mm", "insert_thickness_mm")}
-        metrics = {**keep, **metrics, **component_alignment(plan)}
-        return plan.model_copy(update={"metrics": metrics}), res
+    def _recompute(self, plan: Plan) -> tuple[Plan, dict[str, object]]:
+        """The plan with everything derived from its landmarks and implant poses recomputed,
+        and the resected bones by name (the procedure's session defines this)."""
+        raise NotImplementedError(f"{type(self).__name__} does not recompute plans; use a procedure's session (orthonav.planning.auto.session_for)")
 
     def _commit(self, plan: Plan) -> Plan:
         new, res = self._recompute(plan)
@@ -156,8 +92,6 @@ class PlanSession:
 
     def resize_implant(self, implant: int | str, size: str) -> Plan:
         """Change an implant's size (pose unchanged)."""
-        from .implants import implant_model
-
         i = self._index(implant)
         imps = list(self._plan.implants)
         implant_model(imps[i].family, size)  # raises on an unknown size
@@ -212,4 +146,4 @@ class PlanSession:
         return save_plan(path, self._plan)
 
 
-__all__ = ["PlanSession", "component_alignment", "refresh_depths"]
+__all__ = ["PlanSession"]

@@ -1,7 +1,7 @@
 """``orthonav plan CASE``: the interactive planning window (PyVista).
 
 Bones, landmarks, axes, cut planes and implants; keys move the selected implant in its own
-frame (6 DoF), every move recomputes cuts and metrics (:class:`PlanSession`, or
+frame (6 DoF), every move recomputes cuts and metrics (:class:`~orthonav.planning.tka.TkaSession`, or
 :class:`~orthonav.planning.tha.ThaSession` for a hip); a live text readout shows angles,
 component alignment, sizes and resections; ``u`` undoes, ``y`` redoes, ``s`` saves
 ``plan.json``. Right-click picks a surface point for the landmark chosen with ``l`` (manual
@@ -48,7 +48,7 @@ def plane_motion(point_old: np.ndarray, normal_old: np.ndarray, point_new: np.nd
     """The rigid ``ct_from_ct`` motion carrying plane (point_old, normal_old) onto the plane
     through ``point_new`` with ``normal_new``: the smallest rotation of the normal about
     ``point_old``, then a shift along the new normal (no sliding within the plane)."""
-    from .implants import _rotation_onto
+    from .implants import rotation_onto
 
     p0, p1 = np.asarray(point_old, dtype=float), np.asarray(point_new, dtype=float)
     n0, n1 = np.asarray(normal_old, dtype=float), np.asarray(normal_new, dtype=float)
@@ -59,7 +59,7 @@ def plane_motion(point_old: np.ndarray, normal_old: np.ndarray, point_new: np.nd
         raise InputError(None, "plane points must be finite 3-vectors")
     n0, n1 = n0 / np.linalg.norm(n0), n1 / np.linalg.norm(n1)
     m = np.eye(4)
-    m[:3, :3] = _rotation_onto(n0, n1)
+    m[:3, :3] = rotation_onto(n0, n1)
     m[:3, 3] = p0 - m[:3, :3] @ p0 + float(np.dot(p1 - p0, n1)) * n1
     return m
 
@@ -260,9 +260,9 @@ class PlanEditor:
             imp = p.implants[sel]
             lines.append(f"selected: {imp.family} size {imp.size} on {imp.bone}   (Tab next; drag arrows/rings or a cut plane; arrows/PgUp/PgDn move, r/v/f rotate; l + right-click: landmark; u undo, s save)")
         if p.procedure == "tha":
-            from .scene import _angle_text
+            from .scene import angle_text
 
-            lines.append(_angle_text(p))
+            lines.append(angle_text(p))
         else:
             lines.append("  ".join(f"{k} {v:.1f}" for k, v in p.angles_deg.items()))
         lines.append("  ".join(f"{k.replace('_deg', '').replace('_mm3', '').replace('_mm', '')} {p.metrics[k]:.1f}" for k in READOUT_METRICS if k in p.metrics))
@@ -285,25 +285,24 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
     ``plotter.orthonav_editor`` is the :class:`PlanEditor`)."""
     import pyvista as pv
 
-    from .auto import load_case_meshes
+    from .auto import load_case_meshes, session_for
     from .implants import implant_meshes_for
     from .scene import (
         CUT_COLOURS,
         CUT_RADIUS_MM,
         IMPLANT_COLOURS,
-        _setup_rendering,
         cut_disc,
         scene_items,
+        setup_rendering,
         view_camera,
     )
-    from .tha import session_for
 
     case = Case(case_dir)
     plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
     meshes = load_case_meshes(case.root, plan.procedure)
     session = session_for(plan, meshes)
     editor = PlanEditor(session, save_to=case.plan)
-    _setup_rendering()
+    setup_rendering()
     pl = pv.Plotter(off_screen=off_screen, window_size=(1400, 900))
     pl.set_background("white")
     implant_meshes = implant_meshes_for(session.plan)

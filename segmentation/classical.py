@@ -36,10 +36,10 @@ Cost: after the hysteresis, components smaller than ``min_bone_volume_mm3`` are 
 every later pass runs in the bones' bounding box plus a margin; the joint-valley test and the
 peel's gradient are evaluated only at the voxels that can change (mask voxels; edge voxels
 below the local threshold), the bead halo in each bead's own box. The local passes (peel,
-bump opening) run in k-slabs cropped to the bone in each (:func:`_slabs`, same result as on
+bump opening) run in k-slabs cropped to the bone in each (:func:`mask_slabs`, same result as on
 the whole box) on parallel threads; the separation runs on a grid no finer than
 ``separation_spacing_mm`` (:func:`_separate`), its watershed on the mask only
-(:func:`_marker_watershed`).
+(:func:`marker_watershed`).
 """
 
 from __future__ import annotations
@@ -182,20 +182,21 @@ def _hysteresis(ct_zyx: NDArray, allowed: NDArray, spacing: NDArray, p: Classica
     return sitk.GetArrayFromImage(rec).astype(bool)
 
 
-#: Thickness (mm along k) of the slabs in which local operations (:func:`_adaptive_refine`,
-#: :func:`_remove_bumps`) run: each slab is cropped to the mask's extent in it, so a long bone
+#: Thickness (mm along k) of the slabs in which local operations (:func:`adaptive_refine`,
+#: :func:`remove_bumps`) run: each slab is cropped to the mask's extent in it, so a long bone
 #: lying obliquely in the volume costs its own volume, not its bounding box's.
 SLAB_MM = 40.0
 
 
-def _slabs(mask: NDArray, spacing: NDArray, margin_k: int, margin_ji: tuple[int, int]):
+def mask_slabs(mask: NDArray, spacing: NDArray, margin_k: int, margin_ji: tuple[int, int]) -> Iterator[tuple[tuple[slice, ...], slice]]:
     """Yield ``(ext, core)`` for k-slabs of :data:`SLAB_MM` covering ``mask``'s voxels.
 
     ``ext`` (k, j, i slices into ``mask``) is the slab grown by ``margin_k`` slices, cropped in
     j and i to the mask's voxels in it grown by ``margin_ji``; ``core`` (a slice along k of the
     ``ext`` crop) is the slab itself. An operator whose value at a voxel depends only on voxels
     within the margins gives, on the cores, what it gives on the whole array: the cores
-    partition the slices within ``margin_k`` of the mask's voxels.
+    partition the slices within ``margin_k`` of the mask's voxels. ``spacing`` is the voxel
+    spacing (i, j, k) in mm; the margins are in voxels.
     """
     thick = max(8, round(SLAB_MM / float(spacing[2])))
     ks = np.flatnonzero(mask.any(axis=(1, 2)))
@@ -239,7 +240,7 @@ def _map(fn, items: list) -> list:
 def _peel_slab(
     comp: NDArray, vals: NDArray, outside_core: NDArray, core: slice, spacing: NDArray, p: ClassicalParams, shell_r: list[int], peak_size: list[int]
 ) -> tuple[NDArray, tuple[tuple[NDArray, ...], NDArray, NDArray] | None]:
-    """One slab of :func:`_adaptive_refine`: the HU of the soft-tissue shell in the core, and the
+    """One slab of :func:`adaptive_refine`: the HU of the soft-tissue shell in the core, and the
     core's edge voxels that may be peeled (indices in the slab crop, their HU and local peak);
     ``outside_core`` marks the core's voxels in no region."""
     comp8 = _img(comp.astype(np.uint8), spacing)
@@ -276,7 +277,7 @@ def _peel_slab(
     return around, (tuple(c[keep] for c in cand), vals[cand][keep], peak[cand][keep])
 
 
-def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
     """Peel each region's outer layer down to the local half-maximum edge.
 
     For every region (its own mask; other regions count as outside, so a blurred bridge at a
@@ -331,7 +332,7 @@ def _adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Cla
             where, hu_c, peak_c = found
             return around, (tuple(w + s_.start for w, s_ in zip(where, ext)), hu_c, peak_c)
 
-        results = _map(slab_work, list(_slabs(comp_g, spacing, margin_k, margin_ji)))
+        results = _map(slab_work, list(mask_slabs(comp_g, spacing, margin_k, margin_ji)))
         around_hu = [a for a, _f in results]
         found = [f for _a, f in results if f is not None]
         hu = np.concatenate(around_hu) if around_hu else np.zeros(0, np.float32)
@@ -407,10 +408,13 @@ def _repair_bead_dents(bone: NDArray, zone: NDArray, boxes: list[tuple[slice, ..
     return out
 
 
-def _remove_bumps(bone: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+def remove_bumps(bone: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
     """Remove small compact bumps sitting on the bone surface (fiducial beads blurred below the
     metal threshold): the residue of a morphological opening (Serra 1982) with a ball of
-    ``bump_radius_mm``, kept only where it forms a blob no larger than a bead."""
+    ``bump_radius_mm``, kept only where it forms a blob no larger than a bead.
+
+    ``bone`` is a boolean mask (k, j, i), ``spacing`` the voxel spacing (i, j, k) in mm;
+    returns the mask without the bumps (``bone`` itself when it has none)."""
     if p.bump_radius_mm <= 0 or not bone.any():
         return bone
     r = _ball_radius_vox(p.bump_radius_mm, spacing)
@@ -425,7 +429,7 @@ def _remove_bumps(bone: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArra
         opened = opened[tuple(slice(x, x + n) for x, n in zip(r[::-1], sub.shape))]
         residue[ext][core] = sub[core] & ~opened[core]  # cores are disjoint: no two threads write one voxel
 
-    _map(slab_residue, list(_slabs(bone, spacing, 2 * r[2] + 1, (0, 0))))
+    _map(slab_residue, list(mask_slabs(bone, spacing, 2 * r[2] + 1, (0, 0))))
     lab = _arr(sitk.ConnectedComponent(_img(residue.astype(np.uint8), spacing), True))
     if lab.max() == 0:
         return bone
@@ -518,7 +522,7 @@ def joint_valleys(ct_zyx: NDArray, mask: NDArray, spacing: NDArray, p: Classical
     return valley
 
 
-def _separation_step(spacing: NDArray, p: ClassicalParams) -> tuple[int, int, int]:
+def separation_step(spacing: NDArray, p: ClassicalParams) -> tuple[int, int, int]:
     """Whole-voxel sub-sampling step (k, j, i) for :func:`_separate`: the coarsest grid no
     coarser than ``p.separation_spacing_mm`` along each axis (1 = the CT's own spacing)."""
     if p.separation_spacing_mm <= 0:
@@ -541,17 +545,17 @@ def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArr
 
     Runs in the mask's bounding box. On a grid finer than ``p.separation_spacing_mm`` (a
     512 x 512 knee CT at 0.3-0.4 mm in plane) the separation, which only decides *which* bone a
-    voxel belongs to, runs on the grid sub-sampled by whole steps (:func:`_separation_step`):
+    voxel belongs to, runs on the grid sub-sampled by whole steps (:func:`separation_step`):
     mask by "any voxel of the block" (so every bone voxel's block is labelled), HU by block
     mean. Each voxel of ``mask`` takes its block's region; the boundaries of each bone are then
-    set at full resolution by the caller (:func:`_adaptive_refine`). Where two bones share a
+    set at full resolution by the caller (:func:`adaptive_refine`). Where two bones share a
     block the interface is placed to within one coarse voxel.
     """
     regions = np.zeros(mask.shape, np.int32)
     if not mask.any():
         return regions
     box = _bbox(mask, _SMOOTH_RADIUS + 1)  # distances exact, smoothing as on the whole box
-    step = _separation_step(spacing, p)
+    step = separation_step(spacing, p)
     if step == (1, 1, 1):
         regions[box] = _separate_box(mask[box], spacing, p, ct_zyx[box])
         return regions
@@ -575,7 +579,7 @@ def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArr
     return regions
 
 
-def _marker_watershed(level: NDArray, markers: NDArray, mask: NDArray, spacing: NDArray) -> NDArray:
+def marker_watershed(level: NDArray, markers: NDArray, mask: NDArray, spacing: NDArray) -> NDArray:
     """Marker-controlled watershed (Beucher & Meyer 1993) of ``level`` within ``mask``.
 
     The same as flooding the whole box with the background set above every mask voxel (each
@@ -647,7 +651,7 @@ def _separate_box(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: N
     n_seeds = int(markers.max())
     if n_seeds == 0:
         return np.zeros(mask.shape, np.int32)
-    regions = _marker_watershed(ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7), markers, mask, spacing)
+    regions = marker_watershed(ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7), markers, mask, spacing)
     # Flooding goes by level, so every voxel of a component holding a marker is claimed from
     # inside it; a component with no marker (thinner than ``seed_depth_mm`` everywhere: a rib
     # end, a process, or a table or cable, removed later by the body test) becomes a region of
@@ -906,16 +910,16 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))
     if p.adaptive_boundary:
         components = _arr(sitk.ConnectedComponent(_img(bone.astype(np.uint8), spacing), False)).astype(np.int32)
-        bone = fill_cavities(_adaptive_refine(ct_zyx, components, spacing, p) > 0)
+        bone = fill_cavities(adaptive_refine(ct_zyx, components, spacing, p) > 0)
         del components
     bone = _repair_bead_dents(bone, zone, bead_boxes, spacing)
-    bone = _remove_bumps(bone, spacing, p)
+    bone = remove_bumps(bone, spacing, p)
     # The peel and the bump removal leave specks; too small to become a bone, they are dropped
     # before the separation (which treats each component on its own, so the rest is unchanged).
     bone = _drop_small_components(bone, spacing, p.min_bone_volume_mm3)
     regions = _separate(bone, spacing, p, ct_zyx)
     if p.adaptive_boundary:  # again per bone: peels blurred bridges left between touching bones
-        regions = _adaptive_refine(ct_zyx, regions, spacing, p)
+        regions = adaptive_refine(ct_zyx, regions, spacing, p)
     pieces = _clean_regions(regions, spacing, p, body, offset_kji=inner_kji)
     if not pieces:
         raise InputError(None, "no bone found: dense voxels exist but none forms a bone-sized solid object")
@@ -956,7 +960,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         b, mk = pieces[info.index]
         labels_crop[b][mk & (labels_crop[b] == 0)] = value
         table[value] = name
-    notes = split_notes + [_absorb_fragment(labels_crop, table, pieces[i], infos[i]) for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3)]
+    notes = split_notes + [absorb_fragment(labels_crop, table, pieces[i], infos[i]) for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3)]
     labels_crop, table = _join_touching(labels_crop, table, stem="vertebrae", ct=ct, crop_origin_ijk=crop_origin_ijk)
     if not table:
         raise InputError(None, "no bone found that could be named for this anatomy")
@@ -970,7 +974,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     )
 
 
-def _absorb_fragment(labels: NDArray, table: dict[int, str], piece: tuple[tuple[slice, ...], NDArray], info: RegionInfo) -> str:
+def absorb_fragment(labels: NDArray, table: dict[int, str], piece: tuple[tuple[slice, ...], NDArray], info: RegionInfo) -> str:
     """Merge one unnamed fragment into the labelled bone sharing most of its 26-neighbour
     boundary (in place), or leave it out when it touches none. Returns a note saying which."""
     b, mk = piece
@@ -1119,7 +1123,7 @@ def _split_joined_bones(
     their own cortex. A marker-controlled watershed (Beucher & Meyer 1993) on the **negated**
     smoothed HU floods along the bright cortices first, so fronts of two bones meet at the
     darkest point of the joint space between them. The joint space each bone took is peeled by
-    :func:`_adaptive_refine` across dark sheets only (:func:`_interface_valley_depth` > 0), so
+    :func:`adaptive_refine` across dark sheets only (:func:`_interface_valley_depth` > 0), so
     the interface between two pieces of one bone (several marrow seeds) is not peeled; those
     pieces are rejoined by the naming step as fragments. Only the connected components where an
     existing region holds two or more pieces are replaced; the new regions get the same
@@ -1201,7 +1205,7 @@ def _split_joined_bones(
         # sheets: pieces whose interface is no valley (likely one bone, rejoined later as a
         # fragment) are refined together, so their interface is not peeled.
         together = _union_lut(int(ws.max()) + 1, ((a, b) for (a, b), depth in depths.items() if depth <= 0.0))[ws]
-        groups = np.where(_adaptive_refine(ct_zyx, together, spacing, p) > 0, groups, 0)
+        groups = np.where(adaptive_refine(ct_zyx, together, spacing, p) > 0, groups, 0)
     new = _clean_regions(groups, spacing, p, body, offset_kji=offset_kji)
     kept = [pc for i, pc in enumerate(pieces, start=1) if not np.isin(comps[pc[0]][pc[1]], affected).any()]
     notes = [

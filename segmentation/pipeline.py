@@ -7,6 +7,8 @@ bone in the image, a missing weights file) leaves the case folder as it was.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,12 +100,14 @@ def _write_meshes(case: Case, meshes: dict, formats: Sequence[str]) -> list[Path
     for name, mesh in meshes.items():
         for ext in formats:
             written.append(write_mesh(mesh, case.mesh(name, ext.lower())))
-    # Meshes of bones no longer in the label table are stale: remove them.
-    if case.meshes_dir.is_dir():
-        keep = set(meshes)
-        for f in case.meshes_dir.iterdir():
-            if f.suffix.lower() in MESH_SUFFIXES and f.stem not in keep:
-                f.unlink()
+    # Meshes of bones no longer in the label table are stale: remove them. Hidden files are
+    # another writer's unfinished temporaries (a concurrent run): never touched here.
+    keep = set(meshes)
+    for bone, f in case.mesh_paths().items():
+        if bone not in keep:
+            for ext in MESH_SUFFIXES:
+                with contextlib.suppress(FileNotFoundError):
+                    case.mesh(bone, ext).unlink()
     return written
 
 

@@ -8,20 +8,21 @@ import pytest
 
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import make_rigid, rotation_about_axis, rotation_angle_deg
-from orthonav.tracking.aruco import (
+from orthonav.cli.calibrate import calibrate_camera_cli
+from orthonav.tracking import (
     ArucoSource,
     ArucoTracker,
     CameraCalibration,
     CharucoBoardSpec,
+    ToolDefinition,
+    ToolSet,
+    ToolStatus,
     calibrate_camera,
-    calibrate_camera_cli,
     load_camera_calibration,
     render_plate,
     render_texture,
     save_camera_calibration,
 )
-from orthonav.tracking.frame import ToolStatus
-from orthonav.tracking.tools import ToolDefinition, ToolSet
 
 K = np.array([[1000.0, 0.0, 639.5], [0.0, 1000.0, 359.5], [0.0, 0.0, 1.0]])
 CAL = CameraCalibration(K, np.zeros(5), (1280, 720))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orthonav.cli.args import parse_host_port
+from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, make_lps_from_ijk, write_volume
 
 
@@ -62,3 +64,11 @@ def test_plan_from_newer_schema_is_refused(tmp_path):
     out = run_cli("report", str(case), cwd=tmp_path)
     assert out.returncode == 2
     assert "newer" in out.stderr and "plan.json" in out.stderr
+
+
+def test_parse_host_port():
+    assert parse_host_port("10.0.0.2:18945") == ("10.0.0.2", 18945)
+    assert parse_host_port("tracker") == ("tracker", 18944)
+    assert parse_host_port(":5000") == ("127.0.0.1", 5000)
+    with pytest.raises(InputError, match="HOST:PORT"):
+        parse_host_port("host:abc")

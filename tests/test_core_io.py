@@ -14,6 +14,7 @@ from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import rotation_about_axis
 from orthonav.core.volume import Volume, make_lps_from_ijk, read_volume, write_volume
 from orthonav.planning.schema import CutPlane, Plan, load_plan, save_plan
+from public_api import check_public_api
 
 
 def _oblique_volume() -> Volume:
@@ -134,3 +135,15 @@ def test_json_lines_writer_appears_only_on_close_with_usual_mode(tmp_path):
             w2.write({"c": 3})
             raise RuntimeError("stop")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # aborted: nothing left
+
+
+def test_core_public_api_is_complete_and_cheap_to_import():
+    """``from orthonav.core import Volume, Case, ...`` gives every public name; importing the
+    package (which every other package does) pulls in no SimpleITK, VTK, pyvista, pydantic."""
+    check_public_api("orthonav.core", ("SimpleITK", "vtk", "pyvista", "pydantic", "scipy"), extra={"lazy_exports"})
+    from orthonav import core
+    from orthonav.core import volume
+
+    assert core.Volume is volume.Volume and core.read_volume is volume.read_volume
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        core.nope  # noqa: B018

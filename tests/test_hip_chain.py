@@ -80,9 +80,10 @@ def test_scripted_reamer_and_saw_guidance_equal_truth(hip_case):
     planned cup axis (reamer / impactor) and for the saw on the neck cut equal the script's
     truth (1e-6 deg / mm; the drill angle 1e-4 deg, acos rounding near 0), so the hip OR script
     can check guidance like the knee one."""
-    from orthonav.navigation.navigate import plan_cut_frames
+    from orthonav.navigation import plan_cut_frames
     from orthonav.navigation.state import NavigationContext, compute_state
-    from orthonav.phantoms.scenario import cup_trajectories, knee_scenario
+    from orthonav.phantoms.or_geometry import cup_trajectories
+    from orthonav.phantoms.scenario import knee_scenario
     from orthonav.planning.schema import load_plan
 
     case, _seg, _plan = hip_case

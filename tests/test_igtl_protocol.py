@@ -131,7 +131,7 @@ def test_fuzzed_stream_resynchronises_and_never_raises():
 
 
 def test_coalesce_keeps_newest_pose_per_device_and_every_status():
-    from orthonav.tracking.igtl_client import coalesce
+    from orthonav.tracking.igtl_receive import coalesce
 
     def tr(dev, t):
         return P.decode_message(P.transform_message(dev, np.eye(4), timestamp_s=t))

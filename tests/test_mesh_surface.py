@@ -8,16 +8,12 @@ import trimesh
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, make_lps_from_ijk
-from orthonav.segmentation.classical import segment_classical
 from orthonav.segmentation.meshing import is_watertight, label_meshes, mask_mesh
-from test_seg_synth import mini_knee
 
 
 @pytest.fixture(scope="module")
-def knee_meshes():
-    k = mini_knee()
-    seg = segment_classical(k.ct)
-    return k, seg, label_meshes(seg.labels, seg.table)
+def knee_meshes(mini_knee_phantom, mini_knee_seg):
+    return mini_knee_phantom, mini_knee_seg, label_meshes(mini_knee_seg.labels, mini_knee_seg.table)
 
 
 def test_meshes_are_watertight_and_outward(knee_meshes):
@@ -68,9 +64,8 @@ def test_mirrored_grid_sphere():
     assert (outward > 0).mean() > 0.99
 
 
-def test_decimation_hits_the_target():
-    k = mini_knee()
-    seg = segment_classical(k.ct)
+def test_decimation_hits_the_target(mini_knee_seg):
+    seg = mini_knee_seg
     m = label_meshes(seg.labels, seg.table, target_triangles=3000)
     for name in ("femur", "tibia"):
         assert 2500 <= m[name].n_cells <= 3100

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orthonav.navigation.navigate import replay_session
+from orthonav.navigation import replay_session
 from orthonav.navigation.registration import load_registration
 from orthonav.phantoms.scenario import simulate_navigation, write_toy_case
 
@@ -40,6 +40,17 @@ def test_live_session_registers_and_guides_within_tolerance(live):
     rec = load_registration(case / "registration.json")
     assert rec.fre_mm == s.fre_mm and set(rec.verification_mm) == set(s.verification_mm)
     assert (s.session_dir / "registration.json").is_file() and (s.session_dir / "summary.json").is_file()
+
+
+def test_truth_scores_are_made_outside_navigation(live):
+    """Navigation's summary.json holds no truth figures; the phantom scoring writes them to scores.json."""
+    import json
+
+    _case, _sc, s, _ = live
+    nav = json.loads((s.session_dir / "summary.json").read_text())
+    assert "tre_mm" not in nav and "guidance_error" not in nav
+    scores = json.loads((s.session_dir / "scores.json").read_text())
+    assert scores["tre_mm"] == s.tre_mm and scores["guidance_error"] == s.guidance_error
 
 
 def test_live_session_pictures_exist_and_show_state(live):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from orthonav.core.volume import Volume, make_lps_from_ijk
-from orthonav.navigation.navigate import load_navigation_inputs
+from orthonav.navigation import load_navigation_inputs
 from orthonav.navigation.overlay import NavigationScene
 from orthonav.navigation.reslice import ORIENTATIONS, reslice, tool_plane_axes
 from orthonav.navigation.workflow import Workflow

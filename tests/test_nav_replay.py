@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from orthonav.core.errors import InputError
-from orthonav.navigation.navigate import navigate_case, replay_cli, replay_session
+from orthonav.cli.navigate import replay_cli
+from orthonav.navigation import navigate_case, replay_session
 from orthonav.navigation.session import read_session_info
 from orthonav.phantoms.scenario import knee_scenario, write_toy_case
 from orthonav.planning.schema import load_plan, save_plan

@@ -416,7 +416,7 @@ def test_guidance_errors_skip_samples_at_scripted_jumps():
     before a jump from one scripted saw hold to the next is not compared with the next hold's truth."""
     from dataclasses import replace
 
-    from orthonav.navigation.navigate import _GuidanceErrors
+    from orthonav.phantoms.scoring import GuidanceErrors
 
     sc = knee_scenario(toy_geometry(), seed=14)
     g = sc.geometry
@@ -430,13 +430,13 @@ def test_guidance_errors_skip_samples_at_scripted_jumps():
         tools = {k: replace(v, device_time_s=device_t) for k, v in fr.tools.items()}
         return compute_state(TrackingFrame(tools, fr.host_time_s, fr.sequence), ctx, clock=None)
 
-    errors = _GuidanceErrors(sc.truth_at)
+    errors = GuidanceErrors(sc.truth_at)
     errors.add(state_at(jump - 0.01, jump + 0.005))  # pose from hold 0 stamped 15 ms late: skipped
     errors.add(state_at(jump - 0.2, jump - 0.2))  # well inside hold 0: compared
     errors.add(state_at(jump + 0.2, jump + 0.2))  # well inside hold 1: compared
     s = errors.summary()
     assert s["n"] == 2.0 and s["flexion_deg_max"] < 1e-6 and s["varus_deg_max"] < 1e-6 and s["distance_mm_max"] < 1e-6
-    naive = _GuidanceErrors(sc.truth_at, boundary_margin_s=0.0)
+    naive = GuidanceErrors(sc.truth_at, boundary_margin_s=0.0)
     naive.add(state_at(jump - 0.01, jump + 0.005))
     assert naive.summary()["flexion_deg_max"] > 2.9  # what the margin protects against
 

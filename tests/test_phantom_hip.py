@@ -17,20 +17,19 @@ from orthonav.core.transforms import apply
 from orthonav.core.volume import read_volume
 from orthonav.phantoms.hip import app_frame, hip_angles, make_hip_phantom
 from orthonav.phantoms.printable import PrintedPhantomSpec
-from orthonav.phantoms.synthetic import make_phantom_case, write_phantom_case
 from orthonav.phantoms.truth import read_truth
 
 SIDES = ("left", "right")
 
 
 @pytest.fixture(scope="module")
-def phantom():
-    return make_hip_phantom(seed=0, small=True)
+def phantom(small_hip_phantom):
+    return small_hip_phantom
 
 
 @pytest.fixture(scope="module")
-def printed(phantom, tmp_path_factory):
-    case = write_phantom_case(phantom, tmp_path_factory.mktemp("hip_print"))
+def printed(small_hip_case):
+    case = small_hip_case
     spec = load_model(case.print_dir / "phantom_hip.json", PrintedPhantomSpec)
     return spec, trimesh.load(case.print_dir / "phantom_hip.stl")
 
@@ -198,8 +197,8 @@ def test_targets_and_mount_are_on_the_bones_away_from_fiducials(phantom):
 
 
 @pytest.mark.slow
-def test_cli_entry_writes_a_readable_case(phantom, tmp_path):
-    case = make_phantom_case("hip", tmp_path / "hip", seed=0, small=True)
+def test_cli_entry_writes_a_readable_case(phantom, small_hip_case):
+    case = small_hip_case  # make_phantom_case("hip", DIR, seed=0, small=True)
     ct = read_volume(case.ct)
     np.testing.assert_array_equal(ct.array_zyx, phantom.ct.array_zyx)  # same seed, same CT
     np.testing.assert_allclose(ct.lps_from_ijk, phantom.ct.lps_from_ijk, atol=1e-4)
@@ -250,7 +249,7 @@ def test_printable_hip_is_one_watertight_manifold_with_exact_divots(phantom, pri
 
 @pytest.mark.slow
 def test_ct_of_the_printed_hip(phantom, tmp_path):
-    from orthonav.phantoms.printable import write_printed_case
+    from orthonav.phantoms.printed_ct import write_printed_case
 
     case = write_printed_case(phantom, tmp_path / "printed", spacing_mm=(1.6, 1.6, 1.6))
     ct, labels = read_volume(case.ct), read_volume(case.truth_dir / "labels.nii.gz")

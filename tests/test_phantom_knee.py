@@ -18,20 +18,18 @@ from orthonav.core.volume import read_volume
 from orthonav.phantoms import sdf as S
 from orthonav.phantoms.angles import knee_angles
 from orthonav.phantoms.knee import make_knee_phantom
-from orthonav.phantoms.synthetic import make_phantom_case, write_phantom_case
+from orthonav.phantoms.synthetic import make_phantom_case
 from orthonav.phantoms.truth import read_truth
 
 
 @pytest.fixture(scope="module")
-def phantom():
-    return make_knee_phantom(seed=0, small=True)
+def phantom(small_knee_phantom):
+    return small_knee_phantom
 
 
 @pytest.fixture(scope="module")
-def case_dir(phantom, tmp_path_factory):
-    d = tmp_path_factory.mktemp("knee_case")
-    write_phantom_case(phantom, d)
-    return d
+def case_dir(small_knee_case):
+    return small_knee_case.root
 
 
 def test_grid_has_non_trivial_geometry(phantom):

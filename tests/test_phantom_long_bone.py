@@ -13,19 +13,19 @@ from orthonav.core.schema import load_model
 from orthonav.core.transforms import apply
 from orthonav.core.volume import read_volume
 from orthonav.phantoms.long_bone import FEMORAL_LANDMARKS, make_long_bone_phantom
-from orthonav.phantoms.printable import PrintedPhantomSpec, write_printed_case
-from orthonav.phantoms.synthetic import make_phantom_case
+from orthonav.phantoms.printable import PrintedPhantomSpec
+from orthonav.phantoms.printed_ct import write_printed_case
 from orthonav.phantoms.truth import read_truth
 
 
 @pytest.fixture(scope="module")
-def phantom():
-    return make_long_bone_phantom(seed=3, small=True)
+def phantom(small_long_bone_phantom):
+    return small_long_bone_phantom
 
 
 @pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    return make_phantom_case("long-bone", tmp_path_factory.mktemp("long_bone"), seed=3, small=True)
+def case(small_long_bone_case):
+    return small_long_bone_case
 
 
 def test_grid_labels_and_intensities(phantom):

@@ -83,7 +83,7 @@ def test_ct_of_the_printed_phantom_is_in_the_phantom_ct_frame(printed, tmp_path)
     from orthonav.core.case import read_labels_table
     from orthonav.core.transforms import invert
     from orthonav.core.volume import read_volume
-    from orthonav.phantoms.printable import write_printed_case
+    from orthonav.phantoms.printed_ct import write_printed_case
 
     phantom, spec, _mesh = printed
     case = write_printed_case(phantom, tmp_path / "printed", spacing_mm=(1.5, 1.5, 1.5))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from orthonav.core import transforms as tf
 from orthonav.core.errors import InputError, SchemaError
-from orthonav.planning.alignment import compute_angles, compute_axes, limb_frames
-from orthonav.planning.cuts import kinematic_cuts, mechanical_cuts
+from orthonav.planning.tka.alignment import compute_angles, compute_axes, limb_frames
+from orthonav.planning.tka.cuts import kinematic_cuts, mechanical_cuts
 from orthonav.planning.schema import Plan, load_plan, save_plan
 
 
@@ -179,7 +179,7 @@ def test_plan_json_round_trip_newer_and_corrupt(tmp_path):
 
 def test_refresh_depths_follows_moved_landmarks():
     """A landmark edit re-measures the depths of cuts that are not implant-derived (the plane stays)."""
-    from orthonav.planning.session import refresh_depths
+    from orthonav.planning.tka.session import refresh_depths
 
     L = synthetic_landmarks()
     cuts = mechanical_cuts(L, resection_mm=9.0, slope_deg=3.0)

@@ -19,8 +19,8 @@ from orthonav.planning.implants import (
 )
 from orthonav.planning.markups import export_markups, import_markups
 from orthonav.planning.meshops import to_manifold, to_polydata
-from orthonav.planning.outcomes import BoneSolids, coverage, resect
-from orthonav.planning.placement import cuts_from_implants, femoral_cut_planes_implant
+from orthonav.planning.tka.outcomes import BoneSolids, coverage, resect
+from orthonav.planning.tka.placement import cuts_from_implants, femoral_cut_planes_implant
 from orthonav.planning.schema import CutPlane, ImplantPlacement, Landmark, Plan
 
 

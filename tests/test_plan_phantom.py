@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply
-from orthonav.planning.alignment import compute_angles, limb_frames
-from orthonav.planning.auto import auto_plan, load_bone_meshes
+from orthonav.planning.auto import auto_plan
 from orthonav.planning.implants import FEMORAL_FLANGE_MM, implant_model
-from orthonav.planning.landmarks import find_landmarks
-from orthonav.planning.placement import femoral_cut_planes_implant
 from orthonav.planning.schema import load_plan
+from orthonav.planning.tka.alignment import compute_angles, limb_frames
+from orthonav.planning.tka.landmarks import find_landmarks
+from orthonav.planning.tka.placement import femoral_cut_planes_implant
+from orthonav.planning.tka.plan import load_knee_meshes as load_bone_meshes
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +163,7 @@ def test_render_plan_png(knee, tmp_path):
 
 
 def test_session_implant_move_recomputes_cuts_metrics_and_undo(knee):
-    from orthonav.planning.session import PlanSession
+    from orthonav.planning.tka.session import TkaSession as PlanSession
 
     _, case, plan = knee
     s = PlanSession(plan, load_bone_meshes(case))
@@ -214,7 +215,7 @@ def test_guides_written_and_report(knee):
 
 
 def test_plan_editor_keys_and_offscreen_window(knee, tmp_path):
-    from orthonav.planning.session import PlanSession
+    from orthonav.planning.tka.session import TkaSession as PlanSession
     from orthonav.planning.ui import PlanEditor, open_plan_window
 
     _, case, plan = knee
@@ -236,7 +237,7 @@ def test_plan_editor_keys_and_offscreen_window(knee, tmp_path):
 
 
 def test_kinematic_alignment_equal_resections(knee):
-    from orthonav.planning.auto import build_plan
+    from orthonav.planning.tka.plan import build_tka_plan as build_plan
 
     _, case, _ = knee
     p = build_plan(load_bone_meshes(case), alignment="kinematic", resection_mm=8.0)
@@ -262,8 +263,8 @@ def test_left_leg_mirror_image(knee):
     """A left leg (the right phantom mirrored through the sagittal plane): every landmark is the
     mirror of the truth landmark OF THE SAME NAME (medial stays medial), the angles and the
     resections are unchanged, and the side is detected as left (a wrong side raises)."""
-    from orthonav.planning.auto import build_plan
-    from orthonav.planning.landmarks import infer_side
+    from orthonav.planning.tka.plan import build_tka_plan as build_plan
+    from orthonav.planning.tka.landmarks import infer_side
 
     phantom, case, plan = knee
     meshes = {b: _mirrored(m) for b, m in load_bone_meshes(case).items()}

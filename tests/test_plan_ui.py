@@ -15,7 +15,7 @@ from orthonav.core.transforms import (
     make_rigid,
     rotation_about_axis,
 )
-from orthonav.planning.placement import implant_delta, move_implant
+from orthonav.planning.implants import implant_delta, move_implant
 from orthonav.planning.schema import CutPlane, ImplantPlacement, Plan
 from orthonav.planning.ui import PlanEditor, plane_motion
 

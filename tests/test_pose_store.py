@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from orthonav.core.transforms import random_rigid
-from orthonav.tracking.frame import ToolStatus
-from orthonav.tracking.store import PoseStore
+from orthonav.tracking import PoseStore, ToolStatus
 
 
 class FakeClock:
@@ -164,7 +163,7 @@ def test_wait_for_health_wakes_on_an_error_from_another_thread():
 def test_store_backed_source_lifecycle_from_the_base_class():
     """A source that implements only its thread body (and the hooks it needs) gets start / stop /
     context manager from StoreBackedSource: hooks in order, idempotent, nothing started when open fails."""
-    from orthonav.tracking.store import StoreBackedSource
+    from orthonav.tracking import StoreBackedSource
 
     calls: list[str] = []
 
@@ -215,7 +214,7 @@ def test_store_backed_source_lifecycle_from_the_base_class():
 def test_simulator_whose_script_fails_at_once_ends_disconnected_with_the_error():
     """The store is marked connected before the worker starts, so a worker that fails immediately
     cannot be overwritten by a late 'connected' from start()."""
-    from orthonav.tracking.simulator import SimulatedSource
+    from orthonav.tracking import SimulatedSource
 
     def broken(t: float):
         raise ValueError("no such pose")

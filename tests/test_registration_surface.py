@@ -154,11 +154,11 @@ def test_surface_model_has_a_coarse_level_for_dense_meshes():
 
 def test_cached_nearest_vertices_equal_a_fresh_kdtree_query(model):
     """The candidate cache ICP uses must return exactly the KD-tree's nearest vertex, whatever the motion."""
-    from orthonav.navigation.surface import _NearestVertices
+    from orthonav.navigation.surface import NearestVertices
 
     rng = np.random.default_rng(2)
     x = _sample_distal(bone_like_mesh(res=90), 500, rng) + rng.normal(scale=1.0, size=(500, 3))
-    cache = _NearestVertices(model.fine)
+    cache = NearestVertices(model.fine)
     for step_mm in (0.0, 0.05, 0.05, 0.3, 2.0, 0.01, 8.0):
         x = x + rng.normal(scale=step_mm / np.sqrt(3), size=x.shape)
         q, n = cache.nearest(x)
@@ -170,7 +170,7 @@ def test_cached_nearest_vertices_equal_a_fresh_kdtree_query(model):
 def test_min_norm_solve_equals_lstsq_on_degenerate_systems():
     """The eigen-decomposition solve used per ICP iteration is lstsq's minimum-norm solution,
     including when the points leave motions unconstrained (rank-deficient normal equations)."""
-    from orthonav.navigation.surface import _min_norm_solve
+    from orthonav.navigation.surface import min_norm_solve as _min_norm_solve
 
     rng = np.random.default_rng(9)
     for rank in (6, 5, 4, 2):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from orthonav.core import transforms as tf
-from orthonav.phantoms.scenario import geometry_from, knee_scenario, toy_geometry
+from orthonav.phantoms.or_geometry import geometry_from, toy_geometry
+from orthonav.phantoms.scenario import knee_scenario
 from orthonav.planning.schema import CutPlane, Landmark, Plan
 from orthonav.tracking.frame import ToolStatus
 

@@ -8,13 +8,12 @@ from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 from orthonav.segmentation.classical import segment_classical
 from orthonav.segmentation.evaluate import evaluate_segmentation
-from test_seg_synth import BONES, mini_knee
+from synthetic_ct import BEADS_LIMB, BONES, mini_knee
 
 
 @pytest.fixture(scope="module")
-def knee_seg():
-    k = mini_knee()
-    return k, segment_classical(k.ct, anatomy="auto")
+def knee_seg(mini_knee_phantom, mini_knee_seg):
+    return mini_knee_phantom, mini_knee_seg
 
 
 def test_knee_bones_found_named_and_sided(knee_seg):
@@ -39,7 +38,6 @@ def test_knee_dice_and_hd95_against_truth(knee_seg):
 def test_beads_are_not_bone(knee_seg):
     """The beads on the femur and tibia are excluded: no label reaches the bead centres."""
     from orthonav.core.transforms import apply
-    from test_seg_synth import BEADS_LIMB
 
     k, seg = knee_seg
     centres_lps = apply(k.ct_from_limb, BEADS_LIMB)
@@ -48,8 +46,8 @@ def test_beads_are_not_bone(knee_seg):
         assert seg.labels.array_zyx[kk, j, i] == 0
 
 
-def test_named_anatomy_is_respected_and_unknown_rejected():
-    k = mini_knee()
+def test_named_anatomy_is_respected_and_unknown_rejected(mini_knee_phantom):
+    k = mini_knee_phantom
     seg = segment_classical(k.ct, anatomy="knee")
     assert "patella" in seg.table.labels.values()
     with pytest.raises(InputError, match="unknown anatomy"):
@@ -77,7 +75,7 @@ def test_knee_has_no_unnamed_regions_and_no_notes(knee_seg):
 def test_unnamed_fragment_is_merged_into_the_bone_it_touches_or_dropped():
     """A fragment touching a bone joins it (its voxels get that bone's label, a note says so);
     one touching nothing is left out with a note; neither ever becomes a ``bone_<n>``."""
-    from orthonav.segmentation.classical import _absorb_fragment
+    from orthonav.segmentation.classical import absorb_fragment
     from orthonav.segmentation.naming import RegionInfo
 
     labels = np.zeros((20, 20, 20), np.uint8)
@@ -89,7 +87,7 @@ def test_unnamed_fragment_is_merged_into_the_bone_it_touches_or_dropped():
     box = (slice(10, 13), slice(4, 7), slice(4, 7))  # k 10 touches the femur (k 9), k 12 is tibia
     frag = touching & (labels[box] == 0)
     info = RegionInfo.from_points(0, np.argwhere(frag).astype(float) + 0.1 * np.arange(3), volume_mm3=float(frag.sum()))
-    note = _absorb_fragment(labels, table, (box, frag), info)
+    note = absorb_fragment(labels, table, (box, frag), info)
     assert "merged" in note
     merged_into = {int(v) for v in labels[box][frag]}
     assert merged_into in ({1}, {2})
@@ -97,7 +95,7 @@ def test_unnamed_fragment_is_merged_into_the_bone_it_touches_or_dropped():
     lone_box = (slice(2, 4), slice(15, 18), slice(15, 18))
     lone = np.ones((2, 3, 3), bool)
     before = labels.copy()
-    note = _absorb_fragment(labels, table, (lone_box, lone), info)
+    note = absorb_fragment(labels, table, (lone_box, lone), info)
     assert "dropped" in note
     np.testing.assert_array_equal(labels, before)
 
@@ -107,10 +105,10 @@ def test_fine_grid_separates_on_a_coarser_grid_with_the_same_accuracy():
     """A CT finer than ``separation_spacing_mm`` in plane (as a 512 x 512 knee CT) is separated on
     the grid sub-sampled by whole steps; the bone boundaries stay full-resolution, so the
     accuracy bar against the analytic truth is the one of the default-grid test."""
-    from orthonav.segmentation.classical import ClassicalParams, _separation_step
+    from orthonav.segmentation.classical import ClassicalParams, separation_step
 
     k = mini_knee(spacing=(0.35, 0.4, 1.1))
-    assert _separation_step(k.ct.spacing_mm, ClassicalParams()) == (1, 2, 2)  # (k, j, i)
+    assert separation_step(k.ct.spacing_mm, ClassicalParams()) == (1, 2, 2)  # (k, j, i)
     seg = segment_classical(k.ct, anatomy="auto")
     assert sorted(seg.table.labels.values()) == sorted(BONES)
     assert seg.notes == ()
@@ -140,27 +138,36 @@ def test_slab_decomposition_gives_the_whole_box_result(monkeypatch):
 
     rod, spacing = _oblique_rod()
     p = classical.ClassicalParams()
-    assert len(list(classical._slabs(rod, spacing, 3, (0, 0)))) >= 3
-    slabbed = classical._remove_bumps(rod, spacing, p)
+    assert len(list(classical.mask_slabs(rod, spacing, 3, (0, 0)))) >= 3
+    slabbed = classical.remove_bumps(rod, spacing, p)
     assert 0 < (rod & ~slabbed).sum() < 0.05 * rod.sum()  # the bumps went, the rod stayed
     # A blurred CT of the rod for the peel: cortex-like 1200 HU inside, 40 HU outside.
     ct = np.where(rod, 1200.0, 40.0).astype(np.float32)
     ct = classical.ndi.gaussian_filter(ct, (0.8, 1.5, 1.5)).astype(np.float32)
     regions = (ct > 200).astype(np.int32)
-    peeled = classical._adaptive_refine(ct, regions, spacing, p)
+    peeled = classical.adaptive_refine(ct, regions, spacing, p)
     assert 0 < (regions - peeled).sum()
     monkeypatch.setattr(classical, "SLAB_MM", 1.0e6)
-    assert len(list(classical._slabs(rod, spacing, 3, (0, 0)))) == 1
-    np.testing.assert_array_equal(classical._remove_bumps(rod, spacing, p), slabbed)
-    whole = classical._adaptive_refine(ct, regions, spacing, p)
+    assert len(list(classical.mask_slabs(rod, spacing, 3, (0, 0)))) == 1
+    np.testing.assert_array_equal(classical.remove_bumps(rod, spacing, p), slabbed)
+    whole = classical.adaptive_refine(ct, regions, spacing, p)
     assert (whole != peeled).sum() <= 1e-4 * regions.sum()  # ties of the distance map's float error
+
+
+def _image(array: np.ndarray, spacing_ijk: np.ndarray):
+    """A SimpleITK image of ``array`` (k, j, i) with voxel spacing ``spacing_ijk`` (mm)."""
+    import SimpleITK as sitk
+
+    im = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    im.SetSpacing([float(s) for s in spacing_ijk])
+    return im
 
 
 def test_marker_watershed_matches_a_flood_of_the_whole_box():
     """Flooding only the mask (background a marker of its own, whole-HU levels) labels every
     voxel of a seeded component as flooding the whole box with the background on top does."""
     import SimpleITK as sitk
-    from orthonav.segmentation.classical import _img, _marker_watershed
+    from orthonav.segmentation.classical import marker_watershed
 
     rng = np.random.default_rng(3)
     kk, jj, ii = np.mgrid[:40, :30, :50]
@@ -172,10 +179,10 @@ def test_marker_watershed_matches_a_flood_of_the_whole_box():
     markers[18:23, 13:18, 12:17] = 1
     markers[18:23, 13:18, 34:39] = 2
     spacing = np.array([0.8, 0.9, 1.1])
-    got = _marker_watershed(level, markers, mask, spacing)
+    got = marker_watershed(level, markers, mask, spacing)
     ref = sitk.GetArrayFromImage(
         sitk.MorphologicalWatershedFromMarkers(
-            _img(np.where(mask, level, 1.0e4).astype(np.float32), spacing), _img(markers.astype(np.uint32), spacing), markWatershedLine=False, fullyConnected=True
+            _image(np.where(mask, level, 1.0e4).astype(np.float32), spacing), _image(markers.astype(np.uint32), spacing), markWatershedLine=False, fullyConnected=True
         )
     )
     seeded = mask & ~((kk - 5) ** 2 + (jj - 5) ** 2 + (ii - 45) ** 2 <= 4)

@@ -88,10 +88,9 @@ def test_vertebra_above_the_sacrum_is_named_vertebrae():
 
 
 @pytest.fixture(scope="module")
-def small_hip():
-    from orthonav.phantoms.hip import make_hip_phantom
-
-    return make_hip_phantom(seed=0, small=True)
+def small_hip(small_hip_phantom):
+    """The session's small pelvis phantom (conftest: seed 0, ``small=True``); read-only."""
+    return small_hip_phantom
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,17 @@ from orthonav.core.errors import InputError
 from orthonav.core.meshio import read_mesh
 from orthonav.core.volume import Volume, read_volume, write_volume
 from orthonav.segmentation.pipeline import mesh_case, segment_case
-from test_seg_synth import mini_knee
 
 
 @pytest.fixture
-def knee_case(tmp_path):
+def knee_case(tmp_path, mini_knee_phantom):
+    """A case folder of this test's own holding the mini knee's CT."""
     case = Case(tmp_path / "case")
-    write_volume(mini_knee().ct, case.ct)
+    write_volume(mini_knee_phantom.ct, case.ct)
     return case
 
 
-def test_segment_case_writes_labels_table_meshes_and_seg_nrrd(knee_case):
+def test_segment_case_writes_labels_table_meshes_and_seg_nrrd(knee_case, mini_knee_phantom):
     steps = []
     summary = segment_case(knee_case.root, mesh_formats=(".stl", ".vtp", ".ply", ".obj"), progress=lambda s, f: steps.append((s, f)))
     assert set(summary.bones) == {"femur", "tibia", "fibula", "patella"}
@@ -27,7 +27,7 @@ def test_segment_case_writes_labels_table_meshes_and_seg_nrrd(knee_case):
     labels = read_volume(knee_case.labels)
     table = read_labels_table(knee_case.labels_json)
     assert labels.array_zyx.dtype == np.uint8
-    np.testing.assert_allclose(labels.lps_from_ijk, mini_knee().ct.lps_from_ijk, atol=1e-6)
+    np.testing.assert_allclose(labels.lps_from_ijk, mini_knee_phantom.ct.lps_from_ijk, atol=1e-6)
     for name, b in summary.bones.items():
         assert (labels.array_zyx == table.value_of(name)).sum() == b.voxels > 0
         assert b.triangles > 0
@@ -35,7 +35,7 @@ def test_segment_case_writes_labels_table_meshes_and_seg_nrrd(knee_case):
             m = read_mesh(knee_case.mesh(name, ext))
             assert m.n_cells == b.triangles, (name, ext)
     # The STL is in LPS mm on the true surface (mean distance well under half a voxel).
-    k = mini_knee()
+    k = mini_knee_phantom
     d = k.signed_distance_mm("femur", np.asarray(read_mesh(knee_case.mesh("femur")).points))
     assert np.abs(d).mean() < 0.5 * k.ct.spacing_mm.min()
     seg = knee_case.root / "labels.seg.nrrd"

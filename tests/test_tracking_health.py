@@ -7,8 +7,7 @@ import socket
 import numpy as np
 
 from orthonav.cli.track_view import tool_table
-from orthonav.tracking.igtl_client import IGTLClientSource
-from orthonav.tracking.igtl_server import IGTLServer
+from orthonav.tracking import IGTLClientSource, IGTLServer
 
 
 def _free_port() -> int:

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from orthonav.core.errors import InputError, TrackingError
-from orthonav.tracking.frame import ToolStatus
-from orthonav.tracking.ndi import NDISource
-from orthonav.tracking.tools import ToolDefinition, ToolSet
+from orthonav.tracking import NDISource, ToolDefinition, ToolSet, ToolStatus
 
 FAKE = textwrap.dedent(
     '''

@@ -9,10 +9,12 @@ import pytest
 
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import invert, lps_from_ras_transform, random_rigid, ras_from_lps_transform, validate_rigid
-from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
-from orthonav.tracking.recording import (
+from orthonav.tracking import (
     RecordingWriter,
     ReplaySource,
+    ToolPose,
+    ToolStatus,
+    TrackingFrame,
     read_plus_sequence,
     read_recording,
     read_recording_frames,
@@ -149,12 +151,12 @@ def test_recording_file_gets_the_usual_mode_not_0600(tmp_path):
     """Review P2: the writer reimplemented the atomic write and left mkstemp's 0600."""
     import os
 
-    from orthonav.core.atomic import _UMASK
-
+    umask = os.umask(0)  # read the process umask (setting it is the only way), then restore it
+    os.umask(umask)
     path = tmp_path / "rec.jsonl"
     with RecordingWriter(path) as w:
         w.write(_frames(1)[0])
-    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~_UMASK
+    assert (os.stat(path).st_mode & 0o777) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["rec.jsonl"]  # no temporary left behind
     w2 = RecordingWriter(tmp_path / "gone.jsonl")
     w2.write(_frames(1)[0])
@@ -165,7 +167,7 @@ def test_recording_file_gets_the_usual_mode_not_0600(tmp_path):
 
 def test_replay_keeps_a_recorded_stale_pose_stale(tmp_path):
     """Review P3: replay stamped every pose 0 s old, so a pose already stale when recorded was LIVE."""
-    from orthonav.tracking.tools import ToolDefinition, ToolSet
+    from orthonav.tracking import ToolDefinition, ToolSet
 
     path = tmp_path / "rec.jsonl"
     pose = random_rigid(np.random.default_rng(3))

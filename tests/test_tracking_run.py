@@ -10,35 +10,57 @@ import pytest
 
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import random_rigid
-from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
-from orthonav.tracking.igtl_client import IGTLClientSource
-from orthonav.tracking.igtl_server import IGTLServerSource
-from orthonav.tracking.recording import RecordingWriter, ReplaySource, read_recording
-from orthonav.tracking.run import open_source, parse_host_port, run_track
-from orthonav.tracking.tools import default_toolset, save_toolset
-
-
-def test_parse_host_port():
-    assert parse_host_port("10.0.0.2:18945") == ("10.0.0.2", 18945)
-    assert parse_host_port("tracker") == ("tracker", 18944)
-    assert parse_host_port(":5000") == ("127.0.0.1", 5000)
-    with pytest.raises(InputError, match="HOST:PORT"):
-        parse_host_port("host:abc")
+from orthonav.tracking import (
+    IGTLClientSource,
+    IGTLServerSource,
+    RecordingWriter,
+    ReplaySource,
+    ToolPose,
+    ToolStatus,
+    TrackingFrame,
+    default_toolset,
+    open_source,
+    read_recording,
+    run_track,
+    save_toolset,
+)
 
 
 def test_open_source_choices(tmp_path):
     tools = save_toolset(tmp_path / "tools.json", default_toolset())
-    src = open_source(igtl="127.0.0.1:18999", tools=tools)
+    src = open_source(igtl=("127.0.0.1", 18999), tools=tools)
     assert isinstance(src, IGTLClientSource) and src.port == 18999
     assert src.store.timeout_of("Pointer") == 0.25
     assert isinstance(open_source(listen=0), IGTLServerSource)
     with pytest.raises(InputError, match="exactly one"):
         open_source()
     with pytest.raises(InputError, match="exactly one"):
-        open_source(igtl="a:1", listen=2)
+        open_source(igtl=("a", 1), listen=2)
     with pytest.raises(InputError, match="--camera"):
         open_source(aruco="0", tools=tools)
 
+
+
+@pytest.mark.parametrize("speed", [None, 20.0])
+def test_run_track_ends_by_itself_at_the_end_of_a_replay(tmp_path, speed):
+    """`track --replay` ran until Ctrl-C: with no duration and no stop event it must end after
+    the recording's last frame, having taken every frame (as fast as read) or the last one."""
+    rng = np.random.default_rng(1)
+    rec = tmp_path / "in.jsonl"
+    with RecordingWriter(rec) as w:
+        for i in range(30):
+            w.write(TrackingFrame({"Pointer": ToolPose(ToolStatus.LIVE, random_rigid(rng), 0.1, float(i), 0.01 * i)}, 0.01 * i, i))
+    src = open_source(replay=rec, speed=speed)
+    done = threading.Event()
+    box = {}
+    th = threading.Thread(target=lambda: (box.setdefault("s", run_track(src, duration_s=None)), done.set()), daemon=True)
+    th.start()
+    assert done.wait(20.0), "run_track did not end at the end of the recording"
+    summary = box["s"]
+    assert summary.tools["Pointer"].live_frames >= 1
+    if speed is None:
+        assert summary.frames == 30
+    assert src.ended()
 
 def test_run_track_replays_and_records_every_frame(tmp_path):
     rng = np.random.default_rng(0)
@@ -76,9 +98,8 @@ def test_run_track_replays_and_records_every_frame(tmp_path):
 
 def test_calibrate_tool_cli_from_a_recorded_pivot(tmp_path):
     from orthonav.core.transforms import make_rigid, rotation_about_axis
-    from orthonav.tracking.run import calibrate_tool_cli
-    from orthonav.tracking.simulator import add_noise
-    from orthonav.tracking.tools import load_toolset
+    from orthonav.cli.track import calibrate_tool_cli
+    from orthonav.tracking import add_noise, load_toolset
 
     tip = np.array([0.5, 1.0, -148.0])
     pivot = np.array([0.0, 50.0, -900.0])
@@ -101,7 +122,6 @@ def test_calibrate_tool_cli_from_a_recorded_pivot(tmp_path):
 def test_run_track_publishes_no_empty_recording_when_the_source_fails(tmp_path):
     """Review P2: a source whose start() raises left a header-only recording that replay rejects."""
     from orthonav.core.errors import TrackingError
-    from orthonav.tracking.igtl_client import IGTLClientSource
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -115,7 +135,7 @@ def test_run_track_publishes_no_empty_recording_when_the_source_fails(tmp_path):
 def test_stream_script_on_a_busy_port_leaves_no_partial_recording(tmp_path):
     """Review P2: the truth recording was opened before the server; a busy port leaked it."""
     from orthonav.core.errors import TrackingError
-    from orthonav.tracking.simulator import stream_script
+    from orthonav.tracking import stream_script
 
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
@@ -129,7 +149,7 @@ def test_tool_kind_is_checked_when_loading_a_tool_file(tmp_path):
     import json
 
     from orthonav.core.errors import SchemaError
-    from orthonav.tracking.tools import load_toolset
+    from orthonav.tracking import load_toolset
 
     path = save_toolset(tmp_path / "tools.json", default_toolset())
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -12,21 +12,20 @@ from PIL import Image
 
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import apply, invert
-from orthonav.navigation.navigate import load_navigation_inputs
+from orthonav.navigation.inputs import load_navigation_inputs
 from orthonav.navigation.registration import predict_tre, write_registration
 from orthonav.navigation.session import SessionInfo, SessionRecorder
 from orthonav.navigation.workflow import Workflow, WorkflowConfig
 from orthonav.phantoms.scenario import knee_scenario, write_toy_case
+from orthonav.cli.validate import summary_text, validate_cli
 from orthonav.phantoms.validation import (
     ValidationConfig,
     load_validation_config,
     simulate_pivot,
     simulate_validation,
-    summary_text,
-    validate_cli,
     validate_session,
+    write_validation_report,
 )
-from orthonav.phantoms.validation_report import write_validation_report
 from orthonav.phantoms.truth import read_truth
 
 
@@ -243,8 +242,7 @@ def test_session_fre_and_touched_tre_match_the_truth(toy):
 
 
 def test_session_with_noise_and_a_pivot_recording(toy):
-    from orthonav.tracking.frame import ToolPose, ToolStatus, TrackingFrame
-    from orthonav.tracking.recording import RecordingWriter
+    from orthonav.tracking import RecordingWriter, ToolPose, ToolStatus, TrackingFrame
 
     case, geo = toy
     sdir, sc, wf = _record_session(case, geo, seed=6, tracker_noise_mm=0.1)

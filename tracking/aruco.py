@@ -132,7 +132,13 @@ class CharucoBoardSpec:
     dictionary: str = DEFAULT_DICTIONARY
 
     def board(self) -> cv2.aruco.CharucoBoard:
+        """The OpenCV board object."""
         return cv2.aruco.CharucoBoard(self.squares, self.square_mm, self.marker_mm, get_dictionary(self.dictionary))
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """The board as stored in a camera calibration file (``CameraCalibrationFile.board``)."""
+        return {"squares_x": self.squares[0], "squares_y": self.squares[1], "square_mm": self.square_mm,
+                "marker_mm": self.marker_mm, "dictionary": self.dictionary}
 
 
 def _read_gray(image: ArrayLike | str | Path) -> NDArray[np.uint8]:
@@ -548,19 +554,26 @@ def calibration_images(spec: str | int | Path, *, max_images: int = 40, camera_s
         frames.close()
 
 
-def calibrate_camera_cli(source: str | Path, out: str | Path, *, board: CharucoBoardSpec = CharucoBoardSpec()) -> str:
-    """``orthonav calibrate-camera SOURCE OUT``: calibrate from ChArUco views and write OUT.
+def calibrate_camera_to_file(source: str | int | Path, out: str | Path, *,
+                             board: CharucoBoardSpec = CharucoBoardSpec()) -> tuple[CameraCalibration, int]:
+    """Calibrate a camera from ChArUco views and write the calibration file ``out``.
 
-    ``SOURCE`` is a camera index, a video file or a folder of images. Returns a summary line.
+    Parameters
+    ----------
+    source
+        A camera index, a video file or a folder of images (see :func:`calibration_images`).
+    out
+        The camera calibration JSON to write (atomically), with the board's description.
+    board
+        The ChArUco board shown in the views.
+
+    Returns
+    -------
+    tuple[CameraCalibration, int]
+        The calibration (``n_images``: views where the board was found) and the number of
+        images read.
     """
     images = calibration_images(source)
     cal = calibrate_camera(images, board=board)
-    save_camera_calibration(out, cal, board={
-        "squares_x": board.squares[0], "squares_y": board.squares[1], "square_mm": board.square_mm,
-        "marker_mm": board.marker_mm, "dictionary": board.dictionary,
-    })
-    k = cal.camera_matrix
-    return (
-        f"calibrated from {cal.n_images} of {len(images)} images: RMS {cal.rms_px:.3f} px, "
-        f"fx {k[0, 0]:.1f} fy {k[1, 1]:.1f} cx {k[0, 2]:.1f} cy {k[1, 2]:.1f} px; wrote {out}"
-    )
+    save_camera_calibration(out, cal, board=board.to_dict())
+    return cal, len(images)

@@ -125,6 +125,11 @@ class TrackerSource(abc.ABC):
     def health(self) -> SourceHealth:
         """A snapshot of the source's health figures."""
 
+    def ended(self) -> bool:
+        """True once the source has nothing more to give (a recording replayed to its end).
+        Live devices never end: they disconnect and reconnect, which :meth:`health` reports."""
+        return False
+
     def __enter__(self) -> "TrackerSource":
         self.start()
         return self

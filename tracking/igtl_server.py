@@ -14,7 +14,19 @@ RAS tracker frame via :func:`~orthonav.core.transforms.ras_from_lps_transform` (
 the output frame only; tool frames stay native), on the send side only.
 
 :class:`IGTLServerSource` is the other direction ("trackers push to us"): it listens and is
-a :class:`~orthonav.tracking.frame.TrackerSource` fed by whatever clients send.
+a :class:`~orthonav.tracking.frame.TrackerSource` fed by what one tracker sends. It keeps
+one peer at a time, and only from the host of the first peer it accepted (or, with
+``allowed_hosts``, only from those addresses): a connection from any other host is accepted
+and closed at once, counted in ``health().extra["refused_peers"]`` and named in
+``last_error``. A new connection from the host of the current peer *replaces* it (counted in
+``replaced_peers``): a tracker that restarted after a crash or a pulled cable is never
+locked out behind its own half-dead connection, and two senders never interleave. A
+pushing peer that stops in the middle of a message is dropped after ``read_timeout_s``. The
+receive limits are those of :mod:`orthonav.tracking.igtl_receive`.
+
+CLI wiring (``--listen`` in :mod:`orthonav.tracking.run`, not done here) needs: an option for
+``allowed_hosts`` (e.g. ``--listen-allow 10.0.0.5,10.0.0.6``; default: first peer only),
+optionally ``--read-timeout S`` and ``--max-message BYTES``.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -36,7 +48,15 @@ from orthonav.core.transforms import ras_from_lps_points, ras_from_lps_transform
 
 from . import igtl_protocol as P
 from .frame import SourceHealth
-from .igtl_client import TRACKING_MAX_BODY, MessageRouter, receive_stream
+from .igtl_receive import (
+    MAX_TOOLS,
+    MAX_TRANSLATION_MM,
+    QUEUE_BYTES,
+    READ_TIMEOUT_S,
+    TRACKING_MAX_BODY,
+    MessageRouter,
+    receive_stream,
+)
 from .store import PoseStore, StoreBackedSource
 from .tools import ToolSet
 
@@ -111,8 +131,12 @@ class _Peer:
     def _read_loop(self) -> None:
         reason = "reader failed"
         try:
-            parser = P.StreamParser(max_body=self.server.max_body)
-            reason = receive_stream(self.sock, parser, self.server.router) if self.server.router else self._discard()
+            srv = self.server
+            if srv.router is not None:
+                parser = P.StreamParser(max_body=srv.max_body, max_message=srv.max_message)
+                reason = receive_stream(self.sock, parser, srv.router, read_timeout_s=srv.read_timeout_s)
+            else:
+                reason = self._discard()
         except BaseException as e:  # never die silently: the peer is removed, tools go not visible
             log.exception("OpenIGTLink client %s: reader failed", self.addr)
             reason = f"reader failed: {e!r}"
@@ -121,6 +145,7 @@ class _Peer:
             raise
         finally:
             self.close(reason)
+            self.sock.close()  # the reader owns the close (see close()); twice is harmless
 
     def _discard(self) -> str:
         while True:
@@ -140,7 +165,10 @@ class _Peer:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.sock.close()
+        if threading.current_thread() is self.reader or not self.reader.is_alive():
+            self.sock.close()
+        # else the reader wakes on the shutdown and closes the socket on its way out: closing it
+        # here, under a reader waiting in a selector, would leave that reader asleep forever
         self.server._remove(self, reason)
 
 
@@ -163,6 +191,21 @@ class IGTLServer:
     on_clients
         Called with the number of connected clients whenever it changes (under the server's
         lock: it must be quick and must not call back into the server).
+    max_message
+        Largest received body skipped by declared size (bytes); more drops that client.
+    read_timeout_s
+        A client silent this long (s) in the middle of a message it sends is dropped.
+    max_clients
+        Most clients connected at once (None: any number); further connections are closed.
+    allowed_hosts
+        IPv4 addresses allowed to connect (None: any).
+    pin_first_host
+        Accept, from then on, only the host of the first accepted client.
+    replace_same_host
+        With ``max_clients`` reached, a new client from the host of a connected one replaces
+        the oldest such client instead of being refused.
+    on_refused
+        Called with ``(address, reason)`` for each connection closed by the rules above.
     """
 
     def __init__(
@@ -175,12 +218,29 @@ class IGTLServer:
         max_body: int = P.DEFAULT_MAX_BODY,
         router: MessageRouter | None = None,
         on_clients: Callable[[int], None] | None = None,
+        max_message: int = P.DEFAULT_MAX_MESSAGE,
+        read_timeout_s: float | None = None,
+        max_clients: int | None = None,
+        allowed_hosts: Collection[str] | None = None,
+        pin_first_host: bool = False,
+        replace_same_host: bool = False,
+        on_refused: Callable[[tuple, str], None] | None = None,
     ) -> None:
         self.host = host
         self._port = int(port)
         self.version = version
         self.max_queue = max_queue
         self.max_body = max_body
+        self.max_message = max_message
+        self.read_timeout_s = read_timeout_s
+        self.max_clients = max_clients
+        self.allowed_hosts = frozenset(allowed_hosts) if allowed_hosts is not None else None
+        self.pin_first_host = pin_first_host
+        self.replace_same_host = replace_same_host
+        self.replaced = 0  #: clients closed because a new one from the same host came
+        self.first_host: str | None = None  #: host of the first accepted client
+        self.on_refused = on_refused
+        self.refused = 0  #: connections closed at once by the admission rules
         self.router = router
         self._listen: socket.socket | None = None
         self._peers: list[_Peer] = []
@@ -275,6 +335,10 @@ class IGTLServer:
                             if self._stop_event.wait(0.1):  # out of descriptors: do not spin
                                 return
                         continue
+                    refusal, victim = self._admission(addr)
+                    if refusal is not None:
+                        self._refuse(conn, addr, refusal)
+                        continue
                     try:
                         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     except OSError as e:  # e.g. the client already reset the connection
@@ -288,10 +352,51 @@ class IGTLServer:
                         if self.on_clients is not None:  # before waiters see the new count
                             self.on_clients(len(self._peers))
                         self._lock.notify_all()
+                    if victim is not None:  # before the new peer's first message is read
+                        why = f"replaced by a new connection from {addr[0]}:{addr[1]}"
+                        with self._stats_lock:
+                            self.replaced += 1
+                        if self.on_refused is not None:
+                            self.on_refused(victim.addr, why)
+                        victim.close(why)
                     peer.start()
                     log.info("OpenIGTLink client %s connected", addr)
         finally:
             sel.close()
+
+    def _admission(self, addr: tuple) -> tuple[str | None, "_Peer | None"]:
+        """(why a new connection from ``addr`` must be closed, or None to accept it; the peer it
+        replaces, or None). Accepting the first client pins its host."""
+        host = addr[0]
+        victim = None
+        with self._lock:
+            if self.allowed_hosts is not None and host not in self.allowed_hosts:
+                return f"{host} is not an allowed host", None
+            if self.pin_first_host and self.first_host is not None and host != self.first_host:
+                return f"only {self.first_host} (the first peer) may connect", None
+            live = [p for p in self._peers if not p.closed]
+            if self.max_clients is not None and len(live) >= self.max_clients:
+                same = [p for p in live if p.addr[0] == host]
+                if not (self.replace_same_host and same):
+                    return f"already serving {len(live)} peer(s)", None
+                victim = same[0]
+            if self.first_host is None:
+                self.first_host = host
+        return None, victim
+
+    def _refuse(self, conn: socket.socket, addr: tuple, reason: str) -> None:
+        """Count and report a refused connection, then close it (in this order, so the peer
+        seeing the close can already read the count)."""
+        with self._stats_lock:
+            self.refused += 1
+        log.warning("OpenIGTLink connection from %s refused: %s", addr, reason)
+        if self.on_refused is not None:
+            self.on_refused(addr, reason)
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        conn.close()
 
     def _remove(self, peer: _Peer, reason: str) -> None:
         with self._lock:
@@ -363,16 +468,59 @@ class IGTLServer:
 
 
 class IGTLServerSource(StoreBackedSource):
-    """A tracker source that listens: trackers (PLUS, a C++ sender) connect and push poses.
+    """A tracker source that listens: a tracker (PLUS, a C++ sender) connects and pushes poses.
 
     Message handling is the same as :class:`~orthonav.tracking.igtl_client.IGTLClientSource`.
-    ``health().connected`` is True only while at least one tracker is connected.
+    ``health().connected`` is True only while a tracker is connected.
+
+    Parameters
+    ----------
+    port, host
+        Where to listen (loopback by default).
+    allowed_hosts
+        IPv4 addresses allowed to push (None: the host of the first peer, pinned for the
+        lifetime of the source).
+    max_peers
+        Peers connected at once (1: a second tracker cannot interleave its poses).
+    read_timeout_s
+        A peer silent this long (s) in the middle of a message is dropped.
+    tools, queue_size, queue_bytes, max_body, max_message, max_tools, max_translation_mm
+        As for :class:`~orthonav.tracking.igtl_client.IGTLClientSource`.
     """
 
-    def __init__(self, port: int = 18944, *, host: str = "127.0.0.1", tools: ToolSet | None = None, queue_size: int = 256, max_body: int = TRACKING_MAX_BODY) -> None:
+    def __init__(
+        self,
+        port: int = 18944,
+        *,
+        host: str = "127.0.0.1",
+        tools: ToolSet | None = None,
+        queue_size: int = 256,
+        max_body: int = TRACKING_MAX_BODY,
+        allowed_hosts: Collection[str] | None = None,
+        max_peers: int | None = 1,
+        read_timeout_s: float | None = READ_TIMEOUT_S,
+        max_message: int = P.DEFAULT_MAX_MESSAGE,
+        max_tools: int = MAX_TOOLS,
+        max_translation_mm: float = MAX_TRANSLATION_MM,
+        queue_bytes: int = QUEUE_BYTES,
+    ) -> None:
         super().__init__(PoseStore(tools.timeouts_s() if tools else None))
-        self.router = MessageRouter(self.store, queue_size=queue_size, tool_names=set(tools.by_name()) if tools else None)
-        self.server = IGTLServer(port, host=host, router=self.router, max_body=max_body, on_clients=self._on_clients)
+        self.router = MessageRouter.for_tools(self.store, tools, queue_size=queue_size, queue_bytes=queue_bytes, max_tools=max_tools,
+                                              max_translation_mm=max_translation_mm)
+        self.server = IGTLServer(
+            port,
+            host=host,
+            router=self.router,
+            max_body=max_body,
+            max_message=max_message,
+            read_timeout_s=read_timeout_s,
+            max_clients=max_peers,
+            allowed_hosts=allowed_hosts,
+            pin_first_host=allowed_hosts is None,
+            replace_same_host=True,
+            on_clients=self._on_clients,
+            on_refused=self._on_refused,
+        )
 
     @property
     def port(self) -> int:
@@ -380,6 +528,10 @@ class IGTLServerSource(StoreBackedSource):
 
     def _on_clients(self, n: int) -> None:
         self.store.set_connected(n > 0)
+
+    def _on_refused(self, addr: tuple, reason: str) -> None:
+        self.store.count_extra("replaced_peers" if reason.startswith("replaced") else "refused_peers")
+        self.store.mark_error(f"OpenIGTLink connection from {addr[0]}:{addr[1]} refused: {reason}")
 
     # The server's own threads receive (one per client): no worker thread of our own.
 
@@ -394,6 +546,8 @@ class IGTLServerSource(StoreBackedSource):
         h = self.store.health_snapshot()
         h.extra["clients"] = float(self.server.n_clients)
         h.extra.setdefault("coalesced", 0.0)
+        h.extra.setdefault("refused_peers", 0.0)
+        h.extra.setdefault("replaced_peers", 0.0)
         return h
 
     def messages(self) -> list[P.Message]:

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from orthonav.core.atomic import CommitOnExit, JsonLinesWriter
+from orthonav.core.atomic import CommitOnExit, JournalWriter, JsonLinesWriter
 from orthonav.core.errors import InputError, SchemaError
 from orthonav.core.transforms import lps_from_ras_transform
 
@@ -73,14 +73,18 @@ def _matrix_json(m: NDArray[np.float64] | None) -> list[float] | None:
 
 
 class RecordingWriter(CommitOnExit):
-    """Append frames to a recording; :meth:`close` makes it appear atomically.
+    """Append frames to a recording.
 
-    Use as a context manager; an exception inside the ``with`` discards the partial file.
+    By default :meth:`close` makes it appear atomically (a temporary beside ``path`` is
+    renamed); use as a context manager: an exception inside the ``with`` discards the partial
+    file. With ``journal=True`` frames go straight to ``path`` line by line
+    (:class:`~orthonav.core.atomic.JournalWriter`): a process killed mid-recording leaves every
+    frame written before the kill, readable by :func:`read_recording`; :meth:`abort` removes it.
     """
 
-    def __init__(self, path: str | Path, *, source: str = "") -> None:
+    def __init__(self, path: str | Path, *, source: str = "", journal: bool = False) -> None:
         self.path = Path(path)
-        self._lines = JsonLinesWriter(self.path)  # temporary beside path, renamed on close
+        self._lines = JournalWriter(self.path) if journal else JsonLinesWriter(self.path)
         self._lines.write({
             "format": FORMAT,
             "version": VERSION,
@@ -172,6 +176,8 @@ def read_recording_frames(path: str | Path) -> Iterator[RecordedFrame]:
         if not isinstance(header.get("version"), int) or header["version"] > VERSION:
             raise SchemaError(p, f"recording version {header.get('version')!r} is newer than this OrthoNav reads ({VERSION})")
         for lineno, line in enumerate(f, start=2):
+            if not line.endswith("\n"):
+                return  # the last line of a journal cut by a killed writer: never a complete frame
             if not line.strip():
                 continue
             try:
@@ -323,6 +329,10 @@ class ReplaySource(StoreBackedSource):
             self._taken = self._published
             self._consumed.notify_all()
         return frame
+
+    def ended(self) -> bool:
+        """True once every frame has been replayed (never when looping)."""
+        return self.finished.is_set()
 
     def health(self) -> SourceHealth:
         h = self.store.health_snapshot()

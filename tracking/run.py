@@ -1,7 +1,10 @@
-"""Run any tracker source for a while, optionally recording it; build sources from CLI options.
+"""Run any tracker source for a while, optionally recording it; build a source from options.
 
-``orthonav track`` is a thin wrapper: it calls :func:`open_source` with the options it parsed
-and :func:`run_track` with an ``on_update`` callback that draws the live table.
+The API behind ``orthonav track`` and ``orthonav calibrate-tool``: :func:`open_source` builds
+the source the options name, :func:`run_track` runs it (an ``on_update`` callback receives every
+frame, e.g. to draw a live table) and :func:`calibrate_tool` pivot-calibrates a tool tip. No
+function here prints: the command line (:mod:`orthonav.cli.track`) parses addresses and shows
+the results.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from orthonav.core.errors import InputError
 
+from .calibration import PivotResult
 from .frame import SourceHealth, ToolStatus, TrackerSource, TrackingFrame
 from .recording import RecordingWriter
 from .tools import ToolSet, load_toolset
@@ -23,22 +27,17 @@ from .tools import ToolSet, load_toolset
 OnUpdate = Callable[[TrackingFrame, SourceHealth], None]
 
 
-def parse_host_port(spec: str, *, default_port: int = 18944, allow_zero: bool = False) -> tuple[str, int]:
-    """``"HOST:PORT"``, ``"HOST"`` or ``":PORT"`` -> (host, port); port 0 (any) only if allowed."""
-    host, _, port_s = spec.rpartition(":") if ":" in spec else (spec, "", "")
-    host = host or "127.0.0.1"
-    try:
-        port = int(port_s) if port_s else default_port
-    except ValueError as e:
-        raise InputError(None, f"'{spec}' is not HOST:PORT (port must be a number)") from e
-    if not (0 if allow_zero else 1) <= port < 65536:
-        raise InputError(None, f"port {port} out of range 1..65535")
-    return host, port
+def _check_port(port: object, *, allow_zero: bool) -> int:
+    """``port`` as an int in 1..65535 (0..65535 with ``allow_zero``), else InputError."""
+    lowest = 0 if allow_zero else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port < 65536:
+        raise InputError(None, f"port {port!r} out of range {lowest}..65535")
+    return port
 
 
 def open_source(
     *,
-    igtl: str | None = None,
+    igtl: tuple[str, int] | None = None,
     listen: int | None = None,
     aruco: str | None = None,
     ndi: str | None = None,
@@ -46,15 +45,19 @@ def open_source(
     tools: ToolSet | str | Path | None = None,
     camera: str | Path | None = None,
     speed: float | None = 1.0,
+    listen_allow: tuple[str, ...] | None = None,
 ) -> TrackerSource:
     """Build (not start) the source selected by exactly one option.
 
     Parameters
     ----------
     igtl
-        ``HOST:PORT`` of an OpenIGTLink server to connect to (PLUS, a tracker, the simulator).
+        ``(host, port)`` of an OpenIGTLink server to connect to (PLUS, a tracker, the
+        simulator); the command line parses ``HOST:PORT`` into it
+        (:func:`orthonav.cli.args.parse_host_port`).
     listen
-        Port to listen on; trackers push OpenIGTLink to us (binds 127.0.0.1).
+        Port to listen on (0: any free port); trackers push OpenIGTLink to us (binds 127.0.0.1).
+        One peer at a time: the first peer's host, or one of ``listen_allow``; others are refused.
     aruco
         Camera index (``"0"``), a video file or a folder of frames; needs ``tools`` with ArUco
         markers and ``camera`` (a calibration file from ``orthonav calibrate-camera``).
@@ -65,6 +68,16 @@ def open_source(
         A recording (``.jsonl``) or PLUS sequence (``.mha``); ``speed`` None = as fast as read.
     tools
         A ToolSet or the path of a tool file (timeouts, markers, ROM files).
+    camera
+        The camera calibration file of an ArUco source.
+    speed
+        Replay speed factor (None: as fast as the frames are read).
+
+    Raises
+    ------
+    InputError
+        Not exactly one source chosen, a port out of range, or a source missing its tool or
+        camera file.
     """
     chosen = [k for k, v in dict(igtl=igtl, listen=listen, aruco=aruco, ndi=ndi, replay=replay).items() if v is not None]
     if len(chosen) != 1:
@@ -73,13 +86,12 @@ def open_source(
     if igtl is not None:
         from .igtl_client import IGTLClientSource
 
-        host, port = parse_host_port(igtl)
-        return IGTLClientSource(host, port, tools=toolset)
+        host, port = igtl
+        return IGTLClientSource(host, _check_port(port, allow_zero=False), tools=toolset)
     if listen is not None:
         from .igtl_server import IGTLServerSource
 
-        _host, port = parse_host_port(f":{listen}", allow_zero=True)
-        return IGTLServerSource(port, tools=toolset)
+        return IGTLServerSource(_check_port(listen, allow_zero=True), tools=toolset, allowed_hosts=listen_allow)
     if replay is not None:
         from .recording import ReplaySource
 
@@ -101,12 +113,16 @@ def open_source(
 
 @dataclass
 class ToolSummary:
+    """One tool over a :func:`run_track` run: frames taken, frames it was live in, live -> not
+    live transitions (dropouts)."""
+
     frames: int = 0
     live_frames: int = 0
     dropouts: int = 0
 
     @property
     def visible_fraction(self) -> float:
+        """Fraction of the frames in which the tool was live (NaN when no frame was taken)."""
         return self.live_frames / self.frames if self.frames else math.nan
 
 
@@ -144,7 +160,8 @@ def run_track(
     max_frame_rate_hz
         Take at most this many frames per second (None: every update).
 
-    The source is stopped on return. Ctrl-C ends the run cleanly (summary returned).
+    The source is stopped on return, and the run ends by itself when the source has ended
+    (a replayed recording at its last frame). Ctrl-C ends the run cleanly (summary returned).
     """
     stop = stop or threading.Event()
     writer = None
@@ -165,6 +182,8 @@ def run_track(
                 elapsed = time.monotonic() - t0
                 if duration_s is not None and elapsed >= duration_s:
                     break
+                if source.ended() and not source.wait_for_update(0.0):
+                    break  # a recording replayed to its end: every frame has been taken
                 wait = 0.1 if duration_s is None else min(0.1, duration_s - elapsed)
                 if not source.wait_for_update(max(wait, 0.0)):
                     if on_update is not None:  # keep the table alive (timeouts show) while idle
@@ -200,25 +219,52 @@ def run_track(
     return TrackSummary(frames, time.monotonic() - t0, tools, path, health)
 
 
-def calibrate_tool_cli(
+@dataclass(frozen=True)
+class ToolCalibration:
+    """What :func:`calibrate_tool` did.
+
+    Attributes
+    ----------
+    tool
+        The calibrated tool's name.
+    result
+        The pivot calibration (tip in the tool frame, RMS, inliers, spread; mm, deg).
+    n_poses
+        Poses collected (the RANSAC inliers are ``result.inliers.sum()`` of them).
+    tools_path
+        The tool file rewritten with the new tip, RMS and date.
+    """
+
+    tool: str
+    result: PivotResult
+    n_poses: int
+    tools_path: Path
+
+
+def calibrate_tool(
     tools: str | Path,
     tool: str,
     *,
     n_poses: int = 300,
     method: str = "ransac",
     timeout_s: float = 120.0,
-    igtl: str | None = None,
+    igtl: tuple[str, int] | None = None,
     listen: int | None = None,
     aruco: str | None = None,
     camera: str | Path | None = None,
     ndi: str | None = None,
     replay: str | Path | None = None,
-) -> str:
-    """``orthonav calibrate-tool TOOLS.json TOOL --igtl ...``: pivot-calibrate ``tool``'s tip.
+) -> ToolCalibration:
+    """Pivot-calibrate ``tool``'s tip from the source the options name (see :func:`open_source`).
 
-    Collects ``n_poses`` fresh poses while the user pivots the tool in a divot, runs
-    :func:`~orthonav.tracking.calibration.pivot_calibration` and rewrites the tool file
-    (tip, RMS, date) atomically. Returns a summary line; raises InputError on poor data.
+    Collects ``n_poses`` fresh poses while the user pivots the tool in a divot (a replay is read
+    as fast as possible), runs :func:`~orthonav.tracking.calibration.pivot_calibration` and
+    rewrites the tool file (tip, RMS, date) atomically.
+
+    Raises
+    ------
+    InputError
+        ``tool`` is not in the tool file, or the poses are too few or too poor to calibrate.
     """
     from .calibration import collect_poses, pivot_calibration, with_tip_calibration
     from .tools import save_toolset
@@ -232,8 +278,7 @@ def calibrate_tool_cli(
         poses = collect_poses(source, tool, n_poses, timeout_s=timeout_s)
     result = pivot_calibration(poses, method=method)
     save_toolset(tools, with_tip_calibration(toolset, tool, result))
-    tip = result.tip_in_tool_mm
-    return (
-        f"{tool}: tip ({tip[0]:.2f}, {tip[1]:.2f}, {tip[2]:.2f}) mm in the tool frame, RMS {result.rms_mm:.3f} mm "
-        f"over {int(result.inliers.sum())} of {len(poses)} poses ({result.method}, spread {result.spread_deg:.1f} deg); wrote {tools}"
-    )
+    return ToolCalibration(tool, result, len(poses), Path(tools))
+
+
+__all__ = ["OnUpdate", "open_source", "ToolSummary", "TrackSummary", "run_track", "ToolCalibration", "calibrate_tool"]

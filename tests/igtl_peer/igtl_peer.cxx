@@ -4,6 +4,11 @@
 //   igtl_peer push  PORT N   connect to 127.0.0.1:PORT, send the test sequence, stay until closed
 //   igtl_peer serve PORT N   listen on 127.0.0.1:PORT, send the test sequence to the first client
 //   igtl_peer recv  PORT N   connect to 127.0.0.1:PORT, receive N messages, print them
+//   igtl_peer list  PORT N   connect to 127.0.0.1:PORT, receive up to N messages (or until the
+//                            server closes), one line each, flushed:
+//                            MSG TYPE DEVICE HEADER_VERSION BODY_BYTES CRCOK|CRCFAIL DETAIL...
+//                            DETAIL: TRANSFORM 12 matrix numbers; POLYDATA points polygons;
+//                            STATUS code error-name; STRING the text; then "END k" (k messages)
 //
 // Test sequence: N TRANSFORMs "Tool<i%2>ToTracker" with pose(i) (below) and timestamp
 // 1000 + i/8 s, then a STATUS NOT_READY on Tool0ToTracker (no timestamp), then a TDATA with
@@ -129,8 +134,65 @@ static int receive(igtl::Socket* sock, int n) {
   return 0;
 }
 
+// One received body, unpacked with the CRC checked (Unpack(1)): prints CRCOK/CRCFAIL and details.
+template <class M>
+static typename M::Pointer body_of(igtl::Socket* sock, igtl::MessageHeader::Pointer h) {
+  typename M::Pointer t = M::New();
+  t->SetMessageHeader(h);
+  t->AllocatePack();
+  int want = t->GetPackBodySize();
+  if (want > 0 && sock->Receive(t->GetPackBodyPointer(), want) != want) return typename M::Pointer();
+  bool ok = (t->Unpack(1) & igtl::MessageHeader::UNPACK_BODY) != 0;
+  std::printf(" %s", ok ? "CRCOK" : "CRCFAIL");
+  return ok ? t : typename M::Pointer();
+}
+
+static int list(igtl::Socket* sock, int n) {
+  int k = 0;
+  for (; k < n; ++k) {
+    igtl::MessageHeader::Pointer h = igtl::MessageHeader::New();
+    h->InitPack();
+    int r = sock->Receive(h->GetPackPointer(), h->GetPackSize());
+    if (r != h->GetPackSize()) break;  // the server closed the connection
+    const unsigned char* raw = static_cast<const unsigned char*>(h->GetPackPointer());
+    int version = (raw[0] << 8) | raw[1];  // read before Unpack() swaps the header in place
+    h->Unpack();
+    std::string type = h->GetDeviceType();
+    std::printf("MSG %s %s %d %d", type.c_str(), h->GetDeviceName(), version, (int)h->GetBodySizeToRead());
+    if (type == "TRANSFORM") {
+      igtl::TransformMessage::Pointer t = body_of<igtl::TransformMessage>(sock, h);
+      if (t.IsNotNull()) {
+        igtl::Matrix4x4 m; t->GetMatrix(m);
+        for (int r2 = 0; r2 < 3; ++r2) for (int c = 0; c < 4; ++c) std::printf(" %.6f", m[r2][c]);
+      }
+    } else if (type == "STRING") {
+      igtl::StringMessage::Pointer t = body_of<igtl::StringMessage>(sock, h);
+      if (t.IsNotNull()) std::printf(" %s", t->GetString());
+    } else if (type == "STATUS") {
+      igtl::StatusMessage::Pointer t = body_of<igtl::StatusMessage>(sock, h);
+      if (t.IsNotNull()) std::printf(" %d %s", t->GetCode(), t->GetErrorName());
+    } else if (type == "POLYDATA") {
+      igtl::PolyDataMessage::Pointer t = body_of<igtl::PolyDataMessage>(sock, h);
+      if (t.IsNotNull()) {
+        igtl::PolyDataPointArray::Pointer pts = t->GetPoints();
+        igtl::PolyDataCellArray::Pointer polys = t->GetPolygons();
+        std::printf(" %d %d", pts.IsNotNull() ? pts->GetNumberOfPoints() : 0,
+                    polys.IsNotNull() ? (int)polys->GetNumberOfCells() : 0);
+      }
+    } else {
+      sock->Skip(h->GetBodySizeToRead(), 0);
+      std::printf(" SKIPPED");
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  std::printf("END %d\n", k);
+  std::fflush(stdout);
+  return 0;
+}
+
 int main(int argc, char** argv) {
-  if (argc < 4) { std::fprintf(stderr, "usage: %s push|serve|recv PORT N\n", argv[0]); return 2; }
+  if (argc < 4) { std::fprintf(stderr, "usage: %s push|serve|recv|list PORT N\n", argv[0]); return 2; }
   std::string mode = argv[1];
   int port = std::atoi(argv[2]);
   int n = std::atoi(argv[3]);
@@ -151,7 +213,7 @@ int main(int argc, char** argv) {
   }
   igtl::ClientSocket::Pointer sock = igtl::ClientSocket::New();
   if (sock->ConnectToServer("127.0.0.1", port) != 0) { std::fprintf(stderr, "cannot connect\n"); return 1; }
-  int rc = mode == "push" ? send_sequence(sock, n) : receive(sock, n);
+  int rc = mode == "push" ? send_sequence(sock, n) : mode == "list" ? list(sock, n) : receive(sock, n);
   if (mode == "push") {  // stay connected until the server closes the connection
     char buf[64];
     while (sock->Receive(buf, 1) > 0) {}

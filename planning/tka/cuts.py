@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import NDArray
 from orthonav.core.errors import InputError
 
-from .alignment import limb_frames, position
-from .schema import CutPlane
+from ..landmarks import position
+from ..schema import CutPlane
+from .alignment import LimbFrames, limb_frames
 
 Vec = NDArray[np.float64]
 
@@ -54,10 +55,11 @@ def _check_depth(value: float, name: str) -> float:
     return float(value)
 
 
-def femoral_cut_from_normal(landmarks: Mapping[str, object], normal: Vec, *, resection_mm: float) -> CutPlane:
+def femoral_cut_from_normal(landmarks: Mapping[str, object], normal: Vec, *, resection_mm: float, frames: LimbFrames | None = None) -> CutPlane:
     """Distal femoral cut with a given (unit, distal-pointing) normal, ``resection_mm``
-    proximal to the most distal reference condyle (measured along the normal)."""
-    fr = limb_frames(landmarks)
+    proximal to the most distal reference condyle (measured along the normal). ``frames``:
+    the landmarks' :func:`~orthonav.planning.tka.alignment.limb_frames` when known."""
+    fr = frames if frames is not None else limb_frames(landmarks)
     p = {n: position(landmarks[n]) for n in FEMUR_CUT_REFERENCES}
     # The condyle reaching furthest along the normal (most distal) sets the level.
     ref = max(FEMUR_CUT_REFERENCES, key=lambda n: float(np.dot(p[n], normal)))
@@ -73,10 +75,11 @@ def femoral_cut_from_normal(landmarks: Mapping[str, object], normal: Vec, *, res
     )
 
 
-def tibial_cut_from_normal(landmarks: Mapping[str, object], normal: Vec, *, resection_mm: float, reference: str = "lateral_plateau_centre") -> CutPlane:
+def tibial_cut_from_normal(landmarks: Mapping[str, object], normal: Vec, *, resection_mm: float, reference: str = "lateral_plateau_centre", frames: LimbFrames | None = None) -> CutPlane:
     """Proximal tibial cut with a given (unit, proximal-pointing) normal, ``resection_mm``
-    distal to ``reference`` measured along the tibial mechanical axis."""
-    fr = limb_frames(landmarks)
+    distal to ``reference`` measured along the tibial mechanical axis. ``frames``: the
+    landmarks' :func:`~orthonav.planning.tka.alignment.limb_frames` when known."""
+    fr = frames if frames is not None else limb_frames(landmarks)
     p = {n: position(landmarks[n]) for n in TIBIA_CUT_REFERENCES}
     point = p[reference] - resection_mm * fr.tibia_proximal
     depths = {n: depth_along_axis_mm(p[n], point, normal, fr.tibia_proximal) for n in TIBIA_CUT_REFERENCES}
@@ -98,7 +101,7 @@ def sloped_normal(proximal: Vec, anterior: Vec, slope_deg: float) -> Vec:
     return n / np.linalg.norm(n)
 
 
-def mechanical_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0, slope_deg: float = 3.0, tibial_resection_mm: float | None = None) -> dict[str, CutPlane]:
+def mechanical_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0, slope_deg: float = 3.0, tibial_resection_mm: float | None = None, frames: LimbFrames | None = None) -> dict[str, CutPlane]:
     """Distal femoral and proximal tibial cuts for mechanical alignment.
 
     Parameters
@@ -111,6 +114,8 @@ def mechanical_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.
         ``tibial_resection_mm`` is given) tibial resection below the lateral plateau centre.
     slope_deg
         Posterior slope of the tibial cut (degrees, positive falls posteriorly).
+    frames
+        The landmarks' :func:`~orthonav.planning.tka.alignment.limb_frames`, when known.
 
     Returns
     -------
@@ -123,25 +128,26 @@ def mechanical_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.
     tib = _check_depth(resection_mm if tibial_resection_mm is None else tibial_resection_mm, "tibial_resection_mm")
     if not np.isfinite(slope_deg) or abs(slope_deg) > 15.0:
         raise InputError(None, f"slope_deg must be within +-15 degrees, got {slope_deg}")
-    fr = limb_frames(landmarks)
-    femur = femoral_cut_from_normal(landmarks, -fr.femur_proximal, resection_mm=resection_mm)
-    tibia = tibial_cut_from_normal(landmarks, sloped_normal(fr.tibia_proximal, fr.tibia_anterior, slope_deg), resection_mm=tib)
+    fr = frames if frames is not None else limb_frames(landmarks)
+    femur = femoral_cut_from_normal(landmarks, -fr.femur_proximal, resection_mm=resection_mm, frames=fr)
+    tibia = tibial_cut_from_normal(landmarks, sloped_normal(fr.tibia_proximal, fr.tibia_anterior, slope_deg), resection_mm=tib, frames=fr)
     return {"distal_femur": femur, "proximal_tibia": tibia}
 
 
-def kinematic_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0, slope_deg: float | None = None, tibial_resection_mm: float | None = None) -> dict[str, CutPlane]:
+def kinematic_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0, slope_deg: float | None = None, tibial_resection_mm: float | None = None, frames: LimbFrames | None = None) -> dict[str, CutPlane]:
     """Cuts parallel to the native joint lines (kinematic alignment, calipered technique).
 
     The distal femoral cut is parallel to the distal condylar line in the coronal plane
     (perpendicular to the mechanical axis sagittally); the tibial cut is parallel to the
     plateau line coronally and follows the native medial slope (``slope_deg=None``, needs
     ``medial_plateau_anterior``/``posterior``; falls back to 3 deg if they are missing).
+    ``frames``: the landmarks' :func:`~orthonav.planning.tka.alignment.limb_frames` when known.
     """
     _need(landmarks, ("femoral_head_centre", "medial_epicondyle", "lateral_epicondyle", *FEMUR_CUT_REFERENCES), "the distal femoral cut")
     _need(landmarks, ("ankle_centre", *TIBIA_CUT_REFERENCES), "the proximal tibial cut")
     resection_mm = _check_depth(resection_mm, "resection_mm")
     tib = _check_depth(resection_mm if tibial_resection_mm is None else tibial_resection_mm, "tibial_resection_mm")
-    fr = limb_frames(landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
     dm, dl = position(landmarks["distal_medial_condyle"]), position(landmarks["distal_lateral_condyle"])
     line = dl - dm
     line = line - np.dot(line, fr.femur_anterior) * fr.femur_anterior  # coronal projection
@@ -149,7 +155,7 @@ def kinematic_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0
     n_f = n_f / np.linalg.norm(n_f)
     if np.dot(n_f, fr.femur_proximal) > 0:
         n_f = -n_f
-    femur = femoral_cut_from_normal(landmarks, n_f, resection_mm=resection_mm)
+    femur = femoral_cut_from_normal(landmarks, n_f, resection_mm=resection_mm, frames=fr)
     mp, lp = position(landmarks["medial_plateau_centre"]), position(landmarks["lateral_plateau_centre"])
     pl = lp - mp
     pl = pl - np.dot(pl, fr.tibia_anterior) * fr.tibia_anterior  # coronal plateau line
@@ -163,7 +169,7 @@ def kinematic_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0
     n_t = np.cross(pl, ap)
     n_t = n_t / np.linalg.norm(n_t)
     n_t = n_t if np.dot(n_t, fr.tibia_proximal) > 0 else -n_t
-    tibia = tibial_cut_from_normal(landmarks, n_t, resection_mm=tib)
+    tibia = tibial_cut_from_normal(landmarks, n_t, resection_mm=tib, frames=fr)
     return {"distal_femur": femur, "proximal_tibia": tibia}
 
 

@@ -1,4 +1,5 @@
-"""Mechanical axes, anatomical frames and the standard knee alignment angles.
+"""Knee (TKA) mechanical axes, anatomical frames, the standard alignment angles and the
+components' alignment.
 
 Pure functions on landmark positions (LPS mm). The definitions are those of
 ``docs/anatomy.md`` (the contract shared with phantom truth); the angle conventions follow
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from orthonav.core.errors import InputError
+from orthonav.core.vectors import perpendicular, unit
 
-from .schema import Axis, Landmark
+from ..landmarks import position
+from ..schema import Axis, Plan
 
 Vec = NDArray[np.float64]
 
@@ -31,26 +33,6 @@ ANGLE_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "slope": ("tibial_knee_centre", "ankle_centre", "medial_plateau_centre", "lateral_plateau_centre", "medial_plateau_anterior", "medial_plateau_posterior"),
     "femoral_rotation": ("femoral_head_centre", "femoral_knee_centre", "medial_epicondyle", "lateral_epicondyle", "posterior_medial_condyle", "posterior_lateral_condyle"),
 }
-
-
-def position(lm: Landmark | object) -> Vec:
-    """The (3,) LPS mm position of a Landmark or a plain 3-sequence (validated finite)."""
-    p = np.asarray(lm.position_lps_mm if isinstance(lm, Landmark) else lm, dtype=np.float64)
-    if p.shape != (3,) or not np.all(np.isfinite(p)):
-        raise InputError(None, f"a landmark position must be 3 finite numbers, got {p.tolist()}")
-    return p
-
-
-def _unit(v: Vec, what: str) -> Vec:
-    n = float(np.linalg.norm(v))
-    if n < 1e-9:
-        raise InputError(None, f"{what} is degenerate (zero length): landmarks coincide")
-    return v / n
-
-
-def _perp(v: Vec, axis: Vec) -> Vec:
-    """Component of ``v`` perpendicular to the unit ``axis``."""
-    return v - np.dot(v, axis) * axis
 
 
 def _angle_deg(a: Vec, b: Vec) -> float:
@@ -111,9 +93,9 @@ def limb_frames(landmarks: Mapping[str, object]) -> LimbFrames:
     lps_anterior = np.array([0.0, -1.0, 0.0])
     f_prox = f_lat = f_ant = None
     if head is not None and fkc is not None:
-        f_prox = _unit(head - fkc, "femoral mechanical axis")
+        f_prox = unit(head - fkc, "femoral mechanical axis")
         if me is not None and le is not None:
-            f_lat = _unit(_perp(le - me, f_prox), "transepicondylar axis")
+            f_lat = unit(perpendicular(le - me, f_prox), "transepicondylar axis")
             hint = lps_anterior
             if pmc is not None and plc is not None:
                 hint = 0.5 * (me + le) - 0.5 * (pmc + plc)
@@ -124,9 +106,9 @@ def limb_frames(landmarks: Mapping[str, object]) -> LimbFrames:
     if tkc is None and mp is not None and lp is not None:
         tkc = 0.5 * (mp + lp)
     if tkc is not None and ank is not None:
-        t_prox = _unit(tkc - ank, "tibial mechanical axis")
+        t_prox = unit(tkc - ank, "tibial mechanical axis")
         if mp is not None and lp is not None:
-            t_lat = _unit(_perp(lp - mp, t_prox), "plateau line")
+            t_lat = unit(perpendicular(lp - mp, t_prox), "plateau line")
             t_ant = _anterior_from(t_prox, t_lat, f_ant if f_ant is not None else lps_anterior)
     return LimbFrames(f_prox, f_lat, f_ant, t_prox, t_lat, t_ant)
 
@@ -138,14 +120,14 @@ def compute_axes(landmarks: Mapping[str, object]) -> dict[str, Axis]:
     -> head centre), ``tibial_mechanical`` (ankle centre -> tibial knee centre),
     ``transepicondylar`` (medial -> lateral epicondyle), ``posterior_condylar`` (medial ->
     lateral posterior condyle) and ``plateau`` (medial -> lateral plateau centre).
-    Anatomical (shaft) axes need the meshes: see :func:`orthonav.planning.landmarks.anatomical_axis`.
+    Anatomical (shaft) axes need the meshes: see :func:`orthonav.planning.tka.plan.anatomical_axes`.
     """
     out: dict[str, Axis] = {}
 
     def line(key: str, a: str, b: str, definition: str) -> None:
         pa, pb = _pos(landmarks, a), _pos(landmarks, b)
         if pa is not None and pb is not None:
-            d = _unit(pb - pa, key)
+            d = unit(pb - pa, key)
             out[key] = Axis(origin_lps_mm=tuple(pa), direction_lps=tuple(d), definition=definition)
 
     line("femoral_mechanical", "femoral_knee_centre", "femoral_head_centre", "femoral knee centre -> femoral head centre")
@@ -164,7 +146,7 @@ def _have_mpta(landmarks: Mapping[str, object]) -> bool:
     return _have(landmarks, "mpta")
 
 
-def compute_angles(landmarks: Mapping[str, object], *, medial_plateau_ap_tangent_lps: object | None = None) -> dict[str, float]:
+def compute_angles(landmarks: Mapping[str, object], *, medial_plateau_ap_tangent_lps: object | None = None, frames: LimbFrames | None = None) -> dict[str, float]:
     """The alignment angles of docs/anatomy.md, in degrees, for the landmarks given.
 
     Keys: ``hka`` (varus < 180 < valgus), ``ldfa``, ``mpta``, ``slope`` (positive when the
@@ -174,33 +156,33 @@ def compute_angles(landmarks: Mapping[str, object], *, medial_plateau_ap_tangent
     landmark it needs (:data:`ANGLE_REQUIREMENTS`) is missing. ``slope`` uses the line
     ``medial_plateau_anterior`` - ``medial_plateau_posterior``, or, when given,
     ``medial_plateau_ap_tangent_lps`` (a (3,) direction either way along the plateau, as in
-    phantom truth).
+    phantom truth). ``frames``: the landmarks' :func:`limb_frames` when the caller has them.
 
     Raises
     ------
     InputError
         A landmark position is not finite or landmarks coincide.
     """
-    fr = limb_frames(landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
     p = {k: position(v) for k, v in landmarks.items()}
     out: dict[str, float] = {}
     if _have(landmarks, "hka") and fr.femur_lateral is not None:
         # Both mechanical axes projected onto the femoral coronal plane (normal = anterior).
         n = fr.femur_anterior
-        hip_to_knee = _perp(p["femoral_knee_centre"] - p["femoral_head_centre"], n)
-        knee_to_ankle = _perp(p["ankle_centre"] - p["tibial_knee_centre"], n)
+        hip_to_knee = perpendicular(p["femoral_knee_centre"] - p["femoral_head_centre"], n)
+        knee_to_ankle = perpendicular(p["ankle_centre"] - p["tibial_knee_centre"], n)
         theta = _angle_deg(hip_to_knee, knee_to_ankle)
         # Varus: the tibia turns medially relative to the femoral line (ankle medial of it).
         medial = -fr.femur_lateral
-        turn = np.dot(_perp(knee_to_ankle, hip_to_knee / np.linalg.norm(hip_to_knee)), medial)
+        turn = np.dot(perpendicular(knee_to_ankle, hip_to_knee / np.linalg.norm(hip_to_knee)), medial)
         out["hka"] = 180.0 - theta if turn > 0 else 180.0 + theta
     if _have(landmarks, "ldfa") and fr.femur_anterior is not None:
         n = fr.femur_anterior
-        joint_line = _perp(p["distal_lateral_condyle"] - p["distal_medial_condyle"], n)  # towards lateral
+        joint_line = perpendicular(p["distal_lateral_condyle"] - p["distal_medial_condyle"], n)  # towards lateral
         out["ldfa"] = _angle_deg(fr.femur_proximal, joint_line)
     if _have(landmarks, "mpta") and fr.tibia_anterior is not None:
         n = fr.tibia_anterior
-        joint_line = _perp(p["medial_plateau_centre"] - p["lateral_plateau_centre"], n)  # towards medial
+        joint_line = perpendicular(p["medial_plateau_centre"] - p["lateral_plateau_centre"], n)  # towards medial
         # Medial angle below the joint line: between the distal arm of the axis and the line.
         out["mpta"] = _angle_deg(-fr.tibia_proximal, joint_line)
     tangent_given = medial_plateau_ap_tangent_lps is not None and _have_mpta(landmarks)
@@ -211,14 +193,14 @@ def compute_angles(landmarks: Mapping[str, object], *, medial_plateau_ap_tangent
             t = t if np.dot(t, fr.tibia_anterior) >= 0 else -t
         else:
             t = p["medial_plateau_anterior"] - p["medial_plateau_posterior"]
-        tangent = _perp(t, n)  # posterior -> anterior
+        tangent = perpendicular(t, n)  # posterior -> anterior
         rise = np.dot(tangent, fr.tibia_proximal)  # > 0 when the anterior rim is higher
         run = np.dot(tangent, fr.tibia_anterior)
         out["slope"] = float(np.degrees(np.arctan2(rise, run)))
     if _have(landmarks, "femoral_rotation") and fr.femur_anterior is not None:
         ax = fr.femur_proximal
-        tea = _perp(p["lateral_epicondyle"] - p["medial_epicondyle"], ax)
-        pcl = _perp(p["posterior_lateral_condyle"] - p["posterior_medial_condyle"], ax)
+        tea = perpendicular(p["lateral_epicondyle"] - p["medial_epicondyle"], ax)
+        pcl = perpendicular(p["posterior_lateral_condyle"] - p["posterior_medial_condyle"], ax)
         theta = _angle_deg(tea, pcl)
         # Positive when the PCL's lateral end lies anterior of the TEA direction.
         sign = 1.0 if np.dot(pcl / np.linalg.norm(pcl), fr.femur_anterior) >= 0 else -1.0
@@ -226,4 +208,44 @@ def compute_angles(landmarks: Mapping[str, object], *, medial_plateau_ap_tangent
     return out
 
 
-__all__ = ["ANGLE_REQUIREMENTS", "LimbFrames", "compute_angles", "compute_axes", "limb_frames", "position"]
+def knee_centre(landmarks: Mapping[str, object]) -> Vec | None:
+    """Midpoint of the femoral and tibial knee centres (LPS mm), or None if both are missing."""
+    names = [n for n in ("femoral_knee_centre", "tibial_knee_centre") if n in landmarks]
+    return np.mean([position(landmarks[n]) for n in names], axis=0) if names else None
+
+
+def component_alignment(plan: Plan, *, frames: LimbFrames | None = None) -> dict[str, float]:
+    """Component orientation vs the mechanical axes (degrees).
+
+    ``femoral_component_coronal_deg`` / ``tibial_component_coronal_deg``: tilt of the
+    component's z axis (its joint-line normal) from the bone's mechanical axis in the
+    coronal plane, positive when it leans laterally (0 = mechanically aligned; a tibial cut
+    in varus leans medially, i.e. negative); ``tibial_component_slope_deg``: posterior slope
+    of the tray; ``femoral_component_rotation_deg``: external rotation of the component's
+    anterior axis from the TEA-perpendicular; ``predicted_hka_deg``: with the joint lines of
+    the two components parallel in extension, 180 - femoral + tibial tilt (varus < 180).
+    ``frames``: the plan landmarks' :func:`limb_frames` when the caller has them.
+    """
+    fr = frames if frames is not None else limb_frames(plan.landmarks)
+    out: dict[str, float] = {}
+    fem = next((i for i in plan.implants if i.family == "tka_femoral"), None)
+    tray = next((i for i in plan.implants if i.family == "tka_tibial_tray"), None)
+    if fem is not None and fr.femur_proximal is not None:
+        m = np.asarray(fem.ct_from_implant)
+        z, y = m[:3, 2], m[:3, 1]
+        out["femoral_component_coronal_deg"] = float(np.degrees(np.arctan2(np.dot(z, fr.femur_lateral), np.dot(z, fr.femur_proximal))))
+        y_ax = y - np.dot(y, fr.femur_proximal) * fr.femur_proximal
+        out["femoral_component_rotation_deg"] = float(np.degrees(np.arctan2(np.dot(y_ax, fr.femur_lateral), np.dot(y_ax, fr.femur_anterior))))
+    if tray is not None and fr.tibia_proximal is not None:
+        m = np.asarray(tray.ct_from_implant)
+        z = m[:3, 2]
+        out["tibial_component_coronal_deg"] = float(np.degrees(np.arctan2(np.dot(z, fr.tibia_lateral), np.dot(z, fr.tibia_proximal))))
+        out["tibial_component_slope_deg"] = float(np.degrees(np.arctan2(-np.dot(z, fr.tibia_anterior), np.dot(z, fr.tibia_proximal))))
+    if "femoral_component_coronal_deg" in out and "tibial_component_coronal_deg" in out and "hka" in plan.angles_deg:
+        # Parallel joint lines: the tibial axis is turned (femoral - tibial tilt) laterally
+        # from the femoral axis, which puts the ankle medially, i.e. varus.
+        out["predicted_hka_deg"] = 180.0 - out["femoral_component_coronal_deg"] + out["tibial_component_coronal_deg"]
+    return out
+
+
+__all__ = ["ANGLE_REQUIREMENTS", "LimbFrames", "component_alignment", "compute_angles", "compute_axes", "knee_centre", "limb_frames"]

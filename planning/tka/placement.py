@@ -22,11 +22,9 @@ import numpy as np
 import pyvista as pv
 from numpy.typing import NDArray
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import apply, apply_vector, rotation_about_axis
+from orthonav.core.transforms import apply, apply_vector
 
-from .alignment import limb_frames, position
-from .cuts import depth_along_axis_mm
-from .implants import (
+from ..implants import (
     FEMORAL_CHAMFER_MM,
     FEMORAL_FLANGE_MM,
     FEMORAL_SIZES,
@@ -37,8 +35,11 @@ from .implants import (
     implant_model,
     insert_size,
 )
-from .meshops import cross_section, to_manifold
-from .schema import CutPlane, ImplantPlacement
+from ..landmarks import position
+from ..meshops import cross_section, to_manifold
+from ..schema import CutPlane, ImplantPlacement
+from .alignment import LimbFrames, limb_frames
+from .cuts import depth_along_axis_mm
 
 Vec = NDArray[np.float64]
 
@@ -49,13 +50,13 @@ def _frame(origin: Vec, x: Vec, y: Vec, z: Vec) -> NDArray[np.float64]:
     return m
 
 
-def femoral_frame(landmarks: Mapping[str, object], distal_cut: CutPlane, *, rotation_deg: float = 0.0) -> NDArray[np.float64]:
+def femoral_frame(landmarks: Mapping[str, object], distal_cut: CutPlane, *, rotation_deg: float = 0.0, frames: LimbFrames | None = None) -> NDArray[np.float64]:
     """Orientation of the femoral component (origin on the cut under the knee centre).
 
     z = -(distal cut normal); y = anterior, aligned with the TEA and turned
     ``rotation_deg`` externally (the anterior direction turns towards lateral).
     """
-    fr = limb_frames(landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
     z = -np.asarray(distal_cut.normal_lps)
     lat = fr.femur_lateral - np.dot(fr.femur_lateral, z) * z
     lat /= np.linalg.norm(lat)
@@ -78,11 +79,12 @@ def size_and_place_femoral(
     rotation_deg: float = 0.0,
     posterior_resection_mm: float = FEMORAL_THICKNESS_MM["posterior"],
     size: str | None = None,
+    frames: LimbFrames | None = None,
 ) -> tuple[ImplantPlacement, dict[str, float]]:
     """Femoral component pose and size (posterior referencing); returns the placement and
     ``{"anterior_notch_mm": ..., "femoral_ap_needed_mm": ...}`` (notch < 0 = the anterior
     cut would cut into the anterior cortex)."""
-    m = femoral_frame(landmarks, distal_cut, rotation_deg=rotation_deg)
+    m = femoral_frame(landmarks, distal_cut, rotation_deg=rotation_deg, frames=frames)
     x, y, z, o = m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3]
     pc = [position(landmarks[n]) for n in ("posterior_medial_condyle", "posterior_lateral_condyle")]
     y_post = min(float(np.dot(p - o, y)) for p in pc) + posterior_resection_mm  # posterior cut level
@@ -102,10 +104,10 @@ def size_and_place_femoral(
     return place, {"anterior_notch_mm": float(y_post + ap - y_ant), "femoral_ap_needed_mm": float(needed)}
 
 
-def tibial_frame(landmarks: Mapping[str, object], tibial_cut: CutPlane, *, rotation_deg: float = 0.0) -> NDArray[np.float64]:
+def tibial_frame(landmarks: Mapping[str, object], tibial_cut: CutPlane, *, rotation_deg: float = 0.0, frames: LimbFrames | None = None) -> NDArray[np.float64]:
     """Tray orientation on the cut: z = cut normal, y = tibial anterior (turned
     ``rotation_deg`` externally), origin = the cut point under the tibial knee centre."""
-    fr = limb_frames(landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
     z = np.asarray(tibial_cut.normal_lps)
     y = fr.tibia_anterior - np.dot(fr.tibia_anterior, z) * z
     y /= np.linalg.norm(y)
@@ -128,10 +130,11 @@ def size_and_place_tibial(
     rotation_deg: float = 0.0,
     size: str | None = None,
     tibia_solid=None,
+    frames: LimbFrames | None = None,
 ) -> tuple[ImplantPlacement, dict[str, float]]:
     """Tray pose (centred on the section's extent) and size (largest without overhang of the
     section's ML/AP extent); returns the placement and the section extent (mm)."""
-    m = tibial_frame(landmarks, tibial_cut, rotation_deg=rotation_deg)
+    m = tibial_frame(landmarks, tibial_cut, rotation_deg=rotation_deg, frames=frames)
     solid = tibia_solid if tibia_solid is not None else to_manifold(tibia, name="tibia mesh")
     sec = cross_section(solid, m)
     if sec.is_empty():
@@ -155,10 +158,10 @@ def choose_insert(gap_mm: float, *, femoral_thickness_mm: float = FEMORAL_THICKN
     return float(min(INSERT_THICKNESSES_MM, key=lambda t: (abs(t - need), t)))
 
 
-def extension_gap_mm(cuts: Mapping[str, CutPlane], landmarks: Mapping[str, object]) -> float:
+def extension_gap_mm(cuts: Mapping[str, CutPlane], landmarks: Mapping[str, object], *, frames: LimbFrames | None = None) -> float:
     """Distance between the distal femoral and tibial cut planes along the tibial mechanical
     axis, through the tibial knee centre (knee in extension as imaged)."""
-    fr = limb_frames(landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
     f, t = cuts["distal_femur"], cuts["proximal_tibia"]
     tkc = position(landmarks["tibial_knee_centre"])
     u = fr.tibia_proximal
@@ -180,15 +183,19 @@ def place_tka(
     femoral_size: str | None = None,
     tibial_size: str | None = None,
     tibia_solid=None,
+    frames: LimbFrames | None = None,
 ) -> tuple[list[ImplantPlacement], dict[str, float]]:
     """Femoral component, tibial tray and insert for the given distal and tibial cuts.
 
     Returns the placements and sizing metrics (anterior notch, section extent, extension
-    gap, insert thickness).
+    gap, insert thickness). ``frames``: the landmarks'
+    :func:`~orthonav.planning.tka.alignment.limb_frames` when known (every ``frames`` argument
+    of this module is that, computed from the landmarks when not given).
     """
-    fem, m1 = size_and_place_femoral(landmarks, meshes["femur"], cuts["distal_femur"], rotation_deg=femoral_rotation_deg, size=femoral_size)
-    tray, m2 = size_and_place_tibial(landmarks, meshes["tibia"], cuts["proximal_tibia"], rotation_deg=tibial_rotation_deg, size=tibial_size, tibia_solid=tibia_solid)
-    gap = extension_gap_mm(cuts, landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
+    fem, m1 = size_and_place_femoral(landmarks, meshes["femur"], cuts["distal_femur"], rotation_deg=femoral_rotation_deg, size=femoral_size, frames=fr)
+    tray, m2 = size_and_place_tibial(landmarks, meshes["tibia"], cuts["proximal_tibia"], rotation_deg=tibial_rotation_deg, size=tibial_size, tibia_solid=tibia_solid, frames=fr)
+    gap = extension_gap_mm(cuts, landmarks, frames=fr)
     th = choose_insert(gap)
     insert = ImplantPlacement(family="tka_insert", size=insert_size(tray.size, th), bone="tibia", ct_from_implant=tray.ct_from_implant)
     metrics = {**m1, **m2, "extension_gap_mm": gap, "insert_thickness_mm": th}
@@ -212,11 +219,11 @@ def femoral_cut_planes_implant(ap_mm: float, chamfer_mm: float = FEMORAL_CHAMFER
     }
 
 
-def cuts_from_implants(implants: list[ImplantPlacement], landmarks: Mapping[str, object]) -> dict[str, CutPlane]:
+def cuts_from_implants(implants: list[ImplantPlacement], landmarks: Mapping[str, object], *, frames: LimbFrames | None = None) -> dict[str, CutPlane]:
     """Cut planes (CT LPS) implied by the femoral component and tibial tray poses, with
     resection depths per condyle / plateau (along the mechanical axis for the distal and
     tibial cuts, perpendicular to the plane for the posterior cut)."""
-    fr = limb_frames(landmarks)
+    fr = frames if frames is not None else limb_frames(landmarks)
     out: dict[str, CutPlane] = {}
     p = {k: position(v) for k, v in landmarks.items()}
     for imp in implants:
@@ -249,29 +256,12 @@ def cuts_from_implants(implants: list[ImplantPlacement], landmarks: Mapping[str,
     return out
 
 
-def move_implant(implant: ImplantPlacement, delta_implant: NDArray[np.float64]) -> ImplantPlacement:
-    """The implant moved by a rigid ``delta`` expressed in its own frame (6-DoF adjustment:
-    e.g. a translation along its z raises it; a rotation about its z rotates it)."""
-    m = np.asarray(implant.ct_from_implant) @ np.asarray(delta_implant, dtype=np.float64)
-    return implant.model_copy(update={"ct_from_implant": m.tolist()})
-
-
-def implant_delta(*, translation_mm=(0.0, 0.0, 0.0), rotation_axis=(0.0, 0.0, 1.0), rotation_deg: float = 0.0) -> NDArray[np.float64]:
-    """A small rigid adjustment in an implant's frame (rotation about its origin, then shift)."""
-    d = np.eye(4)
-    d[:3, :3] = rotation_about_axis(rotation_axis, np.radians(rotation_deg))
-    d[:3, 3] = translation_mm
-    return d
-
-
 __all__ = [
     "choose_insert",
     "cuts_from_implants",
     "extension_gap_mm",
     "femoral_cut_planes_implant",
     "femoral_frame",
-    "implant_delta",
-    "move_implant",
     "place_tka",
     "size_and_place_femoral",
     "size_and_place_tibial",

@@ -1,4 +1,4 @@
-"""What a plan does to the bone: resected bone meshes, removed volume, implant coverage and
+"""What a knee (TKA) plan does to the bone: resected bone meshes, removed volume, implant coverage and
 overhang on the cut surfaces, and bone density (mean HU) under the implant footprints.
 
 The resections are exact booleans on closed bone surfaces with manifold3d. The femoral
@@ -17,12 +17,14 @@ import numpy as np
 import pyvista as pv
 from matplotlib.path import Path as MplPath
 from numpy.typing import NDArray
+from orthonav.core.case import Case
 from orthonav.core.transforms import apply
-from orthonav.core.volume import Volume
+from orthonav.core.volume import Volume, read_volume
 from scipy.ndimage import map_coordinates
 
-from .implants import FEMORAL_FLANGE_MM, implant_model, tray_outline
-from .meshops import (
+from ..implants import FEMORAL_CHAMFER_MM, FEMORAL_FLANGE_MM, implant_model, tray_outline
+from ..meshes import load_bone_meshes
+from ..meshops import (
     ClosedSurface,
     clipped_volume,
     closed_surface,
@@ -32,8 +34,9 @@ from .meshops import (
     to_polydata,
     transform,
 )
+from ..schema import ImplantPlacement, Plan
+from .landmarks import KNEE_BONES, REQUIRED_BONES
 from .placement import femoral_cut_planes_implant
-from .schema import ImplantPlacement, Plan
 
 Vec = NDArray[np.float64]
 
@@ -291,8 +294,6 @@ def femoral_fit(femur: mf.Manifold, ct_from_implant: NDArray[np.float64], ap_mm:
     full AP depth) the bone section within the AP cuts is compared with the component width;
     overhang > 0 where the component passes the bone edge. Also the mean HU of the bone 1-5 mm
     above the distal cut within the component's distal footprint."""
-    from .implants import FEMORAL_CHAMFER_MM
-
     a, w = ap_mm / 2.0, ml_mm / 2.0
     level = transform_plane_z(ct_from_implant, FEMORAL_CHAMFER_MM)
     sec = cross_section(femur, level)
@@ -382,14 +383,9 @@ def update_plan_outcomes(plan: Plan, case_dir=None, *, meshes: Mapping[str, pv.P
     """The plan with ``metrics`` recomputed (removed volume, coverage, density, depths)."""
     if solids is None:
         if meshes is None:
-            from .auto import load_bone_meshes
-
-            meshes = load_bone_meshes(case_dir)
+            meshes = load_bone_meshes(case_dir, KNEE_BONES, required=REQUIRED_BONES)
         solids = BoneSolids(meshes)
     if ct is None and case_dir is not None:
-        from orthonav.core.case import Case
-        from orthonav.core.volume import read_volume
-
         c = Case(case_dir)
         if c.ct.is_file():
             ct = read_volume(c.ct)

@@ -1,0 +1,121 @@
+"""``orthonav navigate`` and ``orthonav replay``: argument handling and the rich summary table.
+
+The work is done by :func:`orthonav.navigation.navigate_case` and
+:func:`orthonav.navigation.replay_session`; this module only parses, prints and decides the
+exit status.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from orthonav.cli.args import parse_host_port, require_display
+from orthonav.core.errors import InputError, RegistrationError
+from orthonav.navigation import NavigationSummary, WorkflowConfig, navigate_case, replay_session
+from orthonav.navigation.registration import PAIRED_POINT_SURFACE
+
+
+def _mm(x: float) -> str:
+    return "-" if not math.isfinite(x) else f"{x:.3f} mm"
+
+
+def summary_table(summary: NavigationSummary, title: str = "Navigation") -> Table:
+    """A rich table of a :class:`~orthonav.navigation.NavigationSummary`. A summary scored
+    against phantom truth (:class:`~orthonav.phantoms.scoring.ScoredNavigation`) also shows its
+    true TRE and guidance errors."""
+    t = Table(title=title)
+    t.add_column("figure")
+    t.add_column("value")
+    t.add_row("session", str(summary.session_dir) if summary.session_dir else "(not recorded)")
+    for w in summary.warnings:
+        t.add_row("[bold yellow]WARNING[/]", w)
+    if summary.registered:
+        t.add_row("registered", f"yes ({summary.registration_method})")
+    elif summary.refusal is not None:
+        t.add_row("registered", f"[bold red]REFUSED[/] ({summary.refusal})")
+    else:
+        t.add_row("registered", "[bold red]NO[/] (not all fiducials digitised)")
+    refined = summary.registration_method == PAIRED_POINT_SURFACE
+    stage = " (fiducial stage)" if refined else ""
+    t.add_row(f"FRE{stage}", _mm(summary.fre_mm))
+    for k, v in summary.predicted_tre_mm.items():
+        t.add_row(f"predicted TRE {k}{stage}", _mm(v))
+    if refined:
+        sf = summary.surface
+        t.add_row("surface RMS", _mm(sf.get("rms_mm", math.nan)))
+        t.add_row("surface inliers", f"{sf.get('inlier_fraction', math.nan):.0%}")
+        t.add_row("surface constraint", f"{sf.get('constraint', math.nan):.3f}")
+        t.add_row("fiducials after surface (RMS)", _mm(sf.get("fiducial_rms_mm", math.nan)))
+    for k, v in summary.verification_mm.items():
+        t.add_row(f"touch check {k}", _mm(v))
+    for k, v in getattr(summary, "tre_mm", {}).items():
+        t.add_row(f"true TRE {k}", _mm(v))
+    for k, v in getattr(summary, "guidance_error", {}).items():
+        t.add_row(f"guidance error {k}", f"{v:.3f}")
+    t.add_row("states", str(summary.states))
+    t.add_row("loop rate", f"{summary.loop_rate_hz:.0f} Hz" if math.isfinite(summary.loop_rate_hz) else "-")
+    t.add_row("latency p50 / p99", f"{summary.latency_p50_ms:.2f} / {summary.latency_p99_ms:.2f} ms"
+              if math.isfinite(summary.latency_p99_ms) else "-")
+    if summary.replay_mismatches >= 0:
+        t.add_row("replay mismatches", str(summary.replay_mismatches))
+    t.add_row("screenshots", str(len(summary.screenshots)))
+    return t
+
+
+def navigate_cli(case: str | Path, *, igtl: str = "127.0.0.1:18944", duration_s: float | None = None, off_screen: bool = False,
+                 stream_port: int | None = None, surface_points: int = 0, tools: str | Path | None = None,
+                 max_predicted_tre_mm: float | None = WorkflowConfig.max_predicted_tre_mm) -> Table:
+    """``orthonav navigate``: navigate ``case`` with poses from an OpenIGTLink server; returns a rich table.
+
+    Workflow events are printed as they happen. ``max_predicted_tre_mm``
+    (``--max-predicted-tre``): registration is refused when the TRE predicted at the plan's
+    landmarks exceeds it (mm); None or <= 0 disables the check.
+
+    Raises
+    ------
+    InputError
+        Bad ``igtl`` address, missing plan / fiducials, bad tool file.
+    RegistrationError
+        Registration did not complete (so the CLI exits non-zero); the table is printed first.
+    """
+    from orthonav.tracking.igtl_client import IGTLClientSource
+    from orthonav.tracking.tools import default_toolset, load_toolset
+
+    host, port = parse_host_port(igtl)
+    if not off_screen:
+        require_display("orthonav navigate")
+    if max_predicted_tre_mm is not None and not math.isfinite(max_predicted_tre_mm):
+        raise InputError(None, f"max_predicted_tre_mm must be a number of mm, got {max_predicted_tre_mm}")
+    tre_limit = max_predicted_tre_mm if max_predicted_tre_mm is not None and max_predicted_tre_mm > 0 else None
+    toolset = load_toolset(tools) if tools is not None else default_toolset()
+    source = IGTLClientSource(host, port, tools=toolset)
+    summary = navigate_case(case, source, duration_s=duration_s, off_screen=off_screen, toolset=toolset, stream_port=stream_port,
+                            config=WorkflowConfig(surface_points=surface_points, max_predicted_tre_mm=tre_limit),
+                            progress=lambda text: print(text, flush=True))
+    table = summary_table(summary)
+    if not summary.registered:
+        Console().print(table)
+        why = f"registration was refused: {summary.refusal}" if summary.refusal else "not every plan fiducial was digitised"
+        raise RegistrationError(f"navigation ended without a registration: {why} (session recorded in {summary.session_dir})")
+    return table
+
+
+def replay_cli(session: str | Path, *, off_screen: bool = True, allow_changed_plan: bool = False) -> Table:
+    """``orthonav replay``: replay a session; returns a rich table; RegistrationError if numbers differ.
+
+    ``allow_changed_plan`` (``--allow-changed-plan``): replay even if ``plan.json`` changed since
+    recording (the table then starts with a WARNING row); without it that is an InputError.
+    """
+    if not off_screen:
+        require_display("orthonav replay")
+    summary = replay_session(session, off_screen=off_screen, allow_changed_plan=allow_changed_plan)
+    if summary.replay_mismatches != 0 and not summary.plan_changed:
+        raise RegistrationError(f"replay differs from the recorded guidance in {summary.replay_mismatches} states")
+    return summary_table(summary, title="Replay")
+
+
+__all__ = ["navigate_cli", "replay_cli", "summary_table"]
