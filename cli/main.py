@@ -2,153 +2,292 @@
 
 Errors that OrthoNav raises on purpose (:class:`~orthonav.core.errors.OrthoNavError`) are
 printed as one clear line naming the file and the problem, with exit code 2.
+
+Messages, progress and errors go to standard error, results (tables) to standard output. Both
+come from :func:`orthonav.cli.console.make_console`: piped or redirected, a line is never
+wrapped or cut (a session path comes out whole, an error is one line).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from orthonav.cli.console import make_console
 from orthonav.core.errors import OrthoNavError
 
+
+# --- help that reads like a manual: no type tags, value names that say what to give ----------
+
+
+class _HelpArgument(TyperArgument):
+    """A positional argument shown by its name only (its help says what it is; no ``<path>`` tag)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        return [self.display_name_raw if self.required else f"[{self.display_name_raw}]"]
+
+
+class _HelpOption(TyperOption):
+    """An option shown with its value name (``--fle MM``), a flag with none (no ``<bool>`` tag)."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        if self.is_flag or self.count:
+            return None
+        return self.metavar or self.name.upper()
+
+
+def _usage_error(error: Exception, ctx: Any) -> Exception:
+    """A command-line usage error (missing argument, unknown option, bad value) as one clear line.
+
+    Typer would print the usage, a hint and a boxed message over several lines; this is the
+    same information as an :class:`~orthonav.core.errors.InputError`, which :func:`main` prints
+    as one line with exit code 2. Other errors, and the "no arguments: show the help" signal of
+    ``no_args_is_help``, are returned unchanged.
+    """
+    kind = type(error).__name__
+    if kind == "NoArgsIsHelpError" or not hasattr(error, "format_message") or getattr(error, "exit_code", None) != 2:
+        return error
+    from orthonav.core.errors import InputError
+
+    usage = ctx.get_usage().replace("Usage: ", "", 1).strip()
+    return InputError(None, f"{error.format_message()} (usage: {usage}; see '{ctx.command_path} -h')")
+
+
+def _plain(param: Any) -> Any:
+    """Give a typer parameter the help display above (same parsing, same behaviour)."""
+    if type(param) is TyperArgument:
+        param.__class__ = _HelpArgument
+    elif type(param) is TyperOption:
+        param.__class__ = _HelpOption
+    return param
+
+
+class _PlainHelp:
+    """Mixin for click commands and groups: help with no type noise (see :class:`_HelpArgument`,
+    :class:`_HelpOption`) and usage errors as one line (:func:`_usage_error`)."""
+
+    params: list[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _plain(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        return option if option is None else _plain(option)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except Exception as e:
+            converted = _usage_error(e, ctx)
+            if converted is e:
+                raise
+            raise converted from e
+
+
+class _Command(_PlainHelp, TyperCommand):
+    """An ``orthonav`` command (see :class:`_PlainHelp`)."""
+
+
+class _Group(_PlainHelp, TyperGroup):
+    """The ``orthonav`` group, with the same help display and one-line usage errors as its commands."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as e:  # "No such command 'x'"
+            converted = _usage_error(e, ctx)
+            if converted is e:
+                raise
+            raise converted from e
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
-    help="OrthoNav: CT to bone models, knee/hip planning, tracked navigation and phantom validation.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="OrthoNav: CT to bone models, knee/hip planning, tracked navigation and phantom validation.\n\n"
+         "Each command reads and writes one case folder (CASE: ct.nii.gz, meshes/, plan.json, sessions/, "
+         "validation/, ...). 'orthonav COMMAND -h' lists the options of a command.",
 )
-console = Console(stderr=True)
+
+
+def _command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``@app.command`` with the plain help display."""
+    return app.command(name, cls=_Command)
+
+
+#: Messages, progress and errors (standard error).
+console = make_console(stderr=True)
+#: Results: tables and summaries (standard output).
+out = make_console()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orthonav")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"orthonav {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", callback=_show_version, is_eager=True,
+                                 help="Print the OrthoNav version and exit."),
+) -> None:
+    """The options of ``orthonav`` itself (the help text is the app's)."""
 
 
 def _progress():
-    """A rich progress bar driven by ``callback(step, fraction)`` from the API functions."""
+    """A progress display driven by ``callback(step, fraction)`` from the API functions."""
     from orthonav.cli.progress import StepProgress
 
     return StepProgress(console)
 
 
-@app.command()
+# --- the commands, in the order of the chain -------------------------------------------------
+
+
+@_command()
 def phantom(
-    kind: str = typer.Argument(..., help="knee, hip or long-bone"),
-    case: Path = typer.Argument(..., help="case folder to create"),
-    seed: int = typer.Option(0, help="random seed (noise, placement)"),
-    small: bool = typer.Option(False, help="coarse, fast phantom (tests)"),
-    printed: bool = typer.Option(False, help="CT of the printed part (print material in air) instead of anatomy"),
-    flexion: Optional[float] = typer.Option(None, help="knee flexion (deg; knee only)"),
-    scale: Optional[float] = typer.Option(None, help="size factor"),
-    noise: Optional[float] = typer.Option(None, help="CT noise (HU, standard deviation)"),
-    metal: Optional[float] = typer.Option(None, help="metal streak artefact around the beads (HU amplitude; knee only)"),
+    kind: str = typer.Argument(..., metavar="KIND", help="knee, hip or long-bone"),
+    case: Path = typer.Argument(..., metavar="CASE", help="case folder to create"),
+    seed: int = typer.Option(0, metavar="N", help="random seed of the phantom (CT noise, bead placement)"),
+    small: bool = typer.Option(False, "--small", help="coarse, fast phantom (tests)"),
+    printed: bool = typer.Option(False, "--printed", help="CT of the printed part (print material in air) instead of anatomy"),
+    flexion: Optional[float] = typer.Option(None, metavar="DEG", help="knee flexion (deg; knee only)"),
+    scale: Optional[float] = typer.Option(None, metavar="FACTOR", help="size factor (1 = adult size)"),
+    noise: Optional[float] = typer.Option(None, metavar="HU", help="CT noise (HU, standard deviation)"),
+    metal: Optional[float] = typer.Option(None, metavar="HU", help="metal streak artefact around the beads (HU amplitude; knee only)"),
 ) -> None:
     """Write a synthetic CT with ground truth and printable STL parts into CASE."""
     from orthonav.phantoms.synthetic import make_phantom_case
 
     knobs = {k: v for k, v in {"flexion_deg": flexion, "scale": scale, "noise_hu": noise, "metal_artefact_hu": metal}.items() if v is not None}
-    out = make_phantom_case(kind, case, seed=seed, small=small, printed=printed, **knobs)
-    console.print(f"[green]phantom written[/] to {out.root}")
+    written = make_phantom_case(kind, case, seed=seed, small=small, printed=printed, **knobs)
+    console.print(f"[green]phantom written[/] to {written.root}")
 
 
-@app.command("import")
+@_command("import")
 def import_(
-    source: Path = typer.Argument(..., help="DICOM folder, or a NIfTI/NRRD/MHA file"),
-    case: Path = typer.Argument(..., help="case folder to create or update"),
-    series: Optional[str] = typer.Option(None, help="SeriesInstanceUID to import when the folder has several"),
+    source: Path = typer.Argument(..., metavar="SOURCE", help="DICOM folder, or a NIfTI/NRRD/MHA file"),
+    case: Path = typer.Argument(..., metavar="CASE", help="case folder to create or update"),
+    series: Optional[str] = typer.Option(None, metavar="UID", help="SeriesInstanceUID to import when the folder has several"),
 ) -> None:
     """Import a CT into a case folder (geometry kept exactly, HU rescale applied)."""
-    from orthonav.segmentation.importer import import_source
+    from orthonav.segmentation.importer import import_ct
 
-    out = import_source(source, case, series=series)
-    console.print(f"[green]imported[/] {source} -> {out.ct}")
+    summary = import_ct(source, case, series=series)
+    console.print(f"[green]imported[/] {source} -> {summary.case.ct}", soft_wrap=True)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
 
-@app.command()
+@_command()
 def segment(
-    case: Path = typer.Argument(..., help="case folder with ct.nii.gz"),
-    backend: str = typer.Option("classical", help="classical, unet or totalsegmentator"),
-    anatomy: str = typer.Option("auto", help="knee, hip or auto"),
-    weights: Optional[Path] = typer.Option(None, help="unet weights file"),
+    case: Path = typer.Argument(..., metavar="CASE", help="case folder with ct.nii.gz"),
+    backend: str = typer.Option("classical", metavar="NAME", help="classical, unet or totalsegmentator"),
+    anatomy: str = typer.Option("auto", metavar="NAME", help="knee, hip or auto (from the CT)"),
+    weights: Optional[Path] = typer.Option(None, metavar="FILE", help="U-Net weights file (--backend unet)"),
 ) -> None:
     """Segment the CT into per-bone labels and meshes."""
+    from rich.table import Table
+
     from orthonav.segmentation.pipeline import segment_case
 
     with _progress() as progress:
         kwargs = {"weights": weights} if weights is not None else {}
         summary = segment_case(case, backend=backend, anatomy=anatomy, progress=progress.update, **kwargs)
-    from rich.table import Table
-
-    table = Table(title=f"{summary.case_dir} ({summary.backend}, side: {summary.side})")
+    side = f", side: {summary.side}" if summary.side else ""
+    table = Table(title=f"{summary.case_dir} ({summary.backend}{side})")
     for col in ("bone", "label", "volume mL", "triangles"):
         table.add_column(col, justify="left" if col == "bone" else "right")
     for name, b in summary.bones.items():
         table.add_row(name, str(b.label), f"{b.volume_ml:.1f}", str(b.triangles))
-    Console().print(table)
+    out.print(table)
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(f"{len(summary.files)} files written in {summary.timings_s.get('total', float('nan')):.1f} s")
+    total = summary.timings_s.get("total")
+    console.print(f"{len(summary.files)} files written" + (f" in {total:.1f} s" if total is not None else ""))
 
 
-@app.command()
-def mesh(case: Path = typer.Argument(..., help="case folder with labels.nii.gz")) -> None:
+@_command()
+def mesh(case: Path = typer.Argument(..., metavar="CASE", help="case folder with labels.nii.gz and labels.json")) -> None:
     """(Re)build the bone meshes from the label map."""
     from orthonav.segmentation.pipeline import mesh_case
 
-    console.print(mesh_case(case))
+    for bone, files in mesh_case(case).items():
+        console.print(f"{bone}: {', '.join(str(f) for f in files)}")
 
 
-@app.command("evaluate-seg")
+@_command("evaluate-seg")
 def evaluate_seg(
-    pred: Path = typer.Argument(..., help="predicted labels (.nii.gz) or a case folder"),
-    truth: Path = typer.Argument(..., help="true labels (.nii.gz) or a case folder (uses truth/)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the scores as JSON"),
+    pred: Path = typer.Argument(..., metavar="PRED", help="predicted labels (.nii.gz) or a case folder"),
+    truth: Path = typer.Argument(..., metavar="TRUTH", help="true labels (.nii.gz) or a case folder (uses truth/)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="also write the scores to this JSON file"),
 ) -> None:
     """Dice, HD95 and mean surface distance per bone."""
-    from orthonav.segmentation.evaluate import evaluate_paths
-
-    from orthonav.segmentation.evaluate import scores_table, write_scores_json
+    from orthonav.segmentation.evaluate import evaluate_paths, scores_table, write_scores_json
 
     scores = evaluate_paths(pred, truth)
-    Console().print(scores_table(scores))
+    out.print(scores_table(scores))
     if json_out is not None:
-        write_scores_json(scores, json_out)
+        console.print(f"scores written to {write_scores_json(scores, json_out)}")
 
 
-@app.command("train-seg")
+@_command("train-seg")
 def train_seg(
-    data: Path = typer.Argument(..., help="folder of case folders (ct.nii.gz + labels) or phantom cases"),
-    out: Path = typer.Argument(..., help="weights file to write (a model-card JSON is written beside it)"),
-    minutes: float = typer.Option(5.0, help="training time budget (minutes)"),
-    steps: Optional[int] = typer.Option(None, help="train exactly this many optimizer steps instead of a time budget"),
-    spacing: float = typer.Option(4.0, help="isotropic training/inference spacing (mm); coarse gives the patch context"),
-    seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default 2)"),
+    data: Path = typer.Argument(..., metavar="DATA", help="folder of case folders (ct.nii.gz + labels) or phantom cases"),
+    weights: Path = typer.Argument(..., metavar="WEIGHTS", help="weights file to write (a model-card JSON is written beside it)"),
+    minutes: float = typer.Option(5.0, metavar="MIN", help="training time budget (minutes)"),
+    steps: Optional[int] = typer.Option(None, metavar="N", help="train exactly this many optimizer steps instead of a time budget"),
+    spacing: float = typer.Option(4.0, metavar="MM", help="isotropic training/inference spacing (mm); coarse gives the patch context"),
+    seed: int = typer.Option(0, metavar="N", help="random seed (weight initialisation, patch sampling)"),
+    threads: Optional[int] = typer.Option(None, metavar="N", help="torch CPU threads (default 2)"),
 ) -> None:
     """Train the compact 3D U-Net on CT + label pairs."""
     from orthonav.segmentation.unet import train_from_folder
 
     budget = dict(minutes=1e-6, min_iterations=steps) if steps is not None else dict(minutes=minutes)
     with _progress() as progress:
-        path = train_from_folder(data, out, spacing_mm=spacing, seed=seed, num_threads=threads,
+        path = train_from_folder(data, weights, spacing_mm=spacing, seed=seed, num_threads=threads,
                                  progress=progress.update, **budget)
-    console.print(f"weights {path}")
+    console.print(f"weights written to {path}")
 
 
-@app.command()
+@_command()
 def plan(
-    case: Path = typer.Argument(..., help="case folder with meshes/"),
+    case: Path = typer.Argument(..., metavar="CASE", help="case folder with meshes/"),
     auto: bool = typer.Option(False, "--auto", help="automatic landmarks, axes and cuts; no window"),
-    screenshot: Optional[Path] = typer.Option(None, help="render the plan off-screen to this PNG"),
-    alignment: str = typer.Option("mechanical", help="mechanical or kinematic"),
-    resection_mm: float = typer.Option(9.0, help="distal femoral / proximal tibial resection depth (mm)"),
-    slope_deg: float = typer.Option(3.0, help="posterior slope of the tibial cut (deg)"),
-    bead_min_hu: float = typer.Option(2500.0, help="HU threshold of the fiducial beads"),
-    procedure: Optional[str] = typer.Option(None, help="tka or tha (default: from the bones in the case)"),
-    side: Optional[str] = typer.Option(None, help="operated side: left, right (THA also both); default from labels.json"),
-    cup_inclination: float = typer.Option(40.0, help="THA: planned cup radiographic inclination vs the APP (deg)"),
-    cup_anteversion: float = typer.Option(15.0, help="THA: planned cup radiographic anteversion vs the APP (deg)"),
-    cup_medialise: float = typer.Option(0.0, help="THA: move the cup centre medially from the socket centre (mm)"),
-    ream: float = typer.Option(2.0, help="THA: reaming added to the socket diameter when sizing the cup (mm)"),
+    screenshot: Optional[Path] = typer.Option(None, metavar="PNG", help="render the plan off-screen to this PNG"),
+    alignment: str = typer.Option("mechanical", metavar="NAME", help="TKA: mechanical or kinematic"),
+    resection_mm: float = typer.Option(9.0, metavar="MM", help="TKA: distal femoral / proximal tibial resection depth (mm)"),
+    slope_deg: float = typer.Option(3.0, metavar="DEG", help="TKA: posterior slope of the tibial cut (deg)"),
+    bead_min_hu: float = typer.Option(2500.0, metavar="HU", help="HU threshold of the fiducial beads"),
+    procedure: Optional[str] = typer.Option(None, metavar="NAME", help="tka or tha (default: from the bones in the case)"),
+    side: Optional[str] = typer.Option(None, metavar="SIDE", help="operated side: left, right (THA also both); default from labels.json"),
+    cup_inclination: float = typer.Option(40.0, metavar="DEG", help="THA: planned cup radiographic inclination vs the APP (deg)"),
+    cup_anteversion: float = typer.Option(15.0, metavar="DEG", help="THA: planned cup radiographic anteversion vs the APP (deg)"),
+    cup_medialise: float = typer.Option(0.0, metavar="MM", help="THA: move the cup centre medially from the socket centre (mm)"),
+    ream: float = typer.Option(2.0, metavar="MM", help="THA: reaming added to the socket diameter when sizing the cup (mm)"),
 ) -> None:
     """Plan landmarks, alignment, implants and cuts, knee (TKA) or hip (THA) (interactive unless --auto)."""
     if auto:
@@ -171,28 +310,33 @@ def plan(
         console.print(f"screenshot {render_plan(case, screenshot)}")
 
 
-@app.command()
-def report(case: Path = typer.Argument(..., help="case folder with plan.json")) -> None:
+@_command()
+def report(case: Path = typer.Argument(..., metavar="CASE", help="case folder with plan.json")) -> None:
     """Write the HTML planning report (CASE/report/plan.html)."""
     from orthonav.planning.report import write_plan_report
 
     console.print(f"report {write_plan_report(case)}")
 
 
-@app.command()
-def guides(case: Path = typer.Argument(..., help="case folder with plan.json and meshes/")) -> None:
-    """Write printable patient-specific cutting guides (CASE/guides/<bone>_guide.stl)."""
+@_command()
+def guides(case: Path = typer.Argument(..., metavar="CASE", help="case folder with a knee plan.json and meshes/")) -> None:
+    """Write printable patient-specific cutting guides (CASE/guides/<bone>_guide.stl) for the knee cuts."""
+    from orthonav.core.case import Case
+    from orthonav.core.errors import InputError
     from orthonav.planning.guides import write_guides
 
-    for bone, path in write_guides(case).items():
+    written = write_guides(case)
+    if not written:
+        raise InputError(Case(case).plan, "no cutting guide written: the plan has no distal femoral or proximal tibial cut")
+    for bone, path in written.items():
         console.print(f"{bone}: {path}")
 
 
-@app.command()
+@_command()
 def markups(
-    action: str = typer.Argument(..., help="import or export"),
-    case: Path = typer.Argument(..., help="case folder with plan.json"),
-    path: Path = typer.Argument(..., help="3D Slicer markups file (.mrk.json)"),
+    action: str = typer.Argument(..., metavar="ACTION", help="import (set the plan's landmarks from FILE) or export (write them to FILE)"),
+    case: Path = typer.Argument(..., metavar="CASE", help="case folder with plan.json"),
+    path: Path = typer.Argument(..., metavar="FILE", help="3D Slicer markups file (.mrk.json)"),
     ras: bool = typer.Option(False, "--ras", help="export in RAS (default LPS)"),
 ) -> None:
     """Exchange landmarks with 3D Slicer markups (.mrk.json); import overrides the plan's landmarks."""
@@ -210,58 +354,57 @@ def markups(
         raise InputError(None, f"markups action must be 'import' or 'export', got {action!r}")
 
 
-@app.command("simulate-tracker")
+@_command("simulate-tracker")
 def simulate_tracker(
-    case: Path = typer.Argument(..., help="phantom case with plan.json and truth/ (e.g. demo_out/case)"),
-    port: int = typer.Option(18944, help="OpenIGTLink port"),
-    host: str = typer.Option("127.0.0.1", help="address to bind (loopback unless told otherwise)"),
-    rate: float = typer.Option(200.0, help="poses per second per tool"),
-    duration: Optional[float] = typer.Option(None, help="seconds; default: the script's length"),
-    truth_out: Optional[Path] = typer.Option(None, help="recording of the true poses"),
-    seed: int = typer.Option(0),
+    case: Path = typer.Argument(..., metavar="CASE", help="phantom case with plan.json and truth/ (e.g. demo_out/case)"),
+    port: int = typer.Option(18944, metavar="PORT", help="OpenIGTLink port"),
+    host: str = typer.Option("127.0.0.1", metavar="HOST", help="address to bind (loopback unless told otherwise)"),
+    rate: float = typer.Option(200.0, metavar="HZ", help="poses per second per tool"),
+    duration: Optional[float] = typer.Option(None, metavar="S", help="seconds to stream (default: the script's length)"),
+    truth_out: Optional[Path] = typer.Option(None, metavar="FILE", help="also record the true (noise-free) poses to this file"),
+    seed: int = typer.Option(0, metavar="N", help="random seed of the script (tracker placement, localisation errors, noise)"),
 ) -> None:
     """Stream a pointer, a saw and a reference over OpenIGTLink along the phantom OR script."""
     from orthonav.phantoms.scenario import serve_scenario
 
     def listening(h: str, p: int, duration_s: float) -> None:
-        console.print(f"simulated tracker listening on {h}:{p} ({duration_s:.0f} s script, starts when a client connects)",
-                      soft_wrap=True)
+        console.print(f"simulated tracker listening on {h}:{p} ({duration_s:.0f} s script, starts when a client connects)")
 
     stats = serve_scenario(case, port=port, host=host, rate_hz=rate, duration_s=duration, truth_path=truth_out, seed=seed,
                            on_listening=listening)
     console.print(f"simulated tracker done: {stats.samples} samples in {stats.duration_s:.1f} s "
-                  f"({stats.rate_hz:.0f} Hz, {stats.late_samples} late)", soft_wrap=True)
+                  f"({stats.rate_hz:.0f} Hz, {stats.late_samples} late)")
 
 
-@app.command()
+@_command()
 def track(
-    igtl: Optional[str] = typer.Option(None, help="HOST:PORT of an OpenIGTLink server (PlusServer, Slicer)"),
-    listen: Optional[int] = typer.Option(None, help="listen on this port for trackers that push"),
-    listen_allow: Optional[str] = typer.Option(None, help="with --listen: comma-separated hosts to accept (default: the first peer's host)"),
-    aruco: Optional[str] = typer.Option(None, help="camera index, video file or frame folder"),
-    tools: Optional[Path] = typer.Option(None, help="tool definition JSON"),
-    camera: Optional[Path] = typer.Option(None, help="camera calibration JSON (ArUco)"),
-    ndi: Optional[str] = typer.Option(None, help="NDI serial port"),
-    replay: Optional[Path] = typer.Option(None, help="recording or PLUS .igs.mha to replay"),
-    duration: Optional[float] = typer.Option(None, help="seconds to run"),
-    record: Optional[Path] = typer.Option(None, help="folder to record into"),
+    igtl: Optional[str] = typer.Option(None, metavar="HOST:PORT", help="OpenIGTLink server to connect to (PlusServer, Slicer)"),
+    listen: Optional[int] = typer.Option(None, metavar="PORT", help="listen on this port for trackers that push"),
+    listen_allow: Optional[str] = typer.Option(None, metavar="HOSTS", help="with --listen: comma-separated hosts to accept (default: the first peer's host)"),
+    aruco: Optional[str] = typer.Option(None, metavar="SRC", help="ArUco camera: camera index, video file or frame folder"),
+    tools: Optional[Path] = typer.Option(None, metavar="FILE", help="tool definition JSON"),
+    camera: Optional[Path] = typer.Option(None, metavar="FILE", help="camera calibration JSON (ArUco)"),
+    ndi: Optional[str] = typer.Option(None, metavar="PORT", help="NDI tracker on this serial port"),
+    replay: Optional[Path] = typer.Option(None, metavar="FILE", help="recording or PLUS .igs.mha to replay"),
+    duration: Optional[float] = typer.Option(None, metavar="S", help="seconds to run (default: until Ctrl-C or the end of a replay)"),
+    record: Optional[Path] = typer.Option(None, metavar="DIR", help="folder to record into"),
 ) -> None:
-    """Show live tool states, rate and lag from any tracker source; optionally record."""
+    """Show live tool states, rate and lag from one tracker source (give exactly one); optionally record."""
     from orthonav.cli.track import run_track_cli
 
     run_track_cli(igtl=igtl, listen=listen, aruco=aruco, tools=tools, camera=camera, ndi=ndi, replay=replay, duration_s=duration,
                   record=record, listen_allow=listen_allow)
 
 
-@app.command("calibrate-tool")
+@_command("calibrate-tool")
 def calibrate_tool(
-    tools: Path = typer.Argument(..., help="tool definition JSON to update"),
-    tool: str = typer.Argument(..., help="name of the tool to pivot-calibrate"),
-    igtl: Optional[str] = typer.Option(None, help="HOST:PORT of an OpenIGTLink server"),
-    listen: Optional[int] = typer.Option(None, help="listen on this port for trackers that push"),
-    replay: Optional[Path] = typer.Option(None, help="recording to calibrate from"),
-    poses: int = typer.Option(300, help="poses to collect while pivoting"),
-    method: str = typer.Option("ransac", help="algebraic, sphere or ransac"),
+    tools: Path = typer.Argument(..., metavar="TOOLS", help="tool definition JSON to update"),
+    tool: str = typer.Argument(..., metavar="TOOL", help="name of the tool to pivot-calibrate"),
+    igtl: Optional[str] = typer.Option(None, metavar="HOST:PORT", help="OpenIGTLink server to connect to"),
+    listen: Optional[int] = typer.Option(None, metavar="PORT", help="listen on this port for trackers that push"),
+    replay: Optional[Path] = typer.Option(None, metavar="FILE", help="recording to calibrate from"),
+    poses: int = typer.Option(300, metavar="N", help="poses to collect while pivoting"),
+    method: str = typer.Option("ransac", metavar="NAME", help="algebraic, sphere or ransac"),
 ) -> None:
     """Pivot-calibrate a tool tip; writes tip offset, RMS and date into the tool file."""
     from orthonav.cli.track import calibrate_tool_cli
@@ -269,83 +412,85 @@ def calibrate_tool(
     console.print(calibrate_tool_cli(tools, tool, n_poses=poses, method=method, igtl=igtl, listen=listen, replay=replay))
 
 
-@app.command("calibrate-camera")
+@_command("calibrate-camera")
 def calibrate_camera(
-    source: str = typer.Argument(..., help="camera index, video file or folder of ChArUco images"),
-    out: Path = typer.Argument(..., help="camera calibration JSON to write"),
+    source: str = typer.Argument(..., metavar="SOURCE", help="camera index, video file or folder of ChArUco images"),
+    calibration: Path = typer.Argument(..., metavar="OUT", help="camera calibration JSON to write"),
 ) -> None:
     """Calibrate a camera from ChArUco board views."""
     from orthonav.cli.calibrate import calibrate_camera_cli
 
-    console.print(calibrate_camera_cli(source, out))
+    console.print(calibrate_camera_cli(source, calibration))
 
 
-@app.command()
+@_command()
 def navigate(
-    case: Path = typer.Argument(..., help="case folder with meshes/ and plan.json"),
-    igtl: str = typer.Option("127.0.0.1:18944", help="HOST:PORT of the tracker's OpenIGTLink server"),
-    duration: Optional[float] = typer.Option(None, help="seconds of navigation (default: until Ctrl-C)"),
-    off_screen: bool = typer.Option(False, "--off-screen", help="render to PNGs instead of a window"),
-    stream_port: Optional[int] = typer.Option(None, help="also stream poses, models and guidance to 3D Slicer on this port"),
-    surface_points: int = typer.Option(0, help="after fiducials, digitise this many bone-surface points for ICP refinement"),
-    tools: Optional[Path] = typer.Option(None, help="tool definition JSON (default: the phantom tool set)"),
-    max_predicted_tre: float = typer.Option(2.0, help="refuse registration when the predicted TRE at a plan target exceeds this (mm; 0 disables)"),
+    case: Path = typer.Argument(..., metavar="CASE", help="case folder with meshes/ and plan.json"),
+    igtl: str = typer.Option("127.0.0.1:18944", metavar="HOST:PORT", help="the tracker's OpenIGTLink server"),
+    duration: Optional[float] = typer.Option(None, metavar="S", help="seconds of navigation (default: until Ctrl-C)"),
+    off_screen: bool = typer.Option(False, "--off-screen", help="render to PNGs (CASE/sessions/<timestamp>/screenshots/) instead of a window"),
+    stream_port: Optional[int] = typer.Option(None, metavar="PORT", help="also stream poses, models and guidance to 3D Slicer on this port"),
+    stream_version: int = typer.Option(1, metavar="1|2", help="OpenIGTLink header version of the Slicer stream: 2 adds TransformStatus metadata (MISSING for a hidden tool), as PLUS sends it"),
+    surface_points: int = typer.Option(0, metavar="N", help="after fiducials, digitise this many bone-surface points for ICP refinement"),
+    tools: Optional[Path] = typer.Option(None, metavar="FILE", help="tool definition JSON (default: the phantom tool set)"),
+    max_predicted_tre: float = typer.Option(2.0, metavar="MM", help="refuse registration when the predicted TRE at a plan target exceeds this (mm; 0 disables)"),
 ) -> None:
     """Register, then run the live navigation loop with overlay, recording the session."""
     from orthonav.cli.navigate import navigate_cli
 
-    console.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen, stream_port=stream_port,
-                               surface_points=surface_points, tools=tools,
-                               max_predicted_tre_mm=max_predicted_tre if max_predicted_tre > 0 else None))
+    out.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen, stream_port=stream_port,
+                           stream_version=stream_version, surface_points=surface_points, tools=tools,
+                           max_predicted_tre_mm=max_predicted_tre if max_predicted_tre > 0 else None))
 
 
-@app.command()
+@_command()
 def replay(
-    session: Path = typer.Argument(..., help="sessions/<timestamp> folder"),
-    off_screen: bool = typer.Option(False, "--off-screen"),
+    session: Path = typer.Argument(..., metavar="SESSION", help="recorded session folder (CASE/sessions/<timestamp>)"),
+    off_screen: bool = typer.Option(False, "--off-screen", help="render to PNGs (SESSION/replay/) instead of a window"),
     allow_changed_plan: bool = typer.Option(False, "--allow-changed-plan",
                                             help="replay even though plan.json changed since recording (numbers may differ)"),
 ) -> None:
     """Replay a recorded session: the same numbers and pictures (exit 2 if any number differs)."""
     from orthonav.cli.navigate import replay_cli
 
-    console.print(replay_cli(session, off_screen=off_screen, allow_changed_plan=allow_changed_plan))
+    out.print(replay_cli(session, off_screen=off_screen, allow_changed_plan=allow_changed_plan))
 
 
-@app.command()
+@_command()
 def validate(
-    session: Optional[Path] = typer.Argument(None, help="recorded session folder (CASE/sessions/<timestamp>)"),
-    simulate: Optional[Path] = typer.Option(None, help="phantom case to validate by simulation"),
-    fle: float = typer.Option(0.25, help="fiducial localisation error (RMS mm) for --simulate"),
-    tracker_noise: float = typer.Option(0.0, help="tracker noise per axis (mm) for --simulate"),
-    trials: int = typer.Option(1000, help="simulated trials"),
-    seed: int = typer.Option(0),
-    config: Optional[Path] = typer.Option(None, help="pass/fail thresholds (ValidationConfig JSON)"),
+    session: Optional[Path] = typer.Argument(None, metavar="SESSION", help="recorded session folder (CASE/sessions/<timestamp>)"),
+    simulate: Optional[Path] = typer.Option(None, metavar="CASE", help="phantom case to validate by simulation instead of a session"),
+    fle: float = typer.Option(0.25, metavar="MM", help="--simulate: fiducial localisation error (RMS, mm)"),
+    tracker_noise: float = typer.Option(0.0, metavar="MM", help="--simulate: tracker noise per axis (mm)"),
+    trials: int = typer.Option(1000, metavar="N", help="--simulate: number of simulated registrations"),
+    seed: int = typer.Option(0, metavar="N", help="--simulate: random seed of the Monte Carlo"),
+    config: Optional[Path] = typer.Option(None, metavar="FILE", help="pass/fail limits (ValidationConfig JSON)"),
 ) -> None:
-    """Accuracy protocol: FRE, TRE per target, predicted TRE, calibration; HTML report. Exit 1 on FAIL."""
+    """Accuracy protocol: FRE, TRE per target, predicted TRE, calibration; HTML report in a new
+    folder of CASE/validation/ per run. Exit 1 on FAIL."""
     from orthonav.cli.validate import summary_text
     from orthonav.phantoms.validation import validate_and_report
 
     result, report_path = validate_and_report(session=session, simulate=simulate, fle_mm=fle, trials=trials,
                                               tracker_noise_mm=tracker_noise, seed=seed, config=config)
-    console.print(summary_text(result, report_path))
+    out.print(summary_text(result, report_path), markup=False)
     if not result.passed:
         raise typer.Exit(1)
 
 
-@app.command()
+@_command()
 def demo(
-    out: Path = typer.Option(Path("demo_out"), help="output folder"),
-    small: bool = typer.Option(False, help="coarse phantom (faster)"),
-    seed: int = typer.Option(0),
+    out_dir: Path = typer.Option(Path("demo_out"), "--out", metavar="DIR", help="output folder (the case is DIR/case)"),
+    small: bool = typer.Option(False, "--small", help="coarse phantom (faster)"),
+    seed: int = typer.Option(0, metavar="N", help="random seed of the phantom and the simulated OR session"),
 ) -> None:
     """Phantom -> segmentation -> plan -> simulated tracker -> navigation, with a summary and a report."""
     from orthonav.cli.demo import print_summary
     from orthonav.phantoms.demo import run_demo
 
     with _progress() as progress:
-        summary = run_demo(out, small=small, seed=seed, progress=progress.update)
-    print_summary(summary, Console())
+        summary = run_demo(out_dir, small=small, seed=seed, progress=progress.update)
+    print_summary(summary, out)
 
 
 def main() -> None:

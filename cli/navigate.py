@@ -10,17 +10,36 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from orthonav.cli.args import parse_host_port, require_display
+from orthonav.cli.console import make_console
 from orthonav.core.errors import InputError, RegistrationError
 from orthonav.navigation import NavigationSummary, WorkflowConfig, navigate_case, replay_session
-from orthonav.navigation.registration import PAIRED_POINT_SURFACE
+from orthonav.navigation.registration import PAIRED_POINT, PAIRED_POINT_SURFACE
 
 
-def _mm(x: float) -> str:
-    return "-" if not math.isfinite(x) else f"{x:.3f} mm"
+#: Registration methods in words.
+METHOD_WORDS = {PAIRED_POINT_SURFACE: "paired fiducials, refined on the bone surface", PAIRED_POINT: "paired fiducials"}
+
+
+def _mm(x: float, missing: str = "not measured") -> str:
+    """``x`` mm with two decimals (a hundredth of a mm is below any tracker's accuracy), or what is missing."""
+    return missing if not math.isfinite(x) else f"{x:.2f} mm".replace("-0.00", "0.00")
+
+
+def _name(key: str) -> str:
+    """A check point's plain name (``target_femoral_notch`` -> ``femoral notch``)."""
+    return key.removeprefix("target_").replace("_", " ")
+
+
+def _guidance_row(key: str, value: float) -> tuple[str, str]:
+    from orthonav.planning.report import metric_label
+
+    if key == "n":
+        return "saw guidance: frames compared", f"{int(value)} samples" if math.isfinite(value) else "none"
+    name, unit = metric_label(key)
+    return f"saw guidance error: {name[:1].lower() + name[1:]}", (f"{value:.2f} {unit}".replace("-0.00", "0.00") if math.isfinite(value) else "not measured")
 
 
 def summary_table(summary: NavigationSummary, title: str = "Navigation") -> Table:
@@ -34,41 +53,45 @@ def summary_table(summary: NavigationSummary, title: str = "Navigation") -> Tabl
     for w in summary.warnings:
         t.add_row("[bold yellow]WARNING[/]", w)
     if summary.registered:
-        t.add_row("registered", f"yes ({summary.registration_method})")
+        t.add_row("registered", f"yes ({METHOD_WORDS.get(summary.registration_method, summary.registration_method)})")
     elif summary.refusal is not None:
         t.add_row("registered", f"[bold red]REFUSED[/] ({summary.refusal})")
     else:
         t.add_row("registered", "[bold red]NO[/] (not all fiducials digitised)")
     refined = summary.registration_method == PAIRED_POINT_SURFACE
     stage = " (fiducial stage)" if refined else ""
-    t.add_row(f"FRE{stage}", _mm(summary.fre_mm))
+    t.add_row(f"FRE, fiducial registration error{stage} (RMS)", _mm(summary.fre_mm, "not registered"))
     for k, v in summary.predicted_tre_mm.items():
-        t.add_row(f"predicted TRE {k}{stage}", _mm(v))
+        t.add_row(f"predicted TRE at {_name(k)}{stage} (RMS)", _mm(v))
     if refined:
         sf = summary.surface
-        t.add_row("surface RMS", _mm(sf.get("rms_mm", math.nan)))
-        t.add_row("surface inliers", f"{sf.get('inlier_fraction', math.nan):.0%}")
-        t.add_row("surface constraint", f"{sf.get('constraint', math.nan):.3f}")
-        t.add_row("fiducials after surface (RMS)", _mm(sf.get("fiducial_rms_mm", math.nan)))
+        inliers = sf.get("inlier_fraction", math.nan)
+        constraint = sf.get("constraint", math.nan)
+        t.add_row("surface fit RMS", _mm(sf.get("rms_mm", math.nan)))
+        t.add_row("surface points on the bone", f"{inliers:.0%}" if math.isfinite(inliers) else "not measured")
+        t.add_row("surface constraint (0 = bone can slide, 1 = pinned)", f"{constraint:.2f}" if math.isfinite(constraint) else "not measured")
+        t.add_row("fiducials after surface fit (RMS)", _mm(sf.get("fiducial_rms_mm", math.nan)))
     for k, v in summary.verification_mm.items():
-        t.add_row(f"touch check {k}", _mm(v))
+        t.add_row(f"verification touch at {_name(k)}: distance from the planned point", _mm(v))
+    for k, v in getattr(summary, "stray_touches_mm", {}).items():
+        t.add_row(f"touch away from the landmarks (nearest: {_name(k)})", f"{v:.1f} mm from it: not a check")
     for k, v in getattr(summary, "tre_mm", {}).items():
-        t.add_row(f"true TRE {k}", _mm(v))
+        t.add_row(f"true TRE at {_name(k)} (vs phantom truth)", _mm(v))
     for k, v in getattr(summary, "guidance_error", {}).items():
-        t.add_row(f"guidance error {k}", f"{v:.3f}")
-    t.add_row("states", str(summary.states))
-    t.add_row("loop rate", f"{summary.loop_rate_hz:.0f} Hz" if math.isfinite(summary.loop_rate_hz) else "-")
-    t.add_row("latency p50 / p99", f"{summary.latency_p50_ms:.2f} / {summary.latency_p99_ms:.2f} ms"
-              if math.isfinite(summary.latency_p99_ms) else "-")
+        t.add_row(*_guidance_row(k, v))
+    t.add_row("navigation states computed", str(summary.states))
+    t.add_row("loop rate", f"{summary.loop_rate_hz:.0f} Hz" if math.isfinite(summary.loop_rate_hz) else "not measured")
+    t.add_row("latency receive -> state, p50 / p99", f"{summary.latency_p50_ms:.2f} / {summary.latency_p99_ms:.2f} ms"
+              if math.isfinite(summary.latency_p99_ms) else "not measured (replay)" if summary.replay_mismatches >= 0 else "not measured")
     if summary.replay_mismatches >= 0:
-        t.add_row("replay mismatches", str(summary.replay_mismatches))
+        t.add_row("replayed states that differ from the recording", str(summary.replay_mismatches))
     t.add_row("screenshots", str(len(summary.screenshots)))
     return t
 
 
 def navigate_cli(case: str | Path, *, igtl: str = "127.0.0.1:18944", duration_s: float | None = None, off_screen: bool = False,
                  stream_port: int | None = None, surface_points: int = 0, tools: str | Path | None = None,
-                 max_predicted_tre_mm: float | None = WorkflowConfig.max_predicted_tre_mm) -> Table:
+                 max_predicted_tre_mm: float | None = WorkflowConfig.max_predicted_tre_mm, stream_version: int = 1) -> Table:
     """``orthonav navigate``: navigate ``case`` with poses from an OpenIGTLink server; returns a rich table.
 
     Workflow events are printed as they happen. ``max_predicted_tre_mm``
@@ -93,12 +116,15 @@ def navigate_cli(case: str | Path, *, igtl: str = "127.0.0.1:18944", duration_s:
     tre_limit = max_predicted_tre_mm if max_predicted_tre_mm is not None and max_predicted_tre_mm > 0 else None
     toolset = load_toolset(tools) if tools is not None else default_toolset()
     source = IGTLClientSource(host, port, tools=toolset)
+    if stream_version not in (1, 2):
+        raise InputError(None, f"--stream-version must be 1 or 2, got {stream_version}")
     summary = navigate_case(case, source, duration_s=duration_s, off_screen=off_screen, toolset=toolset, stream_port=stream_port,
+                            stream_header_version=stream_version,
                             config=WorkflowConfig(surface_points=surface_points, max_predicted_tre_mm=tre_limit),
                             progress=lambda text: print(text, flush=True))
     table = summary_table(summary)
     if not summary.registered:
-        Console().print(table)
+        make_console().print(table)
         why = f"registration was refused: {summary.refusal}" if summary.refusal else "not every plan fiducial was digitised"
         raise RegistrationError(f"navigation ended without a registration: {why} (session recorded in {summary.session_dir})")
     return table

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from rich.console import Console
 from rich.live import Live
 
 from orthonav.cli.args import parse_host_port
+from orthonav.cli.console import make_console
 from orthonav.cli.track_view import tool_table
 from orthonav.tracking.frame import SourceHealth, TrackingFrame
 from orthonav.tracking.run import TrackSummary, calibrate_tool, open_source, run_track
@@ -47,7 +47,7 @@ def run_track_cli(*, igtl: str | None, listen: int | None, aruco: str | None, to
     allow = tuple(h.strip() for h in listen_allow.split(",") if h.strip()) if listen_allow else None
     source = open_source(igtl=igtl_address(igtl), listen=listen, aruco=aruco, ndi=ndi, replay=replay, tools=tools, camera=camera,
                          listen_allow=allow)
-    console = Console()
+    console = make_console()
     shown = [-math.inf]
 
     with Live(console=console, refresh_per_second=10, transient=False) as live:

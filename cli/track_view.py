@@ -12,6 +12,14 @@ from orthonav.tracking.frame import SourceHealth, ToolStatus, TrackingFrame
 _STYLE = {ToolStatus.LIVE: "green", ToolStatus.NOT_VISIBLE: "yellow", ToolStatus.TIMED_OUT: "red", ToolStatus.NEVER_SEEN: "dim"}
 
 
+def _num(x: float, fmt: str) -> str:
+    """``x`` formatted, or '-' when the tracker gave no figure (never 'nan'); no '-0.00'."""
+    if not math.isfinite(x):
+        return "-"
+    text = format(x, fmt)
+    return text.lstrip("-") if float(text) == 0.0 else text
+
+
 def tool_table(frame: TrackingFrame, health: SourceHealth) -> Table:
     """One row per tool: state, tip-free position of the marker (tracker frame, LPS mm), age, quality."""
     now = time.monotonic()
@@ -29,7 +37,8 @@ def tool_table(frame: TrackingFrame, health: SourceHealth) -> Table:
     for name, pose in sorted(frame.tools.items()):
         xyz = pose.tracker_from_tool[:3, 3] if pose.tracker_from_tool is not None else (math.nan,) * 3
         age = (now - pose.host_time_s) * 1e3 if math.isfinite(pose.host_time_s) else math.nan
-        t.add_row(name, f"[{_STYLE[pose.status]}]{pose.status.value}[/]", *(f"{v:.2f}" for v in xyz), f"{age:.0f}", f"{pose.quality:.3f}")
+        t.add_row(name, f"[{_STYLE[pose.status]}]{pose.status.value.replace('_', ' ')}[/]", *(_num(v, ".2f") for v in xyz),
+                  _num(age, ".0f"), _num(pose.quality, ".3f"))
     return t
 
 

@@ -15,7 +15,7 @@ Layout (a contract: later stages and external checks rely on these names)::
       guides/<bone>_guide.stl   patient-specific cutting guides          (plan)
       truth/                    phantom ground truth                     (phantom)
       print/phantom_*.stl       printable phantom parts                  (phantom)
-      validation/               accuracy protocol results                (validate)
+      validation/<run>/         accuracy protocol results, one folder a run (validate)
 """
 
 from __future__ import annotations

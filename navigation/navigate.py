@@ -101,6 +101,7 @@ def navigate_case(
     window_size: tuple[int, int] = (800, 600),
     stream_port: int | None = None,
     max_state_age_s: float = 0.5,
+    stream_header_version: int = 1,
 ) -> NavigationSummary:
     """Navigate ``case_dir`` with live poses from ``source`` for ``duration_s`` seconds.
 
@@ -136,6 +137,10 @@ def navigate_case(
         first one is reported through ``progress``. Names longer than OpenIGTLink's 20 bytes
         are shortened (:func:`~orthonav.navigation.igtl_names.device_name_map`; reported
         through ``progress`` and sent as the ``DeviceNames`` STRING).
+    stream_header_version
+        OpenIGTLink header version of the Slicer stream: 1 (any peer; a hidden tool is a STATUS
+        message) or 2 (Slicer 4.11+ / PLUS peers; every TRANSFORM carries ``TransformStatus``
+        metadata, MISSING for a hidden tool, as PLUS sends it).
     max_state_age_s
         The display shows NOT TRACKING when the newest navigation state is older than this
         (s): a stalled tracking thread never leaves the last poses on screen as live
@@ -174,7 +179,7 @@ def navigate_case(
         if stream_port is not None:
             from .stream import SlicerStream
 
-            streamer = SlicerStream(stream_port, bones=inputs.bones, cuts=inputs.context.cuts,
+            streamer = SlicerStream(stream_port, bones=inputs.bones, cuts=inputs.context.cuts, header_version=stream_header_version,
                                     tools=[t for t in inputs.context.toolset.by_name() if t != inputs.context.reference]).start()
     except BaseException:
         # Nothing half-made is left behind: no temporary session files, no window, no socket.

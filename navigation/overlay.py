@@ -38,7 +38,29 @@ GREY = (0.6, 0.6, 0.6)
 WHITE = (0.95, 0.95, 0.95)
 CUT_BLUE = (0.25, 0.6, 1.0)
 
+#: Knee cuts: their saw angles are flexion and varus (the other cuts get neutral words).
+KNEE_CUTS = frozenset({"distal_femur", "proximal_tibia", "anterior_femur", "posterior_femur", "anterior_chamfer", "posterior_chamfer"})
 BONE_COLOURS = {"femur": (0.93, 0.89, 0.78), "tibia": (0.88, 0.85, 0.74), "fibula": (0.85, 0.82, 0.72), "patella": (0.9, 0.8, 0.7)}
+
+
+#: The reslice strip's tiles, left to right.
+RESLICE_NAMES = ("axial", "coronal", "sagittal", "along the tool")
+
+
+def saw_angle_words(cut: str) -> tuple[str, str]:
+    """Readout words for the saw's two angles on ``cut`` (see
+    :mod:`orthonav.navigation.guidance`): the rotation about the medio-lateral axis and about
+    the antero-posterior axis. Knee cuts say flexion / varus; other cuts (a hip neck cut) say
+    which way the blade tilts, as knee words would mislead there."""
+    if cut in KNEE_CUTS:
+        return "Flexion", "Varus"
+    return "A-P tilt", "M-L tilt"
+
+
+def signed(x: float, digits: int = 1) -> str:
+    """``x`` with an explicit sign, but never ``-0.0`` / ``+0.0`` for a value that rounds to 0."""
+    text = f"{x:+.{digits}f}"
+    return text[1:] if float(text) == 0.0 else text
 
 
 def setup_offscreen_rendering() -> None:
@@ -233,6 +255,7 @@ class NavigationScene:
             self._strip_actor.SetPosition(10, 28)
             self._strip_actor.SetVisibility(False)
             pl.renderer.AddActor(self._strip_actor)
+            self.strip_note = self._text((10, 28 + self._tile + 4), 10)
 
     def _text(self, position: tuple[int, int], size: int, *, top: bool = False, centred: bool = False) -> vtk.vtkTextActor:
         actor = vtk.vtkTextActor()
@@ -292,11 +315,12 @@ class NavigationScene:
                 # The cut the blade is nearest to.
                 cut, g = min(state.saw.items(), key=lambda kv: abs(kv[1].distance_mm))
                 depth = "--" if not math.isfinite(g.remaining_depth_mm) else f"{g.remaining_depth_mm:.0f} mm"
+                flex_word, varus_word = saw_angle_words(cut)
                 lines += [
                     ("SAW", cut.replace("_", " "), WHITE),
-                    ("  Flexion", f"{g.flexion_deg:+.1f} deg", colour_for(g.flexion_deg, self.angle_tol)),
-                    ("  Varus", f"{g.varus_deg:+.1f} deg", colour_for(g.varus_deg, self.angle_tol)),
-                    ("  Distance", f"{g.distance_mm:+.1f} mm", colour_for(g.distance_mm, self.dist_tol)),
+                    (f"  {flex_word}", f"{signed(g.flexion_deg)} deg", colour_for(g.flexion_deg, self.angle_tol)),
+                    (f"  {varus_word}", f"{signed(g.varus_deg)} deg", colour_for(g.varus_deg, self.angle_tol)),
+                    ("  Distance", f"{signed(g.distance_mm)} mm", colour_for(g.distance_mm, self.dist_tol)),
                     ("  Depth left", depth, WHITE),
                 ]
             for name, g in list(state.drill.items())[:1]:
@@ -304,14 +328,15 @@ class NavigationScene:
                     ("DRILL", name, WHITE),
                     ("  Angle", f"{g.angle_deg:.1f} deg", colour_for(g.angle_deg, self.angle_tol)),
                     ("  Entry", f"{g.entry_offset_mm:.1f} mm", colour_for(g.entry_offset_mm, self.dist_tol)),
-                    ("  To target", f"{g.depth_to_target_mm:+.1f} mm", WHITE),
+                    ("  To target", f"{signed(g.depth_to_target_mm)} mm", WHITE),
                 ]
             ptr = state.tools.get("Pointer")
             if ptr is not None and ptr.live:
                 tip = ptr.tip_ct_mm
-                lines.append(("POINTER", f"{tip[0]:.0f} {tip[1]:.0f} {tip[2]:.0f}", WHITE))
+                lines.append(("POINTER", "tip, CT LPS mm", WHITE))
+                lines.append(("", f"{tip[0]:.0f}, {tip[1]:.0f}, {tip[2]:.0f}".replace("-0,", "0,"), WHITE))
                 if math.isfinite(state.pointer_to_bone_mm):
-                    lines.append((f"  To {state.pointer_bone}", f"{state.pointer_to_bone_mm:+.1f} mm", WHITE))
+                    lines.append((f"  To {state.pointer_bone}", f"{signed(state.pointer_to_bone_mm)} mm", WHITE))
         self._update_reslices(state if tracking else None)
         self.panel_labels.SetInput("\n".join(label for label, _v, _c in lines))
         for colour, actor in self.panel_values.items():
@@ -332,13 +357,18 @@ class NavigationScene:
                     break
         if tool is None:
             self._strip_actor.SetVisibility(False)
+            self.strip_note.SetInput("")
             return
         ts = state.tools[tool.name]
         tip = ts.tip_ct_mm
         planes = [ORIENTATIONS["axial"], ORIENTATIONS["coronal"], ORIENTATIONS["sagittal"], tool_plane_axes(ts.ct_from_tool, tool.axis_in_tool())]
         n = self._tile
+        empty = []
         for k, (u, v) in enumerate(planes):
-            grey = to_grey(reslice(self.ct, tip, u, v, size_mm=100.0, pixels=n))
+            hu = reslice(self.ct, tip, u, v, size_mm=100.0, pixels=n)
+            if not np.ptp(hu) > 0.0:  # all fill: the slice lies outside the CT
+                empty.append(RESLICE_NAMES[k])
+            grey = to_grey(hu)
             tile = np.repeat(grey[::-1, :, None], 3, axis=2)  # VTK rows go bottom -> top
             c = n // 2
             tile[c, :, :] = tile[c, :, :] // 2 + np.array([0, 90, 0], dtype=np.uint8)  # crosshair on the tip
@@ -350,6 +380,10 @@ class NavigationScene:
             self._strip[:, k * n : (k + 1) * n, :] = tile
         self._strip_image.Modified()
         self._strip_actor.SetVisibility(True)
+        note = f"CT at the {tool.name.lower()} tip: " + ", ".join(RESLICE_NAMES) + " (100 mm)"
+        if empty:
+            note += f"   {tool.name} tip outside the CT: no image in {', '.join(empty)}"
+        self._set_text(self.strip_note, note, AMBER if empty else GREY)
 
     def render(self) -> None:
         """Render the current scene (on screen: also process window events, non-blocking)."""

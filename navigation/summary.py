@@ -47,7 +47,12 @@ class NavigationSummary:
     plan_changed
         Replay only: ``plan.json`` differs from the one recorded (replayed with ``allow_changed_plan``).
     verification_mm
-        Check point -> distance of the pointer touch nearest to it after registration (mm).
+        Known point -> distance of the first verification touch of it after registration (mm):
+        only touches aimed at the point (within the workflow's check radius, see
+        :meth:`~orthonav.navigation.workflow.Workflow.check_radius_mm`) count.
+    stray_touches_mm
+        Nearest known point -> distance of a touch too far from it to be a check (mm): where the
+        pointer was, not an error figure.
     states, loop_rate_hz, latency_p50_ms, latency_p99_ms
         Live loop figures (NaN latency on replay).
     screenshots
@@ -68,6 +73,7 @@ class NavigationSummary:
     warnings: list[str] = field(default_factory=list)
     plan_changed: bool = False
     verification_mm: dict[str, float] = field(default_factory=dict)
+    stray_touches_mm: dict[str, float] = field(default_factory=dict)
     states: int = 0
     loop_rate_hz: float = math.nan
     latency_p50_ms: float = math.nan
@@ -90,6 +96,7 @@ class NavigationSummary:
             "warnings": self.warnings,
             "plan_changed": self.plan_changed,
             "verification_mm": self.verification_mm,
+            "stray_touches_mm": self.stray_touches_mm,
             "states": self.states,
             "loop_rate_hz": num(self.loop_rate_hz),
             "latency_p50_ms": num(self.latency_p50_ms),
@@ -113,6 +120,7 @@ def workflow_summary(workflow: Workflow, session_dir: Path | None, **figures: An
         surface=dict(reg.record.surface) if reg is not None else {},
         refusal=workflow.refusal,
         verification_mm=workflow.verification_by_point(),
+        stray_touches_mm=workflow.stray_by_point(),
         events=[e.text for e in workflow.events],
         **figures,
     )

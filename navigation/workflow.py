@@ -26,9 +26,12 @@ Phases
     :func:`~orthonav.navigation.registration.with_surface_stage`). A failed refinement keeps the
     paired-point registration and says so in the events.
 ``navigate``
-    Registered: states carry tool poses and guidance. Every further pointer dwell is a
-    verification touch: its CT position and the distance to the nearest known point (plan
-    landmarks and any check points given) are recorded.
+    Registered: states carry tool poses and guidance. Every further pointer dwell is a touch:
+    its CT position and the distance to the nearest known point (plan landmarks and any check
+    points given) are computed. It counts as a *verification* of that point only within
+    :meth:`Workflow.check_radius_mm` of it (3 x the TRE predicted there + a margin, at most
+    ``verify_radius_mm``): a touch farther away was meant for something else, so it is recorded
+    as a stray touch ("N mm from the nearest landmark X: not a check"), never as an error figure.
 """
 
 from __future__ import annotations
@@ -69,8 +72,12 @@ class WorkflowConfig:
         When the pointer has clearly moved on (3 captures in a row fit no fiducial) with at least
         this many fiducials labelled, register with those.
     verify_radius_mm
-        A touch after registration counts as verification of the nearest known point only
-        within this distance of it (other dwells are ignored).
+        Upper bound (mm) of the radius within which a touch after registration counts as a
+        verification of the nearest known point.
+    verify_tre_factor, verify_margin_mm
+        The radius of a check at a point is ``verify_tre_factor`` x the TRE predicted there +
+        ``verify_margin_mm`` (capped by ``verify_radius_mm``): a touch that far from the point
+        cannot be a registration error the prediction allows, so it was aimed elsewhere.
     fle_rms_mm
         FLE used for predicted TRE (None: estimated from the FRE).
     max_predicted_tre_mm
@@ -103,6 +110,8 @@ class WorkflowConfig:
     consistency_mm: float = 3.0
     min_fiducials: int = 4
     verify_radius_mm: float = 15.0
+    verify_tre_factor: float = 3.0
+    verify_margin_mm: float = 3.0
     surface_points: int = 0
     surface_spacing_mm: float = 3.0
     surface_band_mm: float = 5.0
@@ -121,12 +130,26 @@ class WorkflowConfig:
 
 @dataclass(frozen=True)
 class Verification:
-    """One verification touch after registration."""
+    """One pointer touch after registration, against the nearest known point."""
 
     name: str  #: nearest known point
     distance_mm: float  #: touched point to that known point (mm)
     p_ct_mm: NDArray[np.float64]  #: touched point in CT LPS (mm)
     host_time_s: float
+    radius_mm: float = math.inf  #: a touch within this distance of ``name`` checks it (mm)
+
+    @property
+    def is_check(self) -> bool:
+        """Whether the touch was aimed at ``name`` (within :attr:`radius_mm`), so its distance
+        is a verification figure; else it is a stray touch."""
+        return self.distance_mm <= self.radius_mm
+
+    def describe(self) -> str:
+        """One line for a user: the check's figure, or where a stray touch was."""
+        if self.is_check:
+            return f"verification at {self.name}: {self.distance_mm:.2f} mm"
+        return (f"touch {self.distance_mm:.1f} mm from the nearest landmark {self.name}: not a check "
+                f"(a check counts within {self.radius_mm:.1f} mm)")
 
 
 @dataclass(frozen=True)
@@ -184,7 +207,8 @@ class Workflow:
         self._surface_model = None
         self.surface_rejected: dict[str, float] | None = None
         self.registration: Registration | None = None
-        self.verifications: list[Verification] = []
+        self.verifications: list[Verification] = []  # touches aimed at a known point (checks)
+        self.stray_touches: list[Verification] = []  # touches too far from every known point
         self.events: list[WorkflowEvent] = []
         self.failed_registrations = 0
         #: Why registration was refused with every plan fiducial touched (navigation cannot start), else None.
@@ -296,10 +320,19 @@ class Workflow:
         names = list(self.check_points)
         d = [float(np.linalg.norm(p_ct - self.check_points[n])) for n in names]
         k = int(np.argmin(d))
-        if d[k] > self.config.verify_radius_mm:
-            return
-        self.verifications.append(Verification(names[k], d[k], p_ct, cap.host_time_s))
-        self.events.append(WorkflowEvent(cap.host_time_s, f"verification at {names[k]}: {d[k]:.2f} mm"))
+        touch = Verification(names[k], d[k], p_ct, cap.host_time_s, self.check_radius_mm(names[k]))
+        (self.verifications if touch.is_check else self.stray_touches).append(touch)
+        self.events.append(WorkflowEvent(cap.host_time_s, touch.describe()))
+
+    def check_radius_mm(self, name: str) -> float:
+        """Radius (mm) around known point ``name`` within which a touch verifies it:
+        ``verify_tre_factor`` x its predicted TRE + ``verify_margin_mm``, at most
+        ``verify_radius_mm`` (the cap alone when no TRE is predicted there)."""
+        cfg = self.config
+        tre = math.nan if self.registration is None else self.registration.record.predicted_tre_mm.get(name, math.nan)
+        if not math.isfinite(tre):
+            return cfg.verify_radius_mm
+        return min(cfg.verify_radius_mm, cfg.verify_tre_factor * tre + cfg.verify_margin_mm)
 
     def process(self, frame: TrackingFrame, *, clock: Callable[[], float] | None = time.monotonic) -> NavigationState:
         """Advance the workflow with one frame and return its navigation state."""
@@ -334,10 +367,20 @@ class Workflow:
         return compute_state(frame, self.ctx, clock=clock)
 
     def verification_by_point(self) -> dict[str, float]:
-        """Known point -> distance of the first touch nearest to it (mm)."""
+        """Known point -> distance of the first check touch of it (mm); stray touches are not checks."""
         out: dict[str, float] = {}
         for v in self.verifications:
             out.setdefault(v.name, v.distance_mm)
+        return out
+
+    def stray_by_point(self) -> dict[str, float]:
+        """Nearest known point -> distance of the first stray touch nearest to it (mm), for
+        points with no check touch (a touch too far away to verify anything)."""
+        checked = self.verification_by_point()
+        out: dict[str, float] = {}
+        for v in self.stray_touches:
+            if v.name not in checked:
+                out.setdefault(v.name, v.distance_mm)
         return out
 
 

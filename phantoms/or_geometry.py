@@ -1,5 +1,5 @@
 """What the scripted OR needs from a case: fiducials, targets, the cut the saw follows, the
-drill axis and the reference mount (:class:`ORGeometry`), from phantom truth and a plan.
+plan trajectory the drill follows and the reference mount (:class:`ORGeometry`), from phantom truth and a plan.
 
 Every position is CT LPS millimetres, every direction an LPS unit vector. The plan is asked
 through :mod:`orthonav.planning.query` (fiducials, the scored cut, medial directions), the
@@ -50,9 +50,8 @@ class KneeGeometry:
     cut_name
         Plan key of the cut (``distal_femur``, ``neck_left``, ...).
     trajectory_name, trajectory_entry_mm, trajectory_target_mm
-        An axis the drill tool is guided along ('' / None when the plan has none): the plan's
-        first trajectory, else (THA) the planned cup axis for the reamer / impactor, from
-        :func:`cup_trajectories`.
+        The plan trajectory the drill tool is guided along ('' / None when the plan has none):
+        :func:`plan_trajectory` (a THA plan's planned cup axis for the reamer / impactor).
     """
 
     fiducial_names: tuple[str, ...]
@@ -104,40 +103,16 @@ def scripted_medial(truth_landmarks: Mapping[str, object], plan: Plan, cut_bone:
     return query.medial_direction(plan, cut_bone)
 
 
-#: The reamer / impactor approaches the cup centre along the cup axis from this far out (mm).
-CUP_APPROACH_MM = 60.0
-
-
-def cup_trajectories(plan: object, *, approach_mm: float = CUP_APPROACH_MM) -> dict[str, tuple[str, Vec, Vec]]:
-    """The planned cup axis of every ``tha_cup`` implant as a reaming / impaction trajectory.
-
-    ``{"cup_axis_<side>": (bone, entry (3,), target (3,))}``: the target is the cup centre of
-    rotation (the implant frame's origin), the entry ``approach_mm`` out along the cup axis
-    (the implant frame's +z, out of the opening), so the tool axis entry -> target is -z.
-    """
-    out: dict[str, tuple[str, Vec, Vec]] = {}
-    for imp in _get(plan, "implants", []) or []:
-        if _get(imp, "family") != "tha_cup":
-            continue
-        m = np.asarray(_get(imp, "ct_from_implant"), dtype=np.float64)
-        bone = str(_get(imp, "bone", "hip"))
-        side = bone.rsplit("_", 1)[1] if bone.endswith(("_left", "_right")) else str(len(out) + 1)
-        out[f"cup_axis_{side}"] = (bone, m[:3, 3] + approach_mm * m[:3, 2], m[:3, 3].copy())
-    return out
-
-
-def _plan_trajectory(plan: object) -> tuple[str, Vec, Vec] | None:
-    """(name, entry, target) of the plan's first trajectory, else of its first cup axis."""
-    trajs = _get(plan, "trajectories", {}) or {}
-    if trajs:
-        name = min(trajs)
-        t = trajs[name]
-        return name, np.asarray(_get(t, "entry_lps_mm"), dtype=np.float64), np.asarray(_get(t, "target_lps_mm"), dtype=np.float64)
-    cups = cup_trajectories(plan)
-    if cups:
-        name = min(cups)
-        return name, cups[name][1], cups[name][2]
-    return None
+def plan_trajectory(plan: Plan) -> tuple[str, Vec, Vec] | None:
+    """(name, entry (3,), target (3,)) of the plan trajectory the scripted drill tool follows,
+    or None when the plan has none: the first in name order (a THA plan's planned cup axis
+    ``cup_axis_<side>``, stored by :func:`orthonav.planning.tha.cup_trajectories`). The script
+    takes it from the plan, as navigation does, so it never derives a path of its own."""
+    if not plan.trajectories:
+        return None
+    name = min(plan.trajectories)
+    t = plan.trajectories[name]
+    return name, np.asarray(t.entry_lps_mm, dtype=np.float64), np.asarray(t.target_lps_mm, dtype=np.float64)
 
 
 def geometry_from(truth: object, plan: Plan) -> KneeGeometry:
@@ -177,7 +152,7 @@ def geometry_from(truth: object, plan: Plan) -> KneeGeometry:
         raise InputError(None, "truth has no reference_mount_lps_mm")
     med, lat = lm("medial_epicondyle"), lm("lateral_epicondyle")
     near_cut = [med, lat] if med is not None and lat is not None else [cut_point]
-    traj = _plan_trajectory(plan)
+    traj = plan_trajectory(plan)
     return KneeGeometry(
         fiducial_names=tuple(names),
         fiducials_ct_mm=fid_true,
@@ -226,5 +201,5 @@ def toy_geometry(*, seed: int = 0) -> KneeGeometry:
     )
 
 
-__all__ = ["CUP_APPROACH_MM", "KneeGeometry", "ORGeometry", "cup_trajectories", "geometry_from", "geometry_from_case",
-           "scripted_medial", "toy_geometry"]
+__all__ = ["KneeGeometry", "ORGeometry", "geometry_from", "geometry_from_case", "plan_trajectory", "scripted_medial",
+           "toy_geometry"]

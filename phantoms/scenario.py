@@ -6,9 +6,9 @@ reference marker rigidly to the bone (``ct_from_reference`` at the phantom's ref
 and scripts the tools over time. Everything comes from the case (truth + plan), not from the
 kind of joint: :func:`~orthonav.phantoms.or_geometry.geometry_from` takes the fiducials, targets
 and reference mount from the phantom truth, the cut from the plan (a TKA's distal femoral cut,
-else the plan's first cut, e.g. a THA's femoral neck cut ``neck_<side>``) and an optional axis
-to guide the drill tool along (the plan's first trajectory, else a THA cup axis,
-:func:`~orthonav.phantoms.or_geometry.cup_trajectories`).
+else the plan's first cut, e.g. a THA's femoral neck cut ``neck_<side>``) and the plan
+trajectory to guide the drill tool along, if the plan has one (a THA plan's planned cup axis,
+:func:`~orthonav.phantoms.or_geometry.plan_trajectory`), the same one navigation guides against.
 
 1. The pointer visits every fiducial in the plan's order: it moves for ``move_s`` (lifting off
    the surface) and dwells ``dwell_s`` with its tip exactly at the TRUE fiducial (plus an

@@ -16,7 +16,8 @@ Two sources of numbers, one result type (:class:`ValidationResult`, built by
 Predicted TRE is Fitzpatrick, West & Maurer (1998), IEEE TMI 17(5), eq. 46
 (:func:`orthonav.navigation.registration.predict_tre`); the expected FRE is their eq. 10
 (:mod:`~orthonav.phantoms.validation_prediction`). Pass/fail limits come from
-:class:`ValidationConfig`. The report (HTML, plots, CSV, JSON in ``CASE/validation/``) is
+:class:`ValidationConfig`. The report (HTML, plots, CSV, JSON in a new folder of
+``CASE/validation/`` per run, so no run overwrites another) is
 :mod:`~orthonav.phantoms.validation_report`. All points are CT LPS millimetres.
 
 This module names the protocol's public API and runs it end to end (:func:`validate_and_report`);
@@ -30,7 +31,7 @@ from pathlib import Path
 from orthonav.core.errors import InputError
 
 from .validation_prediction import predicted_fre, predicted_tre_covariance, predicted_tre_percentile
-from .validation_report import write_validation_report
+from .validation_report import new_validation_dir, write_validation_report
 from .validation_result import (
     MIN_TRIALS_FOR_PREDICTION_CHECK,
     Check,
@@ -55,7 +56,11 @@ def validate_and_report(
     seed: int = 0,
     config: str | Path | None = None,
 ) -> tuple[ValidationResult, Path]:
-    """Run the accuracy protocol and write ``CASE/validation/``: what ``orthonav validate`` runs.
+    """Run the accuracy protocol and write its report: what ``orthonav validate`` runs.
+
+    Each call writes a new folder, never an earlier run's: ``CASE/validation/<session timestamp>/``
+    for a session, ``CASE/validation/simulated-<UTC time>/`` for a simulation (see
+    :func:`~orthonav.phantoms.validation_report.new_validation_dir`).
 
     Parameters
     ----------
@@ -72,7 +77,8 @@ def validate_and_report(
     Returns
     -------
     tuple[ValidationResult, Path]
-        The result (``result.passed`` for an exit code) and the path of ``report.html``.
+        The result (``result.passed`` for an exit code) and the path of the run's ``report.html``
+        (its folder holds the CSV and JSON files).
 
     Raises
     ------
@@ -105,6 +111,7 @@ __all__ = [
     "simulate_pivot",
     "simulate_validation",
     "validate_session",
+    "new_validation_dir",
     "write_validation_report",
     "validate_and_report",
 ]

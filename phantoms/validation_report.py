@@ -1,24 +1,31 @@
-"""The accuracy protocol's report: ``CASE/validation/`` with HTML, plots (matplotlib), CSV and JSON.
+"""The accuracy protocol's report: one folder per run in ``CASE/validation/`` with HTML, plots
+(matplotlib), CSV and JSON.
 
-Files (every write atomic)::
+Every run writes a new folder (:func:`new_validation_dir`), so no run overwrites another:
+``validation/<session timestamp>/`` for a recorded session (the name of its
+``sessions/<timestamp>/`` folder) and ``validation/simulated-<UTC time>/`` for a Monte Carlo
+simulation; a name already taken gets ``-2``, ``-3``, ... appended. Files of a run (every
+write atomic)::
 
-    validation/report.html            the report (tables, verdicts, the plots below)
-    validation/result.json            settings, limits, checks, summary and all raw numbers
-    validation/trials.csv             one row per trial: FRE and TRE at every target (mm)
-    validation/targets.csv            per target: predicted and measured RMS TRE, mean, p50, p95, max
-    validation/fiducials.csv          per fiducial: CT position, RMS residual after registration
-    validation/validation_tre.png             TRE per target (distribution over trials) with the prediction
-    validation/validation_tre_vs_predicted.png measured vs predicted RMS TRE, +-10 % band
-    validation/validation_fre.png             FRE distribution with Fitzpatrick's chi-square law
-    validation/validation_vectors.png         error vectors at the targets on the phantom picture
-    validation/validation_pivot.png           pivot calibration residuals (when poses are known)
+    <run>/report.html            the report (tables, verdicts, the plots below)
+    <run>/result.json            settings, limits, checks, summary and all raw numbers
+    <run>/trials.csv             one row per trial: FRE and TRE at every target (mm)
+    <run>/targets.csv            per target: predicted and measured RMS TRE, mean, p50, p95, max
+    <run>/fiducials.csv          per fiducial: CT position, RMS residual after registration
+    <run>/validation_tre.png             TRE per target (distribution over trials) with the prediction
+    <run>/validation_tre_vs_predicted.png measured vs predicted RMS TRE, +-10 % band
+    <run>/validation_fre.png             FRE distribution with Fitzpatrick's chi-square law
+    <run>/validation_vectors.png         error vectors at the targets on the phantom picture
+    <run>/validation_pivot.png           pivot calibration residuals (when poses are known)
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -360,9 +367,56 @@ def _software_version() -> str:
         return "OrthoNav (version unknown)"
 
 
-def write_validation_report(result: ValidationResult, case_dir: str | Path) -> Path:
-    """Write ``CASE/validation/`` (see the module docstring); returns the path of ``report.html``."""
-    out_dir = Case(case_dir).validation_dir
+def run_name(result: ValidationResult, *, now: datetime | None = None) -> str:
+    """The folder name of a validation run: the session's timestamp, or ``simulated-<UTC time>``.
+
+    Parameters
+    ----------
+    result
+        The run: ``mode == "session"`` names it after its session folder (``sessions/<timestamp>``).
+    now
+        The time of a simulation run (default: now, UTC), written ``%Y%m%dT%H%M%SZ``.
+    """
+    if result.mode == "session":
+        return Path(result.source).resolve().name or "session"
+    return "simulated-" + (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_validation_dir(result: ValidationResult, case_dir: str | Path) -> Path:
+    """Create and return a new, empty folder ``CASE/validation/<run>/`` for this run.
+
+    ``<run>`` is :func:`run_name`; when a folder of that name exists already (the same session
+    validated again, two simulations in one second), ``-2``, ``-3``, ... is appended. The folder
+    is claimed by ``mkdir`` itself, so two processes never share one.
+    """
+    parent = Case(case_dir).validation_dir
+    parent.mkdir(parents=True, exist_ok=True)
+    base = run_name(result)
+    for i in itertools.count(1):
+        path = parent / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def write_validation_report(result: ValidationResult, case_dir: str | Path, *, out_dir: str | Path | None = None) -> Path:
+    """Write one validation run (see the module docstring); returns the path of its ``report.html``.
+
+    Parameters
+    ----------
+    result
+        The figures of the run.
+    case_dir
+        The case; the run goes to a new folder of ``CASE/validation/`` (:func:`new_validation_dir`).
+    out_dir
+        Write into this folder instead (created if needed; files of the same names are replaced).
+    """
+    if out_dir is None:
+        out_dir = new_validation_dir(result, case_dir)
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_raw(result, out_dir)
     plots = {p.name: p for p in write_plots(result, out_dir)}
@@ -430,5 +484,5 @@ def write_validation_report(result: ValidationResult, case_dir: str | Path) -> P
                                                                                   pivot_sec, files], meta=meta)
 
 
-__all__ = ["PLOT_NAMES", "write_validation_report", "write_plots", "write_raw", "result_json", "plot_tre", "plot_tre_vs_predicted",
+__all__ = ["PLOT_NAMES", "new_validation_dir", "run_name", "write_validation_report", "write_plots", "write_raw", "result_json", "plot_tre", "plot_tre_vs_predicted",
            "plot_fre", "plot_vectors", "plot_pivot"]

@@ -31,6 +31,7 @@ _API = {
     "Landmark": "schema",
     "Plan": "schema",
     "load_plan": "schema",
+    "require": "schema",
     "save_plan": "schema",
     # planning a case
     "auto_plan": "auto",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from .markups import export_markups, import_markups, import_markups_into_case
     from .report import write_plan_report
     from .scene import render_plan
-    from .schema import Axis, CutPlane, ImplantPlacement, Landmark, Plan, load_plan, save_plan
+    from .schema import Axis, CutPlane, ImplantPlacement, Landmark, Plan, load_plan, require, save_plan
     from .session import PlanSession
     from .tha import ThaSession, build_tha_plan, tha_outcomes
     from .tka import TkaSession, build_tka_plan, limb_frames

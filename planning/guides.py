@@ -31,8 +31,12 @@ from orthonav.core.transforms import invert
 
 from .meshops import frame_from_plane, to_manifold, to_polydata, transform
 from .query import frames
-from .schema import CutPlane, Plan, load_plan
+from .schema import CutPlane, Plan, load_plan, require
 from .tka.plan import load_knee_meshes
+
+
+#: The cuts a guide is made for (distal femoral, proximal tibial).
+GUIDE_CUTS = ("distal_femur", "proximal_tibia")
 
 
 @dataclass(frozen=True)
@@ -131,20 +135,32 @@ def make_cutting_guide(bone_mesh: pv.PolyData, cut: CutPlane, anterior_lps: NDAr
 
 def write_guides(case_dir: str | Path, plan: Plan | None = None, *, spec: GuideSpec = GuideSpec()) -> dict[str, Path]:
     """Build and write ``CASE/guides/<bone>_guide.stl`` for the distal femoral and proximal
-    tibial cuts of ``plan`` (default: ``CASE/plan.json``)."""
+    tibial cuts of ``plan`` (default: ``CASE/plan.json``).
+
+    Raises
+    ------
+    SchemaError
+        The plan has no landmarks or neither of those cuts (e.g. a hip plan): nothing to write.
+    InputError
+        A cut's bone has no anterior direction in the plan (landmarks missing), or no mesh.
+    """
     case = Case(case_dir)
     if plan is None:
         plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
+    require(plan, case.plan, stage="cutting guides (knee plans only)", landmarks=True, cuts=GUIDE_CUTS)
     meshes = load_knee_meshes(case.root)
     fr = frames(plan)
     out: dict[str, Path] = {}
-    for key, anterior in (("distal_femur", fr.femur_anterior), ("proximal_tibia", fr.tibia_anterior)):
-        if key not in plan.cuts or anterior is None:
+    for key, anterior in zip(GUIDE_CUTS, (fr.femur_anterior, fr.tibia_anterior)):
+        if key not in plan.cuts:
             continue
         cut = plan.cuts[key]
+        if anterior is None:
+            raise InputError(case.plan, f"the plan's landmarks give no anterior direction of the {cut.bone}, which the "
+                                        f"{key.replace('_', ' ')} guide needs; re-run `orthonav plan CASE --auto`")
         g = make_cutting_guide(meshes[cut.bone], cut, anterior, spec=spec)
         out[cut.bone] = write_mesh(g.mesh(), case.guides_dir / f"{cut.bone}_guide.stl")
     return out
 
 
-__all__ = ["Guide", "GuideSpec", "make_cutting_guide", "write_guides"]
+__all__ = ["GUIDE_CUTS", "Guide", "GuideSpec", "make_cutting_guide", "write_guides"]

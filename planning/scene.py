@@ -19,18 +19,34 @@ from orthonav.core.errors import InputError
 
 from .landmarks import position
 from .query import frames
-from .schema import Plan, load_plan
+from .schema import Plan, load_plan, require
 from .tha.alignment import SIDES, app_frame
 
 BONE_COLOURS = {
     "femur": "#e8dcc0", "tibia": "#e0d2b0", "fibula": "#d8c8a0", "patella": "#d0c090",
     "hip_left": "#e4d8bc", "hip_right": "#e4d8bc", "sacrum": "#d8cca8", "femur_left": "#e8dcc0", "femur_right": "#e8dcc0",
 }
-CUT_COLOURS = {"distal_femur": "#2f7fd0", "proximal_tibia": "#d05a2f", "neck_left": "#2f7fd0", "neck_right": "#2f7fd0"}
+CUT_COLOURS = {"distal_femur": "#2f7fd0", "proximal_tibia": "#d05a2f", "neck_left": "#e07020", "neck_right": "#e07020"}
 CUT_RADIUS_MM = {"neck_left": 24.0, "neck_right": 24.0}
 IMPLANT_COLOURS = {"tha_cup": "#8fa8c8", "tha_stem": "#b0b8c8"}
 #: THA axes drawn as tubes from their origin: key prefix -> (length mm, colour)
 THA_AXES = {"acetabular_": (45.0, "#8040a0"), "femoral_neck_": (40.0, "#1060c0"), "femoral_shaft_": (90.0, "#607080")}
+#: What each colour of the scene means (legend entries): item name prefix -> label.
+LEGEND_LABELS = {
+    "landmark:fiducial_": "registration fiducials",
+    "landmark:": "anatomical landmarks",
+    "axis:femoral_mechanical": "femoral mechanical axis",
+    "axis:tibial_mechanical": "tibial mechanical axis",
+    "axis:transepicondylar": "transepicondylar axis",
+    "axis:acetabular_": "acetabular axis",
+    "axis:femoral_neck_": "femoral neck axis",
+    "axis:femoral_shaft_": "femoral shaft axis",
+    "axis:": "anatomical axes",
+    "cut:distal_femur": "distal femoral cut",
+    "cut:proximal_tibia": "proximal tibial cut",
+    "cut:neck_": "femoral neck cut",
+    "implant:": "implants",
+}
 VIEWS = ("anterior", "lateral", "medial", "posterior", "superior", "inferior")
 
 
@@ -96,6 +112,19 @@ def scene_items(plan: Plan, meshes: dict[str, pv.PolyData], *, implant_meshes: d
             m = implant_meshes[key].transform(np.asarray(imp.ct_from_implant), inplace=False)
             items.append(SceneItem(f"implant:{i}:{key}", "implant", m, IMPLANT_COLOURS.get(imp.family, "#b0b8c8"), 1.0))
     return items
+
+
+def legend_entries(items: list[SceneItem]) -> list[tuple[str, str]]:
+    """(label, colour) for each kind of thing drawn (first matching :data:`LEGEND_LABELS` prefix),
+    in drawing order, each label once."""
+    out: dict[str, str] = {}
+    for it in items:
+        if it.kind == "bone":
+            continue
+        label = next((v for k, v in LEGEND_LABELS.items() if it.name.startswith(k)), None)
+        if label is not None and label not in out:
+            out[label] = it.colour
+    return list(out.items())
 
 
 def view_camera(plan: Plan, view: str, *, distance_mm: float = 1400.0, whole_limb: bool = False) -> tuple[NDArray, NDArray, NDArray]:
@@ -221,11 +250,20 @@ def render_scene(
                 pl.camera.parallel_scale = 0.55 * max(h, w * aspect) / zoom
             else:
                 pl.camera.parallel_scale = 0.55 * _limb_length_mm(meshes) / zoom
-            label = f"{view} ({'hip' if plan.procedure == 'tha' else 'knee'})" if close else view
-            pl.add_text(label if title is None else f"{title} - {label}", font_size=9, color="black")
+            whole = "pelvis" if plan.procedure == "tha" else "whole limb"
+            label = f"{view}: {'hip' if plan.procedure == 'tha' else 'knee'} close-up" if close else f"{view}: {whole}"
+            pl.add_text(label if title is None else f"{title} - {label}", font_size=10, color="black")
+            if col == 0:
+                entries = legend_entries(items)
+                if entries:
+                    pl.add_legend(labels=[[lab, c] for lab, c in entries], bcolor="white", border=True, face="circle",
+                                  loc="lower left", size=(0.95, min(0.022 * len(entries), 0.3)), background_opacity=0.8)
             if col == n and plan.angles_deg:
                 txt = angle_text(plan)
-                pl.add_text(txt, position="lower_left", font_size=8, color="black")
+                actor = pl.add_text(txt, position="lower_left", font_size=11, color="black")
+                prop = actor.GetTextProperty()  # legible over the bones
+                prop.SetBackgroundColor(1.0, 1.0, 1.0)
+                prop.SetBackgroundOpacity(0.8)
         pl.render()
         out = write_with(png_path, lambda tmp: pl.screenshot(str(tmp)))
     finally:
@@ -237,7 +275,9 @@ def angle_text(plan: Plan) -> str:
     """The angle line(s) under the close-up panels (THA: per side, native and cup
     inclination / anteversion)."""
     if plan.procedure != "tha":
-        return "  ".join(f"{k} {v:.1f}" for k, v in plan.angles_deg.items())
+        words = {"hka": "HKA", "ldfa": "LDFA", "mpta": "MPTA", "slope": "slope", "femoral_rotation": "femoral rotation"}
+        parts = [f"{words.get(k, k.replace('_', ' '))} {v:.1f}" for k, v in plan.angles_deg.items()]
+        return "angles (deg): " + "  ".join(parts[:3]) + ("\n" + "  ".join(parts[3:]) if parts[3:] else "")
     a = plan.angles_deg
     lines = []
     for side in ("left", "right"):
@@ -257,6 +297,7 @@ def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str,
 
     case = Case(case_dir)
     plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
+    require(plan, case.plan, stage="a picture of the plan", landmarks=True, bones=True)
     meshes = load_case_meshes(case.root, plan.procedure)
     implant_meshes = None
     if plan.implants:

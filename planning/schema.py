@@ -118,6 +118,57 @@ def load_plan(path: str | Path) -> Plan:
     return load_model(path, Plan)
 
 
+def plan_bones(plan: Plan) -> set[str]:
+    """The bones a plan names (through its landmarks, cuts, trajectories and implants)."""
+    named = [lm.bone for lm in plan.landmarks.values()] + [c.bone for c in plan.cuts.values()]
+    named += [t.bone for t in plan.trajectories.values()] + [i.bone for i in plan.implants]
+    return {b for b in named if b}
+
+
+def require(plan: Plan, path: str | Path | None, *, stage: str, landmarks: bool = False, cuts: bool | tuple[str, ...] = False,
+            bones: bool = False, angles: bool = False) -> Plan:
+    """Check that ``plan`` holds what ``stage`` needs; return it unchanged.
+
+    A plan may legitimately be partial while it is being made (the planner loads and saves
+    such plans), so :func:`load_plan` accepts it; each stage that consumes a plan calls this
+    with what it needs, so ``{"schema_version": 1}`` alone is an error there, not an empty
+    result.
+
+    Parameters
+    ----------
+    plan, path
+        The plan and the file it came from (named in the error).
+    stage
+        What needs the plan, in words (``"the planning report"``).
+    landmarks, bones, angles
+        Require at least one landmark / one bone named by the plan / one alignment angle.
+    cuts
+        True: at least one cut; a tuple of cut names: at least one of them.
+
+    Raises
+    ------
+    SchemaError
+        Naming everything that is missing and how to make a complete plan.
+    """
+    from orthonav.core.errors import SchemaError
+
+    missing = []
+    if landmarks and not plan.landmarks:
+        missing.append("landmarks")
+    if bones and not plan_bones(plan):
+        missing.append("bones (no landmark, cut or implant names a bone)")
+    if angles and not plan.angles_deg:
+        missing.append("alignment angles")
+    if cuts is True and not plan.cuts:
+        missing.append("cuts")
+    elif isinstance(cuts, tuple) and not any(c in plan.cuts for c in cuts):
+        missing.append(f"{' or '.join(cuts)} cut" + (f" (it has {', '.join(plan.cuts)})" if plan.cuts else ""))
+    if missing:
+        raise SchemaError(path, f"the plan has no {' and no '.join(missing)}, needed by {stage}; "
+                                f"make a complete plan with `orthonav plan CASE --auto`")
+    return plan
+
+
 def save_plan(path: str | Path, plan: Plan) -> Path:
     """Atomically write ``plan.json``."""
     return save_model(path, plan)

@@ -2,10 +2,16 @@
 
 Bones, landmarks, axes, cut planes and implants; keys move the selected implant in its own
 frame (6 DoF), every move recomputes cuts and metrics (:class:`~orthonav.planning.tka.TkaSession`, or
-:class:`~orthonav.planning.tha.ThaSession` for a hip); a live text readout shows angles,
-component alignment, sizes and resections; ``u`` undoes, ``y`` redoes, ``s`` saves
-``plan.json``. Right-click picks a surface point for the landmark chosen with ``l`` (manual
-override).
+:class:`~orthonav.planning.tha.ThaSession` for a hip); a live readout shows angles,
+component alignment, sizes and resections in plain words with units; ``u`` undoes, ``y``
+redoes, ``s`` saves ``plan.json``.
+
+Landmarks move only on an explicit pick, never on hover: ``l`` chooses the landmark to place
+(again: the next one, ``L`` the previous; ``Escape`` cancels) and arms one placement; then a
+right-click on a bone (a click: press and release without dragging, so a right-drag still
+zooms) or ``p`` with the mouse over a bone places it at the picked surface point, and the
+placement is disarmed. The pick uses the window's own picker on the bone actors only; the
+drag widgets' hover highlighting (which picks on every mouse move) never reaches a landmark.
 
 Drag widgets: each movable implant carries an affine widget (arrows translate, rings
 rotate; the move is committed when the mouse button is released), and each
@@ -16,10 +22,16 @@ by the rigid motion that carries the old plane onto the new one; a cut without a
 moved itself. Every drag is one :class:`PlanSession` edit: cuts and metrics are recomputed and
 ``u`` undoes it.
 
+What is selected is visible at once: the selected implant is drawn in the selection colour
+(:data:`SELECTED_COLOUR`) and named on the readout's first line; a landmark armed for placement
+carries a halo and its own line. The window's keys are its own: PyVista's and VTK's default
+bindings of the same keys (camera reset on ``r``, fly-to on ``f``, isometric view on ``v``,
+zoom on the arrows) are removed.
+
 The key and widget handling is a plain object (:class:`PlanEditor`: ``handle_key``,
-``drag_implant``, ``drag_cut``) so it is tested without a display; :func:`open_plan_window`
-only wires it to a plotter. Implant actors are moved with ``actor.user_matrix`` (never
-rebuilt); cut discs are re-placed the same way.
+``drag_implant``, ``drag_cut``, ``pick``) so it is tested without a display;
+:func:`open_plan_window` only wires it to a plotter. Implant actors are moved with
+``actor.user_matrix`` (never rebuilt); cut discs are re-placed the same way.
 """
 
 from __future__ import annotations
@@ -109,15 +121,73 @@ READOUT_METRICS = (
     "tibial_coverage_fraction",
     "tibial_max_overhang_mm",
 )
-
-
 THA_READOUT_PREFIXES = ("leg_length_change_", "global_offset_change_", "cup_coverage_", "cup_reaming_depth_", "stem_cortex_clearance_")
+#: keys the window binds (PyVista's and VTK's own bindings of these keys are removed)
+WINDOW_KEYS = (*MOVE_KEYS, "Tab", "u", "y", "s", "l", "L", "p", "Escape")
+#: colour of the selected implant (the others keep their own)
+SELECTED_COLOUR = "#ff9900"
+
+#: plain names of angles and metrics (key without its unit suffix -> words)
+PLAIN_NAMES = {
+    "hka": "Hip-knee-ankle angle (HKA)",
+    "ldfa": "Lateral distal femoral angle (LDFA)",
+    "mpta": "Medial proximal tibial angle (MPTA)",
+    "slope": "Tibial slope",
+    "femoral_rotation": "Femoral rotation",
+    "predicted_hka": "Predicted HKA",
+    "femoral_component_coronal": "Femoral component, coronal",
+    "femoral_component_rotation": "Femoral component, rotation",
+    "tibial_component_coronal": "Tibial component, coronal",
+    "tibial_component_slope": "Tibial component, slope",
+    "femur_removed_volume": "Femur bone removed",
+    "tibia_removed_volume": "Tibia bone removed",
+    "tibial_coverage": "Tibial coverage",
+    "tibial_max_overhang": "Tibial max overhang",
+    "leg_length_change": "Leg length change",
+    "global_offset_change": "Global offset change",
+    "cup_coverage": "Cup coverage",
+    "cup_reaming_depth": "Cup reaming depth",
+    "stem_cortex_clearance": "Stem clearance to cortex",
+}
+FAMILY_NAMES = {"tka_femoral": "Femoral component", "tka_tibial_tray": "Tibial tray", "tka_insert": "Tibial insert",
+                "tha_cup": "Acetabular cup", "tha_stem": "Femoral stem"}
+
+
+def plain_name(key: str) -> str:
+    """Words for an angle / metric / landmark / cut key: the known name, else the key with
+    spaces, its side (``_left`` / ``_right``) in parentheses; unit suffixes dropped."""
+    k = key
+    for suffix in ("_deg", "_mm3", "_mm2", "_mm", "_fraction"):
+        if k.endswith(suffix):
+            k = k[: -len(suffix)]
+            break
+    side = ""
+    for sd in ("left", "right"):
+        if k.endswith(f"_{sd}"):
+            k, side = k[: -len(sd) - 1], f" ({sd})"
+    words = PLAIN_NAMES.get(k, k.replace("_", " "))
+    return (words[0].upper() + words[1:] if words else words) + side
+
+
+def value_text(key: str, value: float) -> str:
+    """A value with its unit, from the key's suffix: degrees, mm, cm^3 (from mm^3), % (from a
+    fraction); angles without a suffix (``angles_deg`` keys) are degrees."""
+    if key.endswith("_mm3"):
+        return f"{value / 1000.0:.1f} cm\u00b3"
+    if key.endswith("_mm2"):
+        return f"{value:.0f} mm\u00b2"
+    if key.endswith("_mm"):
+        return f"{value:+.1f} mm" if "change" in key else f"{value:.1f} mm"
+    if key.endswith("_fraction") or key.startswith("cup_coverage_"):
+        return f"{100.0 * value:.0f} %"
+    return f"{value:.1f}\u00b0"
 
 
 class PlanEditor:
     """Key-driven editing of a :class:`PlanSession` (no rendering).
 
     ``handle_key(key)`` returns True when the plan changed (the view must refresh).
+    A landmark moves only through :meth:`pick` while one is armed (``l``), once per arming.
     """
 
     def __init__(self, session: PlanSession, *, save_to: str | Path | None = None) -> None:
@@ -126,6 +196,8 @@ class PlanEditor:
         self.selected = 0
         self.landmark_names = sorted(k for k in session.plan.landmarks if not k.startswith("fiducial_"))
         self.landmark_index = 0
+        #: True while a landmark is armed for one placement (``l``); a pick places it and disarms
+        self.placing = False
         self.message = ""
 
     @property
@@ -146,15 +218,26 @@ class PlanEditor:
             if key == "Tab":
                 self.selected += 1
                 return False
-            if key == "l":
-                self.landmark_index += 1
-                self.message = f"right-click a bone to place {self.selected_landmark}"
+            if key in ("l", "L"):
+                if not self.landmark_names:
+                    raise InputError(None, "the plan has no landmarks to place")
+                if self.placing:
+                    self.landmark_index += 1 if key == "l" else -1
+                self.placing = True
+                self.message = ""
+                return False
+            if key == "Escape":
+                if self.placing:
+                    self.placing = False
+                    self.message = "landmark placement cancelled"
                 return False
             if key == "u":
                 self.session.undo()
+                self.message = "undone (y redoes)"
                 return True
             if key == "y":
                 self.session.redo()
+                self.message = "redone"
                 return True
             if key == "s":
                 if self.save_to is None:
@@ -199,7 +282,7 @@ class PlanEditor:
             self.message = str(e)
             return False
         imp = self.session.plan.implants[index]
-        self.message = f"{imp.family} ({imp.bone}) moved"
+        self.message = f"{FAMILY_NAMES.get(imp.family, imp.family)} ({imp.bone.replace('_', ' ')}) moved (u undoes)"
         return True
 
     def cut_owner(self, cut_name: str) -> int | None:
@@ -227,7 +310,7 @@ class PlanEditor:
             if np.dot(n, n_old) < 0:  # a plane widget's normal has no side: keep the cut's
                 n = -n
             motion = plane_motion(np.asarray(cut.point_lps_mm), n_old, np.asarray(origin, dtype=float), n)
-            if np.allclose(motion, np.eye(4), atol=1e-9):
+            if np.allclose(motion, np.eye(4), atol=1e-6):  # a drag within the plane (or float noise): nothing moved
                 return False
             owner = self.cut_owner(cut_name)
             if owner is not None:
@@ -239,42 +322,87 @@ class PlanEditor:
         except InputError as e:
             self.message = str(e)
             return False
-        self.message = f"{cut_name} cut moved"
+        self.message = f"{plain_name(cut_name)} cut moved (u undoes)"
         return True
 
     def pick(self, point_lps_mm) -> bool:
-        """Place the selected landmark at a picked surface point."""
+        """Place the armed landmark at a picked surface point (LPS mm) and disarm; one
+        undoable edit. Without an armed landmark nothing moves (False, with a message)."""
         name = self.selected_landmark
-        if name is None:
+        if name is None or not self.placing:
+            self.message = "press l to choose a landmark first; a click moves no landmark otherwise"
             return False
-        self.session.set_landmark(name, point_lps_mm, method="manual (picked)")
-        self.message = f"{name} moved"
+        try:
+            self.session.set_landmark(name, point_lps_mm, method="manual (picked)")
+        except InputError as e:
+            self.message = str(e)
+            return False
+        self.placing = False
+        self.message = f"{plain_name(name)} placed (u undoes)"
         return True
 
-    def readout(self) -> str:
-        """The live text: selection, angles, component alignment, sizes, resections."""
+    def header(self) -> str:
+        """The selection line(s): the selected implant, and the landmark armed for placement."""
         p: Plan = self.session.plan
         lines = []
         sel = self.selected_implant
         if sel is not None:
             imp = p.implants[sel]
-            lines.append(f"selected: {imp.family} size {imp.size} on {imp.bone}   (Tab next; drag arrows/rings or a cut plane; arrows/PgUp/PgDn move, r/v/f rotate; l + right-click: landmark; u undo, s save)")
-        if p.procedure == "tha":
-            from .scene import angle_text
+            lines.append(f"Selected: {FAMILY_NAMES.get(imp.family, imp.family)} size {imp.size} on the {imp.bone.replace('_', ' ')}")
+        if self.placing and self.selected_landmark is not None:
+            lines.append(f"Placing landmark: {plain_name(self.selected_landmark)} - right-click the bone (or p over it); Esc cancels")
+        return "\n".join(lines)
 
-            lines.append(angle_text(p))
+    def readout(self) -> str:
+        """The live text: selection, angles, component alignment, sizes, resections, in plain
+        words with units (degrees, mm, cm\u00b3, %)."""
+        p: Plan = self.session.plan
+        lines = [self.header()] if self.header() else []
+        if p.procedure == "tha":
+            a = p.angles_deg
+            for sd in ("left", "right"):
+                ci, ca = a.get(f"cup_inclination_{sd}"), a.get(f"cup_anteversion_{sd}")
+                ni, na = a.get(f"acetabular_inclination_{sd}"), a.get(f"acetabular_anteversion_{sd}")
+                if ci is not None and ca is not None:
+                    native = f"  (native {ni:.1f}\u00b0 / {na:.1f}\u00b0)" if ni is not None and na is not None else ""
+                    lines.append(f"Cup inclination / anteversion ({sd}): {ci:.1f}\u00b0 / {ca:.1f}\u00b0{native}")
+                elif ni is not None and na is not None:
+                    lines.append(f"Native acetabular inclination / anteversion ({sd}): {ni:.1f}\u00b0 / {na:.1f}\u00b0")
         else:
-            lines.append("  ".join(f"{k} {v:.1f}" for k, v in p.angles_deg.items()))
-        lines.append("  ".join(f"{k.replace('_deg', '').replace('_mm3', '').replace('_mm', '')} {p.metrics[k]:.1f}" for k in READOUT_METRICS if k in p.metrics))
-        tha = [k for k in p.metrics if k.startswith(THA_READOUT_PREFIXES)]
-        if tha:
-            lines.append("  ".join(f"{k.replace('_mm', '').replace('_fraction', '')} {p.metrics[k]:.2f}" for k in tha))
+            lines += [f"{plain_name(k)}: {value_text(k, v)}" for k, v in p.angles_deg.items()]
+        lines += [f"{plain_name(k)}: {value_text(k, p.metrics[k])}" for k in READOUT_METRICS if k in p.metrics]
+        lines += [f"{plain_name(k)}: {value_text(k, p.metrics[k])}" for k in p.metrics if k.startswith(THA_READOUT_PREFIXES)]
         for key, c in p.cuts.items():
             if c.depths_mm:
-                lines.append(f"{key}: " + ", ".join(f"{n} {d:.1f} mm" for n, d in c.depths_mm.items()))
+                lines.append(f"{plain_name(key)} cut: " + ", ".join(f"{plain_name(n).lower()} {d:.1f} mm" for n, d in c.depths_mm.items()))
         if self.message:
             lines.append(self.message)
         return "\n".join(lines)
+
+
+HELP_TEXT = (
+    "Tab: next implant   arrows, PgUp/PgDn: move 0.5 mm   r/R v/V f/F: rotate 1\u00b0   or drag its arrows/rings or a cut plane\n"
+    "l: choose a landmark (again: next, L: previous), then right-click the bone or press p over it; Esc: cancel   "
+    "u: undo   y: redo   s: save plan.json"
+)
+
+
+def _silence_default_keys(pl, keys) -> None:
+    """Make ``keys`` the window's own: drop PyVista's default callbacks for them (isometric
+    view on ``v``, zoom on the arrows) and hide them from VTK's interactor style, whose
+    character handler would otherwise also act (reset camera on ``r``, fly-to on ``f``,
+    surface / wireframe on ``s``, pick on ``p``). The style is replaced while a widget is
+    dragged, so this is an interactor observer that runs before any style's and blanks the
+    key code of those keys (the key symbol, which the window's callbacks use, is kept)."""
+    for key in keys:
+        pl.clear_events_for_key(key)
+    singles = {k for k in keys if len(k) == 1}
+
+    def blank(obj, _event) -> None:
+        if obj.GetKeySym() in singles or obj.GetKeyCode() in singles:
+            obj.SetKeyCode("\0")
+
+    pl.iren.interactor.AddObserver("CharEvent", blank, 100.0)
 
 
 def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready: Callable[[object], None] | None = None) -> PlanEditor:
@@ -282,8 +410,13 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
     ``off_screen``; ``on_ready(plotter)`` runs before showing, e.g. to screenshot or to
     drive the widgets: ``plotter.orthonav_widgets`` maps ``'implant:<index>'`` to each movable
     implant's affine widget and ``'cut:<name>'`` to each cut's plane widget;
-    ``plotter.orthonav_editor`` is the :class:`PlanEditor`)."""
+    ``plotter.orthonav_editor`` is the :class:`PlanEditor`; ``plotter.orthonav_actors`` the
+    scene's actors by name (``'implant:<index>'``, ``'landmark:<name>'``, ...);
+    ``plotter.orthonav_text`` the ``'header'``, ``'readout'`` and ``'help'`` text actors;
+    ``plotter.orthonav_pick_at(x, y)`` picks the bones at a display position (pixels) as a
+    right-click there does)."""
     import pyvista as pv
+    import vtk
 
     from .auto import load_case_meshes, session_for
     from .implants import implant_meshes_for
@@ -307,16 +440,65 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
     pl.set_background("white")
     implant_meshes = implant_meshes_for(session.plan)
     actors: dict[str, object] = {}
+    bone_actors = []
     for it in scene_items(session.plan, meshes, implant_meshes=None):
         actors[it.name] = pl.add_mesh(it.mesh, color=it.colour, opacity=it.opacity, smooth_shading=it.kind == "bone", pickable=it.kind == "bone")
+        if it.kind == "bone":
+            bone_actors.append(actors[it.name])
     for i, imp in enumerate(session.plan.implants):
         a = pl.add_mesh(implant_meshes[f"{imp.family}:{imp.size}"], color=IMPLANT_COLOURS.get(imp.family, "#b0b8c8"), smooth_shading=True, pickable=False)
         a.user_matrix = np.asarray(imp.ct_from_implant)
         actors[f"implant:{i}"] = a
-    text = pl.add_text(editor.readout(), position="upper_left", font_size=9, color="black")
+    halo = pl.add_mesh(pv.Sphere(radius=6.0, theta_resolution=24, phi_resolution=24), color="#ffd000", opacity=0.55, pickable=False)
+    halo.visibility = False
+
+    def text_box(text: str, y: float, size_px: int, colour: str, top: bool):
+        """A fixed-size text block (pixels, not shrunk to fit) on a light box, left-aligned."""
+        t = pl.add_text(text, position=(0.008, y), viewport=True, font_size=size_px // 2, color=colour)
+        prop = t.GetTextProperty()
+        prop.SetFontSize(size_px)
+        prop.SetVerticalJustificationToTop() if top else prop.SetVerticalJustificationToBottom()
+        prop.SetBackgroundColor(1.0, 1.0, 1.0)
+        prop.SetBackgroundOpacity(0.88)
+        prop.SetFrame(True)
+        prop.SetFrameColor(0.55, 0.55, 0.55)
+        prop.SetLineSpacing(1.15)
+        return t
+
+    head = text_box(editor.header(), 0.99, 20, "#8a3c00", True)
+    head.GetTextProperty().BoldOn()
+    text = text_box("", 0.99, 16, "#101010", True)
+    help_text = text_box(HELP_TEXT, 0.01, 14, "#202020", False)
     widgets: dict[str, object] = {}
     pv.set_new_attribute(pl, "orthonav_widgets", widgets)
     pv.set_new_attribute(pl, "orthonav_editor", editor)
+    pv.set_new_attribute(pl, "orthonav_actors", actors)
+    pv.set_new_attribute(pl, "orthonav_text", {"header": head, "readout": text, "help": help_text})
+
+    def set_readout() -> None:
+        """The selection header on top (bold), the readout under it (its own header lines
+        dropped), the selection colours and the armed landmark's halo."""
+        h = editor.header()
+        head.SetInput(h)
+        head.SetVisibility(bool(h))
+        body = editor.readout()
+        if h and body.startswith(h):
+            body = body[len(h):].lstrip("\n")
+        text.SetInput(body)
+        n_head = h.count("\n") + 1 if h else 0
+        text.GetPositionCoordinate().SetValue(0.008, 0.99 - n_head * 27.0 / max(pl.window_size[1], 1))
+        sel = editor.selected_implant
+        for i, imp in enumerate(session.plan.implants):
+            colour = SELECTED_COLOUR if i == sel else IMPLANT_COLOURS.get(imp.family, "#b0b8c8")
+            actors[f"implant:{i}"].prop.color = colour
+        name = editor.selected_landmark
+        if editor.placing and name is not None and name in session.plan.landmarks:
+            m = np.eye(4)
+            m[:3, 3] = session.plan.landmarks[name].position_lps_mm
+            halo.user_matrix = m
+            halo.visibility = True
+        else:
+            halo.visibility = False
 
     def add_implant_widgets() -> None:
         """One affine widget per movable implant (arrows translate, rings rotate)."""
@@ -343,7 +525,9 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
             if w is not None:
                 w.SetNormal(*c.normal_lps)
                 w.SetOrigin(*c.point_lps_mm)
-        text.SetText(2, editor.readout())
+        set_readout()
+
+    shown_landmarks: list[object] = [session.plan.landmarks]
 
     def refresh() -> None:
         p = session.plan
@@ -352,6 +536,13 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
             if name in actors:
                 pl.remove_actor(actors[name])
                 actors[name] = pl.add_mesh(cut_disc(np.asarray(c.point_lps_mm), np.asarray(c.normal_lps), CUT_RADIUS_MM.get(key, 45.0)), color=CUT_COLOURS.get(key, "#2f7fd0"), opacity=0.6, pickable=False)
+        if p.landmarks != shown_landmarks[0]:  # a pick, or its undo: landmarks and the axes through them
+            for it in scene_items(p, {}, implant_meshes=None):
+                if it.kind in ("landmark", "axis"):
+                    if it.name in actors:
+                        pl.remove_actor(actors[it.name])
+                    actors[it.name] = pl.add_mesh(it.mesh, color=it.colour, opacity=it.opacity, pickable=False)
+            shown_landmarks[0] = p.landmarks
         sync()
         pl.render()
 
@@ -359,11 +550,52 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
         if editor.handle_key(k):
             refresh()
         else:
-            text.SetText(2, editor.readout())
+            set_readout()
+            pl.render()
 
-    for key in (*MOVE_KEYS, "Tab", "u", "y", "s", "l"):
-        pl.add_key_event(key, lambda k=key: on_key(k))
-    pl.enable_surface_point_picking(callback=lambda p: editor.pick(p) and refresh(), show_point=False, left_clicking=False, show_message=False)
+    picker = vtk.vtkCellPicker()
+    picker.SetTolerance(0.0005)
+    picker.PickFromListOn()
+    for a in bone_actors:
+        picker.AddPickList(a)
+
+    def pick_at(x: int, y: int) -> bool:
+        """Pick the bones at display position (x, y) (pixels) for the armed landmark."""
+        if not editor.placing:
+            editor.pick(None)  # says how to choose one; moves nothing
+            set_readout()
+            pl.render()
+            return False
+        if not picker.Pick(x, y, 0, pl.renderer):
+            editor.message = "no bone under the mouse: nothing placed"
+            set_readout()
+            pl.render()
+            return False
+        moved = editor.pick(np.asarray(picker.GetPickPosition(), dtype=float))
+        refresh()
+        return moved
+
+    pv.set_new_attribute(pl, "orthonav_pick_at", pick_at)
+    _silence_default_keys(pl, WINDOW_KEYS)
+    for key in WINDOW_KEYS:
+        if key != "p":
+            pl.add_key_event(key, lambda k=key: on_key(k))
+    pl.add_key_event("p", lambda: pick_at(*pl.iren.interactor.GetEventPosition()))
+    press_at: list[tuple[int, int]] = []
+
+    def right_press(obj, _event) -> None:
+        press_at[:] = [obj.GetEventPosition()]
+
+    def right_release(obj, _event) -> None:
+        """A right click (released within 3 px of its press) picks; a right drag zooms only."""
+        if press_at:
+            (x0, y0), (x1, y1) = press_at[0], obj.GetEventPosition()
+            press_at.clear()
+            if abs(x1 - x0) <= 3 and abs(y1 - y0) <= 3:
+                pick_at(x1, y1)
+
+    pl.iren.interactor.AddObserver("RightButtonPressEvent", right_press, 100.0)
+    pl.iren.interactor.AddObserver("RightButtonReleaseEvent", right_release, 100.0)
     for key in WIDGET_CUTS:
         c = session.plan.cuts.get(key)
         if c is None:
@@ -377,6 +609,7 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
             color=CUT_COLOURS.get(key, "#2f7fd0"), implicit=True, test_callback=False, outline_translation=False, interaction_event="end",
         )
     add_implant_widgets()
+    set_readout()
     pos, focal, up = view_camera(session.plan, "anterior")
     pl.camera_position = [tuple(pos), tuple(focal), tuple(up)]
     pl.camera.parallel_projection = True
@@ -393,4 +626,4 @@ def open_plan_window(case_dir: str | Path, *, off_screen: bool = False, on_ready
 #: The name the CLI calls (``orthonav plan CASE``).
 open_planner = open_plan_window
 
-__all__ = ["CUT_OWNERS", "MOVE_KEYS", "PlanEditor", "open_plan_window", "open_planner", "plane_motion"]
+__all__ = ["CUT_OWNERS", "MOVE_KEYS", "SELECTED_COLOUR", "WINDOW_KEYS", "PlanEditor", "open_plan_window", "open_planner", "plain_name", "plane_motion", "value_text"]

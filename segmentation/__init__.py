@@ -17,7 +17,8 @@ from orthonav.core import lazy_exports
 
 #: module (relative to this package) -> the public names it gives the package namespace.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "importer": ("SeriesInfo", "list_dicom_series", "read_dicom_ct", "check_looks_like_ct", "import_source"),
+    "importer": ("SeriesInfo", "ImportSummary", "list_dicom_series", "read_dicom_ct", "check_looks_like_ct", "import_ct", "import_source"),
+    "image_checks": ("ImageHeader", "memory_limit_bytes", "check_image_file", "read_checked_volume"),
     "classical": ("ANATOMIES", "Segmentation", "ClassicalParams", "segment_classical"),
     "naming": ("RegionInfo", "detect_anatomy", "name_regions"),
     "meshing": ("mask_mesh", "label_meshes", "is_watertight"),
@@ -33,7 +34,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EXPORTS``
     from .classical import ANATOMIES, ClassicalParams, Segmentation, segment_classical
     from .evaluate import BoneScores, evaluate_paths, evaluate_segmentation, score_masks, scores_table, write_scores_json
-    from .importer import SeriesInfo, check_looks_like_ct, import_source, list_dicom_series, read_dicom_ct
+    from .image_checks import ImageHeader, check_image_file, memory_limit_bytes, read_checked_volume
+    from .importer import ImportSummary, SeriesInfo, check_looks_like_ct, import_ct, import_source, list_dicom_series, read_dicom_ct
     from .meshing import is_watertight, label_meshes, mask_mesh
     from .naming import RegionInfo, detect_anatomy, name_regions
     from .pipeline import BACKENDS, BoneSummary, SegmentationSummary, load_segmentation, mesh_case, run_backend, segment_case

@@ -208,15 +208,16 @@ def test_guides_written_and_report(knee):
     html = write_plan_report(case)
     assert html == case / "report" / "plan.html"
     text = html.read_text(encoding="utf-8")
-    for key in ("hka", "ldfa", "mpta", "slope", "femoral_rotation", "tka_femoral", "femur_guide.stl", "@media print"):
+    # plain names, not snake_case keys (issue 18)
+    for key in ("HKA", "LDFA", "MPTA", "slope", "femoral rotation", "TKA femoral", "femur_guide.stl", "@media print"):
         assert key in text
-    assert f"{plan.angles_deg['hka']:.2f}" in text
+    assert f"{plan.angles_deg['hka']:.1f}" in text  # angles shown to 0.1 deg (issue 18)
     assert (case / "report" / "plan_views.png").stat().st_size > 10_000
 
 
 def test_plan_editor_keys_and_offscreen_window(knee, tmp_path):
     from orthonav.planning.tka.session import TkaSession as PlanSession
-    from orthonav.planning.ui import PlanEditor, open_plan_window
+    from orthonav.planning.ui import FAMILY_NAMES, PlanEditor, open_plan_window
 
     _, case, plan = knee
     ed = PlanEditor(PlanSession(plan, load_bone_meshes(case)), save_to=tmp_path / "plan.json")
@@ -225,7 +226,7 @@ def test_plan_editor_keys_and_offscreen_window(knee, tmp_path):
     assert ed.handle_key("Up") is True
     m1 = np.asarray(ed.session.plan.implants[ed.selected_implant].ct_from_implant)
     np.testing.assert_allclose(m1[:3, 3] - m0[:3, 3], 0.5 * m0[:3, 2], atol=1e-9)  # 0.5 mm along its own z
-    assert "predicted_hka" in ed.readout() and fam in ed.readout()
+    assert "Predicted HKA" in ed.readout() and FAMILY_NAMES[fam] in ed.readout()  # plain names (issue 14)
     assert ed.handle_key("u") is True
     np.testing.assert_allclose(ed.session.plan.implants[ed.selected_implant].ct_from_implant, m0)
     assert ed.handle_key("u") is False and "nothing to undo" in ed.message

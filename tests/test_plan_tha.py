@@ -222,6 +222,34 @@ def test_session_edits_recompute_angles_leg_length_and_undo(hip):
     assert s.plan.metrics["cup_coverage_left_fraction"] == pytest.approx(plan.metrics["cup_coverage_left_fraction"])
 
 
+def test_cup_axes_are_plan_trajectories_that_follow_the_cup(hip):
+    """Issue 14 item 5: each planned cup axis is a plan trajectory (``cup_axis_<side>``) from
+    60 mm out along the cup axis to the planned cup centre, stored in plan.json, and an edit of
+    the cup carries its trajectory with it (undo restores it)."""
+    from orthonav.planning.tha import CUP_APPROACH_MM
+
+    _, case, plan = hip
+    assert set(plan.trajectories) == {"cup_axis_left", "cup_axis_right"}
+    assert load_plan(case / "plan.json").trajectories == plan.trajectories
+    for side in SIDES:
+        cup = np.asarray(_implant(plan, "tha_cup", side).ct_from_implant)
+        t = plan.trajectories[f"cup_axis_{side}"]
+        assert t.bone == f"hip_{side}"
+        np.testing.assert_allclose(t.target_lps_mm, cup[:3, 3], atol=1e-9)
+        np.testing.assert_allclose(t.entry_lps_mm, cup[:3, 3] + CUP_APPROACH_MM * cup[:3, 2], atol=1e-9)
+    s = ThaSession(plan, load_case_meshes(case, "tha"))
+    assert s.plan.trajectories == plan.trajectories
+    j = plan.implants.index(_implant(plan, "tha_cup", "left"))
+    after = s.move_implant(j, translation_mm=(1.0, -2.0, 3.0), rotation_axis=(1.0, 0.0, 0.0), rotation_deg=7.0)
+    cup = np.asarray(after.implants[j].ct_from_implant)
+    t = after.trajectories["cup_axis_left"]
+    np.testing.assert_allclose(t.target_lps_mm, cup[:3, 3], atol=1e-9)
+    np.testing.assert_allclose(t.entry_lps_mm, cup[:3, 3] + CUP_APPROACH_MM * cup[:3, 2], atol=1e-9)
+    assert after.trajectories["cup_axis_right"] == plan.trajectories["cup_axis_right"]
+    s.undo()
+    assert s.plan.trajectories == plan.trajectories
+
+
 def test_render_and_report_for_a_hip_plan(hip, tmp_path):
     from orthonav.planning.report import write_plan_report
     from orthonav.planning.scene import render_plan
@@ -235,9 +263,10 @@ def test_render_and_report_for_a_hip_plan(hip, tmp_path):
         assert (panel.sum(axis=2) < 700).mean() > 0.02  # something drawn in every panel
     html = write_plan_report(case)
     text = html.read_text(encoding="utf-8")
-    for key in ("THA", "tha_cup", "tha_stem", "acetabular_inclination_left", "cup_anteversion_right", "neck_left", "leg_length_change_left_mm"):
+    # plain names, not snake_case keys (issue 18)
+    for key in ("THA", "THA cup", "THA stem", "acetabular inclination left", "cup anteversion right", "neck left", "Leg length change, left"):
         assert key in text, key
-    assert f"{plan.angles_deg['acetabular_inclination_left']:.2f}" in text
+    assert f"{plan.angles_deg['acetabular_inclination_left']:.1f}" in text  # angles shown to 0.1 deg (issue 18)
     assert (case / "report" / "plan_views.png").stat().st_size > 10_000
 
 

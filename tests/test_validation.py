@@ -134,8 +134,8 @@ def test_pass_fail_follows_the_config(knee_case, simulated, tmp_path):
 @pytest.mark.slow
 def test_report_files_and_pictures(knee_case, simulated):
     html = write_validation_report(simulated, knee_case)
-    out = knee_case / "validation"
-    assert html == out / "report.html"
+    out = html.parent  # this run's own folder: CASE/validation/simulated-<UTC time>/
+    assert html == out / "report.html" and out.parent == knee_case / "validation" and out.name.startswith("simulated-")
     text = html.read_text(encoding="utf-8")
     assert "PASS" in text and "Fitzpatrick" in text
     for name in ("validation_tre.png", "validation_tre_vs_predicted.png", "validation_fre.png", "validation_vectors.png",
@@ -163,7 +163,9 @@ def test_cli_simulation_writes_the_report_with_the_config_verdicts(knee_case, tm
     cfg.write_text(json.dumps({"schema_version": 1, "max_tre_p95_mm": 0.01}))
     text = validate_cli(simulate=case, fle_mm=0.25, trials=60, config=cfg)
     assert "FAIL TRE p95" in text and "PASS FRE" in text and text.splitlines()[-2] == "OVERALL: FAIL"
-    assert (case / "validation" / "report.html").is_file() and (case / "validation" / "trials.csv").read_text(encoding="utf-8").count("\n") == 61
+    (run,) = (case / "validation").iterdir()  # the run's own folder, named in the text
+    assert run.name.startswith("simulated-") and f"report: {run / 'report.html'}" in text
+    assert (run / "report.html").is_file() and (run / "trials.csv").read_text(encoding="utf-8").count("\n") == 61
 
 
 def test_cli_needs_exactly_one_source(tmp_path):
@@ -235,8 +237,8 @@ def test_session_fre_and_touched_tre_match_the_truth(toy):
     assert names["pivot RMS"].passed is None  # no pivot data in the session: reported, not invented
     assert r.passed
     html = write_validation_report(r, case)
-    assert html == case / "validation" / "report.html" and "Recorded navigation session" in html.read_text(encoding="utf-8")
-    assert json.loads((case / "validation" / "result.json").read_text(encoding="utf-8"))["mode"] == "session"
+    assert html == case / "validation" / sdir.name / "report.html" and "Recorded navigation session" in html.read_text(encoding="utf-8")
+    assert json.loads((case / "validation" / sdir.name / "result.json").read_text(encoding="utf-8"))["mode"] == "session"
     text = summary_text(r, html)
     assert "OVERALL: PASS" in text and "PASS FRE" in text and "N/A  pivot RMS" in text and str(html) in text
 
@@ -269,6 +271,31 @@ def test_session_with_noise_and_a_pivot_recording(toy):
     text = write_validation_report(r, case).read_text(encoding="utf-8")
     assert "tip difference vs the session&#x27;s tool file" in text or "tip difference vs the session's tool file" in text
     assert "tip error vs truth" not in text
+
+
+def test_validation_runs_side_by_side_never_overwrite_each_other(toy, knee_case):
+    """validate SESSION after validate --simulate, each twice: four folders, every one intact (issue 18)."""
+    from orthonav.phantoms.validation import validate_and_report
+    from orthonav.phantoms.validation_report import run_name
+
+    case, geo = toy
+    sdir, _sc, _wf = _record_session(case, geo, seed=9)
+    first, first_html = validate_and_report(session=sdir)
+    _second, second_html = validate_and_report(session=sdir)
+    assert first_html.parent == case / "validation" / sdir.name  # named after the session it validates
+    assert second_html.parent == case / "validation" / f"{sdir.name}-2"  # validated again: a new folder
+    sims = [validate_and_report(simulate=knee_case, trials=trials, seed=seed) for trials, seed in ((20, 1), (30, 2))]
+    (a, a_html), (b, b_html) = sims
+    assert a_html.parent != b_html.parent and {p.parent.parent for p in (a_html, b_html)} == {knee_case / "validation"}
+    assert a_html.parent.name.startswith("simulated-") and b_html.parent.name.startswith("simulated-")
+    # Every run's files are its own: the second simulation did not overwrite the first, nor the sessions.
+    for html, trials, mode in ((first_html, 1, "session"), (second_html, 1, "session"), (a_html, 20, "simulation"),
+                               (b_html, 30, "simulation")):
+        data = json.loads((html.parent / "result.json").read_text(encoding="utf-8"))
+        assert data["mode"] == mode and len(data["raw"]["fre_mm"]) == trials
+        assert (html.parent / "trials.csv").read_text(encoding="utf-8").count("\n") == trials + 1
+    assert run_name(a, now=datetime(2026, 12, 4, 18, 43, 32, tzinfo=timezone.utc)) == "simulated-20261204T184332Z"
+    assert run_name(first) == sdir.name
 
 
 def test_session_without_registration_is_a_clear_error(toy):

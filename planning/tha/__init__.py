@@ -11,6 +11,8 @@ Modules, one step each, the same shape as :mod:`orthonav.planning.tka`:
 * :mod:`.alignment`: the APP and the radiographic inclination / anteversion (Murray 1993);
 * :mod:`.placement`: cup and stem sizing and poses, the neck cut a stem implies;
 * :mod:`.outcomes`: angles, leg length, offsets, reaming, coverage (:func:`tha_outcomes`);
+* :mod:`.trajectories`: the planned cup axes as reamer / impactor trajectories
+  (:func:`cup_trajectories`), stored in the plan for navigation;
 * :mod:`.plan`: the automatic plan (:func:`build_tha_plan`) and the case's hip meshes;
 * :mod:`.session`: the editing session (:class:`ThaSession`).
 """
@@ -21,8 +23,11 @@ from .outcomes import cup_coverage, stem_clearance, tha_outcomes
 from .placement import choose_cup_size, choose_stem_size, cup_pose, neck_cut_from_stem, stem_pose
 from .plan import build_tha_plan, is_hip_case, load_hip_meshes, plan_sides
 from .session import ThaSession
+from .trajectories import CUP_APPROACH_MM, CUP_AXIS_PREFIX, cup_trajectories, with_cup_trajectories
 
 __all__ = [
+    "CUP_APPROACH_MM",
+    "CUP_AXIS_PREFIX",
     "HIP_BONES",
     "SIDES",
     "ThaSession",
@@ -34,6 +39,7 @@ __all__ = [
     "cup_axis",
     "cup_coverage",
     "cup_pose",
+    "cup_trajectories",
     "find_hip_landmarks",
     "is_hip_case",
     "load_hip_meshes",
@@ -48,4 +54,5 @@ __all__ = [
     "stem_clearance",
     "stem_pose",
     "tha_outcomes",
+    "with_cup_trajectories",
 ]

@@ -29,6 +29,7 @@ from .placement import (
     cup_pose,
     stem_pose,
 )
+from .trajectories import CUP_APPROACH_MM, cup_trajectories
 
 
 def load_hip_meshes(case_dir: str | Path, *, report: dict[str, float] | None = None) -> dict[str, pv.PolyData]:
@@ -104,6 +105,8 @@ def build_tha_plan(
         f"cup size: smallest outer diameter >= socket diameter + {ream_mm:g} mm",
         "stem: head at the native head centre, axis along the proximal shaft axis, size by nearest offset",
     ]
+    if implants:
+        notes.append(f"reamer / impactor trajectory per cup: along the planned cup axis from {CUP_APPROACH_MM:g} mm out to the planned cup centre")
     metrics: dict[str, float] = dict(meas)
     placed: list[ImplantPlacement] = []
     if implants:
@@ -137,7 +140,8 @@ def build_tha_plan(
         clear = out.get(f"stem_cortex_clearance_{sd}_mm")
         if clear is not None and clear < 0.0:
             notes.append(f"WARNING {sd}: the stem leaves the femur surface by {-clear:.1f} mm (too long for the femur in the CT, or too large): check it")
-    return plan.model_copy(update={"angles_deg": angles, "cuts": cuts, "metrics": {**metrics, **out}, "notes": "; ".join(notes)})
+    return plan.model_copy(update={"angles_deg": angles, "cuts": cuts, "metrics": {**metrics, **out}, "notes": "; ".join(notes),
+                                   "trajectories": cup_trajectories(plan)})
 
 
 __all__ = ["build_tha_plan", "is_hip_case", "load_hip_meshes", "plan_sides"]
