@@ -245,8 +245,7 @@ def navigate_case(
                 progress(problem)
             reported_problem = problem
             if scene is not None:
-                info = info_text(workflow)
-                scene.update(state, info=info if problem is None else f"{problem}\n{info}")
+                scene.update(state, info=info_text(workflow), tracker_problem=problem)
                 if screenshot_every_s is not None and recorder is not None and now >= next_shot:
                     name = f"nav_{len(shots):04d}.png"
                     shots.append(scene.screenshot(recorder.screenshots_dir / name))
@@ -268,7 +267,7 @@ def navigate_case(
                 streamer.stop()
             if scene is not None and ok and recorder is not None and screenshot_every_s is not None:
                 final = loop.latest_state()
-                scene.update(final, info=info_text(workflow))
+                scene.update(final, info=info_text(workflow), tracker_problem=tracker_problem(source))
                 name = f"nav_{len(shots):04d}.png"
                 shots.append(scene.screenshot(recorder.screenshots_dir / name))
                 recorder.add_screenshot(name, final.sequence if final is not None else -1)

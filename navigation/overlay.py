@@ -281,8 +281,13 @@ class NavigationScene:
         actor.SetInput(text)
         actor.GetTextProperty().SetColor(*colour)
 
-    def update(self, state: NavigationState | None, *, info: str = "") -> None:
-        """Show ``state`` (None: nothing received yet, shown as NOT TRACKING)."""
+    def update(self, state: NavigationState | None, *, info: str = "", tracker_problem: str | None = None) -> None:
+        """Show ``state`` (None: nothing received yet, shown as NOT TRACKING).
+
+        ``tracker_problem`` (e.g. "cannot connect to 127.0.0.1:18944 (connection refused);
+        retrying"): the tracker is not delivering; the banner says NO TRACKER in red and the
+        problem heads the status text, whatever the workflow's state.
+        """
         tracking = state is not None and state.tracking
         for name, actor in self.tool_actors.items():
             ts = None if state is None else state.tools.get(name)
@@ -302,9 +307,13 @@ class NavigationScene:
             lines.append(f"{tool.name}: {label}")
         ref = state.reason.upper() if state is not None and not state.tracking else "NO TRACKING DATA"
         ref = "" if tracking else ref
-        self._set_text(self.status_text, "\n".join(([ref] if ref else []) + lines), WHITE if tracking else AMBER)
+        head = [tracker_problem] if tracker_problem else []
+        self._set_text(self.status_text, "\n".join(head + ([ref] if ref else []) + lines),
+                       RED if tracker_problem else WHITE if tracking else AMBER)
         self._set_text(self.info_text, info, GREY)
-        if not tracking:
+        if tracker_problem and not tracking:
+            self._set_text(self.banner, "NO TRACKER", RED)
+        elif not tracking:
             if state is not None and state.reason == "not registered":
                 self._set_text(self.banner, "NOT REGISTERED", AMBER)  # digitising: instruments are not shown yet
             else:

@@ -12,6 +12,7 @@ from orthonav.navigation.overlay import NavigationScene
 from orthonav.navigation.reslice import ORIENTATIONS, reslice, tool_plane_axes
 from orthonav.navigation.workflow import Workflow
 from orthonav.phantoms.scenario import knee_scenario, write_toy_case
+from orthonav.tracking.frame import TrackingFrame
 
 
 def _volume_with_marker():
@@ -94,6 +95,26 @@ def test_overlay_shows_not_tracking_then_guidance_and_reslices(toy, tmp_path):
         assert (strip.mean(axis=2) > 200).sum() > 200
         st_drop, p_drop = shots["dropout"]
         assert not st_drop.tracking and _red_pixels(Image.open(p_drop)) > 500
+    finally:
+        scene.close()
+
+
+def test_overlay_shows_no_tracker_in_red_while_the_tracker_cannot_be_reached(toy, tmp_path):
+    """Before registration the banner is amber NOT REGISTERED; with no tracker to talk to it must
+    be red NO TRACKER with the connection problem on screen (issue 12, "No tracker")."""
+    case, _geo = toy
+    inp = load_navigation_inputs(case)
+    wf = Workflow(inp.context, inp.fiducial_names, inp.fiducials_ct_mm)
+    scene = NavigationScene(inp.context.toolset, inp.bones, cuts=inp.context.cuts)
+    try:
+        problem = "OpenIGTLink 127.0.0.1:1: cannot connect ([Errno 111] Connection refused); retrying"
+        scene.update(None, tracker_problem=problem)
+        img = Image.open(scene.screenshot(tmp_path / "no_tracker.png"))
+        assert scene.banner.GetInput() == "NO TRACKER" and problem in scene.status_text.GetInput()
+        assert _red_pixels(img) > 500 and _amber_pixels(img) < 50
+        st = wf.process(TrackingFrame({}, 1.0, 1), clock=None)  # connected again, nothing seen yet
+        scene.update(st)
+        assert scene.banner.GetInput() != "NO TRACKER" and problem not in scene.status_text.GetInput()
     finally:
         scene.close()
 
