@@ -47,7 +47,7 @@ if sys.argv[3] == "1":
                 s = steps.setdefault(name, [0, 0.0, 0.0])
                 s[0] += 1; s[1] += time.perf_counter() - t; s[2] += time.process_time() - c
         return g
-    for name in ("_bead_mask", "_hysteresis", "_body_mask", "_drop_small_components", "adaptive_refine",
+    for name in ("_bead_mask", "grow_from_cortex", "_body_mask", "_drop_small_components", "adaptive_refine",
                  "_repair_bead_dents", "remove_bumps", "_separate", "_clean_regions"):
         setattr(classical, name, timed(name, getattr(classical, name)))
 t0 = time.perf_counter()

@@ -177,26 +177,55 @@ def phantom(
     scale: Optional[float] = typer.Option(None, metavar="FACTOR", help="size factor (1 = adult size)"),
     noise: Optional[float] = typer.Option(None, metavar="HU", help="CT noise (HU, standard deviation)"),
     metal: Optional[float] = typer.Option(None, metavar="HU", help="metal streak artefact around the beads (HU amplitude; knee only)"),
+    three_stack: bool = typer.Option(
+        False, "--three-stack",
+        help="knee only: write a low-dose lower-limb study instead (hip, knee, ankle DICOM series of one study in CASE/dicom, "
+             "truth in CASE/truth); then 'orthonav import CASE/dicom CASE'",
+    ),
 ) -> None:
     """Write a synthetic CT with ground truth and printable STL parts into CASE."""
+    knobs = {k: v for k, v in {"flexion_deg": flexion, "scale": scale, "noise_hu": noise, "metal_artefact_hu": metal}.items() if v is not None}
+    if three_stack:
+        from orthonav.core.errors import InputError
+        from orthonav.phantoms.study import write_lower_limb_study
+
+        if kind != "knee" or printed:
+            raise InputError(None, "--three-stack writes a knee phantom study (kind 'knee', without --printed)")
+        study = write_lower_limb_study(case, seed=seed, small=small, **knobs)
+        for st in study.stacks:
+            sp = st.volume.spacing_mm
+            console.print(f"series {st.series_number} '{st.spec.name}': {len(st.files)} slices, "
+                          f"{sp[0]:.2f} x {sp[1]:.2f} x {sp[2]:.2f} mm", soft_wrap=True)
+        console.print(f"[green]lower-limb study written[/] to {study.dicom_dir}; import it with: "
+                      f"orthonav import {study.dicom_dir} {study.root}", soft_wrap=True)
+        return
     from orthonav.phantoms.synthetic import make_phantom_case
 
-    knobs = {k: v for k, v in {"flexion_deg": flexion, "scale": scale, "noise_hu": noise, "metal_artefact_hu": metal}.items() if v is not None}
     written = make_phantom_case(kind, case, seed=seed, small=small, printed=printed, **knobs)
     console.print(f"[green]phantom written[/] to {written.root}")
 
 
 @_command("import")
 def import_(
-    source: Path = typer.Argument(..., metavar="SOURCE", help="DICOM folder, or a NIfTI/NRRD/MHA file"),
+    source: list[Path] = typer.Argument(
+        ..., metavar="SOURCE...", help="DICOM folder, or a NIfTI/NRRD/MHA file; several: stacks of one study (hip, knee, ankle)"
+    ),
     case: Path = typer.Argument(..., metavar="CASE", help="case folder to create or update"),
-    series: Optional[str] = typer.Option(None, metavar="UID", help="SeriesInstanceUID to import when the folder has several"),
+    series: Optional[list[str]] = typer.Option(
+        None, metavar="UID", help="series (UID, key or number) to import when a folder has several; repeat to combine stacks"
+    ),
+    spacing: Optional[float] = typer.Option(None, metavar="MM", help="grid spacing when stacks are combined (default: finest in-plane, >= 1 mm)"),
 ) -> None:
-    """Import a CT into a case folder (geometry kept exactly, HU rescale applied)."""
+    """Import a CT into a case folder (geometry kept exactly, HU rescale applied).
+
+    Several stacks of one study (e.g. hip, knee and ankle series) are resampled onto one grid, with CASE/scanned.nii.gz marking what was scanned (docs/import.md).
+    """
     from orthonav.segmentation.importer import import_ct
 
-    summary = import_ct(source, case, series=series)
-    console.print(f"[green]imported[/] {source} -> {summary.case.ct}", soft_wrap=True)
+    summary = import_ct(source, case, series=series or None, spacing_mm=spacing)
+    shown = source[0] if len(source) == 1 else " ".join(str(s) for s in source)
+    console.print(f"[green]imported[/] {shown} -> {summary.case.ct}" + (f" ({summary.n_stacks} stacks)" if summary.n_stacks > 1 else ""),
+                  soft_wrap=True)
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
@@ -218,15 +247,27 @@ def segment(
         summary = segment_case(case, backend=backend, anatomy=anatomy, progress=progress.update, **kwargs)
     side = f", side: {summary.side}" if summary.side else ""
     table = Table(title=f"{summary.case_dir} ({summary.backend}{side})")
-    for col in ("bone", "label", "volume mL", "triangles"):
+    for col in ("bone", "label", "volume mL", "triangles", "confidence"):
         table.add_column(col, justify="left" if col == "bone" else "right")
     for name, b in summary.bones.items():
-        table.add_row(name, str(b.label), f"{b.volume_ml:.1f}", str(b.triangles))
+        table.add_row(name, str(b.label), f"{b.volume_ml:.1f}", str(b.triangles), "-" if b.confidence is None else f"{b.confidence:.2f}")
     out.print(table)
     for note in summary.notes:
         console.print(f"[yellow]note:[/] {note}")
     total = summary.timings_s.get("total")
     console.print(f"{len(summary.files)} files written" + (f" in {total:.1f} s" if total is not None else ""))
+
+
+@_command("name")
+def name_(
+    case: Path = typer.Argument(..., metavar="CASE", help="segmented case folder (labels.nii.gz, labels.json)"),
+    assignments: list[str] = typer.Argument(..., metavar="SOURCES=NAME...", help="label values or current names joined by '+', then the new name: 3=femur_left 4+5=tibia_left"),
+) -> None:
+    """Name or merge bones by hand (labels, labels.json and the touched meshes are updated)."""
+    from orthonav.cli.name import name_bones_cli
+
+    for line in name_bones_cli(case, assignments):
+        console.print(line, soft_wrap=True)
 
 
 @_command()
@@ -298,6 +339,12 @@ def plan(
                       cup_medialise_mm=cup_medialise, ream_mm=ream)
         angles = ", ".join(f"{k}={v:.1f}" for k, v in p.angles_deg.items())
         console.print(f"[green]plan written[/] {Path(case) / 'plan.json'}  ({angles})")
+        from rich.markup import escape
+
+        for k, why in p.not_measured.items():  # what the CT could not support (docs/anatomy.md)
+            console.print(f"[yellow]{escape(k)}[/] {escape(why)}", highlight=False)
+        for k, why in p.assumptions.items():
+            console.print(f"[yellow]{escape(k)} assumed[/]: {escape(why)}", highlight=False)
     elif screenshot is None:
         from orthonav.cli.args import require_display
         from orthonav.planning.ui import open_planner

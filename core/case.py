@@ -4,8 +4,10 @@ Layout (a contract: later stages and external checks rely on these names)::
 
     CASE/
       ct.nii.gz                 CT in HU (int16), LPS geometry          (import / phantom)
+      scanned.nii.gz            coverage mask of a multi-stack import    (import)
+      import.json               the imported series / stacks and grid    (import)
       labels.nii.gz             per-bone label map (uint8)               (segment)
-      labels.json               label value -> bone name                 (segment)
+      labels.json               label value -> bone name, confidence, why (segment / name)
       confidence.nii.gz         optional per-voxel confidence 0..1       (segment)
       meshes/<bone>.stl|.vtp    bone surfaces, LPS mm                    (segment / mesh)
       plan.json                 landmarks, angles, implants, cuts        (plan)
@@ -185,10 +187,17 @@ class LabelTable(Versioned):
     ``patella``, ``hip``, ``sacrum``), with ``_left`` / ``_right`` when both sides are present.
     """
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     labels: dict[int, str] = Field(description="label value -> bone name; 0 is background and absent")
     backend: str = Field(default="", description="segmentation backend that wrote the labels")
     side: str | None = Field(default=None, description="'left', 'right' or None when both or unknown")
+    # Schema 2 (version 1 files, without these, still read: empty = not recorded).
+    confidence: dict[int, float] = Field(
+        default_factory=dict,
+        description="label value -> confidence in [0, 1] of the bone's name (1.0 when named by hand); "
+        "a bone_<n> holds the confidence of the name that was withheld",
+    )
+    why: dict[int, str] = Field(default_factory=dict, description="label value -> what the name rests on, or why it was withheld")
 
     def value_of(self, bone: str) -> int:
         for v, name in self.labels.items():

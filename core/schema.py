@@ -78,5 +78,11 @@ def load_model(path: str | Path, model: type[M]) -> M:
 
 
 def save_model(path: str | Path, doc: Versioned) -> Path:
-    """Atomically write ``doc`` as indented JSON."""
+    """Atomically write ``doc`` as indented JSON, stamped with this OrthoNav's schema version
+    (a document read from an older version is written back as the current one)."""
+    current = type(doc).SCHEMA_VERSION
+    if doc.schema_version > current:
+        raise SchemaError(Path(path), f"{type(doc).__name__} has schema_version {doc.schema_version}, newer than this OrthoNav writes ({current})")
+    if doc.schema_version < current:
+        doc = doc.model_copy(update={"schema_version": current})
     return write_text(path, doc.model_dump_json(indent=2) + "\n")

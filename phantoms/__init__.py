@@ -41,6 +41,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "printed_ct": ("render_printed_ct", "write_printed_case"),
     "truth": ("PhantomTruth", "read_truth", "write_truth", "truth_path"),
     "angles": ("knee_angles",),
+    "fov": ("FovSpec", "FovCase", "random_fov", "apply_fov", "truth_regions"),
+    "study": ("write_lower_limb_study", "LowerLimbStudy", "StackSpec", "LOWER_LIMB_STACKS", "write_ct_series"),
     # the OR scenario, the accuracy protocol and the demo (what the CLI calls)
     "scenario": ("serve_scenario",),
     "validation": ("validate_and_report",),
@@ -52,6 +54,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EXPORTS``
     from .angles import knee_angles
     from .demo import run_demo
+    from .fov import FovCase, FovSpec, apply_fov, random_fov, truth_regions
     from .hip import HIP_RECIPE, HipParameters, app_frame, hip_angles, make_hip_phantom
     from .knee import KNEE_RECIPE, KneeParameters, make_knee_phantom
     from .long_bone import FEMORAL_LANDMARKS, LONG_BONE_RECIPE, LongBoneParameters, make_long_bone_phantom
@@ -60,6 +63,7 @@ if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EX
     from .recipe import AnatomyRecipe, AnatomyTruth, PhantomGeometry, make_phantom
     from .render import DEFAULT_HU, BoneSpec, GridSpec, SyntheticPhantom, fit_grid, render_ct, surface_mesh
     from .scenario import serve_scenario
+    from .study import LOWER_LIMB_STACKS, LowerLimbStudy, StackSpec, write_ct_series, write_lower_limb_study
     from .synthetic import PHANTOM_FACTORIES, make_phantom_case, write_phantom_case
     from .truth import PhantomTruth, read_truth, truth_path, write_truth
     from .validation import validate_and_report

@@ -30,6 +30,10 @@ Progress = Callable[[str, float], None]
 #: Steps of the demo, in order, as shown by the progress display.
 STEPS = ("phantom", "segmentation", "plan", "navigation", "report")
 
+#: What the demo's simulated OR injects: fiducial localisation error (RMS 3D, mm, a fixed offset
+#: per touch), tracker noise per sample (mm per axis; deg about a random axis) and stream rate (Hz).
+FLE_MM, TRACKER_NOISE_MM, ROTATION_NOISE_DEG, RATE_HZ = 0.25, 0.1, 0.05, 200.0
+
 
 def _prepare_out(out_dir: Path) -> Case:
     """``OUT/case``: removed first only when it is an earlier demo case (it has truth/)."""
@@ -126,7 +130,10 @@ def run_demo(out_dir: str | Path = "demo_out", *, small: bool = False, seed: int
         tick("navigation", min(0.95, len(events) / 20.0))
 
     # The scripted OR session, streamed over a real OpenIGTLink socket on 127.0.0.1 at 200 Hz.
-    nav, _scenario = simulate_navigation(case.root, seed=seed, fle_mm=0.25, rate_hz=200.0, over_socket=True, progress=on_event)
+    summary.injected = {"seed": seed, "fle_mm": FLE_MM, "tracker_noise_mm": TRACKER_NOISE_MM,
+                        "rotation_noise_deg": ROTATION_NOISE_DEG, "rate_hz": RATE_HZ}
+    nav, _scenario = simulate_navigation(case.root, seed=seed, fle_mm=FLE_MM, rate_hz=RATE_HZ, tracker_noise_mm=TRACKER_NOISE_MM,
+                                         rotation_noise_deg=ROTATION_NOISE_DEG, over_socket=True, progress=on_event)
     summary.fre_mm = nav.fre_mm
     summary.tre_mm = dict(nav.tre_mm)
     summary.predicted_tre_mm = dict(nav.predicted_tre_mm)

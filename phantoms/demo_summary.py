@@ -35,6 +35,10 @@ class DemoSummary:
         ``report/index.html`` once written.
     session_dir
         The recorded navigation session.
+    injected
+        What the simulated OR injects (the demo is a simulation): ``seed``, ``fle_mm`` (RMS 3D
+        fixed offset per fiducial touch), ``tracker_noise_mm`` (per axis, per sample),
+        ``rotation_noise_deg`` (per sample) and the stream's ``rate_hz``.
     """
 
     case_dir: Path
@@ -53,6 +57,7 @@ class DemoSummary:
     screenshots: list[Path] = field(default_factory=list)
     report: Path | None = None
     session_dir: Path | None = None
+    injected: dict[str, float] = field(default_factory=dict)
 
 
 __all__ = ["DemoSummary"]

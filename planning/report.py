@@ -138,6 +138,8 @@ th { background: #eef2f8; } td:first-child, th:first-child, td.text { text-align
 figure { margin: .5em 0; } figure img { width: 100%; border: 1px solid #ccc; }
 figcaption { font-size: .85em; color: #555; }
 .warn { color: #a00; font-weight: bold; }
+ul.legend { list-style: none; padding: 0; columns: 2; } ul.legend li { margin: .15em 0; }
+.swatch { display: inline-block; width: .9em; height: .9em; margin-right: .5em; border: 1px solid #555; vertical-align: middle; }
 @page { size: A4; margin: 12mm; }
 @media print {
   body { margin: 0; max-width: none; font-size: 10pt; }
@@ -161,28 +163,56 @@ def _table(header: list[str], rows: list[list[object]], text_cols: tuple[int, ..
     return "\n".join(out)
 
 
+def _with_unit(text: str, unit: str) -> str:
+    """``text`` (e.g. a normal range '87 ± 3' or '40 ± 10 (Lewinnek)') with ``unit`` after its
+    numbers; empty stays empty."""
+    if not text:
+        return text
+    head, sep, tail = text.partition(" (")
+    return f"{head} {unit}{sep}{tail}"
+
+
+def alignment_words(plan: Plan) -> str:
+    """The knee plan's alignment in words, saying when the CT could not support it."""
+    if "cut_orientation" in plan.assumptions:  # a partial CT (docs/anatomy.md)
+        return f"{plan.alignment} alignment requested; without the hip and ankle centres the cuts follow the joint lines"
+    return f"{plan.alignment} alignment"
+
+
+def legend_html(entries: list[tuple[str, str]]) -> str:
+    """The key to the plan pictures as HTML: a colour swatch and its meaning per marker colour."""
+    items = "".join(f"<li><span class='swatch' style='background:{html.escape(c)}'></span>{html.escape(label)}</li>" for label, c in entries)
+    return f"<ul class='legend'>{items}</ul>"
+
+
 def report_tables(plan: Plan) -> dict[str, tuple[list[str], list[list[object]]]]:
     """The report's tables (title -> header, rows), shared by the HTML and the preview."""
     t: dict[str, tuple[list[str], list[list[object]]]] = {}
     t["Alignment angles (degrees)"] = (
         ["angle", "value", "normal", "definition"],
-        [[angle_short_name(k), format_metric(f"{k}_deg", float(v)).removesuffix(" deg"), NORMAL_RANGES.get(k, ""), ANGLE_NAMES.get(k, "")]
+        [[angle_short_name(k), format_metric(f"{k}_deg", float(v)), _with_unit(NORMAL_RANGES.get(k, ""), "deg"), ANGLE_NAMES.get(k, "")]
          for k, v in plan.angles_deg.items()],
     )
-    t["Implants"] = (["component", "size", "bone"], [[_words(i.family), i.size, i.bone] for i in plan.implants])
+    t["Implants"] = (["component", "size (catalogue label)", "bone"], [[_words(i.family), i.size, i.bone] for i in plan.implants])
     rows = []
     for k, c in plan.cuts.items():
         if c.depths_mm:
             for ref, d in c.depths_mm.items():
-                rows.append([_words(k), _words(ref), float(d)])
+                rows.append([_words(k), _words(ref), f"{d:.2f} mm"])
         else:
             given = bool(c.reference) or c.resection_depth_mm != 0.0  # a box cut carries no depth of its own
-            rows.append([_words(k), _words(c.reference) or "-", float(c.resection_depth_mm) if given else "set by the component"])
-    t["Resections (mm, from each reference landmark)"] = (["cut", "reference", "depth mm"], rows)
+            rows.append([_words(k), _words(c.reference) or "-", f"{c.resection_depth_mm:.2f} mm" if given else "set by the component"])
+    t["Resections (mm, from each reference landmark)"] = (["cut", "reference", "depth"], rows)
     t["Outcome metrics"] = (["metric", "value"], [[metric_label(k)[0], format_metric(k, float(v))]
                                                   for k, v in plan.metrics.items() if not k.startswith("resection_")])
+    if plan.not_measured or plan.assumptions:
+        t["Not measured, and assumptions (what the CT could not support)"] = (
+            ["measure", "status", "why"],
+            [[_words(k), "not measured", v.removeprefix("not measured: ")] for k, v in plan.not_measured.items()]
+            + [[_words(k), "assumed", v] for k, v in plan.assumptions.items()],
+        )
     t["Landmarks (LPS mm, CT frame)"] = (
-        ["landmark", "bone", "L (x)", "P (y)", "S (z)", "method"],
+        ["landmark", "bone", "L (x) mm", "P (y) mm", "S (z) mm", "method"],
         [[k, lm.bone, *[float(x) for x in lm.position_lps_mm], lm.method] for k, lm in plan.landmarks.items()],
     )
     return t
@@ -196,7 +226,7 @@ def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anteri
     Path
         The HTML file.
     """
-    from .scene import render_plan
+    from .scene import plan_legend, render_plan
 
     case = Case(case_dir)
     plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
@@ -204,11 +234,11 @@ def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anteri
     rep = case.report_dir
     rep.mkdir(parents=True, exist_ok=True)
     joint = "the pelvis, then close-ups of the operated hip" if plan.procedure == "tha" else "the whole limb, then close-ups of the knee"
-    key = "The legend (bottom left) names each colour; the angles (degrees) are printed under the first close-up."
+    key = "The key under the views names every colour and gives the angles in degrees."
     figs = [
-        (render_plan(case.root, rep / "plan_views.png", views=views, size=(1400, 800)),
+        (render_plan(case.root, rep / "plan_views.png", views=views, size=(1400, 900)),
          f"The plan seen from the {' and '.join(views)} sides: {joint}. {key}"),
-        (render_plan(case.root, rep / "plan_views2.png", views=extra_views, size=(1400, 800)),
+        (render_plan(case.root, rep / "plan_views2.png", views=extra_views, size=(1400, 900)),
          f"The same plan seen from the {' and '.join(extra_views)} sides: {joint}."),
     ]
     guide_note = ""
@@ -217,7 +247,7 @@ def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anteri
         if g:
             guide_note = f"<p>Patient-specific cutting guides: {', '.join(html.escape(x) for x in g)} (in <code>guides/</code>).</p>"
     sides = "side unknown" if plan.side is None else f"{plan.side} side{'s' if plan.side == 'both' else ''}"
-    how = "cup orientation relative to the anterior pelvic plane" if plan.procedure == "tha" else f"{plan.alignment} alignment"
+    how = "cup orientation relative to the anterior pelvic plane" if plan.procedure == "tha" else alignment_words(plan)
     meta = (
         f"<p class='meta'>Procedure {html.escape(plan.procedure.upper())}, {html.escape(sides)}, {html.escape(how)}. "
         f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. All positions are LPS millimetres in the CT frame.</p>"
@@ -232,9 +262,11 @@ def write_plan_report(case_dir: str | Path, *, views: tuple[str, ...] = ("anteri
         parts.append(f"<p class='meta'>{html.escape(plan.notes)}</p>")
     for path, cap in figs:
         parts.append(f"<figure><img src='{html.escape(Path(path).name)}' alt='{html.escape(cap)}'><figcaption>{html.escape(cap)}</figcaption></figure>")
+    parts.append("<h2>Key to the pictures</h2>")
+    parts.append(legend_html(plan_legend(case.root)))
     for title, (header, rows) in report_tables(plan).items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        text_cols = (0, 1, 5) if title.startswith("Landmarks") else (0, 1, 2, 3) if title.startswith("Alignment") else (0, 1)
+        text_cols = (0, 1, 5) if title.startswith("Landmarks") else (0, 1, 2, 3) if title.startswith("Alignment") else (0, 1, 2) if title.startswith("Not measured") else (0, 1)
         empty = f"<p>No {html.escape(title.split(' (')[0].lower())} in this plan.</p>"
         parts.append(_table(header, rows, text_cols=text_cols) if rows else empty)
     parts.append(guide_note)
@@ -261,7 +293,7 @@ def write_report_preview(case_dir: str | Path, png_path: str | Path) -> Path:
     tables = report_tables(plan)
     fig = plt.figure(figsize=(8.27, 11.69), dpi=110)
     fig.text(0.05, 0.97, f"Surgical plan: {case.root.name}", fontsize=15, weight="bold", va="top")
-    how = "cup vs anterior pelvic plane" if plan.procedure == "tha" else f"{plan.alignment} alignment"
+    how = "cup vs anterior pelvic plane" if plan.procedure == "tha" else alignment_words(plan)
     sides = "side unknown" if plan.side is None else f"{plan.side} side{'s' if plan.side == 'both' else ''}"
     fig.text(0.05, 0.945, f"{plan.procedure.upper()}, {sides}, {how}; LPS mm, CT frame", fontsize=9, color="#555", va="top")
     ax = fig.add_axes([0.02, 0.50, 0.96, 0.425])

@@ -38,6 +38,8 @@ LEGEND_LABELS = {
     "axis:femoral_mechanical": "femoral mechanical axis",
     "axis:tibial_mechanical": "tibial mechanical axis",
     "axis:transepicondylar": "transepicondylar axis",
+    "axis:femoral_planning": "femoral planning axis (assumed)",
+    "axis:tibial_planning": "tibial planning axis (assumed)",
     "axis:acetabular_": "acetabular axis",
     "axis:femoral_neck_": "femoral neck axis",
     "axis:femoral_shaft_": "femoral shaft axis",
@@ -84,6 +86,9 @@ def scene_items(plan: Plan, meshes: dict[str, pv.PolyData], *, implant_meshes: d
         "femoral_mechanical": ("femoral_knee_centre", "femoral_head_centre", "#1060c0"),
         "tibial_mechanical": ("ankle_centre", "tibial_knee_centre", "#c06010"),
         "transepicondylar": ("medial_epicondyle", "lateral_epicondyle", "#8040a0"),
+        # Partial stacks: the stated planning axes stand in for the mechanical ones.
+        "femoral_planning": ("femoral_knee_centre", "femoral_axis_reference", "#70a0e0"),
+        "tibial_planning": ("tibial_axis_reference", "tibial_knee_centre", "#e0a060"),
     }
     for key, (a, b, colour) in segs.items():
         if a in lms and b in lms:
@@ -202,6 +207,82 @@ def setup_rendering() -> None:
     vtk.vtkSMPTools.SetBackend("STDThread")
 
 
+#: Text size (points) of the view titles, the legend and the angles in the key strip, and
+#: the measured width of a character at those sizes (pixels, VTK's default font).
+KEY_FONT_PT = 12
+ANGLE_FONT_PT = 14
+_KEY_CHAR_PX = 12.5
+_ANGLE_CHAR_PX = 13.5
+_LINE_PX = 22
+_LEGEND_SHARE = 0.6  # of the width; the angles take the rest
+
+
+def _legend_layout(entries: list[tuple[str, str]], width_px: int) -> tuple[int, int, int]:
+    """(columns, rows, column width px) of the legend in the key strip."""
+    col_px = int(48 + _KEY_CHAR_PX * max((len(lab) for lab, _ in entries), default=10))
+    cols = max(1, min(len(entries), int(_LEGEND_SHARE * width_px) // col_px)) if entries else 1
+    return cols, max(1, -(-len(entries) // cols)), col_px
+
+
+def _angles_x_px(entries: list[tuple[str, str]], width_px: int) -> int:
+    """Where the angle lines start in the key strip (pixels): right of the legend's columns."""
+    cols, _, col_px = _legend_layout(entries, width_px)
+    return 12 + (cols * col_px if entries else 0) + 20
+
+
+def _angle_lines(plan: Plan, entries: list[tuple[str, str]], width_px: int) -> list[str]:
+    """The angle text wrapped to the key strip's right part (a number never parted from its unit)."""
+    import textwrap
+
+    chars = max(20, int((width_px - _angles_x_px(entries, width_px) - 12) / _ANGLE_CHAR_PX))
+    glued = angle_text(plan).replace(" deg", "\u00a0deg")  # textwrap breaks at ASCII spaces only
+    return [w.replace("\u00a0", " ") for line in glued.splitlines() for w in textwrap.wrap(line, chars)]
+
+
+def key_strip_height_px(entries: list[tuple[str, str]], plan: Plan, width_px: int) -> int:
+    """Height (pixels) of the key strip under the views: the legend's rows or the angle
+    lines, whichever is taller."""
+    _, rows, _ = _legend_layout(entries, width_px)
+    angle_rows = int(np.ceil(len(_angle_lines(plan, entries, width_px)) * ANGLE_FONT_PT / KEY_FONT_PT))
+    return 16 + _LINE_PX * max(rows, angle_rows, 1)
+
+
+def _draw_key(pl: pv.Plotter, entries: list[tuple[str, str]], plan: Plan, size_px: tuple[int, int]) -> None:
+    """The legend (a coloured square per marker colour, its meaning in black) and the angle
+    lines, in the key strip's renderer (pixel positions from its lower-left corner)."""
+    width, height = size_px
+    _, rows, col_px = _legend_layout(entries, width)
+    for i, (label, colour) in enumerate(entries):
+        c, r = divmod(i, rows)
+        x, y = 12 + c * col_px, height - 8 - _LINE_PX * (r + 1)
+        _swatch(pl, (x, y + 3), 16, colour)
+        pl.add_text(label, position=(x + 24, y), font_size=KEY_FONT_PT, color="black")
+    lines = _angle_lines(plan, entries, width)
+    if lines:
+        pl.add_text("\n".join(lines), position=(_angles_x_px(entries, width), 8), font_size=ANGLE_FONT_PT, color="black")
+
+
+def _swatch(pl: pv.Plotter, corner_px: tuple[int, int], side_px: int, colour: str) -> None:
+    """A filled square of ``colour`` in the current renderer (pixels from its lower-left)."""
+    import vtk
+
+    x, y = corner_px
+    pts = vtk.vtkPoints()
+    for px, py in ((x, y), (x + side_px, y), (x + side_px, y + side_px), (x, y + side_px)):
+        pts.InsertNextPoint(px, py, 0.0)
+    quad = vtk.vtkCellArray()
+    quad.InsertNextCell(4, [0, 1, 2, 3])
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(pts)
+    poly.SetPolys(quad)
+    mapper = vtk.vtkPolyDataMapper2D()
+    mapper.SetInputData(poly)
+    actor = vtk.vtkActor2D()
+    actor.SetMapper(mapper)
+    actor.GetProperty().SetColor(pv.Color(colour).float_rgb)
+    pl.add_actor(actor, reset_camera=False)
+
+
 def render_scene(
     plan: Plan,
     meshes: dict[str, pv.PolyData],
@@ -223,11 +304,18 @@ def render_scene(
             raise InputError(None, f"unknown view {v!r}; choose from {', '.join(VIEWS)}")
     setup_rendering()
     items = scene_items(plan, meshes, implant_meshes=implant_meshes)
-    knee_items = [it for it in items if it.kind != "axis" or "mechanical" in it.name or "transepicondylar" in it.name]
+    knee_items = [it for it in items if it.kind != "axis" or any(k in it.name for k in ("mechanical", "transepicondylar", "_planning"))]
     n = len(views)
     panels = [(v, False) for v in views] + [(v, True) for v in views]
     weights = [1] * n + [2] * n if plan.procedure != "tha" else [1] * (2 * n)
-    pl = pv.Plotter(off_screen=True, shape=(1, 2 * n), col_weights=weights, window_size=list(size), border=False)
+    entries = legend_entries(items)
+    # A key strip under the views: the legend (every marker colour named) and the angles,
+    # in black on white at a size that stays legible when the picture is printed at A4 width.
+    key_px = key_strip_height_px(entries, plan, size[0])
+    view_h = max(size[1] - key_px, 200)
+    total = (size[0], view_h + key_px)
+    pl = pv.Plotter(off_screen=True, shape=(2, 2 * n), col_weights=weights, row_weights=[view_h, key_px],
+                    groups=[(1, np.s_[:])], window_size=list(total), border=False)
     try:
         for col, (view, close) in enumerate(panels):
             pl.subplot(0, col)
@@ -239,7 +327,7 @@ def render_scene(
             pl.camera.parallel_projection = True
             # parallel_scale is half the panel height (mm); fit the width too (tall panels).
             panel_w = size[0] * weights[col] / sum(weights)
-            aspect = max(1.0, size[1] / panel_w)
+            aspect = max(1.0, view_h / panel_w)
             if close:
                 pl.camera.parallel_scale = 0.5 * KNEE_FIELD_MM * aspect / zoom
             elif plan.procedure == "tha":  # a wide pelvis: fit its projected width and height
@@ -248,22 +336,17 @@ def render_scene(
                 right /= np.linalg.norm(right)
                 w, h = np.ptp(pts @ right), np.ptp(pts @ (vup / np.linalg.norm(vup)))
                 pl.camera.parallel_scale = 0.55 * max(h, w * aspect) / zoom
-            else:
-                pl.camera.parallel_scale = 0.55 * _limb_length_mm(meshes) / zoom
+            else:  # the limb's length, or its width for a short knee stack in a narrow panel
+                pts = np.concatenate([np.asarray(m.points) for m in meshes.values()])
+                right = np.cross(focal - pos, vup)
+                right /= np.linalg.norm(right)
+                pl.camera.parallel_scale = 0.55 * max(_limb_length_mm(meshes), np.ptp(pts @ right) * aspect) / zoom
             whole = "pelvis" if plan.procedure == "tha" else "whole limb"
             label = f"{view}: {'hip' if plan.procedure == 'tha' else 'knee'} close-up" if close else f"{view}: {whole}"
-            pl.add_text(label if title is None else f"{title} - {label}", font_size=10, color="black")
-            if col == 0:
-                entries = legend_entries(items)
-                if entries:
-                    pl.add_legend(labels=[[lab, c] for lab, c in entries], bcolor="white", border=True, face="circle",
-                                  loc="lower left", size=(0.95, min(0.022 * len(entries), 0.3)), background_opacity=0.8)
-            if col == n and plan.angles_deg:
-                txt = angle_text(plan)
-                actor = pl.add_text(txt, position="lower_left", font_size=11, color="black")
-                prop = actor.GetTextProperty()  # legible over the bones
-                prop.SetBackgroundColor(1.0, 1.0, 1.0)
-                prop.SetBackgroundOpacity(0.8)
+            pl.add_text(label if title is None else f"{title} - {label}", font_size=KEY_FONT_PT, color="black")
+        pl.subplot(1, 0)
+        pl.set_background("white")
+        _draw_key(pl, entries, plan, (total[0], key_px))
         pl.render()
         out = write_with(png_path, lambda tmp: pl.screenshot(str(tmp)))
     finally:
@@ -272,27 +355,28 @@ def render_scene(
 
 
 def angle_text(plan: Plan) -> str:
-    """The angle line(s) under the close-up panels (THA: per side, native and cup
-    inclination / anteversion)."""
+    """The angle lines of the key strip, each number with its unit (THA: per side, native
+    and cup inclination / anteversion)."""
     if plan.procedure != "tha":
-        words = {"hka": "HKA", "ldfa": "LDFA", "mpta": "MPTA", "slope": "slope", "femoral_rotation": "femoral rotation"}
-        parts = [f"{words.get(k, k.replace('_', ' '))} {v:.1f}" for k, v in plan.angles_deg.items()]
-        return "angles (deg): " + "  ".join(parts[:3]) + ("\n" + "  ".join(parts[3:]) if parts[3:] else "")
+        words = {"hka": "HKA", "ldfa": "LDFA", "mpta": "MPTA", "slope": "tibial slope", "femoral_rotation": "femoral rotation"}
+        parts = [f"{words.get(k, k.replace('_', ' '))} {v:.1f} deg" for k, v in plan.angles_deg.items()]
+        lines = ["    ".join(parts[i:i + 2]) for i in range(0, len(parts), 2)]
+        missing = [words[k] for k in words if k in plan.not_measured]
+        if missing:  # a partial CT: say so where the angles would be
+            lines.append(f"not measured: {', '.join(missing)} (see the report)")
+        return "\n".join(lines)
     a = plan.angles_deg
     lines = []
     for side in ("left", "right"):
-        parts = []
         for label, pre in (("native", "acetabular"), ("cup", "cup")):
             i, v = a.get(f"{pre}_inclination_{side}"), a.get(f"{pre}_anteversion_{side}")
             if i is not None and v is not None:
-                parts.append(f"{label} {i:.1f}/{v:.1f}")
-        if parts:
-            lines.append(f"{side} (incl/antev deg): " + "  ".join(parts))
+                lines.append(f"{side} {label}: incl {i:.1f} deg, antev {v:.1f} deg")
     return "\n".join(lines)
 
 
-def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str, ...] = ("anterior", "lateral"), size: tuple[int, int] = (1200, 800), zoom: float = 1.0) -> Path:
-    """Render ``CASE/plan.json`` with the case's bone meshes (and implants) to ``png_path``."""
+def _case_scene(case_dir: str | Path) -> tuple[Plan, dict[str, pv.PolyData], dict[str, pv.PolyData] | None]:
+    """The plan of a case, its bone meshes and its implants' meshes (None without implants)."""
     from .auto import load_case_meshes
 
     case = Case(case_dir)
@@ -304,7 +388,34 @@ def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str,
         from .implants import implant_meshes_for
 
         implant_meshes = implant_meshes_for(plan, case.root)
+    return plan, meshes, implant_meshes
+
+
+def plan_legend(case_dir: str | Path) -> list[tuple[str, str]]:
+    """(meaning, colour) of every marker colour the case's plan picture shows (the key of
+    :func:`render_plan`), in drawing order."""
+    plan, meshes, implant_meshes = _case_scene(case_dir)
+    return legend_entries(scene_items(plan, meshes, implant_meshes=implant_meshes))
+
+
+def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str, ...] = ("anterior", "lateral"), size: tuple[int, int] = (1200, 800), zoom: float = 1.0) -> Path:
+    """Render ``CASE/plan.json`` with the case's bone meshes (and implants) to ``png_path``."""
+    plan, meshes, implant_meshes = _case_scene(case_dir)
     return render_scene(plan, meshes, png_path, views=views, size=size, implant_meshes=implant_meshes, zoom=zoom)
 
 
-__all__ = ["VIEWS", "SceneItem", "angle_text", "cut_disc", "render_plan", "render_scene", "scene_items", "setup_rendering", "view_camera"]
+__all__ = [
+    "LEGEND_LABELS",
+    "VIEWS",
+    "SceneItem",
+    "angle_text",
+    "cut_disc",
+    "key_strip_height_px",
+    "legend_entries",
+    "plan_legend",
+    "render_plan",
+    "render_scene",
+    "scene_items",
+    "setup_rendering",
+    "view_camera",
+]

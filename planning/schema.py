@@ -42,6 +42,8 @@ class Axis(_Strict):
         n = float(np.linalg.norm(v))
         if not np.isfinite(n) or n < 1e-9:
             raise ValueError("direction must be a non-zero finite vector")
+        if abs(n - 1.0) <= 1e-12:  # already unit: keep it bit for bit (a JSON round trip is exact)
+            return tuple(float(x) for x in v)  # type: ignore[return-value]
         return tuple(float(x) / n for x in v)  # type: ignore[return-value]
 
 
@@ -97,9 +99,13 @@ class ImplantPlacement(_Strict):
 
 
 class Plan(Versioned):
-    """The whole plan for one case."""
+    """The whole plan for one case.
 
-    SCHEMA_VERSION = 1
+    Schema 2 adds ``not_measured`` and ``assumptions`` (what the data could not support and
+    what the plan assumed instead); schema 1 files read unchanged (both empty).
+    """
+
+    SCHEMA_VERSION = 2
     procedure: str = Field(default="tka", description="'tka' or 'tha'")
     side: str | None = Field(default=None, description="'left', 'right', 'both' (a bilateral THA plan) or None")
     alignment: str = Field(default="mechanical", description="'mechanical' or 'kinematic'")
@@ -110,6 +116,8 @@ class Plan(Versioned):
     trajectories: dict[str, Trajectory] = Field(default_factory=dict)
     implants: list[ImplantPlacement] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict, description="removed volume, coverage, ...")
+    not_measured: dict[str, str] = Field(default_factory=dict, description="measure (landmark, axis, angle) -> why the data could not support it, e.g. the CT ends above the femoral head")
+    assumptions: dict[str, str] = Field(default_factory=dict, description="value the plan assumed instead of measuring (name -> value and why), e.g. a default valgus correction")
     notes: str = ""
 
 

@@ -17,10 +17,13 @@ from orthonav.core import lazy_exports
 
 #: module (relative to this package) -> the public names it gives the package namespace.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "importer": ("SeriesInfo", "ImportSummary", "list_dicom_series", "read_dicom_ct", "check_looks_like_ct", "import_ct", "import_source"),
+    "importer": ("SeriesInfo", "ImportSummary", "list_dicom_series", "read_dicom_ct", "read_series", "check_looks_like_ct", "import_ct", "import_source"),
+    "stacks": ("Stack", "StackSource", "ImportRecord", "combine_stacks", "check_one_frame", "read_scanned", "read_import_record"),
+    "bone_mask": ("BoneLevels", "bone_levels"),
     "image_checks": ("ImageHeader", "memory_limit_bytes", "check_image_file", "read_checked_volume"),
     "classical": ("ANATOMIES", "Segmentation", "ClassicalParams", "segment_classical"),
-    "naming": ("RegionInfo", "detect_anatomy", "name_regions"),
+    "naming": ("RegionInfo", "Naming", "CONFIDENT", "detect_anatomy", "name_bones", "name_regions", "regions_from_label_map"),
+    "relabel": ("Relabelled", "parse_assignments", "relabel_case"),
     "meshing": ("mask_mesh", "label_meshes", "is_watertight"),
     "evaluate": ("BoneScores", "score_masks", "evaluate_segmentation", "evaluate_paths", "scores_table", "write_scores_json"),
     "slicer_seg": ("write_seg_nrrd",),
@@ -35,10 +38,13 @@ if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EX
     from .classical import ANATOMIES, ClassicalParams, Segmentation, segment_classical
     from .evaluate import BoneScores, evaluate_paths, evaluate_segmentation, score_masks, scores_table, write_scores_json
     from .image_checks import ImageHeader, check_image_file, memory_limit_bytes, read_checked_volume
-    from .importer import ImportSummary, SeriesInfo, check_looks_like_ct, import_ct, import_source, list_dicom_series, read_dicom_ct
+    from .bone_mask import BoneLevels, bone_levels
+    from .importer import ImportSummary, SeriesInfo, check_looks_like_ct, import_ct, import_source, list_dicom_series, read_dicom_ct, read_series
     from .meshing import is_watertight, label_meshes, mask_mesh
-    from .naming import RegionInfo, detect_anatomy, name_regions
+    from .naming import CONFIDENT, Naming, RegionInfo, detect_anatomy, name_bones, name_regions, regions_from_label_map
+    from .relabel import Relabelled, parse_assignments, relabel_case
     from .pipeline import BACKENDS, BoneSummary, SegmentationSummary, load_segmentation, mesh_case, run_backend, segment_case
     from .slicer_seg import write_seg_nrrd
+    from .stacks import ImportRecord, Stack, StackSource, check_one_frame, combine_stacks, read_import_record, read_scanned
     from .totalseg import segment_totalsegmentator, totalsegmentator_status
     from .unet import ModelCard, segment_unet, train_from_folder

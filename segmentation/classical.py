@@ -6,15 +6,27 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    ``bead_max_volume_mm3`` are fiducial beads or wires, not bone. A zone around each is
    excluded from the bone mask; the dent this leaves in the bone surface is refilled by a
    local morphological closing of the bone alone.
-2. **Bone mask by hysteresis**: voxels >= ``bone_low_hu`` connected to a voxel >=
-   ``bone_high_hu`` (reconstruction by dilation, Vincent 1993, IEEE TIP 2(2)).
-3. **Boundary at the local half maximum**: the outer layer of each component is
+2. **Bone mask grown from the cortex** (:mod:`.bone_mask`): voxels >= the growth level
+   connected to a voxel >= the seed level (reconstruction by dilation, Vincent 1993, IEEE TIP
+   2(2)) and within ``grow_max_mm`` of one. The levels are ``bone_high_hu`` / ``bone_low_hu``
+   where the image resolves the cortex; where it does not (a thin cortex in 3 mm voxels peaks
+   at ~500 HU) both are lowered towards the image's soft tissue by the contrast its cortex
+   actually reaches (:func:`~orthonav.segmentation.bone_mask.bone_levels`), so cancellous bone
+   and the partial-volume edge are taken.
+3. **Boundary at the local half maximum** (cortex resolved only): the outer layer of each component is
    re-thresholded half-way between the local cortical peak (grey dilation) and the soft tissue
    around it: the full-width-at-half-maximum edge criterion, which puts the boundary on the
    true surface of a blurred edge instead of at a fixed HU level that moves with blur. Done
    again per bone after separation, which also peels blurred bridges across narrow joints.
 4. **Solid bones**: cavities (marrow, cancellous bone below the threshold) are filled in 3D,
-   and per bone in 2D slices so bones cut by the field of view are solid too.
+   with each face of the volume as a lid so bones cut by the field of view are solid too. Where
+   the cortex is not resolved, one-voxel gaps in it are closed and pores opening through wider
+   gaps are filled in the slices of two of the three orientations
+   (:func:`~orthonav.segmentation.bone_mask.fill_enclosed_in_planes`; a canal through the bone
+   is enclosed in one orientation only and stays open unless its mean HU is above soft tissue:
+   cancellous bone, not fluid). There, after the separation, a region without cortex is
+   dropped (:func:`~orthonav.segmentation.bone_mask.has_cortex`) and each bone's surface is put
+   at the local half maximum (:func:`~orthonav.segmentation.bone_mask.peel_to_half_maximum`).
    Bumps of bead size left on the surface (beads whose blurred peak stays below
    ``metal_hu``) are removed as the small compact residue of a morphological opening.
 5. **Table, cables, noise**: components too thin to contain a ball of ``seed_depth_mm``
@@ -47,7 +59,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,7 +69,8 @@ from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 from scipy import ndimage as ndi
 
-from .naming import RegionInfo, detect_anatomy, name_regions
+from .bone_mask import bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
+from .naming import RegionInfo, detect_anatomy, name_bones, region_infos_from_pieces, scan_border
 
 ANATOMIES = ("auto", "knee", "hip", "general")
 
@@ -87,7 +100,14 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class ClassicalParams:
-    """Tunable thresholds of :func:`segment_classical` (HU, mm, mm^3)."""
+    """Tunable thresholds of :func:`segment_classical` (HU, mm, mm^3).
+
+    ``bone_high_hu`` / ``bone_low_hu`` are the cortex seed and growth levels for a CT whose
+    cortex is resolved; on a CT where it is not, both are lowered by the contrast its cortex
+    reaches (:func:`~orthonav.segmentation.bone_mask.bone_levels`). ``grow_max_mm``: how far
+    from a cortex seed the bone may grow (the centre of a lumbar vertebral body is ~20 mm from
+    its cortex); it stops growth along a bright organ touching a bone.
+    """
 
     bone_low_hu: float = 180.0
     bone_high_hu: float = 500.0
@@ -118,6 +138,7 @@ class ClassicalParams:
     bump_max_volume_mm3: float = 25.0
     bump_max_extent_mm: float = 7.0
     separation_spacing_mm: float = 0.9
+    grow_max_mm: float = 20.0
 
 
 def _img(array: NDArray, spacing_ijk: NDArray) -> sitk.Image:
@@ -173,13 +194,6 @@ def _bead_mask(ct_zyx: NDArray, spacing: NDArray, p: ClassicalParams) -> tuple[N
         dist = _arr(sitk.SignedMaurerDistanceMap(_img(bead, spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True))
         zone[g] |= dist[1:-1, 1:-1, 1:-1] <= p.bead_zone_mm
     return zone, boxes
-
-
-def _hysteresis(ct_zyx: NDArray, allowed: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
-    low = (ct_zyx >= p.bone_low_hu) & allowed
-    high = (ct_zyx >= p.bone_high_hu) & low
-    rec = sitk.BinaryReconstructionByDilation(_img(high.astype(np.uint8), spacing), _img(low.astype(np.uint8), spacing))
-    return sitk.GetArrayFromImage(rec).astype(bool)
 
 
 #: Thickness (mm along k) of the slabs in which local operations (:func:`adaptive_refine`,
@@ -648,9 +662,7 @@ def _separate_box(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: N
     c_lab = _arr(sitk.RelabelComponent(sitk.ConnectedComponent(_img(core_mask.astype(np.uint8), spacing), True), minimumObjectSize=min_vox))
     markers = m_lab.astype(np.int32)
     markers[c_lab > 0] = c_lab[c_lab > 0].astype(np.int32) + n_marrow
-    n_seeds = int(markers.max())
-    if n_seeds == 0:
-        return np.zeros(mask.shape, np.int32)
+    n_seeds = int(markers.max())  # may be 0 (only thin bones): every component is then a lone region
     regions = marker_watershed(ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7), markers, mask, spacing)
     # Flooding goes by level, so every voxel of a component holding a marker is claimed from
     # inside it; a component with no marker (thinner than ``seed_depth_mm`` everywhere: a rib
@@ -815,13 +827,25 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[
 
 
 def _clean_regions(
-    regions: NDArray, spacing: NDArray, p: ClassicalParams, body: NDArray, *, offset_kji: NDArray | None = None
+    regions: NDArray,
+    spacing: NDArray,
+    p: ClassicalParams,
+    body: NDArray,
+    *,
+    offset_kji: NDArray | None = None,
+    fill_planes: bool = False,
+    ct_zyx: NDArray | None = None,
+    soft_hu: float = np.inf,
 ) -> list[tuple[tuple[slice, ...], NDArray]]:
     """Per region: largest connected piece, cavities filled; drop regions below the minimum
     volume and regions lying mostly outside the body (the table, cables, external objects).
 
     ``body`` is the coarse body mask of a box whose voxel (0, 0, 0) is ``-offset_kji`` in
-    ``regions`` (index (k, j, i) offset of ``regions`` inside that box; zero when the same box)."""
+    ``regions`` (index (k, j, i) offset of ``regions`` inside that box; zero when the same box).
+    With ``fill_planes`` (cortex not resolved) pores enclosed in the slices of two of the three
+    orientations are filled too (:func:`~orthonav.segmentation.bone_mask.fill_enclosed_in_planes`),
+    and, given ``ct_zyx`` (HU, on the grid of ``regions``), pores enclosed in one orientation
+    whose mean HU is above ``soft_hu`` (cancellous bone, not a canal)."""
     off = np.zeros(3, np.int64) if offset_kji is None else np.asarray(offset_kji, np.int64)
     step = _coarse_step(spacing)
     voxel_mm3 = float(np.prod(spacing))
@@ -845,14 +869,25 @@ def _clean_regions(
         # one voxel, then add the cavities this encloses (not the closing's own voxels).
         padded = np.pad(m, 1)
         closed = ndi.binary_closing(padded, structure=ndi.generate_binary_structure(3, 1))[1:-1, 1:-1, 1:-1]
+        # A fill closes this bone's own cavities and pores, never another bone: voxels the
+        # separation gave to another region stay theirs (a slice-wise fill could otherwise wrap a
+        # neighbour, e.g. femur, tibia and fibula seen together through a short knee stack).
+        others = (regions[box] != 0) & (regions[box] != idx)
+        if fill_planes:
+            # A cortex thinner than the voxels: a one-voxel gap in it is cortex below the growth
+            # level (kept), and pores open through wider gaps are filled slice-wise.
+            hu = None if ct_zyx is None else ct_zyx[box]
+            return box, fill_enclosed_in_planes(fill_cavities(m | closed), hu=hu, above_hu=soft_hu) & ~others
         m |= fill_cavities(closed) & ~closed
-        return box, m
+        return box, m & ~others
 
     todo = [(idx, box) for idx, box in enumerate(ndi.find_objects(regions), start=1) if box is not None]
     return [r for r in _map(clean, todo) if r is not None]  # in region order
 
 
-def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalParams | None = None) -> Segmentation:
+def segment_classical(
+    ct: Volume, *, anatomy: str = "auto", params: ClassicalParams | None = None, scanned: Volume | None = None
+) -> Segmentation:
     """Segment the bones of a CT into named per-bone labels (no training, no network).
 
     Parameters
@@ -864,6 +899,10 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
         ``"knee"``, ``"hip"``, ``"general"`` or ``"auto"`` (decide from the bones found).
     params
         Thresholds; defaults suit clinical CT and OrthoNav phantoms.
+    scanned
+        Coverage mask on the CT grid (non-zero = scanned) of a study imported from several
+        stacks (docs/import.md), or None. A bone that reaches the border of a stack is cut there,
+        which naming uses as evidence (a long bone continuing out of view).
 
     Returns
     -------
@@ -881,6 +920,15 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     p = params or ClassicalParams()
     spacing = ct.spacing_mm  # along i, j, k (sitk order)
     full = ct.array_zyx
+    # The HU levels of this image (:mod:`.bone_mask`): where its cortex is not resolved (thin
+    # cortex in large voxels, partial volume) they are lowered towards its soft tissue; every
+    # later step uses them. The half-maximum edge (:func:`adaptive_refine`) needs the cortex
+    # resolved (its peak is then the bone's level); otherwise the peak is itself a partial-volume
+    # value, the edge is where the growth level put it, and pores that open through gaps of the
+    # blurred cortex are filled slice-wise (:func:`fill_enclosed_in_planes`).
+    levels = bone_levels(full, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu)
+    p = replace(p, bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, adaptive_boundary=p.adaptive_boundary and levels.resolved)
+    fill_planes = not levels.resolved
     candidates = full >= p.bone_high_hu
     if not candidates.any():
         raise InputError(
@@ -893,7 +941,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     ct_zyx = full[box].astype(np.float32)
 
     zone, bead_boxes = _bead_mask(ct_zyx, spacing, p)
-    bone = fill_cavities(_hysteresis(ct_zyx, ~zone, spacing, p))
+    bone = fill_cavities(grow_from_cortex(ct_zyx, ~zone, spacing, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu, grow_max_mm=p.grow_max_mm))
     body = _body_mask(ct_zyx, spacing, p)  # on the wide box: the body around the bones
     # Components smaller than a bone can never become one (every region lies in one component
     # and regions below ``min_bone_volume_mm3`` are dropped): drop them now (noise specks
@@ -920,7 +968,13 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     regions = _separate(bone, spacing, p, ct_zyx)
     if p.adaptive_boundary:  # again per bone: peels blurred bridges left between touching bones
         regions = adaptive_refine(ct_zyx, regions, spacing, p)
-    pieces = _clean_regions(regions, spacing, p, body, offset_kji=inner_kji)
+    pieces = _clean_regions(regions, spacing, p, body, offset_kji=inner_kji, fill_planes=fill_planes, ct_zyx=ct_zyx, soft_hu=levels.soft_hu)
+    if fill_planes:  # cortex not resolved (:mod:`.bone_mask`): regions without a cortex are
+        # dropped, and the surface is put at the local half maximum.
+        voxel_mm3 = float(np.prod(spacing))
+        pieces = [
+            (b, peel_to_half_maximum(ct_zyx, mk, b, levels.soft_hu)) for b, mk in pieces if has_cortex(ct_zyx[b], mk, p.bone_high_hu, voxel_mm3)
+        ]
     if not pieces:
         raise InputError(None, "no bone found: dense voxels exist but none forms a bone-sized solid object")
 
@@ -930,7 +984,7 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
     if anatomy in ("hip", "auto"):
         # Joint spaces narrower than the blur (a femoral head in its socket) leave two bones in
         # one region; re-separate them. With "auto" this is kept only if the result is a hip.
-        split, split_notes = _split_joined_bones(ct_zyx, pieces, spacing, p, body, inner_kji)
+        split, split_notes = _split_joined_bones(ct_zyx, pieces, spacing, p, body, inner_kji, fill_planes=fill_planes)
         if split_notes:
             split_infos = _region_infos(split, ct, crop_origin_ijk)
             if anatomy == "hip" or detect_anatomy(split_infos) == "hip":
@@ -938,37 +992,48 @@ def segment_classical(ct: Volume, *, anatomy: str = "auto", params: ClassicalPar
             else:
                 split_notes = []
     body_lps = _body_centre_lps(ct)
-    names, side = name_regions(infos, anatomy=anatomy, body_centre_lps=body_lps)
-    # A limb field of view names every bone it expects; anything else the leg rule leaves as
-    # ``bone_<n>`` is a fragment (a piece of a bone cut off by the separation, a blurred bridge),
-    # never a bone of its own: it is merged into the bone it touches most, or dropped, with a note.
-    limb = (anatomy if anatomy != "auto" else detect_anatomy(infos)) in ("knee", "hip")
-    fragments = [i for i, n in names.items() if limb and n.startswith("bone_")]
-    for i in fragments:
-        del names[i]
-
+    # Naming (orthonav.segmentation.naming.name_bones): names with confidences; a region whose
+    # name is not confident stays ``bone_<n>`` with its reason in the notes; fragments (small
+    # pieces touching a named bone) are merged into the bone they touch most, or dropped; a
+    # table slab or metal is left out; pieces with the same name (one bone cut by an unscanned
+    # gap) share one label.
+    named = name_bones(
+        region_infos_from_pieces(
+            pieces, ct.lps_from_ijk, full.shape, np.array([s_.start for s_ in box]), ct_zyx,
+            scan_border_zyx=None if scanned is None else scan_border(scanned.array_zyx),
+        ),
+        anatomy=anatomy,
+        body_centre_lps=body_lps,
+    )
+    names, side, fragments = dict(named.names), named.side, list(named.fragments)
     labels_crop = np.zeros(ct_zyx.shape, np.uint8)
     table: dict[int, str] = {}
-    value = 0
+    value_of: dict[str, int] = {}
     for info in sorted(infos, key=lambda r: names.get(r.index, "~")):
         name = names.get(info.index)
         if name is None:
             continue
-        value += 1
-        if value > 255:
-            raise InputError(None, "more than 255 bones found; the label map is uint8")
+        if name not in value_of:
+            if len(value_of) >= 255:
+                raise InputError(None, "more than 255 bones found; the label map is uint8")
+            value_of[name] = len(value_of) + 1
+            table[value_of[name]] = name
         b, mk = pieces[info.index]
-        labels_crop[b][mk & (labels_crop[b] == 0)] = value
-        table[value] = name
-    notes = split_notes + [absorb_fragment(labels_crop, table, pieces[i], infos[i]) for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3)]
+        labels_crop[b][mk & (labels_crop[b] == 0)] = value_of[name]
+    conf_of = {n: min(named.confidence.get(i, 0.0) for i, m in names.items() if m == n) for n in value_of}
+    why_of = {n: named.why.get(min(i for i, m in names.items() if m == n), "") for n in value_of}
+    notes = split_notes + named.notes() + [absorb_fragment(labels_crop, table, pieces[i], infos[i]) for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3)]
     labels_crop, table = _join_touching(labels_crop, table, stem="vertebrae", ct=ct, crop_origin_ijk=crop_origin_ijk)
     if not table:
         raise InputError(None, "no bone found that could be named for this anatomy")
+    joined = [c for n, c in conf_of.items() if n.startswith("vertebrae_")]
+    confidence = {v: float(conf_of.get(n, min(joined, default=0.0))) for v, n in table.items()}
+    why = {v: why_of.get(n, "on the midline, posterior (vertebrae joined where they touch)") for v, n in table.items()}
     labels = np.zeros(full.shape, np.uint8)
     labels[box] = labels_crop
     return Segmentation(
         labels=Volume(labels, ct.lps_from_ijk.copy()),
-        table=LabelTable(labels=table, backend="classical", side=side),
+        table=LabelTable(labels=table, backend="classical", side=side, confidence=confidence, why=why),
         confidence=None,
         notes=tuple(notes),
     )
@@ -1112,6 +1177,8 @@ def _split_joined_bones(
     p: ClassicalParams,
     body: NDArray,
     offset_kji: NDArray,
+    *,
+    fill_planes: bool = False,
 ) -> tuple[list[tuple[tuple[slice, ...], NDArray]], list[str]]:
     """Split regions that hold two bones joined across a blurred joint space.
 
@@ -1206,7 +1273,7 @@ def _split_joined_bones(
         # fragment) are refined together, so their interface is not peeled.
         together = _union_lut(int(ws.max()) + 1, ((a, b) for (a, b), depth in depths.items() if depth <= 0.0))[ws]
         groups = np.where(adaptive_refine(ct_zyx, together, spacing, p) > 0, groups, 0)
-    new = _clean_regions(groups, spacing, p, body, offset_kji=offset_kji)
+    new = _clean_regions(groups, spacing, p, body, offset_kji=offset_kji, fill_planes=fill_planes)
     kept = [pc for i, pc in enumerate(pieces, start=1) if not np.isin(comps[pc[0]][pc[1]], affected).any()]
     notes = [
         f"split {split.size} region(s) holding bones joined across a blurred joint space into "

@@ -8,6 +8,7 @@ bone in the image, a missing weights file) leaves the case folder as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from .meshing import (
     label_meshes,
 )
 from .slicer_seg import write_seg_nrrd
+from .stacks import clear_unscanned, read_scanned
 
 BACKENDS = ("classical", "unet", "totalsegmentator")
 #: Slicer segmentation file written beside labels.nii.gz.
@@ -38,12 +40,15 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class BoneSummary:
-    """One bone of a segmentation: label value, voxel count, volume (mL) and mesh size."""
+    """One bone of a segmentation: label value, voxel count, volume (mL), mesh size, and the
+    confidence of its name (None when the backend gives none) with what it rests on."""
 
     label: int
     voxels: int
     volume_ml: float
     triangles: int = 0
+    confidence: float | None = None
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,10 +76,11 @@ def _check_ct(ct: Volume, path: Path) -> None:
 
 
 def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto", weights: str | Path | None = None,
-                progress: Progress | None = None) -> Segmentation:
-    """Segment ``ct`` with the named backend (no files touched)."""
+                progress: Progress | None = None, scanned: Volume | None = None) -> Segmentation:
+    """Segment ``ct`` with the named backend (no files touched); ``scanned`` is the coverage
+    mask of a multi-stack import (or None), used by the classical backend's naming."""
     if backend == "classical":
-        return segment_classical(ct, anatomy=anatomy)
+        return segment_classical(ct, anatomy=anatomy, scanned=scanned)
     if backend == "unet":
         from .unet import segment_unet
 
@@ -89,7 +95,12 @@ def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto"
 def _bone_summaries(labels: Volume, table: LabelTable) -> dict[str, BoneSummary]:
     counts = np.bincount(labels.array_zyx.ravel().astype(np.int64), minlength=max(table.labels) + 1)
     voxel_ml = float(np.prod(labels.spacing_mm)) / 1000.0
-    return {name: BoneSummary(label=v, voxels=int(counts[v]), volume_ml=float(counts[v] * voxel_ml)) for v, name in table.labels.items()}
+    return {
+        name: BoneSummary(
+            label=v, voxels=int(counts[v]), volume_ml=float(counts[v] * voxel_ml), confidence=table.confidence.get(v), why=table.why.get(v, "")
+        )
+        for v, name in table.labels.items()
+    }
 
 
 def _write_meshes(case: Case, meshes: dict, formats: Sequence[str]) -> list[Path]:
@@ -155,11 +166,16 @@ def segment_case(
     ct_path = case.require(case.ct, "orthonav import")
     ct = read_volume(ct_path)
     _check_ct(ct, ct_path)
+    scanned = read_scanned(case.root, ct)  # coverage of several stacks (import), or None: all scanned
     timings["read"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     _report(progress, f"segmenting ({backend})", 0.1)
-    seg = run_backend(ct, backend=backend, anatomy=anatomy, weights=weights, progress=progress)
+    seg = run_backend(ct, backend=backend, anatomy=anatomy, weights=weights, progress=progress, scanned=scanned)
+    if scanned is not None:  # stacks (docs/import.md): nothing is labelled where nothing was scanned
+        kept, n_cleared = clear_unscanned(seg.labels, scanned)
+        if n_cleared:
+            seg = dataclasses.replace(seg, labels=kept, notes=(*seg.notes, f"{n_cleared} labelled voxels outside the scanned stacks cleared"))
     timings["segment"] = time.perf_counter() - t
 
     meshes = {}
@@ -184,7 +200,7 @@ def segment_case(
     _report(progress, "done", 1.0)
 
     bones = _bone_summaries(seg.labels, seg.table)
-    bones = {n: BoneSummary(b.label, b.voxels, b.volume_ml, int(meshes[n].n_cells) if n in meshes else 0) for n, b in bones.items()}
+    bones = {n: dataclasses.replace(b, triangles=int(meshes[n].n_cells) if n in meshes else 0) for n, b in bones.items()}
     return SegmentationSummary(case.root, seg.table.backend or backend, bones, files, timings, seg.table.side, getattr(seg, "notes", ()))
 
 

@@ -25,15 +25,24 @@ def test_meshes_are_watertight_and_outward(knee_meshes):
         assert tm.volume > 0, name  # outward normals
 
 
+#: Mean |signed distance| of the mesh vertices to the analytic surface on the mini knee
+#: (0.7 x 0.8 x 1.1 mm voxels): measured femur 0.088, tibia 0.087, fibula 0.079, patella 0.130 mm
+#: (95th percentiles 0.21-0.38 mm). Asserted with a small margin: 0.15 mm mean, 0.45 mm p95.
+MESH_MEAN_MM = 0.15
+MESH_P95_MM = 0.45
+
+
 def test_mesh_vertices_on_true_surface_in_lps(knee_meshes):
-    """Mean |signed distance| of the vertices to the analytic surface < 0.5 voxel (the smallest
-    spacing). A mesh left in index space, or with the direction matrix ignored, is mm-to-cm off."""
+    """Mean |signed distance| of the vertices to the analytic surface <= 0.15 mm (under half the
+    smallest voxel, 0.35 mm). A mesh left in index space, or with the direction matrix ignored,
+    is mm-to-cm off."""
     k, _seg, meshes = knee_meshes
     half_voxel = 0.5 * float(k.ct.spacing_mm.min())
+    assert MESH_MEAN_MM < half_voxel
     for name, m in meshes.items():
-        d = k.signed_distance_mm(name, np.asarray(m.points))
-        assert np.mean(np.abs(d)) < half_voxel, (name, float(np.mean(np.abs(d))))
-        assert np.percentile(np.abs(d), 95) < 1.0, name
+        d = np.abs(k.signed_distance_mm(name, np.asarray(m.points)))
+        assert np.mean(d) <= MESH_MEAN_MM, (name, float(np.mean(d)))
+        assert np.percentile(d, 95) <= MESH_P95_MM, (name, float(np.percentile(d, 95)))
 
 
 def test_mesh_volume_matches_truth(knee_meshes):

@@ -173,17 +173,74 @@ def test_anatomy_is_a_right_leg_in_lps(phantom):
     assert np.all(lo > 0) and np.all(hi < np.array(phantom.ct.shape_ijk) - 1), "bones inside the field of view"
 
 
-def test_truth_angles_are_computed_from_the_truth_landmarks(phantom):
+def _construction(phantom):
+    """The small knee's construction (limb frame) and ``ct_from_limb``: what the truth must match."""
+    from dataclasses import replace
+
+    from orthonav.phantoms.knee import SMALL, KneeParameters, knee_geometry
+
+    prm = KneeParameters(**SMALL)
+    # the knobs the geometry does not depend on zeroed, as the recipe does: the cached geometry
+    geo = knee_geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
+    return prm, geo.anatomy, np.asarray(phantom.ct_from_limb)
+
+
+def test_truth_tibial_angles_follow_the_construction_in_closed_form(phantom):
+    """The truth mpta and slope against the construction, not against ``knee_angles`` again.
+
+    The tibial plateau is built in a frame ``r_p`` (``knee.build_knee``): its plateau centres lie
+    along ``r_p`` x (medial) and its AP tangent is ``r_p`` y. With the truth tibial mechanical axis
+    ``u`` (ankle centre -> tibial knee centre), docs/anatomy.md gives in closed form
+    ``mpta = 90 + asin(u . x_p)`` and ``slope = atan2(-(v . u), |v - (v . u) u|)`` with ``v`` the
+    tangent's part perpendicular to the medio-lateral direction."""
+    from orthonav.core.transforms import apply_vector
+
+    _prm, anat, ct_from_limb = _construction(phantom)
     t = phantom.truth
-    again = knee_angles(t.landmarks_lps_mm, medial_plateau_ap_tangent_lps=t.medial_plateau_ap_tangent_lps)
-    for k, v in t.angles_deg.items():
-        assert again[k] == pytest.approx(v, abs=1e-9)
+    L = {k: np.asarray(v, dtype=float) for k, v in t.landmarks_lps_mm.items()}
+    x_p = apply_vector(ct_from_limb, anat.plateau_rot[:, 0])
+    y_p = apply_vector(ct_from_limb, anat.plateau_rot[:, 1])
+    # the truth's plateau line and AP tangent ARE the construction's (measured: 0 deg apart)
+    np.testing.assert_allclose(t.medial_plateau_ap_tangent_lps, y_p, atol=1e-12)
+    line = L["medial_plateau_centre"] - L["lateral_plateau_centre"]
+    np.testing.assert_allclose(line / np.linalg.norm(line), x_p, atol=1e-9)
+    u = L["tibial_knee_centre"] - L["ankle_centre"]
+    u /= np.linalg.norm(u)
+    assert t.angles_deg["mpta"] == pytest.approx(90.0 + np.degrees(np.arcsin(u @ x_p)), abs=1e-9)
+    ml = x_p - (x_p @ u) * u
+    ml /= np.linalg.norm(ml)
+    v = y_p - (y_p @ ml) * ml
+    slope = np.degrees(np.arctan2(-(v @ u), np.sqrt(v @ v - (v @ u) ** 2)))
+    assert t.angles_deg["slope"] == pytest.approx(slope, abs=1e-9)
     a = t.angles_deg
     assert 175.5 < a["hka"] < 178.5  # ~3 deg varus
     assert 86.5 < a["ldfa"] < 89.5
     assert 84.5 < a["mpta"] < 87.5
     assert 4.5 < a["slope"] < 7.5
     assert 2.0 < a["femoral_rotation"] < 4.5
+
+
+def test_knee_angles_on_the_construction_axes_equal_the_construction_knobs(phantom):
+    """``knee_angles`` (the truth's angle code) on the phantom with its CONSTRUCTION axes (femoral
+    mechanical axis r_f z, TEA r_f x, tibial mechanical axis r_t z) gives the construction's knobs
+    in closed form: hka = 180 - varus_deg (the tibia is tilted varus_deg further than the femur
+    about the limb's AP axis), mpta = mpta_deg (the plateau is turned 90 - mpta_deg from the
+    tibial axis), slope = atan(tan(slope_deg) cos(90 - mpta_deg)) (the slope rotation is applied
+    in the already-tilted plateau frame)."""
+    from orthonav.core.transforms import apply, apply_vector
+
+    prm, anat, ct_from_limb = _construction(phantom)
+    L = {k: np.asarray(v, dtype=float) for k, v in phantom.truth.landmarks_lps_mm.items()}
+    z_f, x_f, z_t = (apply_vector(ct_from_limb, v) for v in (anat.femur_rot[:, 2], anat.femur_rot[:, 0], anat.tibia_rot[:, 2]))
+    head = apply(ct_from_limb, anat.head_centre)
+    knee_f = head - 420.0 * z_f
+    L.update(femoral_head_centre=head, femoral_knee_centre=knee_f, medial_epicondyle=knee_f + 40.0 * x_f,
+             lateral_epicondyle=knee_f - 40.0 * x_f, ankle_centre=L["tibial_knee_centre"] - 370.0 * z_t)
+    a = knee_angles(L, medial_plateau_ap_tangent_lps=phantom.truth.medial_plateau_ap_tangent_lps)
+    assert a["hka"] == pytest.approx(180.0 - prm.varus_deg, abs=1e-9)
+    assert a["mpta"] == pytest.approx(prm.mpta_deg, abs=1e-9)
+    slope = np.degrees(np.arctan(np.tan(np.radians(prm.slope_deg)) * np.cos(np.radians(90.0 - prm.mpta_deg))))
+    assert a["slope"] == pytest.approx(slope, abs=1e-9)
 
 
 def test_knee_angles_on_a_hand_built_limb():
@@ -210,7 +267,14 @@ def test_knee_angles_on_a_hand_built_limb():
     assert a["hka"] == pytest.approx(178.0, abs=1e-6)
     assert a["ldfa"] == pytest.approx(87.0, abs=1e-6)
     assert a["mpta"] == pytest.approx(86.0, abs=1e-6)  # plateau 88 deg to vertical, axis tilted 2 deg medially
-    assert a["slope"] == pytest.approx(7.0, abs=0.05)
+    # The tangent falls 7 deg in the limb's sagittal plane but the tibial axis u = (-sin 2, 0, cos 2)
+    # leans 2 deg in the coronal plane, so the slope (in the tibial sagittal plane) is not exactly 7:
+    # with ml = (cos 2, 0, sin 2) and v = tangent - (tangent . ml) ml, slope = asin(-(v . u) / |v|)
+    # and v . u = -sin 7 cos 2 (closed form, by hand):
+    s7, c2, s2 = np.sin(np.radians(7)), np.cos(np.radians(2)), np.sin(np.radians(2))
+    v = np.array([0.0, np.cos(np.radians(7)), -s7]) + s7 * s2 * np.array([c2, 0.0, s2])  # the tangent minus its medio-lateral part
+    assert a["slope"] == pytest.approx(np.degrees(np.arcsin(s7 * c2 / np.linalg.norm(v))), abs=1e-9)
+    assert a["slope"] == pytest.approx(7.0, abs=0.01)
     assert a["femoral_rotation"] == pytest.approx(4.0, abs=1e-6)
 
 

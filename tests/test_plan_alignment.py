@@ -66,18 +66,31 @@ def test_angle_signs_varus_valgus_slope_rotation():
     _check(compute_angles(synthetic_landmarks(**valgus)), {"hka": 184.0, "ldfa": 92.0, "mpta": 93.0, "slope": -2.0, "femoral_rotation": -1.0})
 
 
-def test_slope_from_tangent_matches_rim_points_and_phantom_formula():
+def test_slope_from_tangent_matches_rim_points():
     L = synthetic_landmarks()
     tangent = L["medial_plateau_posterior"] - L["medial_plateau_anterior"]  # pointing posteriorly, as in truth
     L2 = {k: v for k, v in L.items() if not k.startswith("medial_plateau_a") and not k.startswith("medial_plateau_p")}
     assert "slope" not in compute_angles(L2)
     assert compute_angles(L2, medial_plateau_ap_tangent_lps=tangent)["slope"] == pytest.approx(6.0, abs=1e-9)
+
+
+def test_phantom_truth_angle_code_on_the_same_closed_form_limbs():
+    """The phantom's truth angles come from ``orthonav.phantoms.angles.knee_angles``: it is checked
+    here against the construction values of these hand-built limbs (closed form), in any pose and
+    for a left leg, not against planning's ``compute_angles``."""
     from orthonav.phantoms.angles import knee_angles
 
-    theirs = knee_angles(L, medial_plateau_ap_tangent_lps=tangent, side="right")
-    ours = compute_angles(L)
-    for k in EXPECTED:
-        assert ours[k] == pytest.approx(theirs[k], abs=1e-6), k
+    rng = np.random.default_rng(8)
+    for prm, want in ((dict(), EXPECTED),
+                      (dict(hka=184.0, ldfa=92.0, mpta=93.0, slope=-2.0, rot=-1.0),
+                       {"hka": 184.0, "ldfa": 92.0, "mpta": 93.0, "slope": -2.0, "femoral_rotation": -1.0})):
+        L = synthetic_landmarks(**prm)
+        tangent = L["medial_plateau_posterior"] - L["medial_plateau_anterior"]
+        T = tf.random_rigid(rng)
+        placed = {k: tf.apply(T, v) for k, v in L.items()}
+        _check(knee_angles(placed, medial_plateau_ap_tangent_lps=tf.apply_vector(T, tangent), side="right"), want)
+        mirror = np.array([-1.0, 1.0, 1.0])
+        _check(knee_angles({k: v * mirror for k, v in L.items()}, medial_plateau_ap_tangent_lps=tangent * mirror, side="left"), want)
 
 
 def test_missing_landmarks_omit_angles_and_bad_values_raise():

@@ -1,7 +1,7 @@
 """The automatic plan against synthetic-phantom ground truth (landmarks, angles, cuts, volume).
 
-One small knee phantom is generated for the module (about 30 s of CPU), its TRUE meshes are
-copied to CASE/meshes (standing in for segmentation), and ``auto_plan`` runs on it.
+The session's small knee phantom (``small_knee_phantom``) is written to a case, its TRUE meshes
+are copied to CASE/meshes (standing in for segmentation), and ``auto_plan`` runs on it.
 """
 
 from __future__ import annotations
@@ -25,14 +25,18 @@ pytestmark = pytest.mark.slow
 LANDMARK_TOL_MM = 1.5
 ANGLE_TOL_DEG = 0.5
 DEPTH_TOL_MM = 0.5
+#: README "plan on true meshes": landmarks 0.03 to 0.31 mm, angles 0.02 to 0.07 deg from the
+#: truth on this phantom (small knee, seed 0: measured 0.034-0.314 mm, |angle error| 0.025-0.075
+#: deg). Asserted with a small margin.
+README_LANDMARK_MM = 0.35
+README_ANGLE_DEG = 0.10
 
 
 @pytest.fixture(scope="module")
-def knee(tmp_path_factory):
-    from orthonav.phantoms.knee import make_knee_phantom
+def knee(small_knee_phantom, tmp_path_factory):
     from orthonav.phantoms.synthetic import write_phantom_case
 
-    phantom = make_knee_phantom(seed=0, small=True)
+    phantom = small_knee_phantom  # make_knee_phantom(seed=0, small=True), shared by the session
     case = tmp_path_factory.mktemp("plan_knee")
     write_phantom_case(phantom, case)
     (case / "meshes").mkdir()
@@ -51,8 +55,9 @@ def test_landmarks_match_truth(knee):
     ref = _reference_landmarks(phantom, case)
     found = find_landmarks(load_bone_meshes(case))
     errors = {k: float(np.linalg.norm(np.asarray(found[k].position_lps_mm) - ref[k])) for k in ref}
-    bad = {k: round(e, 2) for k, e in errors.items() if e > LANDMARK_TOL_MM}
-    assert not bad, f"landmarks off by more than {LANDMARK_TOL_MM} mm: {bad}"
+    assert len(errors) == 14
+    bad = {k: round(e, 3) for k, e in errors.items() if e > README_LANDMARK_MM}
+    assert not bad, f"landmarks off by more than {README_LANDMARK_MM} mm: {bad}"
     # The plan written by auto_plan holds the same landmarks, each with its method named.
     for k in ref:
         assert plan.landmarks[k].method
@@ -62,7 +67,7 @@ def test_landmarks_match_truth(knee):
 def test_angles_match_truth(knee):
     phantom, _, plan = knee
     for k in ("hka", "ldfa", "mpta", "slope", "femoral_rotation"):
-        assert plan.angles_deg[k] == pytest.approx(phantom.truth.angles_deg[k], abs=ANGLE_TOL_DEG), k
+        assert plan.angles_deg[k] == pytest.approx(phantom.truth.angles_deg[k], abs=README_ANGLE_DEG), k
 
 
 def test_fiducials_in_plan_match_truth(knee):

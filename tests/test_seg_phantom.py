@@ -39,8 +39,9 @@ def test_phantom_meshes_on_true_surface(phantom_and_seg):
 
     ph, seg = phantom_and_seg
     meshes = label_meshes(seg.labels, seg.table)
-    half_voxel = 0.5 * float(ph.ct.spacing_mm.min())
+    # README: mean distance of mesh vertices to the true surface 0.17 to 0.25 mm (half a voxel
+    # is 0.45 mm); asserted at 0.26 mm, the claimed upper end plus a small margin.
     for name, m in meshes.items():
         assert is_watertight(m), name
         d = ph.signed_distance_mm(name, np.asarray(m.points))
-        assert np.mean(np.abs(d)) < half_voxel, (name, float(np.mean(np.abs(d))))
+        assert np.mean(np.abs(d)) <= 0.26, (name, float(np.mean(np.abs(d))))

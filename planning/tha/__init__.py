@@ -8,6 +8,8 @@ Modules, one step each, the same shape as :mod:`orthonav.planning.tka`:
 
 * :mod:`.landmarks`: femoral head and acetabulum centres, acetabular axis, ASIS and pubic
   tubercles, shaft and neck axes, native measures (:func:`find_hip_landmarks`);
+* :mod:`.proximal_femur`: the femoral head, neck, lesser trochanter and proximal shaft of
+  one femur, and what a short femur cannot give (:func:`analyse_proximal_femur`);
 * :mod:`.alignment`: the APP and the radiographic inclination / anteversion (Murray 1993);
 * :mod:`.placement`: cup and stem sizing and poses, the neck cut a stem implies;
 * :mod:`.outcomes`: angles, leg length, offsets, reaming, coverage (:func:`tha_outcomes`);
@@ -18,10 +20,11 @@ Modules, one step each, the same shape as :mod:`orthonav.planning.tka`:
 """
 
 from .alignment import SIDES, acetabular_angles, app_frame, cup_axis
-from .landmarks import HIP_BONES, find_hip_landmarks, neck_axis, pelvic_landmarks, rim_plane_axis, shaft_axis, socket_axis, socket_sphere
+from .landmarks import HIP_BONES, find_hip_landmarks, pelvic_landmarks, rim_plane_axis, socket_axis, socket_sphere
 from .outcomes import cup_coverage, stem_clearance, tha_outcomes
 from .placement import choose_cup_size, choose_stem_size, cup_pose, neck_cut_from_stem, stem_pose
 from .plan import build_tha_plan, is_hip_case, load_hip_meshes, plan_sides
+from .proximal_femur import MIN_SHAFT_MM, ProximalFemur, analyse_proximal_femur
 from .session import ThaSession
 from .trajectories import CUP_APPROACH_MM, CUP_AXIS_PREFIX, cup_trajectories, with_cup_trajectories
 
@@ -29,9 +32,12 @@ __all__ = [
     "CUP_APPROACH_MM",
     "CUP_AXIS_PREFIX",
     "HIP_BONES",
+    "MIN_SHAFT_MM",
+    "ProximalFemur",
     "SIDES",
     "ThaSession",
     "acetabular_angles",
+    "analyse_proximal_femur",
     "app_frame",
     "build_tha_plan",
     "choose_cup_size",
@@ -43,12 +49,10 @@ __all__ = [
     "find_hip_landmarks",
     "is_hip_case",
     "load_hip_meshes",
-    "neck_axis",
     "neck_cut_from_stem",
     "pelvic_landmarks",
     "plan_sides",
     "rim_plane_axis",
-    "shaft_axis",
     "socket_axis",
     "socket_sphere",
     "stem_clearance",

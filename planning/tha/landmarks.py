@@ -5,19 +5,18 @@ Bones use TotalSegmentator class names: ``hip_left``, ``hip_right``, ``sacrum`` 
 ``femur_left``, ``femur_right``. Methods (named in each
 :class:`~orthonav.planning.schema.Landmark`):
 
-* femoral head centre: Hough-voted, then geometric least-squares sphere fit to the head
-  surface near the hip bone (:func:`orthonav.planning.landmarks.femoral_head_sphere`);
-* acetabulum centre: the same for the concave socket surface (outward normals point to the
-  centre), seeded at the femoral head centre (:func:`socket_sphere`);
+* femoral head centre, neck axis, lesser trochanter, proximal shaft axis, neck-shaft angle
+  and femoral offset: :func:`orthonav.planning.tha.proximal_femur.analyse_proximal_femur`
+  (the head searched among the femoral vertices near the hip bone; the sphere refitted to
+  the articular head only; a femur too short for a shaft axis keeps its head and neck and
+  says which measures it could not make);
+* acetabulum centre: a Hough-voted, least-squares sphere (as for the femoral head) fitted to
+  the concave socket surface (outward normals point to the centre), seeded at the femoral head centre (:func:`socket_sphere`);
 * acetabular axis (native): the normal of the rim plane, a robust plane fit to the rim
   surface around the socket opening, started from the axis of the socket wall's hemisphere
   of directions (:func:`socket_axis`, :func:`rim_plane_axis`);
 * ASIS / pubic tubercles: extremes along the APP normal, with the APP recomputed from the
   four points until it no longer moves (Lewinnek 1978; the plane then touches all four);
-* proximal femoral shaft axis: best-fit line through shaft cross-section centroids
-  (80 mm below the head centre to 10 mm above the end of the mesh);
-* femoral neck axis: from the head centre through the centroid of the neck's surface ring
-  2-5 mm beyond the head radius, iterated (:func:`neck_axis`).
 """
 
 from __future__ import annotations
@@ -34,17 +33,15 @@ from scipy.spatial import cKDTree
 from ..landmarks import (
     SurfaceSamples,
     cap_point,
-    femoral_head_sphere,
-    fit_line,
     fit_sphere,
     hough_sphere_vote,
     landmark,
-    section_centroids,
     surface_samples,
 )
 from ..meshops import signed_distance_mm, unit_sphere_directions
 from ..schema import Axis, Landmark
 from .alignment import SIDES, app_frame
+from .proximal_femur import analyse_proximal_femur
 
 Vec = NDArray[np.float64]
 
@@ -53,7 +50,6 @@ Vec = NDArray[np.float64]
 HIP_BONES = ("hip_left", "hip_right", "sacrum", "femur_left", "femur_right")
 ASIS_REGION_MM = 20.0
 PUBIC_REGION_MM = 14.0
-SHAFT_START_BELOW_HEAD_MM = 80.0
 
 
 def _near(points: Vec, other: Vec, within_mm: float) -> NDArray[np.bool_]:
@@ -195,56 +191,12 @@ def pelvic_landmarks(hips: Mapping[str, SurfaceSamples], acetabula: Mapping[str,
     return L
 
 
-def shaft_axis(femur: pv.PolyData, head_centre: Vec, *, start_below_head_mm: float = SHAFT_START_BELOW_HEAD_MM, max_length_mm: float = 200.0) -> Axis:
-    """The proximal femoral shaft (anatomical) axis: best-fit line through the centroids of
-    cross-sections from ``start_below_head_mm`` below the head centre to 10 mm above the
-    distal end of the mesh (at most ``max_length_mm`` long), pointing proximally.
-    Sections are perpendicular to the current axis estimate (principal axis first), twice."""
-    pts = np.asarray(femur.points, dtype=np.float64)
-    c = pts.mean(axis=0)
-    d = np.linalg.eigh(np.cov((pts - c).T))[1][:, -1]
-    prox = d if np.dot(head_centre - c, d) > 0 else -d
-    for _ in range(3):
-        h = (pts - head_centre) @ (-prox)  # mm below the head centre
-        lo, hi = start_below_head_mm, min(float(h.max()) - 10.0, start_below_head_mm + max_length_mm)
-        if hi - lo < 20.0:
-            raise InputError(None, f"the femur mesh ends {float(h.max()):.0f} mm below the head centre: too short for a shaft axis (needs {start_below_head_mm + 30:.0f} mm)")
-        fr = np.linspace(lo, hi, 9)
-        cents = section_centroids(femur, head_centre, -prox, fr, 1.0)  # fr in mm: length 1
-        o, prox = fit_line(cents, prox)
-    return Axis(origin_lps_mm=tuple(o), direction_lps=tuple(prox), definition=f"proximal femoral shaft: line through section centroids {start_below_head_mm:.0f} mm below the head centre to the end of the mesh, pointing proximally")
-
-
-def neck_axis(femur: SurfaceSamples, head_centre: Vec, head_radius_mm: float, shaft: Axis, *, shell_mm: tuple[float, float] = (2.0, 5.0), cone_deg: float = 50.0) -> Vec:
-    """Unit femoral neck axis from the head centre towards the neck base.
-
-    The femoral surface in a spherical shell ``shell_mm`` beyond the head radius is a ring
-    around the neck; the axis is the direction from the head centre to the ring's
-    area-weighted centroid, iterated with only the shell points within ``cone_deg`` of the
-    current axis (which drops the trochanters and the shaft). Starts from the direction of
-    the shaft axis, 20 mm distal of its point nearest the head.
-    """
-    o, u = np.asarray(shaft.origin_lps_mm), np.asarray(shaft.direction_lps)
-    foot = o + np.dot(head_centre - o, u) * u
-    d = unit(foot - head_centre - 20.0 * u, "initial neck direction")
-    r = np.linalg.norm(femur.points - head_centre, axis=1)
-    shell = (r > head_radius_mm + shell_mm[0]) & (r < head_radius_mm + shell_mm[1])
-    p, w = femur.points[shell], femur.area[shell]
-    dirs = (p - head_centre) / r[shell][:, None]
-    for _ in range(20):
-        k = dirs @ d > np.cos(np.radians(cone_deg))
-        if k.sum() < 20:
-            raise InputError(None, "femoral neck not found beyond the femoral head")
-        new = unit((p[k] * w[k, None]).sum(axis=0) / w[k].sum() - head_centre, "neck axis")
-        done = float(np.linalg.norm(new - d)) < 1e-10
-        d = new
-        if done:
-            break
-    return d
-
-
-def find_hip_landmarks(meshes: Mapping[str, pv.PolyData]) -> tuple[dict[str, Landmark], dict[str, Axis], dict[str, float]]:
+def find_hip_landmarks(meshes: Mapping[str, pv.PolyData], *, notes: list[str] | None = None) -> tuple[dict[str, Landmark], dict[str, Axis], dict[str, float]]:
     """Hip landmarks (docs/anatomy.md), axes and native measures from the bone meshes.
+
+    ``notes``, when given, receives one line per femoral measure the meshes could not
+    support and why (e.g. a femur that ends too close below the lesser trochanter for a
+    shaft axis).
 
     Returns
     -------
@@ -254,12 +206,15 @@ def find_hip_landmarks(meshes: Mapping[str, pv.PolyData]) -> tuple[dict[str, Lan
         pelvic points need both hip bones).
     axes
         ``acetabular_<side>`` (native socket axis, out of the socket, from its centre),
-        ``femoral_shaft_<side>`` (pointing proximally), ``femoral_neck_<side>`` (head centre
-        -> neck base).
+        ``femoral_shaft_<side>`` (pointing proximally; only when the mesh holds enough
+        shaft), ``femoral_stem_axis_<side>`` (only without a shaft axis: the PROVISIONAL
+        long axis a stem is aligned to), ``femoral_neck_<side>`` (head centre -> neck base).
     measures
         ``socket_radius_<side>_mm``, ``femoral_head_radius_<side>_mm``,
-        ``femoral_offset_<side>_mm`` (head centre to shaft axis), ``acetabular_rim_points_<side>``
-        (rim surface points the axis was fitted to; 0 = fallback axis).
+        ``femoral_offset_<side>_mm`` (head centre to shaft axis; only with a shaft axis),
+        ``femoral_shaft_below_lt_<side>_mm`` (shaft in the mesh below the lesser
+        trochanter, as used for the shaft axis), ``acetabular_rim_points_<side>`` (rim
+        surface points the axis was fitted to; 0 = fallback axis).
     """
     sides = [sd for sd in SIDES if f"hip_{sd}" in meshes and f"femur_{sd}" in meshes]
     if not sides:
@@ -278,8 +233,9 @@ def find_hip_landmarks(meshes: Mapping[str, pv.PolyData]) -> tuple[dict[str, Lan
         near_hip = _near(fs.points, hs.points, 15.0)
         if near_hip.sum() < 50:
             raise InputError(None, f"femur_{sd}: no femoral surface within 15 mm of hip_{sd} (the head is not in the socket?)")
-        head_c, head_r, head_rms = femoral_head_sphere(fs, near_hip, r_range_mm=(15.0, 35.0))
-        lms[f"femoral_head_centre_{sd}"] = landmark(head_c, f"femur_{sd}", f"sphere fit (r={head_r:.1f} mm, rms {head_rms:.2f} mm)")
+        pf = analyse_proximal_femur(meshes[f"femur_{sd}"], fs, head_mask=near_hip, name=f"femur_{sd}")
+        head_c, head_r = pf.head_centre_lps_mm, pf.head_radius_mm
+        lms[f"femoral_head_centre_{sd}"] = landmark(head_c, f"femur_{sd}", f"sphere fit to the articular head (r={head_r:.1f} mm, rms {pf.head_rms_mm:.2f} mm, {pf.head_points} vertices)")
         region = np.linalg.norm(hs.points - head_c, axis=1) < head_r + 20.0
         ac, ar, arms, _inliers = socket_sphere(hs, region, head_c)
         acet[sd] = ac
@@ -292,12 +248,15 @@ def find_hip_landmarks(meshes: Mapping[str, pv.PolyData]) -> tuple[dict[str, Lan
         axes[f"acetabular_{sd}"] = Axis(origin_lps_mm=tuple(ac), direction_lps=tuple(a), definition=f"acetabular axis, out of the socket: {how}")
         meas[f"socket_radius_{sd}_mm"] = ar
         meas[f"femoral_head_radius_{sd}_mm"] = head_r
-        sh = shaft_axis(meshes[f"femur_{sd}"], head_c)
-        axes[f"femoral_shaft_{sd}"] = sh
-        o, u = np.asarray(sh.origin_lps_mm), np.asarray(sh.direction_lps)
-        meas[f"femoral_offset_{sd}_mm"] = float(np.linalg.norm(perpendicular(head_c - o, u)))
-        nk = neck_axis(fs, head_c, head_r, sh)
-        axes[f"femoral_neck_{sd}"] = Axis(origin_lps_mm=tuple(head_c), direction_lps=tuple(nk), definition="femoral neck axis: head centre -> neck base (centroid of the neck ring just beyond the head)")
+        meas[f"femoral_shaft_below_lt_{sd}_mm"] = pf.shaft_below_lt_mm
+        if pf.shaft is not None and pf.femoral_offset_mm is not None:
+            axes[f"femoral_shaft_{sd}"] = pf.shaft
+            meas[f"femoral_offset_{sd}_mm"] = pf.femoral_offset_mm
+        else:
+            axes[f"femoral_stem_axis_{sd}"] = pf.stem_axis
+        axes[f"femoral_neck_{sd}"] = pf.neck
+        if notes is not None:
+            notes.extend(pf.missing)
     if len(hips) == 2:
         if len(acet) < 2:  # one femur missing: the other acetabulum from its socket alone
             for sd in SIDES:
@@ -315,10 +274,8 @@ def find_hip_landmarks(meshes: Mapping[str, pv.PolyData]) -> tuple[dict[str, Lan
 __all__ = [
     "HIP_BONES",
     "find_hip_landmarks",
-    "neck_axis",
     "pelvic_landmarks",
     "rim_plane_axis",
-    "shaft_axis",
     "socket_axis",
     "socket_sphere",
 ]

@@ -55,6 +55,17 @@ def stem_clearance(stem: ImplantPlacement, femur: pv.PolyData, *, n: int = 24) -
     return float(np.min(-sd - radius))
 
 
+def _round_trip_stable(cut: CutPlane) -> CutPlane:
+    """``cut`` with a normal that the schema's normalisation leaves unchanged (normalising a
+    unit vector can move its last bit), so ``plan.json`` reads back exactly equal."""
+    for _ in range(4):
+        again = CutPlane.model_validate(cut.model_dump())
+        if again == cut:
+            break
+        cut = again
+    return cut
+
+
 def tha_outcomes(plan: Plan, meshes: Mapping[str, pv.PolyData] | None = None) -> tuple[dict[str, float], dict[str, float], dict[str, CutPlane]]:
     """Angles, metrics and neck cuts that follow from the plan's landmarks, axes and implant
     poses (recomputed after every edit).
@@ -70,10 +81,13 @@ def tha_outcomes(plan: Plan, meshes: Mapping[str, pv.PolyData] | None = None) ->
         Per side with a cup: ``cup_outer_diameter_<side>_mm``, ``cup_reaming_depth_<side>_mm``
         (bone removed at the dome along the cup axis beyond the native socket),
         ``cup_medialisation_<side>_mm``, ``cup_coverage_<side>_fraction`` (needs
-        ``meshes``); with a stem: ``leg_length_change_<side>_mm`` (positive = longer),
-        ``femoral_offset_change_<side>_mm``, ``global_offset_change_<side>_mm`` (femoral
-        plus acetabular, along the APP medio-lateral axis), ``stem_axis_to_canal_axis_<side>_mm``,
-        ``stem_cortex_clearance_<side>_mm`` (needs ``meshes``; < 0: the stem leaves the bone).
+        ``meshes``); with a stem: ``leg_length_change_<side>_mm`` (positive = longer) and
+        ``global_offset_change_<side>_mm`` (femoral plus acetabular, along the APP
+        medio-lateral axis), which need the head and the cup only; with a stem and a
+        ``femoral_shaft_<side>`` axis (absent when the CT holds too little shaft, see
+        ``plan.not_measured``): ``femoral_offset_change_<side>_mm``,
+        ``stem_axis_to_canal_axis_<side>_mm``, ``stem_cortex_clearance_<side>_mm`` (needs
+        ``meshes``; < 0: the stem leaves the bone).
     cuts
         ``neck_<side>`` from each stem (depth from ``neck_cut_below_head_<side>_mm`` in the
         plan's metrics).
@@ -116,7 +130,7 @@ def tha_outcomes(plan: Plan, meshes: Mapping[str, pv.PolyData] | None = None) ->
         elif imp.family == "tha_stem":
             depth = plan.metrics.get(f"neck_cut_below_head_{sd}_mm")
             if depth is not None:
-                cuts[f"neck_{sd}"] = neck_cut_from_stem(imp, sd, depth)
+                cuts[f"neck_{sd}"] = _round_trip_stable(neck_cut_from_stem(imp, sd, depth))
             head = m[:3, 3]
             sh = plan.axes.get(f"femoral_shaft_{sd}")
             key = f"femoral_head_centre_{sd}"
@@ -134,7 +148,9 @@ def tha_outcomes(plan: Plan, meshes: Mapping[str, pv.PolyData] | None = None) ->
                     metrics[f"stem_cortex_clearance_{sd}_mm"] = stem_clearance(imp, meshes[f"femur_{sd}"])
                 neck_d = apply_vector(m, stem_neck_direction_implant())
                 angles[f"stem_neck_shaft_{sd}"] = float(np.degrees(np.arccos(np.clip(np.dot(neck_d, u), -1.0, 1.0))))
-                if app is not None:
+            if key in lms:
+                native = position(lms[key])
+                if app is not None:  # needs the head and the cup, not the shaft
                     # Femoral part: the prosthetic head moved relative to the femur. Once the
                     # head is reduced into the cup the femur moves by (cup centre - head):
                     # down (longer) when the head sits higher on the femur or the cup lower.

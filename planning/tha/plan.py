@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyvista as pv
 from orthonav.core.errors import InputError
+from orthonav.core.vectors import perpendicular
 
 from ..landmarks import position
 from ..meshes import load_bone_meshes
@@ -97,14 +98,25 @@ def build_tha_plan(
     if implants and not all(f"hip_{sd}" in meshes for sd in SIDES):
         raise InputError(None, "cup orientation needs the anterior pelvic plane: both hip bones must be segmented")
     cup_axis(inclination_deg, anteversion_deg, sides[0], (np.eye(3)[0], -np.eye(3)[1], np.eye(3)[2]))  # validates the target first
-    lms, axes, meas = find_hip_landmarks(meshes)
+    missing: list[str] = []
+    lms, axes, meas = find_hip_landmarks(meshes, notes=missing)
     all_lms = {**lms, **(fiducials or {})}
     notes = [
         "automatic THA plan (orthonav plan --auto)",
         f"cup target inclination {inclination_deg:g} deg / anteversion {anteversion_deg:g} deg (radiographic, APP)",
         f"cup size: smallest outer diameter >= socket diameter + {ream_mm:g} mm",
         "stem: head at the native head centre, axis along the proximal shaft axis, size by nearest offset",
+        *(f"NOT MEASURED {m}" for m in missing),
     ]
+    not_measured: dict[str, str] = {}
+    assumptions: dict[str, str] = {}
+    for sd in SIDES:
+        if f"femoral_neck_{sd}" in axes and f"femoral_shaft_{sd}" not in axes:
+            why = next((m for m in missing if m.startswith(f"femur_{sd}:")), f"femur_{sd}: no shaft axis")
+            for key in (f"femoral_shaft_{sd}", f"neck_shaft_{sd}", f"femoral_offset_{sd}", f"stem_neck_shaft_{sd}",
+                        f"femoral_offset_change_{sd}", f"stem_axis_to_canal_axis_{sd}", f"stem_cortex_clearance_{sd}"):
+                not_measured[key] = why
+            assumptions[f"femoral_stem_axis_{sd}"] = axes[f"femoral_stem_axis_{sd}"].definition
     if implants:
         notes.append(f"reamer / impactor trajectory per cup: along the planned cup axis from {CUP_APPROACH_MM:g} mm out to the planned cup centre")
     metrics: dict[str, float] = dict(meas)
@@ -120,8 +132,16 @@ def build_tha_plan(
             axis = cup_axis(inclination_deg, anteversion_deg, sd, app)
             placed.append(ImplantPlacement(family="tha_cup", size=size, bone=f"hip_{sd}", ct_from_implant=cup_pose(centre, axis, app).tolist()))
             head = position(lms[f"femoral_head_centre_{sd}"])
-            stem = choose_stem_size(meas[f"femoral_offset_{sd}_mm"])
-            placed.append(ImplantPlacement(family="tha_stem", size=stem, bone=f"femur_{sd}", ct_from_implant=stem_pose(head, axes[f"femoral_shaft_{sd}"]).tolist()))
+            shaft = axes.get(f"femoral_shaft_{sd}")
+            if shaft is not None:
+                stem = choose_stem_size(meas[f"femoral_offset_{sd}_mm"])
+            else:  # too little shaft in the CT: a provisional axis, and the plan says so
+                shaft = axes[f"femoral_stem_axis_{sd}"]
+                o, u = np.asarray(shaft.origin_lps_mm), np.asarray(shaft.direction_lps)
+                provisional_offset = float(np.linalg.norm(perpendicular(head - o, u)))
+                stem = choose_stem_size(provisional_offset)
+                notes.append(f"{sd}: PROVISIONAL stem axis and size (no shaft axis: {shaft.definition}; offset {provisional_offset:.1f} mm from it); check the stem on a CT with the femoral shaft")
+            placed.append(ImplantPlacement(family="tha_stem", size=stem, bone=f"femur_{sd}", ct_from_implant=stem_pose(head, shaft).tolist()))
             metrics[f"neck_cut_below_head_{sd}_mm"] = float(neck_cut_mm if neck_cut_mm is not None else meas[f"femoral_head_radius_{sd}_mm"] + 10.0)
             metrics[f"target_inclination_{sd}_deg"] = float(inclination_deg)
             metrics[f"target_anteversion_{sd}_deg"] = float(anteversion_deg)
@@ -133,6 +153,8 @@ def build_tha_plan(
         axes=axes,
         implants=placed,
         metrics=metrics,
+        not_measured=not_measured,
+        assumptions=assumptions,
         notes="; ".join(notes),
     )
     angles, out, cuts = tha_outcomes(plan, meshes)

@@ -4,7 +4,8 @@ Landmarks, axes and angles follow docs/anatomy.md; all positions are LPS mm in t
 
 Modules, one step each, the same shape as :mod:`orthonav.planning.tha`:
 
-* :mod:`.landmarks`: knee landmarks from the bone surfaces (:func:`find_landmarks`);
+* :mod:`.landmarks`: knee landmarks from the bone surfaces (:func:`find_landmarks`; a tibia
+  without a femur: :func:`find_tibial_landmarks`; partial CT stacks say what they lack);
 * :mod:`.alignment`: limb frames, mechanical axes, alignment angles (HKA, LDFA, MPTA, slope,
   femoral rotation) and the components' alignment;
 * :mod:`.cuts`: mechanical and kinematic cut planes;
@@ -16,7 +17,7 @@ Modules, one step each, the same shape as :mod:`orthonav.planning.tha`:
 
 from .alignment import LimbFrames, component_alignment, compute_angles, compute_axes, knee_centre, limb_frames
 from .cuts import kinematic_cuts, mechanical_cuts
-from .landmarks import KNEE_BONES, REQUIRED_BONES, find_landmarks, infer_side
+from .landmarks import KNEE_BONES, REQUIRED_BONES, find_landmarks, find_tibial_landmarks, infer_side
 from .outcomes import BoneSolids, compute_metrics, resect, update_plan_outcomes
 from .placement import cuts_from_implants, place_tka
 from .plan import anatomical_axes, build_tka_plan, is_knee_case, load_knee_meshes
@@ -36,6 +37,7 @@ __all__ = [
     "compute_metrics",
     "cuts_from_implants",
     "find_landmarks",
+    "find_tibial_landmarks",
     "infer_side",
     "is_knee_case",
     "kinematic_cuts",

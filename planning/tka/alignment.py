@@ -31,7 +31,9 @@ ANGLE_REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "ldfa": ("femoral_head_centre", "femoral_knee_centre", "medial_epicondyle", "lateral_epicondyle", "distal_medial_condyle", "distal_lateral_condyle"),
     "mpta": ("tibial_knee_centre", "ankle_centre", "medial_plateau_centre", "lateral_plateau_centre"),
     "slope": ("tibial_knee_centre", "ankle_centre", "medial_plateau_centre", "lateral_plateau_centre", "medial_plateau_anterior", "medial_plateau_posterior"),
-    "femoral_rotation": ("femoral_head_centre", "femoral_knee_centre", "medial_epicondyle", "lateral_epicondyle", "posterior_medial_condyle", "posterior_lateral_condyle"),
+    # In the plane perpendicular to the femoral axis: with no head in the data, the stated
+    # planning axis serves (the angle changes by < 0.1 deg for an axis 6 deg off).
+    "femoral_rotation": ("femoral_knee_centre", "medial_epicondyle", "lateral_epicondyle", "posterior_medial_condyle", "posterior_lateral_condyle"),
 }
 
 
@@ -48,7 +50,9 @@ class LimbFrames:
     Attributes
     ----------
     femur_proximal
-        Femoral mechanical axis, knee centre -> head centre.
+        Femoral mechanical axis, knee centre -> head centre (without a head in the data:
+        the stated planning axis, knee centre -> ``femoral_axis_reference``; likewise the
+        tibia's with ``tibial_axis_reference``).
     femur_lateral
         TEA (medial -> lateral epicondyle) made perpendicular to ``femur_proximal``.
     femur_anterior
@@ -86,6 +90,8 @@ def limb_frames(landmarks: Mapping[str, object]) -> LimbFrames:
     Only when neither is available is the CT's LPS anterior (-y) used to pick the sign.
     """
     head, fkc = _pos(landmarks, "femoral_head_centre"), _pos(landmarks, "femoral_knee_centre")
+    if head is None:  # a knee stack: the stated planning axis stands in (docs/anatomy.md, partial stacks)
+        head = _pos(landmarks, "femoral_axis_reference")
     me, le = _pos(landmarks, "medial_epicondyle"), _pos(landmarks, "lateral_epicondyle")
     pmc, plc = _pos(landmarks, "posterior_medial_condyle"), _pos(landmarks, "posterior_lateral_condyle")
     if fkc is None and me is not None and le is not None:
@@ -102,6 +108,8 @@ def limb_frames(landmarks: Mapping[str, object]) -> LimbFrames:
             f_ant = _anterior_from(f_prox, f_lat, hint)
     t_prox = t_lat = t_ant = None
     tkc, ank = _pos(landmarks, "tibial_knee_centre"), _pos(landmarks, "ankle_centre")
+    if ank is None:
+        ank = _pos(landmarks, "tibial_axis_reference")
     mp, lp = _pos(landmarks, "medial_plateau_centre"), _pos(landmarks, "lateral_plateau_centre")
     if tkc is None and mp is not None and lp is not None:
         tkc = 0.5 * (mp + lp)
@@ -132,6 +140,10 @@ def compute_axes(landmarks: Mapping[str, object]) -> dict[str, Axis]:
 
     line("femoral_mechanical", "femoral_knee_centre", "femoral_head_centre", "femoral knee centre -> femoral head centre")
     line("tibial_mechanical", "ankle_centre", "tibial_knee_centre", "ankle centre -> tibial knee centre")
+    if "femoral_head_centre" not in landmarks:
+        line("femoral_planning", "femoral_knee_centre", "femoral_axis_reference", "ASSUMED (no femoral head in the data): distal femoral shaft axis turned by the default valgus correction")
+    if "ankle_centre" not in landmarks:
+        line("tibial_planning", "tibial_axis_reference", "tibial_knee_centre", "ASSUMED (no ankle in the data): proximal tibial shaft axis")
     line("transepicondylar", "medial_epicondyle", "lateral_epicondyle", "medial -> lateral epicondyle (TEA)")
     line("posterior_condylar", "posterior_medial_condyle", "posterior_lateral_condyle", "medial -> lateral posterior condyle")
     line("plateau", "medial_plateau_centre", "lateral_plateau_centre", "medial -> lateral plateau centre")
@@ -225,9 +237,14 @@ def component_alignment(plan: Plan, *, frames: LimbFrames | None = None) -> dict
     anterior axis from the TEA-perpendicular; ``predicted_hka_deg``: with the joint lines of
     the two components parallel in extension, 180 - femoral + tibial tilt (varus < 180).
     ``frames``: the plan landmarks' :func:`limb_frames` when the caller has them.
+
+    Without the femoral head or the ankle centre (a partial CT: the frames then use stated
+    planning axes), the coronal tilts and the predicted HKA are left out: they are only
+    meaningful against the mechanical axes.
     """
     fr = frames if frames is not None else limb_frames(plan.landmarks)
     out: dict[str, float] = {}
+    mechanical = "femoral_head_centre" in plan.landmarks and "ankle_centre" in plan.landmarks
     fem = next((i for i in plan.implants if i.family == "tka_femoral"), None)
     tray = next((i for i in plan.implants if i.family == "tka_tibial_tray"), None)
     if fem is not None and fr.femur_proximal is not None:
@@ -241,6 +258,8 @@ def component_alignment(plan: Plan, *, frames: LimbFrames | None = None) -> dict
         z = m[:3, 2]
         out["tibial_component_coronal_deg"] = float(np.degrees(np.arctan2(np.dot(z, fr.tibia_lateral), np.dot(z, fr.tibia_proximal))))
         out["tibial_component_slope_deg"] = float(np.degrees(np.arctan2(-np.dot(z, fr.tibia_anterior), np.dot(z, fr.tibia_proximal))))
+    if not mechanical:
+        out = {k: v for k, v in out.items() if "coronal" not in k}
     if "femoral_component_coronal_deg" in out and "tibial_component_coronal_deg" in out and "hka" in plan.angles_deg:
         # Parallel joint lines: the tibial axis is turned (femoral - tibial tilt) laterally
         # from the femoral axis, which puts the ankle medially, i.e. varus.

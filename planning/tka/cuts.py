@@ -49,6 +49,16 @@ def _need(landmarks: Mapping[str, object], names: tuple[str, ...], what: str) ->
         raise InputError(None, f"{what} needs landmarks {', '.join(missing)}")
 
 
+def _need_axes(landmarks: Mapping[str, object]) -> None:
+    """Raise unless the landmarks define both cuts: each bone's axis end (the femoral head
+    centre, or the stated ``femoral_axis_reference`` of a knee stack; the ankle centre or
+    ``tibial_axis_reference``) and the cut references."""
+    head = "femoral_head_centre" if "femoral_head_centre" in landmarks or "femoral_axis_reference" not in landmarks else "femoral_axis_reference"
+    ankle = "ankle_centre" if "ankle_centre" in landmarks or "tibial_axis_reference" not in landmarks else "tibial_axis_reference"
+    _need(landmarks, (head, "medial_epicondyle", "lateral_epicondyle", *FEMUR_CUT_REFERENCES), "the distal femoral cut")
+    _need(landmarks, (ankle, *TIBIA_CUT_REFERENCES), "the proximal tibial cut")
+
+
 def _check_depth(value: float, name: str) -> float:
     if not np.isfinite(value) or value < 0.0 or value > 40.0:
         raise InputError(None, f"{name} must be between 0 and 40 mm, got {value}")
@@ -122,8 +132,7 @@ def mechanical_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.
     dict
         ``{"distal_femur": CutPlane, "proximal_tibia": CutPlane}``.
     """
-    _need(landmarks, ("femoral_head_centre", "medial_epicondyle", "lateral_epicondyle", *FEMUR_CUT_REFERENCES), "the distal femoral cut")
-    _need(landmarks, ("ankle_centre", *TIBIA_CUT_REFERENCES), "the proximal tibial cut")
+    _need_axes(landmarks)
     resection_mm = _check_depth(resection_mm, "resection_mm")
     tib = _check_depth(resection_mm if tibial_resection_mm is None else tibial_resection_mm, "tibial_resection_mm")
     if not np.isfinite(slope_deg) or abs(slope_deg) > 15.0:
@@ -143,8 +152,7 @@ def kinematic_cuts(landmarks: Mapping[str, object], *, resection_mm: float = 9.0
     ``medial_plateau_anterior``/``posterior``; falls back to 3 deg if they are missing).
     ``frames``: the landmarks' :func:`~orthonav.planning.tka.alignment.limb_frames` when known.
     """
-    _need(landmarks, ("femoral_head_centre", "medial_epicondyle", "lateral_epicondyle", *FEMUR_CUT_REFERENCES), "the distal femoral cut")
-    _need(landmarks, ("ankle_centre", *TIBIA_CUT_REFERENCES), "the proximal tibial cut")
+    _need_axes(landmarks)
     resection_mm = _check_depth(resection_mm, "resection_mm")
     tib = _check_depth(resection_mm if tibial_resection_mm is None else tibial_resection_mm, "tibial_resection_mm")
     fr = frames if frames is not None else limb_frames(landmarks)

@@ -68,7 +68,10 @@ class TkaSession(PlanSession):
         metrics, res = compute_metrics(plan, self._solids, ct=self.ct)
         keep = {k: v for k, v in plan.metrics.items() if k in KEPT_METRICS}
         metrics = {**keep, **metrics, **component_alignment(plan, frames=fr)}
-        return plan.model_copy(update={"metrics": metrics}), res
+        # A measure supplied since (e.g. a femoral head centre picked by hand) is no longer missing.
+        present = {*lms, *angles, *axes, *metrics}
+        missing = {k: v for k, v in plan.not_measured.items() if k not in present}
+        return plan.model_copy(update={"metrics": metrics, "not_measured": missing}), res
 
 
 __all__ = ["KEPT_METRICS", "TkaSession", "refresh_depths"]
