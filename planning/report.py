@@ -208,7 +208,7 @@ def report_tables(plan: Plan) -> dict[str, tuple[list[str], list[list[object]]]]
     if plan.not_measured or plan.assumptions:
         t["Not measured, and assumptions (what the CT could not support)"] = (
             ["measure", "status", "why"],
-            [[_words(k), "not measured", v.removeprefix("not measured: ")] for k, v in plan.not_measured.items()]
+            [[_words(k.removesuffix("_mm")), "not measured", v.removeprefix("not measured: ")] for k, v in plan.not_measured.items()]
             + [[_words(k), "assumed", v] for k, v in plan.assumptions.items()],
         )
     t["Landmarks (LPS mm, CT frame)"] = (

@@ -173,6 +173,8 @@ def test_scripted_reamer_and_saw_guidance_equal_truth(hip_case):
     t = plan.trajectories["cup_axis_left"]
     entry, target = np.asarray(t.entry_lps_mm), np.asarray(t.target_lps_mm)
     sc = knee_scenario(case.root, seed=1)
+    # README: the hip script lasts 27.5 s (the knee's 22.7 s plus the reamer's approach and holds)
+    assert sc.duration_s == pytest.approx(27.5, abs=0.05), sc.duration_s
     assert sc.geometry.trajectory_name == "cup_axis_left"
     np.testing.assert_array_equal(sc.geometry.trajectory_entry_mm, entry)
     np.testing.assert_array_equal(sc.geometry.trajectory_target_mm, target)

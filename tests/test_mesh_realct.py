@@ -40,6 +40,7 @@ def test_real_ct_bones_named_plausibly(real_case):
     assert any(n.startswith("vertebrae") for n in names)
     assert sum(n.startswith("rib_left") for n in names) >= 3 and sum(n.startswith("rib_right") for n in names) >= 3
     labels = read_volume(case.labels)
+    assert labels.array_zyx.shape[0] == 20  # README: "20 slices"
     table = read_labels_table(case.labels_json)
     # Sides in LPS: +x is patient left. Left bones lie at larger x than their right partners.
     def mean_x(name: str) -> float:

@@ -170,7 +170,7 @@ def test_tha_plan_on_a_hip_ct_that_stops_80_mm_below_the_head(small_hip_phantom)
         for key in (f"femoral_offset_{sd}_mm", f"femoral_offset_change_{sd}_mm", f"stem_cortex_clearance_{sd}_mm"):
             assert key not in plan.metrics
         assert plan.metrics[f"leg_length_change_{sd}_mm"] == pytest.approx(0.0, abs=1e-6)  # needs no shaft
-        for key in (f"neck_shaft_{sd}", f"femoral_shaft_{sd}", f"femoral_offset_{sd}"):
+        for key in (f"neck_shaft_{sd}", f"femoral_shaft_{sd}", f"femoral_offset_{sd}_mm", f"stem_cortex_clearance_{sd}_mm"):
             assert plan.not_measured[key].startswith(f"femur_{sd}: ") and "not measurable" in plan.not_measured[key], key
         assert plan.assumptions[f"femoral_stem_axis_{sd}"].startswith("PROVISIONAL")
         assert f"NOT MEASURED femur_{sd}: " in plan.notes

@@ -44,6 +44,7 @@ def thorax(shared_data):
 
 def test_thorax_levels_follow_the_partial_volume_of_the_cortex(thorax):
     ct, _ref, _names, _seg = thorax
+    np.testing.assert_allclose(ct.spacing_mm, [3.0, 3.0, 3.0], atol=1e-3)  # README: "3 mm voxels"
     p = ClassicalParams()
     lv = bone_levels(ct.array_zyx, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu)
     # A 1 mm cortex in 3 mm voxels peaks at ~500 HU, not ~1300: the levels come down with it.

@@ -248,7 +248,8 @@ def find_hip_landmarks(meshes: Mapping[str, pv.PolyData], *, notes: list[str] | 
         axes[f"acetabular_{sd}"] = Axis(origin_lps_mm=tuple(ac), direction_lps=tuple(a), definition=f"acetabular axis, out of the socket: {how}")
         meas[f"socket_radius_{sd}_mm"] = ar
         meas[f"femoral_head_radius_{sd}_mm"] = head_r
-        meas[f"femoral_shaft_below_lt_{sd}_mm"] = pf.shaft_below_lt_mm
+        if pf.lesser_trochanter_lps_mm is not None:  # without it the length is unknown, not 0
+            meas[f"femoral_shaft_below_lt_{sd}_mm"] = pf.shaft_below_lt_mm
         if pf.shaft is not None and pf.femoral_offset_mm is not None:
             axes[f"femoral_shaft_{sd}"] = pf.shaft
             meas[f"femoral_offset_{sd}_mm"] = pf.femoral_offset_mm

@@ -113,8 +113,9 @@ def build_tha_plan(
     for sd in SIDES:
         if f"femoral_neck_{sd}" in axes and f"femoral_shaft_{sd}" not in axes:
             why = next((m for m in missing if m.startswith(f"femur_{sd}:")), f"femur_{sd}: no shaft axis")
-            for key in (f"femoral_shaft_{sd}", f"neck_shaft_{sd}", f"femoral_offset_{sd}", f"stem_neck_shaft_{sd}",
-                        f"femoral_offset_change_{sd}", f"stem_axis_to_canal_axis_{sd}", f"stem_cortex_clearance_{sd}"):
+            # the keys of the axes / angles / metrics they would have been (metrics with their unit)
+            for key in (f"femoral_shaft_{sd}", f"neck_shaft_{sd}", f"femoral_offset_{sd}_mm", f"stem_neck_shaft_{sd}",
+                        f"femoral_offset_change_{sd}_mm", f"stem_axis_to_canal_axis_{sd}_mm", f"stem_cortex_clearance_{sd}_mm"):
                 not_measured[key] = why
             assumptions[f"femoral_stem_axis_{sd}"] = axes[f"femoral_stem_axis_{sd}"].definition
     if implants:
