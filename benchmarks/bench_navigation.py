@@ -21,6 +21,14 @@ ray casts, pointer-to-bone distance). Two latencies per state:
 
 The first 0.5 s (connection, warm-up) are not counted. Timings on a shared machine scale with
 its load, which is printed with the table.
+
+Two arrays (issue 16, ``--only knee``): the same method on the two-array knee scenario
+(:mod:`orthonav.phantoms.scenario_two_array`) on the small knee phantom (auto plan, gap
+geometry of its femoral cuts): the sender streams the range-of-motion and stress-test part
+(``FemurRef``, ``TibiaRef``, the parked ``Pointer``: 3 TRANSFORMs per sample, plus the hidden
+saw's STATUS, all with one timestamp as PLUS / NDI send them) at 1 kHz, looped; the workflow first registers both bones from the
+scenario's own digitising frames (offline), then every state carries the live alignment and
+gaps (the row reports the share of states that did).
 """
 
 from __future__ import annotations
@@ -65,6 +73,104 @@ def serve(rate_hz: float, seconds: float) -> None:
     stats = stream_script(script, 0, rate_hz=rate_hz, duration_s=seconds, wait_for_client_s=30.0,
                           on_listening=lambda port: print(port, flush=True))
     print(f"{stats.samples} {stats.rate_hz:.1f} {stats.late_samples}", flush=True)
+
+
+def _knee_case(root: Path) -> Path:
+    """The small knee phantom with its true meshes as the segmentation and an auto plan (the
+    acceptance tests' case, tests/test_nav_perbone.py)."""
+    import shutil
+
+    from orthonav.phantoms.synthetic import make_phantom_case
+    from orthonav.planning.auto import auto_plan
+
+    case = make_phantom_case("knee", root, seed=0, small=True).root
+    (case / "meshes").mkdir(exist_ok=True)
+    for bone in ("femur", "tibia", "fibula", "patella"):
+        shutil.copy(case / "truth" / "meshes" / f"{bone}.stl", case / "meshes" / f"{bone}.stl")
+    auto_plan(case)
+    return case
+
+
+def _knee_script(case_dir: Path):
+    """The two-array scenario and its range-of-motion + stress-test part as a looped script."""
+    from orthonav.phantoms.scenario_two_array import knee_two_array_scenario
+
+    sc = knee_two_array_scenario(case_dir, seed=3, fle_mm=0.25)
+    t0 = min(p.t0_s for p in sc.phases if p.name in ("rom_hold", "rom_move"))
+    t1 = max(p.t1_s for p in sc.phases if p.name == "stress_hold")
+    return sc, t0, t1, (lambda t: sc.script(t0 + (t % (t1 - t0))))
+
+
+def serve_knee(rate_hz: float, seconds: float, case_dir: str) -> None:
+    """Sender process of the two-array row (prints the port, then the stats)."""
+    from orthonav.tracking.simulator import stream_script
+
+    _sc, _t0, _t1, script = _knee_script(Path(case_dir))
+    stats = stream_script(script, 0, rate_hz=rate_hz, duration_s=seconds, wait_for_client_s=30.0,
+                          on_listening=lambda port: print(port, flush=True))
+    print(f"{stats.samples} {stats.rate_hz:.1f} {stats.late_samples}", flush=True)
+
+
+def bench_knee_loop(case_dir: Path, seconds: float, *, rate_hz: float = 1000.0) -> dict[str, float]:
+    """Two arrays: receive -> state with alignment and gaps over OpenIGTLink at ``rate_hz`` (module docstring)."""
+    from orthonav.tracking.igtl_client import IGTLClientSource
+
+    sc, t0, t1, _script = _knee_script(case_dir)
+    inputs = load_navigation_inputs(case_dir, sc.toolset, surfaces=True)
+    if inputs.context.knee is None or inputs.context.knee.gap_geometry is None:
+        raise RuntimeError(f"the knee case gives no gaps: {inputs.context.knee and inputs.context.knee.gaps_reason}")
+    wf = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, bone_fiducials=inputs.bone_fiducials,
+                  point_bones=inputs.landmark_bones)
+    for fr in sc.frames(50.0, t1_s=t0):  # digitise and register both bones as in a session (offline)
+        wf.process(fr, clock=None)
+    if wf.registration is None:
+        raise RuntimeError("the scenario's digitising frames did not register both bones: " + "; ".join(e.text for e in wf.events[-3:]))
+    frames = list(sc.frames(500.0, t0_s=t0, t1_s=min(t1, t0 + 2.0), tracker_noise_mm=0.1, rotation_noise_deg=0.05))
+    per = []
+    c0 = time.process_time()
+    for fr in frames:
+        t_0 = time.perf_counter()
+        st = wf.process(fr, clock=None)
+        per.append(time.perf_counter() - t_0)
+        if st.alignment is None or st.gaps is None:
+            raise RuntimeError(f"offline state without alignment / gaps: {st.knee_reason}")
+    cpu_state = (time.process_time() - c0) / len(frames)
+
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-knee", str(rate_hz), str(seconds + WARM_UP_S + 1.0), str(case_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    rows: list[tuple[float, float, bool]] = []
+    t_count = [math.inf]
+
+    def on_state(state, _wf) -> None:
+        now = time.time()
+        if state.host_time_s < t_count[0] or not state.tracking:
+            return
+        dev = max((t.device_time_s for t in state.tools.values() if math.isfinite(t.device_time_s)), default=math.nan)
+        rows.append((state.latency_s, now - dev, state.alignment is not None and state.gaps is not None))
+
+    try:
+        port = int(proc.stdout.readline())
+        source = IGTLClientSource("127.0.0.1", port, tools=sc.toolset)
+        loop = NavigationLoop(source, wf, on_state=on_state)
+        with source:
+            loop.start()
+            if loop.wait_until(lambda s: s.alignment is not None, 20.0) is None:
+                raise RuntimeError("no state with the knee alignment within 20 s")
+            t_count[0] = time.monotonic() + WARM_UP_S
+            c0, w0 = time.process_time(), time.monotonic()
+            threading.Event().wait(t_count[0] + seconds - time.monotonic())
+            cpu = (time.process_time() - c0) / (time.monotonic() - w0)
+            loop.stop()
+        _samples, sent_rate, late = proc.stdout.readline().split()
+    finally:
+        proc.wait(30.0)
+    recv = _pct([r[0] for r in rows])
+    send = _pct([r[1] for r in rows])
+    p = np.asarray(per) * 1e3
+    return {"states": float(len(rows)), "rate_hz": len(rows) / seconds, "recv_p50": recv[0], "recv_p99": recv[1], "recv_max": recv[2],
+            "send_p99": send[1], "cpu_cores": cpu, "sent_rate_hz": float(sent_rate), "late": float(late),
+            "with_knee": float(np.mean([r[2] for r in rows])) if rows else math.nan,
+            "state_p50_ms": float(np.percentile(p, 50)), "state_p99_ms": float(np.percentile(p, 99)), "state_cpu_ms": cpu_state * 1e3}
 
 
 def _pct(values: list[float]) -> tuple[float, float, float]:
@@ -203,14 +309,18 @@ def bench_icp(repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs")
-    ap.add_argument("--only", choices=("loop", "overlay", "icp"), help="run one benchmark")
+    ap.add_argument("--only", choices=("loop", "knee", "overlay", "icp"), help="run one benchmark")
     ap.add_argument("--rt", action="store_true",
                     help="run under SCHED_FIFO (needs CAP_SYS_NICE): what a dedicated navigation workstation sees, "
                          "on a machine overloaded by other work; reported as a separate, labelled figure")
     ap.add_argument("--serve", nargs=2, type=float, metavar=("RATE_HZ", "SECONDS"), help=argparse.SUPPRESS)  # sender process
+    ap.add_argument("--serve-knee", nargs=3, metavar=("RATE_HZ", "SECONDS", "CASE"), help=argparse.SUPPRESS)  # two-array sender
     args = ap.parse_args(argv)
     if args.serve:
         serve(*args.serve)
+        return 0
+    if args.serve_knee:
+        serve_knee(float(args.serve_knee[0]), float(args.serve_knee[1]), args.serve_knee[2])
         return 0
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     tag = ""
@@ -220,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         case = Path(d)
-        write_toy_case(case, resolution=320)  # femur ~200k faces
+        if args.only != "knee":
+            write_toy_case(case, resolution=320)  # femur ~200k faces
         if args.only in (None, "loop"):
             lp = bench_loop(case, 2.0 if args.quick else 6.0)
             rows.append((f"receive -> state p99 @1 kHz{tag}", f"{lp['recv_p99']:.3f} ms", "< 1 ms",
@@ -229,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
                          f"(sender {lp['sent_rate_hz']:.0f} Hz x 3 tools, {lp['late']:.0f} late); process CPU {lp['cpu_cores']:.2f} cores")))
             rows.append(("  one state (workflow + compute_state)", f"{lp['state_p50_ms']:.3f} ms", "",
                          f"p99 {lp['state_p99_ms']:.3f} ms wall, mean {lp['state_cpu_ms']:.3f} ms CPU (offline, saw + pointer live, 200k-face bone)"))
+        if args.only in (None, "knee"):
+            kn = bench_knee_loop(_knee_case(case / "knee"), 2.0 if args.quick else 6.0)
+            rows.append((f"two arrays: receive -> state p99 @1 kHz{tag}", f"{kn['recv_p99']:.3f} ms", "< 1 ms",
+                         (f"p50 {kn['recv_p50']:.3f}, max {kn['recv_max']:.2f} ms; send -> state p99 {kn['send_p99']:.3f} ms; "
+                          f"{kn['rate_hz']:.0f} states/s, {kn['with_knee']:.1%} with alignment and gaps (sender {kn['sent_rate_hz']:.0f} Hz "
+                          f"x 3 tools + saw STATUS, {kn['late']:.0f} late); process CPU {kn['cpu_cores']:.2f} cores")))
+            rows.append(("  one two-array state (workflow + compute_state)", f"{kn['state_p50_ms']:.3f} ms", "",
+                         f"p99 {kn['state_p99_ms']:.3f} ms wall, mean {kn['state_cpu_ms']:.3f} ms CPU (offline, alignment + gaps + pointer)"))
         if args.only in (None, "overlay"):
             ov = bench_overlay(case, 30 if args.quick else 90)
             rows.append(("overlay 800x600 off-screen", f"{ov['fps']:.1f} fps", ">= 30 fps", f"{ov['frame_ms']:.1f} ms/frame, bone {ov['bone_faces']:.0f} faces"))

@@ -20,10 +20,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-#: Benchmark scripts that train (minutes of CPU), with the reason: never run by this script.
+#: Benchmark scripts that train or run for many minutes, with the reason: never run by this script.
 EXCLUDED: dict[str, str] = {
     "bench_unet.py": "trains a U-Net for its budget (5 min by default); run it by itself: "
                      "python benchmarks/bench_unet.py [--minutes 5 | --steps N]",
+    "bench_unet_shipped.py": "segments phantoms, synthetic draws, the shared thorax CT and a 512x512x400 CT with the "
+                             "shipped U-Net (several minutes); run it by itself: python benchmarks/bench_unet_shipped.py --quick",
 }
 
 

@@ -235,7 +235,7 @@ def segment(
     case: Path = typer.Argument(..., metavar="CASE", help="case folder with ct.nii.gz"),
     backend: str = typer.Option("classical", metavar="NAME", help="classical, unet or totalsegmentator"),
     anatomy: str = typer.Option("auto", metavar="NAME", help="knee, hip or auto (from the CT)"),
-    weights: Optional[Path] = typer.Option(None, metavar="FILE", help="U-Net weights file (--backend unet)"),
+    weights: Optional[Path] = typer.Option(None, metavar="FILE", help="U-Net weights file (--backend unet; default: the shipped model)"),
 ) -> None:
     """Segment the CT into per-bone labels and meshes."""
     from rich.table import Table
@@ -253,7 +253,8 @@ def segment(
         table.add_row(name, str(b.label), f"{b.volume_ml:.1f}", str(b.triangles), "-" if b.confidence is None else f"{b.confidence:.2f}")
     out.print(table)
     for note in summary.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        low = note.startswith("low confidence")  # the U-Net's per-bone confidence (issue 15)
+        console.print(f"[red]warning:[/] {note}" if low else f"[yellow]note:[/] {note}", soft_wrap=True)
     total = summary.timings_s.get("total")
     console.print(f"{len(summary.files)} files written" + (f" in {total:.1f} s" if total is not None else ""))
 
@@ -296,21 +297,35 @@ def evaluate_seg(
 
 @_command("train-seg")
 def train_seg(
-    data: Path = typer.Argument(..., metavar="DATA", help="folder of case folders (ct.nii.gz + labels) or phantom cases"),
-    weights: Path = typer.Argument(..., metavar="WEIGHTS", help="weights file to write (a model-card JSON is written beside it)"),
+    paths: list[Path] = typer.Argument(..., metavar="[DATA] WEIGHTS", help="DATA: folder of case folders (ct.nii.gz + labels) or phantom "
+                                      "cases (not with --synthetic); WEIGHTS: file to write (a model-card JSON is written beside it)"),
+    synthetic: bool = typer.Option(False, "--synthetic", help="train on domain-randomised synthetic CTs (no data needed) and calibrate"),
+    cases: int = typer.Option(60, metavar="N", help="--synthetic: number of synthetic CTs drawn for training"),
     minutes: float = typer.Option(5.0, metavar="MIN", help="training time budget (minutes)"),
     steps: Optional[int] = typer.Option(None, metavar="N", help="train exactly this many optimizer steps instead of a time budget"),
     spacing: float = typer.Option(4.0, metavar="MM", help="isotropic training/inference spacing (mm); coarse gives the patch context"),
-    seed: int = typer.Option(0, metavar="N", help="random seed (weight initialisation, patch sampling)"),
+    seed: int = typer.Option(0, metavar="N", help="random seed (draws, weight initialisation, patch sampling)"),
+    calibration_cases: int = typer.Option(8, metavar="N", help="--synthetic: held-out draws the softmax temperature is fitted on"),
     threads: Optional[int] = typer.Option(None, metavar="N", help="torch CPU threads (default 2)"),
 ) -> None:
-    """Train the compact 3D U-Net on CT + label pairs."""
-    from orthonav.segmentation.unet import train_from_folder
+    """Train the compact 3D U-Net on CT + label pairs, or on synthetic CTs (--synthetic)."""
+    from orthonav.core.errors import InputError
 
-    budget = dict(minutes=1e-6, min_iterations=steps) if steps is not None else dict(minutes=minutes)
+    if len(paths) != (1 if synthetic else 2):
+        raise InputError(None, "give WEIGHTS with --synthetic, DATA WEIGHTS without it" + f" (got {len(paths)} paths)")
+    weights = paths[-1]
     with _progress() as progress:
-        path = train_from_folder(data, weights, spacing_mm=spacing, seed=seed, num_threads=threads,
-                                 progress=progress.update, **budget)
+        if synthetic:
+            from orthonav.phantoms.synth_ct import train_synthetic
+
+            path = train_synthetic(weights, cases=cases, minutes=minutes, steps=steps, seed=seed, calibration_cases=calibration_cases,
+                                   spacing_mm=spacing, num_threads=threads, progress=progress.update)
+        else:
+            from orthonav.segmentation.unet import train_from_folder
+
+            budget = dict(minutes=1e-6, min_iterations=steps) if steps is not None else dict(minutes=minutes)
+            path = train_from_folder(paths[0], weights, spacing_mm=spacing, seed=seed, num_threads=threads,
+                                     progress=progress.update, **budget)
     console.print(f"weights written to {path}")
 
 
@@ -329,8 +344,10 @@ def plan(
     cup_anteversion: float = typer.Option(15.0, metavar="DEG", help="THA: planned cup radiographic anteversion vs the APP (deg)"),
     cup_medialise: float = typer.Option(0.0, metavar="MM", help="THA: move the cup centre medially from the socket centre (mm)"),
     ream: float = typer.Option(2.0, metavar="MM", help="THA: reaming added to the socket diameter when sizing the cup (mm)"),
+    web: Optional[int] = typer.Option(None, "--web", metavar="PORT", help="serve the plan read-only to web browsers on this port (0: any free port) until Ctrl-C"),
+    web_host: str = typer.Option("127.0.0.1", metavar="HOST", help="address the web view listens on (--web)"),
 ) -> None:
-    """Plan landmarks, alignment, implants and cuts, knee (TKA) or hip (THA) (interactive unless --auto)."""
+    """Plan landmarks, alignment, implants and cuts, knee (TKA) or hip (THA) (interactive unless --auto or --web)."""
     if auto:
         from orthonav.planning.auto import auto_plan
 
@@ -345,7 +362,11 @@ def plan(
             console.print(f"[yellow]{escape(k)}[/] {escape(why)}", highlight=False)
         for k, why in p.assumptions.items():
             console.print(f"[yellow]{escape(k)} assumed[/]: {escape(why)}", highlight=False)
-    elif screenshot is None:
+        from orthonav.segmentation.pipeline import low_confidence_warnings
+
+        for w in low_confidence_warnings(case):  # a U-Net bone the surgeon should check first (issue 15)
+            console.print(f"[red]warning:[/] {escape(w)}", highlight=False)
+    elif screenshot is None and web is None:
         from orthonav.cli.args import require_display
         from orthonav.planning.ui import open_planner
 
@@ -355,6 +376,10 @@ def plan(
         from orthonav.planning.scene import render_plan
 
         console.print(f"screenshot {render_plan(case, screenshot)}")
+    if web is not None:
+        from orthonav.cli.navigate import plan_web_cli
+
+        plan_web_cli(case, port=web, host=web_host)
 
 
 @_command()
@@ -410,15 +435,19 @@ def simulate_tracker(
     duration: Optional[float] = typer.Option(None, metavar="S", help="seconds to stream (default: the script's length)"),
     truth_out: Optional[Path] = typer.Option(None, metavar="FILE", help="also record the true (noise-free) poses to this file"),
     seed: int = typer.Option(0, metavar="N", help="random seed of the script (tracker placement, localisation errors, noise)"),
+    two_array: bool = typer.Option(False, "--two-array", help="one array per bone (FemurRef, TibiaRef): the knee moves "
+                                   "(hip circle, range of motion, stress tests, cuts); needs a knee phantom case with plan.json"),
 ) -> None:
     """Stream a pointer, a saw and a reference over OpenIGTLink along the phantom OR script."""
     from orthonav.phantoms.scenario import serve_scenario
+    from orthonav.phantoms.scenario_two_array import serve_two_array_scenario
 
     def listening(h: str, p: int, duration_s: float) -> None:
         console.print(f"simulated tracker listening on {h}:{p} ({duration_s:.0f} s script, starts when a client connects)")
 
-    stats = serve_scenario(case, port=port, host=host, rate_hz=rate, duration_s=duration, truth_path=truth_out, seed=seed,
-                           on_listening=listening)
+    serve = serve_two_array_scenario if two_array else serve_scenario
+    stats = serve(case, port=port, host=host, rate_hz=rate, duration_s=duration, truth_path=truth_out, seed=seed,
+                  on_listening=listening)
     console.print(f"simulated tracker done: {stats.samples} samples in {stats.duration_s:.1f} s "
                   f"({stats.rate_hz:.0f} Hz, {stats.late_samples} late)")
 
@@ -481,13 +510,20 @@ def navigate(
     surface_points: int = typer.Option(0, metavar="N", help="after fiducials, digitise this many bone-surface points for ICP refinement"),
     tools: Optional[Path] = typer.Option(None, metavar="FILE", help="tool definition JSON (default: the phantom tool set)"),
     max_predicted_tre: float = typer.Option(2.0, metavar="MM", help="refuse registration when the predicted TRE at a plan target exceeds this (mm; 0 disables)"),
+    web: Optional[int] = typer.Option(None, "--web", metavar="PORT", help="also serve the navigation screen to web browsers on this port (0: any free port)"),
+    web_host: str = typer.Option("127.0.0.1", metavar="HOST", help="address the web view listens on (--web)"),
+    hip_circle: int = typer.Option(0, "--hip-circle", metavar="N", help="one array per bone: fit the kinematic hip centre from N femur-array "
+                                   "poses while the leg is circled (in a pelvis array's frame, else the tracker's: keep the pelvis still)"),
+    kinematic_hip: bool = typer.Option(False, "--kinematic-hip", help="use the kinematic hip centre instead of the CT's for the live "
+                                       "alignment (image-free mode; needs --hip-circle)"),
 ) -> None:
     """Register, then run the live navigation loop with overlay, recording the session."""
     from orthonav.cli.navigate import navigate_cli
 
     out.print(navigate_cli(case, igtl=igtl, duration_s=duration, off_screen=off_screen, stream_port=stream_port,
                            stream_version=stream_version, surface_points=surface_points, tools=tools,
-                           max_predicted_tre_mm=max_predicted_tre if max_predicted_tre > 0 else None))
+                           max_predicted_tre_mm=max_predicted_tre if max_predicted_tre > 0 else None, web_port=web, web_host=web_host,
+                           hip_circle=hip_circle, kinematic_hip=kinematic_hip))
 
 
 @_command()
@@ -538,6 +574,12 @@ def demo(
     with _progress() as progress:
         summary = run_demo(out_dir, small=small, seed=seed, progress=progress.update)
     print_summary(summary, out)
+
+
+# ``orthonav batch segment|plan|validate``: cohorts on Dask distributed (cli/batch.py).
+from orthonav.cli.batch import add_batch_commands  # noqa: E402
+
+add_batch_commands(app, command_cls=_Command, group_cls=_Group)
 
 
 def main() -> None:

@@ -29,21 +29,30 @@ from orthonav.core import lazy_exports
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "navigate": ("navigate_case",),
     "replay": ("SessionReplay", "prepare_replay", "replay_session"),
-    "summary": ("NavigationSummary",),
+    "summary": ("BoneSummary", "NavigationSummary"),
     "inputs": ("CaseNavigationInputs", "default_check_points", "implant_ghosts", "load_navigation_inputs", "plan_cut_frames"),
     "registration": ("FRELimitExceeded", "Registration", "RegistrationRecord", "TRELimitExceeded", "load_registration",
-                     "predict_tre", "register_paired_points", "write_registration"),
+                     "bone_registration", "per_bone_registration", "predict_tre", "register_paired_points", "write_registration"),
     "session": ("SessionInfo", "SessionRecorder", "read_frames", "read_guidance", "read_session_info"),
-    "state": ("NavStatus", "NavigationContext", "NavigationState", "compute_state", "expire_state"),
+    "state": ("KneeInputs", "MAX_PAIR_SKEW_S", "NavStatus", "NavigationContext", "NavigationState", "compute_state", "expire_state",
+              "knee_pose"),
     "guidance": ("BoneSurface", "CutFrame", "cut_frame", "drill_guidance", "saw_guidance"),
     "workflow": ("Workflow", "WorkflowConfig"),
     "loop": ("NavigationLoop",),
+    "tre_map": ("registration_tre_maps", "tre_maps"),
+    "web": ("NavigationWebView", "PlanWebView"),
+    "alignment": ("KinematicSummary", "KneeAlignment", "KneeFrames", "kinematic_summary", "knee_alignment", "knee_frames", "rom_table"),
+    "gaps": ("GapGeometry", "KneeGaps", "gap_geometry", "knee_gaps"),
+    "hip_centre": ("HipCentreFit", "fit_hip_centre"),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EXPORTS``
+    from .alignment import KinematicSummary, KneeAlignment, KneeFrames, kinematic_summary, knee_alignment, knee_frames, rom_table
+    from .gaps import GapGeometry, KneeGaps, gap_geometry, knee_gaps
     from .guidance import BoneSurface, CutFrame, cut_frame, drill_guidance, saw_guidance
+    from .hip_centre import HipCentreFit, fit_hip_centre
     from .inputs import CaseNavigationInputs, default_check_points, implant_ghosts, load_navigation_inputs, plan_cut_frames
     from .loop import NavigationLoop
     from .navigate import navigate_case
@@ -52,13 +61,17 @@ if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EX
         Registration,
         RegistrationRecord,
         TRELimitExceeded,
+        bone_registration,
         load_registration,
+        per_bone_registration,
         predict_tre,
         register_paired_points,
         write_registration,
     )
     from .replay import SessionReplay, prepare_replay, replay_session
     from .session import SessionInfo, SessionRecorder, read_frames, read_guidance, read_session_info
-    from .state import NavigationContext, NavigationState, NavStatus, compute_state, expire_state
-    from .summary import NavigationSummary
+    from .state import MAX_PAIR_SKEW_S, KneeInputs, NavigationContext, NavigationState, NavStatus, compute_state, expire_state, knee_pose
+    from .summary import BoneSummary, NavigationSummary
+    from .tre_map import registration_tre_maps, tre_maps
+    from .web import NavigationWebView, PlanWebView
     from .workflow import Workflow, WorkflowConfig

@@ -145,6 +145,18 @@ def device_name_map(names: Iterable[str], taken: Mapping[str, str] | None = None
     return out
 
 
+#: Suffix of a bone's transform (one array per bone): ``FemurToCT``.
+BONE_TRANSFORM_SUFFIX = "ToCT"
+
+
+def bone_transform_name(bone: str) -> str:
+    """The name of a bone's pose stream (one array per bone): the bone's ``_``-separated words
+    capitalised + ``ToCT``: ``femur`` -> ``FemurToCT``, ``tibia_left`` -> ``TibiaLeftToCT``
+    (then mapped to a device by :func:`device_name_map` like every other name)."""
+    words = [re.sub(r"[^A-Za-z0-9]", "", w) for w in re.split(r"[_\s\-]+", bone)]
+    return "".join(w[:1].upper() + w[1:] for w in words if w) + BONE_TRANSFORM_SUFFIX
+
+
 def check_device_name(device: str) -> str:
     """``device`` if it is a valid OpenIGTLink device name (printable ASCII, 1-20 bytes).
 
@@ -160,8 +172,10 @@ def check_device_name(device: str) -> str:
 
 __all__ = [
     "ABBREVIATIONS",
+    "BONE_TRANSFORM_SUFFIX",
     "DEVICE_NAME_BYTES",
     "abbreviate",
+    "bone_transform_name",
     "check_device_name",
     "device_name_map",
     "hashed_name",

@@ -21,9 +21,11 @@ from orthonav.planning import query
 from orthonav.planning.schema import Plan, load_plan
 from orthonav.tracking.tools import ToolSet, default_toolset
 
+from .alignment import knee_frames
+from .gaps import gap_geometry
 from .guidance import BoneSurface, CutFrame, cut_frame
 from .session import file_sha256
-from .state import NavigationContext
+from .state import KneeInputs, NavigationContext
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,13 @@ class CaseNavigationInputs:
         ``'<family>_<i>'`` -> implant ghost mesh in CT LPS (display only).
     plan_sha256
         sha256 (hex) of the ``plan.json`` bytes read.
+    bone_fiducials
+        One array per bone: bone -> (fiducial names, (n, 3) CT LPS mm) of the fiducials on
+        that bone (the landmark's ``bone``), each bone registered to its own array; empty for
+        a one-array tool set.
+    landmark_bones
+        Landmark name -> the bone it lies on (from the plan), e.g. to verify a touch against
+        the right bone's registration.
     """
 
     plan: Plan
@@ -56,6 +65,48 @@ class CaseNavigationInputs:
     ct: Any = None
     implants: dict[str, Any] = field(default_factory=dict)
     plan_sha256: str = ""
+    bone_fiducials: dict[str, tuple[list[str], NDArray[np.float64]]] = field(default_factory=dict)
+    landmark_bones: dict[str, str] = field(default_factory=dict)
+
+
+def knee_bones(references: dict[str, str]) -> tuple[str, str] | None:
+    """(femur, tibia): the bones of a knee's two arrays (bones named ``femur*`` / ``tibia*``), or None."""
+    femur = next((b for b in references if b.startswith("femur")), None)
+    tibia = next((b for b in references if b.startswith("tibia")), None)
+    return None if femur is None or tibia is None else (femur, tibia)
+
+
+def hip_array(references: dict[str, str]) -> str | None:
+    """The pelvis array of a knee tool set: the reference fixed to a bone named ``pelvis*`` when
+    the tool set also has a femur and a tibia array (None otherwise). It frames the kinematic
+    hip centre (:class:`~orthonav.navigation.state.KneeInputs`) and is not registered: a knee
+    CT has no pelvis. (With no tibia array, e.g. a hip, a pelvis array is registered as usual.)"""
+    if knee_bones(references) is None:
+        return None
+    return next((ref for b, ref in references.items() if b.startswith("pelvis")), None)
+
+
+def knee_inputs(plan: Plan, references: dict[str, str], bones: dict[str, Any], *, pelvis_reference: str | None = None) -> KneeInputs | None:
+    """What live alignment and gaps need, when the tool set has an array on a femur and one on a
+    tibia (bones named ``femur*`` / ``tibia*``); None otherwise. When the plan cannot give them,
+    the reason is kept (``alignment_reason``: e.g. no femoral head in the CT; ``gaps_reason``:
+    e.g. no planned femoral cuts, and the gap geometry is None) for the panel and the events."""
+    pair = knee_bones(references)
+    if pair is None:
+        return None
+    femur, tibia = pair
+    landmarks = {k: np.asarray(v.position_lps_mm, dtype=np.float64) for k, v in plan.landmarks.items()}
+    geometry, gaps_reason, alignment_reason = None, "", ""
+    try:
+        geometry = gap_geometry(plan, bones, femur=femur, tibia=tibia)
+    except InputError as e:
+        gaps_reason = f"no gaps: {e.problem}"
+    try:
+        knee_frames(landmarks)
+    except InputError as e:
+        alignment_reason = f"no alignment: {e.problem}"
+    return KneeInputs(femur, tibia, landmarks, geometry, alignment_reason=alignment_reason, gaps_reason=gaps_reason,
+                      pelvis_reference=pelvis_reference)
 
 
 def plan_cut_frames(plan: Plan) -> dict[str, CutFrame]:
@@ -90,7 +141,10 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
     case_dir
         The case folder.
     toolset
-        The tools (default: :func:`~orthonav.tracking.tools.default_toolset`).
+        The tools (default: :func:`~orthonav.tracking.tools.default_toolset`). A tool set with
+        one reference array per bone (``ToolDefinition.bone``) gives a per-bone context: each
+        bone needs at least 3 plan fiducials on it (a knee's pelvis array, :func:`hip_array`,
+        is not registered: it frames the kinematic hip centre).
     surfaces
         Build a :class:`BoneSurface` per bone (tip-to-bone distance, remaining depth).
     ct
@@ -99,8 +153,8 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
     Raises
     ------
     InputError
-        No plan, fewer than 3 plan fiducials, a plan that changed while read, or a mesh that
-        cannot be read.
+        No plan, fewer than 3 plan fiducials (per bone with one array per bone), a plan that
+        changed while read, or a mesh that cannot be read.
     """
     case = Case(case_dir)
     plan_path = case.require(case.plan, "orthonav plan")
@@ -111,14 +165,28 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
     names, pts = query.fiducials(plan)
     if len(names) < 3:
         raise InputError(case.plan, f"has {len(names)} fiducial landmarks (fiducial_1..); registration needs at least 3")
+    toolset = toolset or default_toolset()
+    references = toolset.bone_references()
+    pelvis = hip_array(references)
+    if pelvis is not None:  # frames the kinematic hip centre only: never registered
+        references = {b: r for b, r in references.items() if r != pelvis}
+    by_bone: dict[str, tuple[list[str], NDArray[np.float64]]] = {}
+    for bone in references:
+        by_bone[bone] = query.fiducials(plan, bone)
+        if len(by_bone[bone][0]) < 3:
+            raise InputError(case.plan, f"has {len(by_bone[bone][0])} fiducial landmarks on {bone} (the bone of tool "
+                                        f"'{references[bone]}'); registering each bone to its own array needs at least 3 per bone")
     bones = read_case_meshes(case_dir)
     surf = {b: BoneSurface(m, b) for b, m in bones.items()} if surfaces else {}
     ctx = NavigationContext(
-        toolset=toolset or default_toolset(),
+        toolset=toolset,
         cuts=plan_cut_frames(plan),
         cut_bones={k: c.bone for k, c in plan.cuts.items()},
         trajectories={k: (np.asarray(t.entry_lps_mm, float), np.asarray(t.target_lps_mm, float)) for k, t in plan.trajectories.items()},
         surfaces=surf,
+        references=references,
+        trajectory_bones={k: t.bone for k, t in plan.trajectories.items()},
+        knee=knee_inputs(plan, references, bones, pelvis_reference=pelvis) if references else None,
     )
     implants = implant_ghosts(plan) if ct else {}
     volume = None
@@ -126,7 +194,9 @@ def load_navigation_inputs(case_dir: str | Path, toolset: ToolSet | None = None,
         from orthonav.core.volume import read_volume
 
         volume = read_volume(case.ct)
-    return CaseNavigationInputs(plan, ctx, names, pts, bones, volume, implants, plan_hash)
+    return CaseNavigationInputs(plan, ctx, names, pts, bones, volume, implants, plan_hash, by_bone,
+                                {k: lm.bone for k, lm in plan.landmarks.items()})
 
 
-__all__ = ["CaseNavigationInputs", "default_check_points", "implant_ghosts", "load_navigation_inputs", "plan_cut_frames"]
+__all__ = ["CaseNavigationInputs", "default_check_points", "hip_array", "implant_ghosts", "knee_bones", "knee_inputs", "load_navigation_inputs",
+           "plan_cut_frames"]

@@ -9,6 +9,12 @@ verification touches). Crash-safe: a run killed at any moment leaves the registr
 session that replays and validates up to the kill (see :mod:`orthonav.navigation.session`). A caller observes the run through ``on_state`` (every
 state, in the tracking thread) and the recorded session; replay is
 :mod:`orthonav.navigation.replay`.
+
+With a tool set that fixes one reference array to each bone
+(:func:`~orthonav.tracking.tools.knee_two_array_toolset`) each bone is digitised, registered
+and navigated against its own array (:mod:`orthonav.navigation.workflow`), ``registration.json``
+holds one record per bone (schema version 3, written as each bone registers), and the states
+carry the live knee alignment and gaps (:mod:`orthonav.navigation.state`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from orthonav.tracking.frame import TrackerSource
 from orthonav.tracking.tools import ToolSet
 
 from .inputs import default_check_points, load_navigation_inputs
-from .registration import write_registration
+from .registration import RegistrationRecord, write_registration
 from .session import REGISTRATION, SUMMARY, SessionInfo, SessionRecorder
 from .state import NavigationState, expire_state
 from .summary import NavigationSummary, info_text, workflow_summary
@@ -66,12 +72,13 @@ def tracker_problem(source: TrackerSource) -> str | None:
 
 def _registration_writer(case: Case, recorder: SessionRecorder | None) -> StateObserver:
     """An observer that writes ``CASE/registration.json`` (and the session's copy) the moment a
-    registration is made or replaced (fiducial, then surface stage), so a navigation killed a
+    registration is made or replaced (fiducial, then surface stage; with one array per bone,
+    each bone's, the record holding the bones registered so far), so a navigation killed a
     second later keeps it. Runs in the tracking thread once per registration (a few ms)."""
     written: list[object] = [None]
 
     def observe(state: NavigationState, workflow: Workflow) -> None:
-        reg = workflow.registration
+        reg = workflow.partial_registration
         if reg is None or reg is written[0]:
             return
         written[0] = reg
@@ -80,6 +87,19 @@ def _registration_writer(case: Case, recorder: SessionRecorder | None) -> StateO
             write_registration(recorder.dir / REGISTRATION, reg.record)
 
     return observe
+
+
+def record_verifications(record: RegistrationRecord, workflow: Workflow) -> None:
+    """Put ``workflow``'s verification touches into ``record`` (in place): one array, every
+    check; one array per bone, each bone's record (``record.bones``) gets the touches measured
+    with that bone's registration, and the top level (a copy of the first bone's record) the
+    first bone's."""
+    if not record.bones:
+        record.verification_mm = workflow.verification_by_point()
+        return
+    for bone, rec in record.bones.items():
+        rec.verification_mm = workflow.verification_by_point(bone)
+    record.verification_mm = dict(next(iter(record.bones.values())).verification_mm)
 
 
 def navigate_case(
@@ -158,7 +178,8 @@ def navigate_case(
     inputs = load_navigation_inputs(case_dir, toolset, ct=render)
     checks = ({k: np.asarray(v, dtype=np.float64) for k, v in check_points_ct_mm.items()} if check_points_ct_mm
               else default_check_points(inputs.plan))
-    workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=config)
+    workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=config,
+                        bone_fiducials=inputs.bone_fiducials, point_bones=inputs.landmark_bones)
     recorder = None
     if record:
         sdir = case.new_session_dir()
@@ -175,12 +196,13 @@ def navigate_case(
 
             scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts,
                                     trajectories=inputs.context.trajectories, off_screen=off_screen, window_size=window_size,
-                                    ct=inputs.ct, implants=inputs.implants)
+                                    ct=inputs.ct, implants=inputs.implants, cut_bones=inputs.context.cut_bones)
         if stream_port is not None:
             from .stream import SlicerStream
 
             streamer = SlicerStream(stream_port, bones=inputs.bones, cuts=inputs.context.cuts, header_version=stream_header_version,
-                                    tools=[t for t in inputs.context.toolset.by_name() if t != inputs.context.reference]).start()
+                                    tools=[t for t in inputs.context.toolset.by_name() if t != inputs.context.reference],
+                                    bone_names=list(inputs.context.references)).start()
     except BaseException:
         # Nothing half-made is left behind: no temporary session files, no window, no socket.
         if scene is not None:
@@ -245,7 +267,7 @@ def navigate_case(
                 progress(problem)
             reported_problem = problem
             if scene is not None:
-                scene.update(state, info=info_text(workflow), tracker_problem=problem)
+                scene.update(state, info=info_text(workflow), tracker_problem=problem, registration=workflow.registration)
                 if screenshot_every_s is not None and recorder is not None and now >= next_shot:
                     name = f"nav_{len(shots):04d}.png"
                     shots.append(scene.screenshot(recorder.screenshots_dir / name))
@@ -267,7 +289,7 @@ def navigate_case(
                 streamer.stop()
             if scene is not None and ok and recorder is not None and screenshot_every_s is not None:
                 final = loop.latest_state()
-                scene.update(final, info=info_text(workflow), tracker_problem=tracker_problem(source))
+                scene.update(final, info=info_text(workflow), tracker_problem=tracker_problem(source), registration=workflow.registration)
                 name = f"nav_{len(shots):04d}.png"
                 shots.append(scene.screenshot(recorder.screenshots_dir / name))
                 recorder.add_screenshot(name, final.sequence if final is not None else -1)
@@ -279,9 +301,9 @@ def navigate_case(
                 else:
                     recorder.abort()
     report_events()
-    reg = workflow.registration
+    reg = workflow.partial_registration
     if reg is not None:
-        reg.record.verification_mm = workflow.verification_by_point()
+        record_verifications(reg.record, workflow)
         write_registration(case.registration, reg.record)
         if recorder is not None:
             write_registration(recorder.dir / REGISTRATION, reg.record)
@@ -294,4 +316,4 @@ def navigate_case(
     return summary
 
 
-__all__ = ["StateObserver", "navigate_case", "tracker_problem"]
+__all__ = ["StateObserver", "navigate_case", "record_verifications", "tracker_problem"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from orthonav.core.errors import InputError, RegistrationError
 from orthonav.core.procrustes import paired_point
@@ -134,16 +134,11 @@ def fle_from_fre(fre_mm: float, n_fiducials: int) -> float:
     return float(fre_mm * math.sqrt(n_fiducials / (n_fiducials - 2.0)))
 
 
-class RegistrationRecord(Versioned):
-    """``registration.json``: how the CT was registered to the patient reference marker.
+class RegistrationFields(BaseModel):
+    """The figures of one registration (one reference array): the fields of ``registration.json``
+    and of each of its per-bone records (:class:`BoneRegistrationRecord`)."""
 
-    Version 2: ``fre_mm`` / ``residuals_mm`` / ``predicted_tre_mm`` are always the fiducial
-    stage's (in version 1 a surface-refined record held the fiducials' distances under the
-    refined transform in ``fre_mm``); ``fiducial_ct_from_reference``, ``surface_fiducial_distances_mm``
-    and ``accuracy_note`` are new.
-    """
-
-    SCHEMA_VERSION = 2
+    model_config = ConfigDict(extra="forbid")
     method: str = Field(description="what produced ct_from_reference: 'paired_point' or 'paired_point+surface_icp'")
     ct_from_reference: Matrix4 = Field(description="4x4 rigid, maps reference-marker mm to CT LPS mm: the registration in force")
     fre_mm: float = Field(description="fiducial stage: RMS residual of the paired-point fit (FRE, mm)")
@@ -188,6 +183,41 @@ class RegistrationRecord(Versioned):
     def surface_refined(self) -> bool:
         """Whether ``ct_from_reference`` is a surface refinement (fre_mm / predicted TRE then describe the fiducial stage only)."""
         return self.method != PAIRED_POINT
+
+
+class BoneRegistrationRecord(RegistrationFields):
+    """One bone's registration to its own reference array (one array per bone): the fields of
+    :class:`RegistrationFields`, where "reference" is that bone's array (``ct_from_reference`` is
+    ``ct_from_<bone>ref``), plus the array's tool name."""
+
+    reference: str = Field(description="the reference tool fixed to this bone (e.g. 'FemurRef')")
+
+
+class RegistrationRecord(Versioned, RegistrationFields):
+    """``registration.json``: how the CT was registered to the patient reference marker(s).
+
+    Version 2: ``fre_mm`` / ``residuals_mm`` / ``predicted_tre_mm`` are always the fiducial
+    stage's (in version 1 a surface-refined record held the fiducials' distances under the
+    refined transform in ``fre_mm``); ``fiducial_ct_from_reference``, ``surface_fiducial_distances_mm``
+    and ``accuracy_note`` are new.
+
+    Version 3: ``bones`` holds one record per bone when each bone has its own reference array
+    (bone -> :class:`BoneRegistrationRecord`, in tool-set order); the top-level fields are then
+    a copy of the first registered bone's record (``reference`` names its array), so a reader
+    of one registration still reads a valid one. Each bone's ``verification_mm`` holds the
+    check touches measured with that bone's registration. A one-array run writes ``bones`` empty and
+    ``reference`` "" (the top level is its registration, as in version 2). A version-2 file
+    reads as a one-array record.
+    """
+
+    SCHEMA_VERSION = 3
+    reference: str = Field(default="", description="one array per bone: the reference tool the top-level fields describe")
+    bones: dict[str, BoneRegistrationRecord] = Field(
+        default_factory=dict, description="one array per bone: bone -> that bone's registration to its own array")
+
+    def bone_records(self) -> dict[str, RegistrationFields]:
+        """Bone -> registration: ``bones``, or for a one-array record ``{"": self}``."""
+        return dict(self.bones) if self.bones else {"": self}
 
 
 @dataclass(frozen=True)
@@ -358,6 +388,58 @@ def with_surface_stage(fiducial: Registration, refined: Registration) -> Registr
                          "describe the paired-point stage (fiducial_ct_from_reference) only.",
     })
     return Registration(ct_from_reference=t.copy(), record=new)
+
+
+def per_bone_registration(registrations: Mapping[str, Registration], references: Mapping[str, str]) -> Registration:
+    """One ``registration.json`` record for several bones each registered to its own array.
+
+    Parameters
+    ----------
+    registrations
+        Bone -> its registration (``ct_from_<bone>ref``; made by :func:`register_paired_points`,
+        possibly refined by :func:`with_surface_stage`), in the order to record (tool-set order).
+    references
+        Bone -> the reference tool fixed to it.
+
+    Returns
+    -------
+    Registration
+        ``ct_from_reference`` and the top-level record fields are the first bone's (``reference``
+        names its array); ``record.bones`` holds every bone's record (schema version 3).
+
+    Raises
+    ------
+    RegistrationError
+        No registration, or a bone with no reference array.
+    """
+    if not registrations:
+        raise RegistrationError("no bone is registered")
+    bones: dict[str, BoneRegistrationRecord] = {}
+    for bone, reg in registrations.items():
+        if bone not in references:
+            raise RegistrationError(f"no reference array is fixed to {bone!r}")
+        fields = reg.record.model_dump(exclude={"schema_version", "bones", "reference"})
+        bones[bone] = BoneRegistrationRecord(reference=references[bone], **fields)
+    first = next(iter(registrations))
+    top = registrations[first]
+    record = top.record.model_copy(update={"reference": references[first], "bones": bones})
+    return Registration(ct_from_reference=top.ct_from_reference.copy(), record=record)
+
+
+def bone_registration(record: RegistrationRecord, bone: str) -> Registration:
+    """The registration of ``bone`` in a version-3 per-bone record, as a :class:`Registration`
+    (its record is a one-array record of that bone's figures).
+
+    Raises
+    ------
+    RegistrationError
+        The record has no registration of ``bone``.
+    """
+    rec = record.bones.get(bone)
+    if rec is None:
+        raise RegistrationError(f"the registration has no record of {bone!r} (bones: {', '.join(record.bones) or 'none'})")
+    one = RegistrationRecord(**rec.model_dump(exclude={"reference"}))
+    return Registration(ct_from_reference=one.ct_from_reference_array(), record=one)
 
 
 def write_registration(path: str | Path, record: RegistrationRecord) -> Path:

@@ -3,7 +3,9 @@
 :func:`replay_session` feeds the recorded frames (:func:`~orthonav.navigation.session.read_frames`)
 through the same deterministic workflow as the live run and checks that every guidance number
 is reproduced exactly; it refuses when ``plan.json`` has changed since the session was
-recorded (sha256 in ``session.json``) unless ``allow_changed_plan`` is given.
+recorded (sha256 in ``session.json``) unless ``allow_changed_plan`` is given. With one array per
+bone it also re-makes each bone's registration and compares it with the session's
+``registration.json`` (:func:`registration_mismatches`).
 :func:`prepare_replay` rebuilds the workflow a session started with, for an observer that
 scores a session after the fact (e.g. :mod:`orthonav.phantoms.scoring`).
 """
@@ -21,7 +23,8 @@ from orthonav.core.case import Case
 from orthonav.core.errors import InputError
 
 from .inputs import CaseNavigationInputs, load_navigation_inputs
-from .session import SUMMARY, SessionInfo, comparable, read_frames, read_guidance, read_session_info, session_closed, state_record
+from .registration import load_registration
+from .session import REGISTRATION, SUMMARY, SessionInfo, comparable, read_frames, read_guidance, read_session_info, session_closed, state_record
 from .state import NavigationState
 from .summary import NavigationSummary, info_text, workflow_summary
 from .workflow import Workflow, WorkflowConfig
@@ -62,7 +65,8 @@ class SessionReplay:
     def new_workflow(self) -> Workflow:
         """A fresh workflow in the state the live session started in."""
         return Workflow(self.inputs.context, self.inputs.fiducial_names, self.inputs.fiducials_ct_mm,
-                        check_points_ct_mm=self.check_points_ct_mm, config=self.config)
+                        check_points_ct_mm=self.check_points_ct_mm, config=self.config,
+                        bone_fiducials=self.inputs.bone_fiducials, point_bones=self.inputs.landmark_bones)
 
 
 def plan_check(info: SessionInfo, current_sha256: str, allow_changed_plan: bool) -> list[str]:
@@ -84,6 +88,23 @@ def plan_check(info: SessionInfo, current_sha256: str, allow_changed_plan: bool)
         raise InputError(plan_path, f"{what}: a replay would rebuild the guidance from a different plan. Restore the "
                                     f"recorded plan, or pass --allow-changed-plan to replay against the current one")
     return [f"{plan_path} {what}: replaying against the CURRENT plan; numbers may differ from the live session"]
+
+
+def registration_mismatches(session_dir: str | Path, workflow: Workflow) -> list[str]:
+    """The bones whose registration recorded in the session's ``registration.json`` differs from
+    the one ``workflow`` rebuilt from the frames (one array per bone; exact comparison of
+    ``ct_from_<bone>ref``). A bone the replay did not register (a session killed before its
+    record was written) or a one-array record is not compared: [] then."""
+    path = Path(session_dir) / REGISTRATION
+    if not path.is_file() or not workflow.bone_registrations:
+        return []
+    record = load_registration(path)
+    out = []
+    for bone, rec in record.bones.items():
+        reg = workflow.bone_registrations.get(bone)
+        if reg is not None and not np.array_equal(np.asarray(rec.ct_from_reference, dtype=np.float64), reg.ct_from_reference):
+            out.append(bone)
+    return out
 
 
 def prepare_replay(session_dir: str | Path, *, ct: bool = False, allow_changed_plan: bool = False) -> SessionReplay:
@@ -142,7 +163,7 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
         from .overlay import NavigationScene
 
         scene = NavigationScene(inputs.context.toolset, inputs.bones, cuts=inputs.context.cuts, trajectories=inputs.context.trajectories,
-                                off_screen=off_screen, ct=inputs.ct, implants=inputs.implants)
+                                off_screen=off_screen, ct=inputs.ct, implants=inputs.implants, cut_bones=inputs.context.cut_bones)
     mismatches = 0
     n = 0
     unrecorded = 0  # frames of a killed session whose state line was never written
@@ -153,7 +174,7 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
     def take(names: list[str], state: NavigationState | None) -> None:
         if scene is None:
             return
-        scene.update(state, info=info_text(workflow))
+        scene.update(state, info=info_text(workflow), registration=workflow.registration)
         for name in names:
             shots.append(scene.screenshot(sdir / "replay" / name))
 
@@ -180,6 +201,12 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
         if scene is not None:
             scene.close()
     warnings = list(replay.warnings)
+    differ = registration_mismatches(sdir, workflow)
+    if differ:  # one array per bone: each bone's recorded registration is re-made from the frames
+        mismatches += len(differ)
+        warnings.append(f"the registration of {', '.join(differ)} recorded in {REGISTRATION} differs from the one the replay made")
+        if progress is not None:
+            progress(f"WARNING: {warnings[-1]}")
     if not closed:
         warnings.append(f"the session did not end normally (no {SUMMARY}: the process was killed or crashed); replayed the "
                         f"{n} frames it recorded" + (f", {unrecorded} of them without a recorded state" if unrecorded else ""))
@@ -192,4 +219,4 @@ def replay_session(session_dir: str | Path, *, off_screen: bool = True, render: 
                             screenshots=shots, replay_mismatches=mismatches)
 
 
-__all__ = ["SessionReplay", "plan_check", "prepare_replay", "replay_session"]
+__all__ = ["SessionReplay", "plan_check", "prepare_replay", "registration_mismatches", "replay_session"]

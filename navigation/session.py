@@ -8,7 +8,8 @@ atomically (temporary + rename)::
 
     session.json        what was navigated: case folder, tool set, workflow settings, times
     frames.jsonl        every tracking frame the loop processed (orthonav.tracking.recording)
-    guidance.jsonl      one line per navigation state: tool status, tips, guidance numbers
+    guidance.jsonl      one line per navigation state: tool status, tips, guidance numbers (one
+                        array per bone: also each tool's bone, and the knee alignment and gaps)
     registration.json   the registration made during the session
     summary.json        the session's figures (FRE, predicted TRE, verification, loop rate, latency)
     screenshots/*.png   overlay pictures; ``screenshots.json`` lists the frame of each
@@ -26,6 +27,7 @@ replay that recomputes the states from ``frames.jsonl`` can be compared number f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -33,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from orthonav.core.atomic import CommitOnExit, JournalWriter, iter_json_lines
@@ -99,8 +102,38 @@ def _vec(v: Any) -> list[float] | None:
     return None if v is None else [float(x) for x in v]
 
 
+def _figures(obj: Any) -> dict[str, Any] | None:
+    """The scalar fields of a frozen dataclass of figures (e.g. ``KneeAlignment``), JSON-able."""
+    if obj is None:
+        return None
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, bool) or isinstance(v, str):
+            out[f.name] = v
+        elif isinstance(v, (int, float, np.floating, np.integer)):
+            out[f.name] = _num(float(v))
+    return out
+
+
 def state_record(state: NavigationState) -> dict[str, Any]:
-    """The JSON-able guidance line for one state (no wall-clock figures except ``latency_s``)."""
+    """The JSON-able guidance line for one state (no wall-clock figures except ``latency_s``).
+
+    One array per bone adds: ``bone`` for each tool (the bone whose CT frame its tip is in),
+    ``references`` (bone -> array), and, when both knee arrays are LIVE, ``alignment`` and
+    ``gaps`` (their scalar figures). A one-array state's line is as before.
+    """
+    rec = _state_record(state)
+    if state.references:
+        for name, t in state.tools.items():
+            rec["tools"][name]["bone"] = t.bone
+        rec["references"] = dict(state.references)
+        rec["alignment"] = _figures(state.alignment)
+        rec["gaps"] = _figures(state.gaps)
+    return rec
+
+
+def _state_record(state: NavigationState) -> dict[str, Any]:
     return {
         "seq": int(state.sequence),
         "host_time_s": _num(state.host_time_s),

@@ -13,6 +13,20 @@ with SlicerIGT's device naming:
 * STRING ``Guidance``: the state's guidance numbers as JSON, at most ``guidance_rate_hz``.
 * STRING ``NavigationStatus``: ``TRACKING`` or ``NOT_TRACKING``.
 
+**One reference array per bone** (a tool set with ``bone`` on its arrays, see
+:mod:`orthonav.navigation.state`): the first bone of the tool set (the *anchor*, e.g. the
+femur) plays the patient reference above: ``ReferenceToRas`` is its registration and
+``<Tool>ToReference`` is each LIVE tool (and each other bone's array) relative to its array.
+In addition, each bone has a ``<Bone>ToCT`` TRANSFORM (``FemurToCT``, ``TibiaToCT``:
+:func:`~orthonav.navigation.igtl_names.bone_transform_name`): the bone's planned CT position
+(RAS) -> where it is now in the anchor's CT (RAS), i.e. ``anchor_ct_from_bone_ct``
+(identity for the anchor; for the tibia the knee pose ``femur_ct_from_tibia_ct``). Put
+``Bone_tibia`` under ``TibiaToCT`` in Slicer and the tibia moves with the knee. It is a map
+between two patient (CT) frames, so both of its ends cross the LPS -> RAS boundary (the only
+transform that does; ``RAS_FROM_LPS`` is its own inverse). A bone whose array (or the
+anchor's) is not LIVE gets the hidden-tool message below on its ``<Bone>ToCT``; while the
+anchor is not LIVE no ``<Tool>ToReference`` pose is sent.
+
 **A tool that is not visible** (or every tool while navigation is not tracking):
 
 * header version 1 (the default; every peer reads it): a STATUS message, code NOT_READY,
@@ -62,12 +76,12 @@ import pyvista as pv
 from numpy.typing import NDArray
 
 from orthonav.core.errors import InputError
-from orthonav.core.transforms import invert, ras_from_lps_points, ras_from_lps_transform
+from orthonav.core.transforms import RAS_FROM_LPS, invert, ras_from_lps_points, ras_from_lps_transform
 from orthonav.tracking import igtl_protocol as P
 from orthonav.tracking.igtl_server import IGTLServer
 
 from .guidance import CutFrame
-from .igtl_names import device_name_map
+from .igtl_names import bone_transform_name, device_name_map
 from .overlay import cut_plane_mesh
 from .session import state_record
 from .state import NavigationState
@@ -136,11 +150,13 @@ class SlicerStream:
     header_version
         1 (default; every peer) or 2: TRANSFORMs then carry ``TransformStatus`` metadata and
         a hidden tool is a ``MISSING`` TRANSFORM (module docstring).
+    bone_names
+        One array per bone: the bones (their ``<Bone>ToCT`` devices are named up front).
     """
 
     def __init__(self, port: int = DEFAULT_PORT, *, host: str = "127.0.0.1", bones: Mapping[str, pv.PolyData] | None = None,
                  cuts: Mapping[str, CutFrame] | None = None, tools: Iterable[str] = (), guidance_rate_hz: float = 10.0,
-                 pose_rate_hz: float = 60.0, header_version: int = 1) -> None:
+                 pose_rate_hz: float = 60.0, header_version: int = 1, bone_names: Iterable[str] = ()) -> None:
         if header_version not in (1, 2):
             raise InputError(None, f"OpenIGTLink header version must be 1 or 2, got {header_version}")
         self.server = IGTLServer(port, host=host)
@@ -153,7 +169,8 @@ class SlicerStream:
         self._meshes.update({f"Cut_{k}": cf for k, cf in (cuts or {}).items()})
         fixed = [REFERENCE_DEVICE, STATUS_DEVICE, GUIDANCE_DEVICE, NAMES_DEVICE]
         #: Every name the stream uses -> its OpenIGTLink device (at most 20 bytes, unique).
-        self.device_names: dict[str, str] = device_name_map([*fixed, *self._meshes, *(f"{t}ToReference" for t in tools)])
+        self.device_names: dict[str, str] = device_name_map([*fixed, *self._meshes, *(f"{t}ToReference" for t in tools),
+                                                             *(bone_transform_name(b) for b in bone_names)])
         self._names_changed = False
         self._encoded: dict[str, bytes] = {}  #: model name -> POLYDATA message (encoded once)
         self._last_live: dict[str, NDArray[np.float64]] = {}  #: tool -> last live reference_from_tool
@@ -284,9 +301,56 @@ class SlicerStream:
             self._failed("state", e)
             return False
 
+    def _pose_chunk(self, name: str, m: NDArray[np.float64] | None, now: float) -> bytes:
+        """A TRANSFORM of ``m`` on ``name``'s device, or (``m`` None) the hidden-tool message:
+        STATUS NotVisible (v1) or a MISSING TRANSFORM at the last live pose (v2)."""
+        dev = self.device(name)
+        if m is not None:
+            self._last_live[name] = m
+            meta = {"TransformStatus": "OK"} if self.header_version == 2 else None
+            return P.pack_message("TRANSFORM", dev, P.pack_transform(m), timestamp_s=now, version=self.header_version, metadata=meta)
+        if self.header_version == 2:
+            return P.pack_message("TRANSFORM", dev, P.pack_transform(self._last_live.get(name, np.eye(4))), timestamp_s=now, version=2,
+                                  metadata={"TransformStatus": "MISSING"})
+        status = P.Status(P.StatusCode.NOT_READY, 0, "NotVisible", f"{name.removesuffix('ToReference')} not visible")
+        return P.pack_message("STATUS", dev, P.pack_status(status), timestamp_s=now)
+
+    def _per_bone_poses(self, state: NavigationState, now: float) -> tuple[NDArray[np.float64] | None, list[bytes]]:
+        """One array per bone: (the anchor's ``ct_from_reference`` or None, the pose messages)."""
+        anchor = next(iter(state.references))
+        live = state.bone_ct_from_tracker
+        chunks: list[bytes] = []
+        anchor_live = anchor in live
+        ct_from_anchorref = None
+        if anchor_live:
+            ct_from_anchorref = np.asarray(state.tools[state.references[anchor]].ct_from_tool, dtype=np.float64)
+            anchorref_from_tracker = invert(ct_from_anchorref) @ live[anchor]
+        for name, ts in state.tools.items():
+            m = None
+            if anchor_live and ts.live and ts.bone in live:
+                tracker_from_tool = invert(live[ts.bone]) @ np.asarray(ts.ct_from_tool, dtype=np.float64)
+                m = anchorref_from_tracker @ tracker_from_tool  # two device frames: crosses the boundary unchanged
+            chunks.append(self._pose_chunk(f"{name}ToReference", m, now))
+        for bone in state.references:
+            m = None
+            if anchor_live and bone in live:
+                anchor_ct_from_bone_ct = live[anchor] @ invert(live[bone])
+                # Both ends are CT (patient) frames: flip the output (the one boundary) and the input (RAS_FROM_LPS = LPS_FROM_RAS).
+                m = ras_from_lps_transform(anchor_ct_from_bone_ct @ RAS_FROM_LPS)
+            chunks.append(self._pose_chunk(bone_transform_name(bone), m, now))
+        return ct_from_anchorref, chunks
+
     def _state_message(self, state: NavigationState, ct_from_reference: NDArray[np.float64] | None, now: float) -> bytes:
         v2 = self.header_version == 2
         chunks: list[bytes] = []
+        if state.references:  # one array per bone
+            ct_from_anchorref, poses = self._per_bone_poses(state, now)
+            if ct_from_anchorref is not None:
+                meta = {"TransformStatus": "OK"} if v2 else None
+                chunks.append(P.pack_message("TRANSFORM", self.device(REFERENCE_DEVICE), P.pack_transform(ras_from_lps_transform(ct_from_anchorref)),
+                                             timestamp_s=now, version=self.header_version, metadata=meta))
+            chunks += poses
+            return self._status_and_guidance(state, now, chunks)
         registered = state.tracking and ct_from_reference is not None
         if registered:
             reference_from_ct = invert(ct_from_reference)
@@ -308,6 +372,9 @@ class SlicerStream:
             else:
                 status = P.Status(P.StatusCode.NOT_READY, 0, "NotVisible", f"{name} not visible")
                 chunks.append(P.pack_message("STATUS", dev, P.pack_status(status), timestamp_s=now))
+        return self._status_and_guidance(state, now, chunks)
+
+    def _status_and_guidance(self, state: NavigationState, now: float, chunks: list[bytes]) -> bytes:
         status_text = "TRACKING" if state.tracking else "NOT_TRACKING"
         chunks.append(P.pack_message("STRING", self.device(STATUS_DEVICE), P.pack_string(status_text), timestamp_s=now))
         if now - self._last_guidance >= self.guidance_period_s:

@@ -45,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "study": ("write_lower_limb_study", "LowerLimbStudy", "StackSpec", "LOWER_LIMB_STACKS", "write_ct_series"),
     # the OR scenario, the accuracy protocol and the demo (what the CLI calls)
     "scenario": ("serve_scenario",),
+    "scenario_two_array": ("knee_two_array_scenario", "serve_two_array_scenario", "navigate_two_array_offline"),
     "validation": ("validate_and_report",),
     "demo": ("run_demo",),
 }
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EX
     from .recipe import AnatomyRecipe, AnatomyTruth, PhantomGeometry, make_phantom
     from .render import DEFAULT_HU, BoneSpec, GridSpec, SyntheticPhantom, fit_grid, render_ct, surface_mesh
     from .scenario import serve_scenario
+    from .scenario_two_array import knee_two_array_scenario, navigate_two_array_offline, serve_two_array_scenario
     from .study import LOWER_LIMB_STACKS, LowerLimbStudy, StackSpec, write_ct_series, write_lower_limb_study
     from .synthetic import PHANTOM_FACTORIES, make_phantom_case, write_phantom_case
     from .truth import PhantomTruth, read_truth, truth_path, write_truth

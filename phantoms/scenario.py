@@ -34,7 +34,7 @@ OpenIGTLink socket or in process, and scores the recorded session against the tr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -318,22 +318,34 @@ class Scenario:
         Host and device time are both the script time ``t_s``. Noise is the tracking
         simulator's model (:func:`orthonav.tracking.simulator.add_noise`), per tool and sample.
         """
-        from orthonav.tracking.simulator import add_noise
+        return script_frames(self.script, rate_hz, t0_s=t0_s, t1_s=self.duration_s if t1_s is None else t1_s,
+                             tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg, seed=seed)
 
-        rng = np.random.default_rng(seed)
-        end = self.duration_s if t1_s is None else t1_s
-        n = int(math.floor((end - t0_s) * rate_hz))
-        for i in range(n):
-            t = t0_s + i / rate_hz
-            tools = {}
-            for name, pose in self.script(t).items():
-                if pose is None:
-                    tools[name] = ToolPose(ToolStatus.NOT_VISIBLE, None, math.nan, t, t)
-                    continue
-                if tracker_noise_mm > 0 or rotation_noise_deg > 0:
-                    pose = add_noise(pose, rng, tracker_noise_mm, rotation_noise_deg)
-                tools[name] = ToolPose(ToolStatus.LIVE, pose, tracker_noise_mm, t, t)
-            yield TrackingFrame(tools=tools, host_time_s=t, sequence=i + 1)
+
+def script_frames(script: Callable[[float], Mapping[str, Vec | None]], rate_hz: float, *, t0_s: float = 0.0, t1_s: float,
+                  tracker_noise_mm: float = 0.0, rotation_noise_deg: float = 0.0, seed: int = 0) -> Iterator[TrackingFrame]:
+    """Tracking frames of a script (``script(t_s) -> {tool: tracker_from_tool | None}``) sampled
+    at ``rate_hz`` over ``[t0_s, t1_s)`` on a simulated clock (no threads).
+
+    Host and device time are both the script time ``t_s``. Noise is the tracking simulator's
+    model (:func:`orthonav.tracking.simulator.add_noise`), per tool and sample; a None pose is
+    NOT_VISIBLE. Shared by every scripted OR (:class:`Scenario`, the two-array knee scenario).
+    """
+    from orthonav.tracking.simulator import add_noise
+
+    rng = np.random.default_rng(seed)
+    n = int(math.floor((t1_s - t0_s) * rate_hz))
+    for i in range(n):
+        t = t0_s + i / rate_hz
+        tools = {}
+        for name, pose in script(t).items():
+            if pose is None:
+                tools[name] = ToolPose(ToolStatus.NOT_VISIBLE, None, math.nan, t, t)
+                continue
+            if tracker_noise_mm > 0 or rotation_noise_deg > 0:
+                pose = add_noise(pose, rng, tracker_noise_mm, rotation_noise_deg)
+            tools[name] = ToolPose(ToolStatus.LIVE, pose, tracker_noise_mm, t, t)
+        yield TrackingFrame(tools=tools, host_time_s=t, sequence=i + 1)
 
 
 def knee_scenario(
@@ -569,46 +581,66 @@ def simulate_navigation(
     (ScoredNavigation, Scenario)
         The navigation summary with ``tre_mm`` and ``guidance_error``, and the scripted OR.
     """
-    import threading
-    import time as _time
-
-    from orthonav.navigation import navigate_case
     from orthonav.phantoms.scoring import scored_run
-    from orthonav.tracking.simulator import SimulatedSource, stream_script
 
     case_dir = Path(case_dir)
     sc = knee_scenario(geometry if geometry is not None else case_dir, seed=seed, fle_mm=fle_mm, **scenario_options)  # type: ignore[arg-type]
     targets = dict(sc.geometry.targets_ct_mm)
-    common = dict(off_screen=off_screen, screenshot_every_s=screenshot_every_s, progress=progress, toolset=sc.toolset,
-                  check_points_ct_mm=targets, render=render)
+    summary, script_time = navigate_script(
+        case_dir, sc.script, sc.duration_s, toolset=sc.toolset, over_socket=over_socket, rate_hz=rate_hz, port=port,
+        tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg, seed=seed,
+        off_screen=off_screen, screenshot_every_s=screenshot_every_s, progress=progress, check_points_ct_mm=targets, render=render)
+    return scored_run(summary, targets_ct_mm=targets, true_ct_from_reference=sc.ct_from_reference,
+                      truth_at=lambda device_time_s: sc.truth_at(script_time(device_time_s))), sc
 
-    def scored(summary: NavigationSummary, truth_at: Callable[[float], TruthSample]) -> ScoredNavigation:
-        return scored_run(summary, targets_ct_mm=targets, true_ct_from_reference=sc.ct_from_reference, truth_at=truth_at)
+
+def navigate_script(case_dir: str | Path, script: Callable[[float], Mapping[str, Vec | None]], duration_s: float, *,
+                    toolset: ToolSet, over_socket: bool = True, rate_hz: float = 100.0, port: int = 0,
+                    tracker_noise_mm: float = 0.1, rotation_noise_deg: float = 0.05, seed: int = 0,
+                    **navigate_options: object) -> tuple[NavigationSummary, Callable[[float], float]]:
+    """Run :func:`orthonav.navigation.navigate_case` on a scripted OR (any ``script``), end to end.
+
+    Over a real OpenIGTLink socket (``stream_script`` on 127.0.0.1 + ``IGTLClientSource``) or
+    with the in-process ``SimulatedSource`` (``over_socket=False``). Shared by every scripted OR
+    (:func:`simulate_navigation`, the two-array knee's driver).
+
+    Returns
+    -------
+    (NavigationSummary, script_time)
+        The run's summary and ``script_time(device_time_s) -> s`` mapping a pose's device time
+        to script time (over a socket the device time is the sender's wall clock).
+    """
+    import threading
+    import time as _time
+
+    from orthonav.navigation import navigate_case
+    from orthonav.tracking.simulator import SimulatedSource, stream_script
 
     if not over_socket:
-        source = SimulatedSource(sc.script, rate_hz=rate_hz, tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
-                                 seed=seed, tools=sc.toolset)
-        return scored(navigate_case(case_dir, source, duration_s=sc.duration_s + 0.3, **common), sc.truth_at), sc
+        source = SimulatedSource(script, rate_hz=rate_hz, tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
+                                 seed=seed, tools=toolset)
+        summary = navigate_case(case_dir, source, duration_s=duration_s + 0.3, toolset=toolset, **navigate_options)  # type: ignore[arg-type]
+        return summary, lambda device_time_s: device_time_s
 
     from orthonav.tracking.igtl_client import IGTLClientSource
 
     # Device time on the wire is the sender's wall clock; remember its offset from script time.
     offset: list[float] = []
 
-    def script(t: float):
+    def timed(t: float):
         if not offset:
             offset.append(_time.time() - t)
-        return sc.script(t)
+        return script(t)
 
-    def truth_at(device_time_s: float):
-        return sc.truth_at(device_time_s - offset[0]) if offset else sc.truth_at(-1.0)
+    def script_time(device_time_s: float) -> float:
+        return device_time_s - offset[0] if offset else -1.0
 
     listening = threading.Event()
     box: dict[str, object] = {}
 
     def serve() -> None:
         try:
-            stream_script(script, port, rate_hz=rate_hz, duration_s=sc.duration_s, wait_for_client_s=30.0, seed=seed,
+            stream_script(timed, port, rate_hz=rate_hz, duration_s=duration_s, wait_for_client_s=30.0, seed=seed,
                           tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
                           on_listening=lambda p: (box.__setitem__("port", p), listening.set()))
         except BaseException as e:  # re-raised in the caller's thread below
@@ -620,12 +652,12 @@ def simulate_navigation(
     if not listening.wait(30.0) or "error" in box:
         th.join(timeout=1.0)
         raise TrackingError(f"the simulated tracker did not start: {box.get('error')!r}") from box.get("error")  # type: ignore[misc]
-    source = IGTLClientSource("127.0.0.1", int(box["port"]), tools=sc.toolset)  # type: ignore[arg-type]
-    summary = navigate_case(case_dir, source, duration_s=sc.duration_s + 1.0, **common)
+    source = IGTLClientSource("127.0.0.1", int(box["port"]), tools=toolset)  # type: ignore[arg-type]
+    summary = navigate_case(case_dir, source, duration_s=duration_s + 1.0, toolset=toolset, **navigate_options)  # type: ignore[arg-type]
     th.join(timeout=10.0)
     if "error" in box:
         raise TrackingError(f"the simulated tracker failed: {box['error']!r}") from box["error"]  # type: ignore[misc]
-    return scored(summary, truth_at), sc
+    return summary, script_time
 
 
 def serve_scenario(

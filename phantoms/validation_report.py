@@ -17,6 +17,7 @@ write atomic)::
     <run>/validation_fre.png             FRE distribution with Fitzpatrick's chi-square law
     <run>/validation_vectors.png         error vectors at the targets on the phantom picture
     <run>/validation_pivot.png           pivot calibration residuals (when poses are known)
+    <run>/validation_tre_map.png         predicted TRE at every bone-surface vertex (colour map, mm)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .html_report import Section, write_report
 from .validation_result import ValidationResult
 
 PLOT_NAMES = ("validation_tre.png", "validation_tre_vs_predicted.png", "validation_fre.png", "validation_vectors.png",
-              "validation_pivot.png")
+              "validation_pivot.png", "validation_tre_map.png")
 
 
 def _num(x: float) -> float | None:
@@ -177,17 +178,25 @@ def plot_fre(result: ValidationResult, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _phantom_points(case_dir: Path, limit: int = 12000) -> NDArray[np.float64] | None:
-    """Surface points of the case's bones (truth meshes first, else segmented meshes), LPS mm."""
+def _phantom_bone_points(case_dir: Path) -> dict[str, NDArray[np.float64]]:
+    """Surface points of each of the case's bones (truth meshes first, else segmented meshes),
+    bone -> (V, 3) LPS mm; empty without meshes."""
     case = Case(case_dir)
     for folder in (case.truth_dir, case.root):  # truth/meshes/ is laid out as a case's meshes/
         meshes = read_case_meshes(folder)
         if meshes:
-            pts = np.vstack([np.asarray(m.points, dtype=np.float64) for m in meshes.values()])
-            if len(pts) > limit:
-                pts = pts[np.random.default_rng(0).choice(len(pts), limit, replace=False)]
-            return pts
-    return None
+            return {bone: np.asarray(m.points, dtype=np.float64) for bone, m in meshes.items()}
+    return {}
+
+
+def _subsample(pts: NDArray[np.float64], limit: int) -> NDArray[np.float64]:
+    return pts[np.random.default_rng(0).choice(len(pts), limit, replace=False)] if len(pts) > limit else pts
+
+
+def _phantom_points(case_dir: Path, limit: int = 12000) -> NDArray[np.float64] | None:
+    """Surface points of the case's bones (truth meshes first, else segmented meshes), LPS mm."""
+    bones = _phantom_bone_points(case_dir)
+    return _subsample(np.vstack(list(bones.values())), limit) if bones else None
 
 
 def plot_vectors(result: ValidationResult, path: Path) -> Path:
@@ -239,6 +248,84 @@ def plot_vectors(result: ValidationResult, path: Path) -> Path:
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"TRE vectors (red, magnified x{scale:g}) at the targets, {which}; CT LPS frame"
                  + ("; x = target not touched" if not finite.all() else ""), fontsize=10)
+    return _save(fig, path)
+
+
+def tre_map_points(result: ValidationResult, limit: int = 60000) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """Bone-surface vertices of the case (truth meshes first, else segmented; at most ``limit``,
+    drawn at random) and the TRE predicted at each (Fitzpatrick 1998 eq. 46 with the run's
+    fiducials and FLE, :func:`orthonav.navigation.tre_map.tre_map`): ((V, 3) LPS mm, (V,) mm),
+    or None without meshes or without a finite FLE."""
+    from orthonav.navigation.tre_map import tre_map
+
+    per_bone = result.parameters.get("per_bone")
+    if per_bone:
+        return _per_bone_tre_map_points(result, per_bone, limit)
+    pts = _phantom_points(result.case_dir, limit=limit)
+    if pts is None or not math.isfinite(result.fle_mm):
+        return None
+    return pts, tre_map(result.fiducials_ct_mm, pts, result.fle_mm)
+
+
+def _per_bone_tre_map_points(result: ValidationResult, per_bone: dict, limit: int) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+    """One reference array per bone: each registered bone's map from ITS OWN fiducials and FLE
+    (one rigid fit per bone; the fiducials of all bones together would predict a TRE far too
+    small). The result's fiducials are the bones' fiducials bone by bone, in ``per_bone`` order.
+    Bones without a registration of their own (e.g. the fibula, the patella) are not mapped."""
+    from orthonav.navigation.tre_map import tre_map
+
+    bones = _phantom_bone_points(result.case_dir)
+    start, pts, tre = 0, [], []
+    for bone, figures in per_bone.items():
+        n = int(figures["fiducials"])
+        fid = result.fiducials_ct_mm[start:start + n]
+        start += n
+        fle = float(figures.get("fle_mm", math.nan))
+        if bone not in bones or not math.isfinite(fle):
+            continue
+        p = bones[bone]
+        pts.append(p)
+        tre.append(tre_map(fid, p, fle))
+    if not pts:
+        return None
+    all_pts, all_tre = np.vstack(pts), np.concatenate(tre)
+    if len(all_pts) > limit:
+        keep = np.random.default_rng(0).choice(len(all_pts), limit, replace=False)
+        all_pts, all_tre = all_pts[keep], all_tre[keep]
+    return all_pts, all_tre
+
+
+def plot_tre_map(result: ValidationResult, path: Path) -> Path | None:
+    """The predicted TRE at every vertex of the bone surfaces (anterior and lateral views), with
+    the fiducials and targets, coloured on the navigation overlay's scale; None (no file) when
+    :func:`tre_map_points` has nothing to show."""
+    from orthonav.navigation.tre_map import tre_colour_range
+
+    mapped = tre_map_points(result)
+    if mapped is None:
+        return None
+    pts, tre = mapped
+    lo, hi = tre_colour_range({"bones": tre})
+    plt = _plt()
+    order = np.argsort(-pts[:, 1])  # anterior view: draw posterior points first, so the front stays on top
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 8.0))
+    f, t = result.fiducials_ct_mm, result.targets_ct_mm
+    for ax, h, title, depth in ((axes[0], 0, "anterior view", order), (axes[1], 1, "lateral view", np.argsort(pts[:, 0]))):
+        sc = ax.scatter(pts[depth, h], pts[depth, 2], c=tre[depth], cmap="viridis", vmin=lo, vmax=hi, s=1.2, linewidths=0, rasterized=True)
+        ax.scatter(f[:, h], f[:, 2], s=36, marker="o", facecolors="none", edgecolors="#e67e22", linewidths=1.5, label="fiducials")
+        ax.scatter(t[:, h], t[:, 2], s=22, marker="x", c="#c0392b", label="targets")
+        ax.set_aspect("equal")
+        ax.set_xlabel("x: patient right -> left (mm)" if h == 0 else "y: anterior -> posterior (mm)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.2)
+    axes[0].set_ylabel("z: inferior -> superior (mm)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    bar = fig.colorbar(sc, ax=list(axes), shrink=0.8, extend="max")
+    bar.set_label("predicted TRE (mm)")
+    source = (f"each bone from its own registration's fiducials and FLE ({', '.join(result.parameters['per_bone'])})"
+              if result.parameters.get("per_bone") else f"{len(f)} fiducials, FLE {result.fle_mm:.3f} mm")
+    fig.suptitle(f"Predicted TRE at every bone-surface vertex (Fitzpatrick 1998 eq. 46; {source}; "
+                 f"min {tre.min():.2f} mm, max {tre.max():.2f} mm); CT LPS frame", fontsize=10)
     return _save(fig, path)
 
 
@@ -350,11 +437,12 @@ def write_plots(result: ValidationResult, out_dir: Path) -> list[Path]:
         plot_fre(result, out_dir / "validation_fre.png"),
         plot_vectors(result, out_dir / "validation_vectors.png"),
     ]
-    pivot = plot_pivot(result, out_dir / "validation_pivot.png")
-    if pivot is not None:
-        out.append(pivot)
-    else:
-        (out_dir / "validation_pivot.png").unlink(missing_ok=True)  # never leave a stale plot of an earlier run
+    for name, plot in (("validation_pivot.png", plot_pivot), ("validation_tre_map.png", plot_tre_map)):
+        made = plot(result, out_dir / name)
+        if made is not None:
+            out.append(made)
+        else:
+            (out_dir / name).unlink(missing_ok=True)  # never leave a stale plot of an earlier run
     return out
 
 
@@ -461,7 +549,9 @@ def write_validation_report(result: ValidationResult, case_dir: str | Path, *, o
                  [list(r.values()) for r in result.target_table()])],
         figures=[(plots[k], c) for k, c in (("validation_tre.png", "TRE per target"),
                                             ("validation_tre_vs_predicted.png", "measured vs predicted RMS TRE"),
-                                            ("validation_vectors.png", "error vectors on the phantom")) if k in plots],
+                                            ("validation_vectors.png", "error vectors on the phantom"),
+                                            ("validation_tre_map.png", "predicted TRE at every bone-surface vertex: where the "
+                                                                       "registration can be trusted")) if k in plots],
     )
     fre_sec = Section("Fiducial registration error", tables=[("FRE", ["figure", "value"], fre_rows)],
                       figures=[(plots["validation_fre.png"], "FRE")])
@@ -485,4 +575,4 @@ def write_validation_report(result: ValidationResult, case_dir: str | Path, *, o
 
 
 __all__ = ["PLOT_NAMES", "new_validation_dir", "run_name", "write_validation_report", "write_plots", "write_raw", "result_json", "plot_tre", "plot_tre_vs_predicted",
-           "plot_fre", "plot_vectors", "plot_pivot"]
+           "plot_fre", "plot_vectors", "plot_pivot", "plot_tre_map", "tre_map_points"]

@@ -6,6 +6,13 @@ it), each paired with the nearest target (phantom truth, else the session's chec
 the plan's ``target_*`` landmarks). Such a "touched" TRE also contains the target's own
 localisation error. Pivot RMS from ``<session>/pivot.jsonl`` (a recording of the pointer
 pivoting), else the calibration RMS stored in the session's tool file. CT LPS millimetres.
+
+One reference array per bone (``registration.json`` version 3, ``bones``): the replay runs the
+per-bone workflow (each bone's fiducials, each target checked against its own bone), every
+bone's figures are computed from ITS registration, fiducials and targets (the predicted TRE of
+a target from its bone's fiducial configuration and FLE), and the result lists all bones'
+fiducials and targets together: FRE the RMS over every bone's fiducial residuals, the
+per-bone FRE, FLE and counts in ``parameters["per_bone"]``.
 """
 
 from __future__ import annotations
@@ -76,16 +83,35 @@ def _session_pivot(session_dir: Path, toolset: ToolSet, pointer: str) -> PivotFi
     return None
 
 
+def _point_bones(case_dir: Path, record: Any) -> dict[str, str]:
+    """One array per bone: target / fiducial name -> bone, from the phantom truth's
+    ``target_bones``, the plan's landmarks and the registration's per-bone fiducials."""
+    out: dict[str, str] = {}
+    plan_path = Case(case_dir).plan
+    if plan_path.is_file():
+        from orthonav.planning.schema import load_plan
+
+        out.update({k: lm.bone for k, lm in load_plan(plan_path).landmarks.items() if lm.bone})
+    if truth_path(case_dir).is_file():
+        out.update(getattr(read_truth(case_dir), "target_bones", {}) or {})
+    for bone, rec in record.bones.items():
+        out.update({k: bone for k in rec.points_ct_mm})
+    return out
+
+
 _FIDUCIAL_PREFIX = "\x00fiducial:"  # check-point names that cannot clash with a target's
 
 
 def _replayed_touches(sdir: Path, info: SessionInfo, wf: WorkflowConfig, t_names: list[str], tgt_ct: NDArray[np.float64], f_names: list[str],
-                      fid_ct: NDArray[np.float64]) -> dict[str, Any]:
-    """Target name -> first touched point (reference frame, mm), from replaying the session's frames.
+                      fid_ct: NDArray[np.float64], *, point_bones: dict[str, str] | None = None) -> dict[str, Any]:
+    """Target name -> (bone, first touched point in that bone's reference frame, mm), from
+    replaying the session's frames; bone is "" for a one-array session.
 
-    Also ``"__registration__"``: whether the replayed registration equals the recorded one
-    (False e.g. after a surface refinement outside the workflow; the touches are still valid
-    because dwell detection happens in the reference frame, before any registration).
+    ``point_bones``: one array per bone, target / fiducial name -> its bone (a touch is then
+    measured against a point of its bone only; a name left out is checked against every bone).
+    Also ``"__registration__"``: whether the replayed registration (every bone's) equals the
+    recorded one (False e.g. after a surface refinement outside the workflow; the touches are
+    still valid because dwell detection happens in the reference frame, before any registration).
     """
     from orthonav.navigation.inputs import load_navigation_inputs
     from orthonav.navigation.registration import load_registration
@@ -95,20 +121,112 @@ def _replayed_touches(sdir: Path, info: SessionInfo, wf: WorkflowConfig, t_names
     inputs = load_navigation_inputs(info.case_dir, info.toolset, surfaces=False)
     checks = {n: p for n, p in zip(t_names, tgt_ct)}
     checks.update({_FIDUCIAL_PREFIX + n: p for n, p in zip(f_names, fid_ct)})
-    workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=wf)
+    per_bone = bool(inputs.context.references)
+    extra: dict[str, Any] = {}
+    if per_bone:
+        bones = {**inputs.landmark_bones, **{(_FIDUCIAL_PREFIX + k if k in f_names else k): b for k, b in (point_bones or {}).items()}}
+        extra = {"bone_fiducials": inputs.bone_fiducials, "point_bones": bones}
+    workflow = Workflow(inputs.context, inputs.fiducial_names, inputs.fiducials_ct_mm, check_points_ct_mm=checks, config=wf, **extra)
     for frame in read_frames(sdir):
         workflow.process(frame, clock=None)
-    reg = workflow.registration
-    if reg is None:
+    recorded = load_registration(sdir / REGISTRATION)
+    if per_bone:
+        regs = {b: r.ct_from_reference for b, r in workflow.bone_registrations.items()}
+        wanted = {b: r.ct_from_reference_array() for b, r in recorded.bones.items()}
+    else:
+        regs = {} if workflow.registration is None else {"": workflow.registration.ct_from_reference}
+        wanted = {"": recorded.ct_from_reference_array()}
+    if not regs:
         raise InputError(sdir / FRAMES, "replaying the recorded frames gives no registration although the session has one: "
                                         "the case's plan or the workflow changed since the session was recorded")
-    recorded = load_registration(sdir / REGISTRATION).ct_from_reference_array()
-    out: dict[str, Any] = {"__registration__": bool(np.allclose(reg.ct_from_reference, recorded, atol=1e-9))}
-    ref_from_ct = invert(reg.ct_from_reference)
+    same = set(regs) == set(wanted) and all(np.allclose(regs[b], wanted[b], atol=1e-9) for b in regs)
+    out: dict[str, Any] = {"__registration__": bool(same)}
     for v in workflow.verifications:
-        if v.name.startswith(_FIDUCIAL_PREFIX) or v.name in out:
+        if v.name.startswith(_FIDUCIAL_PREFIX) or v.name in out or v.bone not in regs:
             continue  # a fiducial re-touched, or a target touched again: the first touch counts
-        out[v.name] = apply(ref_from_ct, v.p_ct_mm)
+        out[v.name] = (v.bone, apply(invert(regs[v.bone]), v.p_ct_mm))
+    return out
+
+
+def _per_bone_result(case_dir: Path, sdir: Path, record: Any, touches: dict[str, Any], t_names: list[str], tgt_ct: NDArray[np.float64],
+                     point_bones: dict[str, str], pivot: PivotFigures | None, config: ValidationConfig,
+                     parameters: dict[str, Any]) -> ValidationResult:
+    """One array per bone: each bone's figures from its own registration (see the module
+    docstring), merged into one result (fiducials and targets of every bone, bone by bone)."""
+    from dataclasses import replace
+
+    from .validation_result import evaluate_checks
+
+    # A target's bone: known (truth / plan), else the bone whose registration measured its touch.
+    bone_of = {n: point_bones.get(n) or (touches[n][0] if n in touches else next(iter(record.bones))) for n in t_names}
+    parts, per_bone = [], {}
+    for bone, rec in record.bones.items():
+        f_names = list(rec.points_ct_mm)
+        if len(f_names) < 3:
+            raise InputError(sdir / "registration.json", f"has {len(f_names)} fiducial points on the {bone}; need at least 3")
+        fid_ct = np.array([rec.points_ct_mm[k] for k in f_names], dtype=np.float64).reshape(-1, 3)
+        idx = [j for j, n in enumerate(t_names) if bone_of[n] == bone]
+        vectors = np.full((1, len(idx), 3), np.nan)
+        ct_from_ref = rec.ct_from_reference_array()
+        for i, j in enumerate(idx):
+            hit = touches.get(t_names[j])
+            if hit is not None and hit[0] == bone:
+                vectors[0, i] = apply(ct_from_ref, hit[1]) - tgt_ct[j]
+        fle_est = rec.fle_estimate_mm if rec.fle_estimate_mm is not None else math.nan
+        fle = rec.fle_assumed_mm if rec.fle_assumed_mm is not None else fle_est
+        part = build_result("session", case_dir=case_dir, source=str(sdir), fiducial_names=f_names, fiducials_ct_mm=fid_ct,
+                            target_names=[t_names[j] for j in idx], targets_ct_mm=tgt_ct[idx].reshape(-1, 3), fle_mm=float(fle),
+                            fre_mm=np.array([rec.fre_mm]),
+                            fiducial_residuals_mm=np.array([[rec.residuals_mm.get(k, math.nan) for k in f_names]]),
+                            tre_vectors_mm=vectors, pivot=pivot, config=config, parameters={})
+        parts.append(part)
+        per_bone[bone] = {"reference": rec.reference, "fre_mm": float(rec.fre_mm), "fle_mm": float(fle), "fiducials": len(f_names),
+                          "targets": len(idx), "targets_touched": int(np.isfinite(vectors[0, :, 0]).sum()), "method": rec.method,
+                          "predicted_fre_mm": part.predicted_fre_mm}
+    residuals = np.concatenate([p.fiducial_residuals_mm for p in parts], axis=1)
+    fre = np.array([math.sqrt(float(np.nanmean(residuals**2)))])
+    n = np.array([len(p.fiducial_names) for p in parts], dtype=np.float64)
+    tre = np.concatenate([p.tre_mm for p in parts], axis=1)
+    predicted = np.concatenate([p.predicted_tre_mm for p in parts])
+    cat = dict(
+        fiducial_names=tuple(n for p in parts for n in p.fiducial_names),
+        fiducials_ct_mm=np.vstack([p.fiducials_ct_mm for p in parts]),
+        target_names=tuple(n for p in parts for n in p.target_names),
+        targets_ct_mm=np.vstack([p.targets_ct_mm for p in parts]),
+        # RMS over the fiducials of every bone (each bone's FLE weighted by its fiducials)
+        fle_mm=math.sqrt(float(np.sum(n * np.array([p.fle_mm for p in parts]) ** 2) / n.sum())),
+        fre_mm=fre,
+        fiducial_residuals_mm=residuals,
+        tre_mm=tre,
+        tre_vectors_mm=np.concatenate([p.tre_vectors_mm for p in parts], axis=1),
+        predicted_tre_mm=predicted,
+        predicted_fre_mm=math.sqrt(float(np.sum(n * np.array([p.predicted_fre_mm for p in parts]) ** 2) / n.sum())),
+        checks=evaluate_checks(config, mode="session", fre_mm=fre, tre_mm=tre, predicted_tre_mm=predicted, pivot=pivot),
+        parameters={**parameters, "fiducials": int(n.sum()), "targets": len(tre[0]), "per_bone": per_bone},
+    )
+    return replace(parts[0], **cat)
+
+
+def _knee_scores(session_dir: Path) -> dict[str, Any]:
+    """A two-array session's alignment, gap and hip-centre errors against the scripted truth,
+    from its ``scores.json`` (written by
+    :func:`~orthonav.phantoms.scenario_two_array.simulate_two_array_navigation`; a real or
+    one-array session has none): flat ``knee_<figure>`` keys for ``result.json``."""
+    import json
+
+    from orthonav.phantoms.scoring import SCORES
+
+    path = session_dir / SCORES
+    try:
+        scores = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("knee_error", "knee_error_holds", "knee_error_hold_means"):
+        for k, v in (scores.get(key) or {}).items():
+            out[f"{key}_{k}"] = v
+    if scores.get("hip_centre_error_mm") is not None:
+        out["knee_hip_centre_error_mm"] = scores["hip_centre_error_mm"]
     return out
 
 
@@ -144,21 +262,37 @@ def validate_session(session_dir: str | Path, *, config: ValidationConfig | None
     if wf.pointer not in defs:
         raise InputError(sdir / "session.json", f"the tool set has no '{wf.pointer}' pointer")
     case_dir = Path(info.case_dir)
-    f_names = list(record.points_ct_mm)
-    fid_ct = np.array([record.points_ct_mm[k] for k in f_names], dtype=np.float64).reshape(-1, 3)
+    bone_records = dict(record.bones)
+    if bone_records:  # one array per bone: every bone's fiducials
+        f_names = [k for rec in bone_records.values() for k in rec.points_ct_mm]
+        fid_ct = np.array([rec.points_ct_mm[k] for rec in bone_records.values() for k in rec.points_ct_mm],
+                          dtype=np.float64).reshape(-1, 3)
+    else:
+        f_names = list(record.points_ct_mm)
+        fid_ct = np.array([record.points_ct_mm[k] for k in f_names], dtype=np.float64).reshape(-1, 3)
     if len(f_names) < 3:
         raise InputError(reg_path, f"has {len(f_names)} fiducial points; need at least 3")
     t_names, tgt_ct, target_source = _session_targets(case_dir, info)
+    point_bones = _point_bones(case_dir, record) if bone_records else {}
 
     # Replay the recorded frames through the live workflow itself (same dwell detector, same settings,
     # same sample handling), with the targets and the fiducials as its check points: its verification
     # touches are the target touches (a dwell nearest a fiducial is not a target touch).
-    touches = _replayed_touches(sdir, info, wf, t_names, tgt_ct, f_names, fid_ct)
+    touches = _replayed_touches(sdir, info, wf, t_names, tgt_ct, f_names, fid_ct, point_bones=point_bones)
+    replayed_registration = touches.pop("__registration__")
+    pivot = _session_pivot(sdir, info.toolset, wf.pointer)
+    if bone_records:
+        return _per_bone_result(case_dir, sdir, record, touches, t_names, tgt_ct, point_bones, pivot, config, {
+            "session": str(sdir), "targets_from": target_source, "targets_touched": len(touches),
+            "replay_reproduces_registration": replayed_registration,
+            "registration_method": "; ".join(f"{b}: {r.method}" for b, r in bone_records.items()),
+            "predicted_tre_of": "each bone's paired-point registration, at that bone's targets",
+            "fle_from": "per bone: assumed, else estimated from that bone's FRE (eq. 10)",
+            **_knee_scores(sdir)})
     ct_from_ref = record.ct_from_reference_array()
     m = len(t_names)
     vectors = np.full((1, m, 3), np.nan)
-    replayed_registration = touches.pop("__registration__")
-    for name, p_ref in touches.items():
+    for name, (_bone, p_ref) in touches.items():
         j = t_names.index(name)
         vectors[0, j] = apply(ct_from_ref, p_ref) - tgt_ct[j]  # with the session's recorded registration
 
@@ -177,7 +311,7 @@ def validate_session(session_dir: str | Path, *, config: ValidationConfig | None
         fre_mm=np.array([record.fre_mm]),
         fiducial_residuals_mm=np.array([[record.residuals_mm.get(k, math.nan) for k in f_names]]),
         tre_vectors_mm=vectors,
-        pivot=_session_pivot(sdir, info.toolset, wf.pointer),
+        pivot=pivot,
         config=config,
         parameters={"session": str(sdir), "targets_from": target_source, "targets_touched": len(touches),
                     "replay_reproduces_registration": replayed_registration,
@@ -185,7 +319,8 @@ def validate_session(session_dir: str | Path, *, config: ValidationConfig | None
                     "predicted_tre_of": ("the fiducial stage only: the surface refinement has no Fitzpatrick prediction, "
                                          "while the measured TRE uses the refined registration")
                     if "surface" in record.method else "the paired-point registration",
-                    "fle_from": "assumed" if record.fle_assumed_mm is not None else "estimated from FRE (eq. 10)"},
+                    "fle_from": "assumed" if record.fle_assumed_mm is not None else "estimated from FRE (eq. 10)",
+                    **_knee_scores(sdir)},
     )
 
 

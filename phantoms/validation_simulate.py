@@ -8,12 +8,17 @@ translation part) and each touch is averaged over a dwell, as
 to the CT with :func:`orthonav.core.procrustes.paired_point`; TRE is the true registration
 error at every truth target. A pivot calibration is simulated with the same tracker noise.
 All points CT LPS millimetres.
+
+The registrations (:func:`register_trials`, a pure function) can be spread in chunks over
+other processes through a ``trial_map`` (on Dask: ``orthonav batch validate --simulate``); every
+random draw is made before, in the serial order, so the figures are the same either way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,92 @@ from .validation_result import PivotFigures, ValidationConfig, ValidationResult,
 
 #: Number of tracker samples averaged per touch in the simulation: a 0.4 s dwell at 60 Hz.
 DEFAULT_SAMPLES_PER_TOUCH = 24
+#: Trials per chunk when a ``trial_map`` spreads the registrations (about 2 s of work each).
+DEFAULT_CHUNK_TRIALS = 20_000
+
+
+@dataclass(frozen=True)
+class TrialChunk:
+    """What consecutive Monte Carlo trials need to register and measure (CT LPS mm).
+
+    Attributes
+    ----------
+    fiducials_ct_mm
+        (N, 3) true fiducials in the CT.
+    targets_ct_mm
+        (M, 3) true targets in the CT.
+    digitised_ref_mm
+        (T, N, 3) the fiducials as digitised, in the reference marker's frame (FLE and
+        tracker noise included), one row per trial.
+    ct_from_ref
+        (T, 4, 4) true pose of the reference marker in the CT, per trial.
+    """
+
+    fiducials_ct_mm: NDArray[np.float64]
+    targets_ct_mm: NDArray[np.float64]
+    digitised_ref_mm: NDArray[np.float64]
+    ct_from_ref: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TrialFigures:
+    """The figures of the trials of one :class:`TrialChunk`, in its order.
+
+    Attributes
+    ----------
+    fre_mm
+        (T,) fiducial registration error (RMS over the fiducials, mm).
+    residuals_mm
+        (T, N) residual distance at each fiducial (mm).
+    tre_vectors_mm
+        (T, M, 3) where navigation shows each true target minus where it is (CT LPS mm).
+    """
+
+    fre_mm: NDArray[np.float64]
+    residuals_mm: NDArray[np.float64]
+    tre_vectors_mm: NDArray[np.float64]
+
+
+#: ``trial_map(register_trials, chunks)`` gives the figures of every chunk in order, like the
+#: built-in ``map`` (for example on a Dask cluster: ``orthonav.cli.batch_run.dask_trial_map``).
+TrialMap = Callable[[Callable[[TrialChunk], TrialFigures], Sequence[TrialChunk]], Iterable[TrialFigures]]
+
+
+def register_trials(chunk: TrialChunk) -> TrialFigures:
+    """Register each trial's digitised fiducials to the CT and measure the true error at the targets.
+
+    A pure function of its input (no random numbers): the trials of a run give the same
+    figures whether they are registered in one call or in chunks on other processes.
+    Registration is :func:`orthonav.core.procrustes.paired_point` (``ct_from_reference``
+    estimate); a TRE vector is the estimate composed with the true ``reference_from_ct``,
+    applied to a target, minus the target.
+    """
+    n_trials = len(chunk.digitised_ref_mm)
+    fre = np.empty(n_trials)
+    residuals = np.empty((n_trials, len(chunk.fiducials_ct_mm)))
+    vectors = np.empty((n_trials, len(chunk.targets_ct_mm), 3))
+    tgt_ct = chunk.targets_ct_mm
+    for i in range(n_trials):
+        reg = paired_point(chunk.fiducials_ct_mm, chunk.digitised_ref_mm[i])  # ct_from_reference estimate
+        fre[i] = reg.fre_mm
+        residuals[i] = reg.residuals_mm
+        err = reg.fixed_from_moving @ invert(chunk.ct_from_ref[i])  # maps true CT points to where navigation shows them
+        vectors[i] = apply(err, tgt_ct) - tgt_ct
+    return TrialFigures(fre, residuals, vectors)
+
+
+def _register_all(chunk: TrialChunk, trial_map: TrialMap | None, chunk_trials: int) -> TrialFigures:
+    """:func:`register_trials` on every trial, in chunks through ``trial_map`` when one is given."""
+    if trial_map is None:
+        return register_trials(chunk)
+    n_trials = len(chunk.digitised_ref_mm)
+    parts = [TrialChunk(chunk.fiducials_ct_mm, chunk.targets_ct_mm, chunk.digitised_ref_mm[a:a + chunk_trials],
+                        chunk.ct_from_ref[a:a + chunk_trials]) for a in range(0, n_trials, chunk_trials)]
+    figures = list(trial_map(register_trials, parts))
+    if len(figures) != len(parts) or sum(len(f.fre_mm) for f in figures) != n_trials:
+        raise RuntimeError(f"trial_map returned {len(figures)} results for {len(parts)} chunks of {n_trials} trials")
+    return TrialFigures(np.concatenate([f.fre_mm for f in figures]), np.concatenate([f.residuals_mm for f in figures]),
+                        np.concatenate([f.tre_vectors_mm for f in figures]))
 
 
 def _targets_from_truth(case_dir: Path) -> tuple[list[str], NDArray[np.float64], list[str], NDArray[np.float64]]:
@@ -89,6 +180,8 @@ def simulate_validation(
     config: ValidationConfig | None = None,
     samples_per_touch: int = DEFAULT_SAMPLES_PER_TOUCH,
     pivot_poses: int = 200,
+    trial_map: TrialMap | None = None,
+    chunk_trials: int = DEFAULT_CHUNK_TRIALS,
 ) -> ValidationResult:
     """Monte Carlo accuracy protocol on a phantom case's ground truth (``truth/truth.json``).
 
@@ -112,6 +205,12 @@ def simulate_validation(
         Tracker samples averaged per touch (a dwell).
     pivot_poses
         Poses of the simulated pivot calibration.
+    trial_map
+        Spread the registrations: ``trial_map(register_trials, chunks)`` (see :data:`TrialMap`),
+        e.g. over a Dask cluster. The random draws are all made here first, in the serial
+        order, so the result is identical to the serial run's for the same ``seed``.
+    chunk_trials
+        Trials per chunk handed to ``trial_map`` (ignored without one).
 
     Returns
     -------
@@ -125,6 +224,8 @@ def simulate_validation(
             raise InputError(None, f"{name} must be a finite number >= 0, got {v!r}")
     if not (isinstance(trials, int) and trials >= 2):
         raise InputError(None, f"trials must be an integer >= 2, got {trials!r}")
+    if not (isinstance(chunk_trials, int) and chunk_trials >= 1):
+        raise InputError(None, f"chunk_trials must be an integer >= 1, got {chunk_trials!r}")
     if not (isinstance(samples_per_touch, int) and samples_per_touch >= 1):
         raise InputError(None, f"samples_per_touch must be an integer >= 1, got {samples_per_touch!r}")
     config = config or ValidationConfig()
@@ -154,15 +255,8 @@ def simulate_validation(
     true_ref = np.einsum("tji,tnj->tni", ct_from_ref[:, :3, :3], fid_ct[None] - ct_from_ref[:, None, :3, 3])
     fle_observed = float(np.sqrt(np.mean(np.sum((digitised_ref - true_ref) ** 2, axis=2))))
 
-    fre = np.empty(trials)
-    residuals = np.empty((trials, n))
-    vectors = np.empty((trials, m, 3))
-    for i in range(trials):
-        reg = paired_point(fid_ct, digitised_ref[i])  # ct_from_reference estimate
-        fre[i] = reg.fre_mm
-        residuals[i] = reg.residuals_mm
-        err = reg.fixed_from_moving @ invert(ct_from_ref[i])  # maps true CT points to where navigation shows them
-        vectors[i] = apply(err, tgt_ct) - tgt_ct
+    figures = _register_all(TrialChunk(fid_ct, tgt_ct, digitised_ref, ct_from_ref), trial_map, chunk_trials)
+    fre, residuals, vectors = figures.fre_mm, figures.residuals_mm, figures.tre_vectors_mm
 
     fle_eff = math.sqrt(fle_mm**2 + 6.0 * tracker_noise_mm**2 / k)
     tip = default_toolset().by_name()["Pointer"].tip_in_tool()
@@ -187,4 +281,5 @@ def simulate_validation(
     )
 
 
-__all__ = ["DEFAULT_SAMPLES_PER_TOUCH", "simulate_pivot", "simulate_validation"]
+__all__ = ["DEFAULT_CHUNK_TRIALS", "DEFAULT_SAMPLES_PER_TOUCH", "TrialChunk", "TrialFigures", "TrialMap", "register_trials",
+           "simulate_pivot", "simulate_validation"]

@@ -35,9 +35,14 @@ def landmark_position(plan: Plan, name: str) -> NDArray[np.float64] | None:
     return None if lm is None else np.asarray(lm.position_lps_mm, dtype=np.float64)
 
 
-def fiducials(plan: Plan) -> tuple[list[str], NDArray[np.float64]]:
-    """The plan's ``fiducial_k`` landmarks in numeric order: names and (n, 3) CT LPS mm."""
-    names = [k for k in plan.landmarks if k.startswith("fiducial_") and k.split("_", 1)[1].isdigit()]
+def fiducials(plan: Plan, bone: str | None = None) -> tuple[list[str], NDArray[np.float64]]:
+    """The plan's ``fiducial_k`` landmarks in numeric order: names and (n, 3) CT LPS mm.
+
+    ``bone``: only the fiducials on that bone (the landmark's ``bone``), for registering each
+    bone to its own reference array; None = every fiducial.
+    """
+    names = [k for k in plan.landmarks if k.startswith("fiducial_") and k.split("_", 1)[1].isdigit()
+             and (bone is None or plan.landmarks[k].bone == bone)]
     names.sort(key=lambda k: int(k.split("_", 1)[1]))
     pts = np.array([plan.landmarks[k].position_lps_mm for k in names], dtype=np.float64).reshape(-1, 3)
     return names, pts

@@ -321,6 +321,10 @@ def render_scene(
             pl.subplot(0, col)
             pl.set_background("white")
             for it in knee_items if close else items:
+                if it.kind == "bone" and CONFIDENCE_ARRAY in it.mesh.point_data:  # a learned backend's confidence (issue 15)
+                    pl.add_mesh(it.mesh, scalars=CONFIDENCE_ARRAY, cmap=CONFIDENCE_CMAP, clim=CONFIDENCE_CLIM, show_scalar_bar=False,
+                                opacity=it.opacity, smooth_shading=True)
+                    continue
                 pl.add_mesh(it.mesh, color=it.colour, opacity=it.opacity, smooth_shading=it.kind in ("bone", "implant"))
             pos, focal, vup = view_camera(plan, view, whole_limb=not close)
             pl.camera_position = [tuple(pos), tuple(focal), tuple(vup)]
@@ -343,6 +347,8 @@ def render_scene(
                 pl.camera.parallel_scale = 0.55 * max(_limb_length_mm(meshes), np.ptp(pts @ right) * aspect) / zoom
             whole = "pelvis" if plan.procedure == "tha" else "whole limb"
             label = f"{view}: {'hip' if plan.procedure == 'tha' else 'knee'} close-up" if close else f"{view}: {whole}"
+            if any(CONFIDENCE_ARRAY in m.point_data for m in meshes.values()):
+                label += f" (bone colour: segmentation confidence, red {CONFIDENCE_CLIM[0]:g} - green {CONFIDENCE_CLIM[1]:g})"
             pl.add_text(label if title is None else f"{title} - {label}", font_size=KEY_FONT_PT, color="black")
         pl.subplot(1, 0)
         pl.set_background("white")
@@ -375,14 +381,69 @@ def angle_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+#: Point array of a bone mesh holding the segmentation confidence near each point, and its colours.
+CONFIDENCE_ARRAY = "confidence"
+CONFIDENCE_CMAP = "RdYlGn"
+CONFIDENCE_CLIM = (0.5, 1.0)
+
+
+def attach_confidence(case_dir: str | Path, meshes: dict[str, pv.PolyData]) -> dict[str, pv.PolyData]:
+    """Bone meshes with a :data:`CONFIDENCE_ARRAY` point array when the case has a learned
+    backend's ``confidence.nii.gz`` (``segment --backend unet``); else the meshes unchanged.
+
+    The value at a mesh point is the mean voxel confidence of that bone's labelled voxels near
+    it (Gaussian-weighted, sigma 1.5 voxels), interpolated linearly: the surface itself sits
+    between voxels, where a voxel's own confidence says little.
+    """
+    from scipy import ndimage as ndi
+
+    from orthonav.core.case import read_labels_table
+    from orthonav.core.volume import read_volume
+
+    case = Case(case_dir)
+    if not (case.confidence.is_file() and case.labels.is_file() and case.labels_json.is_file()):
+        return meshes
+    table = read_labels_table(case.labels_json)
+    if table.backend != "unet":
+        return meshes
+    labels, conf = read_volume(case.labels), read_volume(case.confidence)
+    if labels.array_zyx.shape != conf.array_zyx.shape:
+        return meshes
+    ijk_from_lps = np.linalg.inv(labels.lps_from_ijk)
+    out = dict(meshes)
+    for bone, mesh in meshes.items():
+        try:
+            v = table.value_of(bone)
+        except KeyError:
+            continue
+        mask = labels.array_zyx == v
+        if not mask.any():
+            continue
+        kji = np.argwhere(mask)
+        lo, hi = np.maximum(kji.min(axis=0) - 4, 0), kji.max(axis=0) + 5
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        m = mask[box].astype(np.float32)
+        num = ndi.gaussian_filter(np.where(mask[box], conf.array_zyx[box], 0.0).astype(np.float32), 1.5)
+        den = ndi.gaussian_filter(m, 1.5)
+        local = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 1.0).astype(np.float32)
+        pts = np.asarray(mesh.points, dtype=np.float64)
+        ijk = pts @ ijk_from_lps[:3, :3].T + ijk_from_lps[:3, 3]
+        zyx = ijk[:, ::-1] - lo
+        copy = mesh.copy()
+        copy.point_data[CONFIDENCE_ARRAY] = ndi.map_coordinates(local, zyx.T, order=1, mode="nearest").astype(np.float32)
+        out[bone] = copy
+    return out
+
+
 def _case_scene(case_dir: str | Path) -> tuple[Plan, dict[str, pv.PolyData], dict[str, pv.PolyData] | None]:
-    """The plan of a case, its bone meshes and its implants' meshes (None without implants)."""
+    """The plan of a case, its bone meshes (with the segmentation confidence, when a learned
+    backend wrote one: :func:`attach_confidence`) and its implants' meshes (None without implants)."""
     from .auto import load_case_meshes
 
     case = Case(case_dir)
     plan = load_plan(case.require(case.plan, "orthonav plan CASE --auto"))
     require(plan, case.plan, stage="a picture of the plan", landmarks=True, bones=True)
-    meshes = load_case_meshes(case.root, plan.procedure)
+    meshes = attach_confidence(case.root, load_case_meshes(case.root, plan.procedure))
     implant_meshes = None
     if plan.implants:
         from .implants import implant_meshes_for
@@ -405,7 +466,9 @@ def render_plan(case_dir: str | Path, png_path: str | Path, *, views: tuple[str,
 
 
 __all__ = [
+    "CONFIDENCE_ARRAY",
     "LEGEND_LABELS",
+    "attach_confidence",
     "VIEWS",
     "SceneItem",
     "angle_text",

@@ -29,7 +29,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "slicer_seg": ("write_seg_nrrd",),
     "totalseg": ("totalsegmentator_status", "segment_totalsegmentator"),
     "unet": ("ModelCard", "segment_unet", "train_from_folder"),  # imports torch
-    "pipeline": ("BACKENDS", "BoneSummary", "SegmentationSummary", "run_backend", "segment_case", "mesh_case", "load_segmentation"),
+    "pipeline": ("BACKENDS", "BoneSummary", "SegmentationSummary", "run_backend", "segment_case", "mesh_case", "load_segmentation",
+                 "low_confidence_warnings"),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
@@ -43,7 +44,16 @@ if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EX
     from .meshing import is_watertight, label_meshes, mask_mesh
     from .naming import CONFIDENT, Naming, RegionInfo, detect_anatomy, name_bones, name_regions, regions_from_label_map
     from .relabel import Relabelled, parse_assignments, relabel_case
-    from .pipeline import BACKENDS, BoneSummary, SegmentationSummary, load_segmentation, mesh_case, run_backend, segment_case
+    from .pipeline import (
+        BACKENDS,
+        BoneSummary,
+        SegmentationSummary,
+        load_segmentation,
+        low_confidence_warnings,
+        mesh_case,
+        run_backend,
+        segment_case,
+    )
     from .slicer_seg import write_seg_nrrd
     from .stacks import ImportRecord, Stack, StackSource, check_one_frame, combine_stacks, read_import_record, read_scanned
     from .totalseg import segment_totalsegmentator, totalsegmentator_status

@@ -140,7 +140,9 @@ def segment_case(
     case_dir
         Case folder holding ``ct.nii.gz`` (from ``orthonav import`` or a phantom).
     backend
-        ``"classical"`` (default), ``"unet"`` (needs ``weights``) or ``"totalsegmentator"``.
+        ``"classical"`` (default), ``"unet"`` (``weights``, default the model shipped with
+        OrthoNav; writes ``confidence.nii.gz`` and notes "low confidence: ..." for bones whose
+        mean voxel confidence is low) or ``"totalsegmentator"``.
     anatomy
         ``"auto"``, ``"knee"``, ``"hip"`` or ``"general"`` (classical naming rules).
     mesh_formats
@@ -148,7 +150,7 @@ def segment_case(
     progress
         Optional ``callable(step, fraction)`` for a progress bar.
     weights
-        U-Net weights file (``unet`` backend only).
+        U-Net weights file (``unet`` backend only; None: the shipped model).
 
     Returns
     -------
@@ -237,6 +239,29 @@ def mesh_case(
     for f in files:
         out[f.stem].append(f)
     return out
+
+
+#: A learned backend's bone whose mean voxel confidence (labels.json ``confidence``) is below
+#: this is reported by :func:`low_confidence_warnings` (the shipped U-Net's card says 0.8 too).
+LOW_CONFIDENCE = 0.8
+
+
+def low_confidence_warnings(case_dir: str | Path, *, threshold: float = LOW_CONFIDENCE) -> list[str]:
+    """Warnings for the bones of a case's ``labels.json`` written by a learned backend (``unet``)
+    whose mean voxel confidence is below ``threshold`` (for ``plan`` to print; empty when none,
+    when the case has no labels.json, or for the classical backend, whose confidence is that of
+    the name, reported by ``segment``)."""
+    case = Case(case_dir)
+    if not case.labels_json.is_file():
+        return []
+    table = read_labels_table(case.labels_json)
+    if table.backend != "unet":
+        return []
+    return [
+        f"low confidence: {name} mean voxel confidence {table.confidence[v]:.2f} < {threshold:.2f} (U-Net); check it before planning"
+        for v, name in table.labels.items()
+        if v in table.confidence and table.confidence[v] < threshold
+    ]
 
 
 def load_segmentation(case_dir: str | Path) -> Segmentation:

@@ -70,6 +70,14 @@ NUM_THREADS = 2
 DEFAULT_SPACING_MM = 4.0
 #: Sliding windows per network call at inference.
 WINDOW_BATCH = 4
+#: Background logit (others 0) of voxels no network window covered (see sliding_window_probabilities).
+BACKGROUND_LOGIT = 40.0
+#: Windows with no voxel at or above this HU are not run at inference (they hold no bone).
+SKIP_WINDOW_BELOW_HU = 150.0
+#: Boundary refinements a model card may ask for (see :func:`segment_unet`).
+REFINEMENTS = ("none", "image-edge")
+#: The model shipped with the package (``orthonav segment --backend unet`` without --weights).
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "models" / "bone_unet.pt"
 
 
 def _torch_settings(num_threads: int | None) -> None:
@@ -126,7 +134,7 @@ class ModelCard(Versioned):
     channels 1..n must all be named.
     """
 
-    SCHEMA_VERSION = 1
+    SCHEMA_VERSION = 2
     classes: dict[int, str]
     side: str | None = Field(default=None, description="side of every training case when they agree, else None")
     spacing_mm: float = Field(gt=0.0, description="isotropic voxel size the network works at (mm)")
@@ -135,6 +143,12 @@ class ModelCard(Versioned):
     architecture: Architecture
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     created_utc: str = ""
+    # Schema 2 (version 1 cards, without these, still read: no calibration, no TTA, no refinement).
+    temperature: float = Field(default=1.0, gt=0.0, description="softmax temperature fitted on held-out draws (logits / T)")
+    tta_flips: list[str] = Field(default_factory=list, description="test-time flips averaged with the plain pass: 'x' (left-right)")
+    refine: str = Field(default="none", description="'none' or 'image-edge': bone boundary snapped to the CT's own edge (see segment_unet)")
+    low_confidence: float = Field(default=0.8, gt=0.0, le=1.0, description="a bone whose mean voxel confidence is below this is reported")
+    results: dict[str, float] = Field(default_factory=dict, description="measured figures (informational; docs/model_card.md)")
 
 
 def _check_card(card: ModelCard, path: Path | None) -> None:
@@ -151,6 +165,10 @@ def _check_card(card: ModelCard, path: Path | None) -> None:
     lo, hi = card.hu_window
     if not hi > lo:
         raise SchemaError(path, f"model card hu_window must be (low, high) with high > low, got {card.hu_window}")
+    if any(f not in ("x",) for f in card.tta_flips):
+        raise SchemaError(path, f"unknown test-time flips {card.tta_flips}; this OrthoNav knows 'x'")
+    if card.refine not in REFINEMENTS:
+        raise SchemaError(path, f"unknown refinement {card.refine!r}; expected one of {', '.join(REFINEMENTS)}")
     if card.orientation != "canonical-LPS":
         raise SchemaError(path, f"unknown grid orientation {card.orientation!r} in the model card")
     if card.architecture.patch_size % (2 ** (card.architecture.levels - 1)):
@@ -472,13 +490,18 @@ def load_training_cases(
             if v < len(lut):
                 lut[v] = by_name[name]
         remapped = lut[lab.array_zyx.astype(np.int64)]
-        grid = canonical_grid(ct, spacing_mm)
-        targets = soft_labels_to_grid(remapped, ct, grid, len(classes) + 1)
-        cases.append(TrainingCase(ct_p.parent.name, ct_to_grid(ct, grid, hu_window), np.argmax(targets, axis=0).astype(np.uint8), targets))
+        cases.append(training_case(ct_p.parent.name, ct, remapped, spacing_mm, hu_window, len(classes) + 1))
         if progress is not None:
             progress("reading training cases", (n + 1) / len(paths))
     sides = {t.side for t in tables}
     return cases, classes, (sides.pop() if len(sides) == 1 else None)
+
+
+def training_case(name: str, ct: Volume, classes_zyx: NDArray, spacing_mm: float, hu_window: tuple[float, float], num_classes: int) -> TrainingCase:
+    """One CT (HU) and its class map (channel values, same grid) on the network's grid."""
+    grid = canonical_grid(ct, spacing_mm)
+    targets = soft_labels_to_grid(classes_zyx, ct, grid, num_classes)
+    return TrainingCase(name, ct_to_grid(ct, grid, hu_window), np.argmax(targets, axis=0).astype(np.uint8), targets)
 
 
 class PatchSampler:
@@ -489,8 +512,8 @@ class PatchSampler:
     background patches (drawn as often as each bone) teach what is not bone.
     """
 
-    def __init__(self, cases: list[TrainingCase], patch: int, num_classes: int, rng: np.random.Generator) -> None:
-        self.cases, self.patch, self.num_classes, self.rng = cases, patch, num_classes, rng
+    def __init__(self, cases: list[TrainingCase], patch: int, num_classes: int, rng: np.random.Generator, *, flip_x: bool = False) -> None:
+        self.cases, self.patch, self.num_classes, self.rng, self.flip_x = cases, patch, num_classes, rng, flip_x
         self.where: list[dict[int, NDArray[np.int64]]] = []
         for c in cases:
             flat = c.labels.ravel()
@@ -517,6 +540,8 @@ class PatchSampler:
             # intensity augmentation: small gain / offset and noise, in normalised units
             img = img * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.05, 0.05)
             img = img + self.rng.normal(0.0, 0.02, size=img.shape).astype(np.float32)
+            if self.flip_x and self.rng.random() < 0.5:  # left-right mirror (classes are side-less)
+                img, tgt = img[:, :, ::-1], tgt[:, :, :, ::-1]
             xs.append(img.astype(np.float32))
             ys.append(tgt)
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.float32))
@@ -625,17 +650,60 @@ def train_from_folder(
     if patch_size % (2 ** (levels - 1)):
         raise InputError(None, f"patch_size {patch_size} must be divisible by {2 ** (levels - 1)} for {levels} levels")
     _torch_settings(num_threads)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     paths = find_training_cases(data_dir)
     cases, classes, side = load_training_cases(paths, spacing_mm, hu_window, progress)
     if not classes:
         raise InputError(Path(data_dir), "the training label maps name no bones")
+    return train_on_cases(
+        cases, classes, out_path, side=side, case_names=[str(p[0].parent) for p in paths], minutes=minutes, spacing_mm=spacing_mm,
+        seed=seed, progress=progress, base_channels=base_channels, levels=levels, patch_size=patch_size, batch_size=batch_size,
+        learning_rate=learning_rate, hu_window=hu_window, min_iterations=min_iterations, num_threads=num_threads,
+    )  # fmt: skip
+
+
+def train_on_cases(
+    cases: list[TrainingCase],
+    classes: dict[int, str],
+    out_path: str | Path,
+    *,
+    side: str | None = None,
+    case_names: Sequence[str] = (),
+    minutes: float = 5.0,
+    spacing_mm: float = DEFAULT_SPACING_MM,
+    seed: int = 0,
+    progress: Progress | None = None,
+    base_channels: int = 8,
+    levels: int = 4,
+    patch_size: int = 40,
+    batch_size: int = 4,
+    learning_rate: float = 5e-3,
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW,
+    min_iterations: int = 5,
+    num_threads: int | None = None,
+    flip_x: bool = False,
+    card_extra: dict | None = None,
+    keep_network: list | None = None,
+) -> Path:
+    """Train on cases already on the network's grid (:func:`training_case`); write the weights.
+
+    Same settings as :func:`train_from_folder`; ``flip_x`` adds left-right mirrored patches
+    (for side-less classes), ``card_extra`` sets more model-card fields (e.g. ``tta_flips``,
+    ``refine``), ``keep_network`` (a list) receives the trained network.
+    """
+    if not minutes > 0 or not spacing_mm > 0:
+        raise InputError(None, f"minutes and spacing_mm must be > 0, got {minutes}, {spacing_mm}")
+    if patch_size % (2 ** (levels - 1)):
+        raise InputError(None, f"patch_size {patch_size} must be divisible by {2 ** (levels - 1)} for {levels} levels")
+    if not cases:
+        raise InputError(None, "no training cases")
+    _torch_settings(num_threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     arch = Architecture(num_classes=len(classes) + 1, base_channels=base_channels, levels=levels, patch_size=patch_size)
     net = build_network(arch)
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=1e-4)
-    sampler = PatchSampler(cases, patch_size, arch.num_classes, rng)
+    sampler = PatchSampler(cases, patch_size, arch.num_classes, rng, flip_x=flip_x)
     budget_s = minutes * 60.0
     t0, c0 = time.monotonic(), time.process_time()
     it, losses = 0, []
@@ -663,7 +731,7 @@ def train_from_folder(
         hu_window=(float(hu_window[0]), float(hu_window[1])),
         architecture=arch,
         training=TrainingSummary(
-            cases=[str(p[0].parent) for p in paths],
+            cases=list(case_names),
             iterations=it,
             seconds=round(elapsed, 1),
             cpu_seconds=round(cpu, 1),
@@ -676,8 +744,12 @@ def train_from_folder(
             host=platform.machine(),
         ),
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(card_extra or {}),
     )
+    net.eval()
     out = save_weights(net, card, out_path)
+    if keep_network is not None:
+        keep_network.append(net)
     if progress is not None:
         progress("training", 1.0)
     return out
@@ -702,9 +774,15 @@ def gaussian_weight(patch: int, sigma_fraction: float = 0.125) -> NDArray[np.flo
 
 
 def sliding_window_probabilities(
-    network: nn.Module, image_zyx: NDArray[np.float32], patch: int, num_classes: int, *, overlap: float = 0.5, progress: Progress | None = None
+    network: nn.Module, image_zyx: NDArray[np.float32], patch: int, num_classes: int, *, overlap: float = 0.5, progress: Progress | None = None,
+    logits: bool = False, skip_below: float | None = None,
 ) -> NDArray[np.float32]:
-    """Softmax probabilities (num_classes, z, y, x) of a whole normalised volume.
+    """Softmax probabilities (num_classes, z, y, x) of a whole normalised volume (with
+    ``logits``: the blended logits instead).
+
+    With ``skip_below`` (normalised intensity), a window with no voxel at or above it is not
+    run: it holds no bone (a 160 mm window of only soft tissue and air); voxels that only such
+    windows cover are background (probability 1, or logits :data:`BACKGROUND_LOGIT` / 0).
 
     Windows overlap by ``overlap`` of the patch edge and are blended with :func:`gaussian_weight`;
     volumes smaller than a patch are padded with the volume's minimum (air).
@@ -716,6 +794,8 @@ def sliding_window_probabilities(
     step = max(1, int(round(patch * (1.0 - overlap))))
     starts = [_window_starts(int(n), patch, step) for n in padded_shape]
     windows = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    if skip_below is not None:
+        windows = [(a, b, c) for a, b, c in windows if img[a : a + patch, b : b + patch, c : c + patch].max() >= skip_below]
     acc = np.zeros((num_classes, *padded_shape), dtype=np.float32)
     wsum = np.zeros(padded_shape, dtype=np.float32)
     w = gaussian_weight(patch)
@@ -727,13 +807,18 @@ def sliding_window_probabilities(
             group = windows[first : first + WINDOW_BATCH]
             crops = [img[a : a + patch, b : b + patch, c : c + patch] for a, b, c in group]
             x = torch.from_numpy(np.stack(crops + crops[:1] * (len(crops) == 1))[:, None])
-            prob = torch.softmax(network(x), dim=1).numpy()
+            out = network(x)
+            prob = (out if logits else torch.softmax(out, dim=1)).numpy()
             for n, (a, b, c) in enumerate(group):
                 acc[:, a : a + patch, b : b + patch, c : c + patch] += prob[n] * w
                 wsum[a : a + patch, b : b + patch, c : c + patch] += w
             if progress is not None:
                 progress("unet inference", (first + len(group)) / len(windows))
-    acc /= wsum
+    empty = wsum == 0
+    acc /= np.where(empty, 1.0, wsum)
+    if empty.any():
+        acc[:, empty] = 0.0
+        acc[0, empty] = BACKGROUND_LOGIT if logits else 1.0
     return acc[:, : shape[0], : shape[1], : shape[2]]
 
 
@@ -757,37 +842,307 @@ def _remove_islands(labels_zyx: NDArray[np.uint8], confidence_zyx: NDArray[np.fl
             confidence_zyx[drop] = 1.0 - confidence_zyx[drop]
 
 
-def _knee_side(labels: Volume, classes: dict[int, str]) -> str | None:
+def _knee_side(labels_zyx: NDArray, lps_from_ijk: NDArray[np.float64], tibia: int, fibula: int) -> str | None:
     """'right' when the fibula lies right (-x LPS) of the tibia, as segmentation.naming decides."""
-    by_name = {n: c for c, n in classes.items()}
-    if "tibia" not in by_name or "fibula" not in by_name:
-        return None
     cents = []
-    for name in ("tibia", "fibula"):
-        kji = np.argwhere(labels.array_zyx == by_name[name])
+    for v in (tibia, fibula):
+        kji = np.argwhere(labels_zyx == v)
         if len(kji) == 0:
             return None
-        cents.append(labels.to_lps(kji.mean(axis=0)[None, ::-1])[0])
+        ijk = kji.mean(axis=0)[::-1]
+        cents.append(lps_from_ijk[:3, :3] @ ijk + lps_from_ijk[:3, 3])
     return "right" if cents[1][0] < cents[0][0] else "left"
+
+
+#: Pieces of a class smaller than this (mL) are dropped before naming.
+MIN_PIECE_ML = 2.0
+#: Classes that come in a left and a right (the sacrum is on the midline).
+PAIRED = ("femur", "tibia", "fibula", "patella", "hip")
+
+
+#: Lateral distance (LPS x, mm) between the centres of two large pieces of one paired class above
+#: which they are two limbs, not two pieces of one bone (:func:`name_components`).
+MIN_LEG_SEPARATION_MM = 80.0
+
+
+def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.float64], classes: dict[int, str]) -> tuple[NDArray[np.uint8], dict[int, str], str | None, dict[int, int]]:
+    """Side-less class map -> named bones (``femur`` or ``femur_left`` / ``femur_right``).
+
+    The midline (LPS x) is the sacrum's centre when the sacrum is present, else the midpoint of
+    the two largest pieces of a paired class when the second is at least 30 % of the first and
+    their centres lie at least :data:`MIN_LEG_SEPARATION_MM` apart from left to right (two legs). With a midline, every piece of a paired class is named by the side of its centre
+    (LPS +x is the patient's left); without one, names stay unsuffixed (one limb) and the side
+    is the fibula's side of the tibia (knee), else unknown.
+
+    Returns
+    -------
+    labels, names, side, class_of
+        New label map (values 1..n), value -> name, the limb's side (or None), value -> class.
+    """
+    spacing_x = lps_from_ijk[:3, :3]
+    # pieces smaller than MIN_PIECE_ML are no bone to name (and must not set a midline)
+    min_vox = MIN_PIECE_ML * 1000.0 / abs(float(np.linalg.det(spacing_x)))
+    labels_zyx = labels_zyx.copy()
+    for c in classes:
+        comp, n = ndi.label(labels_zyx == c)
+        if n:
+            sizes = np.bincount(comp.ravel())
+            small = np.flatnonzero(sizes < min_vox)
+            small = small[small > 0]
+            if len(small):
+                labels_zyx[np.isin(comp, small)] = 0
+
+    def centre_x(mask: NDArray) -> float:
+        kji = np.argwhere(mask)
+        ijk = kji.mean(axis=0)[::-1]
+        return float((spacing_x @ ijk + lps_from_ijk[:3, 3])[0])
+
+    by_name = {n: c for c, n in classes.items()}
+    midline: float | None = None
+    if "sacrum" in by_name and (labels_zyx == by_name["sacrum"]).any():
+        midline = centre_x(labels_zyx == by_name["sacrum"])
+    else:
+        for name in PAIRED:
+            c = by_name.get(name)
+            if c is None:
+                continue
+            comp, n = ndi.label(labels_zyx == c)
+            if n < 2:
+                continue
+            sizes = np.bincount(comp.ravel())[1:]
+            a, b = np.argsort(-sizes)[:2] + 1
+            xa, xb = centre_x(comp == a), centre_x(comp == b)
+            # two legs: two large pieces side by side; pieces of ONE broken-up bone lie above one
+            # another (an adult's hips / knees are >= ~150 mm apart; MIN_LEG_SEPARATION_MM)
+            if sizes[b - 1] >= 0.3 * sizes[a - 1] and abs(xa - xb) >= MIN_LEG_SEPARATION_MM:
+                midline = 0.5 * (xa + xb)
+                break
+    out = np.zeros(labels_zyx.shape, np.uint8)
+    names: dict[int, str] = {}
+    cls_of: dict[int, int] = {}
+
+    def put(mask: NDArray, name: str, c: int) -> None:
+        v = next((k for k, m in names.items() if m == name), None)
+        if v is None:
+            v = len(names) + 1
+            names[v], cls_of[v] = name, c
+        out[mask] = v
+
+    for c, name in sorted(classes.items()):
+        mask = labels_zyx == c
+        if not mask.any():
+            continue
+        if midline is None or name not in PAIRED:
+            put(mask, name, c)
+            continue
+        comp, n = ndi.label(mask)
+        for k in range(1, n + 1):
+            piece = comp == k
+            put(piece, f"{name}_{'left' if centre_x(piece) > midline else 'right'}", c)
+    side = None
+    if midline is None and "tibia" in by_name and "fibula" in by_name:
+        side = _knee_side(labels_zyx, lps_from_ijk, by_name["tibia"], by_name["fibula"])
+    return out, names, side, cls_of
+
+
+def network_logits(model: UNetModel, ct: Volume, *, overlap: float = 0.5, progress: Progress | None = None) -> tuple[_Grid, list[NDArray[np.float32]]]:
+    """The network's blended logits on its canonical grid, one array (c, z, y, x) per test-time
+    pass (the plain pass, then each flip of the model card, flipped back)."""
+    card = model.card
+    grid = canonical_grid(ct, card.spacing_mm)
+    image = ct_to_grid(ct, grid, card.hu_window)
+    model.network.eval()
+    passes = []
+    for flip in [None, *card.tta_flips]:
+        img = image[:, :, ::-1].copy() if flip == "x" else image
+        lg = sliding_window_probabilities(model.network, img, card.architecture.patch_size, card.architecture.num_classes,
+                                          overlap=overlap, progress=progress, logits=True,
+                                          skip_below=float(normalise_hu(np.float32(SKIP_WINDOW_BELOW_HU), card.hu_window)))
+        passes.append(np.ascontiguousarray(lg[:, :, :, ::-1]) if flip == "x" else lg)
+    return grid, passes
+
+
+def tta_probabilities(passes: Sequence[NDArray[np.float32]], temperature: float) -> NDArray[np.float32]:
+    """Mean over test-time passes of softmax(logits / temperature), (c, z, y, x)."""
+    acc = None
+    for lg in passes:
+        p = torch.softmax(torch.from_numpy(lg) / float(temperature), dim=0).numpy()
+        acc = p if acc is None else acc + p
+    assert acc is not None
+    return (acc / len(passes)).astype(np.float32)
+
+
+def fit_temperature(
+    samples: Sequence[tuple[Sequence[NDArray[np.float32]], NDArray[np.uint8]]], *, temperatures: Sequence[float] = tuple(np.round(np.arange(0.5, 4.01, 0.05), 2))
+) -> tuple[float, dict[float, float]]:
+    """Temperature scaling (Guo et al. 2017, ICML, "On calibration of modern neural networks").
+
+    Parameters
+    ----------
+    samples
+        Per held-out CT: its test-time logits (:func:`network_logits`) and the true class per
+        coarse voxel (arg-max of :func:`soft_labels_to_grid`).
+
+    Returns
+    -------
+    temperature, nll
+        The temperature with the least mean negative log-likelihood over the voxels near bone
+        (true or predicted bone dilated by two voxels: background far from bone would swamp it),
+        and that NLL per temperature tried.
+    """
+    nll: dict[float, float] = {}
+    for t in temperatures:
+        tot, n = 0.0, 0
+        for passes, truth in samples:
+            p = tta_probabilities(passes, t)
+            near = ndi.binary_dilation((truth > 0) | (p[0] < 0.5), iterations=2)
+            pt = np.take_along_axis(p, truth[None].astype(np.int64), axis=0)[0][near]
+            tot += float(-np.log(np.clip(pt, 1e-6, 1.0)).sum())
+            n += int(near.sum())
+        nll[float(t)] = tot / max(n, 1)
+    best = min(nll, key=nll.get)
+    return best, nll
+
+
+def _box_on_ct(ct: Volume, grid: _Grid, coarse_mask: NDArray[np.bool_], margin_mm: float) -> tuple[slice, slice, slice] | None:
+    """Box (z, y, x slices of the CT) holding ``coarse_mask`` (on ``grid``) plus a margin."""
+    kji = np.argwhere(coarse_mask)
+    if len(kji) == 0:
+        return None
+    lo, hi = kji.min(axis=0), kji.max(axis=0)
+    corners = np.array([[a, b, c] for a in (lo[2], hi[2]) for b in (lo[1], hi[1]) for c in (lo[0], hi[0])], dtype=np.float64)
+    p = (grid.direction * grid.spacing) @ corners.T + grid.origin[:, None]
+    ijk = np.linalg.inv(ct.lps_from_ijk)[:3] @ np.vstack([p, np.ones(p.shape[1])])
+    pad = (margin_mm + grid.spacing) / ct.spacing_mm
+    lo_ijk = np.floor(ijk.min(axis=1) - pad).astype(int)
+    hi_ijk = np.ceil(ijk.max(axis=1) + pad).astype(int) + 1
+    shape_ijk = ct.shape_ijk
+    lo_ijk = np.clip(lo_ijk, 0, shape_ijk)
+    hi_ijk = np.clip(hi_ijk, 0, shape_ijk)
+    if np.any(hi_ijk <= lo_ijk):
+        return None
+    return (slice(lo_ijk[2], hi_ijk[2]), slice(lo_ijk[1], hi_ijk[1]), slice(lo_ijk[0], hi_ijk[0]))
+
+
+def _to_ct(values_zyx: NDArray[np.float32], grid: _Grid, ref: sitk.Image, default: float) -> NDArray[np.float32]:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(values_zyx, dtype=np.float32))
+    img.SetOrigin([float(x) for x in grid.origin])
+    img.SetSpacing([grid.spacing] * 3)
+    img.SetDirection([float(x) for x in grid.direction.ravel()])
+    return sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, float(default), sitk.sitkFloat32))
+
+
+#: Radius (mm) of the neighbourhood whose brightest voxel sets a voxel's local edge level.
+EDGE_RADIUS_MM = 3.0
+#: In the refinement band, a voxel below soft tissue + this fraction of (edge - soft tissue) is not bone.
+SOFT_FRACTION = 0.25
+
+
+def edge_levels_hu(ct_zyx: NDArray) -> tuple[float, float]:
+    """(soft tissue, bone edge) HU of this CT: the edge is half-way between its soft tissue and
+    its cortex (the half maximum; soft tissue and cortex levels from :func:`orthonav.segmentation.bone_mask.bone_levels`)."""
+    from .bone_mask import bone_levels
+
+    lv = bone_levels(ct_zyx, bone_high_hu=500.0, bone_low_hu=180.0)
+    return float(lv.soft_hu), 0.5 * float(lv.soft_hu + lv.cortex_hu)
+
+
+def probabilities_to_labels(
+    ct: Volume, grid: _Grid, prob: NDArray[np.float32], *, refine: bool, min_island_fraction: float = 0.05, progress: Progress | None = None
+) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Class probabilities on the network grid -> class labels and confidence on the CT grid.
+
+    See :func:`segment_unet` for the refinement (``refine``) and the confidence.
+    """
+    nc = prob.shape[0]
+    bone_coarse = 1.0 - prob[0]
+    near_coarse = ndi.maximum_filter(bone_coarse, size=3) if refine else bone_coarse
+    shape = ct.array_zyx.shape
+    labels = np.zeros(shape, dtype=np.uint8)
+    conf = np.ones(shape, dtype=np.float32)
+    box = _box_on_ct(ct, grid, near_coarse > 0.05, 2.0 * grid.spacing)
+    if box is not None:
+        start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)
+        m = ct.lps_from_ijk.copy()
+        m[:3, 3] = ct.to_lps(start_ijk[None])[0]
+        ref = to_sitk(Volume(np.zeros(tuple(b.stop - b.start for b in box), np.uint8), m))
+        p_ct = np.stack([_to_ct(prob[c], grid, ref, 1.0 if c == 0 else 0.0) for c in range(nc)])
+        if progress is not None:
+            progress("unet resampling", 0.5)
+        best_bone = np.argmax(p_ct[1:], axis=0).astype(np.uint8) + 1
+        if refine:
+            p_near = _to_ct(near_coarse, grid, ref, 0.0)
+            p_deep = _to_ct(ndi.minimum_filter(bone_coarse, size=3), grid, ref, 0.0)
+            ct_box = ct.array_zyx[box]
+            soft_hu, edge_hu = edge_levels_hu(ct_box)
+            band = (p_near > 0.5) & (p_deep <= 0.5)  # within one coarse voxel of the network's boundary
+            bone = p_ct[0] < 0.5
+            # clearly bone: at or above the local half maximum between soft tissue and the
+            # brightest voxel within EDGE_RADIUS_MM (the bone's own level, not the image's)
+            size = [2 * max(1, int(round(EDGE_RADIUS_MM / sp))) + 1 for sp in ct.spacing_mm[::-1]]
+            local_max = ndi.maximum_filter(ct_box, size=size)
+            bone |= band & (ct_box >= np.maximum(0.5 * (soft_hu + local_max), edge_hu))
+            bone &= ~(band & (ct_box < soft_hu + SOFT_FRACTION * (edge_hu - soft_hu)))  # clearly not bone
+            lab = np.where(bone, best_bone, 0).astype(np.uint8)
+        else:
+            lab = np.argmax(p_ct, axis=0).astype(np.uint8)
+        c_box = np.take_along_axis(p_ct, lab[None].astype(np.int64), axis=0)[0]
+        del p_ct
+        c_box = np.clip(c_box, 0.0, 1.0).astype(np.float32)
+        if min_island_fraction > 0:
+            _remove_islands(lab, c_box, nc, min_island_fraction)
+        labels[box] = lab
+        conf[box] = c_box
+    # outside the box the network's background probability is > 0.95: confidence 1 - p(bone)
+    outside = np.ones(shape, bool)
+    if box is not None:
+        outside[box] = False
+    if outside.any():
+        ref_all = to_sitk(ct.with_array(np.zeros(shape, np.uint8)))
+        p_bg = np.clip(_to_ct(prob[0], grid, ref_all, 1.0), 0.0, 1.0)
+        conf[outside] = p_bg[outside]
+    if progress is not None:
+        progress("unet resampling", 1.0)
+    return labels, conf
 
 
 def segment_unet(
     ct: Volume,
-    weights: str | Path | UNetModel | None,
+    weights: str | Path | UNetModel | None = None,
     *,
     overlap: float = 0.5,
     min_island_fraction: float = 0.05,
     progress: Progress | None = None,
     num_threads: int | None = None,
 ) -> Segmentation:
-    """Segment ``ct`` with a trained U-Net: labels and confidence on the CT's own grid.
+    """Segment ``ct`` with a trained U-Net: named bone labels and per-voxel confidence on the CT's grid.
+
+    What the network does: on its coarse canonical grid (model card ``spacing_mm``) it gives
+    per-voxel class probabilities (background + side-less bones), averaged over the test-time
+    flips of the card and calibrated by its ``temperature``; they are interpolated linearly to
+    the CT's grid. It decides where bone is and which bone it is.
+
+    What the refinement (card ``refine = "image-edge"``) does: it only moves the boundary, within
+    one coarse voxel of the network's: a voxel is bone when the network's bone probability,
+    max-filtered over 3x3x3 coarse voxels (one voxel out), exceeds 0.5 and either the CT
+    reaches the image's edge level there (:func:`edge_level_hu`, the half maximum between soft
+    tissue and cortex) or the min-filtered probability (one voxel in) exceeds 0.5 (the interior,
+    whatever its HU); enclosed holes are filled. Each bone voxel takes the network's most likely
+    bone. Without refinement a voxel's label is the network's arg-max.
+
+    Confidence of a voxel = the calibrated probability the network gives its label (so a
+    refined voxel the network did not call bone has a low confidence). Pieces of a class
+    smaller than ``min_island_fraction`` of its largest piece are removed; the classes are then
+    named with sides (:func:`name_components`); labels.json's per-bone confidence is the mean
+    voxel confidence of the bone.
 
     Parameters
     ----------
     ct
         CT in HU (any direction / anisotropic spacing).
     weights
-        Weights file from :func:`train_from_folder`, or a :class:`UNetModel` already loaded.
+        Weights file, a :class:`UNetModel`, or None for the model shipped with OrthoNav
+        (:data:`SHIPPED_WEIGHTS`).
     overlap
         Sliding-window overlap as a fraction of the patch edge (0 <= overlap < 1).
     min_island_fraction
@@ -800,56 +1155,65 @@ def segment_unet(
     Returns
     -------
     Segmentation
-        uint8 labels and float32 confidence (winning softmax probability, 0..1), both with
-        ``lps_from_ijk`` equal to the CT's; table with the model card's classes, backend "unet".
+        uint8 labels and float32 confidence (0..1), both with ``lps_from_ijk`` equal to the
+        CT's; table with the bones, backend "unet"; notes name bones of low mean confidence.
 
     Raises
     ------
     InputError
-        No weights given, or an unusable weights file.
+        An unusable weights file; no shipped model when none is given.
     """
-    if weights is None:
-        raise InputError(None, "the unet backend needs a weights file (--weights W); train one with 'orthonav train-seg DATA OUT'")
     if not 0.0 <= overlap < 1.0:
         raise InputError(None, f"overlap must be in [0, 1), got {overlap}")
+    if weights is None:
+        if not SHIPPED_WEIGHTS.is_file():
+            raise InputError(SHIPPED_WEIGHTS, "the unet backend needs a weights file (--weights W) and the shipped model is missing; "
+                                              "train one with 'orthonav train-seg --synthetic OUT'")
+        weights = SHIPPED_WEIGHTS
     model = weights if isinstance(weights, UNetModel) else load_model(weights)
     _torch_settings(num_threads)
     card = model.card
     nc = card.architecture.num_classes
-    grid = canonical_grid(ct, card.spacing_mm)
     if progress is not None:
         progress("unet resampling", 0.0)
-    image = ct_to_grid(ct, grid, card.hu_window)
-    model.network.eval()
-    prob = sliding_window_probabilities(model.network, image, card.architecture.patch_size, nc, overlap=overlap, progress=progress)
-    # Back to the CT grid: class by class (memory: two float32 volumes of the CT's size).
-    ref = to_sitk(ct.with_array(np.zeros(ct.array_zyx.shape, dtype=np.uint8)))
-    best = np.zeros(ct.array_zyx.shape, dtype=np.float32)
-    labels = np.zeros(ct.array_zyx.shape, dtype=np.uint8)
-    for c in range(nc):
-        p_img = sitk.GetImageFromArray(prob[c])
-        p_img.SetOrigin([float(x) for x in grid.origin])
-        p_img.SetSpacing([grid.spacing] * 3)
-        p_img.SetDirection([float(x) for x in grid.direction.ravel()])
-        p_ct = sitk.GetArrayFromImage(sitk.Resample(p_img, ref, sitk.Transform(), sitk.sitkLinear, 1.0 if c == 0 else 0.0, sitk.sitkFloat32))
-        better = p_ct > best
-        best[better] = p_ct[better]
-        labels[better] = c
-        if progress is not None:
-            progress("unet resampling", (c + 1) / nc)
-    best = np.clip(best, 0.0, 1.0)
-    if min_island_fraction > 0:
-        _remove_islands(labels, best, nc, min_island_fraction)
-    lab_vol = Volume(labels, ct.lps_from_ijk.copy())
-    side = card.side
-    detected = _knee_side(lab_vol, card.classes)
-    if detected is not None:
-        side = detected
-    table = LabelTable(labels=dict(card.classes), backend="unet", side=side)
-    return Segmentation(lab_vol, table, Volume(best.astype(np.float32), ct.lps_from_ijk.copy()))
+    grid, passes = network_logits(model, ct, overlap=overlap, progress=progress)
+    prob = tta_probabilities(passes, card.temperature)
+    del passes
+    labels, conf = probabilities_to_labels(ct, grid, prob, refine=card.refine == "image-edge", min_island_fraction=min_island_fraction,
+                                           progress=progress)
+    named, names, side, cls_of = name_components(labels, ct.lps_from_ijk, card.classes)
+    side = side or card.side
+    mean_conf = {v: float(conf[named == v].mean()) for v in names}
+    notes = tuple(
+        f"low confidence: {n} mean voxel confidence {mean_conf[v]:.2f} < {card.low_confidence:.2f}; check it before planning"
+        for v, n in names.items() if mean_conf[v] < card.low_confidence
+    )  # fmt: skip
+    why = {v: f"U-Net class '{card.classes[cls_of[v]]}': mean calibrated voxel confidence" for v in names}
+    table = LabelTable(labels=names, backend="unet", side=side, confidence=mean_conf, why=why)
+    return Segmentation(Volume(named, ct.lps_from_ijk.copy()), table, Volume(conf, ct.lps_from_ijk.copy()), notes)
+
+
+def update_card(path: str | Path, **fields: object) -> Path:
+    """Rewrite a weights file (and its JSON card) with model-card ``fields`` changed."""
+    model = load_model(path)
+    card = model.card.model_copy(update=fields)
+    card = ModelCard.model_validate(card.model_dump(mode="json"))
+    return save_weights(model.network, card, path)
 
 
 __all__ = [
+    "PAIRED",
+    "REFINEMENTS",
+    "SHIPPED_WEIGHTS",
+    "edge_levels_hu",
+    "fit_temperature",
+    "name_components",
+    "network_logits",
+    "probabilities_to_labels",
+    "train_on_cases",
+    "training_case",
+    "tta_probabilities",
+    "update_card",
     "Architecture",
     "ModelCard",
     "UNet3D",

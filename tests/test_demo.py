@@ -75,6 +75,31 @@ quantiles, over 2,000 seeded draws of this model at the demo's ``n`` and biases,
 of the largest single error; the demo's RMS must lie within the first, its largest error below
 the second.
 
+One array per bone (the demo's two-array part, :mod:`orthonav.phantoms.demo_knee`): the same
+FLE and tracker noise, frame by frame at 50 Hz through navigation's workflow, on the same case.
+
+* Per bone, the FRE lies in the chi-square(3N - 6) band (N = the bone's fiducials) of the FLE
+  its registration saw: injected offset, bead detection (plan vs true bead) and capture error
+  (captured minus touched point, measured from the recorded registration and the scenario
+  rebuilt from the seed); and an independent fit of the recorded points reproduces the demo's
+  per-bone FRE and its TRE at that bone's targets against the TRUE ``ct_from_<bone>ref`` (1e-9).
+* Kinematic hip centre. Its error is the registration's error at the hip centre (exact: the
+  recorded femoral registration against the true one) plus the sphere fit's error. The fit is
+  the linear least squares ``[R_i -I][c_f; c_p] = -t_i`` over the hip-circle poses, whose
+  solution has covariance ``sigma^2 (A^T A)^-1`` with ``sigma^2 = rms^2 / 3`` per axis (the
+  fit's own residual RMS, 3D); the fit part must lie within 4 standard deviations
+  (``4 sqrt(trace)``, beyond the 99.9 % quantile of any 3D Gaussian), A built from the TRUE
+  hip-circle poses. And within the issue's 2 mm.
+* Live alignment and gaps: the errors are split into the tracking part (navigation's
+  definitions at the TRUE knee pose) and the definitions' part (the plan's landmarks and cut
+  faces from the segmented bones against the true ones at the true pose, computed here). The
+  tracking part of each hold's mean must meet the issue's 0.5 deg / 0.5 mm; the error against
+  the truth is at most the tracking part plus the definitions' part (triangle inequality).
+* Range-of-motion tables: a row per 0/30/60/90 deg with frames, their measured flexion within
+  the 5 deg bin, navigation against the truth within the per-frame error above; the gaps to
+  the planned implant smaller than the resection gaps (the femoral component lies outside the
+  cut faces it covers).
+
 Determinism: the phantom (its noise), the injected FLE offsets and the per-sample noise draws
 are fixed by the seed, and segmentation and planning use no randomness, so Dice, HD95 and the
 plan angles are the same on every run of one version of the code. FRE, TRE and guidance
@@ -418,3 +443,201 @@ def test_demo_report_has_non_blank_pictures(demo):
         assert len(np.unique(pixels)) > 20, f"{png} has almost no detail"
     assert (summary.report.parent / "summary.json").is_file()
     assert summary.session_dir is not None and summary.session_dir.is_dir()
+
+
+# --- one array per bone (the demo's two-array part) -------------------------------------------
+
+
+def _knee_scenario(summary):
+    """The two-array scenario the demo ran, rebuilt from the seed (independent of navigation)."""
+    from orthonav.phantoms.scenario_two_array import knee_two_array_scenario
+
+    inj = summary.knee.injected
+    return knee_two_array_scenario(summary.case_dir, seed=inj["seed"], fle_mm=inj["fle_mm"])
+
+
+def test_demo_two_array_per_bone_registration_is_what_the_injected_errors_make_it(demo):
+    summary, steps = demo
+    knee = summary.knee
+    assert "two-array" in steps and knee is not None
+    assert knee.injected == {"seed": SEED, "fle_mm": 0.25, "tracker_noise_mm": 0.1, "rotation_noise_deg": 0.05, "rate_hz": 50.0}
+    sc = _knee_scenario(summary)
+    rec = knee.registration
+    assert rec is not None and set(rec.bones) == {"femur", "tibia"} == set(knee.fre_mm)
+    for bone, brec in rec.bones.items():
+        site = sc.geometry.site(bone)
+        names = list(site.fiducial_names)
+        assert brec.reference == knee.references[bone] and set(brec.points_ct_mm) == set(names)
+        plan_ct = np.array([brec.points_ct_mm[k] for k in names])
+        captured_ref = np.array([brec.points_reference_mm[k] for k in names])
+        true_ct = np.asarray(site.fiducials_ct_mm, dtype=float)
+        ct_from_ref = np.asarray(sc.ct_from_reference[bone])
+        touched_ref = _apply(_inverse(ct_from_ref), true_ct + sc.fle_offsets_mm[bone])
+        cap = (captured_ref - touched_ref) @ ct_from_ref[:3, :3].T
+        n = len(names)
+        s2 = (0.25**2 + np.mean(np.sum((plan_ct - true_ct) ** 2, axis=1)) + np.mean(np.sum(cap**2, axis=1))) / 3.0
+        lo, hi = (math.sqrt(s2 * stats.chi2.ppf(q, 3 * n - 6) / n) for q in (LOW_Q, HIGH_Q))
+        assert lo <= knee.fre_mm[bone] <= hi, (bone, knee.fre_mm[bone], lo, hi)
+        fit = _fit(captured_ref, plan_ct)
+        fre = math.sqrt(np.mean(np.sum((_apply(fit, captured_ref) - plan_ct) ** 2, axis=1)))
+        assert knee.fre_mm[bone] == pytest.approx(fre, rel=1e-9)
+        err = fit @ _inverse(ct_from_ref)
+        assert set(knee.tre_mm[bone]) == set(site.targets_ct_mm) and len(site.targets_ct_mm) == 3
+        for k, p in site.targets_ct_mm.items():
+            p = np.asarray(p, dtype=float)
+            assert knee.tre_mm[bone][k] == pytest.approx(float(np.linalg.norm(_apply(err, p) - p)), rel=1e-9, abs=1e-12), (bone, k)
+
+
+def test_demo_kinematic_hip_centre_is_registration_error_plus_fit_noise(demo):
+    summary, _ = demo
+    knee = summary.knee
+    sc = _knee_scenario(summary)
+    fit = knee.hip_centre_fit
+    assert fit["ok"] == 1.0 and fit["range_deg"] == pytest.approx(35.0, abs=1.0)  # the scripted 35 deg cone
+    est = np.asarray(knee.registration.bones["femur"].ct_from_reference, dtype=float)
+    true_ref = np.asarray(sc.ct_from_reference["femur"])
+    c_true = np.asarray(sc.hip_centre_ct_mm, dtype=float)
+    reg_part = float(np.linalg.norm(_apply(est @ _inverse(true_ref), c_true) - c_true))
+    # The fit's covariance from the TRUE hip-circle poses of the femoral array (50 Hz).
+    circle = sc.phase_spans("hip_circle")[0]
+    rows = []
+    for t in np.arange(circle.t0_s, circle.t1_s, 1.0 / knee.injected["rate_hz"]):
+        r = sc.truth_at(float(t), gaps=False).tracker_from_reference[knee.references["femur"]][:3, :3]
+        rows.append(np.hstack([r, -np.eye(3)]))
+    a = np.vstack(rows)
+    cov = fit["rms_mm"] ** 2 / 3.0 * np.linalg.inv(a.T @ a)[:3, :3]
+    fit_bound = 4.0 * math.sqrt(float(np.trace(cov)))
+    assert knee.hip_centre_error_mm <= reg_part + fit_bound, (knee.hip_centre_error_mm, reg_part, fit_bound)
+    assert knee.hip_centre_error_mm < 2.0  # the issue's acceptance
+    c = np.asarray(knee.hip_centre_ct_mm, dtype=float)
+    assert knee.hip_centre_error_mm == pytest.approx(float(np.linalg.norm(c - c_true)), rel=1e-9)
+
+
+def _definition_offsets(summary):
+    """Per hold (up to 95 deg): the definitions' part of the error at the TRUE pose, computed here:
+    alignment from the plan's landmarks minus from the true ones (deg), and gaps of navigation's
+    geometry of the segmented femur minus the brute-force truth (mm)."""
+    from orthonav.core.case import read_case_meshes
+    from orthonav.navigation.alignment import knee_alignment
+    from orthonav.navigation.gaps import gap_geometry, knee_gaps
+    from orthonav.planning.schema import load_plan
+
+    sc = _knee_scenario(summary)
+    plan = load_plan(summary.case_dir / "plan.json")
+    plan_lm = {k: np.asarray(v.position_lps_mm, dtype=float) for k, v in plan.landmarks.items()}
+    geo = gap_geometry(plan, read_case_meshes(summary.case_dir, bones=["femur"]))
+    out = {"flexion_deg": 0.0, "varus_deg": 0.0, "medial_gap_mm": 0.0, "lateral_gap_mm": 0.0}
+    for ph in sc.phase_spans("rom_hold") + sc.phase_spans("stress_hold"):
+        tr = sc.truth_at(0.5 * (ph.t0_s + ph.t1_s))
+        if tr.alignment.flexion_deg > 95.0:
+            continue
+        al = knee_alignment(tr.femur_ct_from_tibia_ct, plan_lm)
+        g = knee_gaps(tr.femur_ct_from_tibia_ct, geo)
+        for key, d in (("flexion_deg", al.flexion_deg - tr.alignment.flexion_deg), ("varus_deg", al.varus_valgus_deg - tr.alignment.varus_deg),
+                       ("medial_gap_mm", g.medial_mm - tr.medial_gap_mm), ("lateral_gap_mm", g.lateral_mm - tr.lateral_gap_mm)):
+            out[key] = max(out[key], abs(d))
+    return out
+
+
+def test_demo_live_alignment_and_gaps_are_tracking_error_plus_the_plans_definitions(demo):
+    summary, _ = demo
+    knee = summary.knee
+    track, truth = knee.error_tracking, knee.error_vs_truth
+    assert truth["n_holds"] == 8 and truth["n"] > 300  # 0, 30, 60, 90 deg; varus and valgus at 90 and 0 deg
+    assert knee.error_vs_truth_all["n_holds"] == 9  # with the 120 deg hold
+    # The issue's acceptance on the tracking part: each hold's mean reading within 0.5 deg / 0.5 mm.
+    for key, band in (("flexion_deg", 0.5), ("varus_deg", 0.5), ("medial_gap_mm", 0.5), ("lateral_gap_mm", 0.5)):
+        assert track[f"{key}_hold_mean_max"] < band, (key, track)
+    offsets = _definition_offsets(summary)
+    for key, d in offsets.items():
+        assert truth[f"{key}_hold_mean_max"] <= track[f"{key}_hold_mean_max"] + d + 1e-6, (key, truth, track, d)
+
+
+def test_demo_range_of_motion_tables_and_figures(demo):
+    from PIL import Image
+
+    summary, _ = demo
+    knee = summary.knee
+    worst = knee.error_vs_truth_all
+    assert [r["flexion_deg"] for r in knee.rom_before] == [0.0, 30.0, 60.0, 90.0] == [r["flexion_deg"] for r in knee.rom_after]
+    for before, after in zip(knee.rom_before, knee.rom_after):
+        assert before["n"] > 20 and abs(before["flexion_mean_deg"] - before["flexion_deg"]) <= 5.0, before
+        assert abs(before["varus_valgus_deg"] - before["true_varus_valgus_deg"]) <= worst["varus_deg_max"], before
+        for side in ("medial", "lateral"):
+            assert abs(before[f"{side}_gap_mm"] - before[f"true_{side}_gap_mm"]) <= worst[f"{side}_gap_mm_max"], before
+            # the femoral component lies outside the cut faces it covers: less space left than after the bone cuts alone
+            assert 0.0 < after[f"{side}_gap_mm"] < before[f"{side}_gap_mm"], (before, after)
+    html = summary.report.read_text(encoding="utf-8")
+    data = json.loads((summary.report.parent / "summary.json").read_text())
+    assert data["two_array"]["rom_before_cuts"][3]["flexion_deg"] == 90.0
+    assert data["two_array"]["hip_centre_error_mm"] == pytest.approx(knee.hip_centre_error_mm)
+    for png in knee.figures:
+        assert png.parent == summary.report.parent and f"<img src='{png.name}'" in html
+        pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
+        assert pixels.shape[1] >= 900 and pixels.std() > 10.0, png
+
+
+def test_validate_a_two_array_session_per_bone(demo, tmp_path):
+    """The accuracy protocol on a recorded two-array session: each bone's figures from its own
+    registration; a touched target's error is the true error of ITS bone's registration there
+    (plus the touch's noise: the script touches the true targets, no FLE)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_nav_replay import ScriptedSource
+
+    from orthonav.navigation import navigate_case
+    from orthonav.phantoms.scenario_two_array import knee_two_array_scenario
+    from orthonav.phantoms.validation_session import validate_session
+
+    summary, _ = demo
+    case = tmp_path / "case"
+    shutil.copytree(summary.case_dir, case, ignore=shutil.ignore_patterns("sessions", "report", "dicom"))
+    sc = knee_two_array_scenario(case, seed=4, fle_mm=0.25, hip_circle_s=2.0, rom_deg=(0.0,), stress_at_deg=(),
+                                 saw_errors=((0.0, 0.0, 0.0),), sweep_s=0.5)
+    source = ScriptedSource(list(sc.frames(50.0, tracker_noise_mm=0.1, rotation_noise_deg=0.05, seed=4)))
+    nav = navigate_case(case, source, duration_s=None, stop=source.done, render=False, toolset=sc.toolset)
+    assert nav.registered, nav.events
+    result = validate_session(nav.session_dir)
+    per_bone = result.parameters["per_bone"]
+    assert set(per_bone) == {"femur", "tibia"} and result.parameters["replay_reproduces_registration"] is True
+    assert all(p["fiducials"] == 4 and p["targets"] == 3 and p["targets_touched"] == 3 for p in per_bone.values()), per_bone
+    from orthonav.navigation.registration import load_registration
+
+    rec = load_registration(nav.session_dir / "registration.json")
+    residuals = [v for b in rec.bones.values() for v in b.residuals_mm.values()]
+    assert result.fre_mm[0] == pytest.approx(math.sqrt(np.mean(np.square(residuals))), rel=1e-9)
+    assert len(result.target_names) == 6 and np.all(np.isfinite(result.tre_mm))
+    for j, name in enumerate(result.target_names):
+        bone = next(b for b in ("femur", "tibia") if name in sc.geometry.site(b).targets_ct_mm)
+        p = result.targets_ct_mm[j]
+        true_err = _apply(np.asarray(rec.bones[bone].ct_from_reference) @ _inverse(sc.ct_from_reference[bone]), p) - p
+        # the touch's own error: tracker noise averaged over the capture window (~0.03 mm per axis)
+        # plus the approach bias a still window admits (<= 0.1 mm, see the module docstring)
+        assert np.linalg.norm(result.tre_vectors_mm[0, j] - true_err) < 0.3, (name, result.tre_vectors_mm[0, j], true_err)
+    # Predicted TRE from each bone's own fiducials and FLE (eq. 46), per bone.
+    from orthonav.navigation.registration import predict_tre
+
+    for bone, b in rec.bones.items():
+        names = [n for n in result.target_names if n in sc.geometry.site(bone).targets_ct_mm]
+        idx = [result.target_names.index(n) for n in names]
+        fid = np.array(list(b.points_ct_mm.values()))
+        expected = predict_tre(fid, result.targets_ct_mm[idx], per_bone[bone]["fle_mm"])
+        assert result.predicted_tre_mm[idx] == pytest.approx(np.asarray(expected), rel=1e-9), bone
+    # The report's TRE map: each bone's vertices from ITS OWN fiducials and FLE, never from the
+    # fiducials of both bones together (which would predict a TRE far too small).
+    from orthonav.navigation.tre_map import tre_map
+    from orthonav.phantoms.validation_report import tre_map_points
+
+    pts, tre = tre_map_points(result, limit=10**9)
+    femur_fid = np.array(list(rec.bones["femur"].points_ct_mm.values()))
+    from orthonav.core.case import Case, read_case_meshes
+
+    meshes = read_case_meshes(Case(case).truth_dir) or read_case_meshes(case)  # the report's order: truth first
+    femur_pts = np.asarray(meshes["femur"].points, dtype=np.float64)
+    own = tre_map(femur_fid, femur_pts, per_bone["femur"]["fle_mm"])
+    np.testing.assert_allclose(tre[:len(femur_pts)], own, rtol=1e-12)
+    pooled = tre_map(result.fiducials_ct_mm, femur_pts, result.fle_mm)
+    assert np.median(own / pooled) > 1.2  # the pooled map would be optimistic on the femur

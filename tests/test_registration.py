@@ -211,7 +211,7 @@ def test_surface_stage_keeps_fiducial_figures_labelled_and_adds_the_surface_figu
     assert rec.surface["fiducial_rms_mm"] == pytest.approx(np.sqrt(np.mean(expect**2)), abs=1e-12)
     assert "no predicted TRE" in rec.accuracy_note and "paired-point stage" in rec.accuracy_note
     back = load_registration(write_registration(tmp_path / "registration.json", rec))
-    assert back == rec and back.schema_version == 2
+    assert back == rec and back.schema_version == 3  # issue 16: version 3 (per-bone records)
     # Only a paired-point registration can be refined, and the refinement must report its figures.
     with pytest.raises(RegistrationError, match="paired-point"):
         with_surface_stage(out, refined)

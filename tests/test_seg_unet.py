@@ -125,7 +125,10 @@ def test_model_card_enforced(tmp_path: Path) -> None:
     assert U.load_model(tmp_path / "good.pt", expect_classes=["tibia", "femur"]).card.classes == {1: "femur", 2: "tibia"}
     with pytest.raises(SchemaError, match="not the expected"):
         U.load_model(tmp_path / "good.pt", expect_classes=["femur", "tibia", "patella"])
-    with pytest.raises(InputError, match="needs a weights file"):
+    # issue 15: no weights means the shipped model; only when that is missing is a file needed
+    import unittest.mock
+
+    with unittest.mock.patch.object(U, "SHIPPED_WEIGHTS", tmp_path / "missing.pt"), pytest.raises(InputError, match="needs a weights file"):
         U.segment_unet(_oblique_anisotropic_ct(), None)
 
 

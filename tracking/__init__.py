@@ -54,7 +54,7 @@ from .recording import (
 from .run import OnUpdate, ToolCalibration, ToolSummary, TrackSummary, calibrate_tool, open_source, run_track
 from .simulator import SimulatedSource, StreamStats, add_noise, stream_script
 from .store import DEFAULT_TIMEOUT_S, PoseStore, StoreBackedSource
-from .tools import ToolDefinition, ToolSet, default_toolset, load_toolset, save_toolset
+from .tools import ToolDefinition, ToolSet, default_toolset, knee_two_array_toolset, load_toolset, save_toolset
 
 __all__ = [
     # the one interface and what it returns
@@ -82,6 +82,7 @@ __all__ = [
     "ToolDefinition",
     "ToolSet",
     "default_toolset",
+    "knee_two_array_toolset",
     "load_toolset",
     "save_toolset",
     "PivotResult",

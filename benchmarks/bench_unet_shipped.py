@@ -1,0 +1,263 @@
+"""The shipped bone U-Net (segmentation/models/bone_unet.pt): accuracy, calibration, speed.
+
+Modes (``--mode``, several allowed; default all but ``speed``):
+
+* ``phantoms``: Dice per bone on unseen phantom cases (knee, hip, long bone; seeds, scales and
+  poses never used in training: the training draws all come from the seed-0 phantoms), matched
+  by name, so the naming is scored too (a misnamed bone scores 0).
+* ``draws``: Dice per class on unseen synthetic draws (``phantoms.synth_ct``, ``--draws-seed``,
+  default 2000; training used seed 0, calibration seed 10000).
+* ``calibration``: expected calibration error (ECE, 15 equal-width bins; Guo et al. 2017) of the
+  per-voxel confidence on the phantoms and draws above, with the card's temperature and with
+  T = 1 (before calibration), over the voxels near bone (true or predicted bone dilated by two
+  voxels: background far from bone, right at confidence ~1, would swamp the figure);
+  writes the reliability diagram ``docs/img/unet_reliability.png``.
+* ``thorax``: bone-mask Dice on the shared thorax CT (``../shared/data/ct_thorax_small``)
+  against its reference vertebrae + ribs.
+* ``speed``: inference time (network, test-time flip, calibration, refinement, naming) on a
+  512 x 512 x 400 CT (a knee phantom resampled to 0.8 x 0.8 x 1.0 mm and padded with soft tissue).
+
+    python benchmarks/bench_unet_shipped.py [--mode phantoms draws calibration thorax speed] [--threads 2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from orthonav.core.volume import Volume, read_volume
+from orthonav.phantoms.hip import make_hip_phantom
+from orthonav.phantoms.knee import make_knee_phantom
+from orthonav.phantoms.long_bone import make_long_bone_phantom
+from orthonav.phantoms.synth_ct import class_of, synth_draws
+from orthonav.segmentation.unet import SHIPPED_WEIGHTS, load_model, segment_unet
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+#: Unseen phantom cases: (name, factory, knobs).
+PHANTOMS = [
+    ("knee s31", make_knee_phantom, dict(seed=31, small=True, scale=0.95, pose_jitter_deg=4.0)),
+    ("knee s32 full", make_knee_phantom, dict(seed=32, small=False, scale=1.05, pose_jitter_deg=4.0)),
+    ("hip s31", make_hip_phantom, dict(seed=31, small=True, scale=0.95, pose_jitter_deg=4.0)),
+    ("hip s32 full", make_hip_phantom, dict(seed=32, small=False, scale=1.05)),
+    ("long bone s31", make_long_bone_phantom, dict(seed=31, small=True)),
+]
+BINS = 15
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / s if s else float("nan")
+
+
+def near_bone(truth_bone: np.ndarray, pred_bone: np.ndarray) -> np.ndarray:
+    return ndi.binary_dilation(truth_bone | pred_bone, iterations=2)
+
+
+def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = BINS) -> tuple[float, list[tuple[float, float, int]]]:
+    """ECE = sum_b n_b / n |acc_b - conf_b| over equal-width confidence bins; and the bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    n = np.bincount(idx, minlength=bins)
+    s_conf = np.bincount(idx, weights=conf, minlength=bins)
+    s_acc = np.bincount(idx, weights=correct.astype(np.float64), minlength=bins)
+    ece = float(np.sum(np.abs(s_acc - s_conf)) / max(n.sum(), 1))
+    rows = [(float(s_conf[b] / n[b]), float(s_acc[b] / n[b]), int(n[b])) for b in range(bins) if n[b]]
+    return ece, rows
+
+
+def score_phantoms(model, threads):
+    rows, samples = [], []
+    for name, factory, knobs in PHANTOMS:
+        ph = factory(**knobs)
+        t = time.perf_counter()
+        seg = segment_unet(ph.ct, model, num_threads=threads)
+        dt = time.perf_counter() - t
+        truth, pred = ph.labels.array_zyx, seg.labels.array_zyx
+        per = {}
+        for v, bone in ph.label_table.labels.items():
+            pv = [k for k, n in seg.table.labels.items() if n == bone]
+            per[bone] = dice(pred == pv[0], truth == v) if pv else 0.0
+        rows.append((name, per, dt, dict(seg.table.labels), seg.table.side, ph.label_table.side))
+        t_cls = np.zeros(256, np.uint8)
+        for v, n in ph.label_table.labels.items():
+            t_cls[v] = class_of(n)
+        p_cls = np.zeros(256, np.uint8)
+        for v, n in seg.table.labels.items():
+            p_cls[v] = class_of(n)
+        samples.append((t_cls[truth], p_cls[pred], seg.confidence.array_zyx, ph.ct))
+    return rows, samples
+
+
+def load_draws(n: int, seed: int, cache: Path | None):
+    """``synth_draws(n, seed=seed)``, kept in ``cache`` (a pickle per (n, seed)) when given:
+    drawing is slow on a busy machine (4 s a draw when quiet, 30 s at load 4-9 on 2 cores)."""
+    import pickle
+
+    if cache is not None:
+        for f in sorted(cache.glob(f"draws_n*_seed{seed}.pkl")):
+            if int(f.name.split("_")[1][1:]) >= n:
+                return pickle.loads(f.read_bytes())[:n]  # draws are sequential: the first n of more are the same
+    f = None if cache is None else cache / f"draws_n{n}_seed{seed}.pkl"
+    draws = synth_draws(n, seed=seed)
+    if f is not None:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(pickle.dumps(draws))
+    return draws
+
+
+def score_draws(model, threads, draws):
+    per_class: dict[str, list[float]] = {}
+    samples = []
+    for d in draws:
+        seg = segment_unet(d.ct, model, num_threads=threads)
+        p_cls = np.zeros(256, np.uint8)
+        for v, name in seg.table.labels.items():
+            p_cls[v] = class_of(name)
+        pred, truth = p_cls[seg.labels.array_zyx], d.labels.array_zyx
+        for c in np.unique(truth[truth > 0]):
+            per_class.setdefault(model.card.classes[int(c)], []).append(dice(pred == c, truth == c))
+        samples.append((truth, pred, seg.confidence.array_zyx, d.ct))
+    return per_class, samples
+
+
+def calibration(model, samples, threads, out_png: Path | None):
+    from orthonav.segmentation.unet import UNetModel
+
+    conf_cal, corr = [], []
+    conf_raw = []
+    raw = UNetModel(model.network, model.card.model_copy(update={"temperature": 1.0}), model.path)
+    for truth, pred, conf, ct in samples:
+        roi = near_bone(truth > 0, pred > 0)
+        conf_cal.append(conf[roi])
+        corr.append((pred == truth)[roi])
+        seg1 = segment_unet(ct, raw, num_threads=threads)
+        p_cls = np.zeros(256, np.uint8)
+        for v, name in seg1.table.labels.items():
+            p_cls[v] = class_of(name)
+        pred1 = p_cls[seg1.labels.array_zyx]
+        roi1 = near_bone(truth > 0, pred1 > 0)
+        conf_raw.append((seg1.confidence.array_zyx[roi1], (pred1 == truth)[roi1]))
+    c, k = np.concatenate(conf_cal), np.concatenate(corr)
+    ece_after, rows_after = reliability(c, k)
+    c1 = np.concatenate([a for a, _ in conf_raw])
+    k1 = np.concatenate([b for _, b in conf_raw])
+    ece_before, rows_before = reliability(c1, k1)
+    low = c < model.card.low_confidence
+    err_low, err_high = float(1 - k[low].mean()) if low.any() else float("nan"), float(1 - k[~low].mean())
+    if out_png is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=110)
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+        for rows, lab, col in ((rows_before, f"T = 1 (ECE {ece_before:.3f})", "tab:orange"), (rows_after, f"T = {model.card.temperature:g} (ECE {ece_after:.3f})", "tab:blue")):
+            ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", color=col, ms=4, label=lab)
+        ax.set_xlabel("confidence (mean in bin)")
+        ax.set_ylabel("accuracy (share of voxels labelled right)")
+        ax.set_title("Shipped bone U-Net: reliability near bone\n(unseen phantoms + synthetic draws)", fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        fig.tight_layout()
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png)
+    return {"ece_before": ece_before, "ece_after": ece_after, "voxels": int(len(c)), "error_rate_low_conf": err_low,
+            "error_rate_high_conf": err_high, "low_conf_share": float(low.mean()), "temperature": model.card.temperature}
+
+
+def thorax(model, threads):
+    folder = SHARED / "ct_thorax_small"
+    if not folder.is_dir():
+        return None
+    ct = read_volume(folder / "example_ct_sm.nii.gz")
+    ref = read_volume(folder / "example_seg.nii.gz").array_zyx
+    names = {int(k): v for k, v in json.loads((folder / "labels_total_v2.json").read_text()).items()}
+    truth = np.isin(ref, [v for v, n in names.items() if n.startswith(("vertebrae_", "rib_"))])
+    seg = segment_unet(ct, model, num_threads=threads)
+    ours = seg.labels.array_zyx > 0
+    return {"dice": dice(ours, truth), "recall": float(ours[truth].mean()), "precision": float(truth[ours].mean()) if ours.any() else 0.0,
+            "bones": dict(seg.table.labels)}
+
+
+def speed(model, threads):
+    ph = make_knee_phantom(seed=33, small=False)
+    import SimpleITK as sitk
+
+    from orthonav.core.volume import make_lps_from_ijk, to_sitk
+
+    spacing = np.array([0.8, 0.8, 1.0])
+    size = np.array([512, 512, 400])
+    centre = ph.ct.to_lps(((np.array(ph.ct.shape_ijk) - 1) / 2.0)[None])[0]
+    origin = centre - (size - 1) / 2.0 * spacing
+    m = make_lps_from_ijk(spacing, origin, np.eye(3))
+    ref = sitk.Image([int(x) for x in size], sitk.sitkInt16)
+    ref.SetSpacing([float(x) for x in spacing])
+    ref.SetOrigin([float(x) for x in origin])
+    big = sitk.Resample(to_sitk(ph.ct), ref, sitk.Transform(), sitk.sitkLinear, 40.0, sitk.sitkInt16)
+    ct = Volume(sitk.GetArrayFromImage(big), m)
+    t = time.perf_counter()
+    seg = segment_unet(ct, model, num_threads=threads)
+    return {"seconds": time.perf_counter() - t, "shape_zyx": list(ct.array_zyx.shape), "bones": dict(seg.table.labels)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", nargs="+", default=["phantoms", "draws", "calibration", "thorax"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--draws", type=int, default=10, help="number of unseen synthetic draws")
+    ap.add_argument("--draws-seed", type=int, default=2000, help="their seed (training uses 0, calibration 10000)")
+    ap.add_argument("--cache", type=Path, default=None, help="keep the draws here between runs")
+    ap.add_argument("--quick", action="store_true", help="only the small phantoms (knee, hip, long bone)")
+    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "unet_reliability.png")
+    args = ap.parse_args()
+    model = load_model(args.weights)
+    if args.quick:
+        PHANTOMS[:] = [p for p in PHANTOMS if p[2].get("small")]
+    tr = model.card.training
+    print(f"model {args.weights} ({args.weights.stat().st_size / 1e6:.2f} MB): {tr.iterations} steps, {tr.seconds / 60:.1f} min, "
+          f"T = {model.card.temperature}, load at the end of training {tr.load_average}; load now {os.getloadavg()[0]:.2f}")  # fmt: skip
+    out: dict = {}
+    samples = []
+    if "phantoms" in args.mode or "calibration" in args.mode:
+        rows, s = score_phantoms(model, args.threads)
+        samples += s
+        print(f"{'phantom':<15} {'s':>5}  Dice per bone (by name); names; side (truth)")
+        for name, per, dt, labels, side, t_side in rows:
+            print(f"{name:<15} {dt:5.1f}  " + ", ".join(f"{b} {d:.3f}" for b, d in per.items()) + f"; {sorted(labels.values())}; {side} ({t_side})")
+        out["phantoms"] = {r[0]: r[1] for r in rows}
+    if "draws" in args.mode or "calibration" in args.mode:
+        per_class, s = score_draws(model, args.threads, load_draws(args.draws, args.draws_seed, args.cache))
+        samples += s
+        print(f"synthetic draws (seed {args.draws_seed}, {args.draws} CTs): Dice per class mean (min): " + ", ".join(f"{c} {np.mean(v):.3f} ({np.min(v):.3f})" for c, v in per_class.items()))
+        out["draws"] = {c: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for c, v in per_class.items()}
+    if "calibration" in args.mode:
+        cal = calibration(model, samples, args.threads, args.png)
+        print(f"calibration near bone ({cal['voxels']} voxels): ECE {cal['ece_before']:.4f} at T = 1 -> {cal['ece_after']:.4f} at T = {cal['temperature']}; "
+              f"error rate {cal['error_rate_low_conf']:.3f} below confidence {model.card.low_confidence} ({cal['low_conf_share']:.3f} of voxels) vs "
+              f"{cal['error_rate_high_conf']:.4f} above; diagram {args.png}")  # fmt: skip
+        out["calibration"] = cal
+    if "thorax" in args.mode:
+        th = thorax(model, args.threads)
+        print("thorax CT bone mask: " + ("shared data not found" if th is None else f"Dice {th['dice']:.3f}, recall {th['recall']:.3f}, precision {th['precision']:.3f}; bones {th['bones']}"))
+        out["thorax"] = th
+    if "speed" in args.mode:
+        sp = speed(model, args.threads)
+        print(f"inference on {sp['shape_zyx']} (z, y, x) voxels: {sp['seconds']:.1f} s with {args.threads} threads (target < 30 s); bones {sorted(sp['bones'].values())}")
+        out["speed"] = sp
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

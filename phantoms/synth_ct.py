@@ -1,0 +1,284 @@
+"""Synthetic training CTs by domain randomisation (in the spirit of SynthSeg) for the bone U-Net.
+
+SynthSeg (Billot et al. 2023, Medical Image Analysis 86: 102789) trains a segmentation network
+on label maps turned into images with random intensities, deformations and resolutions, so the
+network learns shape and context rather than one scanner's appearance. Here the label maps
+come from the phantom families (:mod:`~orthonav.phantoms.knee`, :mod:`~orthonav.phantoms.hip`,
+:mod:`~orthonav.phantoms.long_bone`), and every draw (:func:`synth_draw`) is:
+
+* **anatomy**: a knee (one leg hip to ankle, seen through a knee window or the whole leg), a
+  pelvis with proximal femurs, or a femur alone, built at one of a few phantom sizes;
+* **pose and field of view** (:func:`orthonav.phantoms.fov.random_fov` /
+  :func:`~orthonav.phantoms.fov.apply_fov`): patient tilt up to 25 deg, grid oblique up to 20
+  deg in one of four patient positions, isotropic scale 0.8-1.2, left/right mirror, both legs,
+  window length and centre, a table slab and a metal bead;
+* **shape**: a smooth random deformation (displacements drawn on a ~60 mm control grid, up to
+  ``deform_mm``, cubic-spline interpolated) and an anisotropic scaling of 0.9-1.1 per axis;
+* **intensities**: a random monotone HU map per draw: fat -150..-50, soft tissue 0..80,
+  cancellous bone / marrow soft + 20..500, cortex 600..1900, metal 2500..4000 HU; then a
+  Gaussian blur (point-spread function, 0-1.2 mm) and Gaussian noise (5-50 HU);
+* **resolution**: in-plane voxels 0.6-2.5 mm (from the field of view), slices 1-3 mm thick
+  (anisotropic: slice-profile blur then resampling along the scanner axis).
+
+Truth names are mapped to side-less classes (:data:`CLASSES`): a left and a right femur are
+both ``femur``; the side is decided after segmentation from the anatomy
+(:func:`orthonav.segmentation.unet.name_components`). Table and metal are background.
+Everything is seeded: the same seed gives the same draws.
+
+Not yet drawn: real bone surfaces (``--shapes``; the shared VHF knee and libhip femurs) are not
+voxelised into training CTs (see docs/model_card.md, limits).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from orthonav.core.volume import Volume
+
+from .fov import apply_fov, random_fov
+from .hip import make_hip_phantom
+from .knee import make_knee_phantom
+from .long_bone import make_long_bone_phantom
+from .render import SyntheticPhantom
+
+#: Network classes (channel -> name), side-less; channel 0 is background.
+CLASSES: dict[int, str] = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella", 5: "hip", 6: "sacrum"}
+#: Anatomy families and how often each is drawn.
+FAMILIES = (("knee", 0.45), ("whole_leg", 0.1), ("hip", 0.35), ("long_bone", 0.1))
+
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class SynthDraw:
+    """One synthetic CT with its class labels.
+
+    Attributes
+    ----------
+    ct
+        int16 HU volume (LPS geometry in ``lps_from_ijk``; anisotropic spacing possible).
+    labels
+        uint8 class map on the same grid (:data:`CLASSES`; 0 background, table and metal).
+    names
+        Truth names of the draw's bones (``femur_right``, ...), for naming checks.
+    family
+        Which anatomy family was drawn.
+    """
+
+    ct: Volume
+    labels: Volume
+    names: tuple[str, ...]
+    family: str
+
+
+def class_of(name: str) -> int:
+    """Class channel of a truth bone name (``femur_left`` -> 1); 0 for what is not a class."""
+    stem = name.removesuffix("_left").removesuffix("_right")
+    for c, n in CLASSES.items():
+        if n == stem:
+            return c
+    return 0
+
+
+_PHANTOMS: dict[tuple[str, bool], SyntheticPhantom] = {}
+
+
+def _phantom(kind: str, small: bool) -> SyntheticPhantom:
+    key = (kind, small)
+    if key not in _PHANTOMS:
+        factory = {"knee": make_knee_phantom, "hip": make_hip_phantom, "long_bone": make_long_bone_phantom}[kind]
+        _PHANTOMS[key] = factory(seed=0, small=small)
+    return _PHANTOMS[key]
+
+
+def _hu_map(rng: np.random.Generator) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Knots (source HU -> drawn HU) of a random monotone intensity map."""
+    soft = rng.uniform(0.0, 80.0)
+    src = np.array([-1100.0, -1000.0, -100.0, 40.0, 300.0, 1500.0, 3000.0, 4500.0])
+    dst = np.array([
+        -1024.0, rng.uniform(-1010.0, -950.0), rng.uniform(-150.0, -50.0), soft, soft + rng.uniform(20.0, 500.0),
+        rng.uniform(600.0, 1900.0), rng.uniform(2500.0, 3200.0), rng.uniform(3300.0, 4000.0),
+    ])  # fmt: skip
+    dst = np.maximum.accumulate(dst + np.arange(len(dst)) * 1e-3)  # strictly monotone
+    return src, dst
+
+
+def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDArray[np.float64], rng: np.random.Generator,
+            deform_mm: float) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    """Smooth random deformation + anisotropic scaling about the centre (backward mapping)."""
+    shape = np.array(ct.shape)
+    ctrl = np.maximum(np.round(shape * spacing_zyx / 60.0).astype(int), 2) + 1
+    scale = rng.uniform(0.9, 1.1, size=3)
+    centre = (shape - 1) / 2.0
+    coords = []
+    for a in range(3):
+        disp_mm = rng.normal(0.0, deform_mm / 2.0, size=tuple(ctrl))
+        disp = ndi.zoom(disp_mm, shape / ctrl, order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]] / spacing_zyx[a]
+        ax = np.arange(shape[a], dtype=np.float32)
+        lin = (ax - centre[a]) / scale[a] + centre[a]
+        sh = [1, 1, 1]
+        sh[a] = shape[a]
+        coords.append(lin.reshape(sh) + disp.astype(np.float32))
+    coords = [np.broadcast_to(c, tuple(shape)) for c in coords]
+    ct2 = ndi.map_coordinates(ct, coords, order=1, mode="constant", cval=-1000.0).astype(np.float32)
+    lab2 = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+    return ct2, lab2
+
+
+def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float = 6.0, families=FAMILIES) -> SynthDraw:
+    """One domain-randomised CT (see the module docstring).
+
+    Parameters
+    ----------
+    rng
+        The random generator (the draw is a function of its state).
+    small
+        Build the phantoms at their small size (faster; the sizes are randomised anyway).
+    deform_mm
+        Scale (mm, about two standard deviations) of the smooth random displacements.
+    """
+    names_f = [f for f, _ in families]
+    p = np.array([w for _, w in families], dtype=np.float64)
+    family = names_f[int(rng.choice(len(names_f), p=p / p.sum()))]
+    kind = {"whole_leg": "knee"}.get(family, family)
+    phantom = _phantom(kind, small)
+    scenario = {"knee": "knee", "whole_leg": "whole_leg", "hip": "hip", "long_bone": "knee"}[family]
+    spec = random_fov(rng, scenario, spacing_mm=(0.6, 2.5) if family != "whole_leg" else (2.0, 3.0))
+    if family == "long_bone":
+        spec = replace(spec, window_mm=None, both_legs=False)
+    fov = apply_fov(phantom, spec, with_ct=True)
+    assert fov.ct is not None
+    lut = np.zeros(256, np.uint8)
+    for v, n in fov.names.items():
+        lut[v] = class_of(n)
+    labels = lut[fov.labels.array_zyx]
+    ct = fov.ct.array_zyx.astype(np.float32)
+    spacing_zyx = fov.ct.spacing_mm[::-1].astype(np.float64)
+    if deform_mm > 0:
+        ct, labels = _deform(ct, labels, spacing_zyx, rng, deform_mm)
+    src, dst = _hu_map(rng)
+    ct = np.interp(ct, src, dst).astype(np.float32)
+    psf_mm = rng.uniform(0.0, 1.2)
+    if psf_mm > 0.05:
+        ct = ndi.gaussian_filter(ct, psf_mm / spacing_zyx, mode="nearest")
+    lps_from_ijk = fov.ct.lps_from_ijk.copy()
+    # anisotropic slices: slice-profile blur then resampling along k (the scanner axis)
+    thick = max(float(spacing_zyx[0]), rng.uniform(1.0, 3.0))
+    if thick > spacing_zyx[0] * 1.2:
+        sigma_k = np.sqrt(max(thick**2 - spacing_zyx[0] ** 2, 0.0)) / 2.355 / spacing_zyx[0]
+        ct = ndi.gaussian_filter1d(ct, sigma_k, axis=0, mode="nearest")
+        nk = max(int(round(ct.shape[0] * spacing_zyx[0] / thick)), 2)
+        zk = (np.arange(nk) + 0.5) * ct.shape[0] / nk - 0.5
+        ct = ndi.map_coordinates(ct, np.meshgrid(zk, np.arange(ct.shape[1]), np.arange(ct.shape[2]), indexing="ij"), order=1, mode="nearest")
+        # labels: the truth of the thick slice is the fine labels at its centre plane
+        labels = labels[np.clip(np.round(zk).astype(int), 0, labels.shape[0] - 1)]
+        step = lps_from_ijk[:3, 2] * (zk[1] - zk[0])
+        origin = lps_from_ijk[:3, 3] + lps_from_ijk[:3, 2] * zk[0]
+        lps_from_ijk[:3, 2], lps_from_ijk[:3, 3] = step, origin
+    ct = ct + rng.normal(0.0, rng.uniform(5.0, 50.0), size=ct.shape).astype(np.float32)
+    names = tuple(sorted(n for n in fov.names.values() if class_of(n)))
+    return SynthDraw(
+        Volume(np.clip(np.round(ct), -1024, 4000).astype(np.int16), lps_from_ijk),
+        Volume(labels.astype(np.uint8), lps_from_ijk.copy()),
+        names,
+        family,
+    )
+
+
+def synth_draws(n: int, *, seed: int = 0, small: bool = True, progress: Progress | None = None, **kw: object) -> list[SynthDraw]:
+    """``n`` seeded draws (:func:`synth_draw`); a draw whose field of view holds no bone is redrawn."""
+    rng = np.random.default_rng(seed)
+    out: list[SynthDraw] = []
+    while len(out) < n:
+        d = synth_draw(rng, small=small, **kw)  # type: ignore[arg-type]
+        if (d.labels.array_zyx > 0).sum() * float(np.prod(d.labels.spacing_mm)) < 20_000.0:
+            continue
+        out.append(d)
+        if progress is not None:
+            progress("synthetic CTs", len(out) / n)
+    return out
+
+
+def coarse_truth(draw: SynthDraw, spacing_mm: float, num_classes: int) -> NDArray[np.uint8]:
+    """True class per voxel of the network's grid (arg-max of the partial-volume fractions)."""
+    from orthonav.segmentation.unet import canonical_grid, soft_labels_to_grid
+
+    grid = canonical_grid(draw.ct, spacing_mm)
+    return np.argmax(soft_labels_to_grid(draw.labels.array_zyx, draw.ct, grid, num_classes), axis=0).astype(np.uint8)
+
+
+def train_synthetic(
+    out_path: str | Path,
+    *,
+    cases: int = 60,
+    minutes: float = 20.0,
+    steps: int | None = None,
+    seed: int = 0,
+    calibration_cases: int = 8,
+    spacing_mm: float | None = None,
+    num_threads: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Train the bone U-Net on synthetic CTs (:func:`synth_draws`) and calibrate it.
+
+    Parameters
+    ----------
+    out_path
+        Weights file to write (its JSON model card goes beside it).
+    cases
+        Number of synthetic CTs drawn for training (seed ``seed``).
+    minutes, steps
+        Training budget: wall-clock minutes, or exactly ``steps`` optimizer steps when given.
+    seed
+        Seeds the draws, the network initialisation and the patch sampling; the calibration
+        draws use ``seed + 10_000`` (never seen in training).
+    calibration_cases
+        Held-out draws on which the softmax temperature is fitted (0: no calibration, T = 1).
+    spacing_mm
+        Network grid (mm); default :data:`orthonav.segmentation.unet.DEFAULT_SPACING_MM`.
+    num_threads
+        torch CPU threads (default 2; 1 is faster on a busy machine).
+
+    Returns
+    -------
+    Path
+        ``out_path``; the model card records the draws, the budget, the temperature and the
+        calibration NLL before / after.
+    """
+    from orthonav.segmentation import unet as U
+
+    spacing = U.DEFAULT_SPACING_MM if spacing_mm is None else float(spacing_mm)
+    nc = len(CLASSES) + 1
+    t0 = time.monotonic()
+    draws = synth_draws(cases, seed=seed, progress=progress)
+    train = [U.training_case(f"synth-{seed}-{n}-{d.family}", d.ct, d.labels.array_zyx, spacing, U.DEFAULT_HU_WINDOW, nc) for n, d in enumerate(draws)]
+    gen_s = time.monotonic() - t0
+    del draws
+    budget = {"minutes": 1e-6, "min_iterations": int(steps)} if steps is not None else {"minutes": float(minutes)}
+    nets: list = []
+    extra = {"tta_flips": ["x"], "refine": "image-edge"}
+    path = U.train_on_cases(
+        train, dict(CLASSES), out_path, case_names=[f"synthetic draws {cases} (seed {seed}; phantoms.synth_ct)"], spacing_mm=spacing,
+        seed=seed, progress=progress, num_threads=num_threads, flip_x=True, card_extra=extra, keep_network=nets, **budget,
+    )  # fmt: skip
+    results = {"generation_seconds": round(gen_s, 1)}
+    temperature = 1.0
+    if calibration_cases > 0:
+        model = U.load_model(path)
+        samples = []
+        for d in synth_draws(calibration_cases, seed=seed + 10_000):
+            _, passes = U.network_logits(model, d.ct)
+            samples.append((passes, coarse_truth(d, spacing, nc)))
+        temperature, nll = U.fit_temperature(samples)
+        results.update({"calibration_nll_t1": round(nll[1.0], 4), "calibration_nll_fitted": round(nll[temperature], 4)})
+    return U.update_card(path, temperature=float(temperature), results=results)
+
+
+__all__ = ["CLASSES", "FAMILIES", "SynthDraw", "class_of", "coarse_truth", "synth_draw", "synth_draws", "train_synthetic"]

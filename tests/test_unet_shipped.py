@@ -1,0 +1,144 @@
+"""The bone U-Net shipped with OrthoNav (issue 15): loads safely, segments and names an unseen
+phantom, its confidence marks its errors, the real thorax CT, and the synthetic training command.
+
+Figures (benchmarks/bench_unet_shipped.py, docs/model_card.md) are measured there; the bounds
+here are the measured figures less a margin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from orthonav.core.volume import read_volume
+from orthonav.segmentation import unet as U
+
+#: Measured on the unseen knee below (seed 31, scale 0.95, 4 deg pose jitter): femur 0.946,
+#: tibia 0.951, fibula 0.921, patella 0.895 (issue 15 asks >= 0.95 per bone: NOT met yet).
+KNEE_DICE_FLOOR = {"femur": 0.92, "tibia": 0.92, "fibula": 0.89, "patella": 0.86}
+#: Measured 0.428 (issue 15 asks >= 0.85: NOT met; the model has no vertebra or rib class).
+THORAX_DICE_FLOOR = 0.40
+
+
+@pytest.fixture(scope="module")
+def shipped() -> U.UNetModel:
+    if not U.SHIPPED_WEIGHTS.is_file():
+        pytest.fail(f"the shipped model is missing: {U.SHIPPED_WEIGHTS}")
+    return U.load_model(U.SHIPPED_WEIGHTS)
+
+
+@pytest.fixture(scope="module")
+def unseen_knee(shipped):
+    """A knee phantom never drawn in training (training draws come from the seed-0, scale-1
+    phantoms), segmented by the shipped model."""
+    from orthonav.phantoms.knee import make_knee_phantom
+
+    ph = make_knee_phantom(seed=31, small=True, scale=0.95, pose_jitter_deg=4.0)
+    return ph, U.segment_unet(ph.ct, shipped)
+
+
+def test_shipped_model_is_small_and_loads_with_weights_only(shipped) -> None:
+    size_mb = U.SHIPPED_WEIGHTS.stat().st_size / 1e6
+    assert size_mb < 5.0, size_mb
+    raw = torch.load(U.SHIPPED_WEIGHTS, map_location="cpu", weights_only=True)  # tensors and plain containers only
+    assert raw["format"] == U.WEIGHTS_FORMAT
+    card = shipped.card
+    assert set(card.classes.values()) == {"femur", "tibia", "fibula", "patella", "hip", "sacrum"}
+    assert card.tta_flips == ["x"] and card.refine == "image-edge" and card.temperature != 1.0
+    side = json.loads(U.card_path_for(U.SHIPPED_WEIGHTS).read_text(encoding="utf-8"))
+    assert side["temperature"] == card.temperature and side["training"]["iterations"] == card.training.iterations > 0
+
+
+def test_unseen_knee_is_segmented_and_named(unseen_knee) -> None:
+    ph, seg = unseen_knee
+    assert sorted(seg.table.labels.values()) == ["femur", "fibula", "patella", "tibia"]
+    assert seg.table.side == ph.label_table.side == "right"
+    assert seg.labels.array_zyx.shape == ph.ct.array_zyx.shape and np.allclose(seg.labels.lps_from_ijk, ph.ct.lps_from_ijk)
+    truth, pred = ph.labels.array_zyx, seg.labels.array_zyx
+    dice = {}
+    for v, name in ph.label_table.labels.items():
+        a, b = pred == seg.table.value_of(name), truth == v
+        dice[name] = 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+    for name, floor in KNEE_DICE_FLOOR.items():
+        assert dice[name] >= floor, dice
+    # labels.json's per-bone confidence is the bone's mean voxel confidence
+    for v in seg.table.labels:
+        assert seg.table.confidence[v] == pytest.approx(float(seg.confidence.array_zyx[pred == v].mean()), abs=1e-5)
+
+
+def test_low_confidence_marks_the_wrong_voxels(unseen_knee, shipped) -> None:
+    ph, seg = unseen_knee
+    # compare classes, not label values: map both to bone names
+    truth = np.vectorize(lambda v: ph.label_table.labels.get(int(v), ""), otypes=[object])(ph.labels.array_zyx)
+    pred = np.vectorize(lambda v: seg.table.labels.get(int(v), ""), otypes=[object])(seg.labels.array_zyx)
+    roi = ndi.binary_dilation((ph.labels.array_zyx > 0) | (seg.labels.array_zyx > 0), iterations=2)
+    wrong = (truth != pred)[roi]
+    low = seg.confidence.array_zyx[roi] < shipped.card.low_confidence
+    assert low.any() and (~low).any()
+    err_low, err_high = float(wrong[low].mean()), float(wrong[~low].mean())
+    assert err_low > err_high, (err_low, err_high)
+
+
+def test_thorax_bone_mask_with_the_shipped_model(shared_data, shipped) -> None:
+    folder = shared_data / "ct_thorax_small"
+    ct = read_volume(folder / "example_ct_sm.nii.gz")
+    ref = read_volume(folder / "example_seg.nii.gz").array_zyx
+    names = {int(k): v for k, v in json.loads((folder / "labels_total_v2.json").read_text()).items()}
+    truth = np.isin(ref, [v for v, n in names.items() if n.startswith(("vertebrae_", "rib_"))])
+    ours = U.segment_unet(ct, shipped).labels.array_zyx > 0
+    dice = 2.0 * float((ours & truth).sum()) / float(ours.sum() + truth.sum())
+    assert dice >= THORAX_DICE_FLOOR, dice
+
+
+def _orthonav(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    code = "from orthonav.cli.main import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_synthetic_training_command_with_a_tiny_budget(tmp_path: Path) -> None:
+    out = tmp_path / "w.pt"
+    res = _orthonav("train-seg", "--synthetic", str(out), "--cases", "1", "--steps", "2", "--calibration-cases", "1", "--threads", "1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    model = U.load_model(out)  # weights_only=True inside
+    assert model.card.training.iterations == 2 and set(model.card.classes.values()) >= {"femur", "hip"}
+    assert model.card.tta_flips == ["x"] and "calibration_nll_fitted" in model.card.results
+    assert model.card.results["calibration_nll_fitted"] <= model.card.results["calibration_nll_t1"]
+    # DATA missing without --synthetic: one clear error line, exit code 2
+    res = _orthonav("train-seg", str(tmp_path / "x.pt"), cwd=tmp_path)
+    assert res.returncode == 2 and "DATA WEIGHTS" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_planning_scene_colours_bones_by_the_confidence(tmp_path: Path) -> None:
+    """attach_confidence: each mesh point gets the mean confidence of its bone's voxels near it."""
+    import pyvista as pv
+
+    from orthonav.core.case import Case, LabelTable, write_labels_table
+    from orthonav.core.volume import Volume, make_lps_from_ijk, write_volume
+    from orthonav.planning.scene import CONFIDENCE_ARRAY, attach_confidence
+
+    case = Case(tmp_path)
+    m = make_lps_from_ijk(np.array([1.0, 1.0, 1.0]), np.zeros(3), np.eye(3))
+    k, j, i = np.mgrid[0:40, 0:40, 0:40]
+    ball = (i - 20.0) ** 2 + (j - 20.0) ** 2 + (k - 20.0) ** 2 <= 12.0**2
+    conf = np.where(i < 20, 0.55, 0.95).astype(np.float32)  # the right half (-x) is doubtful
+    write_volume(Volume(ball.astype(np.uint8), m), case.labels)
+    write_volume(Volume(conf, m), case.confidence)
+    sphere = pv.Sphere(radius=12.0, center=(20.0, 20.0, 20.0))
+    write_labels_table(case.labels_json, LabelTable(labels={1: "femur"}, backend="unet"))
+    out = attach_confidence(case.root, {"femur": sphere, "tibia": sphere})
+    c = np.asarray(out["femur"].point_data[CONFIDENCE_ARRAY])
+    x = np.asarray(sphere.points)[:, 0]
+    assert np.median(c[x < 14]) < 0.6 and np.median(c[x > 26]) > 0.9
+    assert CONFIDENCE_ARRAY not in out["tibia"].point_data and CONFIDENCE_ARRAY not in sphere.point_data
+    write_labels_table(case.labels_json, LabelTable(labels={1: "femur"}, backend="classical"))  # no learned confidence
+    assert CONFIDENCE_ARRAY not in attach_confidence(case.root, {"femur": sphere})["femur"].point_data
