@@ -153,7 +153,8 @@ def array_status_line(bone: str, tool: ToolState | None) -> str:
 
 
 def knee_panel_lines(alignment: object | None, gaps: object | None, *, angle_tol_deg: float = ALIGNMENT_TOL_DEG,
-                     gap_tol_mm: float = GAP_BALANCE_TOL_MM) -> list[tuple[str, str, tuple[float, float, float]]]:
+                     gap_tol_mm: float = GAP_BALANCE_TOL_MM, reason: str = "",
+                     reason_chars: int = 48) -> list[tuple[str, str, tuple[float, float, float]]]:
     """The knee block of the readout panel as (label, value, colour) lines.
 
     ``alignment``: a :class:`~orthonav.navigation.alignment.KneeAlignment` (varus + , deg) or
@@ -162,7 +163,8 @@ def knee_panel_lines(alignment: object | None, gaps: object | None, *, angle_tol
     in deg, gaps in mm; "--" (grey) for what is None or not finite. Colours: varus / valgus and
     HKA by :func:`colour_for` of the varus / valgus against ``angle_tol_deg``; both gaps by
     their medial - lateral difference against ``gap_tol_mm`` (red when a gap is negative);
-    flexion white.
+    flexion white. ``reason`` (the state's ``knee_reason``): when alignment or gaps are missing,
+    a last grey line says why (cut to ``reason_chars`` characters).
     """
     dash = ("--", GREY)
 
@@ -199,7 +201,8 @@ def knee_panel_lines(alignment: object | None, gaps: object | None, *, angle_tol
         ("  HKA", *hka_v),
         ("  Medial gap", *medial),
         ("  Lateral gap", *lateral),
-    ]
+    ] + ([("  Why --", reason if len(reason) <= reason_chars else reason[:reason_chars - 3] + "...", GREY)]
+         if reason and (coronal is dash or medial is dash or lateral is dash) else [])
 
 
 def setup_offscreen_rendering() -> None:
@@ -694,7 +697,8 @@ class NavigationScene:
         lines: list[tuple[str, str, tuple[float, float, float]]] = []
         if self.knee_bones is not None:
             self.knee_lines = knee_panel_lines(None if state is None else state.alignment, None if state is None else state.gaps,
-                                               angle_tol_deg=self.alignment_tol, gap_tol_mm=self.gap_tol)
+                                               angle_tol_deg=self.alignment_tol, gap_tol_mm=self.gap_tol,
+                                               reason="" if state is None else getattr(state, "knee_reason", ""))
             lines += self.knee_lines
         if tracking and state is not None:
             if state.saw:

@@ -118,6 +118,7 @@ class NavigationWebView:
         self._latest = _Latest(None)
         self.states_offered = 0  #: states handed over (observe / publish)
         self.states_sent = 0  #: states forwarded to the view process
+        self.send_errors = 0  #: status texts that raised (shown in the browser as a tracker problem instead)
         self.stats: dict[str, float] = {}  #: the view process's figures (frames_pushed, frames_dropped, rate_hz, shown_sequence)
         self._port: int | None = None
         self._proc: Any = None
@@ -219,10 +220,14 @@ class NavigationWebView:
         while not self._stop.wait(period):
             latest = self._latest
             wf = latest.workflow
-            info = info_text(wf) if wf is not None else latest.info
+            try:
+                info = info_text(wf) if wf is not None else latest.info
+                problem = self.tracker_problem() if self.tracker_problem is not None else None
+            except Exception as e:  # noqa: BLE001 - a failing text must not freeze every browser on its last picture
+                info, problem = latest.info, f"status text failed: {type(e).__name__}: {e}"
+                self.send_errors += 1
             reg = wf.registration if wf is not None else latest.registration
             record = reg.record if isinstance(reg, Registration) else reg
-            problem = self.tracker_problem() if self.tracker_problem is not None else None
             key = (id(latest.state), info, problem, id(record))
             if key == sent:
                 continue

@@ -235,7 +235,7 @@ def test_two_array_panel_shows_the_states_alignment_and_gaps_and_both_arrays(two
         # Never a stale number: no state, or a state without alignment, shows "--" in grey.
         for st in (None, got["femur_only"][1]):
             scene.update(st)
-            assert all(v == "--" and c == GREY for _l, v, c in scene.knee_lines[1:])
+            assert all(v == "--" and c == GREY for lab, v, c in scene.knee_lines[1:] if lab.strip() != "Why --")
     finally:
         scene.close()
 
@@ -290,7 +290,9 @@ def test_one_array_hidden_shows_that_bone_not_tracking_while_the_other_keeps_its
         cut, g = min(st.saw.items(), key=lambda kv: abs(kv[1].distance_mm))
         shown = "\n".join(scene.panel_values[c].GetInput() for c in (GREEN, AMBER, RED)).split("\n")
         assert cut == "distal_femur" and f"{signed(g.distance_mm)} mm" in shown  # the femur's saw numbers remain
-        assert all(v == "--" for _l, v, _c in scene.knee_lines[1:])  # no knee pose without the tibia
+        assert all(v == "--" for lab, v, _c in scene.knee_lines[1:] if lab.strip() != "Why --")  # no knee pose without the tibia
+        why = [v for lab, v, _c in scene.knee_lines if lab.strip() == "Why --"]
+        assert len(why) == 1 and "tibia" in why[0].lower(), why  # and it says why
         assert not scene.bone_actors["tibia"].GetVisibility() and not scene.bone_actors["fibula"].GetVisibility()
         assert scene.bone_actors["femur"].GetVisibility() and scene.tool_actors["Saw"].GetVisibility()
         # Before the tibia is registered: amber NOT REGISTERED for it, the femur navigates.
@@ -349,6 +351,13 @@ def test_knee_panel_words_colours_and_dashes_and_the_array_lines():
     assert rows["Varus/valgus"] == ("0.0 deg", GREEN) and rows["Medial gap"] == ("-0.5 mm", RED)  # overlap: red
     rows = {lab.strip(): (v, c) for lab, v, c in knee_panel_lines(NS(varus_valgus_deg=7.0, flexion_deg=math.nan, hka_deg=173.0, rotation_deg=0.0), None)}
     assert rows["Varus/valgus"] == ("7.0 deg varus", RED) and rows["Flexion"] == ("--", GREY) and rows["Medial gap"] == ("--", GREY)
+    assert "Why --" not in rows  # no reason given
+    why = "femur and tibia poses measured 40 ms apart (limit 30 ms): not one tracker frame"
+    rows = {lab.strip(): (v, c) for lab, v, c in knee_panel_lines(None, None, reason=why)}
+    assert rows["Why --"] == (why[:45] + "...", GREY) and rows["Varus/valgus"] == ("--", GREY)
+    rows = {lab.strip(): (v, c) for lab, v, c in knee_panel_lines(NS(varus_valgus_deg=1.0, flexion_deg=5.0, hka_deg=179.0, rotation_deg=0.0),
+                                                                   NS(medial_mm=9.0, lateral_mm=9.5), reason=why)}
+    assert "Why --" not in rows  # everything shown: no reason line
     assert array_status_line("tibia_left", ToolState(NavStatus.STALE, None, None, reason="reference stale")) == "TIBIA LEFT ARRAY: NOT TRACKING - stale"
     assert array_status_line("femur", ToolState(NavStatus.IMPLAUSIBLE, None, None, reason=IMPLAUSIBLE_POSE)) == "FEMUR ARRAY: NOT TRACKING - implausible pose"
     assert array_status_line("femur", ToolState(NavStatus.NOT_TRACKING, None, None)) == "FEMUR ARRAY: NOT TRACKING"  # e.g. a stale state
@@ -369,6 +378,6 @@ def test_a_stale_two_array_state_shows_not_tracking(two_array):
         scene.update(stale)
         assert scene.banner.GetInput() == "NOT TRACKING" and scene.bone_banner.GetInput() == ""
         assert "FEMUR ARRAY: NOT TRACKING\n" in scene.status_text.GetInput() + "\n"
-        assert all(v == "--" for _l, v, _c in scene.knee_lines[1:]) and not any(a.GetVisibility() for a in scene.tool_actors.values())
+        assert all(v == "--" for lab, v, _c in scene.knee_lines[1:] if lab.strip() != "Why --") and not any(a.GetVisibility() for a in scene.tool_actors.values())
     finally:
         scene.close()

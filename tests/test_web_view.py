@@ -354,6 +354,28 @@ def test_binds_127_0_0_1_and_a_slow_browser_never_slows_the_tracking_loop(nav_ca
         view.stop()
 
 
+def test_a_failing_status_text_never_freezes_the_view(nav_case, scripted):
+    """A status callback that raises (here the tracker-problem text) is shown as a problem and
+    the newest states keep going to the view: the sender thread does not die with it."""
+    from orthonav.navigation.web import NavigationWebView
+
+    sc, states, _reg = scripted
+
+    def broken() -> str | None:
+        raise RuntimeError("tracker text failed")
+
+    view = NavigationWebView(nav_case, toolset=sc.toolset, fps=50.0, tracker_problem=broken).start()
+    try:
+        for k, st in enumerate(states[:3]):
+            view.observe(st, None)
+            deadline = time.monotonic() + 10.0
+            while view.states_sent < k + 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert view.states_sent == 3 and view.send_errors >= 3, (view.states_sent, view.send_errors)
+    finally:
+        view.stop()
+
+
 def test_web_view_refuses_a_port_in_use_and_bad_settings(nav_case):
     from orthonav.core.errors import InputError
     from orthonav.navigation.web import NavigationWebView
