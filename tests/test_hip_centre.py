@@ -171,3 +171,25 @@ def test_range_of_motion_is_the_largest_pairwise_rotation():
     b = tf.make_rigid(tf.rotation_about_axis([0, 0, 1], math.radians(-25.0)))
     c = tf.make_rigid(tf.rotation_about_axis([1, 0, 0], math.radians(5.0)))
     assert range_of_motion_deg(np.array([a, c, b])) == pytest.approx(35.0, abs=1e-6)
+
+
+def test_real_hand_held_pivot_recording(shared_data):
+    """Real tracker data: 1,151 poses of a hand-held pointer pivoting about a divot (the shared
+    `pivot_recording`), the same motion as a leg circled about its hip with the pelvis still.
+    The centre in the moving array's frame lies within 3 mm (about 2 SD of a block bootstrap,
+    tests/test_calibration.py) of scikit-surgerycore's published fit; measured 1.9 mm. Hand-held
+    slips make the residual 2.2 mm RMS, which the hip gate (1.5 mm) refuses with its reason, as
+    it must: a hip fit that loose is not one to navigate on."""
+    import glob
+
+    files = sorted(glob.glob(str(shared_data / "pivot_recording" / "matrices" / "*.txt")))
+    if not files:
+        pytest.skip("pivot_recording/matrices not in the shared data")
+    poses = np.array([np.loadtxt(f) for f in files])
+    published = np.array([-14.476, 395.143, -7.558])
+    fit = fit_hip_centre(poses)
+    assert np.linalg.norm(fit.centre_femurref_mm - published) < 3.0
+    assert fit.range_deg > MIN_RANGE_DEG and 0.8 < fit.n_used / len(poses) < 0.99
+    assert not fit.ok and "RMS" in fit.reason and 1.5 < fit.rms_mm < 3.0, (fit.ok, fit.reason, fit.rms_mm)
+    loose = fit_hip_centre(poses, max_rms_mm=3.0)
+    assert loose.ok and loose.reason == "" and np.allclose(loose.centre_femurref_mm, fit.centre_femurref_mm)
