@@ -74,7 +74,8 @@ def load_model(path: str | Path, model: type[M]) -> M:
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
-        raise SchemaError(p, f"{what} is invalid at '{loc}': {first['msg']} ({e.error_count()} error(s))") from e
+        where = f" at '{loc}'" if loc else ""  # a whole-document check (model validator) has no field to name
+        raise SchemaError(p, f"{what} is invalid{where}: {first['msg']} ({e.error_count()} error(s))") from e
 
 
 def save_model(path: str | Path, doc: Versioned) -> Path:

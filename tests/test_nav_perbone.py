@@ -704,6 +704,7 @@ def test_a_tool_file_mixing_a_boneless_reference_with_bone_arrays_is_refused(tmp
     with pytest.raises(InputError, match="mixed_tools.json") as e:
         load_toolset(path)
     assert "'Reference' has no bone while 'FemurRef' on femur, 'TibiaRef' on tibia are fixed to a bone" in str(e.value)
+    assert "invalid at ''" not in str(e.value) and "ToolSet is invalid:" in str(e.value)  # no empty field name
     with pytest.raises(ValueError, match="one patient reference"):
         ToolSet(tools=[ToolDefinition(name="Reference", kind="reference"), ToolDefinition(name="TibiaRef", kind="reference", bone="tibia")])
 
