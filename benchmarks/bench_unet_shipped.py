@@ -13,9 +13,11 @@ Modes (``--mode``, several allowed; default all but ``speed``):
   voxels: background far from bone, right at confidence ~1, would swamp the figure);
   writes the reliability diagram ``docs/img/unet_reliability.png``.
 * ``thorax``: bone-mask Dice on the shared thorax CT (``../shared/data/ct_thorax_small``)
-  against its reference vertebrae + ribs.
+  against its reference vertebrae + ribs, and the names given (the model has no vertebra or rib
+  class: every piece should stay an unnamed ``bone_<n>``).
 * ``speed``: inference time (network, test-time flip, calibration, refinement, naming) on a
-  512 x 512 x 400 CT (a knee phantom resampled to 0.8 x 0.8 x 1.0 mm and padded with soft tissue).
+  512 x 512 x 400 CT (a knee phantom resampled to 0.8 x 0.8 x 1.0 mm and padded with soft tissue):
+  wall and CPU seconds per step, windows run, load average, and Dice per bone on that CT.
 
     python benchmarks/bench_unet_shipped.py [--mode phantoms draws calibration thorax speed] [--threads 2] [--json OUT]
 """
@@ -184,16 +186,33 @@ def thorax(model, threads):
     truth = np.isin(ref, [v for v, n in names.items() if n.startswith(("vertebrae_", "rib_"))])
     seg = segment_unet(ct, model, num_threads=threads)
     ours = seg.labels.array_zyx > 0
+    named = sorted(n for n in seg.table.labels.values() if not n.startswith("bone_"))  # the model has no vertebra / rib class
     return {"dice": dice(ours, truth), "recall": float(ours[truth].mean()), "precision": float(truth[ours].mean()) if ours.any() else 0.0,
-            "bones": dict(seg.table.labels)}
+            "bones": dict(seg.table.labels), "named": named, "unnamed": len(seg.table.labels) - len(named)}
+
+
+#: Steps of segment_unet timed by :func:`speed` (module-level names it calls, wrapped while it runs):
+#: (row label, function name in orthonav.segmentation.unet). Steps moved elsewhere fall into "other".
+SPEED_STEPS = [
+    ("resample CT -> 4 mm grid", "ct_to_grid"),
+    ("network passes (plain + flip)", "sliding_window_passes"),
+    ("TTA mean + temperature", "tta_probabilities"),
+    ("labels + refinement (CT grid)", "probabilities_to_labels"),
+    ("naming (components, sides)", "name_components"),
+]
 
 
 def speed(model, threads):
-    ph = make_knee_phantom(seed=33, small=False)
+    """segment_unet on a 512 x 512 x 400 CT: wall and CPU seconds per step, network calls, the
+    load average, and Dice per bone against the phantom's labels (nearest-resampled to the CT)."""
+    import unittest.mock
+
     import SimpleITK as sitk
 
     from orthonav.core.volume import make_lps_from_ijk, to_sitk
+    from orthonav.segmentation import unet as U
 
+    ph = make_knee_phantom(seed=33, small=False)
     spacing = np.array([0.8, 0.8, 1.0])
     size = np.array([512, 512, 400])
     centre = ph.ct.to_lps(((np.array(ph.ct.shape_ijk) - 1) / 2.0)[None])[0]
@@ -204,9 +223,49 @@ def speed(model, threads):
     ref.SetOrigin([float(x) for x in origin])
     big = sitk.Resample(to_sitk(ph.ct), ref, sitk.Transform(), sitk.sitkLinear, 40.0, sitk.sitkInt16)
     ct = Volume(sitk.GetArrayFromImage(big), m)
-    t = time.perf_counter()
-    seg = segment_unet(ct, model, num_threads=threads)
-    return {"seconds": time.perf_counter() - t, "shape_zyx": list(ct.array_zyx.shape), "bones": dict(seg.table.labels)}
+    steps = {name: [0.0, 0.0] for _, name in SPEED_STEPS}
+    calls: list[int] = []
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                steps[name][0] += time.perf_counter() - t
+                steps[name][1] += time.process_time() - c
+
+        return wrapper
+
+    forward = model.network.forward
+
+    def counting(x):
+        calls.append(int(x.shape[0]))
+        return forward(x)
+
+    patches = [unittest.mock.patch.object(U, name, timed(name, getattr(U, name))) for _, name in SPEED_STEPS if hasattr(U, name)]
+    patches.append(unittest.mock.patch.object(model.network, "forward", counting))
+    load_before = os.getloadavg()[0]
+    for p in patches:
+        p.start()
+    try:
+        t, c = time.perf_counter(), time.process_time()
+        seg = segment_unet(ct, model, num_threads=threads)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+    finally:
+        for p in reversed(patches):
+            p.stop()
+    rows = [(label, *steps[name]) for label, name in SPEED_STEPS]
+    rows.append(("other (load, checks, confidence)", wall - sum(r[1] for r in rows), cpu - sum(r[2] for r in rows)))
+    truth = sitk.GetArrayFromImage(sitk.Resample(to_sitk(ph.labels), big, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    pred = seg.labels.array_zyx
+    per = {}
+    for v, bone in ph.label_table.labels.items():
+        pv = [k for k, n in seg.table.labels.items() if n == bone]
+        per[bone] = dice(pred == pv[0], truth == v) if pv else 0.0
+    return {"seconds": wall, "cpu_seconds": cpu, "steps": rows, "windows": int(sum(calls)), "network_calls": len(calls),
+            "load_before": load_before, "load_after": os.getloadavg()[0], "shape_zyx": list(ct.array_zyx.shape),
+            "bones": dict(seg.table.labels), "dice": per}
 
 
 def main() -> None:
@@ -249,11 +308,17 @@ def main() -> None:
         out["calibration"] = cal
     if "thorax" in args.mode:
         th = thorax(model, args.threads)
-        print("thorax CT bone mask: " + ("shared data not found" if th is None else f"Dice {th['dice']:.3f}, recall {th['recall']:.3f}, precision {th['precision']:.3f}; bones {th['bones']}"))
+        print("thorax CT bone mask: " + ("shared data not found" if th is None else f"Dice {th['dice']:.3f}, recall {th['recall']:.3f}, precision {th['precision']:.3f}; {th['unnamed']} unnamed bone_<n>, named {th['named'] or 'none'} (should be none)"))
         out["thorax"] = th
     if "speed" in args.mode:
         sp = speed(model, args.threads)
-        print(f"inference on {sp['shape_zyx']} (z, y, x) voxels: {sp['seconds']:.1f} s with {args.threads} threads (target < 30 s); bones {sorted(sp['bones'].values())}")
+        print(f"inference on {sp['shape_zyx']} (z, y, x) voxels, {args.threads} threads, load {sp['load_before']:.1f} before, "
+              f"{sp['load_after']:.1f} after (2 cores); {sp['windows']} windows of the network in {sp['network_calls']} calls")  # fmt: skip
+        print(f"{'step':<34} {'wall s':>7} {'CPU s':>7}")
+        for label, w, c in sp["steps"]:
+            print(f"{label:<34} {w:7.1f} {c:7.1f}")
+        print(f"{'total (target < 30 s)':<34} {sp['seconds']:7.1f} {sp['cpu_seconds']:7.1f}")
+        print("Dice per bone (labels resampled to the CT): " + ", ".join(f"{b} {d:.3f}" for b, d in sp["dice"].items()) + f"; names {sorted(sp['bones'].values())}")
         out["speed"] = sp
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=1, default=str))

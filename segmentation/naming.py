@@ -16,8 +16,8 @@ own geometry in the patient (LPS) frame given by the direction matrix:
   limb axis, derived from the bones, not the scanner): similar cross-sections, little overlap
   along that axis, and the union elongated along it. Which one is the femur comes from three
   independent pieces of evidence: the fibula alongside one of them (that one is the tibia), a
-  patella near the joint on the femur's side, and LPS superior (weighted by how vertical the
-  limb axis is).
+  patella near the joint, in front of it (LPS anterior, :data:`PATELLA_MAX_ANGLE_DEG`) on the
+  femur's side, and LPS superior (weighted by how vertical the limb axis is).
 * **Side**: from the midline between two legs or hips, the fibula's side of the tibia (lateral
   in LPS x, and the chirality of (superior, anterior = patella, lateral = fibula)), the femur
   lateral of its hip bone and the body centre.
@@ -573,6 +573,13 @@ KNEE_VOLUME_RATIO = 0.1
 KNEE_SECTION_RATIO = 0.35
 #: Each is at least this large (mm^3).
 KNEE_MIN_MM3 = 5_000.0
+#: The patella lies in front of the knee: its offset from the joint axis is within this angle
+#: (deg) of the patient's anterior (LPS -y, across the axis). The LPS frame is the patient's
+#: whatever the position on the table (the direction matrix carries supine / prone, head- or
+#: feet-first); the patella's own offset (a few deg lateral) and a limb rotated up to ~25 deg
+#: in the scan stay well inside it, while a piece of a condyle beside the axis (90 deg off:
+#: medial or lateral, or posterior) is not a patella.
+PATELLA_MAX_ANGLE_DEG = 60.0
 
 
 def _knee_pairs(regions: list[RegionInfo], geo: _Geo, taken: set[int]) -> list[_Knee]:
@@ -671,6 +678,9 @@ def _knee_evidence(k: _Knee, regions: list[RegionInfo], geo: _Geo, taken: set[in
         level = float(r.centroid_lps @ u - joint)
         if abs(level) > max(60.0, width) or off < 0.3 * width or off > 2.5 * width:
             continue
+        ant = _unit(np.array([0.0, -1.0, 0.0]) - (-u[1]) * u)  # the patient's anterior, across the axis
+        if ant.any() and float(_unit(d - (d @ u) * u) @ ant) < math.cos(math.radians(PATELLA_MAX_ANGLE_DEG)):
+            continue  # beside or behind the joint: not in front of it
         if min(geo.gap(r.index, k.upper.index), geo.gap(r.index, k.lower.index)) > 25.0:
             continue
         score = 1.0 - abs(level) / max(60.0, width)

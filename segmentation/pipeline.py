@@ -257,11 +257,16 @@ def low_confidence_warnings(case_dir: str | Path, *, threshold: float = LOW_CONF
     table = read_labels_table(case.labels_json)
     if table.backend != "unet":
         return []
-    return [
-        f"low confidence: {name} mean voxel confidence {table.confidence[v]:.2f} < {threshold:.2f} (U-Net); check it before planning"
-        for v, name in table.labels.items()
-        if v in table.confidence and table.confidence[v] < threshold
-    ]
+    out = []
+    for v, name in table.labels.items():
+        if v not in table.confidence or table.confidence[v] >= threshold:
+            continue
+        if name.startswith("bone_"):  # an unnamed piece's confidence is that of the name withheld from it
+            why = (table.why or {}).get(v, "")
+            out.append(f"unnamed bone: {name} (U-Net name withheld, confidence {table.confidence[v]:.2f}{': ' + why if why else ''}); name it with 'orthonav name' before planning on it")
+        else:
+            out.append(f"low confidence: {name} mean voxel confidence {table.confidence[v]:.2f} < {threshold:.2f} (U-Net); check it before planning")
+    return out
 
 
 def load_segmentation(case_dir: str | Path) -> Segmentation:

@@ -272,7 +272,41 @@ def test_overlap_orientation_and_gap(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def segmented(study, small_knee_phantom, tmp_path_factory):
+def truth_on_grid(study, small_knee_phantom):
+    """The imported study's CT, its coverage mask and the phantom's truth label map sampled onto
+    the case grid (nearest neighbour; 0 where not scanned): ``(ct, scanned, truth)``."""
+    _written, imported = study
+    ct = read_volume(imported.case.ct)
+    sc = read_scanned(imported.case.root, ct).array_zyx
+    truth = np.rint(_resample_like(small_knee_phantom.labels, ct, sitk.sitkNearestNeighbor, 0)).astype(np.uint8) * sc
+    return ct, sc, truth
+
+
+def test_naming_joins_the_pieces_of_each_bone_of_the_study_given_its_bones(truth_on_grid, small_knee_phantom):
+    """Naming on the study's own grid and gaps, given the bones (the truth label map as a
+    segmentation would hand it over: one region per scanned piece, cut at the stack borders):
+    the femoral head (hip stack) is the femur of the knee joint, the ankle pieces are its tibia
+    and fibula, each piece with its bone's name (the caller merges equal names into one label)."""
+    from orthonav.segmentation.naming import name_bones, regions_from_label_map
+
+    ct, sc, truth = truth_on_grid
+    regions, values = regions_from_label_map(truth, ct.lps_from_ijk, scanned_zyx=sc)
+    bone_of = {v: b for b, v in small_knee_phantom.truth.bones.items()}
+    res = name_bones(regions, anatomy="auto")
+    got: dict[str, list[tuple[str, float]]] = {}
+    for r, v in zip(regions, values):
+        if r.volume_mm3 < 5_000.0:
+            continue  # slivers of a bone at a stack border (not a piece of the protocol)
+        got.setdefault(bone_of[v], []).append((res.names.get(r.index, ""), round(res.confidence.get(r.index, 0.0), 3)))
+    # Femur: hip and knee stacks; tibia and fibula: knee and ankle stacks; patella: knee stack.
+    assert {b: len(p) for b, p in got.items()} == {"femur": 2, "tibia": 2, "fibula": 2, "patella": 1}, got
+    for bone, named in got.items():
+        assert all(n == bone and c >= 0.9 for n, c in named), (bone, got)
+    assert res.side == "right" and res.anatomy == "knee"
+
+
+@pytest.fixture(scope="module")
+def segmented(study, truth_on_grid, small_knee_phantom, tmp_path_factory):
     """``segment_case`` (classical, no meshes) on a copy of the imported study, with the truth
     label map sampled onto the case grid (0 where not scanned) and the truth bone of each
     scanned piece: ``(summary, ct, scanned, labels, table, pieces)``; ``pieces`` maps a bone to
@@ -286,11 +320,9 @@ def segmented(study, small_knee_phantom, tmp_path_factory):
     root = tmp_path_factory.mktemp("lower_limb_seg") / "case"
     shutil.copytree(imported.case.root, root, ignore=shutil.ignore_patterns("dicom"))
     summary = segment_case(root, mesh_formats=())
-    ct = read_volume(root / "ct.nii.gz")
-    sc = read_scanned(root, ct).array_zyx
+    ct, sc, truth = truth_on_grid
     labels = read_volume(root / "labels.nii.gz").array_zyx
     table = read_labels_table(root / "labels.json").labels
-    truth = np.rint(_resample_like(small_knee_phantom.labels, ct, sitk.sitkNearestNeighbor, 0)).astype(np.uint8) * sc
     lm = small_knee_phantom.truth.landmarks_lps_mm
     z_mid_thigh = 0.5 * (lm["femoral_head_centre"][2] + lm["femoral_knee_centre"][2])
     z_mid_shank = 0.5 * (lm["tibial_knee_centre"][2] + lm["ankle_centre"][2])
@@ -327,14 +359,30 @@ def test_segmentation_of_the_study_finds_every_scanned_piece_and_nothing_unscann
             assert owner.setdefault(value, bone) == bone, (value, owner[value], bone)
 
 
-@pytest.mark.xfail(reason="issue 13 item 3 not met: on the segmented small study the knee-stack bones are left "
-                          "unnamed ('cannot tell femur from tibia'), so the hip- and ankle-stack pieces have no named bone "
-                          "to join; on true label maps naming joins them (test_seg_naming.py)", strict=False)
-def test_segmentation_names_the_pieces_of_each_bone_as_one_bone(segmented):
+@pytest.mark.xfail(
+    reason="issue 13 item 3 not met, a segmentation defect (classical separation), not naming: on this study the "
+    "cortex reads 838 HU (the knee's thin metaphyseal cortex, the blurred hip and ankle stacks), so the levels are "
+    "'not resolved' (seed 440, growth 162 HU) and the marker watershed lets the fibula's marker flood the connected "
+    "partial-volume halo: one region of 112 mL holds the knee-stack fibula (11 %), a shell of the femur and tibia "
+    "(47 %) and halo (42 %), and takes the femur's top slab at the stack border, so the femur piece is neither cut "
+    "there nor elongated and no knee joint is found. Given the bones on the same grid, naming names and joins every "
+    "piece at 0.96-0.99 (test_naming_joins_the_pieces_of_each_bone_of_the_study_given_its_bones). Flooding that halo "
+    "last (tried 2026-12-05) names and joins every piece, but costs the real thorax CT its names and 0.01 of Dice",
+    strict=False,
+)
+def test_segmentation_names_the_pieces_of_each_bone_as_one_bone(segmented, truth_on_grid, small_knee_phantom):
     """The femoral head (hip stack) and the distal femur (knee stack) are one ``femur_right``;
-    likewise the tibia and the fibula (knee and ankle stacks); the patella is named."""
-    summary, _ct, _sc, _labels, table, pieces = segmented
+    likewise the tibia and the fibula (knee and ankle stacks); the patella is named; and each
+    label holds one bone (a label whose bone voxels are mostly another bone's is a misname)."""
+    summary, _ct, _sc, labels, table, pieces = segmented
+    _ct2, _sc2, truth = truth_on_grid
     names = {bone: {stack: table.get(v, "") for stack, (v, _c) in per_stack.items()} for bone, per_stack in pieces.items()}
+    bone_of = {v: b for b, v in small_knee_phantom.truth.bones.items()}
+    for value, name in table.items():
+        got = truth[labels == value]
+        counts = np.bincount(got[got > 0], minlength=max(bone_of) + 1)
+        main = int(counts.argmax())
+        assert counts[main] >= 0.9 * counts.sum(), (name, {bone_of[v]: int(c) for v, c in enumerate(counts) if c}, summary.notes)
     for bone, per_stack in pieces.items():
         values = {v for v, _c in per_stack.values()}
         assert len(values) == 1, (bone, names, summary.notes)  # one label for the pieces across the gap

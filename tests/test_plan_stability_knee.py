@@ -9,18 +9,20 @@ angles) and the Visible Human Female tibia (the tibial ones).
 Targets: landmarks move <= 1 mm, angles <= 1 deg. Measured (seeded draws; the test asserts
 these with a small margin where the target is not met, and says why):
 
-* phantom, decimated to 20 %: every landmark <= 0.8 mm, every angle <= 0.12 deg (target met).
-* phantom, re-meshed / 0.3 mm noise: HKA, LDFA, MPTA, slope <= 0.6 deg; the hip and femoral
-  knee centres <= 0.6 mm; extreme points ("most distal", "most posterior", the malleoli)
-  up to 2.1 mm: they are the surface cap within 0.5 mm of the extreme (docs/anatomy.md, the
-  definition phantom truth shares), and 0.3 mm noise moves the extreme itself (the largest
-  noise value wins); the posterior condylar angle follows them (up to 1.2 deg).
+* phantom, decimated to 20 %: every landmark <= 0.3 mm, every angle <= 0.12 deg (target met).
+* phantom, re-meshed / 0.3 mm noise: every landmark but the plateau's <= 0.55 mm (extreme
+  points are the apex of a paraboloid fitted to the 3 mm cap, planning.landmarks.cap_point;
+  with the centroid of a 0.5 mm cap they moved up to 2.1 mm: the largest noise value won);
+  HKA, LDFA, MPTA, slope, femoral rotation <= 0.55 deg (target met). The plateau centres (the
+  deepest 0.5 mm cap of a shallow dish) and the rim points 15 mm from them move up to 1.7 mm.
 * phantom, truth labels at 2.4 mm slices: plateau centres and rim points 2.2-2.9 mm, MPTA
   1.3 deg (thick slices round the plateau off); HKA, LDFA, slope <= 1 deg.
-* VHF tibia: MPTA <= 0.9 deg, slope <= 1.0 deg, except re-meshing (slope 1.3 deg: the
-  medial plateau plane is refitted to a re-sampled, smoothed surface); plateau centres move
-  up to 2.7 mm in the plateau plane on a shallow real plateau but their height along the
-  tibial axis (what the tibial resection is measured from) <= 0.6 mm, 1.3 mm in one draw.
+* VHF tibia: MPTA <= 0.9 deg, slope <= 1.0 deg, except re-meshing (slope 1.38 deg: the
+  medial plateau plane is refitted to a re-sampled, smoothed surface; 1.31 deg with the old
+  extreme points); plateau centres move up to 2.7 mm in the plateau plane on a shallow real
+  plateau but their height along the tibial axis (what the tibial resection is measured
+  from) <= 0.6 mm, 1.3 mm in one draw. The plateau centre keeps the deepest 0.5 mm cap: a
+  paraboloid apex there moved 6.9 mm (a real lateral plateau is flat or convex front to back).
 """
 
 from __future__ import annotations
@@ -125,11 +127,12 @@ def test_knee_phantom_landmarks_and_angles_under_perturbation(phantom_figures):
         elif name.startswith("truth labels"):  # 2.4 mm slices round the plateau off
             assert max(m.values()) <= 3.0 and a["mpta"] <= 1.35, table
             assert max(a[k] for k in ("hka", "ldfa", "slope", "femoral_rotation")) <= 1.0, table
-        else:  # re-meshing and noise move the extreme points (see the module docstring)
-            assert max(m.values()) <= 2.3, table
-            assert max(a[k] for k in MAIN_ANGLES) <= 1.0, table
-            assert a["femoral_rotation"] <= 1.5, table
-            assert m["tibial_knee_centre"] <= 1.25 and m["ankle_centre"] <= 1.25, table
+        else:  # re-meshing and noise: the target holds but for the plateau (module docstring)
+            plateau = {k for k in m if "plateau" in k} | {"tibial_knee_centre"}
+            assert max(v for k, v in m.items() if k not in plateau) <= 0.7, table
+            assert max(m.values()) <= 2.0, table
+            assert max(a.values()) <= 0.7, table
+            assert m["tibial_knee_centre"] <= 1.25 and m["ankle_centre"] <= 0.5, table
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +158,7 @@ def test_vhf_tibial_landmarks_and_angles_under_perturbation(vhf):
         m, a = moves(ref, lms), angle_changes(ref_a, compute_angles(lms))
         table[name] = (_worst(m), _worst(a))
         assert a["mpta"] <= 1.0, table
-        assert a["slope"] <= (1.4 if name.startswith("re-meshed") else 1.0), table
+        assert a["slope"] <= (1.5 if name.startswith("re-meshed") else 1.0), table
         assert max(m.values()) <= 3.3, table
         # The plateau centres' height along the tibial axis (the resection reference) holds
         # far better than their position in the plateau plane.

@@ -295,7 +295,11 @@ def test_missing_bones_give_clear_errors(hip, tmp_path):
 # (within 0.033 deg in the TRUE APP); stem head centre = planned head centre (same figures as the
 # head centres); leg length, femoral and global offset changes exactly 0.
 README_CENTRE_MM = 0.12  # head and socket centres (measured <= 0.110)
-README_APP_LANDMARK_MM = 0.75  # ASIS and pubic tubercles (measured <= 0.718)
+# 2026-12-05, extreme points as the paraboloid apex of the 3 mm cap (planning.landmarks.cap_point):
+# ASIS 0.825 / 0.804 mm, tubercles 0.344 / 0.335 mm from the phantom's EXACT extreme (the apex
+# is an estimator of it, with a small shape bias), and at most 0.31 mm moved by 0.3 mm surface
+# noise (up to 1.5 mm with the 0.5 mm cap's centroid, whose accuracy figures are above).
+README_APP_LANDMARK_MM = 0.9  # ASIS and pubic tubercles (measured <= 0.825)
 README_NATIVE_ANGLE_DEG = 0.10  # native inclination / anteversion (measured <= 0.089)
 EXACT = 1e-9
 
@@ -337,3 +341,26 @@ def test_readme_tha_cup_stem_leg_length_and_offset(hip):
         assert np.linalg.norm(head - np.asarray(phantom.truth.landmarks_lps_mm[f"femoral_head_centre_{side}"])) <= README_CENTRE_MM
         for k in ("leg_length_change", "femoral_offset_change", "global_offset_change"):
             assert abs(plan.metrics[f"{k}_{side}_mm"]) <= EXACT, k
+
+
+def test_app_landmarks_hold_under_surface_noise(hip):
+    """Issue 14 item 3 on the pelvis: the ASIS and pubic tubercles (extreme points along the APP
+    normal) move <= 1 mm under 0.3 mm Gaussian surface noise (two seeded draws); measured
+    <= 0.31 mm (the 0.5 mm cap's centroid used before: up to 1.5 mm)."""
+    from orthonav.planning.landmarks import surface_samples
+    from orthonav.planning.tha.landmarks import pelvic_landmarks
+
+    phantom, _, plan = hip
+    acetabula = {s: np.asarray(plan.landmarks[f"acetabulum_centre_{s}"].position_lps_mm) for s in SIDES}
+    meshes = {s: phantom.truth_meshes[f"hip_{s}"] for s in SIDES}
+    ref = pelvic_landmarks({s: surface_samples(m) for s, m in meshes.items()}, acetabula)
+    rng = np.random.default_rng(0)
+    for _draw in range(2):
+        noisy = {}
+        for s, m in meshes.items():
+            m = m.copy()
+            m.compute_normals(inplace=True, auto_orient_normals=True)
+            m.points = np.asarray(m.points) + rng.normal(0.0, 0.3, m.n_points)[:, None] * np.asarray(m.point_data["Normals"])
+            noisy[s] = surface_samples(m)
+        moved = {k: float(np.linalg.norm(v - ref[k])) for k, v in pelvic_landmarks(noisy, acetabula).items()}
+        assert max(moved.values()) <= 1.0, moved

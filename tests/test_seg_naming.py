@@ -170,6 +170,40 @@ def test_confidence_grows_with_evidence(small_knee_phantom):
     assert any("femur from tibia" in n for n in res.notes()), res.notes()
 
 
+def test_patella_is_the_piece_in_front_of_the_joint(small_knee_phantom):
+    """The patella lies in front of the knee (LPS anterior): the same piece turned about the limb
+    axis by a patient's rotation (30 deg) is still the patella; beside the joint (90 deg: a piece
+    of a condyle, medial or lateral) or behind it, it is not, and it no longer counts as evidence
+    for the femur (whose confidence drops to what it is without a patella)."""
+    from orthonav.core.transforms import rotation_about_axis
+
+    case = apply_fov(small_knee_phantom, _knee_spec(window_mm=200.0))
+    regions, truth = truth_regions(case)
+    by = {t: r for r, t in zip(regions, truth)}
+    femur, tibia, patella = by["femur_right"], by["tibia_right"], by["patella_right"]
+    centre = 0.5 * (femur.centroid_lps + tibia.centroid_lps)
+    axis = femur.centroid_lps - tibia.centroid_lps
+    axis /= np.linalg.norm(axis)
+
+    def turned(deg: float) -> RegionInfo:
+        rot = rotation_about_axis(axis, np.radians(deg))
+        pts = (patella.points_lps - centre) @ rot.T + centre
+        return RegionInfo.from_points(patella.index, pts, volume_mm3=patella.volume_mm3)
+
+    def named(deg: float | None) -> tuple[str, float]:
+        rs = [r for r in regions if r is not patella] + ([] if deg is None else [turned(deg)])
+        res = name_bones(rs, anatomy="auto")
+        return res.names.get(patella.index, ""), res.confidence[femur.index]
+
+    without = named(None)[1]
+    for deg in (0.0, 30.0, -30.0):
+        name, conf = named(deg)
+        assert name == "patella" and conf > without, (deg, name, conf, without)
+    for deg in (90.0, -90.0, 180.0):
+        name, conf = named(deg)
+        assert name != "patella" and conf == pytest.approx(without), (deg, name, conf, without)
+
+
 def test_three_stack_pieces_of_one_bone_share_its_name(small_knee_phantom):
     """Hip / knee / ankle bands of one leg: femur and tibia pieces beyond the unscanned gaps get
     the name of the bone they continue (or stay unnamed), never another bone's name."""

@@ -21,11 +21,13 @@ from scipy import ndimage as ndi
 from orthonav.core.volume import read_volume
 from orthonav.segmentation import unet as U
 
-#: Measured on the unseen knee below (seed 31, scale 0.95, 4 deg pose jitter): femur 0.946,
-#: tibia 0.951, fibula 0.921, patella 0.895 (issue 15 asks >= 0.95 per bone: NOT met yet).
-KNEE_DICE_FLOOR = {"femur": 0.92, "tibia": 0.92, "fibula": 0.89, "patella": 0.86}
-#: Measured 0.428 (issue 15 asks >= 0.85: NOT met; the model has no vertebra or rib class).
-THORAX_DICE_FLOOR = 0.40
+#: Measured on the unseen knee below (seed 31, scale 0.95, 4 deg pose jitter), surface from the
+#: image, identity from the network: femur 0.983, tibia 0.982, fibula 0.955, patella 0.949
+#: (issue 15 asks >= 0.95 per bone: met but for the patella, 0.949).
+KNEE_DICE_FLOOR = {"femur": 0.97, "tibia": 0.97, "fibula": 0.94, "patella": 0.93}
+#: Measured 0.902 (issue 15 asks >= 0.85): the image's bone; the model has no vertebra or rib class,
+#: so none of it is named.
+THORAX_DICE_FLOOR = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +71,21 @@ def test_unseen_knee_is_segmented_and_named(unseen_knee) -> None:
         dice[name] = 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
     for name, floor in KNEE_DICE_FLOOR.items():
         assert dice[name] >= floor, dice
+    assert not any("not named" in n for n in seg.notes), seg.notes
     # labels.json's per-bone confidence is the bone's mean voxel confidence
     for v in seg.table.labels:
         assert seg.table.confidence[v] == pytest.approx(float(seg.confidence.array_zyx[pred == v].mean()), abs=1e-5)
+
+
+def test_unseen_long_bone_reaches_the_issue_dice(shipped) -> None:
+    """Issue 15's target, Dice >= 0.95 per bone, on an unseen small phantom (measured: femur 0.980)."""
+    from orthonav.phantoms.long_bone import make_long_bone_phantom
+
+    ph = make_long_bone_phantom(seed=31, small=True)
+    seg = U.segment_unet(ph.ct, shipped)
+    assert sorted(seg.table.labels.values()) == sorted(ph.label_table.labels.values()) == ["femur"]
+    a, b = seg.labels.array_zyx == seg.table.value_of("femur"), ph.labels.array_zyx == ph.label_table.value_of("femur")
+    assert 2.0 * float((a & b).sum()) / float(a.sum() + b.sum()) >= 0.95
 
 
 def test_low_confidence_marks_the_wrong_voxels(unseen_knee, shipped) -> None:
@@ -93,9 +107,17 @@ def test_thorax_bone_mask_with_the_shipped_model(shared_data, shipped) -> None:
     ref = read_volume(folder / "example_seg.nii.gz").array_zyx
     names = {int(k): v for k, v in json.loads((folder / "labels_total_v2.json").read_text()).items()}
     truth = np.isin(ref, [v for v, n in names.items() if n.startswith(("vertebrae_", "rib_"))])
-    ours = U.segment_unet(ct, shipped).labels.array_zyx > 0
+    seg = U.segment_unet(ct, shipped)
+    ours = seg.labels.array_zyx > 0
     dice = 2.0 * float((ours & truth).sum()) / float(ours.sum() + truth.sum())
     assert dice >= THORAX_DICE_FLOOR, dice
+    # vertebrae and ribs: no class in the model, so no name; never a confident femur / hip / sacrum
+    names = set(seg.table.labels.values())
+    assert names and all(n.startswith("bone_") for n in names), names
+    largest = max(seg.table.labels, key=lambda v: int((seg.labels.array_zyx == v).sum()))
+    assert seg.table.confidence[largest] < shipped.card.low_confidence
+    assert "not named" in seg.table.why[largest] or "no class" in seg.table.why[largest]
+    assert sum("not named" in n for n in seg.notes) == len(names), seg.notes
 
 
 def _orthonav(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -142,3 +164,73 @@ def test_planning_scene_colours_bones_by_the_confidence(tmp_path: Path) -> None:
     assert CONFIDENCE_ARRAY not in out["tibia"].point_data and CONFIDENCE_ARRAY not in sphere.point_data
     write_labels_table(case.labels_json, LabelTable(labels={1: "femur"}, backend="classical"))  # no learned confidence
     assert CONFIDENCE_ARRAY not in attach_confidence(case.root, {"femur": sphere})["femur"].point_data
+
+
+def _tube_ct_and_grid():
+    """A CT (1 mm voxels) of a hollow bone (cortex 1200 HU, marrow 300 HU) in soft tissue (40 HU)
+    with a separate small bone beside it, and the 4 mm grid the network would use."""
+    from orthonav.core.volume import Volume, make_lps_from_ijk
+
+    k, j, i = np.mgrid[0:60, 0:60, 0:84].astype(np.float64)
+    r = np.hypot(i - 25.0, j - 30.0)
+    hu = np.full(r.shape, 40.0)
+    tube = (r <= 9.0) & (k >= 5) & (k <= 54)
+    hu[tube] = 1200.0
+    hu[(r <= 6.5) & (k >= 8) & (k <= 51)] = 300.0
+    small = (np.hypot(i - 70.0, j - 30.0) <= 4.0) & (k >= 20) & (k <= 40)
+    hu[small] = 1100.0
+    ct = Volume(hu.astype(np.int16), make_lps_from_ijk(np.ones(3), np.zeros(3)))
+    return ct, tube, small, U.canonical_grid(ct, 4.0)
+
+
+def test_image_decides_the_surface_the_network_the_name_or_abstains() -> None:
+    """probabilities_to_labels with hand-made class probabilities: the surface is the image's,
+    the name the network's when it is sure of it, else the bone stays unnamed with a reason;
+    bone the network does not reach is kept unnamed."""
+    ct, tube, small, grid = _tube_ct_and_grid()
+    classes = {1: "femur", 2: "tibia"}
+    ni, nj, nk = grid.size_ijk
+    kk, jj, ii = np.mgrid[0:nk, 0:nj, 0:ni]
+    centre = (grid.origin[:, None] + grid.spacing * np.stack([ii.ravel(), jj.ravel(), kk.ravel()])).reshape(3, nk, nj, ni)
+    # the network sure of "femur" (0.97) where the tube is, unsure (0.6), or sure but drawing bone far
+    # beyond it (radius 20 mm: its bone mostly where the image has none)
+    for p_femur, radius, reason in ((0.97, 10.0, None), (0.6, 10.0, "sure of the name on less than"), (0.97, 20.0, "does not recognise")):
+        named = reason is None
+        near = (np.hypot(centre[0] - 25.0, centre[1] - 30.0) <= radius) & (centre[2] >= 0.0) & (centre[2] <= 60.0)
+        prob = np.zeros((3, nk, nj, ni), np.float32)
+        prob[0] = np.where(near, 1.0 - p_femur, 1.0)
+        prob[1] = np.where(near, p_femur, 0.0)
+        labels, conf, abstained = U.probabilities_to_labels(ct, grid, prob, refine=True, classes=classes)
+        femur = labels == 1
+        got = femur if named else (labels >= 3) & ~small
+        dice = 2.0 * float((got & tube).sum()) / float(got.sum() + tube.sum())
+        assert dice > 0.97, (p_femur, dice)  # the image's surface, not the 4 mm box
+        assert femur.any() == named
+        # the small bone beside it: image bone out of the network's reach, kept but not named
+        assert set(np.unique(labels[small])) <= {v for v in abstained}
+        assert all(a.withheld is None for v, a in abstained.items() if (labels[small] == v).any())
+        whys = {a.why for a in abstained.values()}
+        assert any("does not see bone here" in w for w in whys), whys
+        if reason is not None:
+            assert any(reason in w and "not named" in w for w in whys), whys
+        # confidence: the network's probability of the label (low where it does not see bone)
+        assert float(conf[small].mean()) < 0.1
+        if named:
+            assert float(np.median(conf[femur])) == pytest.approx(p_femur, abs=0.02)
+
+
+def test_plan_warnings_name_low_confidence_and_unnamed_bones(tmp_path):
+    """What ``plan`` prints for a U-Net case: a bone below 0.8, and an unnamed piece with the
+    reason its name was withheld (its confidence is that of the withheld name)."""
+    from orthonav.core.case import Case, LabelTable
+    from orthonav.segmentation.pipeline import low_confidence_warnings
+
+    case = Case(tmp_path)
+    case.labels_json.parent.mkdir(parents=True, exist_ok=True)
+    table = LabelTable(labels={1: "femur", 2: "bone_1", 3: "tibia"}, backend="unet", confidence={1: 0.7, 2: 0.3, 3: 0.95},
+                       why={2: "agreement 12 % < 60 %"})
+    case.labels_json.write_text(table.model_dump_json(), encoding="utf-8")
+    warnings = low_confidence_warnings(tmp_path)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("low confidence: femur") and "0.70" in warnings[0]
+    assert warnings[1].startswith("unnamed bone: bone_1") and "agreement 12 % < 60 %" in warnings[1] and "orthonav name" in warnings[1]

@@ -5,11 +5,13 @@ docs/anatomy.md ("Proximal femur"): what a hip CT supports, and what it cannot.
   (:func:`orthonav.planning.landmarks.femoral_head_sphere`), then refitted to the articular head only: vertices within a band of the radius, with
   radial normals, and on the head side of the head-neck junction (the plane across the neck
   axis where the head sphere narrows to the neck's narrowest radius), iterated.
-* Femoral neck axis: from the head centre through the area centroid of the femoral surface
-  in a shell 2-5 mm beyond the head radius within 50 deg of the axis (the ring where the
-  neck leaves the head), iterated (:func:`neck_axis_ring`): the line through the head
-  centre and the centre of the neck at the head-neck junction. The neck's narrowest
-  cross-section (:func:`neck_isthmus`) gives the head-neck junction plane.
+* Femoral neck axis (:func:`neck_axis_sections`): the least-squares line through the
+  head-neck part of the femoral centreline, i.e. the area centroids of the cross-sections
+  perpendicular to the axis every 1 mm from the head centre to the neck's narrowest
+  cross-section (:func:`neck_isthmus`), iterated. It starts from the ring axis
+  (:func:`neck_axis_ring`: head centre -> area centroid of the femoral surface in a shell
+  2-5 mm beyond the head radius within 50 deg of the axis, where the neck leaves the head),
+  which also places the head-neck junction plane for the articular head refit.
 * Lesser trochanter: the most prominent femoral vertex (distance from its cross-section's
   centroid minus that section's mean radius) in the posteromedial quadrant (40-120 deg from
   the direction of the head towards posterior), 1-4 head radii below the head centre.
@@ -18,8 +20,12 @@ docs/anatomy.md ("Proximal femur"): what a hip CT supports, and what it cannot.
   (clear of its base) to :data:`END_MARGIN_MM` above the end of the mesh (at most
   :data:`SHAFT_MAX_MM`), iterated with perpendicular sections.
 * Neck-shaft angle: the 3D angle between the neck axis (head -> neck base) and the shaft
-  axis (pointing proximally), the angle libhip (diku-dk/libhip) measures between its neck
-  and shaft lines.
+  axis (pointing proximally), the angle libhip (diku-dk/libhip) measures between the
+  least-squares lines through the neck and shaft parts of its femoral centreline. Both axes
+  are exact (<= 0.01 deg) on a femur built with known axes and a neck symmetric about its
+  axis; a neck whose superior side is filled by trochanteric bone (the hip phantom's: its
+  shaft top blended into the neck) turns the neck axis proximally in the neck-shaft plane
+  (docs/anatomy.md "Which axis reads low").
 
 Plane sections are computed here in numpy (:func:`section_loop`, about 1 ms per section on a
 70k-triangle femur) rather than with VTK's cutter (about 20 ms).
@@ -237,6 +243,47 @@ def neck_axis_ring(s: SurfaceSamples, head_centre: Vec, head_radius_mm: float, i
     return d
 
 
+def neck_axis_sections(surface: TriSurface, head_centre: Vec, head_radius_mm: float, initial: Vec, *, step_mm: float = 1.0, tol_deg: float = 0.01, n_iter: int = 30) -> tuple[Vec, float, float, float]:
+    """The femoral neck axis as the least-squares line through the head-neck part of the
+    femoral centreline: the area centroids of the cross-sections perpendicular to the axis
+    every ``step_mm`` from the head centre to the neck's narrowest cross-section (the
+    isthmus, :func:`neck_isthmus`), iterated (sections perpendicular to the new line) until
+    the direction moves less than ``tol_deg``; the isthmus is then searched again along
+    the new axis and the fit repeated while it moves.
+
+    Returns (unit axis from the head towards the neck base, isthmus area mm^2, isthmus
+    distance from the head centre mm, head-neck junction distance mm). Beyond the isthmus
+    the cross-sections widen into the trochanters and stop being the neck's alone; inside
+    the head a section through the sphere is centred on the axis through its centre.
+    """
+    c, r = np.asarray(head_centre, dtype=np.float64), float(head_radius_mm)
+    d = unit(initial, "initial neck direction")
+    a_min, t_min, t_j = neck_isthmus(surface, c, r, d)
+    cos_tol = np.cos(np.radians(tol_deg))
+    for _ in range(3):
+        for _ in range(n_iter):
+            faces_at = _slabber(surface, d)
+            cents = []
+            for t in np.arange(0.0, t_min + 1e-9, step_mm):
+                hit = section_loop(faces_at(float((c + t * d) @ d)), c + t * d, d)
+                if hit is not None:
+                    cents.append(hit[0])
+            if len(cents) < 5:
+                raise InputError(None, "femoral neck: too few cross-sections between the head centre and the neck's narrowest section")
+            p = np.asarray(cents)
+            new = np.linalg.svd(p - p.mean(axis=0), full_matrices=False)[2][0]
+            new = new if new @ d > 0 else -new
+            done = float(new @ d) > cos_tol
+            d = new
+            if done:
+                break
+        a_min, t_new, t_j = neck_isthmus(surface, c, r, d)
+        if abs(t_new - t_min) < 0.5 * step_mm:
+            break
+        t_min = t_new
+    return d, a_min, t_min, t_j
+
+
 def articular_head_sphere(s: SurfaceSamples, idx: NDArray[np.int64], centre: Vec, radius_mm: float, neck_dir: Vec, junction_mm: float, *, n_iter: int = 5) -> tuple[Vec, float, float, int]:
     """Refit the head sphere to its articular surface only: vertices among ``idx`` within
     max(1 mm, 3 RMS) (first max(1.5 mm, 8 % r)) of the sphere, normal within 25 deg of
@@ -402,14 +449,14 @@ def analyse_proximal_femur(
     a_min, _t_min, t_j = neck_isthmus(surf, c0, r0, d)
     c, r, rms, n_head = articular_head_sphere(samples, idx, c0, r0, d, t_j)
     d = neck_axis_ring(samples, c, r, d)
-    a_min, _t_min, t_j = neck_isthmus(surf, c, r, d)
+    d, a_min, _t_min, _t_j = neck_axis_sections(surf, c, r, d)
     if shaft is not None:
         nsa: float | None = float(np.degrees(np.arccos(np.clip(d @ u, -1.0, 1.0))))
         offset: float | None = float(np.linalg.norm(perpendicular(c - o, u)))
     else:
         nsa, offset = None, None
     neck = Axis(origin_lps_mm=tuple(c), direction_lps=tuple(d),
-                definition="femoral neck axis: head centre -> centroid of the neck surface ring 2-5 mm beyond the head (the head-neck junction), iterated; head -> neck base")
+                definition="femoral neck axis: least-squares line through the centroids of the neck cross-sections perpendicular to it every 1 mm from the head centre to the neck's narrowest section (the head-neck part of the centreline), iterated; through the head centre, head -> neck base")
     return ProximalFemur(
         head_centre_lps_mm=c, head_radius_mm=float(r), head_rms_mm=float(rms), head_points=n_head,
         neck=neck, neck_isthmus_area_mm2=a_min, lesser_trochanter_lps_mm=lt, shaft_below_lt_mm=below_lt,
@@ -428,6 +475,7 @@ __all__ = [
     "articular_head_sphere",
     "lesser_trochanter",
     "neck_axis_ring",
+    "neck_axis_sections",
     "neck_isthmus",
     "section_loop",
     "tri_surface",

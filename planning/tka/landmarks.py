@@ -503,10 +503,10 @@ def _plateau_centres(ts: SurfaceSamples, up_facing: NDArray[np.bool_], n_p: Vec,
     return centres[0], centres[1], spine
 
 
-PLATEAU_CAP_MM = 0.5
 #: Radius (mm, in the plateau plane) over which the height is averaged to find where the
 #: dish is deepest, and of the disc about that place searched for the deepest cap.
 PLATEAU_SMOOTH_MM = 4.0
+PLATEAU_CAP_MM = 0.5
 PLATEAU_SEARCH_MM = 6.0
 
 
@@ -520,7 +520,10 @@ def _concavity_centre(q: Vec, w: Vec, n_p: Vec, start: Vec, *, radius_mm: float 
        real plateau (up to 6 mm on the Visible Human tibia without it).
     2. Its deepest point: within :data:`PLATEAU_SEARCH_MM` of that place, the area centroid
        of the surface within :data:`PLATEAU_CAP_MM` of the lowest point, moved onto the
-       lowest level (a symmetric dish's apex exactly, as before the averaging).
+       lowest level (a symmetric dish's apex exactly, as before the averaging). A paraboloid's
+       apex (:func:`~orthonav.planning.landmarks.quadric_apex`, as for the extreme points) is
+       not used here: a real lateral plateau is flat or convex from front to back, and its
+       apex moved up to 6.9 mm under 0.3 mm noise on the Visible Human tibia.
     """
     uv = _perp_rows(q - start, n_p)
     core = np.linalg.norm(uv, axis=1) < radius_mm
