@@ -611,7 +611,6 @@ def navigate_script(case_dir: str | Path, script: Callable[[float], Mapping[str,
         to script time (over a socket the device time is the sender's wall clock).
     """
     import threading
-    import time as _time
 
     from orthonav.navigation import navigate_case
     from orthonav.tracking.simulator import SimulatedSource, stream_script
@@ -624,23 +623,18 @@ def navigate_script(case_dir: str | Path, script: Callable[[float], Mapping[str,
 
     from orthonav.tracking.igtl_client import IGTLClientSource
 
-    # Device time on the wire is the sender's wall clock; remember its offset from script time.
-    offset: list[float] = []
-
-    def timed(t: float):
-        if not offset:
-            offset.append(_time.time() - t)
-        return script(t)
+    # Device time on the wire is the sender's wall clock at script time 0 plus script time.
+    epoch: list[float] = []
 
     def script_time(device_time_s: float) -> float:
-        return device_time_s - offset[0] if offset else -1.0
+        return device_time_s - epoch[0] if epoch else -1.0
 
     listening = threading.Event()
     box: dict[str, object] = {}
 
     def serve() -> None:
         try:
-            stream_script(timed, port, rate_hz=rate_hz, duration_s=duration_s, wait_for_client_s=30.0, seed=seed,
+            stream_script(script, port, rate_hz=rate_hz, duration_s=duration_s, wait_for_client_s=30.0, seed=seed, on_start=epoch.append,
                           tracker_noise_mm=tracker_noise_mm, rotation_noise_deg=rotation_noise_deg,
                           on_listening=lambda p: (box.__setitem__("port", p), listening.set()))
         except BaseException as e:  # re-raised in the caller's thread below

@@ -20,10 +20,16 @@ from orthonav.core.transforms import lps_from_ras_transform, random_rigid, ras_f
 from orthonav.tracking.frame import ToolStatus
 from orthonav.tracking.igtl_client import IGTLClientSource
 from orthonav.tracking.igtl_server import IGTLServer, IGTLServerSource
+from orthonav.tracking.tools import ToolDefinition, ToolSet
 
 PEER_SRC = Path(__file__).parent / "igtl_peer" / "igtl_peer.cxx"
 INCLUDE = Path("/usr/include/openigtlink")
 N = 10
+#: The peer sends its whole sequence at once and then nothing: with the default 0.25 s tool
+#: timeout its last pose is live for only 0.25 s of host time, which a busy CI machine can miss
+#: between two checks (seen: Tool1 TIMED_OUT). What is checked here is the content, so the
+#: tools get a long timeout (timeouts have their own tests).
+TOOLS = ToolSet(tools=[ToolDefinition(name=f"Tool{i}", kind="pointer", timeout_s=120.0) for i in range(2)])
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +90,7 @@ def test_cpp_server_to_our_client(peer, wait_until):
     passed = False
     try:
         assert proc.stdout.readline().strip() == "LISTENING"
-        src = IGTLClientSource("127.0.0.1", port)
+        src = IGTLClientSource("127.0.0.1", port, tools=TOOLS)
         with src:
             _check_sequence(src, wait_until)
             assert src.health().connected
@@ -94,7 +100,7 @@ def test_cpp_server_to_our_client(peer, wait_until):
 
 
 def test_cpp_client_pushes_to_our_server_source(peer, wait_until):
-    with IGTLServerSource(0) as src:
+    with IGTLServerSource(0, tools=TOOLS) as src:
         proc = subprocess.Popen([str(peer), "push", str(src.port), str(N)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         passed = False
         try:

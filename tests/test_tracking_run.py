@@ -157,3 +157,33 @@ def test_tool_kind_is_checked_when_loading_a_tool_file(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(SchemaError, match="tools.json"):
         load_toolset(path)
+
+
+def test_streamed_poses_are_stamped_with_their_sampling_time(tmp_path, monkeypatch):
+    """CI failure 2026-12-05: the simulator stamped each pose with ``time.time()`` when it was
+    sent, so a wall-clock step (a fresh machine's clock being set) or a stall between sampling
+    and sending moved a pose's device time off its script time, and the demo's guidance,
+    scored by device time, read 0.5 deg where 0.05 was due. Each pose now carries the wall
+    clock at script time 0 plus its script time: here the wall clock jumps 5 s mid-stream and
+    every recorded device time stays its script time plus one constant."""
+    import time as real_time
+    import types
+
+    from orthonav.tracking import simulator
+    from orthonav.tracking.recording import read_recording_frames
+
+    start = real_time.monotonic()
+
+    def stepping_wall_clock() -> float:  # jumps 5 s forward 0.1 s into the stream
+        return real_time.time() + (5.0 if real_time.monotonic() - start > 0.1 else 0.0)
+
+    shim = types.SimpleNamespace(time=stepping_wall_clock, monotonic=real_time.monotonic, sleep=real_time.sleep,
+                                 perf_counter=real_time.perf_counter)
+    monkeypatch.setattr(simulator, "time", shim)
+    epochs: list[float] = []
+    simulator.stream_script(lambda t: {"Pointer": np.eye(4)}, 0, rate_hz=100.0, duration_s=0.3,
+                            truth_path=tmp_path / "truth.jsonl", on_start=epochs.append)
+    frames = list(read_recording_frames(tmp_path / "truth.jsonl"))
+    assert len(frames) >= 20 and real_time.monotonic() - start > 0.25  # the clock stepped mid-stream
+    offsets = np.array([f.frame.tools["Pointer"].device_time_s - f.script_time_s for f in frames])
+    np.testing.assert_allclose(offsets - epochs[0], 0.0, rtol=0, atol=1e-6)  # (epoch ~1.8e9 s: no relative tolerance)

@@ -156,11 +156,16 @@ def stream_script(
     wait_for_client_s: float = 0.0,
     stop: threading.Event | None = None,
     on_listening: Callable[[int], None] | None = None,
+    on_start: Callable[[float], None] | None = None,
 ) -> StreamStats:
     """Serve ``script`` over OpenIGTLink on ``host:port`` for ``duration_s`` seconds.
 
-    Every sample sends each tool as ``<Tool>ToTracker`` TRANSFORM (RAS on the wire, device
-    timestamp = ``time.time()``) or, when the script says None, a not-visible STATUS.
+    Every sample sends each tool as ``<Tool>ToTracker`` TRANSFORM (RAS on the wire) or, when
+    the script says None, a not-visible STATUS. The device timestamp is the pose's sampling
+    time, as a tracker stamps it: the wall clock at script time 0 plus the script time ``t``
+    (monotonic), so a sender delayed between sampling and sending (a busy machine, another
+    thread holding the GIL) still stamps each pose with the time it shows, and a step of the
+    wall clock mid-run does not move it.
 
     Parameters
     ----------
@@ -173,6 +178,9 @@ def stream_script(
         Optional event ending the stream early.
     on_listening
         Called with the bound port once listening (useful with ``port=0``).
+    on_start
+        Called once the clock starts, with the wall-clock time (s, ``time.time()`` epoch) of
+        script time 0: ``device_time_s - epoch`` is the script time of any sent pose.
     """
     from .igtl_server import IGTLServer  # local: keeps the in-process simulator free of sockets
     from .recording import RecordingWriter
@@ -193,13 +201,16 @@ def stream_script(
             if wait_for_client_s > 0:
                 server.wait_for_clients(1, wait_for_client_s)
             ticker = Ticker(rate_hz, stop)
+            epoch = time.time() - (time.monotonic() - ticker.t0)  # wall clock at script time 0
+            if on_start is not None:
+                on_start(epoch)
             while True:
                 t = time.monotonic() - ticker.t0
                 if t >= duration_s:
                     break
                 truth = dict(script(t))
                 sent = {k: (None if v is None else add_noise(v, rng, tracker_noise_mm, rotation_noise_deg)) for k, v in truth.items()}
-                device_t = time.time()
+                device_t = epoch + t  # sampled at t, whenever it is sent
                 server.send_poses(sent, device_t)
                 samples += 1
                 if writer is not None:
