@@ -9,20 +9,20 @@ angles) and the Visible Human Female tibia (the tibial ones).
 Targets: landmarks move <= 1 mm, angles <= 1 deg. Measured (seeded draws; the test asserts
 these with a small margin where the target is not met, and says why):
 
-* phantom, decimated to 20 %: every landmark <= 0.3 mm, every angle <= 0.12 deg (target met).
-* phantom, re-meshed / 0.3 mm noise: every landmark but the plateau's <= 0.55 mm (extreme
-  points are the apex of a paraboloid fitted to the 3 mm cap, planning.landmarks.cap_point;
-  with the centroid of a 0.5 mm cap they moved up to 2.1 mm: the largest noise value won);
-  HKA, LDFA, MPTA, slope, femoral rotation <= 0.55 deg (target met). The plateau centres (the
-  deepest 0.5 mm cap of a shallow dish) and the rim points 15 mm from them move up to 1.7 mm.
-* phantom, truth labels at 2.4 mm slices: plateau centres and rim points 2.2-2.9 mm, MPTA
-  1.3 deg (thick slices round the plateau off); HKA, LDFA, slope <= 1 deg.
-* VHF tibia: MPTA <= 0.9 deg, slope <= 1.0 deg, except re-meshing (slope 1.38 deg: the
-  medial plateau plane is refitted to a re-sampled, smoothed surface; 1.31 deg with the old
-  extreme points); plateau centres move up to 2.7 mm in the plateau plane on a shallow real
-  plateau but their height along the tibial axis (what the tibial resection is measured
-  from) <= 0.6 mm, 1.3 mm in one draw. The plateau centre keeps the deepest 0.5 mm cap: a
-  paraboloid apex there moved 6.9 mm (a real lateral plateau is flat or convex front to back).
+* phantom, decimated to 20 %: every landmark <= 0.03 mm, every angle <= 0.01 deg (the
+  landmark code splits edges longer than 1.5 mm before sampling; target met).
+* phantom, re-meshed / 0.3 mm noise: every landmark <= 0.67 mm (extreme points are the apex
+  of a paraboloid fitted to the 3 mm cap, planning.landmarks.cap_point; plateau centres the
+  soft minimum of the smoothed dish, planning.tka.landmarks._concavity_centre; with a hard
+  minimum they moved up to 1.7 mm), every angle <= 0.5 deg (target met).
+* phantom, truth labels at 2.4 mm slices: the lateral plateau centre moves 3.8 mm, the
+  tibial knee centre (the plateau centres' midpoint) 2.2 mm, the medial plateau's rim point
+  1.3 mm; MPTA 1.24 deg, LDFA 1.00 deg (the segmentation fills the 2.2 mm dish at that slice
+  thickness: there is no deepest place left to find). Every other landmark <= 0.5 mm.
+* VHF tibia: every landmark <= 0.99 mm (the medial malleolus re-meshed), the plateau centres
+  <= 0.89 mm, their height along the tibial axis (the resection reference) <= 0.17 mm; MPTA
+  <= 0.26 deg, slope <= 0.48 deg (target met; with the hard minimum and unsplit edges the
+  plateau centres moved up to 2.7 mm and the slope 1.38 deg).
 """
 
 from __future__ import annotations
@@ -122,17 +122,13 @@ def test_knee_phantom_landmarks_and_angles_under_perturbation(phantom_figures):
         # The hip centre and the femoral knee centre hold to the target under every perturbation.
         for k in ("femoral_head_centre", "femoral_knee_centre"):
             assert m[k] <= 1.0, (name, k, m[k])
-        if name.startswith("decimated"):  # the target holds
-            assert max(m.values()) <= 1.0 and max(a.values()) <= 1.0, table
-        elif name.startswith("truth labels"):  # 2.4 mm slices round the plateau off
-            assert max(m.values()) <= 3.0 and a["mpta"] <= 1.35, table
-            assert max(a[k] for k in ("hka", "ldfa", "slope", "femoral_rotation")) <= 1.0, table
-        else:  # re-meshing and noise: the target holds but for the plateau (module docstring)
+        if name.startswith("truth labels"):  # 2.4 mm slices fill the plateau dish (module docstring)
             plateau = {k for k in m if "plateau" in k} | {"tibial_knee_centre"}
-            assert max(v for k, v in m.items() if k not in plateau) <= 0.7, table
-            assert max(m.values()) <= 2.0, table
-            assert max(a.values()) <= 0.7, table
-            assert m["tibial_knee_centre"] <= 1.25 and m["ankle_centre"] <= 0.5, table
+            assert max(v for k, v in m.items() if k not in plateau) <= 1.0, table
+            assert max(m.values()) <= 4.0 and a["mpta"] <= 1.35, table
+            assert max(a[k] for k in ("hka", "slope", "femoral_rotation")) <= 1.0 and a["ldfa"] <= 1.05, table
+        else:  # re-meshing, decimation and noise: the target holds
+            assert max(m.values()) <= 1.0 and max(a.values()) <= 1.0, table
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +153,10 @@ def test_vhf_tibial_landmarks_and_angles_under_perturbation(vhf):
         lms = find_tibial_landmarks(meshes, side="left")
         m, a = moves(ref, lms), angle_changes(ref_a, compute_angles(lms))
         table[name] = (_worst(m), _worst(a))
-        assert a["mpta"] <= 1.0, table
-        assert a["slope"] <= (1.5 if name.startswith("re-meshed") else 1.0), table
-        assert max(m.values()) <= 3.3, table
-        # The plateau centres' height along the tibial axis (the resection reference) holds
-        # far better than their position in the plateau plane.
+        assert a["mpta"] <= 1.0 and a["slope"] <= 1.0, table
+        assert max(m.values()) <= 1.1, table  # (0.99 mm measured: the medial malleolus re-meshed)
         for k in ("medial_plateau_centre", "lateral_plateau_centre"):
+            assert m[k] <= 1.0, (name, k, m[k])
+            # their height along the tibial axis (the resection reference) holds best
             dz = abs(float(np.dot(np.subtract(lms[k].position_lps_mm, ref[k].position_lps_mm), axis)))
-            assert dz <= 1.4, (name, k, dz)
+            assert dz <= 0.5, (name, k, dz)

@@ -12,12 +12,12 @@ Methods (named in each :class:`~orthonav.planning.schema.Landmark`; the primitiv
 * femoral head centre: least-squares sphere fit (geometric, Levenberg-Marquardt) to the head
   surface, found by normal-based Hough voting for the centre (Ballard 1981, Pattern
   Recognition 13(2):111-122, generalised to spheres);
-* extreme points ("most distal", "most medial", ...): the surface cap within 0.5 mm of the
-  extreme along the direction, its area-weighted centroid moved onto the extreme level (less
-  sensitive to mesh resolution than the single extreme vertex);
-* plateau centres: the deepest point of each compartment's concavity along the plateau
-  normal, located where the height averaged over 4 mm is lowest (noise-robust on shallow
-  real plateaus), then the lowest 0.5 mm cap there;
+* extreme points ("most distal", "most medial", ...): the apex of a paraboloid fitted to the
+  surface cap within 3 mm of the extreme along the direction
+  (:func:`~orthonav.planning.landmarks.cap_point`);
+* plateau centres: the deepest place of each compartment's concavity along the plateau
+  normal, a soft minimum of the height averaged over 4 mm (it moves continuously on a shallow
+  real plateau), at the height of a quadratic fitted to the surface there;
 * anatomical axes: best-fit line through the centroids of shaft cross-sections (docs/anatomy.md).
 
 Partial CT stacks (docs/anatomy.md): a femur without its head or a tibia without the ankle
@@ -42,6 +42,7 @@ from ..landmarks import (
     femoral_head_sphere,
     fit_line,
     landmark,
+    plane_basis,
     principal_axis,
     section_centroids,
     surface_samples,
@@ -362,8 +363,8 @@ def tibial_landmarks(
     up_facing = tib_top & (ts.normals @ t_ax > 0.6)
     n_p = plateau_normal(ts, up_facing, t_ax)
     mpc, lpc, spine = _plateau_centres(ts, up_facing, n_p, t_med, split_lps)
-    out["medial_plateau_centre"] = landmark(mpc, "tibia", "deepest point of medial plateau concavity along the plateau normal")
-    out["lateral_plateau_centre"] = landmark(lpc, "tibia", "deepest point of lateral plateau concavity along the plateau normal")
+    out["medial_plateau_centre"] = landmark(mpc, "tibia", "deepest place of medial plateau concavity along the plateau normal (soft minimum)")
+    out["lateral_plateau_centre"] = landmark(lpc, "tibia", "deepest place of lateral plateau concavity along the plateau normal (soft minimum)")
     tkc = 0.5 * (mpc + lpc)
     out["tibial_knee_centre"] = landmark(tkc, "tibia", "midpoint of plateau centres")
     out["tibial_spine"] = landmark(spine, "tibia", "highest point between the plateaus along the plateau normal (0.5 mm cap)")
@@ -476,7 +477,7 @@ def plateau_normal(ts: SurfaceSamples, up_facing: NDArray[np.bool_], t_ax: Vec) 
 def _plateau_centres(ts: SurfaceSamples, up_facing: NDArray[np.bool_], n_p: Vec, t_med: Vec, fkc: Vec) -> tuple[Vec, Vec, Vec]:
     """Medial and lateral plateau centres and the spine tip.
 
-    Each compartment's centre is the deepest point of its concavity relative to the
+    Each compartment's centre is the deepest place of its concavity relative to the
     plateau plane (lowest along the plateau normal ``n_p``, :func:`_concavity_centre`
     starting from the compartment's area centroid); the spine tip is the highest point
     between them.
@@ -504,26 +505,39 @@ def _plateau_centres(ts: SurfaceSamples, up_facing: NDArray[np.bool_], n_p: Vec,
 
 
 #: Radius (mm, in the plateau plane) over which the height is averaged to find where the
-#: dish is deepest, and of the disc about that place searched for the deepest cap.
+#: dish is deepest.
 PLATEAU_SMOOTH_MM = 4.0
-PLATEAU_CAP_MM = 0.5
-PLATEAU_SEARCH_MM = 6.0
+#: Softness (mm of smoothed height) of the soft minimum that places a plateau centre: each
+#: place weighs exp(-(height - lowest) / this). A hard minimum (the area within 0.1 mm of the
+#: lowest smoothed height, then the deepest 0.5 mm cap) jumped across a shallow dish: 1.7 mm
+#: under 0.3 mm noise on the knee phantom, 2.7 mm re-meshed on the Visible Human tibia; soft,
+#: <= 0.65 / 0.9 mm, and 0.25 / 0.34 mm from the phantom's exact dish apexes
+#: (tests/test_plan_stability_knee.py). Softer (1 mm) drifts towards the compartment's middle
+#: (2.7 mm from the phantom's apex).
+PLATEAU_SOFT_MM = 0.3
+#: Radius (mm, in the plateau plane) of the patch a quadratic height is fitted to, at the
+#: centre's place, for its height (at least :data:`PLATEAU_FIT_MIN_POINTS` points).
+PLATEAU_FIT_MM = 5.0
+PLATEAU_FIT_MIN_POINTS = 40
 
 
 def _concavity_centre(q: Vec, w: Vec, n_p: Vec, start: Vec, *, radius_mm: float = 12.0) -> Vec:
-    """The deepest point of a compartment's concavity along ``n_p`` (LPS mm), noise-robust.
+    """The deepest place of a compartment's concavity along ``n_p`` (LPS mm), noise-robust.
 
-    1. Where the dish is deepest: within ``radius_mm`` (in the plateau plane) of ``start``,
-       the height along ``n_p`` averaged (area-weighted) over :data:`PLATEAU_SMOOTH_MM` about
-       each vertex; the area centroid of the vertices within 0.1 mm of its minimum. The
-       averaging stops 0.3 mm surface noise from moving the deepest point across a shallow
-       real plateau (up to 6 mm on the Visible Human tibia without it).
-    2. Its deepest point: within :data:`PLATEAU_SEARCH_MM` of that place, the area centroid
-       of the surface within :data:`PLATEAU_CAP_MM` of the lowest point, moved onto the
-       lowest level (a symmetric dish's apex exactly, as before the averaging). A paraboloid's
-       apex (:func:`~orthonav.planning.landmarks.quadric_apex`, as for the extreme points) is
-       not used here: a real lateral plateau is flat or convex from front to back, and its
-       apex moved up to 6.9 mm under 0.3 mm noise on the Visible Human tibia.
+    1. Heights along ``n_p`` within ``radius_mm`` (in the plateau plane) of ``start``, each
+       averaged (area-weighted) over :data:`PLATEAU_SMOOTH_MM` about its vertex.
+    2. The place: the centroid of that surface weighted by area times
+       exp(-(smoothed height - lowest) / :data:`PLATEAU_SOFT_MM`), a soft minimum. On a
+       symmetric dish it is the apex; on a shallow or flat real plateau it moves continuously
+       with the surface instead of jumping between near-equal hollows.
+    3. Its height: a quadratic height field fitted (area-weighted least squares) to the
+       surface within :data:`PLATEAU_FIT_MM` of the place, evaluated there: the surface's
+       height at the place, not its noisiest vertex (this is what the tibial resection
+       depth is measured from).
+
+    A paraboloid's apex (:func:`~orthonav.planning.landmarks.quadric_apex`, as for the
+    extreme points) is not used for the place: a real lateral plateau is flat or convex from
+    front to back, and its apex moved up to 6.9 mm under 0.3 mm noise on the Visible Human tibia.
     """
     uv = _perp_rows(q - start, n_p)
     core = np.linalg.norm(uv, axis=1) < radius_mm
@@ -533,13 +547,20 @@ def _concavity_centre(q: Vec, w: Vec, n_p: Vec, start: Vec, *, radius_mm: float 
     h = qc @ n_p
     nbrs = cKDTree(uvc).query_ball_point(uvc, PLATEAU_SMOOTH_MM)
     hs = np.array([float((h[n] * wc[n]).sum() / wc[n].sum()) for n in nbrs])
-    deep = hs <= hs.min() + 0.1
-    where = (uvc[deep] * wc[deep, None]).sum(axis=0) / wc[deep].sum()
-    near = np.linalg.norm(uvc - where, axis=1) < PLATEAU_SEARCH_MM
-    qn, hn, wn = qc[near], h[near], wc[near]
-    low = hn <= hn.min() + PLATEAU_CAP_MM
-    cc = (qn[low] * wn[low, None]).sum(axis=0) / wn[low].sum()
-    return cc + (float(hn.min()) - float(cc @ n_p)) * n_p
+    soft = wc * np.exp(-(hs - hs.min()) / PLATEAU_SOFT_MM)
+    where = (uvc * soft[:, None]).sum(axis=0) / soft.sum()  # in the plateau plane, from start
+    dist = np.linalg.norm(uvc - where, axis=1)
+    near = dist <= max(PLATEAU_FIT_MM, float(np.sort(dist)[min(len(dist), PLATEAU_FIT_MIN_POINTS) - 1]))
+    e1, e2 = plane_basis(n_p)
+    a, b = (uvc[near] - where) @ e1, (uvc[near] - where) @ e2
+    hn, wn = h[near], wc[near]
+    A = np.c_[np.ones_like(a), a, b, a * a, a * b, b * b]
+    sw = np.sqrt(wn)
+    height = float(np.linalg.lstsq(A * sw[:, None], hn * sw, rcond=None)[0][0]) if near.sum() >= 6 else np.nan
+    if not (np.isfinite(height) and hn.min() - 0.5 <= height <= hn.max()):  # an ill-posed fit: the patch's mean height
+        height = float((hn * wn).sum() / wn.sum())
+    on_plane = start - float(start @ n_p) * n_p
+    return on_plane + where + height * n_p
 
 
 def _perp_rows(v: Vec, axis: Vec) -> Vec:
