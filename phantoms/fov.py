@@ -296,16 +296,19 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
     labels = np.zeros(tuple(shape_ijk[::-1]), np.uint8)
     ii = idx[ok]
     labels[ii[:, 2], ii[:, 1], ii[:, 0]] = V[ok]
-    # Close single-voxel holes of the splatting with the neighbouring label (only on grids
-    # fine enough for the subdivided source step, scaled, to leave some).
+    lps_from_ijk = np.eye(4)
+    lps_from_ijk[:3, :3] = D * h
+    lps_from_ijk[:3, 3] = D @ (lo + 0.5 * h)
+    # On a grid finer than the source points (h < their step) splatting leaves most voxels of
+    # a bone empty (hatched truth: 15 % of a 0.6 mm grid's bone labelled): every voxel still
+    # empty takes the source label at its centre (nearest neighbour, backward mapping).
     if h < 1.2 * src.step_mm * s:
+        _fill_from_source(labels, phantom.labels, src.centre_lps, copies, lps_from_ijk, k_scanned)
+        # Close single-voxel holes left between the copies' samples with the neighbouring label.
         holes = ndi.binary_closing(labels > 0) & (labels == 0)
         if holes.any():
             labels[holes] = ndi.grey_dilation(labels, size=(3, 3, 3))[holes]
     hu = {v: BONE_HU for v in names}
-    lps_from_ijk = np.eye(4)
-    lps_from_ijk[:3, :3] = D * h
-    lps_from_ijk[:3, 3] = D @ (lo + 0.5 * h)
     body_lo_j = float(G[:, 1].min())
     if spec.table:  # a slab under the patient (grid +j is "down" for the scanner bed's side)
         j0 = int(np.floor((G[:, 1].max() + 8.0 - lo[1]) / h))
@@ -330,6 +333,40 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
     names = {v: n for v, n in names.items() if v in present}
     ct = _resample_ct(src, copies, lps_from_ijk, labels, hu, k_scanned) if with_ct else None
     return FovCase(Volume(labels, lps_from_ijk), names, {v: hu[v] for v in names}, ct, spec, k_scanned)
+
+
+def _fill_from_source(labels: NDArray[np.uint8], source: Volume, centre_lps: NDArray[np.float64], copies, lps_from_ijk: NDArray[np.float64],
+                      k_scanned: NDArray[np.bool_], *, slab: int = 8) -> None:
+    """Set every 0 voxel of ``labels`` (in place, on the grid ``lps_from_ijk``) to the label of
+    ``source`` at its centre, for each copy (value shifted as the copy's), within the scanned
+    slices; ``slab`` slices at a time (memory)."""
+    nk, nj, ni = labels.shape
+    src_ijk_from_lps = np.linalg.inv(source.lps_from_ijk)
+    arr = source.array_zyx
+    jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
+    for k0 in range(0, nk, slab):
+        ks = np.arange(k0, min(nk, k0 + slab))
+        ks = ks[k_scanned[ks]]
+        if len(ks) == 0:
+            continue
+        sub = labels[ks]
+        empty = sub == 0
+        if not empty.any():
+            continue
+        kk = np.broadcast_to(ks[:, None, None], sub.shape)[empty]
+        ijk = np.stack([np.broadcast_to(ii, sub.shape)[empty], np.broadcast_to(jj, sub.shape)[empty], kk], axis=1).astype(np.float64)
+        p_new = _mul(ijk, lps_from_ijk[:3, :3].T) + lps_from_ijk[:3, 3]
+        got = np.zeros(len(ijk), np.uint8)
+        for lin, off, dv, _nm in copies:
+            p_src = _mul(p_new - off, np.linalg.inv(lin).T) + centre_lps
+            q = np.rint(_mul(p_src, src_ijk_from_lps[:3, :3].T) + src_ijk_from_lps[:3, 3]).astype(np.int64)
+            inside = np.all((q >= 0) & (q < np.array(arr.shape[::-1])), axis=1)
+            v = np.zeros(len(q), np.int64)
+            v[inside] = arr[q[inside, 2], q[inside, 1], q[inside, 0]]
+            take = (v > 0) & (got == 0)
+            got[take] = (v[take] + dv).astype(np.uint8)
+        sub[empty] = got
+        labels[ks] = sub
 
 
 def _resample_ct(src: _Source, copies, lps_from_ijk: NDArray[np.float64], labels: NDArray, hu: dict[int, float], k_scanned: NDArray) -> Volume:
