@@ -98,14 +98,18 @@ def test_abdomen_dicom_keeps_given_levels_and_labels_the_vertebra(shared_data):
         d = hull & (a[k, j0:j1, i0:i1] >= 100)
         dense += int(d.sum())
         labelled += int((d & (labels[k, j0:j1, i0:i1] > 0)).sum())
-    # Measured 0.258: on this scan the vertebral body's cancellous interior is still mostly
-    # left out (see README); this guards against it getting worse.
-    assert labelled / dense >= 0.24, (labelled, dense)
+    # Measured 0.335 (0.258 before the pores enclosed by each bone, closed over, were filled):
+    # on this scan much of the vertebral body's cancellous interior is still left out (see
+    # README); this guards against it getting worse.
+    assert labelled / dense >= 0.31, (labelled, dense)
     # The core of the vertebral body: a 20 x 29 mm box at its centre in the slices between its
-    # end plates (k 4-14, read off the images). Measured 0.054: the osteoporotic body's
-    # interior (90-300 HU) is stripped by the half-maximum peel; a guard, not a target.
+    # end plates (k 4-14, read off the images). Measured 0.35: the osteoporotic body's
+    # interior (median 146 HU, under the 180 HU growth level) is a sponge whose pores open
+    # through a thin cortex, which the half-maximum peel stripped to a shell (0.054); the holes
+    # the body encloses once closed over by a 6 mm ball are now filled where denser than soft
+    # tissue (classical._deep_inside_closed). A guard, not a target.
     core = labels[4:15, 322:342, 238:268] > 0
-    assert core.mean() >= 0.04, core.mean()
+    assert core.mean() >= 0.32, core.mean()
     # What must stay out. The contrast-filled aorta (150-175 HU) lies against the body: its
     # lumen (smoothed 120-260 HU, the region around (j, i) = (298, 264)) in the slices where it
     # is apart from the bone. Measured <= 0.007 in each of 14 slices.
