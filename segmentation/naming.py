@@ -417,7 +417,7 @@ def _reaches_away(r: RegionInfo, d: NDArray[np.float64], min_elongation: float =
     return (r.elongation >= min_elongation and abs(float(r.axis_lps @ d)) >= 0.7) or _far_end_cut(r, d)
 
 
-def _non_bone(r: RegionInfo) -> str | None:
+def non_bone_reason(r: RegionInfo) -> str | None:
     """Why ``r`` is not a bone at all (metal, a table slab), or None."""
     if r.max_hu is not None and r.max_hu >= METAL_HU and r.volume_mm3 < 20_000.0:
         return f"metal ({r.max_hu:.0f} HU, {r.volume_mm3 / 1000:.1f} mL at LPS {_where(r)} mm), not bone"
@@ -654,7 +654,7 @@ def _knee_evidence(k: _Knee, regions: list[RegionInfo], geo: _Geo, taken: set[in
     """Fibula and patella of a knee joint, which bone is the femur, and the confidences."""
     u = k.axis
     joint = 0.5 * (k.upper.span_along(u)[0] + k.lower.span_along(u)[1])
-    rest = [r for r in regions if r.index not in taken and r.index not in (k.upper.index, k.lower.index) and _non_bone(r) is None]
+    rest = [r for r in regions if r.index not in taken and r.index not in (k.upper.index, k.lower.index) and non_bone_reason(r) is None]
     best_fib: tuple[float, RegionInfo, str] | None = None
     for r in rest:
         for on, bone in (("upper", k.upper), ("lower", k.lower)):
@@ -839,7 +839,7 @@ def name_bones(
     base: dict[int, tuple[str, float, str | None, float]] = {}  # index -> (name stem, p, side, p_side)
     dropped: list[int] = []
     for r in regions:
-        reason = _non_bone(r)
+        reason = non_bone_reason(r)
         if reason is not None:
             dropped.append(r.index)
             why[r.index] = reason
@@ -1110,7 +1110,7 @@ def _name_pieces(
         if face is None:
             continue
         lines.append((i, stem, p, side, ps, face[0], face[1], _shaft_direction(b, f), f))
-    cands = [r for r in live if r.index not in base and r.volume_mm3 >= 2_000.0 and _non_bone(r) is None]
+    cands = [r for r in live if r.index not in base and r.volume_mm3 >= 2_000.0 and non_bone_reason(r) is None]
     fits: dict[int, list[tuple[float, float, int]]] = {}  # region -> [(evidence, off, line)]
     for r in cands:
         for li, (i, stem, p, side, ps, c, rad, d, f) in enumerate(lines):
@@ -1185,7 +1185,7 @@ def _pieces_on_axis(
             continue
         lines.append((i, stem, p, side, ps, r))
     for r in sorted(live, key=lambda r: -r.volume_mm3):
-        if r.index in base or r.volume_mm3 < 5_000.0 or _non_bone(r) is not None:
+        if r.index in base or r.volume_mm3 < 5_000.0 or non_bone_reason(r) is not None:
             continue
         fits = []
         for i, stem, p, side, ps, b in lines:
@@ -1245,6 +1245,7 @@ __all__ = [
     "detect_anatomy",
     "name_bones",
     "name_regions",
+    "non_bone_reason",
     "region_infos_from_pieces",
     "regions_from_label_map",
 ]

@@ -58,6 +58,7 @@ from orthonav.core.volume import Volume, read_volume, to_sitk
 
 from .bone_mask import BoneLevels, bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
 from .classical import ClassicalParams, Segmentation, adaptive_refine, fill_cavities, joint_valleys
+from .naming import non_bone_reason, region_infos_from_pieces
 
 Progress = Callable[[str, float], None]
 
@@ -1373,7 +1374,7 @@ def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray
 
 def probabilities_to_labels(
     ct: Volume, grid: _Grid, prob: NDArray[np.float32], *, refine: bool, min_island_fraction: float = 0.05, progress: Progress | None = None,
-    classes: dict[int, str] | None = None,
+    classes: dict[int, str] | None = None, left_out: list[str] | None = None,
 ) -> tuple[NDArray[np.uint8], NDArray[np.float32], dict[int, Abstained]]:
     """Class probabilities on the network grid -> class labels and confidence on the CT grid.
 
@@ -1396,7 +1397,9 @@ def probabilities_to_labels(
        ribs, drawn as a hip where there is none), and a bone whose name the network is sure of
        (:data:`SURE_PROBABILITY`) over less than :data:`MIN_SURE_FRACTION` of its voxels keep
        their voxels as bone but get no name (values >= the number of classes, described in the
-       returned dict).
+       returned dict). A piece the network does not reach that is a thin flat slab or metal
+       by its shape (:func:`~orthonav.segmentation.naming.non_bone_reason`, the classical
+       backend's rule: a table) is left out instead, its reason appended to ``left_out``.
 
     Without ``refine`` a voxel's label is the network's arg-max (islands removed), nothing abstained.
 
@@ -1453,6 +1456,13 @@ def probabilities_to_labels(
             votes = np.bincount(b[r], minlength=nc)
             top = int(np.argmax(votes))
             if r.mean() < 0.5:
+                # Neither the network nor the shape says bone (a table slab, metal): left out.
+                info = region_infos_from_pieces([(sl, piece)], ct.lps_from_ijk, shape, np.array([q.start for q in box]), full[box])[0]
+                reason = non_bone_reason(info)
+                if reason is not None:
+                    if left_out is not None:
+                        left_out.append(f"left out {int(piece.sum()) * voxel_mm3 / 1000.0:.1f} mL of dense voxels the network does not see as bone: {reason}")
+                    continue
                 cls = np.zeros(len(b), np.uint8)
             elif votes[top] >= PIECE_MAJORITY * votes.sum():
                 cls = np.full(len(b), top, np.uint8)
@@ -1602,8 +1612,9 @@ def segment_unet(
     grid, passes = network_logits(model, ct, overlap=overlap, progress=progress)
     prob = tta_probabilities(passes, card.temperature)
     del passes
+    left_out: list[str] = []
     labels, conf, abstained = probabilities_to_labels(ct, grid, prob, refine=card.refine == "image-edge", min_island_fraction=min_island_fraction,
-                                                      progress=progress, classes=card.classes)
+                                                      progress=progress, classes=card.classes, left_out=left_out)
     # per-bone figures in the labels' bounding box
     nz = [np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     crop = tuple(slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0) for i in nz)
@@ -1634,6 +1645,7 @@ def segment_unet(
         sub, lab_c = named[crop], labels[crop]
         unnamed = lab_c >= nc
         sub[unnamed] = lut[lab_c[unnamed]]
+    notes.extend(left_out)
     table = LabelTable(labels=names, backend="unet", side=side, confidence=mean_conf, why=why)
     return Segmentation(Volume(named, ct.lps_from_ijk.copy()), table, Volume(conf, ct.lps_from_ijk.copy()), tuple(notes))
 

@@ -219,6 +219,33 @@ def test_image_decides_the_surface_the_network_the_name_or_abstains() -> None:
             assert float(np.median(conf[femur])) == pytest.approx(p_femur, abs=0.02)
 
 
+def test_a_table_the_network_does_not_see_is_left_out_not_kept_as_bone() -> None:
+    """Dense voxels the network does not see as bone that are a thin flat slab by shape (the
+    classical backend's table rule) are left out with a note; a small bone it does not see stays
+    bone, unnamed. Found on the synthetic draws: a 700-940 mL table was kept as ``bone_1``."""
+    from orthonav.core.volume import Volume
+
+    ct, tube, small, grid = _tube_ct_and_grid()
+    hu = ct.array_zyx.copy()
+    slab = np.zeros(hu.shape, bool)
+    slab[:, 50:58, :] = True  # 60 x 84 mm, 8 mm thick, under the bones (j = 50-57)
+    hu[slab] = 600
+    ct = Volume(hu, ct.lps_from_ijk)
+    ni, nj, nk = grid.size_ijk
+    kk, jj, ii = np.mgrid[0:nk, 0:nj, 0:ni]
+    centre = (grid.origin[:, None] + grid.spacing * np.stack([ii.ravel(), jj.ravel(), kk.ravel()])).reshape(3, nk, nj, ni)
+    near = (np.hypot(centre[0] - 25.0, centre[1] - 30.0) <= 10.0) & (centre[2] >= 0.0) & (centre[2] <= 60.0)
+    prob = np.zeros((3, nk, nj, ni), np.float32)
+    prob[0] = np.where(near, 0.03, 1.0)
+    prob[1] = np.where(near, 0.97, 0.0)
+    left_out: list[str] = []
+    labels, _conf, abstained = U.probabilities_to_labels(ct, grid, prob, refine=True, classes={1: "femur", 2: "tibia"}, left_out=left_out)
+    assert not labels[slab].any()
+    assert len(left_out) == 1 and "thin flat slab" in left_out[0] and "table" in left_out[0], left_out
+    assert (labels[tube] == 1).mean() > 0.95  # the bone is still the femur
+    assert (labels[small] >= 3).mean() > 0.9 and all(a.withheld is None for a in abstained.values())  # still bone, unnamed
+
+
 def test_plan_warnings_name_low_confidence_and_unnamed_bones(tmp_path):
     """What ``plan`` prints for a U-Net case: a bone below 0.8, and an unnamed piece with the
     reason its name was withheld (its confidence is that of the withheld name)."""
