@@ -1,0 +1,500 @@
+"""The shipped U-Net's post-network step: class probabilities on the network's 4 mm grid ->
+labels and confidence on the CT's grid (:func:`probabilities_to_labels`).
+
+The network decides which bone; the image decides where bone is and its surface
+(:func:`image_bone_mask`, the classical backend's physics); a piece the network does not
+recognise stays bone but unnamed (:class:`Abstained`); a piece it does not see that is a table
+or metal by shape is left out. Used by :func:`orthonav.segmentation.unet.segment_unet`
+(docs/model_card.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import SimpleITK as sitk
+from numpy.typing import NDArray
+from orthonav.core.volume import Volume, to_sitk
+from scipy import ndimage as ndi
+
+from .bone_mask import BoneLevels, bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
+from .classical import ClassicalParams, adaptive_refine, fill_cavities, joint_valleys
+from .naming import non_bone_reason, region_infos_from_pieces
+from .unet_grid import Grid
+
+#: ``progress(step, fraction)`` (as in :mod:`orthonav.segmentation.unet`).
+Progress = Callable[[str, float], None]
+
+
+def _remove_islands(labels_zyx: NDArray[np.uint8], confidence_zyx: NDArray[np.float32], num_classes: int, min_fraction: float) -> None:
+    """In place: pieces of a class smaller than ``min_fraction`` of its largest piece -> background.
+
+    Their confidence becomes 1 - p(class), the probability that they are not that bone.
+    """
+    for c in range(1, num_classes):
+        mask = labels_zyx == c
+        if not mask.any():
+            continue
+        comp, n = ndi.label(mask)
+        if n <= 1:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        small = np.flatnonzero(sizes < min_fraction * sizes.max()) + 1
+        if len(small):
+            drop = np.isin(comp, small)
+            labels_zyx[drop] = 0
+            confidence_zyx[drop] = 1.0 - confidence_zyx[drop]
+
+
+def _box_on_ct(ct: Volume, grid: Grid, coarse_mask: NDArray[np.bool_], margin_mm: float) -> tuple[slice, slice, slice] | None:
+    """Box (z, y, x slices of the CT) holding ``coarse_mask`` (on ``grid``) plus a margin."""
+    kji = np.argwhere(coarse_mask)
+    if len(kji) == 0:
+        return None
+    lo, hi = kji.min(axis=0), kji.max(axis=0)
+    corners = np.array([[a, b, c] for a in (lo[2], hi[2]) for b in (lo[1], hi[1]) for c in (lo[0], hi[0])], dtype=np.float64)
+    p = (grid.direction * grid.spacing) @ corners.T + grid.origin[:, None]
+    ijk = np.linalg.inv(ct.lps_from_ijk)[:3] @ np.vstack([p, np.ones(p.shape[1])])
+    pad = (margin_mm + grid.spacing) / ct.spacing_mm
+    lo_ijk = np.floor(ijk.min(axis=1) - pad).astype(int)
+    hi_ijk = np.ceil(ijk.max(axis=1) + pad).astype(int) + 1
+    shape_ijk = ct.shape_ijk
+    lo_ijk = np.clip(lo_ijk, 0, shape_ijk)
+    hi_ijk = np.clip(hi_ijk, 0, shape_ijk)
+    if np.any(hi_ijk <= lo_ijk):
+        return None
+    return (slice(lo_ijk[2], hi_ijk[2]), slice(lo_ijk[1], hi_ijk[1]), slice(lo_ijk[0], hi_ijk[0]))
+
+
+def _to_ct(values_zyx: NDArray[np.float32], grid: Grid, ref: sitk.Image, default: float) -> NDArray[np.float32]:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(values_zyx, dtype=np.float32))
+    img.SetOrigin([float(x) for x in grid.origin])
+    img.SetSpacing([grid.spacing] * 3)
+    img.SetDirection([float(x) for x in grid.direction.ravel()])
+    return sitk.GetArrayFromImage(sitk.Resample(img, ref, sitk.Transform(), sitk.sitkLinear, float(default), sitk.sitkFloat32))
+
+
+#: The network's reach: its bone probability max-filtered over this many coarse voxels either
+#: side (2 at 4 mm: 8 mm). Image bone within reach takes the network's bone.
+REACH_COARSE_VOXELS = 2
+#: A connected piece of image bone whose reached voxels the network gives at least this share
+#: to one bone is that bone as a whole (the image separates the bones; the 4 mm arg-max does not).
+PIECE_MAJORITY = 0.9
+#: Calibrated probability at which the network counts as sure of a voxel's bone.
+SURE_PROBABILITY = 0.9
+#: A bone is named only when the network is sure of its name (:data:`SURE_PROBABILITY`) over at
+#: least this share of its voxels. Measured share on unseen phantoms (per side-less class in a
+#: piece): 0.17 (the hips of the full-size pelvis) to 0.78 (femur); on the shared thorax CT, whose
+#: vertebrae and ribs the network has no class for and calls hip / femur / sacrum: 0.00-0.11.
+#: Too close to decide alone: :data:`MIN_AGREEMENT` is the main test.
+MIN_SURE_FRACTION = 0.05
+#: A piece is named only when the network's own bone (background probability < 0.5) around it
+#: (its box grown by :data:`AGREEMENT_MARGIN_VOX`) lies on the image's bone for at least this
+#: share: where the network draws bone the image has none, it does not recognise the anatomy.
+#: Measured on unseen phantoms: 0.78 (patella) to 0.94; on the thorax CT: 0.03-0.41.
+MIN_AGREEMENT = 0.6
+#: Margin (voxels) of the box around a piece in which :data:`MIN_AGREEMENT` is measured.
+AGREEMENT_MARGIN_VOX = 5
+#: Image-bone pieces smaller than this (mm^3) are no bone (the classical backend's least bone volume).
+MIN_BONE_MM3 = 400.0
+
+
+@dataclass(frozen=True)
+class Abstained:
+    """An image-bone piece the post-network steps keep as bone but do not name (``bone_<n>``).
+
+    Attributes
+    ----------
+    withheld
+        The network's class for it (``None`` when the network does not see bone there).
+    confidence
+        Mean calibrated probability of the withheld class over the piece (0..1).
+    why
+        Why no name was given.
+    """
+
+    withheld: str | None
+    confidence: float
+    why: str
+
+
+def _nearest_fill(labels: NDArray[np.uint8], todo: NDArray[np.bool_]) -> None:
+    """In place: each ``todo`` voxel takes the label of the nearest voxel not in ``todo`` with a label."""
+    if not todo.any():
+        return
+    # in the box of ``todo`` grown by NEAREST_MARGIN_VOX when it holds a source, else everywhere
+    kji = np.argwhere(todo)
+    lo, hi = np.maximum(kji.min(axis=0) - NEAREST_MARGIN_VOX, 0), np.minimum(kji.max(axis=0) + NEAREST_MARGIN_VOX + 1, todo.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    src = (labels[box] > 0) & ~todo[box]
+    if not src.any():
+        box = (slice(None),) * 3
+        src = (labels > 0) & ~todo
+        if not src.any():
+            return
+    idx = ndi.distance_transform_edt(~src, return_distances=False, return_indices=True)
+    sub, t = labels[box], todo[box]
+    sub[t] = sub[tuple(i[t] for i in idx)]
+
+
+#: Margin (voxels) of the box in which :func:`_nearest_fill` looks for the nearest label.
+NEAREST_MARGIN_VOX = 8
+
+
+def image_bone_mask(ct_box: NDArray, spacing_ijk: NDArray, levels: BoneLevels) -> NDArray[np.bool_]:
+    """Bone by the classical backend's image physics, in a box of the CT (bool, k j i).
+
+    Cortex seeds grown at the image's own levels (:func:`~orthonav.segmentation.bone_mask.grow_from_cortex`),
+    enclosed cavities filled (:func:`~orthonav.segmentation.classical.fill_cavities`); a resolved
+    cortex is then peeled to the local half maximum per connected piece
+    (:func:`~orthonav.segmentation.classical.adaptive_refine`), an unresolved one gets its
+    slice-wise pore fill (:func:`~orthonav.segmentation.bone_mask.fill_enclosed_in_planes`) and,
+    per piece, the cortex test and half-maximum peel (:func:`~orthonav.segmentation.bone_mask.has_cortex`,
+    :func:`~orthonav.segmentation.bone_mask.peel_to_half_maximum`).
+    """
+    p = replace(ClassicalParams(), bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu)
+    ct_box = np.asarray(ct_box, dtype=np.float32)
+    bone = fill_cavities(grow_from_cortex(ct_box, np.ones(ct_box.shape, bool), spacing_ijk, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu,
+                                          grow_max_mm=p.grow_max_mm))
+    comp, n = ndi.label(bone)
+    if n == 0:
+        return bone
+    sizes = np.bincount(comp.ravel())
+    keep = sizes * float(np.prod(spacing_ijk)) >= MIN_BONE_MM3
+    keep[0] = False
+    comp = np.where(keep[comp], comp, 0).astype(np.int32)
+    if levels.resolved:  # the peel can leave specks: no bone
+        return _drop_small(fill_cavities(adaptive_refine(ct_box, comp, spacing_ijk, p) > 0), spacing_ijk)
+    bone = fill_enclosed_in_planes(comp > 0, hu=ct_box, above_hu=levels.soft_hu)
+    out = np.zeros(bone.shape, bool)
+    comp, n = ndi.label(bone)
+    voxel_mm3 = float(np.prod(spacing_ijk))
+    for k, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None:
+            continue
+        mk = comp[sl] == k
+        if has_cortex(ct_box[sl], mk, p.bone_high_hu, voxel_mm3):
+            out[sl] |= peel_to_half_maximum(ct_box, mk, sl, levels.soft_hu)
+    return _drop_small(out, spacing_ijk)
+
+
+def _drop_small(mask: NDArray[np.bool_], spacing_ijk: NDArray) -> NDArray[np.bool_]:
+    """``mask`` without its connected pieces smaller than :data:`MIN_BONE_MM3`."""
+    comp, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    keep = np.bincount(comp.ravel()) * float(np.prod(spacing_ijk)) >= MIN_BONE_MM3
+    keep[0] = False
+    return keep[comp]
+
+
+def _network_labels(ct: Volume, grid: Grid, prob: NDArray[np.float32], min_island_fraction: float) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
+    """Without refinement: the network's arg-max per CT voxel and its probability (the former path)."""
+    nc = prob.shape[0]
+    shape = ct.array_zyx.shape
+    labels = np.zeros(shape, dtype=np.uint8)
+    conf = np.ones(shape, dtype=np.float32)
+    box = _box_on_ct(ct, grid, (1.0 - prob[0]) > 0.05, 2.0 * grid.spacing)
+    if box is not None:
+        ref = _box_ref(ct, box)
+        p_ct = np.stack([_to_ct(prob[c], grid, ref, 1.0 if c == 0 else 0.0) for c in range(nc)])
+        lab = np.argmax(p_ct, axis=0).astype(np.uint8)
+        c_box = np.clip(np.take_along_axis(p_ct, lab[None].astype(np.int64), axis=0)[0], 0.0, 1.0).astype(np.float32)
+        if min_island_fraction > 0:
+            _remove_islands(lab, c_box, nc, min_island_fraction)
+        labels[box], conf[box] = lab, c_box
+    _outside_confidence(ct, grid, prob, box, conf)
+    return labels, conf
+
+
+def _box_ref(ct: Volume, box: tuple[slice, slice, slice]) -> sitk.Image:
+    start_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)
+    m = ct.lps_from_ijk.copy()
+    m[:3, 3] = ct.to_lps(start_ijk[None])[0]
+    return to_sitk(Volume(np.zeros(tuple(b.stop - b.start for b in box), np.uint8), m))
+
+
+def _outside_confidence(ct: Volume, grid: Grid, prob: NDArray[np.float32], box: tuple[slice, slice, slice] | None, conf: NDArray[np.float32]) -> None:
+    """In place: outside ``box`` the confidence is the network's background probability
+    (interpolated where the network's bone probability reaches 0.001, else 1 - to within 0.001)."""
+    near = _box_on_ct(ct, grid, prob[0] < 0.999, grid.spacing)
+    if near is None:
+        return
+    p_bg = np.clip(_to_ct(prob[0], grid, _box_ref(ct, near), 1.0), 0.0, 1.0)
+    if box is not None:  # inside ``box`` the caller has set the confidence
+        lo = [max(b.start, n.start) for b, n in zip(box, near)]
+        hi = [min(b.stop, n.stop) for b, n in zip(box, near)]
+        if all(a < b for a, b in zip(lo, hi)):
+            p_bg[tuple(slice(a - n.start, b - n.start) for a, b, n in zip(lo, hi, near))] = conf[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    conf[near] = p_bg
+
+
+#: In a piece holding several bones, parts of a bone smaller than this fraction of its largest part
+#: there are the network's confusion (measured: "hip" on the end of a femoral shaft cut by the
+#: field of view, 8 % of the hip's part).
+SPLIT_ISLAND_FRACTION = 0.2
+
+
+def _split_piece(hu: NDArray, piece: NDArray[np.bool_], best: NDArray[np.uint8], reach: NDArray[np.bool_], p_ct: NDArray[np.float32],
+                 spacing_ijk: NDArray, min_island_fraction: float) -> NDArray[np.uint8]:
+    """Bone of each voxel of a piece of image bone holding two or more of the network's bones.
+
+    The image first: the piece without its joint spaces (dark sheets between two cortices,
+    :func:`~orthonav.segmentation.classical.joint_valleys`) and eroded by one voxel falls into
+    cores, one per bone where the image resolves the joints. A core (>= :data:`MIN_BONE_MM3`)
+    takes the network's most likely bone over its voxels as a whole, unless another bone that
+    has no core of its own holds a part of it that the network is sure of
+    (:data:`SURE_PROBABILITY` over at least :data:`MIN_SURE_FRACTION` of that part, itself >=
+    :data:`MIN_BONE_MM3`): a joint the image does not resolve, where the network's arg-max
+    split is kept (the image never erases a bone the network is sure of). Islands of a bone in the
+    arg-max split (smaller than ``min_island_fraction`` or :data:`SPLIT_ISLAND_FRACTION` of
+    the bone's largest part in the piece, or than :data:`MIN_BONE_MM3`) and the voxels out of
+    the network's reach take the nearest bone of the piece; the joint spaces and the eroded
+    shell keep the network's bone where a core of it lies within :data:`NEAR_CORE_MM`,
+    else take the nearest core's bone.
+    Returns the bones of the piece's voxels (``best[piece]`` order).
+    """
+    sub = np.where(piece, best, 0).astype(np.uint8)
+    min_vox = MIN_BONE_MM3 / float(np.prod(spacing_ijk))
+    todo = piece & ~reach
+    for c in np.unique(sub[piece & ~todo]):
+        cc, _m = ndi.label(sub == c)
+        sizes = np.bincount(cc.ravel())[1:]
+        small = sizes < max(max(min_island_fraction, SPLIT_ISLAND_FRACTION) * sizes.max(), min_vox)
+        todo |= np.isin(cc, np.flatnonzero(small) + 1)
+    _nearest_fill(sub, todo & piece)
+    cores, _n = ndi.label(ndi.binary_erosion(piece & ~joint_valleys(hu, piece, spacing_ijk, ClassicalParams())))
+    out = np.zeros(piece.shape, np.uint8)
+    found = []
+    for k, sl in enumerate(ndi.find_objects(cores), start=1):
+        if sl is not None and np.count_nonzero(cores[sl] == k) >= min_vox:
+            v = sub[sl][cores[sl] == k]
+            found.append((k, sl, v, int(np.argmax(np.bincount(v)))))
+    has_core = {top for _k, _sl, _v, top in found}
+    for k, sl, v, top in found:
+        core = cores[sl] == k
+        split = False
+        for c in np.flatnonzero(np.bincount(v) >= min_vox):
+            if c != top and c not in has_core:  # a bone the image did not separate from this one
+                split |= float((p_ct[c][sl][core][v == c] >= SURE_PROBABILITY).mean()) >= MIN_SURE_FRACTION
+        view = out[sl]
+        view[core] = v if split else top
+    if not out.any():
+        return sub[piece]
+    # The rest (joint spaces, the eroded shell, small cores): the network's bone where a core of
+    # that bone lies within NEAR_CORE_MM, else the nearest core's.
+    rest = piece & (out == 0)
+    s_rest = sub[rest]
+    own = np.zeros(s_rest.shape, bool)
+    size = [2 * max(1, int(round(NEAR_CORE_MM / sp))) + 1 for sp in spacing_ijk[::-1]]
+    for c in np.unique(out[out > 0]):
+        if (s_rest == c).any():
+            near_c = ndi.maximum_filter((out == c).view(np.uint8), size=size)[rest] > 0
+            own |= (s_rest == c) & near_c
+    vals = out[rest]
+    vals[own] = s_rest[own]
+    out[rest] = vals
+    _nearest_fill(out, piece & (out == 0))
+    return out[piece]
+
+
+#: In :func:`_split_piece`, a voxel outside the cores keeps the network's bone when a core of it
+#: lies within this distance (mm, per axis: a box): the one-voxel erosion and a joint space.
+NEAR_CORE_MM = 6.0
+
+
+def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray) -> NDArray[np.uint8]:
+    """Each bone's surface peeled to the local half maximum with the other bones counting as
+    outside (:func:`~orthonav.segmentation.classical.adaptive_refine`: the blurred bridge at a
+    joint is peeled from both sides); cavities the peel opens behind a cortex are refilled and
+    take the nearest bone."""
+    peeled = adaptive_refine(np.asarray(ct_box, np.float32), lab.astype(np.int32), spacing_ijk, ClassicalParams()).astype(np.uint8)
+    refill = fill_cavities(peeled > 0) & (peeled == 0)
+    _nearest_fill(peeled, refill)
+    # the peel can open a joint the image resolves: a piece now mostly one bone is that bone
+    comp, _n = ndi.label(peeled > 0)
+    for k, sl in enumerate(ndi.find_objects(comp), start=1):
+        if sl is None:
+            continue
+        piece = comp[sl] == k
+        v = peeled[sl][piece]
+        votes = np.bincount(v, minlength=256)
+        top = int(np.argmax(votes))
+        if votes[top] >= PIECE_MAJORITY * v.size and votes[top] < v.size:
+            view = peeled[sl]
+            view[piece] = top
+    return peeled
+
+
+
+def probabilities_to_labels(
+    ct: Volume, grid: Grid, prob: NDArray[np.float32], *, refine: bool, min_island_fraction: float = 0.05, progress: Progress | None = None,
+    classes: dict[int, str] | None = None, left_out: list[str] | None = None,
+) -> tuple[NDArray[np.uint8], NDArray[np.float32], dict[int, Abstained]]:
+    """Class probabilities on the network grid -> class labels and confidence on the CT grid.
+
+    With ``refine`` (card ``refine = "image-edge"``) the surface comes from the image, the
+    identity from the network:
+
+    1. **Image** (:func:`image_bone_mask`): which voxels are bone, by the classical backend's
+       physics at the image's own HU levels (:func:`~orthonav.segmentation.bone_mask.bone_levels`),
+       in the box of voxels reaching the growth level.
+    2. **Network**: each image-bone voxel within the network's reach (bone probability
+       max-filtered over :data:`REACH_COARSE_VOXELS` coarse voxels > 0.5) takes the network's
+       most likely bone. A connected piece of image bone whose reached voxels are at least
+       :data:`PIECE_MAJORITY` one bone becomes that bone as a whole; a piece holding two bones
+       (a joint the image does not resolve) keeps the network's arg-max split, its small islands
+       of a bone (< ``min_island_fraction`` of the bone's largest part) and its unreached voxels
+       taking the nearest bone of the piece.
+    3. **Abstention**: a piece the network does not reach (under half its voxels), a piece
+       around which the network's own bone lies on the image's bone for less than
+       :data:`MIN_AGREEMENT` (the network does not recognise the anatomy: e.g. vertebrae and
+       ribs, drawn as a hip where there is none), and a bone whose name the network is sure of
+       (:data:`SURE_PROBABILITY`) over less than :data:`MIN_SURE_FRACTION` of its voxels keep
+       their voxels as bone but get no name (values >= the number of classes, described in the
+       returned dict). A piece the network does not reach that is a thin flat slab or metal
+       by its shape (:func:`~orthonav.segmentation.naming.non_bone_reason`, the classical
+       backend's rule: a table) is left out instead, its reason appended to ``left_out``.
+
+    Without ``refine`` a voxel's label is the network's arg-max (islands removed), nothing abstained.
+
+    Confidence of a voxel = the calibrated probability the network gives its label: its bone
+    for a named bone, bone at all (1 - p(background)) for an unnamed one, background elsewhere.
+
+    Returns
+    -------
+    labels, confidence, abstained
+        uint8 labels on the CT grid (0 background, 1..nc-1 the network's classes, >= nc unnamed
+        pieces), float32 confidence, and per unnamed value its :class:`Abstained`.
+    """
+    if not refine:
+        labels, conf = _network_labels(ct, grid, prob, min_island_fraction)
+        return labels, conf, {}
+    classes = classes or {}
+    nc = prob.shape[0]
+    full = ct.array_zyx
+    shape = full.shape
+    spacing = ct.spacing_mm
+    labels = np.zeros(shape, dtype=np.uint8)
+    conf = np.ones(shape, dtype=np.float32)
+    cp = ClassicalParams()
+    levels = bone_levels(full, bone_high_hu=cp.bone_high_hu, bone_low_hu=cp.bone_low_hu)
+    dense = full >= levels.grow_hu
+    abstained: dict[int, Abstained] = {}
+    box = None
+    if dense.any():
+        kji = np.argwhere(dense)
+        lo, hi = np.maximum(kji.min(axis=0) - 3, 0), np.minimum(kji.max(axis=0) + 4, shape)
+        box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    del dense
+    if box is not None:
+        ref = _box_ref(ct, box)
+        p_ct = np.clip(np.stack([_to_ct(prob[c], grid, ref, 1.0 if c == 0 else 0.0) for c in range(nc)]), 0.0, 1.0)
+        reach = _to_ct(ndi.maximum_filter(1.0 - prob[0], size=2 * REACH_COARSE_VOXELS + 1), grid, ref, 0.0) > 0.5
+        if progress is not None:
+            progress("unet resampling", 0.3)
+        bone = image_bone_mask(full[box], spacing, levels)
+        if progress is not None:
+            progress("unet resampling", 0.7)
+        best = (np.argmax(p_ct[1:], axis=0) + 1).astype(np.uint8)
+        lab = np.zeros(bone.shape, np.uint8)
+        comp, _n = ndi.label(bone)
+        next_value = nc
+        voxel_mm3 = float(np.prod(spacing))
+        for k, sl in enumerate(ndi.find_objects(comp), start=1):
+            if sl is None:
+                continue
+            piece = comp[sl] == k
+            r = reach[sl][piece]
+            b = best[sl][piece]
+            pc = p_ct[(slice(None), *sl)][:, piece]  # (nc, voxels of the piece)
+            votes = np.bincount(b[r], minlength=nc)
+            top = int(np.argmax(votes))
+            if r.mean() < 0.5:
+                # Neither the network nor the shape says bone (a table slab, metal): left out.
+                info = region_infos_from_pieces([(sl, piece)], ct.lps_from_ijk, shape, np.array([q.start for q in box]), full[box])[0]
+                reason = non_bone_reason(info)
+                if reason is not None:
+                    if left_out is not None:
+                        left_out.append(f"left out {int(piece.sum()) * voxel_mm3 / 1000.0:.1f} mL of dense voxels the network does not see as bone: {reason}")
+                    continue
+                cls = np.zeros(len(b), np.uint8)
+            elif votes[top] >= PIECE_MAJORITY * votes.sum():
+                cls = np.full(len(b), top, np.uint8)
+            else:  # two bones in one piece (a joint the image does not resolve)
+                cls = _split_piece(full[box][sl], piece, best[sl], reach[sl], p_ct[(slice(None), *sl)], spacing, min_island_fraction)
+            why, withheld = "", None
+            named = np.zeros(len(b), bool)
+            unnamed_reason: list[str] = []
+            withheld_best: tuple[float, str | None] = (0.0, None)
+            agree = 1.0
+            if (cls > 0).any():
+                grown = tuple(slice(max(0, q.start - AGREEMENT_MARGIN_VOX), q.stop + AGREEMENT_MARGIN_VOX) for q in sl)
+                net_bone = p_ct[0][grown] < 0.5
+                agree = float(np.count_nonzero(net_bone & bone[grown])) / max(int(np.count_nonzero(net_bone)), 1)
+            for c in np.unique(cls[cls > 0]):
+                sel = cls == c
+                pcl = pc[c][sel]
+                sure = float((pcl >= SURE_PROBABILITY).mean())
+                name = classes.get(int(c), str(int(c)))
+                if sure >= MIN_SURE_FRACTION and agree >= MIN_AGREEMENT:
+                    named |= sel
+                    continue
+                unnamed_reason.append(f"'{name}' (sure, p >= {SURE_PROBABILITY:g}, on {100 * sure:.0f} % of it)")
+                if sel.sum() > 0 and (withheld_best[1] is None or float(pcl.mean()) > withheld_best[0]):
+                    withheld_best = (float(pcl.mean()), name)
+            if named.any() and np.count_nonzero(~named) * voxel_mm3 < MIN_BONE_MM3:  # a sliver: the nearest named bone
+                sub = np.zeros(piece.shape, np.uint8)
+                sub[piece] = np.where(named, cls, 0)
+                _nearest_fill(sub, piece & (sub == 0))
+                cls, named = sub[piece], np.ones(len(b), bool)
+            cls = np.where(named, cls, 0).astype(np.uint8)
+            view = lab[sl]
+            view[piece] = cls
+            rest = ~named
+            if rest.any():
+                if unnamed_reason and agree < MIN_AGREEMENT:
+                    why = (f"the network's bone around it lies on the image's bone for {100 * agree:.0f} % < {100 * MIN_AGREEMENT:.0f} %: "
+                           "it does not recognise this anatomy (the model has no class for this bone?); network: "
+                           + ", ".join(unnamed_reason) + "; not named")  # fmt: skip
+                    withheld, wconf = withheld_best[1], withheld_best[0]
+                elif unnamed_reason:
+                    why = (f"the network is sure of the name on less than {100 * MIN_SURE_FRACTION:.0f} % of it: "
+                           + ", ".join(unnamed_reason) + "; not named")  # fmt: skip
+                    withheld, wconf = withheld_best[1], withheld_best[0]
+                else:
+                    why = (f"the network does not see bone here ({100 * r.mean():.0f} % of the piece within its reach): "
+                           "the model has no class for this bone; not named")  # fmt: skip
+                    wconf = float(pc[1:, rest].max(axis=0).mean())
+                value = min(next_value, 255)
+                if value == next_value:
+                    abstained[value] = Abstained(withheld, wconf, why)
+                    next_value += 1
+                view[piece] = np.where(rest, value, cls)
+        if levels.resolved:  # peel per bone: the blurred bridges at the joints
+            lab = _peel_per_bone(full[box], lab, spacing)
+        c_box = np.where(lab == 0, p_ct[0], np.where(lab < nc, np.take_along_axis(p_ct, np.minimum(lab, nc - 1)[None].astype(np.int64), axis=0)[0],
+                                                      1.0 - p_ct[0]))
+        labels[box] = lab
+        conf[box] = c_box.astype(np.float32)
+        del p_ct
+    _outside_confidence(ct, grid, prob, box, conf)
+    if progress is not None:
+        progress("unet resampling", 1.0)
+    return labels, conf, abstained
+
+
+__all__ = [
+    "AGREEMENT_MARGIN_VOX",
+    "MIN_AGREEMENT",
+    "MIN_BONE_MM3",
+    "MIN_SURE_FRACTION",
+    "PIECE_MAJORITY",
+    "REACH_COARSE_VOXELS",
+    "SURE_PROBABILITY",
+    "Abstained",
+    "image_bone_mask",
+    "probabilities_to_labels",
+]
