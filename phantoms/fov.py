@@ -335,6 +335,14 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
     return FovCase(Volume(labels, lps_from_ijk), names, {v: hu[v] for v in names}, ct, spec, k_scanned)
 
 
+def _source_ijk(p_new: NDArray[np.float64], lin: NDArray[np.float64], off: NDArray[np.float64], centre_lps: NDArray[np.float64],
+                src_ijk_from_lps: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(n, 3) LPS points of the new grid -> continuous (i, j, k) in the source phantom, for the
+    copy posed by ``lin`` (3 x 3, new from source) and ``off`` (mm) about ``centre_lps``."""
+    p_src = _mul(p_new - off, np.linalg.inv(lin).T) + centre_lps
+    return _mul(p_src, src_ijk_from_lps[:3, :3].T) + src_ijk_from_lps[:3, 3]
+
+
 def _fill_from_source(labels: NDArray[np.uint8], source: Volume, centre_lps: NDArray[np.float64], copies, lps_from_ijk: NDArray[np.float64],
                       k_scanned: NDArray[np.bool_], *, slab: int = 8) -> None:
     """Set every 0 voxel of ``labels`` (in place, on the grid ``lps_from_ijk``) to the label of
@@ -358,8 +366,7 @@ def _fill_from_source(labels: NDArray[np.uint8], source: Volume, centre_lps: NDA
         p_new = _mul(ijk, lps_from_ijk[:3, :3].T) + lps_from_ijk[:3, 3]
         got = np.zeros(len(ijk), np.uint8)
         for lin, off, dv, _nm in copies:
-            p_src = _mul(p_new - off, np.linalg.inv(lin).T) + centre_lps
-            q = np.rint(_mul(p_src, src_ijk_from_lps[:3, :3].T) + src_ijk_from_lps[:3, 3]).astype(np.int64)
+            q = np.rint(_source_ijk(p_new, lin, off, centre_lps, src_ijk_from_lps)).astype(np.int64)
             inside = np.all((q >= 0) & (q < np.array(arr.shape[::-1])), axis=1)
             v = np.zeros(len(q), np.int64)
             v[inside] = arr[q[inside, 2], q[inside, 1], q[inside, 0]]
@@ -379,8 +386,7 @@ def _resample_ct(src: _Source, copies, lps_from_ijk: NDArray[np.float64], labels
     out = np.full(len(kji), -1000.0, np.float32)
     arr = src.ct.array_zyx.astype(np.float32)
     for lin, off, _dv, _nm in copies:
-        p_src = _mul(p_new - off, np.linalg.inv(lin).T) + src.centre_lps
-        ijk = _mul(p_src, src_ijk_from_lps[:3, :3].T) + src_ijk_from_lps[:3, 3]
+        ijk = _source_ijk(p_new, lin, off, src.centre_lps, src_ijk_from_lps)
         vals = ndi.map_coordinates(arr, ijk[:, ::-1].T, order=1, mode="constant", cval=-1000.0)
         out = np.maximum(out, vals)
     ct = out.reshape(labels.shape)
