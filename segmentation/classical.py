@@ -922,25 +922,25 @@ def _clean_regions(
         if body[kji[:, 0], kji[:, 1], kji[:, 2]].mean() < p.min_inside_body:
             return None
         m = fill_cavities(m)
+        # A fill closes this bone's own cavities and pores, never another bone: voxels the
+        # separation gave to another region stay theirs (a slice-wise fill could otherwise wrap a
+        # neighbour, e.g. femur, tibia and fibula seen together through a short knee stack).
+        others = (regions[box] != 0) & (regions[box] != idx)
+        hu = None if ct_zyx is None else ct_zyx[box]
         # Cancellous bone darker than the growth level (an osteoporotic vertebral body, 90-300
         # HU) leaves a sponge whose pores open through gaps of a thin cortex: neither a fill nor
         # the slice-wise fill closes it, and the half-maximum peel, which counts those pores as
         # outside, strips the interior to a shell. What lies deep inside the bone closed over
         # its pores is bone. Per region, so it never bridges a joint to another bone.
         if not fill_planes:  # (a cortex thinner than the voxels has its slice-wise fill below)
-            m |= _deep_inside_closed(m, spacing, None if ct_zyx is None else ct_zyx[box], soft_hu) & ~((regions[box] != 0) & (regions[box] != idx))
+            m |= _deep_inside_closed(m, spacing, hu, soft_hu) & ~others
         # Porous cortex (thin cortex over cancellous bone, e.g. a vertebral body): close pores of
         # one voxel, then add the cavities this encloses (not the closing's own voxels).
         padded = np.pad(m, 1)
         closed = ndi.binary_closing(padded, structure=ndi.generate_binary_structure(3, 1))[1:-1, 1:-1, 1:-1]
-        # A fill closes this bone's own cavities and pores, never another bone: voxels the
-        # separation gave to another region stay theirs (a slice-wise fill could otherwise wrap a
-        # neighbour, e.g. femur, tibia and fibula seen together through a short knee stack).
-        others = (regions[box] != 0) & (regions[box] != idx)
         if fill_planes:
             # A cortex thinner than the voxels: a one-voxel gap in it is cortex below the growth
             # level (kept), and pores open through wider gaps are filled slice-wise.
-            hu = None if ct_zyx is None else ct_zyx[box]
             return box, fill_enclosed_in_planes(fill_cavities(m | closed), hu=hu, above_hu=soft_hu) & ~others
         m |= fill_cavities(closed) & ~closed
         return box, m & ~others
