@@ -36,7 +36,8 @@ def server():
 #: The tests below check what arrives, not timeouts (test_no_update_beyond_timeout_is_timed_out
 #: does): a pose sent once is live for its tool's timeout only, and with the default 0.25 s a
 #: busy CI machine can wake the test after it (seen with the C++ peer's pose). Long timeouts.
-CONTENT_TOOLS = ToolSet(tools=[ToolDefinition(name=n, kind=k, timeout_s=120.0) for n, k in (("Pointer", "pointer"), ("Saw", "saw"), ("Drill", "drill"))])
+CONTENT_TOOLS = ToolSet(tools=[ToolDefinition(name=n, kind=k, timeout_s=120.0)
+                               for n, k in (("Pointer", "pointer"), ("Saw", "saw"), ("Drill", "drill"), ("Reference", "reference"))])
 
 
 @pytest.fixture
@@ -110,20 +111,62 @@ def test_tdata_missing_tool_and_status_message(server, client, wait_until):
 
 
 def test_no_update_beyond_timeout_is_timed_out(wait_until):
-    tools = ToolSet(tools=[ToolDefinition(name="Pointer", kind="pointer", timeout_s=0.05)])
+    """A pose not refreshed within its tool's timeout (0.05 s) turns TIMED_OUT and stays so: it
+    is never shown live once older than the timeout. The source resends the pose until the test
+    has seen it live (an event: a single pose is live for 50 ms only, a window a busy machine
+    can wake the test after), then sends nothing more."""
+    timeout_s = 0.05
+    tools = ToolSet(tools=[ToolDefinition(name="Pointer", kind="pointer", timeout_s=timeout_s)])
+    seen_live = threading.Event()
+    sent: list[float] = []  # device times sent, in order
+    frames: list = []  # every frame the test took (each snapshot may count a dropout)
+
+    def watched(predicate):
+        def check(f) -> bool:
+            frames.append(f)
+            return predicate(f)
+
+        return check
+
     with IGTLServer(0) as server:
         c = IGTLClientSource("127.0.0.1", server.port, tools=tools)
         with c:
             assert server.wait_for_clients(1, 5.0)
-            server.send_poses({"Pointer": np.eye(4)}, 1.0)
-            frame = wait_until(c, lambda f: f.status("Pointer") is ToolStatus.LIVE)
+
+            def resend() -> None:
+                while not seen_live.is_set():  # set at the latest when wait_until gives up
+                    sent.append(float(len(sent) + 1))  # integer seconds: exact on the wire
+                    server.send_poses({"Pointer": np.eye(4)}, sent[-1])
+                    seen_live.wait(0.01)
+
+            sender = threading.Thread(target=resend, daemon=True)
+            sender.start()
+            try:
+                wait_until(c, watched(lambda f: f.status("Pointer") is ToolStatus.LIVE))
+            finally:
+                seen_live.set()
+                sender.join(5.0)
+            assert not sender.is_alive()
+            # nothing more is sent: wait until the last pose sent has arrived (live or not yet)
+            frame = wait_until(c, watched(lambda f: f.tools["Pointer"].device_time_s == sent[-1]))
             received = frame.tools["Pointer"].host_time_s
             # nothing more arrives: wait (on the update event, which times out) past the timeout
-            assert not c.wait_for_update(0.08)
-            frame = c.latest()
-            assert frame.host_time_s - received > 0.05
-            assert frame.status("Pointer") is ToolStatus.TIMED_OUT and frame.pose("Pointer") is None
-            assert c.health().dropouts == 1
+            for _ in range(2):  # turns TIMED_OUT, and stays so
+                assert not c.wait_for_update(0.08)
+                frame = c.latest()
+                frames.append(frame)
+                assert frame.host_time_s - received > timeout_s
+                assert frame.status("Pointer") is ToolStatus.TIMED_OUT and frame.pose("Pointer") is None
+                assert frame.tools["Pointer"].device_time_s == sent[-1]
+            h = c.health()
+    statuses = [f.status("Pointer") for f in frames]
+    for f in frames:  # never shown live once older than its timeout
+        if f.status("Pointer") is ToolStatus.LIVE:
+            assert f.host_time_s - f.tools["Pointer"].host_time_s <= timeout_s
+    # one dropout per live -> not live change the test saw (one, unless a busy machine delayed
+    # the last resend past the timeout of the one before)
+    drops = sum(a is ToolStatus.LIVE and b is not ToolStatus.LIVE for a, b in zip(statuses, statuses[1:]))
+    assert drops >= 1 and h.dropouts == drops
 
 
 def test_reconnects_after_peer_returns_and_marks_tools_not_visible(wait_until):
@@ -188,8 +231,20 @@ def test_server_source_receives_pushed_poses_from_pyigtl(wait_until):
 
 def test_simulated_source_noise_statistics(wait_until):
     true = random_rigid(np.random.default_rng(7), max_translation_mm=100)
-    # the saw is visible for the first 50 ms of the script, then lost: it must turn not visible
-    src = SimulatedSource(lambda t: {"Pointer": true, "Saw": true if t < 0.05 else None}, rate_hz=500, tracker_noise_mm=0.2, seed=1)
+    # The saw is visible until the test has seen it live, then lost: it must turn not visible.
+    # (It was visible for the first 50 ms of the script only: a busy machine could wake the test
+    # after that, and the saw was never seen live. An event, not a window.)
+    saw_seen_live = threading.Event()
+    lost_at: list[float] = []  # script time (= device time) of the first sample without the saw
+
+    def script(t: float) -> dict:
+        if not saw_seen_live.is_set():
+            return {"Pointer": true, "Saw": true}
+        if not lost_at:
+            lost_at.append(t)
+        return {"Pointer": true, "Saw": None}
+
+    src = SimulatedSource(script, rate_hz=500, tracker_noise_mm=0.2, seed=1)
     errs = []
     saw_seen = set()
     with src:
@@ -197,10 +252,12 @@ def test_simulated_source_noise_statistics(wait_until):
             assert src.wait_for_update(2.0)
             f = src.latest()
             saw_seen.add(f.status("Saw"))
+            if f.status("Saw") is ToolStatus.LIVE:
+                saw_seen_live.set()
             p = f.pose("Pointer")
             if p is not None:
                 errs.append(p[:3, 3] - true[:3, 3])
-        f = wait_until(src, lambda fr: fr.tools["Saw"].device_time_s >= 0.05)
+        f = wait_until(src, lambda fr: bool(lost_at) and fr.tools["Saw"].device_time_s >= lost_at[0])
         assert f.status("Saw") is ToolStatus.NOT_VISIBLE and f.pose("Saw") is None
     assert ToolStatus.LIVE in saw_seen
     e = np.array(errs)
@@ -317,7 +374,7 @@ def test_pyigtl_server_to_our_client():
     s.close()
     server = pyigtl.OpenIGTLinkServer(port=port, local_server=True)
     try:
-        c = IGTLClientSource("127.0.0.1", port)
+        c = IGTLClientSource("127.0.0.1", port, tools=CONTENT_TOOLS)
         with c:
             assert c.wait_connected(5.0)
             deadline = time.monotonic() + 5.0

@@ -17,6 +17,7 @@ from orthonav.navigation.stream import SlicerStream
 from orthonav.phantoms.scenario import knee_scenario, toy_geometry
 from orthonav.tracking.igtl_client import IGTLClientSource
 from orthonav.tracking.igtl_protocol import unpack_string
+from orthonav.tracking.tools import ToolDefinition, ToolSet
 from test_igtl_interop import peer  # noqa: F401 - the C++ OpenIGTLink peer fixture (skips without g++ / the library)
 
 
@@ -29,8 +30,12 @@ def test_stream_sends_reference_relative_poses_models_and_guidance():
     frame = next(iter(sc.frames(10.0, t0_s=t_saw, t1_s=t_saw + 0.15)))
     state = compute_state(frame, ctx, clock=None)
     bone = pv.Sphere(radius=30.0)
+    # What is checked is the content of the stream, not timeouts: the client gives the two
+    # transforms a long timeout (with the default 0.25 s, a busy CI machine can read the pose
+    # after it timed out: its pose is then None, and ReferenceToRas is read after the loop).
+    tools = ToolSet(tools=[ToolDefinition(name=n, kind="pointer", timeout_s=120.0) for n in ("SawToReference", "ReferenceToRas")])
     with SlicerStream(0, bones={"femur": bone}, cuts=cuts, pose_rate_hz=1e6) as stream:
-        client = IGTLClientSource("127.0.0.1", stream.port)
+        client = IGTLClientSource("127.0.0.1", stream.port, tools=tools)
         with client:
             assert stream.wait_for_clients(1, 5.0)
             # Send until the client has the pose (no sleeps: wait on the client's update event).

@@ -12,7 +12,9 @@ from orthonav.core.transforms import invert, lps_from_ras_transform, random_rigi
 from orthonav.tracking import (
     RecordingWriter,
     ReplaySource,
+    ToolDefinition,
     ToolPose,
+    ToolSet,
     ToolStatus,
     TrackingFrame,
     read_plus_sequence,
@@ -21,6 +23,13 @@ from orthonav.tracking import (
 )
 
 PLUS = "plus_sequence/SpinePhantomFreehand.igs.mha"
+
+
+def _long_timeouts(*names: str) -> ToolSet:
+    """Tools with a 120 s timeout, for replay tests that check WHAT is replayed: with the default
+    0.25 s a busy CI machine can read a replayed pose after it timed out (its pose is then None).
+    Timeouts on replay have their own test (test_replay_keeps_a_recorded_stale_pose_stale)."""
+    return ToolSet(tools=[ToolDefinition(name=n, kind="pointer", timeout_s=120.0) for n in names])
 
 
 def _frames(n: int = 20) -> list[TrackingFrame]:
@@ -120,7 +129,7 @@ def test_replay_as_fast_as_consumed_gives_every_frame_in_order(tmp_path):
         for f in frames:
             w.write(f)
     got = []
-    with ReplaySource(path, speed=None) as src:
+    with ReplaySource(path, speed=None, tools=_long_timeouts("Pointer", "Saw")) as src:
         while len(got) < len(frames):
             assert src.wait_for_update(2.0)
             got.append(src.latest())
@@ -136,7 +145,7 @@ def test_replay_plus_at_recorded_speed(shared_data):
     span = frames[-1].host_time_s - frames[0].host_time_s  # ~1.8 s
     import time
 
-    with ReplaySource(shared_data / PLUS, speed=4.0) as src:
+    with ReplaySource(shared_data / PLUS, speed=4.0, tools=_long_timeouts("Probe", "Reference", "Stylus")) as src:
         t0 = time.monotonic()
         assert src.finished.wait(10.0)
         elapsed = time.monotonic() - t0

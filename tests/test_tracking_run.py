@@ -15,7 +15,9 @@ from orthonav.tracking import (
     IGTLServerSource,
     RecordingWriter,
     ReplaySource,
+    ToolDefinition,
     ToolPose,
+    ToolSet,
     ToolStatus,
     TrackingFrame,
     default_toolset,
@@ -24,6 +26,12 @@ from orthonav.tracking import (
     run_track,
     save_toolset,
 )
+
+#: The replay tests below check WHAT is taken from a replay (every frame, its live / not-visible
+#: status, its pose), not timeouts: with the default 0.25 s tool timeout a busy CI machine can
+#: take a replayed pose after it timed out (not live, pose None). Long timeouts. Timeouts on
+#: replay have their own test (test_tracking_recording.py::test_replay_keeps_a_recorded_stale_pose_stale).
+POINTER = ToolSet(tools=[ToolDefinition(name="Pointer", kind="pointer", timeout_s=120.0)])
 
 
 def test_open_source_choices(tmp_path):
@@ -50,12 +58,13 @@ def test_run_track_ends_by_itself_at_the_end_of_a_replay(tmp_path, speed):
     with RecordingWriter(rec) as w:
         for i in range(30):
             w.write(TrackingFrame({"Pointer": ToolPose(ToolStatus.LIVE, random_rigid(rng), 0.1, float(i), 0.01 * i)}, 0.01 * i, i))
-    src = open_source(replay=rec, speed=speed)
+    src = open_source(replay=rec, speed=speed, tools=POINTER)
     done = threading.Event()
     box = {}
     th = threading.Thread(target=lambda: (box.setdefault("s", run_track(src, duration_s=None)), done.set()), daemon=True)
     th.start()
-    assert done.wait(20.0), "run_track did not end at the end of the recording"
+    # an upper bound only (ends in ~0.1 s; ~10 s when every wake-up stalls 0.3 s): a hang still fails
+    assert done.wait(60.0), "run_track did not end at the end of the recording"
     summary = box["s"]
     assert summary.tools["Pointer"].live_frames >= 1
     if speed is None:
@@ -73,15 +82,17 @@ def test_run_track_replays_and_records_every_frame(tmp_path):
             w.write(TrackingFrame(tools, 0.01 * i, i))
     seen = []
     stop = threading.Event()
-    src = open_source(replay=rec, speed=None)
-    assert isinstance(src, ReplaySource)
+    src = open_source(replay=rec, speed=None, tools=POINTER)
+    assert isinstance(src, ReplaySource) and src.store.timeout_of("Pointer") == 120.0
 
     def on_update(frame, health):
         seen.append(frame)
         if src.finished.is_set():
             stop.set()
 
-    summary = run_track(src, duration_s=10.0, record_dir=tmp_path / "out", on_update=on_update, stop=stop)
+    # stop ends the run at the replay's end (~0.1 s; ~8 s when every wake-up stalls 0.3 s);
+    # duration_s only bounds a hang, long enough that a busy machine is not cut short
+    summary = run_track(src, duration_s=60.0, record_dir=tmp_path / "out", on_update=on_update, stop=stop)
     assert summary.frames == 25 and len(seen) >= 25
     ptr = summary.tools["Pointer"]
     assert ptr.live_frames == 20 and ptr.dropouts == 5
@@ -110,11 +121,16 @@ def test_calibrate_tool_cli_from_a_recorded_pivot(tmp_path):
             r = rotation_about_axis(rng.normal(size=3), np.radians(rng.uniform(-30, 30)))
             pose = add_noise(make_rigid(r, pivot - r @ tip), rng, 0.1, 0.05)
             w.write(TrackingFrame({"Pointer": ToolPose(ToolStatus.LIVE, pose, 0.1, float(i), float(i))}, 0.01 * i, i))
-    tools = save_toolset(tmp_path / "tools.json", default_toolset())
-    text = calibrate_tool_cli(tools, "Pointer", n_poses=100, replay=rec, timeout_s=20)
+    # the tool file's Pointer with a long timeout (see POINTER): a busy machine must not time out
+    # a replayed pose before collect_poses reads it; and the collection deadline is the product's
+    # default (120 s) as one 0.3 s stall per pose already takes 30 s for 100 poses
+    long = [t.model_copy(update={"timeout_s": 120.0}) if t.name == "Pointer" else t for t in default_toolset().tools]
+    tools = save_toolset(tmp_path / "tools.json", ToolSet(tools=long))
+    text = calibrate_tool_cli(tools, "Pointer", n_poses=100, replay=rec, timeout_s=120.0)
     assert "Pointer: tip" in text
     p = load_toolset(tools).by_name()["Pointer"]
     assert np.linalg.norm(p.tip_in_tool() - tip) < 0.3 and p.calibration_rms_mm < 0.5 and p.calibration_date
+    assert p.timeout_s == 120.0  # the rewritten tool file keeps the tool's other settings
     with pytest.raises(InputError, match="not in the tool file"):
         calibrate_tool_cli(tools, "Nope", replay=rec)
 
@@ -165,25 +181,35 @@ def test_streamed_poses_are_stamped_with_their_sampling_time(tmp_path, monkeypat
     and sending moved a pose's device time off its script time, and the demo's guidance,
     scored by device time, read 0.5 deg where 0.05 was due. Each pose now carries the wall
     clock at script time 0 plus its script time: here the wall clock jumps 5 s mid-stream and
-    every recorded device time stays its script time plus one constant."""
+    every recorded device time stays its script time plus one constant. The step is keyed to the
+    stream (script time 0.2 s of 0.6 s), not to the wall: poses are sampled on both sides of it
+    however the machine schedules the sender (a late sample is skipped, not queued)."""
     import time as real_time
     import types
 
     from orthonav.tracking import simulator
     from orthonav.tracking.recording import read_recording_frames
 
-    start = real_time.monotonic()
+    step_at = 0.2  # script time (s) at which the wall clock jumps
+    stepped = threading.Event()
 
-    def stepping_wall_clock() -> float:  # jumps 5 s forward 0.1 s into the stream
-        return real_time.time() + (5.0 if real_time.monotonic() - start > 0.1 else 0.0)
+    def script(t: float) -> dict:
+        if t >= step_at:
+            stepped.set()  # before this pose is sent: a sender reading the wall clock now reads +5 s
+        return {"Pointer": np.eye(4)}
+
+    def stepping_wall_clock() -> float:
+        return real_time.time() + (5.0 if stepped.is_set() else 0.0)
 
     shim = types.SimpleNamespace(time=stepping_wall_clock, monotonic=real_time.monotonic, sleep=real_time.sleep,
                                  perf_counter=real_time.perf_counter)
     monkeypatch.setattr(simulator, "time", shim)
     epochs: list[float] = []
-    simulator.stream_script(lambda t: {"Pointer": np.eye(4)}, 0, rate_hz=100.0, duration_s=0.3,
-                            truth_path=tmp_path / "truth.jsonl", on_start=epochs.append)
+    stats = simulator.stream_script(script, 0, rate_hz=100.0, duration_s=0.6, truth_path=tmp_path / "truth.jsonl",
+                                    on_start=epochs.append)
     frames = list(read_recording_frames(tmp_path / "truth.jsonl"))
-    assert len(frames) >= 20 and real_time.monotonic() - start > 0.25  # the clock stepped mid-stream
+    assert len(frames) == stats.samples and len(epochs) == 1
+    script_times = np.array([f.script_time_s for f in frames])
+    assert (script_times < step_at).any() and (script_times >= step_at).any()  # the clock stepped mid-stream
     offsets = np.array([f.frame.tools["Pointer"].device_time_s - f.script_time_s for f in frames])
     np.testing.assert_allclose(offsets - epochs[0], 0.0, rtol=0, atol=1e-6)  # (epoch ~1.8e9 s: no relative tolerance)
