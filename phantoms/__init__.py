@@ -35,8 +35,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "knee": ("make_knee_phantom", "KneeParameters", "KNEE_RECIPE"),
     "hip": ("make_hip_phantom", "HipParameters", "HIP_RECIPE", "hip_angles", "app_frame"),
     "long_bone": ("make_long_bone_phantom", "LongBoneParameters", "LONG_BONE_RECIPE", "FEMORAL_LANDMARKS"),
-    "recipe": ("make_phantom", "AnatomyRecipe", "AnatomyTruth", "PhantomGeometry"),
-    "render": ("SyntheticPhantom", "BoneSpec", "GridSpec", "DEFAULT_HU", "fit_grid", "render_ct", "surface_mesh"),
+    "recipe": ("make_phantom", "tissue_fractions", "AnatomyRecipe", "AnatomyTruth", "PhantomGeometry"),
+    "render": ("SyntheticPhantom", "BoneSpec", "GridSpec", "DEFAULT_HU", "TISSUES", "fit_grid", "render_ct", "render_fractions", "surface_mesh"),
     "printable": ("make_printable", "PrintedPhantom", "PrintedPhantomSpec"),
     "printed_ct": ("render_printed_ct", "write_printed_case"),
     "truth": ("PhantomTruth", "read_truth", "write_truth", "truth_path"),
@@ -61,8 +61,8 @@ if TYPE_CHECKING:  # what static tools (mypy, IDEs) see; the same names as ``_EX
     from .long_bone import FEMORAL_LANDMARKS, LONG_BONE_RECIPE, LongBoneParameters, make_long_bone_phantom
     from .printable import PrintedPhantom, PrintedPhantomSpec, make_printable
     from .printed_ct import render_printed_ct, write_printed_case
-    from .recipe import AnatomyRecipe, AnatomyTruth, PhantomGeometry, make_phantom
-    from .render import DEFAULT_HU, BoneSpec, GridSpec, SyntheticPhantom, fit_grid, render_ct, surface_mesh
+    from .recipe import AnatomyRecipe, AnatomyTruth, PhantomGeometry, make_phantom, tissue_fractions
+    from .render import DEFAULT_HU, TISSUES, BoneSpec, GridSpec, SyntheticPhantom, fit_grid, render_ct, render_fractions, surface_mesh
     from .scenario import serve_scenario
     from .scenario_two_array import knee_two_array_scenario, navigate_two_array_offline, serve_two_array_scenario
     from .study import LOWER_LIMB_STACKS, LowerLimbStudy, StackSpec, write_ct_series, write_lower_limb_study

@@ -219,7 +219,7 @@ def _mirror_name(n: str) -> str:
     return n.replace("_right", "_@").replace("_left", "_right").replace("_@", "_left")
 
 
-def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False) -> FovCase:
+def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False, ct_source: Volume | None = None) -> FovCase:
     """The phantom seen through ``spec``: truth labels (and the CT) on the new grid.
 
     Parameters
@@ -230,6 +230,9 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
         The field of view (:func:`random_fov` or by hand).
     with_ct
         Also resample the CT (trilinear, air outside the source) and paint the objects in.
+    ct_source
+        A volume on the phantom's CT grid resampled in place of its CT (HU; e.g. a CT mixed
+        from :func:`orthonav.phantoms.recipe.tissue_fractions` with other tissue values).
 
     Returns
     -------
@@ -331,7 +334,9 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
         names[METAL_VALUE], hu[METAL_VALUE] = "metal", METAL_HU_VALUE
     present = {int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=256)) if v}
     names = {v: n for v, n in names.items() if v in present}
-    ct = _resample_ct(src, copies, lps_from_ijk, labels, hu, k_scanned) if with_ct else None
+    if ct_source is not None and (ct_source.array_zyx.shape != phantom.ct.array_zyx.shape or not np.allclose(ct_source.lps_from_ijk, phantom.ct.lps_from_ijk)):
+        raise InputError(None, "ct_source is not on the phantom's CT grid")
+    ct = _resample_ct(src, copies, lps_from_ijk, labels, hu, k_scanned, ct_source) if with_ct else None
     return FovCase(Volume(labels, lps_from_ijk), names, {v: hu[v] for v in names}, ct, spec, k_scanned)
 
 
@@ -376,15 +381,16 @@ def _fill_from_source(labels: NDArray[np.uint8], source: Volume, centre_lps: NDA
         labels[ks] = sub
 
 
-def _resample_ct(src: _Source, copies, lps_from_ijk: NDArray[np.float64], labels: NDArray, hu: dict[int, float], k_scanned: NDArray) -> Volume:
-    """The source CT on the new grid (max over the copies; air outside), objects painted in,
-    unscanned bands set to air."""
+def _resample_ct(src: _Source, copies, lps_from_ijk: NDArray[np.float64], labels: NDArray, hu: dict[int, float], k_scanned: NDArray,
+                 source: Volume | None = None) -> Volume:
+    """The source CT (or ``source`` on its grid) on the new grid (max over the copies; air
+    outside), objects painted in, unscanned bands set to air."""
     nk, nj, ni = labels.shape
     kji = np.stack(np.meshgrid(np.arange(nk), np.arange(nj), np.arange(ni), indexing="ij"), axis=-1).reshape(-1, 3)
     p_new = _mul(kji[:, ::-1].astype(np.float64), lps_from_ijk[:3, :3].T) + lps_from_ijk[:3, 3]
     src_ijk_from_lps = np.linalg.inv(src.ct.lps_from_ijk)
     out = np.full(len(kji), -1000.0, np.float32)
-    arr = src.ct.array_zyx.astype(np.float32)
+    arr = (src.ct if source is None else source).array_zyx.astype(np.float32)
     for lin, off, _dv, _nm in copies:
         ijk = _source_ijk(p_new, lin, off, src.centre_lps, src_ijk_from_lps)
         vals = ndi.map_coordinates(arr, ijk[:, ::-1].T, order=1, mode="constant", cval=-1000.0)

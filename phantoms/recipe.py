@@ -32,9 +32,10 @@ from numpy.typing import NDArray
 from orthonav.core.case import LabelTable
 from orthonav.core.errors import InputError
 from orthonav.core.transforms import apply, apply_vector, make_rigid, rotation_about_axis
+from orthonav.core.volume import Volume
 
 from . import sdf as S
-from .render import DEFAULT_HU, BoneSpec, SyntheticPhantom, fit_grid, render_ct
+from .render import DEFAULT_HU, BoneSpec, GridSpec, SyntheticPhantom, fit_grid, render_ct, render_fractions
 from .truth import PhantomTruth
 
 X = np.array([1.0, 0.0, 0.0])
@@ -226,6 +227,23 @@ def _tup(v: NDArray[np.float64]) -> tuple[float, float, float]:
     return (float(v[0]), float(v[1]), float(v[2]))
 
 
+def _placed(recipe: AnatomyRecipe, seed: int, small: bool, knobs: Mapping[str, object] | None) -> tuple[Any, PhantomGeometry, NDArray[np.float64], GridSpec]:
+    """The recipe's parameters, geometry, pose (``ct_from_limb``) and CT grid for ``seed``."""
+    prm = recipe_parameters(recipe, small, knobs or {})
+    geo = recipe.geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
+    ct_from_limb = recipe.pose.ct_from_limb(seed, prm.pose_jitter_deg)
+    direction = ct_from_limb[:3, :3] @ rotation_about_axis(Z, np.radians(GRID_TWIST_DEG))
+    grid = fit_grid(geo.grid_bounds_limb_mm, ct_from_limb, direction, prm.spacing_mm, margin_mm=recipe.grid_margin_mm)
+    return prm, geo, ct_from_limb, grid
+
+
+def tissue_fractions(recipe: AnatomyRecipe, *, seed: int = 0, small: bool = False, knobs: Mapping[str, object] | None = None) -> dict[str, Volume]:
+    """Each tissue's partial-volume fraction per voxel (:func:`~orthonav.phantoms.render.render_fractions`)
+    on the grid of the phantom that :func:`make_phantom` builds with the same arguments."""
+    prm, geo, ct_from_limb, grid = _placed(recipe, seed, small, knobs)
+    return render_fractions(grid, ct_from_limb, list(geo.bones.values()), geo.envelope, np.array([b[1] for b in geo.beads]), prm.bead_radius_mm)
+
+
 def make_phantom(recipe: AnatomyRecipe, *, seed: int = 0, small: bool = False, knobs: Mapping[str, object] | None = None) -> SyntheticPhantom:
     """Build one synthetic phantom from its anatomy recipe.
 
@@ -245,13 +263,8 @@ def make_phantom(recipe: AnatomyRecipe, *, seed: int = 0, small: bool = False, k
     SyntheticPhantom
         CT and labels on the fitted grid, truth meshes in LPS mm, truth.
     """
-    prm = recipe_parameters(recipe, small, knobs or {})
+    prm, geo, ct_from_limb, grid = _placed(recipe, seed, small, knobs)
     rng = np.random.default_rng(seed)
-    geo = recipe.geometry(replace(prm, noise_hu=0.0, psf_sigma_vox=0.0, pose_jitter_deg=0.0, spacing_mm=(0.0, 0.0, 0.0)))
-    ct_from_limb = recipe.pose.ct_from_limb(seed, prm.pose_jitter_deg)
-    direction = ct_from_limb[:3, :3] @ rotation_about_axis(Z, np.radians(GRID_TWIST_DEG))
-    grid = fit_grid(geo.grid_bounds_limb_mm, ct_from_limb, direction, prm.spacing_mm, margin_mm=recipe.grid_margin_mm)
-
     bead_limb = np.array([b[1] for b in geo.beads])
     phase = rng.uniform(0, 2 * np.pi, size=2)
     model = recipe.intensity
@@ -326,4 +339,5 @@ __all__ = [
     "Pose",
     "make_phantom",
     "recipe_parameters",
+    "tissue_fractions",
 ]

@@ -299,6 +299,45 @@ def render_ct(
     return Volume(ct, grid.lps_from_ijk.copy()), Volume(labels, grid.lps_from_ijk.copy())
 
 
+#: Tissues of :func:`render_fractions` (air is what they leave: ``1 - sum``).
+TISSUES = ("fat", "soft", "cortical", "marrow", "bead")
+
+
+def render_fractions(
+    grid: GridSpec,
+    ct_from_limb: NDArray[np.float64],
+    bones: list[BoneSpec],
+    envelope: S.SDF,
+    bead_centres_limb_mm: NDArray[np.float64],
+    bead_radius_mm: float,
+    *,
+    fat_mm: float = 4.0,
+) -> dict[str, Volume]:
+    """Partial-volume fraction of each tissue per voxel of ``grid`` (what :func:`render_ct`
+    mixes; same geometry arguments).
+
+    :func:`render_ct` is linear in its tissue HU values, so rendering with one tissue at a unit
+    value and the others at 0 (no blur, no noise, no streaks) gives that tissue's share of each
+    voxel. A CT with any tissue HUs ``h`` is then ``sum_t h[t] * fraction[t] + h_air * (1 -
+    sum_t fraction[t])``: partial volume mixed linearly, as a scanner mixes it (a non-linear
+    map of a rendered CT is not, and moves the edges).
+
+    Returns
+    -------
+    dict
+        Tissue (:data:`TISSUES`) -> float32 fraction in [0, 1] on ``grid`` (LPS geometry).
+        Cortex and marrow are each voxel's shares of bone, without spatial density variation.
+    """
+    unit = 10_000.0  # fractions at int16 resolution 1e-4
+    out: dict[str, Volume] = {}
+    for tissue in TISSUES:
+        hu = {k: (unit if k == tissue else 0.0) for k in DEFAULT_HU}
+        ct, _labels = render_ct(grid, ct_from_limb, bones, envelope, bead_centres_limb_mm, bead_radius_mm, np.random.default_rng(0),
+                                hu=hu, fat_mm=fat_mm, noise_hu=0.0, psf_sigma_vox=0.0)  # fmt: skip
+        out[tissue] = Volume((ct.array_zyx.astype(np.float32) / np.float32(unit)).clip(0.0, 1.0), ct.lps_from_ijk)
+    return out
+
+
 def _add_metal_streaks(vol: NDArray[np.float32], grid: GridSpec, beads_lps_mm: NDArray[np.float64], bead_radius_mm: float,
                        amplitude_hu: float, rng: np.random.Generator, *, fade_mm: float = 25.0) -> None:
     """Add a starburst of streaks around each bead, in place, in every slice (k) the bead crosses.
@@ -373,6 +412,8 @@ __all__ = [
     "SyntheticPhantom",
     "closed_limb_meshes",
     "fit_grid",
+    "TISSUES",
     "render_ct",
+    "render_fractions",
     "surface_mesh",
 ]

@@ -14,8 +14,12 @@ come from the phantom families (:mod:`~orthonav.phantoms.knee`, :mod:`~orthonav.
   window length and centre, a table slab and a metal bead;
 * **shape**: a smooth random deformation (displacements drawn on a ~60 mm control grid, up to
   ``deform_mm``, cubic-spline interpolated) and an anisotropic scaling of 0.9-1.1 per axis;
-* **intensities**: a random monotone HU map per draw: fat -150..-50, soft tissue 0..80,
-  cancellous bone / marrow soft + 20..500, cortex 600..1900, metal 2500..4000 HU; then a
+* **intensities**: tissue HUs drawn per draw (air -1010..-950, fat -150..-50, soft tissue
+  0..80, cancellous bone / marrow soft + 20..500, cortex 600..1900, beads 2500..4000, a
+  table 150..1000 and metal 2500..4000 HU), bone density varying smoothly in space (a
+  multiplicative field, SD 0-12 %, ~30 mm correlation), mixed linearly by each tissue's
+  partial-volume fraction (:func:`orthonav.phantoms.render.render_fractions`) as a scanner
+  mixes them, so the half-way HU between two tissues lies on their true boundary; then a
   Gaussian blur (point-spread function, 0-1.2 mm) and Gaussian noise (5-50 HU);
 * **resolution**: in-plane voxels 0.6-2.5 mm (from the field of view), slices 1-3 mm thick
   (anisotropic: slice-profile blur then resampling along the scanner axis).
@@ -43,10 +47,11 @@ from scipy import ndimage as ndi
 from orthonav.core.volume import Volume
 
 from .fov import apply_fov, random_fov
-from .hip import make_hip_phantom
-from .knee import make_knee_phantom
-from .long_bone import make_long_bone_phantom
-from .render import SyntheticPhantom
+from .hip import HIP_RECIPE
+from .knee import KNEE_RECIPE
+from .long_bone import LONG_BONE_RECIPE
+from .recipe import make_phantom, tissue_fractions
+from .render import TISSUES, SyntheticPhantom
 
 #: Network classes (channel -> name), side-less; channel 0 is background.
 CLASSES: dict[int, str] = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella", 5: "hip", 6: "sacrum"}
@@ -87,27 +92,48 @@ def class_of(name: str) -> int:
     return 0
 
 
-_PHANTOMS: dict[tuple[str, bool], SyntheticPhantom] = {}
+_PHANTOMS: dict[tuple[str, bool], tuple[SyntheticPhantom, dict[str, Volume]]] = {}
 
 
-def _phantom(kind: str, small: bool) -> SyntheticPhantom:
+def _phantom(kind: str, small: bool) -> tuple[SyntheticPhantom, dict[str, Volume]]:
+    """The family's phantom (seed 0) and its tissue fractions on its CT grid (cached)."""
     key = (kind, small)
     if key not in _PHANTOMS:
-        factory = {"knee": make_knee_phantom, "hip": make_hip_phantom, "long_bone": make_long_bone_phantom}[kind]
-        _PHANTOMS[key] = factory(seed=0, small=small)
+        recipe = {"knee": KNEE_RECIPE, "hip": HIP_RECIPE, "long_bone": LONG_BONE_RECIPE}[kind]
+        _PHANTOMS[key] = (make_phantom(recipe, seed=0, small=small), tissue_fractions(recipe, seed=0, small=small))
     return _PHANTOMS[key]
 
 
-def _hu_map(rng: np.random.Generator) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Knots (source HU -> drawn HU) of a random monotone intensity map."""
+def _tissue_hu(rng: np.random.Generator) -> dict[str, float]:
+    """HU of each tissue for one draw (:data:`~orthonav.phantoms.render.TISSUES` and air)."""
     soft = rng.uniform(0.0, 80.0)
-    src = np.array([-1100.0, -1000.0, -100.0, 40.0, 300.0, 1500.0, 3000.0, 4500.0])
-    dst = np.array([
-        -1024.0, rng.uniform(-1010.0, -950.0), rng.uniform(-150.0, -50.0), soft, soft + rng.uniform(20.0, 500.0),
-        rng.uniform(600.0, 1900.0), rng.uniform(2500.0, 3200.0), rng.uniform(3300.0, 4000.0),
-    ])  # fmt: skip
-    dst = np.maximum.accumulate(dst + np.arange(len(dst)) * 1e-3)  # strictly monotone
-    return src, dst
+    return {
+        "air": rng.uniform(-1010.0, -950.0), "fat": rng.uniform(-150.0, -50.0), "soft": soft,
+        "marrow": soft + rng.uniform(20.0, 500.0), "cortical": rng.uniform(600.0, 1900.0), "bead": rng.uniform(2500.0, 4000.0),
+    }  # fmt: skip
+
+
+def _mixed_ct(fractions: dict[str, Volume], hu: dict[str, float], rng: np.random.Generator, *, density_sd: float) -> Volume:
+    """A CT on the fractions' grid: each voxel's tissues mixed linearly at the drawn HUs (partial
+    volume as a scanner sees it). Bone (cortex and marrow) density varies smoothly in space:
+    a multiplicative field of standard deviation ``density_sd`` and ~30 mm correlation."""
+    ref = fractions["soft"]
+    total = np.zeros(ref.array_zyx.shape, np.float32)
+    ct = np.zeros_like(total)
+    field = None
+    if density_sd > 0:
+        sigma = 30.0 / ref.spacing_mm[::-1]
+        field = ndi.gaussian_filter(rng.normal(size=total.shape).astype(np.float32), sigma, mode="nearest")
+        field = 1.0 + density_sd * field / max(float(field.std()), 1e-6)
+    for tissue in TISSUES:
+        f = fractions[tissue].array_zyx
+        total += f
+        contrib = np.float32(hu[tissue]) * f
+        if field is not None and tissue in ("cortical", "marrow"):
+            contrib *= field
+        ct += contrib
+    ct += np.float32(hu["air"]) * np.clip(1.0 - total, 0.0, 1.0)
+    return Volume(ct, ref.lps_from_ijk)
 
 
 def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDArray[np.float64], rng: np.random.Generator,
@@ -148,23 +174,26 @@ def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float
     p = np.array([w for _, w in families], dtype=np.float64)
     family = names_f[int(rng.choice(len(names_f), p=p / p.sum()))]
     kind = {"whole_leg": "knee"}.get(family, family)
-    phantom = _phantom(kind, small)
+    phantom, fractions = _phantom(kind, small)
     scenario = {"knee": "knee", "whole_leg": "whole_leg", "hip": "hip", "long_bone": "knee"}[family]
     spec = random_fov(rng, scenario, spacing_mm=(0.6, 2.5) if family != "whole_leg" else (2.0, 3.0))
     if family == "long_bone":
         spec = replace(spec, window_mm=None, both_legs=False)
-    fov = apply_fov(phantom, spec, with_ct=True)
+    hu = _tissue_hu(rng)
+    fov = apply_fov(phantom, spec, with_ct=True, ct_source=_mixed_ct(fractions, hu, rng, density_sd=rng.uniform(0.0, 0.12)))
     assert fov.ct is not None
+    ct = fov.ct.array_zyx.astype(np.float32)
+    for name, lo, hi in (("table", 150.0, 1000.0), ("metal", 2500.0, 4000.0)):  # the objects at drawn HUs too
+        values = [v for v, n in fov.names.items() if n == name]
+        if values:
+            ct[fov.labels.array_zyx == values[0]] = rng.uniform(lo, hi)
     lut = np.zeros(256, np.uint8)
     for v, n in fov.names.items():
         lut[v] = class_of(n)
     labels = lut[fov.labels.array_zyx]
-    ct = fov.ct.array_zyx.astype(np.float32)
     spacing_zyx = fov.ct.spacing_mm[::-1].astype(np.float64)
     if deform_mm > 0:
         ct, labels = _deform(ct, labels, spacing_zyx, rng, deform_mm)
-    src, dst = _hu_map(rng)
-    ct = np.interp(ct, src, dst).astype(np.float32)
     psf_mm = rng.uniform(0.0, 1.2)
     if psf_mm > 0.05:
         ct = ndi.gaussian_filter(ct, psf_mm / spacing_zyx, mode="nearest")

@@ -62,9 +62,9 @@ class MiniKnee:
         return S.normalized(BONES[bone][1], p_limb)
 
 
-@lru_cache(maxsize=4)
-def mini_knee(seed: int = 0, spacing: tuple[float, float, float] = (0.7, 0.8, 1.1), beads: bool = True) -> MiniKnee:
-    """Build (and cache) the mini knee. Direction: a 20 degree oblique grid; limb rotated 7 degrees."""
+def scene(spacing: tuple[float, float, float] = (0.7, 0.8, 1.1), beads: bool = True) -> tuple:
+    """The mini knee's rendering inputs: (grid, ct_from_limb, bone specs, envelope SDF, bead
+    centres (limb mm), bead radius mm). Direction: a 20 degree oblique grid; limb rotated 7 degrees."""
     ct_from_limb = make_rigid(rotation_about_axis([0.3, 1.0, 0.2], np.radians(7.0)), [12.0, -30.0, 850.0])
     direction = rotation_about_axis([1.0, 0.5, 0.3], np.radians(20.0))
     box = np.array([[-34.0, -34.0, -70.0], [28.0, 26.0, 70.0]])
@@ -74,14 +74,13 @@ def mini_knee(seed: int = 0, spacing: tuple[float, float, float] = (0.7, 0.8, 1.
         for name, (label, f) in BONES.items()
     ]
     envelope = S.capsule([-4.0, -4.0, -80.0], [-4.0, -4.0, 80.0], 29.0)
-    ct, labels = render_ct(
-        grid,
-        ct_from_limb,
-        specs,
-        envelope,
-        BEADS_LIMB if beads else np.zeros((0, 3)),
-        1.0,
-        np.random.default_rng(seed),
-    )
+    return grid, ct_from_limb, specs, envelope, (BEADS_LIMB if beads else np.zeros((0, 3))), 1.0
+
+
+@lru_cache(maxsize=4)
+def mini_knee(seed: int = 0, spacing: tuple[float, float, float] = (0.7, 0.8, 1.1), beads: bool = True) -> MiniKnee:
+    """Build (and cache) the mini knee (:func:`scene`, rendered with the default HUs, blur and noise)."""
+    grid, ct_from_limb, specs, envelope, bead_centres, bead_radius = scene(spacing, beads)
+    ct, labels = render_ct(grid, ct_from_limb, specs, envelope, bead_centres, bead_radius, np.random.default_rng(seed))
     table = LabelTable(labels={v: n for n, (v, _f) in BONES.items()}, backend="truth", side="right")
     return MiniKnee(ct, labels, table, ct_from_limb)
