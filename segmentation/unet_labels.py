@@ -21,7 +21,7 @@ from scipy import ndimage as ndi
 
 from .bone_mask import BoneLevels, bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
 from .classical import ClassicalParams, adaptive_refine, fill_cavities, joint_valleys
-from .naming import non_bone_reason, region_infos_from_pieces
+from .naming import CONFIDENT, name_bones, non_bone_reason, region_infos_from_pieces, regions_from_label_map
 from .unet_grid import Grid
 
 #: ``progress(step, fraction)`` (as in :mod:`orthonav.segmentation.unet`).
@@ -237,6 +237,48 @@ def _outside_confidence(ct: Volume, grid: Grid, prob: NDArray[np.float32], box: 
 SPLIT_ISLAND_FRACTION = 0.2
 
 
+#: A pore is a joint space, not marrow, when at least this share of the bone around it is a
+#: second bone of the network's (:func:`marrow_pores`).
+JOINT_SECOND_BONE_SHARE = 0.2
+#: Radius (mm) of the ball a pore must hold (:func:`marrow_pores`).
+MIN_PORE_RADIUS_MM = 2.5
+
+
+def marrow_pores(bone: NDArray[np.bool_], network_bone: NDArray[np.bool_], network_class: NDArray[np.uint8], spacing_ijk: NDArray) -> NDArray[np.bool_]:
+    """The interior the image leaves open where the network sees bone: marrow as faint as soft
+    tissue behind a cortex that thick slices leave gapped (the 3D cavity fill leaks through the
+    gaps). Bool, shape of ``bone``.
+
+    A pore is a connected hole of ``bone`` enclosed in the 2D slices of at least two of the
+    three orientations (:func:`~orthonav.segmentation.bone_mask.fill_enclosed_in_planes`; a
+    canal through a bone is enclosed in one) on voxels where the network sees bone
+    (``network_bone``: its background keeps a foramen out). A hole between two bones (a joint
+    space closed off in a slice by the blurred rims of a socket and its head) is kept out by
+    the bone around it: at least :data:`JOINT_SECOND_BONE_SHARE` of its rim is a second class
+    of the network's (``network_class``, its most likely bone per voxel), or by its thinness: a
+    pore holds a ball of radius :data:`MIN_PORE_RADIUS_MM` (a joint space is a sheet of 1-4 mm).
+    """
+    holes = fill_enclosed_in_planes(bone, min_planes=2) & ~bone & network_bone
+    if not holes.any():
+        return holes
+    comp, n = ndi.label(holes)
+    rim = ndi.binary_dilation(holes) & bone
+    # per hole: which bone classes its rim voxels are (the rim voxel takes the hole it touches)
+    near = ndi.grey_dilation(comp, size=(3, 3, 3))[rim]
+    cls = network_class[rim].astype(np.int64)
+    counts = np.zeros((n + 1, int(network_class.max(initial=0)) + 1), np.int64)
+    np.add.at(counts, (near, cls), 1)
+    counts[:, 0] = 0
+    srt = np.sort(counts, axis=1)
+    total = counts.sum(axis=1)
+    joint = srt[:, -2] >= JOINT_SECOND_BONE_SHARE * np.maximum(total, 1)
+    joint[0] = True
+    # and a pore is wider than a joint space: it holds a ball of MIN_PORE_RADIUS_MM
+    depth = ndi.distance_transform_edt(holes, sampling=np.asarray(spacing_ijk, np.float64)[::-1])
+    thick = ndi.maximum(depth, comp, index=np.arange(n + 1)) >= MIN_PORE_RADIUS_MM
+    return holes & ~joint[comp] & np.asarray(thick, bool)[comp]
+
+
 def _split_piece(hu: NDArray, piece: NDArray[np.bool_], best: NDArray[np.uint8], reach: NDArray[np.bool_], p_ct: NDArray[np.float32],
                  spacing_ijk: NDArray, min_island_fraction: float) -> NDArray[np.uint8]:
     """Bone of each voxel of a piece of image bone holding two or more of the network's bones.
@@ -305,13 +347,16 @@ def _split_piece(hu: NDArray, piece: NDArray[np.bool_], best: NDArray[np.uint8],
 NEAR_CORE_MM = 6.0
 
 
-def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray) -> NDArray[np.uint8]:
+def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray, interior: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
     """Each bone's surface peeled to the local half maximum with the other bones counting as
     outside (:func:`~orthonav.segmentation.classical.adaptive_refine`: the blurred bridge at a
-    joint is peeled from both sides); cavities the peel opens behind a cortex are refilled and
-    take the nearest bone."""
+    joint is peeled from both sides); cavities the peel opens behind a cortex, and the
+    ``interior`` voxels (enclosed pores the network sees as bone), are refilled and take the
+    nearest bone."""
     peeled = adaptive_refine(np.asarray(ct_box, np.float32), lab.astype(np.int32), spacing_ijk, ClassicalParams()).astype(np.uint8)
     refill = fill_cavities(peeled > 0) & (peeled == 0)
+    if interior is not None:
+        refill |= interior & (lab > 0) & (peeled == 0)
     _nearest_fill(peeled, refill)
     # the peel can open a joint the image resolves: a piece now mostly one bone is that bone
     comp, _n = ndi.label(peeled > 0)
@@ -396,9 +441,11 @@ def probabilities_to_labels(
         if progress is not None:
             progress("unet resampling", 0.3)
         bone = image_bone_mask(full[box], spacing, levels)
+        best = (np.argmax(p_ct[1:], axis=0) + 1).astype(np.uint8)
+        inner = marrow_pores(bone, p_ct[0] < 0.5, best, spacing)
+        bone |= inner
         if progress is not None:
             progress("unet resampling", 0.7)
-        best = (np.argmax(p_ct[1:], axis=0) + 1).astype(np.uint8)
         lab = np.zeros(bone.shape, np.uint8)
         comp, _n = ndi.label(bone)
         next_value = nc
@@ -474,7 +521,7 @@ def probabilities_to_labels(
                     next_value += 1
                 view[piece] = np.where(rest, value, cls)
         if levels.resolved:  # peel per bone: the blurred bridges at the joints
-            lab = _peel_per_bone(full[box], lab, spacing)
+            lab = _peel_per_bone(full[box], lab, spacing, inner)
         c_box = np.where(lab == 0, p_ct[0], np.where(lab < nc, np.take_along_axis(p_ct, np.minimum(lab, nc - 1)[None].astype(np.int64), axis=0)[0],
                                                       1.0 - p_ct[0]))
         labels[box] = lab
@@ -486,6 +533,76 @@ def probabilities_to_labels(
     return labels, conf, abstained
 
 
+def _stem(name: str) -> str:
+    """A bone name without its side and its series letter (``rib_left_b`` -> ``rib``)."""
+    parts = [q for q in name.split("_") if q not in ("left", "right")]
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts = parts[:-1]
+    return "_".join(parts)
+
+
+def withhold_against_anatomy(
+    labels: NDArray[np.uint8], ct: Volume, classes: dict[int, str], abstained: dict[int, Abstained], conf: NDArray[np.float32]
+) -> list[str]:
+    """Withhold the network's name of every piece the anatomy names otherwise (in place).
+
+    The classical naming (:func:`~orthonav.segmentation.naming.name_bones`: shape, position in
+    the body, neighbours, joints) names the same pieces independently. Where it names a piece
+    confidently (>= :data:`~orthonav.segmentation.naming.CONFIDENT`) and its bone differs from
+    the network's class, one of them is wrong, so the piece keeps its voxels as bone but gets
+    no name: it takes a new unnamed value (>= the number of classes) with its
+    :class:`Abstained` (the network's class withheld, its mean probability over the piece from
+    ``conf``, and both names in the reason). Found on an upper-abdomen CT: the network drew
+    'hip' on both humeri (confidence 0.64 / 0.77), which the anatomy names ``humerus`` (0.99).
+    Where the anatomy abstains, the network's name stands.
+
+    Parameters
+    ----------
+    labels
+        Class labels on the CT grid (0 background, 1..nc-1 the classes, >= nc unnamed), changed in place.
+    ct
+        The CT (its geometry).
+    classes
+        Class value -> side-less name.
+    abstained
+        Unnamed value -> :class:`Abstained`, extended in place.
+    conf
+        Per-voxel calibrated probability of each voxel's label.
+
+    Returns
+    -------
+    list of str
+        One line per withheld name.
+    """
+    nc = max(classes) + 1 if classes else 1
+    if not ((labels > 0) & (labels < nc)).any():
+        return []
+    regions, values = regions_from_label_map(labels, ct.lps_from_ijk)
+    anatomy = name_bones(regions, anatomy="auto")
+    comp = None
+    notes: list[str] = []
+    for r, v in zip(regions, values):
+        if not 0 < v < nc:
+            continue
+        other = anatomy.names.get(r.index, "")
+        p = anatomy.confidence.get(r.index, 0.0)
+        if not other or other.startswith("bone_") or p < CONFIDENT or _stem(other) == classes[v]:
+            continue
+        if comp is None:  # the components as regions_from_label_map finds them (26-connected)
+            comp = {c: ndi.label(labels == c, structure=np.ones((3, 3, 3), bool))[0] for c in range(1, nc) if (labels == c).any()}
+        i_, j_, k_ = np.rint(np.linalg.solve(ct.lps_from_ijk, np.append(r.points_lps[0], 1.0))[:3]).astype(int)
+        piece = comp[v] == comp[v][k_, j_, i_]
+        value = max([nc - 1, *abstained]) + 1
+        if value > 255:
+            break
+        why = (f"the network says '{classes[v]}' but the anatomy (shape, position, neighbours) says {other} "
+               f"({p:.2f}): one of them is wrong; not named")  # fmt: skip
+        abstained[value] = Abstained(classes[v], float(conf[piece].mean()), why)
+        labels[piece] = value
+        notes.append(why)
+    return notes
+
+
 __all__ = [
     "AGREEMENT_MARGIN_VOX",
     "MIN_AGREEMENT",
@@ -495,6 +612,10 @@ __all__ = [
     "REACH_COARSE_VOXELS",
     "SURE_PROBABILITY",
     "Abstained",
+    "JOINT_SECOND_BONE_SHARE",
+    "MIN_PORE_RADIUS_MM",
     "image_bone_mask",
+    "marrow_pores",
     "probabilities_to_labels",
+    "withhold_against_anatomy",
 ]
