@@ -34,6 +34,7 @@ OpenIGTLink socket or in process, and scores the recorded session against the tr
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -666,11 +667,13 @@ def serve_scenario(
     fle_mm: float = 0.25,
     wait_for_client_s: float = 300.0,
     on_listening: Callable[[str, int, float], None] | None = None,
+    stop: threading.Event | None = None,
 ):
     """``orthonav simulate-tracker``: stream the phantom's OR script over OpenIGTLink.
 
     ``on_listening(host, port, duration_s)`` is called once the socket listens (the script's
-    length in s), so a caller can say where to connect.
+    length in s), so a caller can say where to connect. ``stop``: an event that ends the
+    stream early (a caller done with it).
 
     The script's clock starts when the first client (``orthonav navigate``) connects (waiting
     up to ``wait_for_client_s``), so the navigator sees the whole session. Tools go out as
@@ -681,5 +684,5 @@ def serve_scenario(
     sc = knee_scenario(case_dir, seed=seed, fle_mm=fle_mm)
     duration = duration_s or sc.duration_s
     return stream_script(sc.script, port, rate_hz=rate_hz, duration_s=duration, truth_path=truth_path,
-                         host=host, seed=seed, wait_for_client_s=wait_for_client_s,
+                         host=host, seed=seed, wait_for_client_s=wait_for_client_s, stop=stop,
                          on_listening=None if on_listening is None else lambda p: on_listening(host, p, duration))

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -626,6 +627,7 @@ def serve_two_array_scenario(
     wait_for_client_s: float = 300.0,
     on_listening: Callable[[str, int, float], None] | None = None,
     toolset: ToolSet | None = None,
+    stop: threading.Event | None = None,
 ):
     """``orthonav simulate-tracker --two-array``: stream the two-array knee script over OpenIGTLink.
 
@@ -634,7 +636,7 @@ def serve_two_array_scenario(
     ``TibiaRefToTracker``, ``PointerToTracker``, ``SawToTracker``); ``truth_path`` records
     the sent poses with the true ones. ``toolset``: the tools to stream (default
     :func:`~orthonav.tracking.tools.knee_two_array_toolset`); its reference arrays (``bone``)
-    name the arrays. An OpenIGTLink device name holds 20 bytes, so a tool name streamed as
+    name the arrays; ``stop`` ends the stream early. An OpenIGTLink device name holds 20 bytes, so a tool name streamed as
     ``<Tool>ToTracker`` has at most 11 characters: checked before listening.
 
     Raises
@@ -652,7 +654,7 @@ def serve_two_array_scenario(
                                f"{', '.join(too_long)}; stream a tool set with shorter names")
     duration = duration_s or sc.duration_s
     return stream_script(sc.script, port, rate_hz=rate_hz, duration_s=duration, truth_path=truth_path, host=host, seed=seed,
-                         wait_for_client_s=wait_for_client_s,
+                         wait_for_client_s=wait_for_client_s, stop=stop,
                          on_listening=None if on_listening is None else lambda p: on_listening(host, p, duration))
 
 
