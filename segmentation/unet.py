@@ -1120,7 +1120,7 @@ def segment_unet(
     labels, conf, abstained = probabilities_to_labels(ct, grid, prob, refine=card.refine == "image-edge", min_island_fraction=min_island_fraction,
                                                       progress=progress, classes=card.classes, left_out=left_out)
     if card.refine == "image-edge":  # a name the anatomy contradicts is withheld (noted with the unnamed pieces below)
-        withhold_against_anatomy(labels, ct, card.classes, abstained, conf)
+        withhold_against_anatomy(labels, ct, card.classes, abstained, conf, grid, prob)
     # per-bone figures in the labels' bounding box
     nz = [np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     crop = tuple(slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0) for i in nz)

@@ -557,7 +557,13 @@ def _stem(name: str) -> str:
 
 
 def withhold_against_anatomy(
-    labels: NDArray[np.uint8], ct: Volume, classes: dict[int, str], abstained: dict[int, Abstained], conf: NDArray[np.float32]
+    labels: NDArray[np.uint8],
+    ct: Volume,
+    classes: dict[int, str],
+    abstained: dict[int, Abstained],
+    conf: NDArray[np.float32],
+    grid: Grid,
+    prob: NDArray[np.float32],
 ) -> list[str]:
     """Withhold the network's name of every piece the anatomy names otherwise (in place).
 
@@ -582,7 +588,11 @@ def withhold_against_anatomy(
     abstained
         Unnamed value -> :class:`Abstained`, extended in place.
     conf
-        Per-voxel calibrated probability of each voxel's label.
+        Per-voxel calibrated probability of each voxel's label, changed in place: a withheld
+        piece's voxels take the probability of bone at all (1 - p(background)), as every
+        other unnamed voxel (:func:`probabilities_to_labels`).
+    grid, prob
+        The network's grid and its calibrated probabilities (c, z, y, x) on it.
 
     Returns
     -------
@@ -619,6 +629,11 @@ def withhold_against_anatomy(
                f"({p:.2f}): one of them is wrong; not named")  # fmt: skip
         abstained[value] = Abstained(classes[v], float(conf[piece].mean()), why)
         labels[piece] = value
+        kji = np.argwhere(piece)
+        box = tuple(slice(int(a), int(b) + 1) for a, b in zip(kji.min(axis=0), kji.max(axis=0)))
+        bone_p = 1.0 - np.clip(_to_ct(prob[0], grid, _box_ref(ct, box), 1.0), 0.0, 1.0)
+        sub = conf[box]
+        sub[piece[box]] = bone_p[piece[box]]
         notes.append(why)
     return notes
 
