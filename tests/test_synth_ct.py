@@ -89,3 +89,28 @@ def test_synthetic_draws_are_seeded():
     assert np.array_equal(a.ct.array_zyx, b.ct.array_zyx) and np.array_equal(a.labels.array_zyx, b.labels.array_zyx)
     assert a.ct.array_zyx.shape != c.ct.array_zyx.shape or not np.array_equal(a.ct.array_zyx, c.ct.array_zyx)
     assert a.labels.array_zyx.max() > 0 and a.names in (("femur_left",), ("femur_right",))
+
+
+def test_partial_volume_truth_follows_the_bone_fraction_not_the_coarse_labels():
+    """Two balls (class 1 and 2) labelled on a grid 3x coarser (nearest neighbour, as a draw's
+    labels come from the phantom's grid) against their exact fraction on the fine grid: the
+    truth takes the fraction's half-way surface (Dice with the exact balls 1.0; the coarse
+    labels about 0.9) and keeps each voxel's class."""
+    from orthonav.phantoms.synth_ct import _partial_volume_truth
+
+    n = 60
+    z, y, x = (np.mgrid[0:n, 0:n, 0:n] + 0.5).astype(np.float32)
+    d1 = np.sqrt((z - 30) ** 2 + (y - 20) ** 2 + (x - 20) ** 2)
+    d2 = np.sqrt((z - 30) ** 2 + (y - 40) ** 2 + (x - 41) ** 2)
+    frac = np.clip(8.5 - np.minimum(d1, d2), 0.0, 1.0).astype(np.float32)  # 0.5 at radius 8
+    exact = np.where(d1 < 8.0, 1, np.where(d2 < 8.0, 2, 0)).astype(np.uint8)
+    coarse = exact[1::3, 1::3, 1::3].repeat(3, 0).repeat(3, 1).repeat(3, 2)  # nearest neighbour from 3 voxels
+    truth = _partial_volume_truth(coarse, frac)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    for c in (1, 2):
+        assert dice(coarse == c, exact == c) < 0.93
+        assert dice(truth == c, exact == c) > 0.99, (c, dice(truth == c, exact == c))
+    assert not _partial_volume_truth(np.zeros_like(coarse), frac).any()
