@@ -837,8 +837,9 @@ def _merge_waists(regions: NDArray, dist: NDArray, ratio: float, protected: set[
 #: denser than soft tissue by :data:`PORE_MIN_CONTRAST_HU` (smoothed), is bone. On the shared
 #: abdominal CT the osteoporotic vertebral body (median 146 HU, under the 180 HU growth level)
 #: needs 6 mm: its core went 0.05 -> 0.35 labelled (3 mm: 0.07), then 0.83 with the bridged
-#: sponge below and the density gate at 20 HU (smoothed over a voxel: several times the noise
-#: of smoothed soft tissue; 40 HU gave 0.53).
+#: sponge below and the density gate at 20 HU (smoothed over a voxel; 40 HU gave 0.53). Soft
+#: tissue's smoothed HU varies with an SD of 10-14 HU on the shared CTs (tissue and noise), so
+#: the gate alone would pass some of it: only voxels deep inside a bone's closed mask are tested.
 PORE_CLOSE_MM = 6.0
 PORE_DEPTH_MM = 2.0
 PORE_MIN_CONTRAST_HU = 20.0
