@@ -139,7 +139,13 @@ def _mixed_ct(fractions: dict[str, Volume], hu: dict[str, float], rng: np.random
 def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDArray[np.float64], rng: np.random.Generator,
             deform_mm: float, bone: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.uint8], NDArray[np.float32]]:
     """Smooth random deformation + anisotropic scaling about the centre (backward mapping) of
-    the CT, the labels and the bone fraction (linear, 0 outside)."""
+    the CT, the labels and the bone fraction (linear; labels nearest).
+
+    Where the mapping reaches beyond the array (a scaling below 1, a displacement at a face)
+    the edge voxels are repeated: the anatomy goes on past the field of view, as on a scanner.
+    Filling air there cut every bone crossing a face with an air wedge up to 10 % of the
+    extent deep: the marrow opened to the outside (no scanner makes that) and the truth ended
+    where a real bone goes on."""
     shape = np.array(ct.shape)
     ctrl = np.maximum(np.round(shape * spacing_zyx / 60.0).astype(int), 2) + 1
     scale = rng.uniform(0.9, 1.1, size=3)
@@ -154,9 +160,9 @@ def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDA
         sh[a] = shape[a]
         coords.append(lin.reshape(sh) + disp.astype(np.float32))
     coords = [np.broadcast_to(c, tuple(shape)) for c in coords]
-    ct2 = ndi.map_coordinates(ct, coords, order=1, mode="constant", cval=-1000.0).astype(np.float32)
-    lab2 = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(np.uint8)
-    bone2 = ndi.map_coordinates(bone, coords, order=1, mode="constant", cval=0.0).astype(np.float32)
+    ct2 = ndi.map_coordinates(ct, coords, order=1, mode="nearest").astype(np.float32)
+    lab2 = ndi.map_coordinates(labels, coords, order=0, mode="nearest").astype(np.uint8)
+    bone2 = ndi.map_coordinates(bone, coords, order=1, mode="nearest").astype(np.float32)
     return ct2, lab2, bone2
 
 

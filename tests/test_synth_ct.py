@@ -114,3 +114,28 @@ def test_partial_volume_truth_follows_the_bone_fraction_not_the_coarse_labels():
         assert dice(coarse == c, exact == c) < 0.93
         assert dice(truth == c, exact == c) > 0.99, (c, dice(truth == c, exact == c))
     assert not _partial_volume_truth(np.zeros_like(coarse), frac).any()
+
+
+def test_the_deformation_continues_the_anatomy_past_the_field_of_view():
+    """A rod of bone crossing the whole volume (soft tissue 40 HU around it), shrunk by the
+    random scaling and displaced by the smooth deformation: it still reaches both faces, in the
+    CT, the labels and the bone fraction, and no voxel turns to air (filling the mapping's
+    outside with air cut every bone crossing a face with an air wedge, so its marrow opened to
+    the outside)."""
+    from orthonav.phantoms.synth_ct import _deform
+
+    shape = (40, 30, 30)
+    z, y, x = np.mgrid[0 : shape[0], 0 : shape[1], 0 : shape[2]]
+    rod = (y - 14.5) ** 2 + (x - 14.5) ** 2 < 6.0**2
+    ct = np.where(rod, 1200.0, 40.0).astype(np.float32)
+    labels = rod.astype(np.uint8)
+    bone = rod.astype(np.float32)
+    spacing = np.array([2.0, 1.0, 1.0])
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        ct2, lab2, bone2 = _deform(ct, labels, spacing, rng, 6.0, bone)
+        assert ct2.min() >= 40.0 - 1e-3, (seed, ct2.min())
+        for face in (0, -1):
+            assert lab2[face].sum() > 0.5 * labels[face].sum(), (seed, face)
+            assert bone2[face].sum() > 0.5 * bone[face].sum(), (seed, face)
+            assert ct2[face][lab2[face] > 0].mean() > 1000.0, (seed, face)
