@@ -118,6 +118,35 @@ def test_fine_grid_separates_on_a_coarser_grid_with_the_same_accuracy():
         assert s.hd95_mm <= 1.5, (name, s)
 
 
+@pytest.mark.slow
+def test_a_shaft_whose_marrow_pinches_off_stays_one_bone_on_thick_slices(small_knee_phantom):
+    """The small knee phantom resampled to 1.04 x 0.81 x 2.36 mm (200 x 200 x 400 voxels, the
+    voxel shape of a 512 x 512 knee CT with 2.4 mm slices after the separation's sub-sampling):
+    the distal tibia's marrow is cut off from the shaft's by a dense stretch, and the flood of
+    the distal marrow climbs the outside of the shaft's cortex, so the distal region wrapped the
+    shaft and stayed an unnamed ``bone_1`` ("no joint partner in view") before the split-shaft
+    merge took the marrow cavities' own axes. Every bone is named, the tibia whole."""
+    import SimpleITK as sitk
+
+    from orthonav.core.volume import from_sitk, make_lps_from_ijk, to_sitk
+
+    ph = small_knee_phantom
+    shape = np.array([200, 200, 400])
+    spacing = (np.array(ph.ct.shape_ijk) - 1) * ph.ct.spacing_mm / (shape - 1)
+    m = make_lps_from_ijk(spacing, ph.ct.origin_lps, ph.ct.direction)
+    ref = sitk.Image([int(x) for x in shape], sitk.sitkInt16)
+    ref.SetSpacing([float(x) for x in spacing])
+    ref.SetOrigin([float(x) for x in m[:3, 3]])
+    ref.SetDirection([float(x) for x in ph.ct.direction.ravel()])
+    ct = from_sitk(sitk.Resample(to_sitk(ph.ct), ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16))
+    truth = from_sitk(sitk.Resample(to_sitk(ph.labels), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    seg = segment_classical(ct, anatomy="auto")
+    assert sorted(seg.table.labels.values()) == ["femur", "fibula", "patella", "tibia"], seg.notes
+    scores = evaluate_segmentation(seg.labels, seg.table, truth, ph.label_table)
+    for name, least in (("femur", 0.95), ("tibia", 0.95), ("fibula", 0.9)):  # measured 0.944 for the thin fibula
+        assert scores[name].dice >= least, (name, scores[name])
+
+
 def _oblique_rod(shape=(150, 60, 60), spacing_ijk=(0.5, 0.45, 1.0)):
     """A rod running obliquely through many k-slabs with small bumps on it (mask, spacing i, j, k)."""
     kk, jj, ii = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(float)
