@@ -39,9 +39,12 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    radius or smaller than ``min_bone_volume_mm3`` are dropped.
 6. **Separation at joints**: joint spaces blurred shut are found as thin dark sheets (local
    minima across, :func:`joint_valleys`) and cut; then marker-controlled watershed (Beucher &
-   Meyer 1993) on the negated Euclidean distance map of the cut mask (Maurer et al. 2003, IEEE TPAMI 25(2)), markers = connected
-   cores deeper than ``seed_depth_mm``. Neighbouring regions whose interface is nearly as
-   thick as the thinner region (a waist, not a joint) are merged again.
+   Meyer 1993) on the smoothed HU (:func:`_separate_box`), markers = each bone's marrow cavity,
+   or, in a component without marrow, cores of the cut mask deeper than ``seed_depth_mm`` (Euclidean
+   distance map, Maurer et al. 2003, IEEE TPAMI 25(2)). Two marrow regions of one shaft whose
+   marrow pinched off near an end are merged again (:func:`_merge_split_shafts`, judged on the
+   marrow cavities' axes), and so are neighbouring regions whose interface is nearly as thick
+   as the thinner region (a waist, not a joint).
 7. **Naming** by anatomy (:func:`name_regions`): knee (femur, tibia, fibula, patella), hip
    (hip, femur, sacrum) or a general trunk rule (vertebrae, ribs, humeri, ...), with
    TotalSegmentator class names and ``_left`` / ``_right`` where both sides are present. In a
