@@ -79,7 +79,7 @@ from orthonav.core.volume import Volume
 from scipy import ndimage as ndi
 
 from .bone_mask import bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
-from .naming import RegionInfo, detect_anatomy, name_bones, region_infos_from_pieces, scan_border
+from .naming import CONFIDENT, RegionInfo, detect_anatomy, name_bones, region_infos_from_pieces, scan_border
 
 ANATOMIES = ("auto", "knee", "hip", "general")
 
@@ -1091,7 +1091,7 @@ def segment_classical(
     crop_origin_ijk = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
     infos = _region_infos(pieces, ct, crop_origin_ijk)
     split_notes: list[str] = []
-    if anatomy in ("hip", "auto"):
+    if anatomy == "hip" or (anatomy == "auto" and not _all_knee_bones(infos)):
         # Joint spaces narrower than the blur (a femoral head in its socket) leave two bones in
         # one region; re-separate them. With "auto" this is kept only if the result is a hip.
         split, split_notes = _split_joined_bones(ct_zyx, pieces, spacing, p, body, inner_kji, fill_planes=fill_planes)
@@ -1278,6 +1278,25 @@ def _interface_valley_depth(regions: NDArray, sm: NDArray, spacing: NDArray) -> 
         for s_, e_ in zip(starts, np.r_[starts[1:], len(key)]):
             depths.setdefault(int(key[s_]), []).append(d[s_:e_])
     return {(k // (n + 1), k % (n + 1)): float(np.median(np.concatenate(v))) for k, v in depths.items()}
+
+
+#: Bones of a knee: a field of view where every piece is one of these, named confidently, needs no
+#: hip split (:func:`_all_knee_bones`).
+KNEE_BONES = ("femur", "tibia", "fibula", "patella")
+
+
+def _all_knee_bones(infos: list[RegionInfo]) -> bool:
+    """True when the naming reads ``infos`` as a knee and names every piece confidently as a
+    knee bone. Then no hip joint lies in the field of view, fused or not (a femoral head fused
+    with its socket would be a piece that is no knee bone), and :func:`_split_joined_bones`,
+    whose result "auto" keeps only for a hip, is not run: on a 512 x 512 x 400 knee CT it took
+    38.6 of the 56.5 s of the segmentation, for nothing."""
+    named = name_bones(infos, anatomy="auto")
+    if named.anatomy != "knee" or not infos:
+        return False
+    return all(
+        named.names.get(r.index, "").split("_")[0] in KNEE_BONES and named.confidence.get(r.index, 0.0) >= CONFIDENT for r in infos
+    )
 
 
 def _split_joined_bones(
