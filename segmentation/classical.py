@@ -44,7 +44,9 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    distance map, Maurer et al. 2003, IEEE TPAMI 25(2)). Two marrow regions of one shaft whose
    marrow pinched off near an end are merged again (:func:`_merge_split_shafts`, judged on the
    marrow cavities' axes), and so are neighbouring regions whose interface is nearly as thick
-   as the thinner region (a waist, not a joint).
+   as the thinner region (a waist, not a joint). Where the result is not all knee bones, bones
+   joined across a blurred joint space narrower than the blur (a femoral head in its socket)
+   are re-separated (:func:`_split_joined_bones`, on a grid of about 1.5 mm).
 7. **Naming** by anatomy (:func:`name_regions`): knee (femur, tibia, fibula, patella), hip
    (hip, femur, sacrum) or a general trunk rule (vertebrae, ribs, humeri, ...), with
    TotalSegmentator class names and ``_left`` / ``_right`` where both sides are present. In a
@@ -582,24 +584,39 @@ def _separate(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: NDArr
     if step == (1, 1, 1):
         regions[box] = _separate_box(mask[box], spacing, p, ct_zyx[box])
         return regions
-    m, ct_b = mask[box], ct_zyx[box]
-    padded = [(0, -n % s_) for n, s_ in zip(m.shape, step)]
-    m_p = np.pad(m, padded)
-    ct_p = np.pad(ct_b.astype(np.float32, copy=False), padded, mode="edge")
-    offsets = list(np.ndindex(*step))
-    m_c = np.zeros(tuple(n // s_ for n, s_ in zip(m_p.shape, step)), bool)
-    ct_c = np.zeros(m_c.shape, np.float32)
-    for o in offsets:  # block any / block mean by strided views (no copies of the box)
-        view = tuple(slice(a, None, s_) for a, s_ in zip(o, step))
-        m_c |= m_p[view]
-        ct_c += ct_p[view]
-    ct_c /= np.float32(len(offsets))
-    del m_p, ct_p
-    r_c = _separate_box(m_c, spacing * np.array(step[::-1], float), p, ct_c)
-    kji = np.nonzero(m)
+    m = mask[box]
+    r_c = _separate_box(block_max(m, step), spacing * np.array(step[::-1], float), p, block_mean(ct_zyx[box], step))
     sub = regions[box]
-    sub[kji] = r_c[tuple(c // s_ for c, s_ in zip(kji, step))]
+    sub[m] = from_blocks(r_c, m, step)
     return regions
+
+
+def block_max(a: NDArray, step: tuple[int, int, int]) -> NDArray:
+    """``a`` on the grid sub-sampled by whole ``step`` (k, j, i): each block's maximum (for a
+    mask, "any voxel of the block"; for labels, one label present in it). Zero-padded."""
+    padded = np.pad(a, [(0, -n % s_) for n, s_ in zip(a.shape, step)])
+    out = np.zeros(tuple(n // s_ for n, s_ in zip(padded.shape, step)), a.dtype)
+    for o in np.ndindex(*step):  # strided views: no copies of the array
+        np.maximum(out, padded[tuple(slice(a_, None, s_) for a_, s_ in zip(o, step))], out=out)
+    return out
+
+
+def block_mean(a: NDArray, step: tuple[int, int, int]) -> NDArray[np.float32]:
+    """``a`` (HU) on the grid sub-sampled by whole ``step`` (k, j, i): each block's mean
+    (float32; the last partial block is padded by repeating the edge)."""
+    padded = np.pad(a.astype(np.float32, copy=False), [(0, -n % s_) for n, s_ in zip(a.shape, step)], mode="edge")
+    out = np.zeros(tuple(n // s_ for n, s_ in zip(padded.shape, step)), np.float32)
+    offsets = list(np.ndindex(*step))
+    for o in offsets:
+        out += padded[tuple(slice(a_, None, s_) for a_, s_ in zip(o, step))]
+    return out / np.float32(len(offsets))
+
+
+def from_blocks(coarse: NDArray, mask: NDArray, step: tuple[int, int, int]) -> NDArray:
+    """The value of each voxel of ``mask`` (fine grid) taken from its block in ``coarse`` (the
+    grid of :func:`block_max` by ``step``); 1-D, in the order of ``np.nonzero(mask)``."""
+    kji = np.nonzero(mask)
+    return coarse[tuple(c // s_ for c, s_ in zip(kji, step))]
 
 
 def marker_watershed(level: NDArray, markers: NDArray, mask: NDArray, spacing: NDArray) -> NDArray:
@@ -1243,6 +1260,79 @@ JOINT_CORTEX_MM = 3.0
 JOINT_REACH_MM = 4.0
 
 
+#: The re-separation's grid: sub-sampled by whole steps to about this spacing (mm) along each
+#: axis (:func:`joint_grid_step`).
+JOINT_GRID_MM = 1.5
+
+
+def joint_grid_step(spacing: NDArray) -> tuple[int, int, int]:
+    """Whole-voxel sub-sampling step (k, j, i) of :func:`_split_joined_bones`' watershed: the
+    step nearest to :data:`JOINT_GRID_MM` along each axis (1 on grids of 1.1 mm and coarser).
+
+    Its seed, growth and cortex distances (:data:`JOINT_SEED_DEPTH_MM`, :data:`JOINT_GROW_MM`)
+    are a few voxels of such a grid, where a blurred joint space is at most a voxel or two
+    wide. On a finer grid the same image resolves the blurred joint space as a channel wider
+    than :data:`JOINT_GROW_MM` from every bright voxel, and the marrow of bones across the
+    joint join (measured: a hip phantom resampled to 0.82 x 0.65 x 0.75 mm left both hip bones
+    and the sacrum one region, and no bone named; on a 1.64 x 1.3 x 1.5 mm grid all were named).
+    The same image therefore gets the same split at any voxel size; the boundaries are then
+    set at full resolution (:func:`adaptive_refine`).
+    """
+    return tuple(max(1, int(round(JOINT_GRID_MM / s_))) for s_ in spacing[::-1])  # type: ignore[return-value]
+
+
+def _joint_watershed(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, n_regions: int) -> NDArray | None:
+    """The marker watershed of :func:`_split_joined_bones` on one grid: int32 labels of the new
+    bones on the components of ``regions`` where one region holds two or more marrow markers
+    (0 elsewhere), or None when no region does."""
+    mask = regions > 0
+    sm = ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7)
+    bright = (sm >= JOINT_BRIGHT_HU) | ~mask
+    to_bright = _arr(
+        sitk.SignedMaurerDistanceMap(
+            _img(np.pad(bright, 1, constant_values=True).astype(np.uint8), spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
+    )[1:-1, 1:-1, 1:-1]
+    seeds = mask & (to_bright > JOINT_SEED_DEPTH_MM)
+    if not seeds.any():
+        return None
+    low = mask & (to_bright > JOINT_GROW_MM)  # not through dim spots next to a bright cortex
+    grown = _arr(sitk.BinaryReconstructionByDilation(_img(seeds.astype(np.uint8), spacing), _img(low.astype(np.uint8), spacing))).astype(bool)
+    markers, n = ndi.label(grown, structure=np.ones((3, 3, 3), bool))
+    voxel_mm3 = float(np.prod(spacing))
+    seed_vol = np.bincount(markers[seeds], minlength=n + 1) * voxel_mm3
+    ok = seed_vol >= JOINT_SEED_MIN_MM3
+    ok[0] = False
+    if ok.sum() < 2:
+        return None
+    lut = np.zeros(n + 1, np.int32)
+    lut[ok] = np.arange(1, int(ok.sum()) + 1)
+    markers = lut[markers]
+    # Which existing regions hold two or more markers? Only their components are redone.
+    pairs = np.unique(np.stack([regions[markers > 0], markers[markers > 0]]), axis=1)
+    per_region = np.bincount(pairs[0], minlength=n_regions + 1)
+    crowded = np.flatnonzero(per_region >= 2)
+    if crowded.size == 0:
+        return None
+    comps, _nc = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+    affected = np.unique(comps[np.isin(regions, crowded)])
+    work = np.isin(comps, affected)
+    markers[~work] = 0
+    # Each marker takes its own cortex: the bright voxels it reaches through bright voxels in
+    # JOINT_CORTEX_MM (a geodesic dilation, so it never crosses a dark joint space).
+    allowed = work & bright
+    cross = ndi.generate_binary_structure(3, 1)
+    for _ in range(max(1, int(round(JOINT_CORTEX_MM / float(np.min(spacing)))))):
+        grow = ndi.grey_dilation(markers, footprint=cross)
+        take = allowed & (markers == 0) & (grow > 0)
+        if not take.any():
+            break
+        markers[take] = grow[take]
+    landscape = _img(np.where(work, -sm, 1.0e4).astype(np.float32), spacing)
+    ws = _arr(sitk.MorphologicalWatershedFromMarkers(landscape, _img(markers.astype(np.uint32), spacing), markWatershedLine=False, fullyConnected=True))
+    return ws.astype(np.int32) * work
+
+
 def _interface_valley_depth(regions: NDArray, sm: NDArray, spacing: NDArray) -> dict[tuple[int, int], float]:
     """Median valley depth (HU) of the interface between every pair of touching regions.
 
@@ -1323,7 +1413,9 @@ def _split_joined_bones(
     the interface between two pieces of one bone (several marrow seeds) is not peeled; those
     pieces are rejoined by the naming step as fragments. Only the connected components where an
     existing region holds two or more pieces are replaced; the new regions get the same
-    cleaning as :func:`segment_classical`.
+    cleaning as :func:`segment_classical`. The markers and the watershed run on a grid of about
+    1.5 mm (:func:`joint_grid_step`), so a CT with finer voxels is split as the same image on
+    that grid; the peel and the cleaning run on the CT's own grid.
 
     Limits (measured on the pelvis phantom): :data:`JOINT_BRIGHT_HU` must lie above every
     marrow level (at 350 HU the phantom's sacral marrow, 210-350 HU, gets no seed and is
@@ -1340,56 +1432,23 @@ def _split_joined_bones(
     for i, (b, mk) in enumerate(pieces, start=1):
         regions[b][mk] = i
     mask = regions > 0
-    sm = ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7)
-    bright = (sm >= JOINT_BRIGHT_HU) | ~mask
-    to_bright = _arr(
-        sitk.SignedMaurerDistanceMap(
-            _img(np.pad(bright, 1, constant_values=True).astype(np.uint8), spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-        )
-    )[1:-1, 1:-1, 1:-1]
-    seeds = mask & (to_bright > JOINT_SEED_DEPTH_MM)
-    if not seeds.any():
-        return pieces, []
-    low = mask & (to_bright > JOINT_GROW_MM)  # not through dim spots next to a bright cortex
-    grown = _arr(sitk.BinaryReconstructionByDilation(_img(seeds.astype(np.uint8), spacing), _img(low.astype(np.uint8), spacing))).astype(bool)
-    markers, n = ndi.label(grown, structure=np.ones((3, 3, 3), bool))
-    voxel_mm3 = float(np.prod(spacing))
-    seed_vol = np.bincount(markers[seeds], minlength=n + 1) * voxel_mm3
-    ok = seed_vol >= JOINT_SEED_MIN_MM3
-    ok[0] = False
-    if ok.sum() < 2:
-        return pieces, []
-    lut = np.zeros(n + 1, np.int32)
-    lut[ok] = np.arange(1, int(ok.sum()) + 1)
-    markers = lut[markers]
-    # Which existing regions hold two or more markers? Only their components are redone.
-    pairs = np.unique(np.stack([regions[markers > 0], markers[markers > 0]]), axis=1)
-    per_region = np.bincount(pairs[0], minlength=len(pieces) + 1)
-    crowded = np.flatnonzero(per_region >= 2)
-    if crowded.size == 0:
+    step = joint_grid_step(spacing)
+    if step == (1, 1, 1):
+        ws = _joint_watershed(ct_zyx, regions, spacing, len(pieces))
+    else:
+        ws_c = _joint_watershed(block_mean(ct_zyx, step), block_max(regions, step), spacing * np.array(step[::-1], float), len(pieces))
+        ws = None
+        if ws_c is not None:
+            ws = np.zeros(regions.shape, np.int32)
+            ws[mask] = from_blocks(ws_c, mask, step)
+            del ws_c
+    if ws is None:
         return pieces, []
     comps, _nc = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
-    affected = np.unique(comps[np.isin(regions, crowded)])
+    affected = np.unique(comps[ws > 0])
+    affected = affected[affected > 0]
     work = np.isin(comps, affected)
-    markers[~work] = 0
-    # Each marker takes its own cortex: the bright voxels it reaches through bright voxels in
-    # JOINT_CORTEX_MM (a geodesic dilation, so it never crosses a dark joint space).
-    allowed = work & bright
-    cross = ndi.generate_binary_structure(3, 1)
-    for _ in range(max(1, int(round(JOINT_CORTEX_MM / float(np.min(spacing)))))):
-        grow = ndi.grey_dilation(markers, footprint=cross)
-        take = allowed & (markers == 0) & (grow > 0)
-        if not take.any():
-            break
-        markers[take] = grow[take]
-    landscape = _img(np.where(work, -sm, 1.0e4).astype(np.float32), spacing)
-    ws = _arr(sitk.MorphologicalWatershedFromMarkers(landscape, _img(markers.astype(np.uint32), spacing), markWatershedLine=False, fullyConnected=True))
-    ws = ws.astype(np.int32) * work
-    # Pieces of one bone (several marrow seeds) stay apart here: naming rejoins them as fragments
-    # of the bone they touch most. Merging by the interface test alone is not safe: a thin, dim
-    # cortex (the sacrum's) makes a joint interface look like bone (measured -6..-22 HU at the
-    # phantom's sacro-iliac joints vs -5..-60 HU inside one hip bone).
-    depths = _interface_valley_depth(ws, sm, spacing)
+    ws[~work] = 0
     groups = ws
     # Nothing to do unless some old region really spans two of the new bones.
     pairs = np.unique(np.stack([regions[groups > 0], groups[groups > 0]]), axis=1)
@@ -1397,6 +1456,11 @@ def _split_joined_bones(
     if split.size == 0:
         return pieces, []
     if p.adaptive_boundary:
+        # Pieces of one bone (several marrow seeds) stay apart here: naming rejoins them as
+        # fragments of the bone they touch most. Merging by the interface test alone is not safe:
+        # a thin, dim cortex (the sacrum's) makes a joint interface look like bone (measured
+        # -6..-22 HU at the phantom's sacro-iliac joints vs -5..-60 HU inside one hip bone).
+        depths = _interface_valley_depth(ws, ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7), spacing)
         # Peel the joint space each bone took up to the meeting line, but only across dark
         # sheets: pieces whose interface is no valley (likely one bone, rejoined later as a
         # fragment) are refined together, so their interface is not peeled.

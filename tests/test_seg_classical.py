@@ -126,24 +126,62 @@ def test_a_shaft_whose_marrow_pinches_off_stays_one_bone_on_thick_slices(small_k
     the distal marrow climbs the outside of the shaft's cortex, so the distal region wrapped the
     shaft and stayed an unnamed ``bone_1`` ("no joint partner in view") before the split-shaft
     merge took the marrow cavities' own axes. Every bone is named, the tibia whole."""
+    ph = small_knee_phantom
+    ct, truth = _resampled(ph, (200, 200, 400))
+    seg = segment_classical(ct, anatomy="auto")
+    assert sorted(seg.table.labels.values()) == ["femur", "fibula", "patella", "tibia"], seg.notes
+    scores = evaluate_segmentation(seg.labels, seg.table, truth, ph.label_table)
+    for name, least in (("femur", 0.95), ("tibia", 0.95), ("fibula", 0.9)):  # measured 0.944 for the thin fibula
+        assert scores[name].dice >= least, (name, scores[name])
+
+
+def _resampled(ph, shape: tuple[int, int, int]):
+    """The phantom's CT (trilinear) and labels (nearest) on a grid of ``shape`` (i, j, k) voxels
+    spanning the same extent: the same image at another voxel size."""
     import SimpleITK as sitk
 
     from orthonav.core.volume import from_sitk, make_lps_from_ijk, to_sitk
 
-    ph = small_knee_phantom
-    shape = np.array([200, 200, 400])
-    spacing = (np.array(ph.ct.shape_ijk) - 1) * ph.ct.spacing_mm / (shape - 1)
+    n = np.array(shape)
+    spacing = (np.array(ph.ct.shape_ijk) - 1) * ph.ct.spacing_mm / (n - 1)
     m = make_lps_from_ijk(spacing, ph.ct.origin_lps, ph.ct.direction)
-    ref = sitk.Image([int(x) for x in shape], sitk.sitkInt16)
+    ref = sitk.Image([int(x) for x in n], sitk.sitkInt16)
     ref.SetSpacing([float(x) for x in spacing])
     ref.SetOrigin([float(x) for x in m[:3, 3]])
     ref.SetDirection([float(x) for x in ph.ct.direction.ravel()])
     ct = from_sitk(sitk.Resample(to_sitk(ph.ct), ref, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkInt16))
     truth = from_sitk(sitk.Resample(to_sitk(ph.labels), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+    return ct, truth
+
+
+def test_the_joint_split_grid_is_the_ct_grid_at_phantom_spacings_and_about_1_5_mm_on_finer_ones():
+    """:func:`joint_grid_step`: whole steps to about 1.5 mm per axis, none on grids of 1.1 mm and
+    coarser (the phantoms' 1.2-3 mm grids are split as before)."""
+    from orthonav.segmentation.classical import joint_grid_step
+
+    assert joint_grid_step(np.array([1.2, 1.2, 2.0])) == (1, 1, 1)
+    assert joint_grid_step(np.array([1.8, 1.8, 2.4])) == (1, 1, 1)
+    assert joint_grid_step(np.array([0.82, 0.65, 0.75])) == (2, 2, 2)  # (k, j, i)
+    assert joint_grid_step(np.array([0.4, 0.32, 2.36])) == (1, 5, 4)
+
+
+@pytest.mark.slow
+def test_a_hip_on_a_fine_grid_is_split_and_named_as_on_a_coarse_one(small_hip_phantom):
+    """The small hip phantom (1.8 x 1.8 x 2.4 mm) resampled to 1.09 x 0.86 x 1.0 mm (384 x 384 x
+    300 voxels): the same image on a finer grid. The re-separation of bones joined across a
+    blurred joint (:func:`_split_joined_bones`) ran on the CT's own grid, where the blurred
+    sacro-iliac joint is a channel its markers grow through, and cut the left hip bone in two:
+    half of it stayed an unnamed ``bone_1`` ("fits no hip bone in view"; on 512 x 512 x 400
+    nothing was named at all). On its ~1.5 mm grid (:func:`joint_grid_step`) every bone is named
+    and whole."""
+    ph = small_hip_phantom
+    ct, truth = _resampled(ph, (384, 384, 300))
     seg = segment_classical(ct, anatomy="auto")
-    assert sorted(seg.table.labels.values()) == ["femur", "fibula", "patella", "tibia"], seg.notes
+    assert sorted(seg.table.labels.values()) == ["femur_left", "femur_right", "hip_left", "hip_right", "sacrum"], seg.notes
     scores = evaluate_segmentation(seg.labels, seg.table, truth, ph.label_table)
-    for name, least in (("femur", 0.95), ("tibia", 0.95), ("fibula", 0.9)):  # measured 0.944 for the thin fibula
+    # measured 0.959 / 0.960 femurs, 0.931 / 0.929 hip bones, 0.953 sacrum (0.971, 0.951, 0.955
+    # on the phantom's own grid: the boundary of the blurred thin hip plates lies a voxel out)
+    for name, least in (("femur_left", 0.95), ("femur_right", 0.95), ("hip_left", 0.92), ("hip_right", 0.92), ("sacrum", 0.94)):
         assert scores[name].dice >= least, (name, scores[name])
 
 
