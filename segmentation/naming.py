@@ -1003,6 +1003,20 @@ def _missing(anatomy: str, names: dict[int, str]) -> tuple[str, ...]:
     return tuple(f"{b} ({anatomy} anatomy requested)" for b in EXPECTED[anatomy] if b not in found)
 
 
+#: The sacrum's centroid lies at least this far (mm) behind the femoral heads.
+SACRUM_BEHIND_HEADS_MM = 10.0
+
+
+def _head_centre(f: RegionInfo) -> NDArray[np.float64]:
+    """Rough centre (LPS mm) of a proximal femur's head: the mean of its top 25 mm."""
+    top = float(f.z_range_mm[1])
+    if len(f.points_lps):
+        near = f.points_lps[f.points_lps[:, 2] > top - 25.0]
+        if len(near):
+            return near.mean(axis=0)
+    return np.array([f.centroid_lps[0], f.centroid_lps[1], top - 12.5])
+
+
 def _name_pelvis_rest(
     live: list[RegionInfo],
     hips: list[_HipPair],
@@ -1011,7 +1025,8 @@ def _name_pelvis_rest(
     geo: _Geo,
     body_centre_lps: NDArray[np.float64] | None,
 ) -> None:
-    """Sacrum (the large bone between the hip bones, posterior, touching them) and vertebrae above it."""
+    """Sacrum (the large bone between the hip bones, posterior, across the midline, touching
+    them) and vertebrae above it."""
     if not hips:
         return
     hip_bones = [hp.hip for hp in hips]
@@ -1024,8 +1039,22 @@ def _name_pelvis_rest(
     lo_x = min(min(h.centroid_lps[0] for h in hip_bones), mid_x)
     hi_x = max(max(h.centroid_lps[0] for h in hip_bones), mid_x)
     hip_y = float(np.mean([h.centroid_lps[1] for h in hip_bones]))
+    heads = np.array([_head_centre(hp.femur) for hp in hips])
     rest = sorted([r for r in live if r.index not in base and r.volume_mm3 >= 10_000.0], key=lambda r: -r.volume_mm3)
-    sac = [r for r in rest if lo_x < r.centroid_lps[0] < hi_x and abs(r.centroid_lps[0] - mid_x) < 60.0 and r.centroid_lps[1] > hip_y - 10.0]
+    # The sacrum spans the midline (its alae reach both sacro-iliac joints); a piece of a hip
+    # bone cut off by the split (the posterior ilium) lies to one side of it.
+    sac = [
+        r
+        for r in rest
+        if lo_x < r.centroid_lps[0] < hi_x
+        and abs(r.centroid_lps[0] - mid_x) < 60.0
+        and r.x_range_mm[0] < mid_x < r.x_range_mm[1]
+        and r.centroid_lps[1] > hip_y - 10.0
+        # above and behind the femoral heads' midpoint (36-55 mm behind, 41-50 mm above on the
+        # phantoms): a piece of the pubis cut off by the split lies in front, at or below them
+        and r.centroid_lps[2] > heads[:, 2].mean()
+        and r.centroid_lps[1] > heads[:, 1].mean() + SACRUM_BEHIND_HEADS_MM
+    ]
     if not sac:
         return
     sacrum = sac[0]

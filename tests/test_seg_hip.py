@@ -71,6 +71,22 @@ def test_single_hip_side_from_femur_lateral_of_its_hip_bone():
     assert names[0] == "hip_right" and names[1] == "femur_right" and side == "right"
 
 
+def test_the_sacrum_spans_the_midline_above_and_behind_the_femoral_heads():
+    """Found 2026-12-05 on a hip field of view the split cut into pieces: the largest piece near
+    the midline behind the hip bones was taken for the sacrum, and a posterior piece of the
+    left ilium (to one side of the midline) was named ``sacrum`` at 0.94, the true sacrum
+    ``vertebrae_a``. A piece of the pubis (at the midline, in front of and below the femoral
+    heads) would have been taken too. Neither is the sacrum now; the sacrum still is."""
+    regions = _pelvis() + [
+        _blob(5, (60, 30, -90), (25, 20, 30), 160),  # posterior ilium, left of the midline, larger than the sacrum
+        _blob(6, (15, -20, -150), (25, 15, 20), 170),  # pubis at the midline, below the heads
+    ]
+    names, _side = name_regions(regions, anatomy="auto")
+    assert names[2] == "sacrum", names
+    assert names[5] != "sacrum" and names[6] != "sacrum", names
+    assert [names[i] for i in (0, 1, 3, 4)] == ["hip_left", "femur_left", "hip_right", "femur_right"]
+
+
 def test_knee_layout_is_not_a_hip():
     femur = _blob(0, (0, 0, -200), (25, 25, 110), 300)
     tibia = _blob(1, (0, 0, -430), (25, 25, 110), 250)
