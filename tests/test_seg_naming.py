@@ -304,6 +304,43 @@ def test_classical_segmentation_end_to_end_no_confident_misname(small_knee_phant
     assert named > 0
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 13 item 2 not met: on 40 random fields of view at 2.5-3 mm (seed 7, 2026-12-05) the "
+        "classical segmentation gave 6 confident misnames in 3 knee and whole-leg fields of view "
+        "(101 names, 146 abstentions). The separation leaves a blurred knee as blocks (distal femur, "
+        "proximal tibia and fibula in one region), the hip split cuts them, and the hip rule reads a "
+        "femur piece as a hip bone over a 'femoral head' (a tibia or a joint block, 64-251 mm deep). "
+        "Tried: keeping the split only where a hip bone is named confidently (13 misnames: the unsplit "
+        "pieces of two whole-leg fields of view then read as a hip too), or where it names more bone "
+        "(10-13); deciding with the field of view's cut points (names lost on three knees)"
+    ),
+)
+def test_a_blurred_knee_field_of_view_is_not_read_as_a_hip(small_knee_phantom):
+    """Draw 28 of that run: both knees, feet first, 2.5-3 mm. The left knee was named (femur,
+    tibia, fibula, patella) and the left femur's shaft piece ``hip_left`` at 0.99."""
+    from orthonav.segmentation.classical import segment_classical
+
+    rng = np.random.default_rng(7)
+    for d in range(29):
+        spec = random_fov(rng, ("knee", "hip", "whole_leg", "knee")[d % 4], spacing_mm=(2.5, 3.0))
+    case = apply_fov(small_knee_phantom, spec, with_ct=True)
+    seg = segment_classical(case.ct, anatomy="auto")
+    pred, truth = seg.labels.array_zyx, case.labels.array_zyx
+    misnames = []
+    for v, name in seg.table.labels.items():
+        if name.startswith("bone_"):
+            continue
+        counts = np.bincount(truth[pred == v], minlength=256)
+        counts[0] = 0
+        held = [case.names[int(t)] for t in np.flatnonzero(counts >= 0.3 * max(counts.sum(), 1)) if int(t) in case.names]
+        if all(_is_misname(name, seg.table.side, t) for t in held):
+            misnames.append((name, held))
+    assert misnames == [], misnames
+
+
 def test_field_of_view_truth_is_whole_on_a_grid_finer_than_the_source(small_knee_phantom):
     """Found 2026-12-05: the truth of a field of view was splatted from the source's points, so
     on a grid finer than their 1.2 mm step most voxels of a bone stayed empty (a hatched truth:
