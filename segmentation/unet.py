@@ -856,15 +856,23 @@ def sliding_window_probabilities(
 
 
 def _knee_side(labels_zyx: NDArray, lps_from_ijk: NDArray[np.float64], tibia: int, fibula: int) -> str | None:
-    """'right' when the fibula lies right (-x LPS) of the tibia, as segmentation.naming decides."""
-    cents = []
+    """'right' when the fibula lies right (-x LPS) of the tibia across the tibia's axis, as
+    segmentation.naming decides: the offset between their centres along the tibia (the fibula
+    in view may sit higher or lower) is removed first, so a leg tilted across the field of view
+    does not turn it (measured: a left leg tilted 25 deg read as right)."""
+    pts = []
     for v in (tibia, fibula):
         kji = np.argwhere(labels_zyx == v)
         if len(kji) == 0:
             return None
-        ijk = kji.mean(axis=0)[::-1]
-        cents.append(lps_from_ijk[:3, :3] @ ijk + lps_from_ijk[:3, 3])
-    return "right" if cents[1][0] < cents[0][0] else "left"
+        kji = kji[:: max(1, len(kji) // 20000)]
+        pts.append(kji[:, ::-1].astype(np.float64) @ lps_from_ijk[:3, :3].T + lps_from_ijk[:3, 3])
+    tib, fib = pts
+    c = tib.mean(axis=0)
+    axis = np.linalg.svd(tib - c, full_matrices=False)[2][0]  # the tibia's long axis
+    d = fib.mean(axis=0) - c
+    lateral = d - (d @ axis) * axis
+    return "right" if lateral[0] < 0 else "left"
 
 
 #: Pieces of a class smaller than this (mL) are dropped before naming.
@@ -883,7 +891,9 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
 
     The midline (LPS x) is the sacrum's centre when the sacrum is present, else the midpoint of
     the two largest pieces of a paired class when the second is at least 30 % of the first and
-    their centres lie at least :data:`MIN_LEG_SEPARATION_MM` apart from left to right (two legs). With a midline, every piece of a paired class is named by the side of its centre
+    their centres lie at least :data:`MIN_LEG_SEPARATION_MM` apart from left to right, and further
+    apart from left to right than from head to foot (two legs side by side, not pieces of one
+    leg). With a midline, every piece of a paired class is named by the side of its centre
     (LPS +x is the patient's left); without one, names stay unsuffixed (one limb) and the side
     is the fibula's side of the tibia (knee), else unknown.
 
@@ -913,10 +923,13 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
             if len(small):
                 labels_zyx[np.isin(comp, small)] = 0
 
-    def centre_x(mask: NDArray) -> float:
+    def centre(mask: NDArray) -> NDArray[np.float64]:
         kji = np.argwhere(mask)
         ijk = kji.mean(axis=0)[::-1]
-        return float((spacing_x @ ijk + lps_from_ijk[:3, 3])[0])
+        return spacing_x @ ijk + lps_from_ijk[:3, 3]
+
+    def centre_x(mask: NDArray) -> float:
+        return float(centre(mask)[0])
 
     by_name = {n: c for c, n in classes.items()}
     midline: float | None = None
@@ -932,11 +945,14 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
                 continue
             sizes = np.bincount(comp.ravel())[1:]
             a, b = np.argsort(-sizes)[:2] + 1
-            xa, xb = centre_x(comp == a), centre_x(comp == b)
+            ca, cb = centre(comp == a), centre(comp == b)
             # two legs: two large pieces side by side; pieces of ONE broken-up bone lie above one
-            # another (an adult's hips / knees are >= ~150 mm apart; MIN_LEG_SEPARATION_MM)
-            if sizes[b - 1] >= 0.3 * sizes[a - 1] and abs(xa - xb) >= MIN_LEG_SEPARATION_MM:
-                midline = 0.5 * (xa + xb)
+            # another (an adult's hips / knees are >= ~150 mm apart; MIN_LEG_SEPARATION_MM), also
+            # in a leg tilted across the field of view, where they are apart from left to right
+            # too (measured: 88 mm left-right, one leg tilted 25 deg, its pieces named by two sides)
+            dx, dz = abs(ca[0] - cb[0]), abs(ca[2] - cb[2])
+            if sizes[b - 1] >= 0.3 * sizes[a - 1] and dx >= max(MIN_LEG_SEPARATION_MM, dz):
+                midline = 0.5 * (ca[0] + cb[0])
                 break
     out = np.zeros(labels_zyx.shape, np.uint8)
     names: dict[int, str] = {}

@@ -338,3 +338,32 @@ def test_short_training_on_phantoms_beats_chance(tmp_path: Path) -> None:
     bone = dice(pred > 0, truth > 0)
     assert per["femur"] >= FEMUR_MIN and bone >= BONE_MIN, (per, bone)
 
+
+
+def test_pieces_of_one_tilted_leg_are_not_named_as_two_sides() -> None:
+    """Found 2026-12-05 (``bench_naming_e2e.py --backend unet``, a single left leg tilted 25 deg
+    across a whole-leg field of view): the femur came out in pieces whose centres lay 88 mm apart
+    from left to right, read as two legs, and the leg's bones were named ``_left`` and ``_right``
+    by where each piece lay. Pieces above one another are one leg (no sides); two femurs side by
+    side at one level are two."""
+    from orthonav.segmentation.unet import name_components
+
+    classes = {1: "femur", 2: "tibia"}
+    lps_from_ijk = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels, LPS = 2 * index
+
+    def blob(a, centre_ijk, value):
+        i, j, k = centre_ijk
+        a[k - 8 : k + 8, j - 8 : j + 8, i - 8 : i + 8] = value
+
+    one_leg = np.zeros((200, 60, 120), np.uint8)  # (k, j, i)
+    blob(one_leg, (95, 30, 170), 1)  # femur piece, high and to the left
+    blob(one_leg, (50, 30, 110), 1)  # femur piece, 90 mm to the right and 120 mm lower
+    blob(one_leg, (30, 30, 40), 2)
+    _labels, names, _side, _cls = name_components(one_leg, lps_from_ijk, classes)
+    assert sorted(names.values()) == ["femur", "tibia"], names
+
+    two_legs = np.zeros((200, 60, 120), np.uint8)
+    blob(two_legs, (95, 30, 150), 1)  # left femur
+    blob(two_legs, (20, 30, 140), 1)  # right femur, 150 mm to the right, 20 mm lower
+    _labels, names, _side, _cls = name_components(two_legs, lps_from_ijk, classes)
+    assert sorted(names.values()) == ["femur_left", "femur_right"], names
