@@ -6,9 +6,10 @@ from the small knee and hip phantoms at ``--spacing`` mm, resamples their CT, ru
 ``segment_classical(anatomy="auto")`` (or, with ``--backend unet``, the shipped U-Net) and judges
 each label against the truth it holds:
 
-- *named*: a confident name; a **misname** when every truth bone making up >= 30 % of the label
-  is another bone or the other side (a label holding two bones, a segmentation error, may be
-  named after either; an unsuffixed name with no side is judged on the bone alone);
+- *named*: a name; a **misname** when every truth bone making up >= 30 % of the label is another
+  bone or the other side (a label holding two bones, a segmentation error, may be named after
+  either; an unsuffixed name with no side is judged on the bone alone). Names below the
+  naming's confidence level (0.8; the U-Net keeps those, with a warning) are counted apart;
 - *withheld*: ``bone_N``.
 
 Prints one line per draw and a table. The test suite runs 8 such draws at 2.8-3 mm
@@ -58,7 +59,9 @@ def main() -> None:
 
     knee, hip = make_knee_phantom(seed=0, small=True), make_hip_phantom(seed=0, small=True)
     rng = np.random.default_rng(args.seed)
-    totals = {"named": 0, "withheld": 0, "misnamed": 0, "draws with a misname": 0, "refused": 0}
+    from orthonav.segmentation.naming import CONFIDENT
+
+    totals = {"named": 0, "withheld": 0, "misnamed": 0, "draws with a misname": 0, "named below 0.8": 0, "misnamed below 0.8": 0, "refused": 0}
     t0 = time.perf_counter()
     for d in range(args.draws):
         scenario = ("knee", "hip", "whole_leg", "knee")[d % 4]
@@ -79,12 +82,17 @@ def main() -> None:
             counts = np.bincount(truth[pred == v], minlength=256)
             counts[0] = 0
             held = [case.names[int(t)] for t in np.flatnonzero(counts >= 0.3 * max(counts.sum(), 1)) if int(t) in case.names]
-            totals["named"] += 1
-            if judge(name, seg.table.side, held):
+            sure = seg.table.confidence.get(v, 1.0) >= CONFIDENT
+            totals["named" if sure else "named below 0.8"] += 1
+            wrong = judge(name, seg.table.side, held)
+            if wrong and sure:
                 bad += 1
                 words.append(f"{name}!!(holds {'/'.join(held)})")
+            elif wrong:
+                totals["misnamed below 0.8"] += 1
+                words.append(f"{name}?(holds {'/'.join(held) or 'no one bone'}; confidence {seg.table.confidence.get(v, 0.0):.2f})")
             else:
-                words.append(name)
+                words.append(name if sure else f"{name}?")
         totals["misnamed"] += bad
         totals["draws with a misname"] += bad > 0
         n_withheld = sum(n.startswith("bone_") for n in seg.table.labels.values())
