@@ -11,11 +11,13 @@ Nothing is fitted to one phantom's lengths or to the scanner axes; every rule re
 own geometry in the patient (LPS) frame given by the direction matrix:
 
 * **Hip joint**: a femoral candidate whose top end sits in a large bone superior to it
-  (the femoral head in the acetabulum of the hip bone, which contains it in z and in x).
+  (the femoral head in the acetabulum of the hip bone, which contains it in z and in x), as a
+  ball in a socket: their facing voxels on two concentric spheres (:func:`ball_in_cup`).
 * **Knee joint**: two large regions in contact end to end along the axis joining them (the
   limb axis, derived from the bones, not the scanner): similar cross-sections, little overlap
   along that axis, and the union elongated along it. Which one is the femur comes from three
-  independent pieces of evidence: the fibula alongside one of them (that one is the tibia), a
+  independent pieces of evidence: the fibula alongside one of them (that one is the tibia; a
+  fibula lies apart from it but at its ends, :data:`FIBULA_MAX_CLOSE`), a
   patella near the joint, in front of it (LPS anterior, :data:`PATELLA_MAX_ANGLE_DEG`) on the
   femur's side, and LPS superior (weighted by how vertical the limb axis is).
 * **Side**: from the midline between two legs or hips, the fibula's side of the tibia (lateral
@@ -449,6 +451,75 @@ FEMUR_MIN_DIAMETER_MM = 18.0
 HIP_HEAD_DEPTH_MM = 15.0
 
 
+#: A femoral head sits in its cup as a ball in a socket: the two bones' voxels within this
+#: distance (mm) of each other (the contact shells) lie on two concentric spheres.
+CUP_CONTACT_MM = 8.0
+#: ... to within this RMS (mm): a shell of voxel centres ~6 mm thick is ~1.7 mm RMS about its
+#: mid-sphere, 3 mm voxels add ~0.9 mm, a real head's asphericity ~1 mm. Condyles over a tibial
+#: plateau, or pieces of a blurred knee, fit two concentric spheres 4-35 mm RMS.
+CUP_RMS_MM = 3.0
+#: ... with the cup's shell outside the head's by at least this much (mm): by about
+#: :data:`CUP_CONTACT_MM` for a ball in a socket, by about nothing for two surfaces meeting
+#: end to end.
+CUP_OUTSIDE_MM = 0.5 * CUP_CONTACT_MM
+#: ... over at least this fraction of each shell (the rest: the neck or a trochanter near the rim).
+CUP_MIN_KEPT = 0.75
+#: ... and a head's shell of this radius (mm): adult femoral heads are 18-30 mm in radius, and the
+#: shell's mid-sphere lies ~3 mm inside the head's surface (the two real libhip m4 heads, 25.5 and
+#: 26.2 mm: 23-24 mm; the phantoms': 21-26 mm). Condyles congruent with a real tibial plateau fit
+#: spheres of 31-38 mm at about this RMS: the radius tells them apart.
+HEAD_SHELL_RADIUS_MM = (15.0, 30.0)
+
+
+def _concentric_spheres(
+    a: NDArray[np.float64], b: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], float, float, NDArray[np.float64], NDArray[np.float64]]:
+    """Two concentric spheres through the point sets ``a`` and ``b`` (mm): centre, radii and the
+    signed residuals. Algebraic least squares |p|^2 = 2 c.p + k, one k (= r^2 - |c|^2) per set,
+    each set weighted by 1/sqrt(n) so that both count alike."""
+    wa, wb = 1.0 / math.sqrt(len(a)), 1.0 / math.sqrt(len(b))
+    m = np.r_[np.c_[2.0 * a, np.ones(len(a)), np.zeros(len(a))] * wa, np.c_[2.0 * b, np.zeros(len(b)), np.ones(len(b))] * wb]
+    x = np.linalg.lstsq(m, np.r_[(a**2).sum(axis=1) * wa, (b**2).sum(axis=1) * wb], rcond=None)[0]
+    c = x[:3]
+    ra, rb = (math.sqrt(max(k + float(c @ c), 1e-9)) for k in x[3:])
+    return c, ra, rb, np.linalg.norm(a - c, axis=1) - ra, np.linalg.norm(b - c, axis=1) - rb
+
+
+def ball_in_cup(cup_lps: NDArray[np.float64], ball_lps: NDArray[np.float64]) -> tuple[bool, str]:
+    """Does the bone sampled by ``ball_lps`` sit in a socket of the one sampled by ``cup_lps``
+    as a femoral head in its acetabulum? (LPS mm point samples of the two bones' voxels.)
+
+    The contact shells (each bone's points within :data:`CUP_CONTACT_MM` of the other) are fitted
+    with two concentric spheres (:func:`_concentric_spheres`, once more after trimming the points
+    far off them). A ball in a socket fits :data:`CUP_MIN_KEPT` of each shell to
+    :data:`CUP_RMS_MM`, with the cup's sphere :data:`CUP_OUTSIDE_MM` outside the ball's and the
+    ball's radius in :data:`HEAD_SHELL_RADIUS_MM`. Returns (verdict, why).
+    """
+    cup, ball = np.asarray(cup_lps, np.float64), np.asarray(ball_lps, np.float64)
+    if len(cup) < 10 or len(ball) < 10:
+        return False, "too few voxels to judge the joint"
+    ball_c = ball[cKDTree(cup).query(ball, distance_upper_bound=CUP_CONTACT_MM)[0] < CUP_CONTACT_MM]
+    cup_c = cup[cKDTree(ball).query(cup, distance_upper_bound=CUP_CONTACT_MM)[0] < CUP_CONTACT_MM]
+    if len(ball_c) < 20 or len(cup_c) < 20:
+        return False, f"too small a contact ({len(ball_c)} and {len(cup_c)} voxels sampled)"
+    c, r_ball, r_cup, e_ball, e_cup = _concentric_spheres(ball_c, cup_c)
+    # One trim: a few voxels of the neck or a trochanter near the socket's rim are no part of
+    # the joint (within 3 mm or 2.5 median deviations of the spheres is kept); most must stay.
+    k_ball = np.abs(e_ball) <= max(3.0, 2.5 * float(np.median(np.abs(e_ball))))
+    k_cup = np.abs(e_cup) <= max(3.0, 2.5 * float(np.median(np.abs(e_cup))))
+    kept = min(float(k_ball.mean()), float(k_cup.mean()))
+    c, r_ball, r_cup, e_ball, e_cup = _concentric_spheres(ball_c[k_ball], cup_c[k_cup])
+    rms = math.sqrt(0.5 * (float(np.mean(e_ball**2)) + float(np.mean(e_cup**2))))
+    fit = f"contact shells on concentric spheres of {r_ball:.0f} and {r_cup:.0f} mm, {rms:.1f} mm RMS over {100 * kept:.0f} % of them"
+    ok = (
+        rms <= CUP_RMS_MM
+        and kept >= CUP_MIN_KEPT
+        and r_cup - r_ball >= CUP_OUTSIDE_MM
+        and HEAD_SHELL_RADIUS_MM[0] <= r_ball <= HEAD_SHELL_RADIUS_MM[1]
+    )
+    return ok, fit if ok else f"no ball in a socket ({fit})"
+
+
 def _is_femur_like(r: RegionInfo) -> bool:
     return (
         abs(r.axis_lps[2]) > 0.7
@@ -484,7 +555,8 @@ def _hip_pairs(regions: list[RegionInfo], geo: _Geo, body_centre_lps: NDArray[np
     (LPS) to it, at least a quarter its volume; along the axis from the femur's centroid to the
     hip bone's, the femur's top reaches at least :data:`HIP_HEAD_DEPTH_MM` beyond the hip bone's
     lowest point (the head is inside the cup; at a knee the tibia's top meets the femur's bottom
-    end to end). Largest femurs first, at most two pairs.
+    end to end); and the two sit as a ball in a socket (:func:`ball_in_cup`: condyles over a
+    tibial plateau, or blocks of a blurred knee, do not). Largest femurs first, at most two pairs.
     """
     down = np.array([0.0, 0.0, -1.0])
     femurs = sorted(
@@ -508,6 +580,9 @@ def _hip_pairs(regions: list[RegionInfo], geo: _Geo, body_centre_lps: NDArray[np
             depth = f.span_along(u)[1] - h.span_along(u)[0]
             if depth < HIP_HEAD_DEPTH_MM:
                 continue
+            ball, fit = ball_in_cup(h.points_lps, f.points_lps)
+            if not ball:
+                continue
             g = geo.gap(h.index, f.index)
             # Evidence (log-odds): contact at the head, the head deep in the cup, the hip bone
             # above (LPS), larger, reaching well above the femoral head.
@@ -525,7 +600,7 @@ def _hip_pairs(regions: list[RegionInfo], geo: _Geo, body_centre_lps: NDArray[np
                 across = (mid - h.x_range_mm[0]) if f.centroid_lps[0] > mid else (h.x_range_mm[1] - mid)
                 e += 1.0 if out >= 40.0 else -3.0
                 e += 0.0 if across <= 30.0 else -6.0
-            cands.append(_HipPair(h, f, _logistic(e), f"femoral head in the cup of a larger bone above it (gap {g:.0f} mm, {depth:.0f} mm deep)"))
+            cands.append(_HipPair(h, f, _logistic(e), f"femoral head in the cup of a larger bone above it (gap {g:.0f} mm, {depth:.0f} mm deep; {fit})"))
     pairs: list[_HipPair] = []
     used: set[int] = set()
     for hp in sorted(cands, key=lambda c: -c.p):
@@ -632,6 +707,15 @@ def _knee_pairs(regions: list[RegionInfo], geo: _Geo, taken: set[int]) -> list[_
     return out
 
 
+#: A fibula lies apart from its tibia but at its ends: at most this fraction of its voxels are
+#: within this distance (mm) of the tibia's. Measured on the real left leg of
+#: ``real_bone_surfaces/knee_vhf_left`` (voxelised at 1.5 mm): 0.065 of the whole fibula, 0.11 of
+#: its top 40 mm (the head, at the proximal tibiofibular joint); a sliver split off the tibia
+#: along its length: 0.46.
+FIBULA_CLOSE_MM = 6.0
+FIBULA_MAX_CLOSE = 0.3
+
+
 def _alongside(r: RegionInfo, bone: RegionInfo, u: NDArray[np.float64], geo: _Geo) -> float:
     """How well ``r`` lies alongside ``bone`` (a fibula by its tibia): 0..1."""
     if r.volume_mm3 > 0.6 * bone.volume_mm3 or geo.gap(r.index, bone.index) > CONTACT_MM:
@@ -646,6 +730,11 @@ def _alongside(r: RegionInfo, bone: RegionInfo, u: NDArray[np.float64], geo: _Ge
     inside = max(0.0, min(r_hi, b_hi) - max(r_lo, b_lo)) / max(r_hi - r_lo, 1e-6)
     ext = r_hi - r_lo
     if inside < 0.6 or ext < 1.5 * min(r.extents_mm[1], r.extents_mm[2]) + 1e-6:
+        return 0.0
+    # A fibula touches its tibia only at the two tibiofibular joints; a sliver of the bone split
+    # off along its length (a blurred cortex) lies against it all the way.
+    d, _ = geo.tree(bone.index).query(r.points_lps, distance_upper_bound=FIBULA_CLOSE_MM)
+    if float(np.mean(d < FIBULA_CLOSE_MM)) > FIBULA_MAX_CLOSE:
         return 0.0
     return min(1.0, (inside - 0.5) / 0.4)
 
@@ -748,22 +837,52 @@ def _letters(n: int) -> list[str]:
     return out
 
 
+#: A rib (or a piece of one) is thin: equivalent diameter at most this (mm). Rib pieces of the
+#: shared real CTs measure 5.4-10.2 mm; a hip bone, a scapula or a femur are 20 mm and more.
+RIB_MAX_DIAMETER_MM = 16.0
+#: A thin piece with more than this fraction of its voxels within :data:`SLIVER_CLOSE_MM` of a
+#: larger region lies against it: a sliver of that bone's blurred cortex, not a bone of its own.
+SLIVER_MAX_CLOSE = 0.5
+SLIVER_CLOSE_MM = 6.0
+
+
+def _sliver_of(r: RegionInfo, regions: list[RegionInfo], geo: _Geo) -> int | None:
+    """The larger region ``r`` lies against (see :data:`SLIVER_MAX_CLOSE`), or None."""
+    for o in regions:
+        if o.index == r.index or o.volume_mm3 <= r.volume_mm3 or geo.gap(r.index, o.index) > SLIVER_CLOSE_MM:
+            continue
+        d, _ = geo.tree(o.index).query(r.points_lps, distance_upper_bound=SLIVER_CLOSE_MM)
+        if float(np.mean(d < SLIVER_CLOSE_MM)) > SLIVER_MAX_CLOSE:
+            return o.index
+    return None
+
+
 def _name_trunk(
-    todo: list[RegionInfo], all_regions: list[RegionInfo], body_centre_lps: NDArray[np.float64] | None
-) -> tuple[dict[int, str], dict[int, float]]:
+    todo: list[RegionInfo], all_regions: list[RegionInfo], body_centre_lps: NDArray[np.float64] | None, geo: _Geo
+) -> tuple[dict[int, str], dict[int, float], dict[int, str]]:
     """Trunk rule: midline posterior -> vertebrae, midline anterior -> sternum, lateral long
-    bones outside the rib cage -> humerus, other lateral -> ribs. Confidence: the logistic of the
-    distance from the rule's decision boundary (mm, scaled), times that this is a trunk at all
-    (thin elongated rib-like regions on both sides of the midline)."""
+    bones outside the rib cage -> humerus, other thin lateral pieces -> ribs. Confidence: the
+    logistic of the distance from the rule's decision boundary (mm, scaled), times that this is
+    a trunk at all (thin elongated rib-like regions on both sides of the midline). Returns names,
+    confidences and, for lateral regions that are no rib (too thick, or a sliver lying against
+    a larger bone), why they are left unnamed."""
     if not todo:
-        return {}, {}
+        return {}, {}, {}
     centre = body_centre_lps if body_centre_lps is not None else np.mean([r.centroid_lps for r in all_regions], axis=0)
     cx, cy = float(centre[0]), float(centre[1])
     names: dict[int, str] = {}
     conf: dict[int, float] = {}
-    # Is this a trunk at all? Ribs (thin: equivalent diameter <= 11 mm, elongated) on both sides
-    # of the midline. A limb's fibula (13-17 mm, round) is not a rib.
-    ribs = [r for r in todo if r.elongation >= ELONGATED and r.diameter_mm <= 11.0]
+    not_rib: dict[int, str] = {}
+    for r in todo:
+        if r.diameter_mm > RIB_MAX_DIAMETER_MM:
+            not_rib[r.index] = f"too thick for a rib ({r.diameter_mm:.0f} mm across), and no limb joint in view"
+        else:
+            o = _sliver_of(r, all_regions, geo)
+            if o is not None:
+                not_rib[r.index] = "a thin piece lying against a larger bone (a sliver of it), not a rib"
+    # Is this a trunk at all? Ribs (thin: equivalent diameter <= 11 mm, elongated, apart from
+    # other bones) on both sides of the midline. A limb's fibula (13-17 mm, round) is not a rib.
+    ribs = [r for r in todo if r.elongation >= ELONGATED and r.diameter_mm <= 11.0 and r.index not in not_rib]
     n_left = sum(1 for r in ribs if r.centroid_lps[0] > cx)
     n_right = len(ribs) - n_left
     p_trunk = _logistic(-1.5 + 1.0 * min(n_left, 3) + 1.0 * min(n_right, 3))
@@ -800,9 +919,11 @@ def _name_trunk(
             if group:
                 names[max(group, key=lambda r: r.volume_mm3).index] = "sternum"
             continue
+        if stem.startswith("rib"):
+            group = [r for r in group if r.index not in not_rib]
         for r, letter in zip(group, _letters(len(group))):
             names[r.index] = f"{stem}_{letter}"
-    return names, {i: conf[i] for i in names}
+    return names, {i: conf[i] for i in names}, {i: w for i, w in not_rib.items() if i not in names}
 
 
 # --- the namer ---------------------------------------------------------------------------------
@@ -875,10 +996,11 @@ def name_bones(
     if anatomy == "auto":
         used_anatomy = ("limb" if hips and knees else "hip" if hips else "knee") if (hips or knees or weak_knees) else "general"
     if used_anatomy == "general":
-        t_names, t_conf = _name_trunk(live, regions, body_centre_lps)
+        t_names, t_conf, t_not = _name_trunk(live, regions, body_centre_lps, geo)
         for i, n in t_names.items():
             base[i] = (n, t_conf[i], None, 1.0)
             why[i] = "trunk rule (midline, lateral, posterior/anterior of the body centre)"
+        why.update(t_not)
     else:
         # Sides. Two hips or two knees: the midline between them; one: anatomy and body centre.
         hip_mid = 0.5 * (hips[0].femur.centroid_lps[0] + hips[1].femur.centroid_lps[0]) if len(hips) == 2 else None

@@ -8,13 +8,11 @@ import numpy as np
 import pyvista as pv
 
 
-def remesh(mesh: pv.PolyData, spacing_mm: float, offset_mm: np.ndarray) -> pv.PolyData:
-    """The surface voxelised on a ``spacing_mm`` grid shifted by ``offset_mm`` (a voxel is
-    in when its centre is inside) and meshed again by the product's mesher
-    (:func:`orthonav.segmentation.meshing.mask_mesh`: flying edges, windowed-sinc
-    smoothing, watertight)."""
+def voxelise(mesh: pv.PolyData, spacing_mm: float, offset_mm=0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A closed surface scan-converted (VTK's polygon-to-stencil) on a ``spacing_mm`` grid shifted
+    by ``offset_mm`` with a 3 mm margin: (bool mask indexed (z, y, x): a voxel is in when its
+    centre is inside, (4, 4) ``lps_from_ijk``)."""
     import vtk
-    from orthonav.segmentation.meshing import mask_mesh
     from vtkmodules.util.numpy_support import vtk_to_numpy
 
     lo = np.asarray(mesh.bounds, dtype=np.float64)[0::2] - 3.0 + offset_mm
@@ -37,11 +35,22 @@ def remesh(mesh: pv.PolyData, spacing_mm: float, offset_mm: np.ndarray) -> pv.Po
     cut.ReverseStencilOff()
     cut.SetBackgroundValue(0)
     cut.Update()
-    mask_xyz = vtk_to_numpy(cut.GetOutput().GetPointData().GetScalars()).reshape(dims[::-1])
+    mask_zyx = vtk_to_numpy(cut.GetOutput().GetPointData().GetScalars()).reshape(dims[::-1]).astype(bool)
     lps_from_ijk = np.eye(4)
     lps_from_ijk[:3, :3] *= spacing_mm
     lps_from_ijk[:3, 3] = lo
-    return mask_mesh(mask_xyz.astype(bool), lps_from_ijk, name="femur", target_triangles=0)
+    return mask_zyx, lps_from_ijk
+
+
+def remesh(mesh: pv.PolyData, spacing_mm: float, offset_mm: np.ndarray) -> pv.PolyData:
+    """The surface voxelised on a ``spacing_mm`` grid shifted by ``offset_mm`` (:func:`voxelise`)
+    and meshed again by the product's mesher
+    (:func:`orthonav.segmentation.meshing.mask_mesh`: flying edges, windowed-sinc
+    smoothing, watertight)."""
+    from orthonav.segmentation.meshing import mask_mesh
+
+    mask_zyx, lps_from_ijk = voxelise(mesh, spacing_mm, offset_mm)
+    return mask_mesh(mask_zyx, lps_from_ijk, name="femur", target_triangles=0)
 
 
 def decimate(mesh: pv.PolyData, keep_fraction: float) -> pv.PolyData:

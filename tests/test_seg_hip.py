@@ -32,19 +32,37 @@ def _blob(index: int, centre, semi, volume_ml: float, seed: int = 0) -> RegionIn
     return RegionInfo.from_points(index, p, volume_mm3=volume_ml * 1000.0)
 
 
+def _cloud(centre, semi, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n', 3) uniform points in a solid ellipsoid (LPS mm)."""
+    p = rng.uniform(-1.0, 1.0, size=(n, 3))
+    return p[(p**2).sum(axis=1) <= 1.0] * np.asarray(semi, float) + np.asarray(centre, float)
+
+
+def _hip_joint(i_hip: int, i_femur: int, m: float, rng: np.random.Generator) -> list[RegionInfo]:
+    """A hip bone with a socket and a femur whose 24 mm head sits in it (3 mm joint space), on the
+    side ``m`` (+1: patient left, +x in LPS). Volumes as measured on the pelvis phantom."""
+    head = np.array([m * 110.0, -20.0, -190.0])
+    hip = _cloud((m * 80, -20, -130), (45, 60, 95), 60000, rng)
+    ball = _cloud(head, (24, 24, 24), 8000, rng)
+    shaft = _cloud((m * 135, -20, -290), (18, 20, 90), 20000, rng)
+    disc = _cloud((0, 0, 0), (13, 13, 13), 6000, rng)
+    neck = head + rng.uniform(0.0, 1.0, (len(disc), 1)) * (np.array([m * 135.0, -20.0, -215.0]) - head) + disc
+    femur = np.concatenate([ball, neck, shaft])
+    from scipy.spatial import cKDTree
+
+    # The socket: the hip bone keeps out of the head's 27 mm ball and away from the neck and shaft.
+    hip = hip[(np.linalg.norm(hip - head, axis=1) > 27.0) & (cKDTree(np.concatenate([neck, shaft])).query(hip)[0] > 6.0)]
+    return [RegionInfo.from_points(i_hip, hip, volume_mm3=240e3), RegionInfo.from_points(i_femur, femur, volume_mm3=190e3)]
+
+
 def _pelvis(mirror: float = 1.0, with_right: bool = True) -> list[RegionInfo]:
-    """Bilateral pelvis layout (LPS: +x patient left). ``mirror=-1`` swaps the sides."""
+    """Bilateral pelvis layout (LPS: +x patient left): each femoral head in the socket of its hip
+    bone. ``mirror=-1`` swaps the sides."""
     m = mirror
-    regions = [
-        _blob(0, (m * 80, -20, -130), (45, 60, 95), 240),  # hip_left
-        _blob(1, (m * 120, -20, -215), (20, 22, 95), 190),  # femur_left: top at z -120, in the hip's z range
-        _blob(2, (m * 15, 25, -105), (30, 25, 55), 145),  # sacrum
-    ]
+    rng = np.random.default_rng(0)
+    regions = _hip_joint(0, 1, m, rng) + [_blob(2, (m * 15, 25, -105), (30, 25, 55), 145)]  # hip_left, femur_left, sacrum
     if with_right:
-        regions += [
-            _blob(3, (m * -50, -20, -130), (45, 60, 95), 240),  # hip_right
-            _blob(4, (m * -90, -20, -215), (20, 22, 95), 190),  # femur_right
-        ]
+        regions += _hip_joint(3, 4, -m, rng)  # hip_right, femur_right
     return regions
 
 
@@ -79,7 +97,7 @@ def test_the_sacrum_spans_the_midline_above_and_behind_the_femoral_heads():
     heads) would have been taken too. Neither is the sacrum now; the sacrum still is."""
     regions = _pelvis() + [
         _blob(5, (60, 30, -90), (25, 20, 30), 160),  # posterior ilium, left of the midline, larger than the sacrum
-        _blob(6, (15, -20, -150), (25, 15, 20), 170),  # pubis at the midline, below the heads
+        _blob(6, (15, -45, -200), (25, 15, 20), 170),  # pubis at the midline, in front of and below the heads
     ]
     names, _side = name_regions(regions, anatomy="auto")
     assert names[2] == "sacrum", names
