@@ -393,26 +393,16 @@ def test_segmentation_of_the_study_finds_every_scanned_piece_and_nothing_unscann
     _assert_every_scanned_piece_found(segmented)
 
 
-@pytest.mark.xfail(
-    reason="issue 13 item 3 not met, a segmentation defect (classical separation), not naming: on this study the "
-    "cortex reads 838 HU (the knee's thin metaphyseal cortex, the blurred hip and ankle stacks), so the levels are "
-    "'not resolved' (seed 440, growth 162 HU) and the marker watershed lets the fibula's marker flood the connected "
-    "partial-volume halo: one region of 112 mL holds the knee-stack fibula (11 %), a shell of the femur and tibia "
-    "(47 %) and halo (42 %), and takes the femur's top slab at the stack border, so the femur piece is neither cut "
-    "there nor elongated and no knee joint is found. Given the bones on the same grid, naming names and joins every "
-    "piece at 0.96-0.99 (test_naming_joins_the_pieces_of_each_bone_of_the_study_given_its_bones). Flooding that halo "
-    "last (tried 2026-12-05) names and joins every piece, but costs the real thorax CT its names and 0.01 of Dice. "
-    "Lifting the watershed's level to the brightest neighbour (grey dilation, tried 2026-12-05): with the 26 neighbours "
-    "it names and joins every piece and keeps the phantoms, the thorax (0.901, names) and the abdomen, but on one 3 mm "
-    "knee draw of test_classical_segmentation_end_to_end_no_confident_misname the hip rule then read the femoral condyles "
-    "over the tibial eminence as a femoral head in its cup (two confident misnames, 0.95); on the mask's outer layer only "
-    "it split the thorax's spine in two, read as a knee without fibula or patella, so nothing there was named; with the "
-    "6 neighbours it did not join the pieces. "
-    "The shipped U-Net (segment --backend unet) finds and names every piece (test_unet_segmentation_finds_and_names_every_piece_of_each_bone_as_one_bone)",
-    strict=False,
-)
 def test_segmentation_names_the_pieces_of_each_bone_as_one_bone(segmented, truth_on_grid, small_knee_phantom):
-    """The classical backend (:func:`_assert_pieces_named_as_one_bone`)."""
+    """The classical backend (:func:`_assert_pieces_named_as_one_bone`).
+
+    An xfail until 2026-12-05: the study's cortex reads 838 HU (levels 'not resolved': seed 440,
+    growth 162 HU) and the separation's marker watershed let the knee-stack fibula's marker flood
+    the connected partial-volume halo: one region of 112 mL held the fibula (11 %), a shell of
+    the femur and tibia (47 %) and halo (42 %), and took the femur's top slab at the stack border,
+    so no knee joint was found. Each voxel now floods at its brightest 26-neighbour's level
+    (``marker_watershed(..., lift=True)``). That was tried before and reverted because a 3 mm
+    knee draw then read as a hip; the hip rule now needs a ball in a socket (``ball_in_cup``)."""
     _assert_pieces_named_as_one_bone(segmented, truth_on_grid, small_knee_phantom)
 
 
