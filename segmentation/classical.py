@@ -81,7 +81,7 @@ from orthonav.core.volume import Volume
 from scipy import ndimage as ndi
 
 from .bone_mask import bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
-from .naming import CONFIDENT, RegionInfo, detect_anatomy, name_bones, region_infos_from_pieces, scan_border
+from .naming import CONFIDENT, RegionInfo, name_bones, region_infos_from_pieces, scan_border
 
 ANATOMIES = ("auto", "knee", "hip", "general")
 
@@ -1123,11 +1123,12 @@ def segment_classical(
     split_notes: list[str] = []
     if anatomy == "hip" or (anatomy == "auto" and not _all_knee_bones(_uncut(infos))):
         # Joint spaces narrower than the blur (a femoral head in its socket) leave two bones in
-        # one region; re-separate them. With "auto" this is kept only if the result is a hip.
+        # one region; re-separate them. With "auto" this is kept only if the result is a hip
+        # (read as the naming reads it: with the cut points and the body centre).
         split, split_notes = _split_joined_bones(ct_zyx, pieces, spacing, p, body, inner_kji, fill_planes=fill_planes)
         if split_notes:
             split_infos = infos_of(split)
-            if anatomy == "hip" or detect_anatomy(_uncut(split_infos)) == "hip":
+            if anatomy == "hip" or name_bones(split_infos, anatomy="auto", body_centre_lps=body_lps).anatomy in ("hip", "limb"):
                 pieces, infos = split, split_infos
             else:
                 split_notes = []
@@ -1382,14 +1383,14 @@ def _all_knee_bones(infos: list[RegionInfo]) -> bool:
 
 
 def _uncut(infos: list[RegionInfo]) -> list[RegionInfo]:
-    """``infos`` without their cut points, for the decisions around :func:`_split_joined_bones`.
+    """``infos`` without their cut points, for deciding whether to try :func:`_split_joined_bones`.
 
     With the field of view's cut points as evidence of a long bone continuing out of view, a
-    knee whose tibia the field of view cuts reads as a femoral head under the condyles. On 40
-    random fields of view at 2.5-3 mm (2026-12-05): deciding with them named three more hip
-    fields of view but took every name from three knee ones; keeping the split wherever it names
-    more bone confidently gave 10 and 13 confident misnames (with and without them) against 6.
-    The naming itself uses them."""
+    knee whose tibia the field of view cuts may read as a femoral head under the condyles, and
+    the split would be tried (and its result judged) for nothing. Whether the split is kept is
+    decided with the cut points and the body centre, as the naming sees them: since the hip rule
+    needs a ball in a socket, that names 9 of 30 random hip fields of view that were all left
+    unnamed, with no confident misname (2026-12-05)."""
     return [replace(r, cut_lps=np.zeros((0, 3))) for r in infos]
 
 
