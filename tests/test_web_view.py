@@ -344,7 +344,11 @@ def test_binds_127_0_0_1_and_a_slow_browser_never_slows_the_tracking_loop(nav_ca
         with_view = loop.stats()
         last = loop.latest_state()
         assert with_view.rate_hz > 0.8 * alone.rate_hz, (alone, with_view)
-        assert np.percentile(cost, 99) < 2e-4  # the tracking thread's cost of the web view: a store
+        # The tracking thread's cost of the web view is a store (microseconds; its p99 is a row of
+        # benchmarks/bench_web.py). Waiting on the throttled browser would cost a frame, tens of
+        # ms; the bounds below leave room for a loaded machine's scheduling, not for a wait.
+        assert np.median(cost) < 1e-4, np.median(cost)
+        assert np.percentile(cost, 99) < 2e-3, np.percentile(cost, 99)
         assert view.states_offered == with_view.states
         assert view.states_sent < 0.5 * view.states_offered  # states are dropped, not queued
         shown = view.wait_for_stats(lambda s: s["shown_sequence"] == last.sequence, timeout_s=30.0)
