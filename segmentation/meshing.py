@@ -102,7 +102,10 @@ def _make_watertight(points: NDArray[np.float64], faces: NDArray[np.int64], name
             tm = trimesh.util.concatenate(parts)
     if not tm.is_watertight:
         raise InputError(None, f"the surface of {name!r} could not be made watertight")
-    trimesh.repair.fix_normals(tm, multibody=True)
+    # A closed surface of one body wound consistently needs only the sign of its volume checked
+    # (flying edges and the decimation keep the winding: 0.7 s of trimesh's fix on a knee CT).
+    if not (tm.is_winding_consistent and tm.body_count == 1):
+        trimesh.repair.fix_normals(tm, multibody=True)
     if tm.volume < 0:
         tm.invert()
     return tm

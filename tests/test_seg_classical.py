@@ -108,7 +108,7 @@ def test_fine_grid_separates_on_a_coarser_grid_with_the_same_accuracy():
     from orthonav.segmentation.classical import ClassicalParams, separation_step
 
     k = mini_knee(spacing=(0.35, 0.4, 1.1))
-    assert separation_step(k.ct.spacing_mm, ClassicalParams()) == (1, 2, 2)  # (k, j, i)
+    assert separation_step(k.ct.spacing_mm, ClassicalParams()) == (1, 3, 3)  # (k, j, i): 1.1 x 1.2 x 1.05 mm
     seg = segment_classical(k.ct, anatomy="auto")
     assert sorted(seg.table.labels.values()) == sorted(BONES)
     assert seg.notes == ()
@@ -227,6 +227,7 @@ def test_slab_decomposition_gives_the_whole_box_result(monkeypatch):
 
     rod, spacing = _oblique_rod()
     p = classical.ClassicalParams()
+    monkeypatch.setattr(classical, "SLAB_MM", 40.0)  # thin enough for the rod to cross several
     assert len(list(classical.mask_slabs(rod, spacing, 3, (0, 0)))) >= 3
     slabbed = classical.remove_bumps(rod, spacing, p)
     assert 0 < (rod & ~slabbed).sum() < 0.05 * rod.sum()  # the bumps went, the rod stayed
@@ -250,6 +251,28 @@ def _image(array: np.ndarray, spacing_ijk: np.ndarray):
     im = sitk.GetImageFromArray(np.ascontiguousarray(array))
     im.SetSpacing([float(s) for s in spacing_ijk])
     return im
+
+
+def test_the_separation_helpers_equal_their_reference_operations():
+    """The fast forms used by the separation and the hip split give exactly what the operations
+    they replace give: the 3 x 3 x 3 grey dilation (``scipy.ndimage.maximum_filter``, edges not
+    counted), the distinct label pairs (``np.unique(..., axis=1)``) and label membership
+    (``np.isin``), on random arrays with thin and odd shapes."""
+    from scipy import ndimage as ndi
+
+    from orthonav.segmentation.classical import _member, _pairs, max_3x3x3
+
+    rng = np.random.default_rng(5)
+    for shape in ((1, 4, 7), (6, 1, 3), (2, 2, 2), (17, 23, 9)):
+        a = rng.normal(300.0, 400.0, shape).astype(np.float32)
+        np.testing.assert_array_equal(max_3x3x3(a), ndi.maximum_filter(a, size=3, mode="nearest"))
+        regions = rng.integers(0, 6, shape)
+        groups = rng.integers(0, 9, shape) * (rng.random(shape) < 0.5)
+        sel = groups > 0
+        np.testing.assert_array_equal(_pairs(regions, groups), np.unique(np.stack([regions[sel], groups[sel]]), axis=1))
+        values = np.array([0, 2, 5])
+        np.testing.assert_array_equal(_member(regions, values), np.isin(regions, values))
+    assert _pairs(np.ones((2, 2, 2), int), np.zeros((2, 2, 2), int)).shape == (2, 0)
 
 
 def test_marker_watershed_matches_a_flood_of_the_whole_box():
