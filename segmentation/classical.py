@@ -1113,9 +1113,17 @@ def segment_classical(
     box = _bbox(full >= p.bone_low_hu, p.crop_margin_vox)
     ct_zyx = full[box].astype(np.float32)
 
-    zone, bead_boxes = _bead_mask(ct_zyx, spacing, p)
-    bone = fill_cavities(grow_from_cortex(ct_zyx, ~zone, spacing, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu, grow_max_mm=p.grow_max_mm))
-    body = _body_mask(ct_zyx, spacing, p)  # on the wide box: the body around the bones
+    # The body (on the wide box: the body around the bones) does not depend on the bone mask:
+    # it is found on a second thread meanwhile when the thread budget allows.
+    pool = ThreadPoolExecutor(max_workers=1) if _workers() > 1 else None
+    body_job = pool.submit(_body_mask, ct_zyx, spacing, p) if pool is not None else None
+    try:
+        zone, bead_boxes = _bead_mask(ct_zyx, spacing, p)
+        bone = fill_cavities(grow_from_cortex(ct_zyx, ~zone, spacing, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu, grow_max_mm=p.grow_max_mm))
+        body = body_job.result() if body_job is not None else _body_mask(ct_zyx, spacing, p)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     # Components smaller than a bone can never become one (every region lies in one component
     # and regions below ``min_bone_volume_mm3`` are dropped): drop them now (noise specks
     # above ``bone_low_hu`` in soft tissue), then shrink the work box to the bones left plus a

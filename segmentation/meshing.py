@@ -15,6 +15,8 @@ repaired if needed.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import pyvista as pv
 import trimesh
@@ -141,24 +143,38 @@ def mask_mesh(
     InputError
         The mask is empty or its surface cannot be closed.
     """
+    points_ijk, faces = _surface_ijk(mask_zyx, name, smoothing_iterations, passband, offset_ijk)
+    return _polydata(*_closed_lps(points_ijk, faces, lps_from_ijk, name, target_triangles, int(mask_zyx.sum())))
+
+
+def _surface_ijk(
+    mask_zyx: NDArray[np.bool_], name: str, smoothing_iterations: int, passband: float, offset_ijk: tuple[int, int, int]
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The VTK part of :func:`mask_mesh`: the smoothed iso-surface of the mask, points in the
+    grid's voxel indices (i, j, k) and triangles."""
     if not mask_zyx.any():
         raise InputError(None, f"{name!r} has no voxels to mesh")
     box = ndi.find_objects(mask_zyx.view(np.uint8) if mask_zyx.dtype == bool else mask_zyx.astype(np.uint8))[0]
     pad = 2
     crop = np.pad(mask_zyx[box], pad)
-    surf = _contour_index_space(crop)
-    surf = _smooth(surf, smoothing_iterations, passband)
+    surf = _smooth(_contour_index_space(crop), smoothing_iterations, passband)
     offset = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) - pad + np.asarray(offset_ijk, float)
-    points_ijk = np.asarray(surf.points, dtype=np.float64) + offset
-    faces = _faces_of(surf)
+    return np.asarray(surf.points, dtype=np.float64) + offset, _faces_of(surf)
+
+
+def _closed_lps(
+    points_ijk: NDArray[np.float64], faces: NDArray[np.int64], lps_from_ijk: NDArray[np.float64], name: str, target_triangles: int, n_voxels: int
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The part of :func:`mask_mesh` after VTK (no VTK object: safe on a worker thread):
+    decimated, mapped to LPS mm, closed and oriented outward; (vertices, triangles)."""
     points_ijk, faces = _decimate(points_ijk, faces, target_triangles)
     points_lps = apply(lps_from_ijk, points_ijk)
     if np.linalg.det(lps_from_ijk[:3, :3]) < 0:  # a mirrored grid flips the winding
         faces = faces[:, ::-1]
     tm = _make_watertight(points_lps, faces, name)
     if len(tm.faces) == 0:  # a mask with voxels always has a surface: never return an empty one
-        raise InputError(None, f"the surface of {name!r} came out empty ({int(mask_zyx.sum())} voxels)")
-    return _polydata(np.asarray(tm.vertices), np.asarray(tm.faces))
+        raise InputError(None, f"the surface of {name!r} came out empty ({n_voxels} voxels)")
+    return np.asarray(tm.vertices), np.asarray(tm.faces)
 
 
 def label_meshes(
@@ -171,31 +187,36 @@ def label_meshes(
 ) -> dict[str, pv.PolyData]:
     """One watertight LPS-mm surface per bone named in ``table`` (bones with no voxels are skipped).
 
-    Bones are meshed one after the other: meshing them on parallel Python threads was tried
-    and once returned an empty surface (VTK pipelines are not safe to run that way).
+    The VTK steps (contour, smoothing) run for one bone after the other on the calling thread:
+    meshing bones on parallel Python threads was tried and once returned an empty surface (VTK
+    pipelines are not safe to run that way). The steps after them (decimation, which releases
+    the GIL, and trimesh's closing) hold no VTK object: they run on worker threads (as many as
+    SimpleITK's thread budget), beside the next bones' VTK steps. The surfaces are the same as
+    one after the other.
 
     Returns
     -------
     dict
         bone name -> ``pv.PolyData`` triangle mesh (LPS mm, outward normals), in label order.
     """
-    out: dict[str, pv.PolyData] = {}
+    import SimpleITK as sitk
+
     arr = labels.array_zyx
     boxes = ndi.find_objects(arr if arr.dtype == np.uint8 else arr.astype(np.int32)) if arr.max() > 0 else []
-    for value, name in sorted(table.labels.items()):
-        if value - 1 >= len(boxes) or boxes[value - 1] is None:
-            continue
-        box = boxes[value - 1]
-        out[name] = mask_mesh(
-            arr[box] == value,
-            labels.lps_from_ijk,
-            offset_ijk=(box[2].start, box[1].start, box[0].start),
-            name=name,
-            target_triangles=target_triangles,
-            smoothing_iterations=smoothing_iterations,
-            passband=passband,
-        )
-    return out
+    todo = [(name, boxes[value - 1], value) for value, name in sorted(table.labels.items()) if value - 1 < len(boxes) and boxes[value - 1] is not None]
+    finished: dict[str, object] = {}
+    workers = min(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), len(todo))
+    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        for name, box, value in todo:
+            mask = arr[box] == value
+            surface = _surface_ijk(mask, name, smoothing_iterations, passband, (box[2].start, box[1].start, box[0].start))
+            args = (*surface, labels.lps_from_ijk, name, target_triangles, int(np.count_nonzero(mask)))
+            finished[name] = pool.submit(_closed_lps, *args) if pool is not None else _closed_lps(*args)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return {name: _polydata(*(r.result() if isinstance(r, Future) else r)) for name, r in finished.items()}
 
 
 def is_watertight(mesh: pv.PolyData) -> bool:

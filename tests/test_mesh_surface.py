@@ -85,3 +85,29 @@ def test_empty_mask_is_an_error():
         mask_mesh(np.zeros((5, 5, 5), bool), np.eye(4))
     lab = Volume(np.zeros((5, 5, 5), np.uint8), np.eye(4))
     assert label_meshes(lab, LabelTable(labels={1: "femur"})) == {}
+
+
+def test_bones_closed_on_worker_threads_equal_those_closed_one_after_the_other():
+    """label_meshes closes (decimates, orients) bones on worker threads beside the next bones'
+    VTK steps when the thread budget allows: the surfaces are exactly those of the serial run."""
+    import SimpleITK as sitk
+
+    k, j, i = np.mgrid[0:60, 0:50, 0:70]
+    lab = np.zeros(k.shape, np.uint8)
+    for v, (c, r) in enumerate((((30, 25, 15), 11.0), ((30, 25, 45), 9.0), ((12, 12, 60), 6.0)), start=1):
+        lab[(k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2 <= r * r] = v
+    vol = Volume(lab, make_lps_from_ijk(np.array([0.7, 0.8, 1.1]), np.array([5.0, -3.0, 2.0]), np.eye(3)))
+    table = LabelTable(labels={1: "femur", 2: "tibia", 3: "patella"}, backend="classical")
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+        threaded = label_meshes(vol, table, target_triangles=2000)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        serial = label_meshes(vol, table, target_triangles=2000)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    assert list(threaded) == ["femur", "tibia", "patella"] == list(serial)
+    for name in serial:
+        assert serial[name].n_cells > 500
+        np.testing.assert_array_equal(np.asarray(threaded[name].points), np.asarray(serial[name].points))
+        np.testing.assert_array_equal(np.asarray(threaded[name].faces), np.asarray(serial[name].faces))
