@@ -2,7 +2,7 @@
 
 Draws ``--draws`` fields of view (:func:`orthonav.phantoms.fov.random_fov`: knee, hip and
 whole-leg windows, orientations, tables, metal; the scenario cycles knee, hip, whole leg, knee)
-from the small knee and hip phantoms at ``--spacing`` mm, resamples their CT, runs
+from the small knee and hip phantoms (``--full``: the full-size ones) at ``--spacing`` mm, resamples their CT, runs
 ``segment_classical(anatomy="auto")`` (or, with ``--backend unet``, the shipped U-Net) and judges
 each label against the truth it holds:
 
@@ -15,7 +15,8 @@ each label against the truth it holds:
 Prints one line per draw and a table. The test suite runs 8 such draws at 2.8-3 mm
 (``test_seg_naming.py``); this runs as many as asked.
 
-Run: ``python benchmarks/bench_naming_e2e.py [--draws 40] [--seed 7] [--spacing 2.5 3.0] [--backend unet]``
+Run: ``python benchmarks/bench_naming_e2e.py [--draws 40] [--seed 7] [--spacing 2.5 3.0] [--backend unet]
+[--scenario hip] [--full]``
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--spacing", type=float, nargs=2, default=(2.5, 3.0), metavar=("LO", "HI"))
     ap.add_argument("--backend", choices=("classical", "unet"), default="classical")
+    ap.add_argument("--scenario", choices=("cycle", "knee", "hip", "whole_leg"), default="cycle",
+                    help="one scenario for every draw (default: knee, hip, whole leg, knee in turn)")
+    ap.add_argument("--full", action="store_true",
+                    help="draw from the full-size phantoms (finer voxels, narrower joints) instead of the small ones")
     args = ap.parse_args()
 
     from orthonav.core.errors import InputError
@@ -57,14 +62,14 @@ def main() -> None:
     def segment(ct):
         return segment_unet(ct) if args.backend == "unet" else segment_classical(ct, anatomy="auto")
 
-    knee, hip = make_knee_phantom(seed=0, small=True), make_hip_phantom(seed=0, small=True)
+    knee, hip = make_knee_phantom(seed=0, small=not args.full), make_hip_phantom(seed=0, small=not args.full)
     rng = np.random.default_rng(args.seed)
     from orthonav.segmentation.naming import CONFIDENT
 
     totals = {"named": 0, "withheld": 0, "misnamed": 0, "draws with a misname": 0, "named below 0.8": 0, "misnamed below 0.8": 0, "refused": 0}
     t0 = time.perf_counter()
     for d in range(args.draws):
-        scenario = ("knee", "hip", "whole_leg", "knee")[d % 4]
+        scenario = ("knee", "hip", "whole_leg", "knee")[d % 4] if args.scenario == "cycle" else args.scenario
         spec = random_fov(rng, scenario, spacing_mm=tuple(args.spacing))
         case = apply_fov(hip if scenario == "hip" else knee, spec, with_ct=True)
         try:
@@ -98,7 +103,8 @@ def main() -> None:
         n_withheld = sum(n.startswith("bone_") for n in seg.table.labels.values())
         print(f"{d:3d} {scenario:9s} {spec.label:18s} {' '.join(sorted(words)) or '-'} (+{n_withheld} withheld)", flush=True)
     print()
-    print(f"{'draws':24s} {args.draws} (seed {args.seed}, {args.spacing[0]}-{args.spacing[1]} mm, {args.backend})")
+    print(f"{'draws':24s} {args.draws} (seed {args.seed}, {args.spacing[0]}-{args.spacing[1]} mm, {args.backend}, "
+          f"{'full-size' if args.full else 'small'} phantoms, scenario {args.scenario})")
     for k, v in totals.items():
         print(f"{k:24s} {v}")
     print(f"{'wall':24s} {time.perf_counter() - t0:.0f} s")

@@ -167,20 +167,54 @@ def test_small_phantom_anatomy_hip_gives_the_same_labels(small_hip, small_hip_se
 # --- the full pelvis phantom (the issue's acceptance; slow: ~25 s to build, ~20 s to segment) ---
 
 
+@pytest.fixture(scope="module")
+def full_hip():
+    from orthonav.phantoms.hip import make_hip_phantom
+
+    return make_hip_phantom(seed=0)
+
+
 @pytest.mark.slow
-def test_full_phantom_dice_hd95_against_truth():
+def test_full_phantom_dice_hd95_against_truth(full_hip):
     """Issue 3 acceptance on the full phantom (1.2 x 1.2 x 2.0 mm): Dice >= 0.97 per bone (met:
     0.976-0.988) and HD95 <= 1.5 mm (met for femurs, sacrum and hip_left at 1.2 mm; hip_right
     measures 1.70 mm, one diagonal voxel, from partial volume at the iliac crest, the ASIS and
     the sacro-iliac joint, so its bound here is 1.75 mm: NOT the issue's 1.5 mm)."""
-    from orthonav.phantoms.hip import make_hip_phantom
     from orthonav.segmentation.classical import segment_classical
     from orthonav.segmentation.evaluate import evaluate_segmentation
 
-    ph = make_hip_phantom(seed=0)
+    ph = full_hip
     seg = segment_classical(ph.ct, anatomy="auto")
     scores = evaluate_segmentation(seg.labels, seg.table, ph.labels, ph.label_table)
     assert sorted(scores) == HIP_NAMES
     for name, s in scores.items():
         assert s.dice >= 0.97, (name, s)
         assert s.hd95_mm <= (1.75 if name.startswith("hip") else 1.5), (name, s)
+
+
+@pytest.mark.slow
+def test_hip_fields_of_view_of_the_full_phantom_are_named_whole(full_hip):
+    """Cropped, tilted hip fields of view (:func:`~orthonav.phantoms.fov.random_fov`: windows of
+    12-25 cm, grids oblique up to 20 deg, patient tilt up to 25 deg, scale 0.8-1.2, prone or
+    supine, head- or feet-first, a table and a bead half the time each) of the full-size pelvis
+    phantom, resampled to 2-3 mm: the classical backend names all five bones in each, each label
+    mostly (>= 80 %) the bone it is named after, and no name is wrong. Measured with
+    ``bench_naming_e2e.py --full --scenario hip`` (seed 3): 12 of 12 draws whole at 2-3 mm, and
+    at 0.7-1.0 mm (2026-12-06). The small phantom's hip draws (1.8 x 1.8 x 2.4 mm, thin cortices
+    blurred below the split's cortex level) are named far less often: see the README."""
+    from orthonav.phantoms.fov import apply_fov, random_fov
+    from orthonav.segmentation.classical import segment_classical
+
+    rng = np.random.default_rng(3)
+    for d in range(4):
+        spec = random_fov(rng, "hip", spacing_mm=(2.0, 3.0))
+        case = apply_fov(full_hip, spec, with_ct=True)
+        seg = segment_classical(case.ct, anatomy="auto")
+        pred, truth = seg.labels.array_zyx, case.labels.array_zyx
+        by_name = {n: v for v, n in seg.table.labels.items()}
+        assert set(HIP_NAMES) <= set(by_name), (d, spec.label, seg.table.labels)
+        inv = {n: v for v, n in case.names.items()}
+        for name in HIP_NAMES:
+            under = truth[pred == by_name[name]]
+            share = float(np.mean(under == inv[name]))
+            assert share >= 0.8, (d, spec.label, name, share)
