@@ -29,7 +29,8 @@ import numpy as np
 
 def judge(name: str, side: str | None, held: list[str]) -> bool:
     """True when the confident ``name`` is none of the ``held`` truth names (a misname)."""
-    claimed = name if name.endswith(("_left", "_right")) or side is None else f"{name}_{side}"
+    sideless = name == "sacrum" or name.startswith("vertebrae")  # midline bones carry no side
+    claimed = name if name.endswith(("_left", "_right")) or side is None or sideless else f"{name}_{side}"
     for truth in held:
         if truth in ("table", "metal"):
             continue
