@@ -1290,11 +1290,19 @@ JOINT_BRIGHT_HU = 400.0
 #: A marrow seed lies at least this far from any bright voxel and from the bone's outside; a
 #: joint space (<= 6 mm wide between two cortices) never does.
 JOINT_SEED_DEPTH_MM = 3.0
-#: Seeds grow through the marrow (non-bright voxels) at least this far from any bright voxel,
-#: so a marker never leaks through a dim spot of a cortex into the joint space beyond it.
+#: Seeds grow through the marrow (non-bright voxels) at least this far from any bright voxel and
+#: from the outside, and at least one voxel of the grid (:func:`joint_moat_mm`), so a marker never
+#: leaks through a dim spot of a cortex into the joint space beyond it, nor along the blurred
+#: shell around the bones.
 JOINT_GROW_MM = 1.0
 #: Seeds smaller than this (mm^3) are ignored (noise pockets).
 JOINT_SEED_MIN_MM3 = 100.0
+#: A marker is marrow only if at most this fraction of the voxels within two face steps of it lie
+#: outside the bones (:func:`open_fractions`). A marrow cavity is walled off by its cortex
+#: (measured 0.00 on every marrow marker of a blurred pelvis); a pocket in a joint space or in
+#: the gap between two bones opens to the outside (0.34-0.35 at the sacro-iliac joints of the
+#: small pelvis phantom at 1.75 mm, where such a pocket flooded a hip bone).
+JOINT_OPEN_MAX = 0.25
 #: Each marrow marker takes the voxels within this distance (its own cortex) before flooding.
 JOINT_CORTEX_MM = 3.0
 #: The valley test looks this far on each side of an interface face for the brighter cortex.
@@ -1322,10 +1330,44 @@ def joint_grid_step(spacing: NDArray) -> tuple[int, int, int]:
     return tuple(max(1, int(round(JOINT_GRID_MM / s_))) for s_ in spacing[::-1])  # type: ignore[return-value]
 
 
+def joint_moat_mm(spacing: NDArray) -> float:
+    """How far (mm) from every bright voxel and from the outside the marrow markers of
+    :func:`_joint_watershed` grow: :data:`JOINT_GROW_MM`, and more than one voxel of the grid
+    (``spacing``, mm). On a grid coarser than :data:`JOINT_GROW_MM` the voxels next to a cortex
+    or to the outside would otherwise count: their chain, the blurred shell around the bones,
+    joined the marrow of the sacrum and a femur through a hip joint on a 1.75 mm grid."""
+    return max(JOINT_GROW_MM, float(np.max(spacing)) + 1e-3)
+
+
+def open_fractions(markers: NDArray, mask: NDArray, which: NDArray) -> NDArray[np.float64]:
+    """Per marker label ``v`` with ``which[v]``: the fraction of the voxels within two face steps
+    of the marker (not in it) that lie outside ``mask``; 0 for the other labels.
+
+    ``markers`` is an int label array, ``mask`` the bones (bool), ``which`` a bool array indexed
+    by label (length ``markers.max() + 1``)."""
+    out = np.zeros(len(which), np.float64)
+    boxes = ndi.find_objects(markers)
+    for v in np.flatnonzero(which):
+        if v == 0 or v > len(boxes) or boxes[v - 1] is None:
+            continue
+        grown = tuple(slice(max(0, s_.start - 2), min(n_, s_.stop + 2)) for s_, n_ in zip(boxes[v - 1], markers.shape))
+        m = markers[grown] == v
+        ring = ndi.binary_dilation(m, iterations=2) & ~m
+        if ring.any():
+            out[v] = float(np.mean(~mask[grown][ring]))
+    return out
+
+
 def _joint_watershed(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, n_regions: int) -> NDArray | None:
     """The marker watershed of :func:`_split_joined_bones` on one grid: int32 labels of the new
     bones on the components of ``regions`` where one region holds two or more marrow markers
-    (0 elsewhere), or None when no region does."""
+    (0 elsewhere), or None when no region does.
+
+    The markers are imposed as the landscape's minima (Beucher & Meyer 1993), so every marker
+    starts flooding at once and the flood order is that of the voxels between them. ITK's filter
+    otherwise starts each marker at its own level: a marker in dim marrow then lost its own
+    cortex, and every bone it touches, to a marker that touched a bright cortex first (a blurred
+    pelvis: one small hip-bone marker flooded both hip bones and the sacrum)."""
     mask = regions > 0
     sm = ndi.gaussian_filter(ct_zyx.astype(np.float32), 0.7)
     bright = (sm >= JOINT_BRIGHT_HU) | ~mask
@@ -1337,13 +1379,15 @@ def _joint_watershed(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, n_regi
     seeds = mask & (to_bright > JOINT_SEED_DEPTH_MM)
     if not seeds.any():
         return None
-    low = mask & (to_bright > JOINT_GROW_MM)  # not through dim spots next to a bright cortex
+    moat = joint_moat_mm(spacing)
+    low = mask & (to_bright > moat)  # not through dim spots next to a cortex, nor along the outside
     grown = _arr(sitk.BinaryReconstructionByDilation(_img(seeds.astype(np.uint8), spacing), _img(low.astype(np.uint8), spacing))).astype(bool)
     markers, n = ndi.label(grown, structure=np.ones((3, 3, 3), bool))
     voxel_mm3 = float(np.prod(spacing))
     seed_vol = np.bincount(markers[seeds], minlength=n + 1) * voxel_mm3
     ok = seed_vol >= JOINT_SEED_MIN_MM3
     ok[0] = False
+    ok &= open_fractions(markers, mask, ok) <= JOINT_OPEN_MAX  # marrow is walled off; a gap is open
     if ok.sum() < 2:
         return None
     lut = np.zeros(n + 1, np.int32)
@@ -1360,8 +1404,9 @@ def _joint_watershed(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, n_regi
     work = _member(comps, affected)
     markers[~work] = 0
     # Each marker takes its own cortex: the bright voxels it reaches through bright voxels in
-    # JOINT_CORTEX_MM (a geodesic dilation, so it never crosses a dark joint space).
-    allowed = work & bright
+    # JOINT_CORTEX_MM (a geodesic dilation, so it never crosses a dark joint space), starting
+    # across the moat its growth left next to the cortex.
+    allowed = work & (bright | (to_bright <= moat))
     cross = ndi.generate_binary_structure(3, 1)
     for _ in range(max(1, int(round(JOINT_CORTEX_MM / float(np.min(spacing)))))):
         grow = ndi.grey_dilation(markers, footprint=cross)
@@ -1369,7 +1414,9 @@ def _joint_watershed(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, n_regi
         if not take.any():
             break
         markers[take] = grow[take]
-    landscape = _img(np.where(work, -sm, 1.0e4).astype(np.float32), spacing)
+    level = np.where(work, -sm, 1.0e4).astype(np.float32)
+    level[markers > 0] = float(level.min()) - 1.0  # minima imposed: every marker floods from the start
+    landscape = _img(level, spacing)
     ws = _arr(sitk.MorphologicalWatershedFromMarkers(landscape, _img(markers.astype(np.uint32), spacing), markWatershedLine=False, fullyConnected=True))
     return ws.astype(np.int32) * work
 
@@ -1459,9 +1506,10 @@ def _split_joined_bones(
     holds both bones. Here markers are marrow **seeds** at least :data:`JOINT_SEED_DEPTH_MM` from
     any bright (cortex) voxel, grown through the non-bright voxels they reach (their own marrow:
     a joint space is walled off from it by the cortex) and then by :data:`JOINT_CORTEX_MM` into
-    their own cortex. A marker-controlled watershed (Beucher & Meyer 1993) on the **negated**
-    smoothed HU floods along the bright cortices first, so fronts of two bones meet at the
-    darkest point of the joint space between them. The joint space each bone took is peeled by
+    their own cortex; a marker open to the outside (:data:`JOINT_OPEN_MAX`: a pocket of a joint
+    space) is no marrow and dropped. A marker-controlled watershed (Beucher & Meyer 1993) on the
+    **negated** smoothed HU, the markers imposed as its minima, floods along the bright cortices
+    first, so fronts of two bones meet at the darkest point of the joint space between them. The joint space each bone took is peeled by
     :func:`adaptive_refine` across dark sheets only (:func:`_interface_valley_depth` > 0), so
     the interface between two pieces of one bone (several marrow seeds) is not peeled; those
     pieces are rejoined by the naming step as fragments. Only the connected components where an

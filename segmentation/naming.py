@@ -657,6 +657,25 @@ KNEE_MIN_MM3 = 5_000.0
 PATELLA_MAX_ANGLE_DEG = 60.0
 
 
+#: Least distance (mm) from a hip joint (the femoral head) to a knee joint. The adult femur is
+#: 380-500 mm long from the head's centre to the knee's joint line (Brinkmann & Reich; the
+#: phantom's 430 mm at a scale of 0.8 gives 344 mm); the two hip joints lie 140-210 mm apart.
+MIN_HIP_TO_KNEE_MM = 250.0
+
+
+def _contact_centre(a: RegionInfo, b: RegionInfo, geo: _Geo) -> NDArray[np.float64]:
+    """Where two regions meet (LPS mm): the mean of ``b``'s samples within 3 mm of the closest
+    approach to ``a``, and of their nearest samples of ``a``."""
+    d, idx = geo.tree(a.index).query(geo._pts(b.index))
+    close = d <= float(d.min()) + 3.0
+    return 0.5 * (geo._pts(b.index)[close].mean(axis=0) + geo._pts(a.index)[idx[close]].mean(axis=0))
+
+
+def _dist_knee_hip(k: _Knee, hp: _HipPair, geo: _Geo) -> float:
+    """Distance (mm) between a knee candidate's joint and a hip pair's joint (:func:`_contact_centre`)."""
+    return float(np.linalg.norm(_contact_centre(k.upper, k.lower, geo) - _contact_centre(hp.hip, hp.femur, geo)))
+
+
 def _knee_pairs(regions: list[RegionInfo], geo: _Geo, taken: set[int]) -> list[_Knee]:
     """Candidate knee joints: two large regions touching end to end along the axis joining them."""
     big = [r for r in regions if r.index not in taken and r.volume_mm3 >= KNEE_MIN_MM3]
@@ -990,6 +1009,18 @@ def name_bones(
         hips = _hip_pairs([r for r in live if r.index not in taken], geo, body_centre_lps)
         for hp in hips:
             taken |= {hp.hip.index, hp.femur.index}
+        # A knee lies a femur's length below every hip joint: a "knee" near a femoral head in its
+        # cup is pieces of a pelvis and a proximal femur. Its regions are released and the hips
+        # looked for again.
+        near = [k for k in knees if any(_dist_knee_hip(k, hp, geo) < MIN_HIP_TO_KNEE_MM for hp in hips)]
+        if near:
+            for k in near:
+                knees.remove(k)
+                taken -= {r.index for r in (k.upper, k.lower, k.fibula, k.patella) if r is not None}
+            taken -= {i for hp in hips for i in (hp.hip.index, hp.femur.index)}
+            hips = _hip_pairs([r for r in live if r.index not in taken], geo, body_centre_lps)
+            for hp in hips:
+                taken |= {hp.hip.index, hp.femur.index}
     used_anatomy = anatomy
     in_hips = {i for hp in hips for i in (hp.hip.index, hp.femur.index)}
     weak_knees = [k for k in weak_knees if not {k.upper.index, k.lower.index} & in_hips]
