@@ -992,6 +992,11 @@ def name_bones(
     # femoral head in a cup), then hips among the rest.
     if anatomy in ("auto", "knee"):
         knees = _knee_pairs(live, geo, taken)
+        if anatomy == "auto":
+            # Two bones meeting as a femoral head in the cup of the bone above it are a hip joint,
+            # not a knee (a pelvis piece and a proximal femur, with a pelvis piece for a patella):
+            # at a knee the tibia meets the femur end to end (:func:`_hip_pairs`).
+            knees = [k for k in knees if not _hip_pairs([k.upper, k.lower], geo, body_centre_lps)]
         for k in knees:
             taken |= {k.upper.index, k.lower.index}
         for k in knees:

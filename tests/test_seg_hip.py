@@ -295,3 +295,26 @@ def test_no_knee_is_read_beside_a_hip_joint(small_hip_phantom):
             continue
         assert name in inv, (name, seg.table.labels)  # no knee bone in a pelvis
         assert _bone_share(seg, truth, v, inv[name]) >= 0.9, name
+
+
+def test_a_knee_whose_bones_sit_as_a_head_in_a_cup_is_a_hip(small_hip_phantom):
+    """The third hip draw of ``random_fov`` seed 41 (1.5-3 mm; 2.8 mm voxels, prone, feet
+    first): its pelvis split into pieces, and the only "knee" was a piece of the left hip bone
+    over the left femur (end to end, 0.94) with a pelvis piece for a patella. No hip joint was left
+    beside it, so the check by distance (``MIN_HIP_TO_KNEE_MM``) could not release it; the
+    automatic anatomy then fell back to the unsplit pelvis and named nothing. The knee's own two
+    bones sit as a femoral head in a cup (:func:`~orthonav.segmentation.naming._hip_pairs`), which
+    a femur over a tibia never does: such a knee is released, and the left hip joint is named."""
+    from orthonav.phantoms.fov import random_fov
+
+    rng = np.random.default_rng(41)
+    for _ in range(3):
+        spec = random_fov(rng, "hip", spacing_mm=(1.5, 3.0))
+    seg, truth, inv = _segment_fov(small_hip_phantom, spec)
+    names = set(seg.table.labels.values())
+    assert {"femur_left", "hip_left"} <= names, seg.table.labels
+    for v, name in seg.table.labels.items():
+        if name.startswith("bone_"):
+            continue
+        assert name in inv, (name, seg.table.labels)  # no knee bone in a pelvis
+        assert _bone_share(seg, truth, v, inv[name]) >= 0.9, name
