@@ -8,9 +8,10 @@ Modes (``--mode``, several allowed; default all but ``speed``):
 * ``draws``: Dice per class on unseen synthetic draws (``phantoms.synth_ct``, ``--draws-seed``,
   default 2000; training used seed 0, calibration seed 10000).
 * ``calibration``: expected calibration error (ECE, 15 equal-width bins; Guo et al. 2017) of the
-  per-voxel confidence on the phantoms and draws above, with the card's temperature and with
-  T = 1 (before calibration), over the voxels near bone (true or predicted bone dilated by two
-  voxels: background far from bone, right at confidence ~1, would swamp the figure);
+  final labels' per-voxel confidence on the phantoms and draws above, three ways: the softmax
+  (T = 1), temperature-scaled (the card's T) and as shipped (T and the card's confidence map,
+  fitted on the seed-10000 draws), over the voxels near bone (true or predicted bone dilated by
+  two voxels: background far from bone, right at confidence ~1, would swamp the figure);
   writes the reliability diagram ``docs/img/unet_reliability.png``.
 * ``thorax``: bone-mask Dice on the shared thorax CT (``../shared/data/ct_thorax_small``)
   against its reference vertebrae + ribs, and the names given (the model has no vertebra or rib
@@ -31,14 +32,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from orthonav.core.volume import Volume, read_volume
 from orthonav.phantoms.hip import make_hip_phantom
 from orthonav.phantoms.knee import make_knee_phantom
 from orthonav.phantoms.long_bone import make_long_bone_phantom
-from orthonav.phantoms.synth_ct import class_of, synth_draws
+from orthonav.phantoms.synth_ct import class_of, confidence_samples, synth_draws
 from orthonav.segmentation.unet import SHIPPED_WEIGHTS, load_model, segment_unet
+from orthonav.segmentation.unet_calibration import reliability
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -50,28 +51,11 @@ PHANTOMS = [
     ("hip s32 full", make_hip_phantom, dict(seed=32, small=False, scale=1.05)),
     ("long bone s31", make_long_bone_phantom, dict(seed=31, small=True)),
 ]
-BINS = 15
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = int(a.sum()) + int(b.sum())
     return 2.0 * float((a & b).sum()) / s if s else float("nan")
-
-
-def near_bone(truth_bone: np.ndarray, pred_bone: np.ndarray) -> np.ndarray:
-    return ndi.binary_dilation(truth_bone | pred_bone, iterations=2)
-
-
-def reliability(conf: np.ndarray, correct: np.ndarray, bins: int = BINS) -> tuple[float, list[tuple[float, float, int]]]:
-    """ECE = sum_b n_b / n |acc_b - conf_b| over equal-width confidence bins; and the bins."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    n = np.bincount(idx, minlength=bins)
-    s_conf = np.bincount(idx, weights=conf, minlength=bins)
-    s_acc = np.bincount(idx, weights=correct.astype(np.float64), minlength=bins)
-    ece = float(np.sum(np.abs(s_acc - s_conf)) / max(n.sum(), 1))
-    rows = [(float(s_conf[b] / n[b]), float(s_acc[b] / n[b]), int(n[b])) for b in range(bins) if n[b]]
-    return ece, rows
 
 
 def score_phantoms(model, threads):
@@ -90,10 +74,7 @@ def score_phantoms(model, threads):
         t_cls = np.zeros(256, np.uint8)
         for v, n in ph.label_table.labels.items():
             t_cls[v] = class_of(n)
-        p_cls = np.zeros(256, np.uint8)
-        for v, n in seg.table.labels.items():
-            p_cls[v] = class_of(n)
-        samples.append((t_cls[truth], p_cls[pred], seg.confidence.array_zyx, ph.ct))
+        samples.append((t_cls[truth], ph.ct))
     return rows, samples
 
 
@@ -125,33 +106,27 @@ def score_draws(model, threads, draws):
         pred, truth = p_cls[seg.labels.array_zyx], d.labels.array_zyx
         for c in np.unique(truth[truth > 0]):
             per_class.setdefault(model.card.classes[int(c)], []).append(dice(pred == c, truth == c))
-        samples.append((truth, pred, seg.confidence.array_zyx, d.ct))
+        samples.append((truth, d.ct))
     return per_class, samples
 
 
 def calibration(model, samples, threads, out_png: Path | None):
+    """Reliability of the final labels' confidence on the unseen cases, three ways: the network's
+    softmax (T = 1, no map), temperature-scaled (the card's T, no map) and as shipped (the card's
+    T and confidence map). A voxel's label is right as its confidence claims
+    (:func:`~orthonav.segmentation.unet_calibration.label_is_right`)."""
     from orthonav.segmentation.unet import UNetModel
 
-    conf_cal, corr = [], []
-    conf_raw = []
-    raw = UNetModel(model.network, model.card.model_copy(update={"temperature": 1.0}), model.path)
-    for truth, pred, conf, ct in samples:
-        roi = near_bone(truth > 0, pred > 0)
-        conf_cal.append(conf[roi])
-        corr.append((pred == truth)[roi])
-        seg1 = segment_unet(ct, raw, num_threads=threads)
-        p_cls = np.zeros(256, np.uint8)
-        for v, name in seg1.table.labels.items():
-            p_cls[v] = class_of(name)
-        pred1 = p_cls[seg1.labels.array_zyx]
-        roi1 = near_bone(truth > 0, pred1 > 0)
-        conf_raw.append((seg1.confidence.array_zyx[roi1], (pred1 == truth)[roi1]))
-    c, k = np.concatenate(conf_cal), np.concatenate(corr)
-    ece_after, rows_after = reliability(c, k)
-    c1 = np.concatenate([a for a, _ in conf_raw])
-    k1 = np.concatenate([b for _, b in conf_raw])
-    ece_before, rows_before = reliability(c1, k1)
-    low = c < model.card.low_confidence
+    card = model.card
+    variants = {"softmax": {"temperature": 1.0, "confidence_map": None}, "temperature": {"confidence_map": None}, "shipped": {}}
+    pooled = {}
+    for key, update in variants.items():
+        m = UNetModel(model.network, card.model_copy(update=update), model.path)
+        pairs = [confidence_samples(m, ct, truth, num_threads=threads) for truth, ct in samples]
+        pooled[key] = (np.concatenate([c for c, _ in pairs]), np.concatenate([k for _, k in pairs]))
+    figs = {key: reliability(c, k) for key, (c, k) in pooled.items()}
+    c, k = pooled["shipped"]
+    low = c < card.low_confidence
     err_low, err_high = float(1 - k[low].mean()) if low.any() else float("nan"), float(1 - k[~low].mean())
     if out_png is not None:
         import matplotlib
@@ -159,21 +134,24 @@ def calibration(model, samples, threads, out_png: Path | None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=110)
+        fig, ax = plt.subplots(figsize=(5.2, 4.8), dpi=110)
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
-        for rows, lab, col in ((rows_before, f"T = 1 (ECE {ece_before:.3f})", "tab:orange"), (rows_after, f"T = {model.card.temperature:g} (ECE {ece_after:.3f})", "tab:blue")):
-            ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", color=col, ms=4, label=lab)
-        ax.set_xlabel("confidence (mean in bin)")
-        ax.set_ylabel("accuracy (share of voxels labelled right)")
+        labels = {"softmax": "softmax, T = 1", "temperature": f"T = {card.temperature:g}", "shipped": f"T = {card.temperature:g} + confidence map (shipped)"}
+        for key, col in (("softmax", "tab:orange"), ("temperature", "tab:green"), ("shipped", "tab:blue")):
+            ece, rows = figs[key]
+            ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", color=col, ms=4, label=f"{labels[key]} (ECE {ece:.3f})")
+        ax.set_xlabel("confidence of the voxel's label (mean in bin)")
+        ax.set_ylabel("accuracy (share of those labels that are right)")
         ax.set_title("Shipped bone U-Net: reliability near bone\n(unseen phantoms + synthetic draws)", fontsize=9)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=7.5, loc="upper left")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         fig.tight_layout()
         out_png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png)
-    return {"ece_before": ece_before, "ece_after": ece_after, "voxels": int(len(c)), "error_rate_low_conf": err_low,
-            "error_rate_high_conf": err_high, "low_conf_share": float(low.mean()), "temperature": model.card.temperature}
+    return {"ece_softmax": figs["softmax"][0], "ece_temperature": figs["temperature"][0], "ece_shipped": figs["shipped"][0],
+            "voxels": int(len(c)), "error_rate_low_conf": err_low, "error_rate_high_conf": err_high, "low_conf_share": float(low.mean()),
+            "temperature": card.temperature, "bins": figs["shipped"][1]}
 
 
 def thorax(model, threads):
@@ -302,7 +280,8 @@ def main() -> None:
         out["draws"] = {c: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for c, v in per_class.items()}
     if "calibration" in args.mode:
         cal = calibration(model, samples, args.threads, args.png)
-        print(f"calibration near bone ({cal['voxels']} voxels): ECE {cal['ece_before']:.4f} at T = 1 -> {cal['ece_after']:.4f} at T = {cal['temperature']}; "
+        print(f"calibration near bone ({cal['voxels']} voxels): ECE {cal['ece_softmax']:.4f} (softmax, T = 1), {cal['ece_temperature']:.4f} (T = {cal['temperature']}), "
+              f"{cal['ece_shipped']:.4f} (T and the card's confidence map, as shipped); "
               f"error rate {cal['error_rate_low_conf']:.3f} below confidence {model.card.low_confidence} ({cal['low_conf_share']:.3f} of voxels) vs "
               f"{cal['error_rate_high_conf']:.4f} above; diagram {args.png}")  # fmt: skip
         out["calibration"] = cal

@@ -305,7 +305,7 @@ def train_seg(
     steps: Optional[int] = typer.Option(None, metavar="N", help="train exactly this many optimizer steps instead of a time budget"),
     spacing: float = typer.Option(4.0, metavar="MM", help="isotropic training/inference spacing (mm); coarse gives the patch context"),
     seed: int = typer.Option(0, metavar="N", help="random seed (draws, weight initialisation, patch sampling)"),
-    calibration_cases: int = typer.Option(8, metavar="N", help="--synthetic: held-out draws the softmax temperature is fitted on"),
+    calibration_cases: int = typer.Option(24, metavar="N", help="--synthetic: held-out draws the softmax temperature and the confidence map are fitted on"),
     threads: Optional[int] = typer.Option(None, metavar="N", help="torch CPU threads (default 2)"),
 ) -> None:
     """Train the compact 3D U-Net on CT + label pairs, or on synthetic CTs (--synthetic)."""

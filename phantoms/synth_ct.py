@@ -36,7 +36,7 @@ voxelised into training CTs (see docs/model_card.md, limits).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -280,6 +280,46 @@ def coarse_truth(draw: SynthDraw, spacing_mm: float, num_classes: int) -> NDArra
     return np.argmax(soft_labels_to_grid(draw.labels.array_zyx, draw.ct, grid, num_classes), axis=0).astype(np.uint8)
 
 
+def confidence_samples(model, ct: Volume, truth_class: NDArray[np.uint8], *, num_threads: int | None = None) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """``segment_unet`` on ``ct``: the final labels' confidence and whether each label is right
+    (:func:`~orthonav.segmentation.unet_calibration.label_is_right`), over the voxels near true
+    or predicted bone. ``truth_class`` holds side-less class numbers (:func:`class_of`)."""
+    from orthonav.segmentation.unet import segment_unet
+    from orthonav.segmentation.unet_calibration import label_is_right, near_bone
+
+    seg = segment_unet(ct, model, num_threads=num_threads)
+    p_cls = np.zeros(256, np.uint8)
+    unnamed_v = np.zeros(256, bool)
+    for v, name in seg.table.labels.items():
+        p_cls[v] = class_of(name)
+        unnamed_v[v] = name.startswith("bone_")
+    lab = seg.labels.array_zyx
+    pred, unnamed = p_cls[lab], unnamed_v[lab]
+    roi = near_bone(truth_class > 0, lab > 0)
+    return seg.confidence.array_zyx[roi], label_is_right(truth_class, pred, unnamed)[roi]
+
+
+def fit_draws_confidence_map(model, draws: Sequence[SynthDraw], *, num_threads: int | None = None) -> tuple[list[tuple[float, float]], dict[str, float]]:
+    """Fit the card's ``confidence_map`` on held-out draws: the model is run without a map,
+    and the share of right labels is regressed isotonically on the confidence
+    (:func:`~orthonav.segmentation.unet_calibration.fit_confidence_map`).
+
+    Returns the knots and the in-sample ECE before / after (``calibration_ece_fit_before`` /
+    ``..._after``; unseen-data figures are the benchmark's, ``bench_unet_shipped.py``).
+    """
+    from orthonav.segmentation.unet import UNetModel
+    from orthonav.segmentation.unet_calibration import apply_confidence_map, fit_confidence_map, reliability
+
+    bare = UNetModel(model.network, model.card.model_copy(update={"confidence_map": None}), model.path)
+    pairs = [confidence_samples(bare, d.ct, d.labels.array_zyx, num_threads=num_threads) for d in draws]
+    conf = np.concatenate([c for c, _ in pairs])
+    right = np.concatenate([k for _, k in pairs])
+    knots = fit_confidence_map(conf, right)
+    before, _ = reliability(conf, right)
+    after, _ = reliability(apply_confidence_map(conf, knots), right)
+    return knots, {"calibration_ece_fit_before": round(before, 4), "calibration_ece_fit_after": round(after, 4)}
+
+
 def train_synthetic(
     out_path: str | Path,
     *,
@@ -287,7 +327,7 @@ def train_synthetic(
     minutes: float = 20.0,
     steps: int | None = None,
     seed: int = 0,
-    calibration_cases: int = 8,
+    calibration_cases: int = 24,
     spacing_mm: float | None = None,
     num_threads: int | None = None,
     progress: Progress | None = None,
@@ -306,7 +346,8 @@ def train_synthetic(
         Seeds the draws, the network initialisation and the patch sampling; the calibration
         draws use ``seed + 10_000`` (never seen in training).
     calibration_cases
-        Held-out draws on which the softmax temperature is fitted (0: no calibration, T = 1).
+        Held-out draws on which the softmax temperature, then the confidence map of the final
+        labels (:func:`fit_draws_confidence_map`), are fitted (0: no calibration, T = 1, no map).
     spacing_mm
         Network grid (mm); default :data:`orthonav.segmentation.unet.DEFAULT_SPACING_MM`.
     num_threads
@@ -315,8 +356,8 @@ def train_synthetic(
     Returns
     -------
     Path
-        ``out_path``; the model card records the draws, the budget, the temperature and the
-        calibration NLL before / after.
+        ``out_path``; the model card records the draws, the budget, the temperature, the
+        confidence map and the calibration NLL and ECE before / after.
     """
     from orthonav.segmentation import unet as U
 
@@ -335,16 +376,33 @@ def train_synthetic(
         seed=seed, progress=progress, num_threads=num_threads, flip_x=True, card_extra=extra, keep_network=nets, **budget,
     )  # fmt: skip
     results = {"generation_seconds": round(gen_s, 1)}
-    temperature = 1.0
-    if calibration_cases > 0:
-        model = U.load_model(path)
-        samples = []
-        for d in synth_draws(calibration_cases, seed=seed + 10_000):
-            _, passes = U.network_logits(model, d.ct)
-            samples.append((passes, coarse_truth(d, spacing, nc)))
-        temperature, nll = U.fit_temperature(samples)
-        results.update({"calibration_nll_t1": round(nll[1.0], 4), "calibration_nll_fitted": round(nll[temperature], 4)})
-    return U.update_card(path, temperature=float(temperature), results=results)
+    if calibration_cases <= 0:
+        return U.update_card(path, temperature=1.0, results=results)
+    model = U.load_model(path)
+    held_out = synth_draws(calibration_cases, seed=seed + 10_000)
+    samples = []
+    for d in held_out:
+        _, passes = U.network_logits(model, d.ct)
+        samples.append((passes, coarse_truth(d, spacing, nc)))
+    temperature, nll = U.fit_temperature(samples)
+    del samples
+    results.update({"calibration_nll_t1": round(nll[1.0], 4), "calibration_nll_fitted": round(nll[temperature], 4)})
+    path = U.update_card(path, temperature=float(temperature), results=results)
+    return calibrate_confidence_map(path, held_out, num_threads=num_threads)
 
 
-__all__ = ["CLASSES", "FAMILIES", "SynthDraw", "class_of", "coarse_truth", "synth_draw", "synth_draws", "train_synthetic"]
+def calibrate_confidence_map(weights_path: str | Path, held_out: Sequence[SynthDraw], *, num_threads: int | None = None) -> Path:
+    """Fit the confidence map of a weights file on ``held_out`` draws (:func:`fit_draws_confidence_map`)
+    and write it, with the in-sample ECE before / after, into the file's model card.
+
+    :func:`train_synthetic` does it after the temperature; the shipped model's map was fitted
+    this way on ``synth_draws(24, seed=10_000)``.
+    """
+    from orthonav.segmentation import unet as U
+
+    model = U.load_model(weights_path)
+    knots, ece = fit_draws_confidence_map(model, held_out, num_threads=num_threads)
+    return U.update_card(weights_path, confidence_map=knots, results={**model.card.results, **ece})
+
+
+__all__ = ["CLASSES", "FAMILIES", "SynthDraw", "calibrate_confidence_map", "class_of", "coarse_truth", "confidence_samples", "fit_draws_confidence_map", "synth_draw", "synth_draws", "train_synthetic"]

@@ -142,7 +142,7 @@ def segment_case(
     backend
         ``"classical"`` (default), ``"unet"`` (``weights``, default the model shipped with
         OrthoNav; writes ``confidence.nii.gz`` and notes "low confidence: ..." for bones whose
-        mean voxel confidence is low) or ``"totalsegmentator"``.
+        name confidence is low) or ``"totalsegmentator"``.
     anatomy
         ``"auto"``, ``"knee"``, ``"hip"`` or ``"general"`` (classical naming rules).
     mesh_formats
@@ -241,14 +241,14 @@ def mesh_case(
     return out
 
 
-#: A learned backend's bone whose mean voxel confidence (labels.json ``confidence``) is below
+#: A learned backend's bone whose name confidence (labels.json ``confidence``) is below
 #: this is reported by :func:`low_confidence_warnings` (the shipped U-Net's card says 0.8 too).
 LOW_CONFIDENCE = 0.8
 
 
 def low_confidence_warnings(case_dir: str | Path, *, threshold: float = LOW_CONFIDENCE) -> list[str]:
     """Warnings for the bones of a case's ``labels.json`` written by a learned backend (``unet``)
-    whose mean voxel confidence is below ``threshold`` (for ``plan`` to print; empty when none,
+    whose name confidence is below ``threshold`` (for ``plan`` to print; empty when none,
     when the case has no labels.json, or for the classical backend, whose confidence is that of
     the name, reported by ``segment``)."""
     case = Case(case_dir)
@@ -265,7 +265,7 @@ def low_confidence_warnings(case_dir: str | Path, *, threshold: float = LOW_CONF
             why = (table.why or {}).get(v, "")
             out.append(f"unnamed bone: {name} (U-Net name withheld, confidence {table.confidence[v]:.2f}{': ' + why if why else ''}); name it with 'orthonav name' before planning on it")
         else:
-            out.append(f"low confidence: {name} mean voxel confidence {table.confidence[v]:.2f} < {threshold:.2f} (U-Net); check it before planning")
+            out.append(f"low confidence: {name} name confidence {table.confidence[v]:.2f} < {threshold:.2f} (U-Net); check it before planning")
     return out
 
 

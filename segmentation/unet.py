@@ -57,6 +57,7 @@ from orthonav.core.schema import Versioned, save_model
 from orthonav.core.volume import Volume, read_volume, to_sitk
 
 from .classical import Segmentation
+from .unet_calibration import apply_confidence_map, check_confidence_map
 from .unet_grid import Grid, canonical_direction, canonical_grid
 from .unet_labels import Abstained, image_bone_mask, probabilities_to_labels, withhold_against_anatomy
 
@@ -146,7 +147,7 @@ class ModelCard(Versioned):
     channels 1..n must all be named.
     """
 
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     classes: dict[int, str]
     side: str | None = Field(default=None, description="side of every training case when they agree, else None")
     spacing_mm: float = Field(gt=0.0, description="isotropic voxel size the network works at (mm)")
@@ -159,7 +160,13 @@ class ModelCard(Versioned):
     temperature: float = Field(default=1.0, gt=0.0, description="softmax temperature fitted on held-out draws (logits / T)")
     tta_flips: list[str] = Field(default_factory=list, description="test-time flips averaged with the plain pass: 'x' (left-right)")
     refine: str = Field(default="none", description="'none' (the network's arg-max) or 'image-edge': bone and its surface from the CT's own physics, the bone's name from the network (see segment_unet)")
-    low_confidence: float = Field(default=0.8, gt=0.0, le=1.0, description="a bone whose mean voxel confidence is below this is reported")
+    low_confidence: float = Field(default=0.8, gt=0.0, le=1.0, description="a bone whose name confidence (mean probability of its class over its voxels) is below this is reported")
+    # Schema 3 (version 1-2 cards, without it, still read: the confidence is the temperature-scaled probability).
+    confidence_map: list[tuple[float, float]] | None = Field(
+        default=None,
+        description="knots (confidence, calibrated confidence) of a monotone piecewise-linear map of the final label's "
+        "confidence, fitted by isotonic regression on held-out draws (segmentation.unet_calibration)",
+    )
     results: dict[str, float] = Field(default_factory=dict, description="measured figures (informational; docs/model_card.md)")
 
 
@@ -183,6 +190,8 @@ def _check_card(card: ModelCard, path: Path | None) -> None:
         raise SchemaError(path, f"unknown refinement {card.refine!r}; expected one of {', '.join(REFINEMENTS)}")
     if card.orientation != "canonical-LPS":
         raise SchemaError(path, f"unknown grid orientation {card.orientation!r} in the model card")
+    if card.confidence_map is not None and (why := check_confidence_map(card.confidence_map)) is not None:
+        raise SchemaError(path, f"model card confidence_map {why}")
     if card.architecture.patch_size % (2 ** (card.architecture.levels - 1)):
         raise SchemaError(path, f"patch_size {card.architecture.patch_size} is not divisible by 2^(levels-1)")
 
@@ -1083,9 +1092,13 @@ def segment_unet(
 
     Confidence of a voxel = the calibrated probability the network gives its label: its bone
     for a named bone, bone at all (1 - p(background)) for an unnamed one, background elsewhere
-    (so image bone the network did not call bone has a low confidence). The named classes are
-    given sides (:func:`name_components`); labels.json's per-bone confidence is the mean voxel
-    confidence of a named bone.
+    (so image bone the network did not call bone has a low confidence), then put through the
+    card's ``confidence_map`` when it has one (a monotone map fitted on held-out draws from that
+    probability to the share of voxels whose final label is right:
+    :mod:`~orthonav.segmentation.unet_calibration`). The named classes are
+    given sides (:func:`name_components`); labels.json's per-bone confidence is the confidence of
+    the bone's name: the mean over its voxels of the probability before that map (the naming's
+    thresholds and warnings were measured on it).
 
     Parameters
     ----------
@@ -1144,12 +1157,16 @@ def segment_unet(
     side = side or card.side
     counts = np.bincount(named[crop].ravel(), minlength=256)
     sums = np.bincount(named[crop].ravel(), weights=conf[crop].ravel(), minlength=256)
+    # A bone's confidence is its name's: the mean temperature-scaled probability of that bone
+    # over its voxels (before the voxel map below, which is fitted to the share of voxels whose
+    # label is right, not to whether a whole bone's name is).
     mean_conf = {v: float(sums[v] / max(counts[v], 1)) for v in names}
+    conf = apply_confidence_map(conf, card.confidence_map)  # each voxel: P(its label is right), recalibrated (card)
     notes = [
-        f"low confidence: {n} mean voxel confidence {mean_conf[v]:.2f} < {card.low_confidence:.2f}; check it before planning"
+        f"low confidence: {n} name confidence {mean_conf[v]:.2f} < {card.low_confidence:.2f} (mean probability of that bone over its voxels); check it before planning"
         for v, n in names.items() if mean_conf[v] < card.low_confidence
     ]  # fmt: skip
-    why = {v: f"U-Net class '{card.classes[cls_of[v]]}': mean calibrated voxel confidence" for v in names}
+    why = {v: f"U-Net class '{card.classes[cls_of[v]]}': mean temperature-scaled probability of the class over the bone's voxels" for v in names}
     # Unnamed image bone (:class:`Abstained`): kept as bone_<n>, largest first, with the
     # confidence of the name withheld and the reason.
     if abstained:
@@ -1173,9 +1190,10 @@ def segment_unet(
 
 
 def update_card(path: str | Path, **fields: object) -> Path:
-    """Rewrite a weights file (and its JSON card) with model-card ``fields`` changed."""
+    """Rewrite a weights file (and its JSON card) with model-card ``fields`` changed; the card
+    is written at this OrthoNav's schema version."""
     model = load_model(path)
-    card = model.card.model_copy(update=fields)
+    card = model.card.model_copy(update={**fields, "schema_version": ModelCard.SCHEMA_VERSION})
     card = ModelCard.model_validate(card.model_dump(mode="json"))
     return save_weights(model.network, card, path)
 

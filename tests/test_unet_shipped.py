@@ -72,9 +72,6 @@ def test_unseen_knee_is_segmented_and_named(unseen_knee) -> None:
     for name, floor in KNEE_DICE_FLOOR.items():
         assert dice[name] >= floor, dice
     assert not any("not named" in n for n in seg.notes), seg.notes
-    # labels.json's per-bone confidence is the bone's mean voxel confidence
-    for v in seg.table.labels:
-        assert seg.table.confidence[v] == pytest.approx(float(seg.confidence.array_zyx[pred == v].mean()), abs=1e-5)
 
 
 def test_unseen_long_bone_reaches_the_issue_dice(shipped) -> None:
@@ -99,6 +96,34 @@ def test_low_confidence_marks_the_wrong_voxels(unseen_knee, shipped) -> None:
     assert low.any() and (~low).any()
     err_low, err_high = float(wrong[low].mean()), float(wrong[~low].mean())
     assert err_low > err_high, (err_low, err_high)
+
+
+def test_confidence_map_calibrates_an_unseen_knee(unseen_knee, shipped) -> None:
+    """The card's map, fitted on held-out synthetic draws, lowers the expected calibration error
+    on a phantom it never saw, against the same labels' temperature-scaled confidence; the
+    bones' name confidences (labels.json) are the means of that probability, before the map."""
+    from orthonav.phantoms.synth_ct import class_of
+    from orthonav.segmentation.unet_calibration import apply_confidence_map, label_is_right, near_bone, reliability
+
+    ph, seg = unseen_knee
+    bare = U.segment_unet(ph.ct, U.UNetModel(shipped.network, shipped.card.model_copy(update={"confidence_map": None}), shipped.path))
+    assert np.array_equal(bare.labels.array_zyx, seg.labels.array_zyx) and bare.table == seg.table  # the map changes no label nor name
+    np.testing.assert_allclose(seg.confidence.array_zyx, apply_confidence_map(bare.confidence.array_zyx, shipped.card.confidence_map), atol=1e-6)
+    pred = seg.labels.array_zyx
+    for v in seg.table.labels:
+        assert seg.table.confidence[v] == pytest.approx(float(bare.confidence.array_zyx[pred == v].mean()), abs=1e-5)
+    lut = np.zeros(256, np.uint8)
+    for v, name in ph.label_table.labels.items():
+        lut[v] = class_of(name)
+    truth = lut[ph.labels.array_zyx]
+    p_cls = np.zeros(256, np.uint8)
+    for v, name in seg.table.labels.items():
+        p_cls[v] = class_of(name)
+    roi = near_bone(truth > 0, pred > 0)
+    right = label_is_right(truth, p_cls[pred], np.zeros(pred.shape, bool))[roi]
+    ece_t, _ = reliability(bare.confidence.array_zyx[roi], right)
+    ece_map, _ = reliability(seg.confidence.array_zyx[roi], right)
+    assert ece_map < 0.5 * ece_t, (ece_map, ece_t)
 
 
 def test_thorax_bone_mask_with_the_shipped_model(shared_data, shipped) -> None:
@@ -174,6 +199,11 @@ def test_synthetic_training_command_with_a_tiny_budget(tmp_path: Path) -> None:
     assert model.card.training.iterations == 2 and set(model.card.classes.values()) >= {"femur", "hip"}
     assert model.card.tta_flips == ["x"] and "calibration_nll_fitted" in model.card.results
     assert model.card.results["calibration_nll_fitted"] <= model.card.results["calibration_nll_t1"]
+    # the confidence map of the final labels, fitted on the same held-out draw (in-sample ECE)
+    from orthonav.segmentation.unet_calibration import check_confidence_map
+
+    assert model.card.confidence_map is not None and check_confidence_map(model.card.confidence_map) is None
+    assert model.card.results["calibration_ece_fit_after"] <= model.card.results["calibration_ece_fit_before"]
     # DATA missing without --synthetic: one clear error line, exit code 2
     res = _orthonav("train-seg", str(tmp_path / "x.pt"), cwd=tmp_path)
     assert res.returncode == 2 and "DATA WEIGHTS" in res.stderr and "Traceback" not in res.stderr
