@@ -890,6 +890,11 @@ MIN_PIECE_ML = 2.0
 PAIRED = ("femur", "tibia", "fibula", "patella", "hip")
 
 
+#: A piece of a paired class with at least this share of its voxels on each side of the midline
+#: is two bones joined across it (both hip bones bridged at the pubic symphysis by the blur):
+#: it is split at the midline. One bone reaches across it by a few per cent at most, even in a
+#: patient turned 25 deg on the table (:func:`name_components`).
+STRADDLE_FRACTION = 0.25
 #: Lateral distance (LPS x, mm) between the centres of two large pieces of one paired class above
 #: which they are two limbs, not two pieces of one bone (:func:`name_components`).
 MIN_LEG_SEPARATION_MM = 80.0
@@ -903,8 +908,10 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
     their centres lie at least :data:`MIN_LEG_SEPARATION_MM` apart from left to right, and further
     apart from left to right than from head to foot (two legs side by side, not pieces of one
     leg). With a midline, every piece of a paired class is named by the side of its centre
-    (LPS +x is the patient's left); without one, names stay unsuffixed (one limb) and the side
-    is the fibula's side of the tibia (knee), else unknown.
+    (LPS +x is the patient's left), except a piece with at least :data:`STRADDLE_FRACTION` of its
+    voxels on each side, which is split at the midline (found on a synthetic pelvis: both hip
+    bones in one piece were named ``hip_left``); without a midline, names stay unsuffixed (one
+    limb) and the side is the fibula's side of the tibia (knee), else unknown.
 
     Returns
     -------
@@ -984,6 +991,15 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
         comp, n = ndi.label(mask)
         for k in range(1, n + 1):
             piece = comp == k
+            kji = np.argwhere(piece)
+            on_left = (kji[:, ::-1] @ spacing_x[0] + lps_from_ijk[0, 3]) > midline  # LPS x of each voxel
+            share = float(on_left.mean())
+            if min(share, 1.0 - share) >= STRADDLE_FRACTION:
+                left = np.zeros(piece.shape, bool)
+                left[tuple(kji[on_left].T)] = True
+                put(left, f"{name}_left", c)
+                put(piece & ~left, f"{name}_right", c)
+                continue
             put(piece, f"{name}_{'left' if centre_x(piece) > midline else 'right'}", c)
     side = None
     if midline is None and "tibia" in by_name and "fibula" in by_name:

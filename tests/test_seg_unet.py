@@ -367,3 +367,31 @@ def test_pieces_of_one_tilted_leg_are_not_named_as_two_sides() -> None:
     blob(two_legs, (20, 30, 140), 1)  # right femur, 150 mm to the right, 20 mm lower
     _labels, names, _side, _cls = name_components(two_legs, lps_from_ijk, classes)
     assert sorted(names.values()) == ["femur_left", "femur_right"], names
+
+
+def test_a_paired_piece_across_the_midline_is_split_there() -> None:
+    """Found 2026-12-06 (``bench_unet_shipped.py``, synthetic draw 0 of seed 2000): the two hip
+    bones, bridged at the pubic symphysis, were one 'hip' piece and named ``hip_left`` as a whole
+    (the right one's voxels on the wrong side). A piece with a quarter or more of its voxels on
+    each side of the midline is split there; one bone reaching across it a little keeps its side."""
+    from orthonav.segmentation.unet import name_components
+
+    classes = {1: "femur", 5: "hip", 6: "sacrum"}
+    lps_from_ijk = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels, LPS x = 2 i (+x: the patient's left)
+    a = np.zeros((80, 40, 120), np.uint8)  # (k, j, i)
+    a[50:70, 10:30, 54:66] = 6  # sacrum: its centre, the midline, at i = 59.5
+    a[30:50, 10:30, 40:100] = 5  # one 'hip' piece: columns 60-99 left of the midline, 40-59 right
+    a[10:30, 10:30, 25:35] = 1  # right femur
+    a[10:30, 10:30, 85:95] = 1  # left femur
+    labels, names, _side, _cls = name_components(a, lps_from_ijk, classes)
+    assert sorted(names.values()) == ["femur_left", "femur_right", "hip_left", "hip_right", "sacrum"], names
+    by = {n: v for v, n in names.items()}
+    cols_l = np.flatnonzero((labels == by["hip_left"]).any(axis=(0, 1)))
+    cols_r = np.flatnonzero((labels == by["hip_right"]).any(axis=(0, 1)))
+    assert (cols_l.min(), cols_l.max(), cols_r.min(), cols_r.max()) == (60, 99, 40, 59)
+    # one hip bone reaching 10 % of its voxels across the midline keeps its one side
+    b = a.copy()
+    b[b == 5] = 0
+    b[30:50, 10:30, 56:96] = 5  # columns 56-59 (4 of 40) right of the midline
+    _l, names_b, _s, _c = name_components(b, lps_from_ijk, classes)
+    assert sorted(names_b.values()) == ["femur_left", "femur_right", "hip_left", "sacrum"], names_b
