@@ -113,6 +113,15 @@ class Segmentation:
 class ClassicalParams:
     """Tunable thresholds of :func:`segment_classical` (HU, mm, mm^3).
 
+    ``edge_fraction``: where a resolved cortex's outer surface is put between the soft tissue
+    around it (0) and the local cortical peak (1) (:func:`adaptive_refine`). 0.5, the half
+    maximum, is the surface of a blurred edge much thicker than the blur; a thinner cortex peaks
+    lower and its surface lies higher up its profile, so there the half maximum is outwards
+    (Prevrhal et al. 1999, Phys Med Biol 44:751). ``benchmarks/bench_surface_bias.py`` measures
+    that bias and what a higher fraction does: it lowers the bias on the phantoms but strips the
+    interior of the real osteoporotic vertebra in ``ct_abdomen_dicom`` (its thin cortex is peeled
+    through), which is why the default stays 0.5.
+
     ``bone_high_hu`` / ``bone_low_hu`` are the cortex seed and growth levels for a CT whose
     cortex is resolved; on a CT where it is not, both are lowered by the contrast its cortex
     reaches (:func:`~orthonav.segmentation.bone_mask.bone_levels`). ``grow_max_mm``: how far
@@ -150,6 +159,11 @@ class ClassicalParams:
     bump_max_extent_mm: float = 7.0
     separation_spacing_mm: float = 1.2
     grow_max_mm: float = 20.0
+    edge_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.edge_fraction < 1.0:
+            raise InputError(None, f"edge_fraction must lie between 0 and 1 (the soft tissue and the cortical peak), got {self.edge_fraction}")
 
 
 def _img(array: NDArray, spacing_ijk: NDArray) -> sitk.Image:
@@ -312,9 +326,9 @@ def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Clas
 
     For every region (its own mask; other regions count as outside, so a blurred bridge at a
     joint is peeled too), voxels within ``p.peel_mm`` of its outside are kept only if their HU
-    reaches half-way between the local bone peak (grey dilation, box kernel, of the region's HU over
-    ``p.peak_radius_mm``: the cortex next to this edge) and the soft tissue around the region
-    (median of a 2 mm shell). The inside stays solid; cavities the peel opens behind an intact
+    reaches half-way (``p.edge_fraction``, default 0.5) from the soft tissue around the region
+    (median of a 2 mm shell) to the local bone peak (grey dilation, box kernel, of the region's HU
+    over ``p.peak_radius_mm``: the cortex next to this edge). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller. Regions smaller than ``p.min_bone_volume_mm3`` are
     left as they are (they are dropped later anyway).
 
@@ -370,7 +384,7 @@ def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Clas
         soft = min(max(soft, -200.0), 150.0)
         sub = out[grown]
         for where, hu_c, peak_c in found:
-            thr = np.clip(0.5 * (peak_c + soft), p.bone_low_hu, p.max_boundary_hu)
+            thr = np.clip(soft + p.edge_fraction * (peak_c - soft), p.bone_low_hu, p.max_boundary_hu)
             sel = hu_c < thr
             sub[tuple(w[sel] for w in where)] = 0
         out[grown] = sub
