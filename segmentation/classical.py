@@ -17,8 +17,9 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    re-thresholded half-way between the local cortical peak (grey dilation) and the soft tissue
    around it: the full-width-at-half-maximum edge criterion, which puts the boundary on the
    true surface of a blurred edge instead of at a fixed HU level that moves with blur (exact
-   for a cortex much thicker than the blur; outwards of a thinner one: ``edge_fraction``). Done
-   again per bone after separation, which also peels blurred bridges across narrow joints.
+   for a cortex much thicker than the blur, outwards of a thinner one; ``edge_fraction=None``
+   follows the cortex's thinning: :func:`edge_fraction_of`). Done again per bone after
+   separation, which also peels blurred bridges across narrow joints.
 4. **Solid bones**: cavities (marrow, cancellous bone below the threshold) are filled in 3D,
    with each face of the volume as a lid so bones cut by the field of view are solid too. Where
    the cortex is not resolved, one-voxel gaps in it are closed and pores opening through wider
@@ -115,15 +116,17 @@ class ClassicalParams:
     """Tunable thresholds of :func:`segment_classical` (HU, mm, mm^3).
 
     ``edge_fraction``: where a resolved cortex's outer surface is put between the soft tissue
-    around it (0) and the local cortical peak (1) (:func:`adaptive_refine`). 0.5, the half
-    maximum, is the surface of a blurred edge much thicker than the blur; a thinner cortex peaks
-    lower and its surface lies higher up its profile, so there the half maximum is outwards
-    (Prevrhal et al. 1999, Phys Med Biol 44:751). ``peel_keeps_crest``: peel only voxels with
-    brighter bone one voxel further in along the inward normal, so that a cortex one voxel thick
-    over darker bone is never peeled through. ``benchmarks/bench_surface_bias.py`` measures both:
-    a higher fraction lowers the outward bias of the blurred phantoms, strips the real
-    osteoporotic vertebra of ``ct_abdomen_dicom`` unless the crest is kept, and moves the
-    surfaces of a sharper image (the tests' mini knee) inwards, so the defaults stay 0.5 and off.
+    around it (0) and the local cortical peak (1) (:func:`adaptive_refine`): 0.5, the half
+    maximum, by default; None: from the local peak's depression (:func:`edge_fraction_of`),
+    between 0.5 and ``edge_fraction_max``, against the image's own thick-cortex level
+    ``cortex_hu`` (set from :func:`~orthonav.segmentation.bone_mask.bone_levels`; NaN: 0.5).
+    ``peel_keeps_crest``: peel only voxels with brighter bone one voxel further in along the
+    inward normal, so that a cortex one voxel thick over darker bone is never peeled through.
+    ``benchmarks/bench_surface_bias.py`` compares the settings: ``edge_fraction=None,
+    peel_keeps_crest=True`` brings every phantom bone closer to its true surface and keeps the
+    real osteoporotic vertebra of ``ct_abdomen_dicom``, but on a 3 mm synthetic draw it peeled a
+    small patella away and the shipped U-Net's refill gave its voxels to the femur, so it is not
+    the default (README, "Figures on the phantoms").
 
     ``bone_high_hu`` / ``bone_low_hu`` are the cortex seed and growth levels for a CT whose
     cortex is resolved; on a CT where it is not, both are lowered by the contrast its cortex
@@ -162,12 +165,16 @@ class ClassicalParams:
     bump_max_extent_mm: float = 7.0
     separation_spacing_mm: float = 1.2
     grow_max_mm: float = 20.0
-    edge_fraction: float = 0.5
+    edge_fraction: float | None = 0.5
+    edge_fraction_max: float = 0.6
     peel_keeps_crest: bool = False
+    cortex_hu: float = float("nan")
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.edge_fraction < 1.0:
+        if self.edge_fraction is not None and not 0.0 < self.edge_fraction < 1.0:
             raise InputError(None, f"edge_fraction must lie between 0 and 1 (the soft tissue and the cortical peak), got {self.edge_fraction}")
+        if not 0.5 <= self.edge_fraction_max < 1.0:
+            raise InputError(None, f"edge_fraction_max must lie in [0.5, 1), got {self.edge_fraction_max}")
 
 
 def _img(array: NDArray, spacing_ijk: NDArray) -> sitk.Image:
@@ -338,16 +345,42 @@ def _peel_slab(
     return around, (tuple(c[keep] for c in cand), vals[cand][keep], peak[cand][keep])
 
 
+def edge_fraction_of(peak_hu: NDArray, soft_hu: float, cortex_hu: float, most: float) -> NDArray:
+    """Where a blurred cortex's outer surface lies, as a fraction of its local contrast (from the
+    soft tissue, 0, to its peak, 1), from how far its peak falls short of a thick cortex.
+
+    A cortex of thickness ``w`` blurred by a Gaussian of width ``s`` peaks at ``rho = erf(a)`` of
+    a thick cortex's contrast (``a = w / (2 sqrt(2) s)``), and its outer surface lies at
+    ``erf(2 a) / 2`` of that contrast, so at ``erf(2 a) / (2 erf(a))`` of its own: 0.5 (the half
+    maximum) for a thick cortex, rising towards 1 as it thins (Prevrhal et al. 1999, Phys Med
+    Biol 44:751: the half maximum overestimates thin cortices). ``rho`` is measured against the
+    image's own thick-cortex level ``cortex_hu`` (the 95th percentile of its dense voxels,
+    :func:`~orthonav.segmentation.bone_mask.bone_levels`), so neither the blur nor the cortex's
+    density needs to be known. The model ignores the marrow behind the cortex and the noise on
+    the peak, so the fraction is capped at ``most`` (0.6: 0.65 peeled the full hip phantom's thin
+    iliac cortex too far). Returns 0.5 where ``cortex_hu`` is not above ``soft_hu`` or is NaN.
+
+    ``peak_hu`` (HU, array), ``soft_hu`` and ``cortex_hu`` (HU); returns an array like ``peak_hu``.
+    """
+    from scipy.special import erf, erfinv
+
+    peak = np.asarray(peak_hu, np.float64)
+    if not np.isfinite(cortex_hu) or cortex_hu <= soft_hu + 1.0:
+        return np.full(peak.shape, 0.5)
+    rho = np.clip((peak - soft_hu) / (cortex_hu - soft_hu), 0.05, 0.999)
+    return np.clip(erf(2.0 * erfinv(rho)) / (2.0 * rho), 0.5, most)
+
+
 def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
-    """Peel each region's outer layer down to its local edge level (the half maximum by default).
+    """Peel each region's outer layer down to its local edge level.
 
     For every region (its own mask; other regions count as outside, so a blurred bridge at a
     joint is peeled too), voxels within ``p.peel_mm`` of its outside, on the outer slope of the
     cortex (HU rising inwards; with ``p.peel_keeps_crest`` also brighter one voxel further in
-    along the inward normal, so a crest is never peeled), are kept only if their HU reaches
-    ``p.edge_fraction`` (default 0.5, the half maximum) of the way from the soft tissue around
-    the region (median of a 2 mm shell) to the local bone peak (grey dilation, box kernel, of the
-    region's HU over ``p.peak_radius_mm``: the cortex next to this edge). The inside stays solid; cavities the peel opens behind an intact
+    along the inward normal, so a crest is never peeled), are kept only if their HU reaches the
+    edge level: ``p.edge_fraction`` (0.5, the half maximum; None: :func:`edge_fraction_of`) of
+    the way from the soft tissue around the region (median of a 2 mm shell) to the local bone peak (grey dilation,
+    box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex next to this edge). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller. Regions smaller than ``p.min_bone_volume_mm3`` are
     left as they are (they are dropped later anyway).
 
@@ -403,7 +436,8 @@ def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Clas
         soft = min(max(soft, -200.0), 150.0)
         sub = out[grown]
         for where, hu_c, peak_c in found:
-            thr = np.clip(soft + p.edge_fraction * (peak_c - soft), p.bone_low_hu, p.max_boundary_hu)
+            f = p.edge_fraction if p.edge_fraction is not None else edge_fraction_of(peak_c, soft, p.cortex_hu, p.edge_fraction_max)
+            thr = np.clip(soft + f * (peak_c - soft), p.bone_low_hu, p.max_boundary_hu)
             sel = hu_c < thr
             sub[tuple(w[sel] for w in where)] = 0
         out[grown] = sub
@@ -1133,7 +1167,8 @@ def segment_classical(
     # value, the edge is where the growth level put it, and pores that open through gaps of the
     # blurred cortex are filled slice-wise (:func:`fill_enclosed_in_planes`).
     levels = bone_levels(full, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu)
-    p = replace(p, bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, adaptive_boundary=p.adaptive_boundary and levels.resolved)
+    p = replace(p, bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, adaptive_boundary=p.adaptive_boundary and levels.resolved,
+                cortex_hu=levels.cortex_hu if np.isnan(p.cortex_hu) else p.cortex_hu)
     fill_planes = not levels.resolved
     candidates = full >= p.bone_high_hu
     if not candidates.any():

@@ -1094,9 +1094,9 @@ def segment_unet(
     What the **image** decides (card ``refine = "image-edge"``, :func:`probabilities_to_labels`):
     **where bone is and its surface**, by the classical backend's physics at the image's own HU
     levels (:func:`image_bone_mask`: cortex seeds grown into the bone they enclose, cavities
-    filled, the surface at the local half maximum), and which voxels belong to one connected
+    filled, the surface at the local edge level), and which voxels belong to one connected
     piece, so a piece the network labels mostly one bone is that bone as a whole; each bone is
-    then peeled to the local half maximum with the other bones counting as outside (joints).
+    then peeled to its local edge level with the other bones counting as outside (joints).
     Image bone the network does not reach, bone around which the network's own bone mostly
     misses the image's bone (agreement < :data:`MIN_AGREEMENT`: it does not recognise the
     anatomy), and a bone whose name the network is sure of (calibrated p >=

@@ -148,13 +148,13 @@ def image_bone_mask(ct_box: NDArray, spacing_ijk: NDArray, levels: BoneLevels) -
 
     Cortex seeds grown at the image's own levels (:func:`~orthonav.segmentation.bone_mask.grow_from_cortex`),
     enclosed cavities filled (:func:`~orthonav.segmentation.classical.fill_cavities`); a resolved
-    cortex is then peeled to the local half maximum per connected piece
+    cortex is then peeled to its local edge level per connected piece
     (:func:`~orthonav.segmentation.classical.adaptive_refine`), an unresolved one gets its
     slice-wise pore fill (:func:`~orthonav.segmentation.bone_mask.fill_enclosed_in_planes`) and,
     per piece, the cortex test and half-maximum peel (:func:`~orthonav.segmentation.bone_mask.has_cortex`,
     :func:`~orthonav.segmentation.bone_mask.peel_to_half_maximum`).
     """
-    p = replace(ClassicalParams(), bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu)
+    p = replace(ClassicalParams(), bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, cortex_hu=levels.cortex_hu)
     ct_box = np.asarray(ct_box, dtype=np.float32)
     bone = fill_cavities(grow_from_cortex(ct_box, np.ones(ct_box.shape, bool), spacing_ijk, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu,
                                           grow_max_mm=p.grow_max_mm))
@@ -362,13 +362,14 @@ def _split_piece(hu: NDArray, piece: NDArray[np.bool_], best: NDArray[np.uint8],
 NEAR_CORE_MM = 6.0
 
 
-def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray, interior: NDArray[np.bool_] | None = None) -> NDArray[np.uint8]:
-    """Each bone's surface peeled to the local half maximum with the other bones counting as
+def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray, interior: NDArray[np.bool_] | None = None, *,
+                   cortex_hu: float = float("nan")) -> NDArray[np.uint8]:
+    """Each bone's surface peeled to its local edge level with the other bones counting as
     outside (:func:`~orthonav.segmentation.classical.adaptive_refine`: the blurred bridge at a
     joint is peeled from both sides); cavities the peel opens behind a cortex, and the
     ``interior`` voxels (enclosed pores the network sees as bone), are refilled and take the
-    nearest bone."""
-    peeled = adaptive_refine(np.asarray(ct_box, np.float32), lab.astype(np.int32), spacing_ijk, ClassicalParams()).astype(np.uint8)
+    nearest bone. ``cortex_hu``: the image's thick-cortex level (:func:`~orthonav.segmentation.classical.edge_fraction_of`)."""
+    peeled = adaptive_refine(np.asarray(ct_box, np.float32), lab.astype(np.int32), spacing_ijk, ClassicalParams(cortex_hu=cortex_hu)).astype(np.uint8)
     refill = fill_cavities(peeled > 0) & (peeled == 0)
     if interior is not None:
         refill |= interior & (lab > 0) & (peeled == 0)
@@ -536,7 +537,7 @@ def probabilities_to_labels(
                     next_value += 1
                 view[piece] = np.where(rest, value, cls)
         if levels.resolved:  # peel per bone: the blurred bridges at the joints
-            lab = _peel_per_bone(full[box], lab, spacing, inner)
+            lab = _peel_per_bone(full[box], lab, spacing, inner, cortex_hu=levels.cortex_hu)
         c_box = np.where(lab == 0, p_ct[0], np.where(lab < nc, np.take_along_axis(p_ct, np.minimum(lab, nc - 1)[None].astype(np.int64), axis=0)[0],
                                                       1.0 - p_ct[0]))
         labels[box] = lab

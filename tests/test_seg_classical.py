@@ -317,7 +317,7 @@ def _blurred_plate_surface(cortex_mm: float, psf_mm: float, edge_fraction: float
     profile = 40.0 + (1500.0 - 40.0) * ndtr(x / psf_mm) + (300.0 - 1500.0) * ndtr((x - cortex_mm) / psf_mm)
     ct = np.broadcast_to(profile.astype(np.float32), (14, 14, x.size)).copy()
     regions = (ct > 180.0).astype(np.int32)  # the growth level: one or two voxels too many
-    out = classical.adaptive_refine(ct, regions, np.array([sp, sp, sp]), classical.ClassicalParams(edge_fraction=edge_fraction)) > 0
+    out = classical.adaptive_refine(ct, regions, np.array([sp, sp, sp]), classical.ClassicalParams(edge_fraction=edge_fraction, peel_keeps_crest=False)) > 0
     first = int(np.argmax(out[7, 7]))
     assert out[7, 7, first:].all() and first > 0
     return 0.5 * float(x[first - 1] + x[first])
@@ -329,9 +329,9 @@ def test_the_half_maximum_is_the_surface_of_a_thick_cortex_and_outwards_of_a_thi
     of the truth at the half maximum, wherever the voxels fall; a thin one (1 mm, PSF 1 mm: an
     epiphysis or the pelvis) peaks lower, its surface lies higher up the profile, and the half
     maximum puts it outwards by about a voxel (measured 0.38-0.75 mm, mean 0.56 mm over four
-    offsets); a higher fraction moves it back in (0.7: mean 0.19 mm). The default stays 0.5: a
-    higher one moves a sharper image's surfaces inwards and, unless the crest is kept, peels the
-    real osteoporotic vertebra of ``ct_abdomen_dicom`` through (README)."""
+    offsets); a higher fraction moves it back in (0.7: mean 0.19 mm). One fixed fraction cannot
+    serve both: ``edge_fraction=None`` follows the peak's depression (:func:`edge_fraction_of`,
+    the test below)."""
     offsets = (0.0, 0.25, 0.5, 0.75)
     thick = [_blurred_plate_surface(4.0, 0.5, 0.5, o) for o in offsets]
     assert max(abs(s) for s in thick) <= 0.25 + 1e-9, thick
@@ -361,9 +361,30 @@ def test_a_one_voxel_shell_is_peeled_through_unless_its_crest_is_kept():
     regions = (ct > 100.0).astype(np.int32)
     spacing = np.array([1.0, 1.0, 1.0])
     top = (slice(8, 16), 4, slice(31, 33))  # the shell's top face within the peak's reach (2 voxels)
-    plain = classical.adaptive_refine(ct, regions, spacing, classical.ClassicalParams(edge_fraction=0.6))
+    plain = classical.adaptive_refine(ct, regions, spacing, classical.ClassicalParams(edge_fraction=0.6, peel_keeps_crest=False))
     crest = classical.adaptive_refine(ct, regions, spacing, classical.ClassicalParams(edge_fraction=0.6, peel_keeps_crest=True))
     assert not plain[top].any()  # peeled through
     assert crest[top].all()  # kept
     far = (slice(8, 16), 4, slice(10, 20))  # away from the bright cortex: the peak is the shell's own
     assert plain[far].all() and crest[far].all()
+
+
+def test_the_edge_fraction_follows_the_peaks_depression():
+    """:func:`edge_fraction_of`: a thin blurred cortex's outer surface lies at erf(2a) / (2 erf(a))
+    of its own contrast when its peak is erf(a) of a thick cortex's: 0.5 at the thick cortex's
+    level (and above it), 0.555 at 90 %, 0.618 at 80 % (capped at 0.6), rising as the peak
+    falls; 0.5 when the image has no thick-cortex level. On the blurred plate above, the model's
+    surface is where the fraction it gives puts it."""
+    from orthonav.segmentation.classical import edge_fraction_of
+    from scipy.special import erf
+
+    soft, cortex = 40.0, 1540.0
+    peaks = soft + (cortex - soft) * np.array([1.2, 1.0, 0.999, 0.9, 0.8, 0.5])
+    f = edge_fraction_of(peaks, soft, cortex, 0.99)
+    np.testing.assert_allclose(f[:3], 0.5, atol=2e-3)
+    a = 1.1630871536766743  # erfinv(0.9)
+    assert abs(f[3] - erf(2 * a) / (2 * 0.9)) < 1e-6 and abs(f[3] - 0.5551) < 1e-3
+    assert abs(f[4] - 0.6180) < 1e-3 and np.all(np.diff(f[2:]) > 0)
+    assert abs(edge_fraction_of(peaks, soft, cortex, 0.6)[4] - 0.6) < 1e-12  # the cap
+    np.testing.assert_allclose(edge_fraction_of(peaks, soft, float("nan"), 0.6), 0.5)
+    np.testing.assert_allclose(edge_fraction_of(peaks, soft, soft, 0.6), 0.5)
