@@ -323,7 +323,7 @@ def _peel_slab(
     # not decide the sign of a gradient that is zero (equidistant neighbours).
     depth = np.round(depth.astype(np.float32, copy=False), 3)
     rising_inwards = np.zeros(cand[0].shape, np.float32)
-    normal = np.zeros((3, cand[0].size), np.float32)  # inward, in voxels per mm along (k, j, i)
+    normal = np.zeros((3, cand[0].size), np.float32) if p.peel_keeps_crest else None  # inward, voxels per mm (k, j, i)
     for ax, sp_ in enumerate(spacing[::-1]):
         # Central differences, one-sided at the region box's faces: what np.gradient computes.
         lo = np.maximum(cand[ax] - 1, 0)
@@ -334,9 +334,10 @@ def _peel_slab(
         gi = (sm[at_hi] - sm[at_lo]) / den
         gd = (depth[at_hi] - depth[at_lo]) / den
         rising_inwards += gi * gd / np.float32(sp_ * sp_)
-        normal[ax] = gd / np.float32(sp_ * sp_)  # d(depth)/dx (mm per mm) / spacing: voxels per mm
+        if normal is not None:
+            normal[ax] = gd / np.float32(sp_ * sp_)  # d(depth)/dx (mm per mm) / spacing: voxels per mm
     keep = rising_inwards > 0
-    if p.peel_keeps_crest:
+    if normal is not None:
         # One voxel along the inward normal: the step (in voxels) of unit length in index space.
         length = np.sqrt((normal * normal).sum(axis=0))
         has_normal = length > 1e-6
@@ -379,8 +380,9 @@ def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Clas
     cortex (HU rising inwards; with ``p.peel_keeps_crest`` also brighter one voxel further in
     along the inward normal, so a crest is never peeled), are kept only if their HU reaches the
     edge level: ``p.edge_fraction`` (0.5, the half maximum; None: :func:`edge_fraction_of`) of
-    the way from the soft tissue around the region (median of a 2 mm shell) to the local bone peak (grey dilation,
-    box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex next to this edge). The inside stays solid; cavities the peel opens behind an intact
+    the way from the soft tissue around the region (median of a 2 mm shell) to the local bone
+    peak (grey dilation, box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex
+    next to this edge). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller. Regions smaller than ``p.min_bone_volume_mm3`` are
     left as they are (they are dropped later anyway).
 
