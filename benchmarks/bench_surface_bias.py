@@ -6,10 +6,10 @@ cortex much thicker than the blur; a thinner cortex peaks lower and its surface 
 its profile, so there the half maximum is outwards (Prevrhal et al. 1999, Phys Med Biol
 44:751). This compares the settings of ``ClassicalParams``:
 
-* ``half maximum``: the default (``edge_fraction=0.5, peel_keeps_crest=False``);
-* ``thin-cortex model``: ``edge_fraction=None, peel_keeps_crest=True``: the fraction from the
-  local peak's depression against the image's thick cortex (``classical.edge_fraction_of``, 0.5
-  to 0.6), the crest never peeled;
+* ``half maximum``: ``edge_fraction=0.5, peel_keeps_crest=False`` (the default until 2026-12-06);
+* ``thin-cortex model``: the default (``edge_fraction=None, peel_keeps_crest=True``): the
+  fraction from the local peak's depression against the image's thick cortex
+  (``classical.edge_fraction_of``, 0.5 to 0.6), the crest never peeled;
 * ``--fractions F ...``: a fixed fraction each, the crest kept (``--no-crest``: not kept).
 
 For each: on phantoms with an analytic surface (full-size knee seed 0 and hip seed 0, small knee
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--no-crest", action="store_true", help="with --fractions: peel the crest too")
     ap.add_argument("--quick", action="store_true", help="only the full knee phantom and the abdominal CT")
     args = ap.parse_args()
-    settings = [("half maximum", ClassicalParams()), ("thin-cortex model", ClassicalParams(edge_fraction=None, peel_keeps_crest=True))]
+    settings = [("half maximum", ClassicalParams(edge_fraction=0.5, peel_keeps_crest=False)), ("thin-cortex model", ClassicalParams())]
     settings += [(f"{f:.2f}" + ("" if args.no_crest else " + crest"), ClassicalParams(edge_fraction=f, peel_keeps_crest=not args.no_crest)) for f in args.fractions]
     head = ["case", "setting", "bone", "signed mean mm", "|d| mean mm", "p5 / p95 mm", "Dice", "FP / FN voxels", "segment"]
     rows: list[list[str]] = []

@@ -13,13 +13,15 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    at ~500 HU) both are lowered towards the image's soft tissue by the contrast its cortex
    actually reaches (:func:`~orthonav.segmentation.bone_mask.bone_levels`), so cancellous bone
    and the partial-volume edge are taken.
-3. **Boundary at the local half maximum** (cortex resolved only): the outer layer of each component is
-   re-thresholded half-way between the local cortical peak (grey dilation) and the soft tissue
-   around it: the full-width-at-half-maximum edge criterion, which puts the boundary on the
-   true surface of a blurred edge instead of at a fixed HU level that moves with blur (exact
-   for a cortex much thicker than the blur, outwards of a thinner one; ``edge_fraction=None``
-   follows the cortex's thinning: :func:`edge_fraction_of`). Done again per bone after
-   separation, which also peels blurred bridges across narrow joints.
+3. **Boundary at the local edge level** (cortex resolved only): the outer layer of each
+   component is re-thresholded between the local cortical peak (grey dilation) and the soft
+   tissue around it, instead of at a fixed HU level that moves with blur. Half-way (the full
+   width at half maximum) is the surface of a cortex much thicker than the blur; a thinner
+   cortex peaks lower and its surface lies higher up its profile (Prevrhal et al. 1999, Phys
+   Med Biol 44:751), so the level follows the local peak's depression
+   (:func:`edge_fraction_of`, 0.5 to 0.6). Only the outer slope is peeled, never the crest, so
+   a cortex one voxel thick is not peeled through. Done again per bone after separation, which
+   also peels blurred bridges across narrow joints.
 4. **Solid bones**: cavities (marrow, cancellous bone below the threshold) are filled in 3D,
    with each face of the volume as a lid so bones cut by the field of view are solid too. Where
    the cortex is not resolved, one-voxel gaps in it are closed and pores opening through wider
@@ -116,17 +118,16 @@ class ClassicalParams:
     """Tunable thresholds of :func:`segment_classical` (HU, mm, mm^3).
 
     ``edge_fraction``: where a resolved cortex's outer surface is put between the soft tissue
-    around it (0) and the local cortical peak (1) (:func:`adaptive_refine`): 0.5, the half
-    maximum, by default; None: from the local peak's depression (:func:`edge_fraction_of`),
-    between 0.5 and ``edge_fraction_max``, against the image's own thick-cortex level
-    ``cortex_hu`` (set from :func:`~orthonav.segmentation.bone_mask.bone_levels`; NaN: 0.5).
-    ``peel_keeps_crest``: peel only voxels with brighter bone one voxel further in along the
-    inward normal, so that a cortex one voxel thick over darker bone is never peeled through.
-    ``benchmarks/bench_surface_bias.py`` compares the settings: ``edge_fraction=None,
-    peel_keeps_crest=True`` brings every phantom bone closer to its true surface and keeps the
-    real osteoporotic vertebra of ``ct_abdomen_dicom``, but on a 3 mm synthetic draw it peeled a
-    small patella away and the shipped U-Net's refill gave its voxels to the femur, so it is not
-    the default (README, "Figures on the phantoms").
+    around it (0) and the local cortical peak (1) (:func:`adaptive_refine`). None, the default:
+    from the local peak's depression (:func:`edge_fraction_of`), between 0.5 and
+    ``edge_fraction_max``, against the image's own thick-cortex level ``cortex_hu`` (set from
+    :func:`~orthonav.segmentation.bone_mask.bone_levels`; NaN: 0.5). A number: that fraction
+    everywhere (0.5, the half maximum, lies outwards of a thin cortex's surface).
+    ``peel_keeps_crest`` (default on): peel only voxels with brighter bone one voxel further in
+    along the inward normal, so that a cortex one voxel thick over darker bone (the real
+    osteoporotic vertebra of ``ct_abdomen_dicom``) is never peeled through.
+    ``benchmarks/bench_surface_bias.py`` compares the settings (README, "Figures on the
+    phantoms").
 
     ``bone_high_hu`` / ``bone_low_hu`` are the cortex seed and growth levels for a CT whose
     cortex is resolved; on a CT where it is not, both are lowered by the contrast its cortex
@@ -165,9 +166,9 @@ class ClassicalParams:
     bump_max_extent_mm: float = 7.0
     separation_spacing_mm: float = 1.2
     grow_max_mm: float = 20.0
-    edge_fraction: float | None = 0.5
+    edge_fraction: float | None = None
     edge_fraction_max: float = 0.6
-    peel_keeps_crest: bool = False
+    peel_keeps_crest: bool = True
     cortex_hu: float = float("nan")
 
     def __post_init__(self) -> None:
@@ -379,7 +380,7 @@ def adaptive_refine(ct_zyx: NDArray, regions: NDArray, spacing: NDArray, p: Clas
     joint is peeled too), voxels within ``p.peel_mm`` of its outside, on the outer slope of the
     cortex (HU rising inwards; with ``p.peel_keeps_crest`` also brighter one voxel further in
     along the inward normal, so a crest is never peeled), are kept only if their HU reaches the
-    edge level: ``p.edge_fraction`` (0.5, the half maximum; None: :func:`edge_fraction_of`) of
+    edge level: ``p.edge_fraction`` (None, the default: :func:`edge_fraction_of`; 0.5: the half maximum) of
     the way from the soft tissue around the region (median of a 2 mm shell) to the local bone
     peak (grey dilation, box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex
     next to this edge). The inside stays solid; cavities the peel opens behind an intact
@@ -1164,7 +1165,7 @@ def segment_classical(
     full = ct.array_zyx
     # The HU levels of this image (:mod:`.bone_mask`): where its cortex is not resolved (thin
     # cortex in large voxels, partial volume) they are lowered towards its soft tissue; every
-    # later step uses them. The half-maximum edge (:func:`adaptive_refine`) needs the cortex
+    # later step uses them. The local edge level (:func:`adaptive_refine`) needs the cortex
     # resolved (its peak is then the bone's level); otherwise the peak is itself a partial-volume
     # value, the edge is where the growth level put it, and pores that open through gaps of the
     # blurred cortex are filled slice-wise (:func:`fill_enclosed_in_planes`).

@@ -1177,7 +1177,7 @@ def segment_unet(
     # over its voxels (before the voxel map below, which is fitted to the share of voxels whose
     # label is right, not to whether a whole bone's name is).
     mean_conf = {v: float(sums[v] / max(counts[v], 1)) for v in names}
-    conf = apply_confidence_map(conf, card.confidence_map)  # each voxel: P(its label is right), recalibrated (card)
+    conf = apply_confidence_map(conf, card.confidence_map, out=conf if conf.dtype == np.float32 and conf.flags.c_contiguous else None)  # each voxel: P(its label is right), recalibrated (card)
     notes = [
         f"low confidence: {n} name confidence {mean_conf[v]:.2f} < {card.low_confidence:.2f} (mean probability of that bone over its voxels); check it before planning"
         for v, n in names.items() if mean_conf[v] < card.low_confidence

@@ -374,7 +374,11 @@ def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray
     if interior is not None:
         refill |= interior & (lab > 0) & (peeled == 0)
     _nearest_fill(peeled, refill)
-    # the peel can open a joint the image resolves: a piece now mostly one bone is that bone
+    # The peel can open a joint the image resolves: a piece now mostly one bone is that bone.
+    # Only strays are absorbed, voxels of a bone whose main body lies in another piece; a
+    # bone with most of its voxels in this piece (a small patella still bridged to its femur
+    # at 3 mm) keeps them: the network's split stands rather than a bone being erased.
+    total = np.bincount(peeled.ravel(), minlength=256)
     comp, _n = ndi.label(peeled > 0)
     for k, sl in enumerate(ndi.find_objects(comp), start=1):
         if sl is None:
@@ -384,8 +388,10 @@ def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray
         votes = np.bincount(v, minlength=256)
         top = int(np.argmax(votes))
         if votes[top] >= PIECE_MAJORITY * v.size and votes[top] < v.size:
+            stray = 2 * votes < total
+            stray[top] = False
             view = peeled[sl]
-            view[piece] = top
+            view[piece & stray[view]] = top
     return peeled
 
 

@@ -395,3 +395,24 @@ def test_a_paired_piece_across_the_midline_is_split_there() -> None:
     b[30:50, 10:30, 56:96] = 5  # columns 56-59 (4 of 40) right of the midline
     _l, names_b, _s, _c = name_components(b, lps_from_ijk, classes)
     assert sorted(names_b.values()) == ["femur_left", "femur_right", "hip_left", "sacrum"], names_b
+
+
+def test_the_per_bone_peel_absorbs_strays_but_never_a_bone() -> None:
+    """Found 2026-12-06 (``bench_unet_shipped.py``, synthetic draw 7 of seed 2000, 2.94 mm
+    voxels): after the per-bone peel a 767-voxel patella was still bridged to its femur, the
+    piece was 97 % femur, and "a piece mostly one bone is that bone" gave the whole patella to
+    the femur. Only strays (voxels of a bone whose main body lies in another piece) are
+    absorbed; a bone with most of its voxels in the piece keeps them."""
+    from orthonav.segmentation.unet_labels import _peel_per_bone
+
+    ct = np.full((30, 40, 44), 40.0, np.float32)  # soft tissue; bone a uniform 1200 HU: nothing to peel
+    lab = np.zeros(ct.shape, np.uint8)
+    lab[5:25, 5:30, 5:35] = 1  # femur, 15,000 voxels
+    lab[10:18, 30:36, 10:20] = 4  # patella touching it: 480 voxels, 3 % of the piece
+    lab[5:25, 5:30, 37:40] = 2  # tibia's main body, apart (a 2-voxel gap)
+    lab[5:8, 5:10, 30:35] = 2  # 75 tibia voxels inside the femur's piece: strays
+    ct[lab > 0] = 1200.0
+    out = _peel_per_bone(ct, lab, np.array([1.0, 1.0, 1.0]), cortex_hu=1200.0)
+    assert (out[lab == 4] == 4).all()  # the patella keeps its label
+    assert (out[5:8, 5:10, 30:35] == 1).all()  # the strays join the femur
+    assert (out[5:25, 5:30, 37:40] == 2).all() and (out[lab == 1] == 1).all()

@@ -61,6 +61,25 @@ def test_map_keeps_the_order_of_the_scores() -> None:
     assert y.mean() == pytest.approx(right.mean(), abs=0.02)
 
 
+def test_map_in_blocks_and_in_place_is_the_piecewise_linear_map() -> None:
+    """The map is applied in blocks, the voxels at exactly 1 at once (a CT's background), and
+    can write over its input: each voxel must still be np.interp of the knots, across block
+    edges (blocks of 2^22 voxels), at the knots, at 0 and at 1."""
+    rng = np.random.default_rng(3)
+    knots = [[0.0, 0.3], [0.2, 0.35], [0.5, 0.7], [0.9, 0.8], [1.0, 0.97]]
+    a = np.asarray(knots)
+    conf = rng.random((70, 256, 256)).astype(np.float32)  # 4.6 M voxels: two blocks
+    conf[rng.random(conf.shape) < 0.6] = 1.0
+    conf[0, 0, :6] = [0.0, 0.2, 0.5, 0.9, 1.0, 0.1]
+    want = np.interp(conf.astype(np.float64), a[:, 0], a[:, 1]).astype(np.float32)
+    np.testing.assert_array_equal(apply_confidence_map(conf, knots), want)
+    same = conf.copy()
+    assert apply_confidence_map(same, knots, out=same) is same
+    np.testing.assert_array_equal(same, want)
+    with pytest.raises(ValueError, match="float32"):
+        apply_confidence_map(conf, knots, out=np.empty(conf.shape, np.float64))
+
+
 def test_fit_refuses_bad_input() -> None:
     with pytest.raises(InputError, match="too few"):
         fit_confidence_map(np.full(10, 0.5), np.ones(10, bool))
