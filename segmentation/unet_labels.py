@@ -121,10 +121,16 @@ class Abstained:
 
 
 def _nearest_fill(labels: NDArray[np.uint8], todo: NDArray[np.bool_]) -> None:
-    """In place: each ``todo`` voxel takes the label of the nearest voxel not in ``todo`` with a label."""
+    """In place: each ``todo`` voxel takes the label of the nearest voxel not in ``todo`` with a label.
+
+    "Nearest" is looked for within :data:`NEAREST_MARGIN_VOX` of the box of all ``todo`` voxels
+    (everywhere when that box holds no label). Each connected piece of ``todo`` is filled in its
+    own box grown by the margin, which holds every label closer than the margin; a voxel whose
+    nearest label there is farther is filled from the whole box, as is every voxel when the
+    pieces' boxes would cover more than half of it (refilled cavities lie spread over a pelvis:
+    one distance transform over the box of them all took 6 s on a 512x512x400 hip CT)."""
     if not todo.any():
         return
-    # in the box of ``todo`` grown by NEAREST_MARGIN_VOX when it holds a source, else everywhere
     kji = np.argwhere(todo)
     lo, hi = np.maximum(kji.min(axis=0) - NEAREST_MARGIN_VOX, 0), np.minimum(kji.max(axis=0) + NEAREST_MARGIN_VOX + 1, todo.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -134,9 +140,29 @@ def _nearest_fill(labels: NDArray[np.uint8], todo: NDArray[np.bool_]) -> None:
         src = (labels > 0) & ~todo
         if not src.any():
             return
-    idx = ndi.distance_transform_edt(~src, return_distances=False, return_indices=True)
     sub, t = labels[box], todo[box]
-    sub[t] = sub[tuple(i[t] for i in idx)]
+    pieces, _n = ndi.label(t)
+    m = NEAREST_MARGIN_VOX
+    boxes = [tuple(slice(max(a.start - m, 0), min(a.stop + m, n)) for a, n in zip(sl, t.shape)) for sl in ndi.find_objects(pieces)]
+    left = np.zeros(t.shape, dtype=bool)  # voxels whose nearest label lies beyond their piece's box
+    if sum(int(np.prod([g.stop - g.start for g in grown])) for grown in boxes) > t.size // 2:
+        boxes, left = [], t  # the pieces' boxes cover the box: one transform over it is cheaper
+    fills = []
+    for k, grown in enumerate(boxes, start=1):
+        s_src = src[grown]
+        here = pieces[grown] == k
+        if not s_src.any():
+            left[grown] |= here
+            continue
+        dist, idx = ndi.distance_transform_edt(~s_src, return_indices=True)
+        near = here & (dist <= m)
+        left[grown] |= here & ~near
+        fills.append((grown, near, sub[grown][tuple(i[near] for i in idx)]))
+    for grown, near, values in fills:  # written after every piece has read its sources
+        sub[grown][near] = values
+    if left.any():
+        idx = ndi.distance_transform_edt(~src, return_distances=False, return_indices=True)
+        sub[left] = sub[tuple(i[left] for i in idx)]
 
 
 #: Margin (voxels) of the box in which :func:`_nearest_fill` looks for the nearest label.

@@ -416,3 +416,34 @@ def test_the_per_bone_peel_absorbs_strays_but_never_a_bone() -> None:
     assert (out[lab == 4] == 4).all()  # the patella keeps its label
     assert (out[5:8, 5:10, 30:35] == 1).all()  # the strays join the femur
     assert (out[5:25, 5:30, 37:40] == 2).all() and (out[lab == 1] == 1).all()
+
+
+def test_nearest_fill_gives_each_voxel_a_nearest_label() -> None:
+    """``_nearest_fill`` fills each connected piece of ``todo`` in its own box (the margin holds
+    every label closer than it) and falls back to the whole box for a voxel farther than the
+    margin from any label, or when the pieces' boxes cover most of it. Every filled voxel must
+    take the label of a source at the least Euclidean distance (brute force; ties may go either way)."""
+    from orthonav.segmentation.unet_labels import NEAREST_MARGIN_VOX, _nearest_fill
+
+    rng = np.random.default_rng(5)
+    for spread in (False, True):
+        lab = np.zeros((40, 60, 60), np.uint8)
+        src = rng.random(lab.shape) < (0.02 if spread else 0.002)
+        lab[src] = rng.integers(1, 4, int(src.sum()))
+        todo = np.zeros(lab.shape, bool)
+        for _ in range(12 if spread else 4):  # cavities: small boxes, some labelled voxels inside
+            k, j, i = rng.integers(2, 30), rng.integers(2, 50), rng.integers(2, 50)
+            todo[k : k + 6, j : j + 6, i : i + 6] = True
+        todo[30:40, 0:20, 0:20] = True  # one piece with voxels far (> the margin) from any label
+        lab[30:40, 0:20, 0:20] = 0
+        lab[todo & (rng.random(lab.shape) < 0.3)] = 7  # labels inside todo are not sources
+        out = lab.copy()
+        _nearest_fill(out, todo)
+        s = np.argwhere((lab > 0) & ~todo)
+        far = 0
+        for p in np.argwhere(todo):
+            d = np.sqrt(((s - p) ** 2).sum(axis=1))
+            best = {int(lab[tuple(q)]) for q in s[d <= d.min() + 1e-9]}
+            assert int(out[tuple(p)]) in best, (p, out[tuple(p)], best)
+            far += d.min() > NEAREST_MARGIN_VOX
+        assert far > 0  # the fallback was needed
