@@ -36,7 +36,8 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,7 +95,7 @@ SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "models" / "bone_unet.pt"
 
 
 def _torch_settings(num_threads: int | None) -> None:
-    """CPU threads (default :data:`NUM_THREADS`); denormal floats flushed to zero.
+    """CPU threads (default :data:`NUM_THREADS`).
 
     On a machine whose cores are busy with other jobs, 1 thread was measured 4-5x faster per
     training step than 2 (OpenMP threads wait on each other), hence the knob.
@@ -103,7 +104,21 @@ def _torch_settings(num_threads: int | None) -> None:
     if n < 1:
         raise InputError(None, f"num_threads must be >= 1, got {n}")
     torch.set_num_threads(n)
+
+
+@contextmanager
+def _denormals_flushed() -> Iterator[None]:
+    """Denormal floats flushed to zero while the network runs (slow on CPUs), and not after.
+
+    The flag is the CPU thread's floating-point mode, so it reaches every library the process
+    runs next: under it, scipy 1.17's k-d tree build crashed (segmentation fault) on the 225,550
+    surface voxels of a hip CT's bones (``unet_labels._nearest_fill``).
+    """
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 # ----------------------------------------------------------------------------- model card
@@ -693,22 +708,23 @@ def train_on_cases(
     budget_s = minutes * 60.0
     t0, c0 = time.monotonic(), time.process_time()
     it, losses = 0, []
-    while True:
-        # progress through training: the time budget, stretched to reach min_iterations
-        frac = min((time.monotonic() - t0) / budget_s, it / max(min_iterations, 1))
-        if frac >= 1.0:
-            break
-        for g in opt.param_groups:  # polynomial decay in elapsed time (nnU-Net uses it per epoch)
-            g["lr"] = learning_rate * max(1.0 - min(frac, 1.0), 0.02) ** 0.9
-        x, y = sampler.sample(batch_size)
-        opt.zero_grad(set_to_none=True)
-        loss = dice_ce_loss(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        it += 1
-        if progress is not None:
-            progress("training", min(frac, 1.0))
+    with _denormals_flushed():
+        while True:
+            # progress through training: the time budget, stretched to reach min_iterations
+            frac = min((time.monotonic() - t0) / budget_s, it / max(min_iterations, 1))
+            if frac >= 1.0:
+                break
+            for g in opt.param_groups:  # polynomial decay in elapsed time (nnU-Net uses it per epoch)
+                g["lr"] = learning_rate * max(1.0 - min(frac, 1.0), 0.02) ** 0.9
+            x, y = sampler.sample(batch_size)
+            opt.zero_grad(set_to_none=True)
+            loss = dice_ce_loss(net(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            it += 1
+            if progress is not None:
+                progress("training", min(frac, 1.0))
     elapsed, cpu = time.monotonic() - t0, time.process_time() - c0
     card = ModelCard(
         classes=classes,
@@ -930,38 +946,44 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
     # pieces smaller than MIN_PIECE_ML are no bone to name (and must not set a midline)
     min_vox = MIN_PIECE_ML * 1000.0 / abs(float(np.linalg.det(spacing_x)))
     labels_zyx = labels_zyx[crop].copy()
-    for c in classes:
-        comp, n = ndi.label(labels_zyx == c)
+    # each class in its own box (value c's box is found[c - 1])
+    found = ndi.find_objects(labels_zyx)
+    box_of = {c: found[c - 1] for c in classes if 0 < c <= len(found) and found[c - 1] is not None}
+    for c, b in box_of.items():
+        comp, n = ndi.label(labels_zyx[b] == c)
         if n:
             sizes = np.bincount(comp.ravel())
             small = np.flatnonzero(sizes < min_vox)
             small = small[small > 0]
             if len(small):
-                labels_zyx[np.isin(comp, small)] = 0
+                view = labels_zyx[b]
+                view[np.isin(comp, small)] = 0
 
-    def centre(mask: NDArray) -> NDArray[np.float64]:
-        kji = np.argwhere(mask)
+    def centre(mask: NDArray, b: tuple[slice, ...]) -> NDArray[np.float64]:
+        """LPS centre (mm) of ``mask``, an array of the box ``b`` of the crop."""
+        kji = np.argwhere(mask) + np.array([q.start for q in b])
         ijk = kji.mean(axis=0)[::-1]
         return spacing_x @ ijk + lps_from_ijk[:3, 3]
 
-    def centre_x(mask: NDArray) -> float:
-        return float(centre(mask)[0])
+    def centre_x(mask: NDArray, b: tuple[slice, ...]) -> float:
+        return float(centre(mask, b)[0])
 
     by_name = {n: c for c, n in classes.items()}
     midline: float | None = None
-    if "sacrum" in by_name and (labels_zyx == by_name["sacrum"]).any():
-        midline = centre_x(labels_zyx == by_name["sacrum"])
+    c_sacrum = by_name.get("sacrum")
+    if c_sacrum in box_of and (labels_zyx[box_of[c_sacrum]] == c_sacrum).any():
+        midline = centre_x(labels_zyx[box_of[c_sacrum]] == c_sacrum, box_of[c_sacrum])
     else:
         for name in PAIRED:
             c = by_name.get(name)
-            if c is None:
+            if c not in box_of:
                 continue
-            comp, n = ndi.label(labels_zyx == c)
+            comp, n = ndi.label(labels_zyx[box_of[c]] == c)
             if n < 2:
                 continue
             sizes = np.bincount(comp.ravel())[1:]
             a, b = np.argsort(-sizes)[:2] + 1
-            ca, cb = centre(comp == a), centre(comp == b)
+            ca, cb = centre(comp == a, box_of[c]), centre(comp == b, box_of[c])
             # two legs: two large pieces side by side; pieces of ONE broken-up bone lie above one
             # another (an adult's hips / knees are >= ~150 mm apart; MIN_LEG_SEPARATION_MM), also
             # in a leg tilted across the field of view, where they are apart from left to right
@@ -974,33 +996,39 @@ def name_components(labels_zyx: NDArray[np.uint8], lps_from_ijk: NDArray[np.floa
     names: dict[int, str] = {}
     cls_of: dict[int, int] = {}
 
-    def put(mask: NDArray, name: str, c: int) -> None:
+    def put(mask: NDArray, b: tuple[slice, ...], name: str, c: int) -> None:
         v = next((k for k, m in names.items() if m == name), None)
         if v is None:
             v = len(names) + 1
             names[v], cls_of[v] = name, c
-        out[mask] = v
+        view = out[b]
+        view[mask] = v
 
     for c, name in sorted(classes.items()):
-        mask = labels_zyx == c
+        if c not in box_of:
+            continue
+        b = box_of[c]
+        mask = labels_zyx[b] == c
         if not mask.any():
             continue
         if midline is None or name not in PAIRED:
-            put(mask, name, c)
+            put(mask, b, name, c)
             continue
         comp, n = ndi.label(mask)
-        for k in range(1, n + 1):
-            piece = comp == k
-            kji = np.argwhere(piece)
-            on_left = (kji[:, ::-1] @ spacing_x[0] + lps_from_ijk[0, 3]) > midline  # LPS x of each voxel
+        start = np.array([q.start for q in b])
+        for k, sl in enumerate(ndi.find_objects(comp), start=1):
+            piece = np.zeros(mask.shape, bool)
+            piece[sl] = comp[sl] == k
+            kji = np.argwhere(comp[sl] == k) + np.array([q.start for q in sl])
+            on_left = ((kji + start)[:, ::-1] @ spacing_x[0] + lps_from_ijk[0, 3]) > midline  # LPS x of each voxel
             share = float(on_left.mean())
             if min(share, 1.0 - share) >= STRADDLE_FRACTION:
                 left = np.zeros(piece.shape, bool)
                 left[tuple(kji[on_left].T)] = True
-                put(left, f"{name}_left", c)
-                put(piece & ~left, f"{name}_right", c)
+                put(left, b, f"{name}_left", c)
+                put(piece & ~left, b, f"{name}_right", c)
                 continue
-            put(piece, f"{name}_{'left' if centre_x(piece) > midline else 'right'}", c)
+            put(piece, b, f"{name}_{'left' if centre_x(piece, b) > midline else 'right'}", c)
     side = None
     if midline is None and "tibia" in by_name and "fibula" in by_name:
         side = _knee_side(labels_zyx, lps_from_ijk, by_name["tibia"], by_name["fibula"])
@@ -1158,7 +1186,8 @@ def segment_unet(
     nc = card.architecture.num_classes
     if progress is not None:
         progress("unet resampling", 0.0)
-    grid, passes = network_logits(model, ct, overlap=overlap, progress=progress)
+    with _denormals_flushed():
+        grid, passes = network_logits(model, ct, overlap=overlap, progress=progress)
     prob = tta_probabilities(passes, card.temperature)
     del passes
     left_out: list[str] = []
@@ -1171,8 +1200,9 @@ def segment_unet(
     crop = tuple(slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0) for i in nz)
     named, names, side, cls_of = name_components(np.where(labels < nc, labels, 0).astype(np.uint8) if abstained else labels, ct.lps_from_ijk, card.classes)
     side = side or card.side
-    counts = np.bincount(named[crop].ravel(), minlength=256)
-    sums = np.bincount(named[crop].ravel(), weights=conf[crop].ravel(), minlength=256)
+    is_bone = named[crop] > 0
+    counts = np.bincount(named[crop][is_bone], minlength=256)
+    sums = np.bincount(named[crop][is_bone], weights=conf[crop][is_bone], minlength=256)
     # A bone's confidence is its name's: the mean temperature-scaled probability of that bone
     # over its voxels (before the voxel map below, which is fitted to the share of voxels whose
     # label is right, not to whether a whole bone's name is).

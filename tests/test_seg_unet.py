@@ -419,17 +419,21 @@ def test_the_per_bone_peel_absorbs_strays_but_never_a_bone() -> None:
 
 
 def test_nearest_fill_gives_each_voxel_a_nearest_label() -> None:
-    """``_nearest_fill`` fills each connected piece of ``todo`` in its own box (the margin holds
-    every label closer than it) and falls back to the whole box for a voxel farther than the
-    margin from any label, or when the pieces' boxes cover most of it. Every filled voxel must
-    take the label of a source at the least Euclidean distance (brute force; ties may go either way)."""
+    """``_nearest_fill`` looks only among the labelled set's surface voxels (a k-d tree): every
+    filled voxel must take the label of a source at the least Euclidean distance (brute force
+    over all sources; ties may go either way), with sparse sources, dense ones, and solid
+    labelled blocks whose interior is never the nearest; voxels far (> the margin) from any label too."""
     from orthonav.segmentation.unet_labels import NEAREST_MARGIN_VOX, _nearest_fill
 
     rng = np.random.default_rng(5)
-    for spread in (False, True):
+    for spread in (False, True, "solid"):
         lab = np.zeros((40, 60, 60), np.uint8)
-        src = rng.random(lab.shape) < (0.02 if spread else 0.002)
+        src = rng.random(lab.shape) < (0.02 if spread is True else 0.002)
         lab[src] = rng.integers(1, 4, int(src.sum()))
+        if spread == "solid":  # blocks several voxels thick, and one block covering a box face
+            lab[5:20, 30:50, 10:28] = 4
+            lab[22:29, 5:25, 35:55] = 5
+            lab[0:12, 0:60, 56:60] = 6
         todo = np.zeros(lab.shape, bool)
         for _ in range(12 if spread else 4):  # cavities: small boxes, some labelled voxels inside
             k, j, i = rng.integers(2, 30), rng.integers(2, 50), rng.integers(2, 50)
@@ -447,3 +451,52 @@ def test_nearest_fill_gives_each_voxel_a_nearest_label() -> None:
             assert int(out[tuple(p)]) in best, (p, out[tuple(p)], best)
             far += d.min() > NEAREST_MARGIN_VOX
         assert far > 0  # the fallback was needed
+
+
+def test_the_network_runs_with_denormals_flushed_and_restores_them() -> None:
+    """Denormal floats are flushed to zero only while the network runs: the CPU flag reaches
+    every library the process runs next (scipy's k-d tree build crashed under it on a hip CT)."""
+    tiny = np.array([1e-39], np.float32)  # a denormal float32
+    assert float((tiny * np.float32(1.0))[0]) != 0.0
+    with U._denormals_flushed():
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        assert float((tiny * np.float32(1.0))[0]) == 0.0
+    assert float((tiny * np.float32(1.0))[0]) != 0.0
+    with pytest.raises(RuntimeError):  # restored when the network fails, too
+        with U._denormals_flushed():
+            raise RuntimeError("network failed")
+    assert float((tiny * np.float32(1.0))[0]) != 0.0
+
+
+def test_class_probabilities_on_the_ct_match_a_full_resample() -> None:
+    """The post-network step never resamples every class over the CT: the most likely bone, its
+    probability and the network's reach are interpolated at the image's bone voxels only, and a
+    class's probability at a few voxels there. All must equal the full resample (SimpleITK,
+    linear) of every class on an oblique, anisotropic CT, its voxels near the grid's faces included."""
+    from orthonav.segmentation.unet_labels import REACH_COARSE_VOXELS, _box_ref, _network_at, _to_ct, class_probability_at
+
+    ct = _oblique_anisotropic_ct()
+    grid = U.canonical_grid(ct, 4.0)
+    rng = np.random.default_rng(3)
+    ni, nj, nk = grid.size_ijk
+    logits = ndi.gaussian_filter(rng.normal(size=(5, nk, nj, ni)), (0, 1, 1, 1)) * 6.0
+    logits[0, :, :, 6:] += 12.0  # background on one side of the grid: the reach ends within the CT
+    prob = np.exp(logits - logits.max(axis=0))
+    prob = (prob / prob.sum(axis=0)).astype(np.float32)
+    shape = ct.array_zyx.shape
+    box = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    ref = _box_ref(ct, box)
+    full = np.clip(np.stack([_to_ct(prob[c], grid, ref, 1.0 if c == 0 else 0.0) for c in range(5)]), 0.0, 1.0)
+    full_reach = _to_ct(ndi.maximum_filter(1.0 - prob[0], size=2 * REACH_COARSE_VOXELS + 1), grid, ref, 0.0) > 0.5
+    mask = rng.random(shape) < 0.3
+    best, p_best, reach = np.zeros(shape, np.uint8), np.zeros(shape, np.float32), np.zeros(shape, bool)
+    _network_at(prob, grid, ct, box, mask, best, p_best, reach)
+    np.testing.assert_array_equal(best[mask], (np.argmax(full[1:], axis=0) + 1)[mask])
+    np.testing.assert_allclose(p_best[mask], full[1:].max(axis=0)[mask], atol=1e-5)
+    np.testing.assert_array_equal(reach[mask], full_reach[mask])
+    assert 0.1 < reach[mask].mean() < 0.9
+    assert not best[~mask].any() and not reach[~mask].any()  # nothing written elsewhere
+    kji = np.argwhere(mask)[rng.choice(int(mask.sum()), 500, replace=False)]
+    for c in range(1, 5):
+        np.testing.assert_allclose(class_probability_at(prob[c], grid, ct, kji), full[c][tuple(kji.T)], atol=1e-5)
