@@ -108,11 +108,13 @@ def _torch_settings(num_threads: int | None) -> None:
 
 @contextmanager
 def _denormals_flushed() -> Iterator[None]:
-    """Denormal floats flushed to zero while the network runs (slow on CPUs), and not after.
+    """Denormal floats flushed to zero while the network runs (slow on CPUs), and not after
+    (the flag is set off on exit, whatever it was before).
 
     The flag is the CPU thread's floating-point mode, so it reaches every library the process
-    runs next: under it, scipy 1.17's k-d tree build crashed (segmentation fault) on the 225,550
-    surface voxels of a hip CT's bones (``unet_labels._nearest_fill``).
+    runs next on that thread: under it, scipy 1.17's k-d tree build crashed (segmentation
+    fault) on the 225,550 surface voxels of a hip CT's bones (``unet_labels._nearest_fill``).
+    Used around the network's passes (:func:`network_logits`) and the training loop.
     """
     torch.set_flush_denormal(True)
     try:
@@ -1052,8 +1054,9 @@ def network_logits(
     model.network.eval()
     flips = [None, *card.tta_flips]
     images = [np.ascontiguousarray(image[:, :, ::-1]) if flip == "x" else image for flip in flips]
-    out = sliding_window_passes(model.network, images, card.architecture.patch_size, card.architecture.num_classes, overlap=overlap,
-                                progress=progress, skip_below=float(normalise_hu(np.float32(SKIP_WINDOW_BELOW_HU), card.hu_window)))
+    with _denormals_flushed():
+        out = sliding_window_passes(model.network, images, card.architecture.patch_size, card.architecture.num_classes, overlap=overlap,
+                                    progress=progress, skip_below=float(normalise_hu(np.float32(SKIP_WINDOW_BELOW_HU), card.hu_window)))
     passes = [np.ascontiguousarray(lg[:, :, :, ::-1]) if flip == "x" else lg for flip, lg in zip(flips, out)]
     return grid, passes
 
@@ -1186,8 +1189,7 @@ def segment_unet(
     nc = card.architecture.num_classes
     if progress is not None:
         progress("unet resampling", 0.0)
-    with _denormals_flushed():
-        grid, passes = network_logits(model, ct, overlap=overlap, progress=progress)
+    grid, passes = network_logits(model, ct, overlap=overlap, progress=progress)
     prob = tta_probabilities(passes, card.temperature)
     del passes
     left_out: list[str] = []

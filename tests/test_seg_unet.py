@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -453,20 +454,42 @@ def test_nearest_fill_gives_each_voxel_a_nearest_label() -> None:
         assert far > 0  # the fallback was needed
 
 
-def test_the_network_runs_with_denormals_flushed_and_restores_them() -> None:
+def test_the_network_runs_with_denormals_flushed_and_restores_them(small_knee_phantom, monkeypatch) -> None:
     """Denormal floats are flushed to zero only while the network runs: the CPU flag reaches
     every library the process runs next (scipy's k-d tree build crashed under it on a hip CT)."""
+    if not U.SHIPPED_WEIGHTS.is_file():
+        pytest.skip(f"no shipped model at {U.SHIPPED_WEIGHTS}")
     tiny = np.array([1e-39], np.float32)  # a denormal float32
-    assert float((tiny * np.float32(1.0))[0]) != 0.0
-    with U._denormals_flushed():
-        if not torch.set_flush_denormal(True):
-            pytest.skip("this CPU cannot flush denormals")
-        assert float((tiny * np.float32(1.0))[0]) == 0.0
-    assert float((tiny * np.float32(1.0))[0]) != 0.0
-    with pytest.raises(RuntimeError):  # restored when the network fails, too
+
+    def flushed() -> bool:
+        return float((tiny * np.float32(1.0))[0]) == 0.0
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    assert not flushed()
+    with pytest.raises(RuntimeError):  # set off when the network fails, too
         with U._denormals_flushed():
+            assert flushed()
             raise RuntimeError("network failed")
-    assert float((tiny * np.float32(1.0))[0]) != 0.0
+    assert not flushed()
+    # segment_unet: flushed in the network's passes, not in the steps after them
+    seen: dict[str, bool] = {}
+    passes = U.sliding_window_passes
+    to_labels = U.probabilities_to_labels
+
+    def watch_passes(*a, **k):
+        seen["network"] = flushed()
+        return passes(*a, **k)
+
+    def watch_labels(*a, **k):
+        seen["labels"] = flushed()
+        return to_labels(*a, **k)
+
+    monkeypatch.setattr(U, "sliding_window_passes", watch_passes)
+    monkeypatch.setattr(U, "probabilities_to_labels", watch_labels)
+    U.segment_unet(small_knee_phantom.ct, num_threads=1)
+    assert seen == {"network": True, "labels": False}
+    assert not flushed()
 
 
 def test_class_probabilities_on_the_ct_match_a_full_resample() -> None:
@@ -478,17 +501,20 @@ def test_class_probabilities_on_the_ct_match_a_full_resample() -> None:
 
     ct = _oblique_anisotropic_ct()
     grid = U.canonical_grid(ct, 4.0)
+    grid = replace(grid, origin=grid.origin + 6.0 * grid.direction[:, 0])  # 1.5 voxels along i: the grid leaves some voxels out
     rng = np.random.default_rng(3)
     ni, nj, nk = grid.size_ijk
     logits = ndi.gaussian_filter(rng.normal(size=(5, nk, nj, ni)), (0, 1, 1, 1)) * 6.0
     logits[0, :, :, 6:] += 12.0  # background on one side of the grid: the reach ends within the CT
     prob = np.exp(logits - logits.max(axis=0))
     prob = (prob / prob.sum(axis=0)).astype(np.float32)
-    shape = ct.array_zyx.shape
-    box = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+    n_k, n_j, n_i = ct.array_zyx.shape
+    box = (slice(2, n_k), slice(3, n_j - 1), slice(1, n_i))  # the box of image bone: not at the CT's origin
+    shape = tuple(q.stop - q.start for q in box)
     ref = _box_ref(ct, box)
     full = np.clip(np.stack([_to_ct(prob[c], grid, ref, 1.0 if c == 0 else 0.0) for c in range(5)]), 0.0, 1.0)
     full_reach = _to_ct(ndi.maximum_filter(1.0 - prob[0], size=2 * REACH_COARSE_VOXELS + 1), grid, ref, 0.0) > 0.5
+    assert (full[1:].sum(axis=0) == 0).mean() > 0.05  # voxels outside the grid: every bone 0 there
     mask = rng.random(shape) < 0.3
     best, p_best, reach = np.zeros(shape, np.uint8), np.zeros(shape, np.float32), np.zeros(shape, bool)
     _network_at(prob, grid, ct, box, mask, best, p_best, reach)
@@ -498,5 +524,6 @@ def test_class_probabilities_on_the_ct_match_a_full_resample() -> None:
     assert 0.1 < reach[mask].mean() < 0.9
     assert not best[~mask].any() and not reach[~mask].any()  # nothing written elsewhere
     kji = np.argwhere(mask)[rng.choice(int(mask.sum()), 500, replace=False)]
+    start = np.array([q.start for q in box])
     for c in range(1, 5):
-        np.testing.assert_allclose(class_probability_at(prob[c], grid, ct, kji), full[c][tuple(kji.T)], atol=1e-5)
+        np.testing.assert_allclose(class_probability_at(prob[c], grid, ct, kji + start), full[c][tuple(kji.T)], atol=1e-5)
