@@ -219,18 +219,20 @@ def _oblique_rod(shape=(150, 60, 60), spacing_ijk=(0.5, 0.45, 1.0)):
     return rod, np.array(spacing_ijk)
 
 
-def test_slab_decomposition_gives_the_whole_box_result(monkeypatch):
-    """The bump removal (an opening) and the boundary peel run in k-slabs cropped to the bone;
-    with one slab spanning everything they must give the same voxels (the margins are wide
-    enough). The rod crosses several slabs obliquely and carries bumps to remove."""
+def test_tile_decomposition_gives_the_whole_box_result(monkeypatch):
+    """The bump removal (an opening) and the boundary peel run in tiles cropped to the bone;
+    with one tile spanning everything they must give the same voxels (the margins are wide
+    enough). The rod crosses several slabs and tiles obliquely and carries bumps to remove."""
     from orthonav.segmentation import classical
 
     rod, spacing = _oblique_rod()
     p = classical.ClassicalParams()
     monkeypatch.setattr(classical, "SLAB_MM", 40.0)  # thin enough for the rod to cross several
-    assert len(list(classical.mask_slabs(rod, spacing, 3, (0, 0)))) >= 3
-    slabbed = classical.remove_bumps(rod, spacing, p)
-    assert 0 < (rod & ~slabbed).sum() < 0.05 * rod.sum()  # the bumps went, the rod stayed
+    monkeypatch.setattr(classical, "TILE_MM", 8.0)  # tiles that cut the rod along j and i
+    tiles = list(classical.mask_tiles(rod, spacing, 3, (3, 3)))
+    assert len({t[0][0].start for t in tiles}) >= 3 and len(tiles) > len({t[0][0].start for t in tiles})
+    tiled = classical.remove_bumps(rod, spacing, p)
+    assert 0 < (rod & ~tiled).sum() < 0.05 * rod.sum()  # the bumps went, the rod stayed
     # A blurred CT of the rod for the peel: cortex-like 1200 HU inside, 40 HU outside.
     ct = np.where(rod, 1200.0, 40.0).astype(np.float32)
     ct = classical.ndi.gaussian_filter(ct, (0.8, 1.5, 1.5)).astype(np.float32)
@@ -238,10 +240,41 @@ def test_slab_decomposition_gives_the_whole_box_result(monkeypatch):
     peeled = classical.adaptive_refine(ct, regions, spacing, p)
     assert 0 < (regions - peeled).sum()
     monkeypatch.setattr(classical, "SLAB_MM", 1.0e6)
-    assert len(list(classical.mask_slabs(rod, spacing, 3, (0, 0)))) == 1
-    np.testing.assert_array_equal(classical.remove_bumps(rod, spacing, p), slabbed)
+    monkeypatch.setattr(classical, "TILE_MM", 1.0e6)
+    assert len(list(classical.mask_tiles(rod, spacing, 3, (3, 3)))) == 1
+    np.testing.assert_array_equal(classical.remove_bumps(rod, spacing, p), tiled)
     whole = classical.adaptive_refine(ct, regions, spacing, p)
     assert (whole != peeled).sum() <= 1e-4 * regions.sum()  # ties of the distance map's float error
+    # The shared smoothed HU gives what each tile's own smoothing gives (the margins cover it).
+    shared = classical.adaptive_refine(ct, regions, spacing, p, classical.ndi.gaussian_filter(ct, 0.7))
+    assert (shared != whole).sum() <= 1e-4 * regions.sum()
+
+
+def test_tile_cores_partition_the_voxels_near_the_mask(monkeypatch):
+    """Every voxel within the margins of a mask voxel (a box dilation) lies in exactly one
+    tile's core, no voxel in two, and each core lies inside its crop with the margins around it
+    (or the array's face): random masks, margins and tile sizes."""
+    from orthonav.segmentation import classical
+
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        shape = tuple(int(x) for x in rng.integers(20, 70, 3))
+        mask = classical.ndi.gaussian_filter(rng.random(shape), 2.0) > rng.uniform(0.52, 0.56)
+        if trial == 0:
+            mask[:] = False
+            mask[5, 6, 7] = True  # one voxel
+        spacing = rng.uniform(0.4, 2.5, 3)
+        mk, mj, mi = (int(x) for x in rng.integers(0, 6, 3))
+        monkeypatch.setattr(classical, "SLAB_MM", float(rng.uniform(5.0, 60.0)))
+        monkeypatch.setattr(classical, "TILE_MM", float(rng.uniform(5.0, 60.0)))
+        count = np.zeros(shape, np.int32)
+        for ext, core in classical.mask_tiles(mask, spacing, mk, (mj, mi)):
+            count[ext][core] += 1
+            for e, c, m, n in zip(ext, core, (mk, mj, mi), shape):
+                assert c.start >= min(m, e.start + c.start) and (e.stop - e.start) - c.stop >= min(m, n - (e.start + c.stop))
+        near = classical.ndi.maximum_filter(mask.astype(np.uint8), size=(2 * mk + 1, 2 * mj + 1, 2 * mi + 1), mode="constant") > 0
+        assert count.max() <= 1
+        assert count[near].min(initial=1) == 1
 
 
 def _image(array: np.ndarray, spacing_ijk: np.ndarray):
@@ -388,3 +421,75 @@ def test_the_edge_fraction_follows_the_peaks_depression():
     assert abs(edge_fraction_of(peaks, soft, cortex, 0.6)[4] - 0.6) < 1e-12  # the cap
     np.testing.assert_allclose(edge_fraction_of(peaks, soft, float("nan"), 0.6), 0.5)
     np.testing.assert_allclose(edge_fraction_of(peaks, soft, soft, 0.6), 0.5)
+
+
+def test_near_interfaces_and_the_peel_restricted_to_them():
+    """``near_interfaces`` is the box dilation of the faces between two different labels
+    (brute force on random label maps); a peel restricted to ``near`` changes no voxel outside
+    it, and restricted to every voxel gives the unrestricted peel."""
+    from orthonav.segmentation import classical
+
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        shape = tuple(int(x) for x in rng.integers(12, 40, 3))
+        labels = (classical.ndi.gaussian_filter(rng.random(shape), 2.0) * 30).astype(np.int32) % 4
+        spacing = rng.uniform(0.5, 2.0, 3)
+        reach = float(rng.uniform(0.5, 3.0))
+        seeds = np.zeros(shape, bool)
+        for ax in range(3):
+            a, b = np.moveaxis(labels, ax, 0)[:-1], np.moveaxis(labels, ax, 0)[1:]
+            touch = (a != b) & (a > 0) & (b > 0)
+            np.moveaxis(seeds, ax, 0)[:-1] |= touch
+            np.moveaxis(seeds, ax, 0)[1:] |= touch
+        r = [int(np.ceil(reach / s_)) + 1 for s_ in spacing[::-1]]
+        want = classical.ndi.maximum_filter(seeds.astype(np.uint8), size=[2 * g + 1 for g in r], mode="constant") > 0
+        np.testing.assert_array_equal(classical.near_interfaces(labels, spacing, reach), want)
+    # Two blurred blocks touching across a dim joint: the peel near their interface only.
+    rod, spacing = _oblique_rod()
+    ct = classical.ndi.gaussian_filter(np.where(rod, 1200.0, 40.0).astype(np.float32), (0.8, 1.5, 1.5)).astype(np.float32)
+    regions = (ct > 200).astype(np.int32)
+    regions[75:] *= 2  # one rod cut in two regions at slice 75
+    p = classical.ClassicalParams()
+    whole = classical.adaptive_refine(ct, regions, spacing, p)
+    near = classical.near_interfaces(regions, spacing, p.peel_mm)
+    assert near.any() and not near[:60].any()
+    restricted = classical.adaptive_refine(ct, regions, spacing, p, near=near)
+    assert not (restricted != regions)[~near].any()
+    assert (restricted != regions)[near].any()  # the peel still acts there
+    np.testing.assert_array_equal(classical.adaptive_refine(ct, regions, spacing, p, near=np.ones(ct.shape, bool)), whole)
+
+
+def test_fill_cavities_matches_itk_fillhole_and_keeps_open_spaces():
+    """Away from the box's faces the fill is ITK's BinaryFillhole (face connectivity) on random
+    masks; a wall across the box (two outer backgrounds) fills nothing; a hollow shell whose
+    cavity is cut by a face is filled (the face closes it); a mask with no cavity comes back
+    unchanged."""
+    import SimpleITK as sitk
+
+    from orthonav.segmentation import classical
+
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        shape = tuple(int(x) for x in rng.integers(4, 28, 3))
+        m = classical.ndi.gaussian_filter(rng.random(shape), rng.uniform(0.6, 2.0)) > rng.uniform(0.45, 0.6)
+        m = np.pad(m, 1)
+        want = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(m.view(np.uint8)), fullyConnected=False)).astype(bool)
+        np.testing.assert_array_equal(classical.fill_cavities(m), want)
+    wall = np.zeros((10, 12, 14), bool)
+    wall[:, 6, :] = True
+    wall[3:6, 2:4, 4:7] = True  # a block on one side, no cavity anywhere
+    np.testing.assert_array_equal(classical.fill_cavities(wall), wall)
+    wall[2:7, 8:11, 3:8] = True
+    wall[3:6, 9, 4:7] = False  # a hollow block beside the wall: two outer backgrounds and a cavity
+    filled = classical.fill_cavities(wall)
+    assert filled[3:6, 9, 4:7].all() and (filled & ~wall).sum() == 9
+    shell = np.zeros((12, 12, 12), bool)
+    shell[2:10, 2:10, 2:10] = True
+    shell[4:8, 4:8, 4:8] = False  # a cavity
+    np.testing.assert_array_equal(classical.fill_cavities(shell)[4:8, 4:8, 4:8], True)
+    cut = shell[:6]  # the face at k = 5 cuts the cavity open: the lid closes it
+    filled = classical.fill_cavities(cut)
+    assert filled[4:6, 4:8, 4:8].all() and (filled & ~cut).sum() == 2 * 16
+    two = shell.copy()
+    two[2:10, 5, 2:10] = True  # a wall splits the cavity in two: both filled
+    assert classical.fill_cavities(two)[4:8, 4:8, 4:8].all()
