@@ -493,3 +493,51 @@ def test_fill_cavities_matches_itk_fillhole_and_keeps_open_spaces():
     two = shell.copy()
     two[2:10, 5, 2:10] = True  # a wall splits the cavity in two: both filled
     assert classical.fill_cavities(two)[4:8, 4:8, 4:8].all()
+
+
+def test_the_peel_distance_map_is_exact_in_every_tile():
+    """Where the peel reads the distance map (its candidates, within ``peel_mm`` of the outside,
+    and their neighbours one voxel away along each axis) a tile's map equals the whole box's, on
+    anisotropic grids whose tiles cut the region (a tile's map misses the outside beyond it:
+    with margins of the peel depth alone, a 2 mm-slice neighbour read 4.0 mm instead of 3.5)."""
+    import SimpleITK as sitk
+
+    from orthonav.segmentation import classical
+
+    p = classical.ClassicalParams()
+    rng = np.random.default_rng(5)
+
+    def depth(mask, spacing):
+        im = sitk.GetImageFromArray(mask.astype(np.uint8))
+        im.SetSpacing([float(s) for s in spacing])
+        return sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(im, insideIsPositive=True, squaredDistance=False, useImageSpacing=True))
+
+    cases = [(np.array([0.5, 0.5, 2.0]), None), (np.array([0.4, 0.3, 1.5]), None), (np.array([0.5, 0.5, 2.0]), "box")]
+    for spacing, kind in cases:
+        shape = (14, 60, 70)
+        if kind == "box":
+            comp = np.zeros((8, 40, 50), bool)
+            comp[1:7, 2:23, 2:48] = True
+        else:
+            f = classical.ndi.gaussian_filter(rng.random(shape), (1.0, 4.0, 4.0))
+            comp = f > np.quantile(f, 0.6)
+        margins = classical.peel_margins(spacing, p, [1, 1, 1])
+        whole = depth(comp, spacing)
+        for tile_mm in (8.0, 12.0):
+            classical.TILE_MM = tile_mm
+            try:
+                tiles = list(classical.mask_tiles(comp, spacing, margins[0], margins[1:]))
+            finally:
+                classical.TILE_MM = 80.0
+            assert len(tiles) > 2
+            for ext, core in tiles:
+                d = depth(comp[ext], spacing)
+                cand = np.zeros(d.shape, bool)
+                cand[core] = comp[ext][core] & (d[core] <= p.peel_mm)
+                at = np.nonzero(cand)
+                for ax in range(3):
+                    for step in (-1, 0, 1):
+                        idx = list(at)
+                        idx[ax] = np.clip(at[ax] + step, 0, d.shape[ax] - 1)
+                        glob = tuple(i + s.start for i, s in zip(idx, ext))
+                        np.testing.assert_allclose(d[tuple(idx)], whole[glob], atol=1e-4)
