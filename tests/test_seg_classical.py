@@ -308,6 +308,125 @@ def test_the_separation_helpers_equal_their_reference_operations():
     assert _pairs(np.ones((2, 2, 2), int), np.zeros((2, 2, 2), int)).shape == (2, 0)
 
 
+def test_the_joint_split_helpers_equal_their_reference_operations():
+    """The array forms used by the hip split: ``up_blocks`` gives each mask voxel its block's
+    value as ``from_blocks`` does (0 elsewhere), for steps that do and do not divide the shape;
+    ``_narrow`` keeps every label; the valley depth from ``interface_faces`` equals a per-face
+    loop (the brightest HU within reach on each side, minus the face's HU, median per pair)."""
+    from orthonav.segmentation.classical import (
+        JOINT_REACH_MM,
+        _interface_valley_depth,
+        _narrow,
+        block_max,
+        from_blocks,
+        interface_faces,
+        near_faces,
+        up_blocks,
+    )
+
+    rng = np.random.default_rng(11)
+    for shape, step in (((9, 10, 7), (2, 3, 1)), ((8, 6, 4), (2, 2, 2)), ((5, 7, 3), (1, 1, 3))):
+        mask = rng.random(shape) < 0.4
+        coarse = block_max(rng.integers(0, 200, shape).astype(np.uint8), step)
+        up = up_blocks(coarse, mask, step)
+        assert up.dtype == np.uint8 and not up[~mask].any()
+        np.testing.assert_array_equal(up[mask], from_blocks(coarse, mask, step))
+    for top, dt in ((255, np.uint8), (256, np.uint16), (70000, np.int64)):
+        a = np.array([[[0, 3, top]]], np.int64)
+        np.testing.assert_array_equal(_narrow(a), a)
+        assert _narrow(a).dtype == dt
+    for _ in range(4):
+        shape = tuple(int(x) for x in rng.integers(8, 20, 3))
+        labels = (ndi_gaussian(rng.random(shape), 1.5) * 25).astype(np.int32) % 4
+        sm = rng.normal(300.0, 300.0, shape).astype(np.float32)
+        spacing = rng.uniform(0.6, 2.0, 3)
+        want: dict[tuple[int, int], list[float]] = {}
+        for ax in range(3):
+            reach = max(1, int(round(JOINT_REACH_MM / spacing[::-1][ax])))
+            for idx in np.ndindex(*shape):
+                if idx[ax] + 1 >= shape[ax]:
+                    continue
+                nxt = list(idx)
+                nxt[ax] += 1
+                a, b = labels[idx], labels[tuple(nxt)]
+                if a == b or a == 0 or b == 0:
+                    continue
+
+                def at(c: int, idx=idx, ax=ax) -> float:
+                    q = list(idx)
+                    q[ax] = min(max(c, 0), shape[ax] - 1)
+                    return float(sm[tuple(q)])
+
+                face = 0.5 * (float(sm[idx]) + float(sm[tuple(nxt)]))
+                side_a = max(at(idx[ax] - k) for k in range(reach + 1))
+                side_b = max(at(idx[ax] + 1 + k) for k in range(reach + 1))
+                want.setdefault((min(a, b), max(a, b)), []).append(min(side_a, side_b) - face)
+        got = _interface_valley_depth(labels, sm, spacing)
+        assert set(got) == set(want)
+        for k, v in want.items():
+            assert abs(got[k] - float(np.median(v))) < 1e-3
+        assert _interface_valley_depth(labels, sm, spacing, interface_faces(labels)) == got
+    # Faces all filtered out (every pair joined): nothing is near, and no error.
+    none = np.zeros(0, np.int64)
+    empty = [(ax, (none, none, none), none, none) for ax in range(3)]
+    assert not near_faces(empty, (5, 6, 7), np.ones(3), 2.0).any()
+
+
+def ndi_gaussian(a: np.ndarray, sigma: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(a, sigma)
+
+
+def test_the_joint_split_keeps_a_bone_lying_within_a_coarse_voxel_of_a_split_one():
+    """Two hollow balls joined across a 1 mm joint space (one piece) and a solid block 1.7 mm
+    from them (a piece of its own, with no marrow marker) at 0.75 mm: the split's grid (1.5 mm)
+    puts the block in the balls' component, where it takes a ball's label. The balls are split
+    and the block is kept whole as a piece of its own (it was dropped as not the largest piece of
+    that label until a second review found it, 2026-12-06)."""
+    from scipy import ndimage as ndi
+
+    from orthonav.segmentation import classical
+
+    s = 0.75
+    R, cort, gap = 12.0, 2.0, 1.0
+
+    def n(mm: float) -> int:
+        return int(round(mm / s))
+
+    shape = (n(34), n(34), n(34 + 2 * R + gap + 10))
+    k, j, i = np.indices(shape).astype(np.float32) * s
+    c1 = np.array([17.0, 17.0, 5.0 + R])
+    ct = np.full(shape, 40.0, np.float32)
+    balls = np.zeros(shape, bool)
+    for c in (c1, c1 + [0.0, 0.0, 2 * R + gap]):
+        r = np.sqrt((k - c[0]) ** 2 + (j - c[1]) ** 2 + (i - c[2]) ** 2)
+        ct[r <= R] = 1200.0
+        ct[r <= R - cort] = 250.0
+        balls |= r <= R
+    block = np.zeros(shape, bool)
+    block[n(2) : n(8), n(2) : n(8), n(2) : n(12)] = True
+    ct[block] = 900.0
+    ct = ndi.gaussian_filter(ct, 1.2 / s)
+    joined = ndi.binary_closing(balls, iterations=2) | balls
+    full = (slice(None),) * 3
+    spacing = np.full(3, s)
+    assert classical.joint_grid_step(spacing) == (2, 2, 2)
+    p = classical.ClassicalParams(min_bone_volume_mm3=50.0)
+    out, notes = classical._split_joined_bones(ct, [(full, joined), (full, block)], spacing, p, np.ones(shape, bool), np.zeros(3, int))
+    assert notes  # the balls were split
+    holds = [int(m[block[b]].sum()) for b, m in out]
+    assert max(holds) == int(block.sum())  # one piece holds the whole block
+    b_block, piece = out[int(np.argmax(holds))]
+    assert not piece[~block[b_block]].any()  # and nothing else
+    cover = np.zeros(shape, int)
+    for b, m in out:
+        cover[b] += m
+    assert cover.max() == 1  # no voxel in two pieces
+    halves = [int((m & balls[b]).sum()) for b, m in out]
+    assert sorted(halves)[-2] > 0.3 * balls.sum()  # two balls, two pieces
+
+
 def test_marker_watershed_matches_a_flood_of_the_whole_box():
     """Flooding only the mask (background a marker of its own, whole-HU levels) labels every
     voxel of a seeded component as flooding the whole box with the background on top does."""
