@@ -13,6 +13,10 @@ Modes (``--mode``, several allowed; default all but ``speed``):
   fitted on the seed-10000 draws), over the voxels near bone (true or predicted bone dilated by
   two voxels: background far from bone, right at confidence ~1, would swamp the figure);
   writes the reliability diagram ``docs/img/unet_reliability.png``.
+* ``real-shapes``: synthetic CTs of the real bone surfaces (``phantoms.real_shapes``: the VHF
+  knee and libhip femurs in ``--shapes``; ``--real-draws`` draws of the ``real`` family only,
+  ``--real-seed``), this model and the classical backend beside it: bone-mask Dice, Dice per
+  class with each label matched by overlap, and the names (right, wrong, withheld).
 * ``thorax``: bone-mask Dice on the shared thorax CT (``../shared/data/ct_thorax_small``)
   against its reference vertebrae + ribs, and the names given (the model has no vertebra or rib
   class: every piece should stay an unnamed ``bone_<n>``).
@@ -20,7 +24,7 @@ Modes (``--mode``, several allowed; default all but ``speed``):
   512 x 512 x 400 CT (a knee phantom resampled to 0.8 x 0.8 x 1.0 mm and padded with soft tissue):
   wall and CPU seconds per step, windows run, load average, and Dice per bone on that CT.
 
-    python benchmarks/bench_unet_shipped.py [--mode phantoms draws calibration thorax speed] [--threads 2] [--json OUT]
+    python benchmarks/bench_unet_shipped.py [--mode phantoms draws calibration real-shapes thorax speed] [--threads 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -108,6 +112,49 @@ def score_draws(model, threads, draws):
             per_class.setdefault(model.card.classes[int(c)], []).append(dice(pred == c, truth == c))
         samples.append((truth, d.ct))
     return per_class, samples
+
+
+def score_real_shapes(model, threads, n: int, seed: int, shapes_dir: Path):
+    """U-Net and classical on ``n`` draws of the real family (None without the data): per draw
+    the bone-mask Dice, each class's Dice with every predicted label given the class it overlaps
+    most (segmentation, whatever the names), and the names: right, wrong, or withheld
+    (``bone_<n>``). The real sets are a knee without its femur and two femurs without their
+    pelvis, fields of view no scanner gives, where the naming is expected to abstain."""
+    from orthonav.core.errors import InputError
+    from orthonav.phantoms.real_shapes import find_shape_sets, shape_phantom
+    from orthonav.segmentation.classical import segment_classical
+
+    if not shapes_dir.is_dir():
+        return None
+    sps = [shape_phantom(s) for s in find_shape_sets(shapes_dir)]
+    draws = synth_draws(n, seed=seed, families=(), shapes=sps)
+    out: dict[str, dict] = {b: {"mask": [], "per_class": {}, "right": 0, "wrong": 0, "withheld": 0} for b in ("unet", "classical")}
+    for d in draws:
+        truth = d.labels.array_zyx
+        line = []
+        for backend, acc in out.items():
+            try:
+                seg = segment_unet(d.ct, model, num_threads=threads) if backend == "unet" else segment_classical(d.ct, anatomy="auto")
+                lab, table = seg.labels.array_zyx, seg.table.labels
+            except InputError:  # no bone could be named: nothing labelled
+                lab, table = np.zeros_like(truth), {}
+            acc["mask"].append(dice(lab > 0, truth > 0))
+            by_overlap = np.zeros(256, np.uint8)
+            for v, name in table.items():
+                under = truth[lab == v]
+                c = int(np.bincount(under, minlength=8)[1:].argmax()) + 1 if (under > 0).any() else 0
+                by_overlap[v] = c
+                if name.startswith("bone_"):
+                    acc["withheld"] += 1
+                elif c:
+                    acc["right" if class_of(name) == c else "wrong"] += 1
+            pred = by_overlap[lab]
+            for c in np.unique(truth[truth > 0]):
+                acc["per_class"].setdefault(model.card.classes[int(c)], []).append(dice(pred == c, truth == c))
+            line.append(f"{backend} mask {acc['mask'][-1]:.3f}, " + ", ".join(f"{model.card.classes[int(c)]} {acc['per_class'][model.card.classes[int(c)]][-1]:.3f}" for c in np.unique(truth[truth > 0]))
+                        + f", names {sorted(table.values())}")
+        print(f"  {d.family} {d.ct.spacing_mm.round(2)}: " + "; ".join(line))
+    return out
 
 
 def calibration(model, samples, threads, out_png: Path | None):
@@ -256,6 +303,9 @@ def main() -> None:
     ap.add_argument("--draws-seed", type=int, default=2000, help="their seed (training uses 0, calibration 10000)")
     ap.add_argument("--cache", type=Path, default=None, help="keep the draws here between runs")
     ap.add_argument("--quick", action="store_true", help="only the small phantoms (knee, hip, long bone)")
+    ap.add_argument("--shapes", type=Path, default=ROOT.parent / "shared" / "data" / "real_bone_surfaces", help="real-shapes: the bone surfaces")
+    ap.add_argument("--real-draws", type=int, default=8, help="real-shapes: number of draws")
+    ap.add_argument("--real-seed", type=int, default=3000, help="real-shapes: their seed")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "img" / "unet_reliability.png")
     args = ap.parse_args()
     model = load_model(args.weights)
@@ -285,6 +335,18 @@ def main() -> None:
               f"error rate {cal['error_rate_low_conf']:.3f} below confidence {model.card.low_confidence} ({cal['low_conf_share']:.3f} of voxels) vs "
               f"{cal['error_rate_high_conf']:.4f} above; diagram {args.png}")  # fmt: skip
         out["calibration"] = cal
+    if "real-shapes" in args.mode:
+        rs = score_real_shapes(model, args.threads, args.real_draws, args.real_seed, args.shapes)
+        if rs is None:
+            print(f"real shapes: {args.shapes} not found")
+        for backend, acc in (rs or {}).items():
+            print(f"real-shape draws (seed {args.real_seed}, {args.real_draws} CTs), {backend}: bone mask {np.mean(acc['mask']):.3f} (min {np.min(acc['mask']):.3f}); "
+                  "Dice per class, labels matched by overlap, mean (min): " + ", ".join(f"{c} {np.mean(v):.3f} ({np.min(v):.3f})" for c, v in acc["per_class"].items())
+                  + f"; names right {acc['right']}, wrong {acc['wrong']}, withheld {acc['withheld']}")  # fmt: skip
+            out.setdefault("real_shapes", {})[backend] = {
+                "mask": float(np.mean(acc["mask"])), "right": acc["right"], "wrong": acc["wrong"], "withheld": acc["withheld"],
+                "per_class": {c: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for c, v in acc["per_class"].items()},
+            }  # fmt: skip
     if "thorax" in args.mode:
         th = thorax(model, args.threads)
         print("thorax CT bone mask: " + ("shared data not found" if th is None else f"Dice {th['dice']:.3f}, recall {th['recall']:.3f}, precision {th['precision']:.3f}; {th['unnamed']} unnamed bone_<n>, named {th['named'] or 'none'} (should be none)"))

@@ -307,19 +307,22 @@ def train_seg(
     seed: int = typer.Option(0, metavar="N", help="random seed (draws, weight initialisation, patch sampling)"),
     calibration_cases: int = typer.Option(24, metavar="N", help="--synthetic: held-out draws the softmax temperature and the confidence map are fitted on"),
     threads: Optional[int] = typer.Option(None, metavar="N", help="torch CPU threads (default 2)"),
+    shapes: Optional[Path] = typer.Option(None, "--shapes", metavar="DIR", help="--synthetic: also draw real bone surfaces from DIR (e.g. ../shared/data/real_bone_surfaces: the VHF knee, the libhip femurs)"),
 ) -> None:
     """Train the compact 3D U-Net on CT + label pairs, or on synthetic CTs (--synthetic)."""
     from orthonav.core.errors import InputError
 
     if len(paths) != (1 if synthetic else 2):
         raise InputError(None, "give WEIGHTS with --synthetic, DATA WEIGHTS without it" + f" (got {len(paths)} paths)")
+    if shapes is not None and not synthetic:
+        raise InputError(shapes, "--shapes adds real bone surfaces to the synthetic draws: use it with --synthetic")
     weights = paths[-1]
     with _progress() as progress:
         if synthetic:
             from orthonav.phantoms.synth_ct import train_synthetic
 
             path = train_synthetic(weights, cases=cases, minutes=minutes, steps=steps, seed=seed, calibration_cases=calibration_cases,
-                                   spacing_mm=spacing, num_threads=threads, progress=progress.update)
+                                   spacing_mm=spacing, num_threads=threads, progress=progress.update, shapes_dir=shapes)
         else:
             from orthonav.segmentation.unet import train_from_folder
 

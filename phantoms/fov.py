@@ -197,9 +197,13 @@ def _source(phantom: SyntheticPhantom) -> _Source:
     for v, n in phantom.label_table.labels.items():
         names[int(v)] = n if n.endswith(("_left", "_right")) or side not in ("left", "right") else f"{n}_{side}"
     if phantom.truth.kind == "knee":
-        fem = pts[values == phantom.label_table.value_of("femur")]
         tib = pts[values == phantom.label_table.value_of("tibia")]
-        centre = 0.5 * (fem[fem[:, 2] < np.percentile(fem[:, 2], 2)].mean(axis=0) + tib[tib[:, 2] > np.percentile(tib[:, 2], 98)].mean(axis=0))
+        top = tib[tib[:, 2] > np.percentile(tib[:, 2], 98)].mean(axis=0)
+        if "femur" in phantom.label_table.labels.values():
+            fem = pts[values == phantom.label_table.value_of("femur")]
+            centre = 0.5 * (fem[fem[:, 2] < np.percentile(fem[:, 2], 2)].mean(axis=0) + top)
+        else:  # a knee without its femur (real surfaces, :mod:`.real_shapes`): the tibial plateau
+            centre = top
     else:  # hip: between the femoral heads
         tops = [pts[values == v] for v, n in names.items() if n.startswith("femur")]
         centre = np.mean([t[t[:, 2] > np.percentile(t[:, 2], 95)].mean(axis=0) for t in tops], axis=0)

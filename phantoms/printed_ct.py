@@ -38,7 +38,7 @@ def _print_labels(phantom: SyntheticPhantom, printed: PrintedPhantom) -> dict[st
     return out
 
 
-def _stencil_mask(mesh: pv.PolyData, spacing, origin, shape_ijk) -> NDArray[np.bool_]:
+def stencil_mask(mesh: pv.PolyData, spacing, origin, shape_ijk) -> NDArray[np.bool_]:
     """Inside test of a closed mesh at the centres of an axis-aligned grid (scan-line stencil);
     returns a (nk, nj, ni) bool array."""
     import vtk
@@ -100,10 +100,10 @@ def render_printed_ct(
     mesh_g = printed.mesh.copy()
     mesh_g.points = apply(ijk_from_phantom, pts) * sp
     sub = 2  # partial volume: 2 x 2 x 2 sub-voxel occupancy
-    fine = _stencil_mask(mesh_g, sp / sub, -0.5 * sp + 0.5 * sp / sub, tuple(n * sub for n in grid.shape_ijk))
+    fine = stencil_mask(mesh_g, sp / sub, -0.5 * sp + 0.5 * sp / sub, tuple(n * sub for n in grid.shape_ijk))
     nk, nj, ni = grid.shape_zyx
     occ = fine.reshape(nk, sub, nj, sub, ni, sub).mean(axis=(1, 3, 5)).astype(np.float32)
-    centre = _stencil_mask(mesh_g, sp, np.zeros(3), grid.shape_ijk)  # voxel centres inside -> label
+    centre = stencil_mask(mesh_g, sp, np.zeros(3), grid.shape_ijk)  # voxel centres inside -> label
     air = DEFAULT_HU["air"]
     vol = air + occ * (hu - air)
     vol = gaussian_filter(vol, 0.6, mode="nearest")
@@ -146,4 +146,4 @@ def write_printed_case(phantom: SyntheticPhantom, case_dir: str | Path, *, spaci
     return case
 
 
-__all__ = ["PRINT_LABELS", "render_printed_ct", "write_printed_case"]
+__all__ = ["PRINT_LABELS", "render_printed_ct", "stencil_mask", "write_printed_case"]

@@ -29,8 +29,10 @@ both ``femur``; the side is decided after segmentation from the anatomy
 (:func:`orthonav.segmentation.unet.name_components`). Table and metal are background.
 Everything is seeded: the same seed gives the same draws.
 
-Not yet drawn: real bone surfaces (``--shapes``; the shared VHF knee and libhip femurs) are not
-voxelised into training CTs (see docs/model_card.md, limits).
+Real bone surfaces (:mod:`~orthonav.phantoms.real_shapes`: the shared VHF knee and libhip
+femurs, ``train-seg --synthetic --shapes DIR``) are drawn as one more family, ``real`` (a share
+:data:`REAL_WEIGHT` of the draws when given), through the same fields of view, deformations,
+intensities and resolutions.
 """
 
 from __future__ import annotations
@@ -51,12 +53,15 @@ from .hip import HIP_RECIPE
 from .knee import KNEE_RECIPE
 from .long_bone import LONG_BONE_RECIPE
 from .recipe import make_phantom, tissue_fractions
+from .real_shapes import ShapePhantom
 from .render import TISSUES, SyntheticPhantom
 
 #: Network classes (channel -> name), side-less; channel 0 is background.
 CLASSES: dict[int, str] = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella", 5: "hip", 6: "sacrum"}
 #: Anatomy families and how often each is drawn.
 FAMILIES = (("knee", 0.45), ("whole_leg", 0.1), ("hip", 0.35), ("long_bone", 0.1))
+#: Weight of the ``real`` family (real bone surfaces, when given) beside :data:`FAMILIES`' 1.0.
+REAL_WEIGHT = 0.3
 
 Progress = Callable[[str, float], None]
 
@@ -187,7 +192,7 @@ def _partial_volume_truth(labels: NDArray[np.uint8], bone_fraction: NDArray[np.f
     return out
 
 
-def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float = 6.0, families=FAMILIES) -> SynthDraw:
+def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float = 6.0, families=FAMILIES, shapes: Sequence[ShapePhantom] = ()) -> SynthDraw:
     """One domain-randomised CT (see the module docstring).
 
     Parameters
@@ -198,13 +203,23 @@ def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float
         Build the phantoms at their small size (faster; the sizes are randomised anyway).
     deform_mm
         Scale (mm, about two standard deviations) of the smooth random displacements.
+    shapes
+        Real bone surfaces rendered as phantoms (:func:`~orthonav.phantoms.real_shapes.shape_phantom`):
+        when given, the family ``real`` (one of them, at random) is drawn with weight
+        :data:`REAL_WEIGHT`. Without them the draws are those of before (same random stream).
     """
-    names_f = [f for f, _ in families]
-    p = np.array([w for _, w in families], dtype=np.float64)
+    fams = list(families) + ([("real", REAL_WEIGHT)] if shapes else [])
+    names_f = [f for f, _ in fams]
+    p = np.array([w for _, w in fams], dtype=np.float64)
     family = names_f[int(rng.choice(len(names_f), p=p / p.sum()))]
-    kind = {"whole_leg": "knee"}.get(family, family)
-    phantom, fractions = _phantom(kind, small)
-    scenario = {"knee": "knee", "whole_leg": "whole_leg", "hip": "hip", "long_bone": "knee"}[family]
+    if family == "real":
+        real = shapes[int(rng.integers(len(shapes)))]
+        phantom, fractions = real.phantom, real.fractions
+        scenario = phantom.truth.kind  # a knee window on the knee set, a hip window on the femurs
+        family = f"real:{real.name}"
+    else:
+        phantom, fractions = _phantom({"whole_leg": "knee"}.get(family, family), small)
+        scenario = {"knee": "knee", "whole_leg": "whole_leg", "hip": "hip", "long_bone": "knee"}[family]
     spec = random_fov(rng, scenario, spacing_mm=(0.6, 2.5) if family != "whole_leg" else (2.0, 3.0))
     if family == "long_bone":
         spec = replace(spec, window_mm=None, both_legs=False)
@@ -331,6 +346,7 @@ def train_synthetic(
     spacing_mm: float | None = None,
     num_threads: int | None = None,
     progress: Progress | None = None,
+    shapes_dir: str | Path | None = None,
 ) -> Path:
     """Train the bone U-Net on synthetic CTs (:func:`synth_draws`) and calibrate it.
 
@@ -352,6 +368,9 @@ def train_synthetic(
         Network grid (mm); default :data:`orthonav.segmentation.unet.DEFAULT_SPACING_MM`.
     num_threads
         torch CPU threads (default 2; 1 is faster on a busy machine).
+    shapes_dir
+        A folder of real bone surfaces (:func:`~orthonav.phantoms.real_shapes.find_shape_sets`),
+        drawn as the ``real`` family in training and calibration; None: phantom families only.
 
     Returns
     -------
@@ -364,7 +383,12 @@ def train_synthetic(
     spacing = U.DEFAULT_SPACING_MM if spacing_mm is None else float(spacing_mm)
     nc = len(CLASSES) + 1
     t0 = time.monotonic()
-    draws = synth_draws(cases, seed=seed, progress=progress)
+    shapes: list[ShapePhantom] = []
+    if shapes_dir is not None:
+        from .real_shapes import find_shape_sets, shape_phantom
+
+        shapes = [shape_phantom(s) for s in find_shape_sets(shapes_dir)]
+    draws = synth_draws(cases, seed=seed, progress=progress, shapes=shapes)
     train = [U.training_case(f"synth-{seed}-{n}-{d.family}", d.ct, d.labels.array_zyx, spacing, U.DEFAULT_HU_WINDOW, nc) for n, d in enumerate(draws)]
     gen_s = time.monotonic() - t0
     del draws
@@ -372,14 +396,14 @@ def train_synthetic(
     nets: list = []
     extra = {"tta_flips": ["x"], "refine": "image-edge"}
     path = U.train_on_cases(
-        train, dict(CLASSES), out_path, case_names=[f"synthetic draws {cases} (seed {seed}; phantoms.synth_ct)"], spacing_mm=spacing,
+        train, dict(CLASSES), out_path, case_names=[f"synthetic draws {cases} (seed {seed}; phantoms.synth_ct" + (f"; real shapes: {', '.join(s.name for s in shapes)})" if shapes else ")")], spacing_mm=spacing,
         seed=seed, progress=progress, num_threads=num_threads, flip_x=True, card_extra=extra, keep_network=nets, **budget,
     )  # fmt: skip
     results = {"generation_seconds": round(gen_s, 1)}
     if calibration_cases <= 0:
         return U.update_card(path, temperature=1.0, results=results)
     model = U.load_model(path)
-    held_out = synth_draws(calibration_cases, seed=seed + 10_000)
+    held_out = synth_draws(calibration_cases, seed=seed + 10_000, shapes=shapes)
     samples = []
     for d in held_out:
         _, passes = U.network_logits(model, d.ct)
@@ -405,4 +429,4 @@ def calibrate_confidence_map(weights_path: str | Path, held_out: Sequence[SynthD
     return U.update_card(weights_path, confidence_map=knots, results={**model.card.results, **ece})
 
 
-__all__ = ["CLASSES", "FAMILIES", "SynthDraw", "calibrate_confidence_map", "class_of", "coarse_truth", "confidence_samples", "fit_draws_confidence_map", "synth_draw", "synth_draws", "train_synthetic"]
+__all__ = ["CLASSES", "FAMILIES", "REAL_WEIGHT", "SynthDraw", "calibrate_confidence_map", "class_of", "coarse_truth", "confidence_samples", "fit_draws_confidence_map", "synth_draw", "synth_draws", "train_synthetic"]
