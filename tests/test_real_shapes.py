@@ -106,3 +106,17 @@ def test_the_real_knee_is_rendered_with_its_volumes_and_drawn_as_a_training_ct(k
 
     shell = ndi.binary_dilation(labels > 0, iterations=3) & ~ndi.binary_dilation(labels > 0)
     assert np.median(ct[labels > 0]) > np.median(ct[shell]) + 150.0
+
+
+def test_shapes_without_synthetic_is_refused_before_any_work(tmp_path: Path):
+    """``train-seg DATA WEIGHTS --shapes DIR`` (no --synthetic): one clear error naming DIR,
+    exit code 2, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from orthonav.cli.main import main; main()"
+    res = subprocess.run([sys.executable, "-c", code, "train-seg", str(tmp_path), str(tmp_path / "w.pt"), "--shapes", str(tmp_path / "surfaces")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 2 and "--shapes" in res.stderr and "surfaces" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "w.pt").exists()
