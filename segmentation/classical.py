@@ -315,6 +315,16 @@ def _map(fn, items: list) -> list:
         return list(pool.map(fn, items))
 
 
+def shell_mm(spacing: NDArray) -> float:
+    """Reach (mm) of the soft-tissue shell of :func:`adaptive_refine`: :data:`SHELL_MM`, or the
+    largest voxel spacing when coarser. With 2 mm alone a grid coarser than 2 mm along an axis
+    has no shell voxel along it, and one coarser along every axis (a 2.3 mm synthetic draw) none
+    at all: the soft-tissue level then fell back to 0 HU and the shipped U-Net's peels cut
+    less (synthetic draws' hip bones 0.828 -> 0.794, sacra 0.777 -> 0.616, 2026-12-06, found
+    a session later); before, a ball of at least one voxel along each axis."""
+    return max(SHELL_MM, float(np.max(spacing)))
+
+
 def _peel_slab(
     comp: NDArray, vals: NDArray, outside_core: NDArray, core: tuple[slice, ...], spacing: NDArray, p: ClassicalParams, peak_size: list[int], sm: NDArray | None = None
 ) -> tuple[NDArray, tuple[tuple[NDArray, ...], NDArray, NDArray] | None]:
@@ -324,9 +334,9 @@ def _peel_slab(
     ``ndi.gaussian_filter(.., 0.7)`` (computed here when None)."""
     # Signed distance (mm) to the region's surface voxels: 0 on them, negative outside.
     depth = _arr(sitk.SignedMaurerDistanceMap(_img(comp.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True))
-    # The shell: voxels of no region within SHELL_MM of the region (Euclidean, mm).
+    # The shell: voxels of no region within shell_mm(spacing) of the region (Euclidean, mm).
     d_core = depth[core]
-    around = vals[core][(d_core < 0.0) & (d_core >= -SHELL_MM) & outside_core]
+    around = vals[core][(d_core < 0.0) & (d_core >= -shell_mm(spacing)) & outside_core]
     del d_core
     edge = np.zeros(comp.shape, bool)
     edge[core] = comp[core] & (depth[core] <= p.peel_mm)
@@ -454,7 +464,7 @@ def adaptive_refine(
     """
     out = regions.copy()
     min_vox = p.min_bone_volume_mm3 / float(np.prod(spacing))
-    shell_r = _ball_radius_vox(SHELL_MM, spacing)  # the shell's reach in voxels (at least floor(SHELL_MM / spacing))
+    shell_r = [int(np.ceil(shell_mm(spacing) / s_ - 1e-9)) for s_ in spacing]  # the shell's reach in voxels (i, j, k)
     peak_r = _ball_radius_vox(p.peak_radius_mm, spacing)
     peak_size = [2 * r + 1 for r in peak_r[::-1]]
     grow = [max(a, b) + 1 for a, b in zip(shell_r, peak_r)][::-1]
