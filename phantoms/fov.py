@@ -251,7 +251,10 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
     first = mirror @ base if spec.mirror else base
     first_names = {v: (_mirror_name(n) if spec.mirror else n) for v, n in src.names.items()}
     if spec.both_legs:
-        lat = -1.0 if not spec.mirror else 1.0  # the first leg keeps its side of the body
+        # The first leg keeps its side of the body (LPS: the right at -x): the source's side,
+        # swapped by the mirror (a knee phantom is a right leg; the VHF surfaces a left one).
+        right_first = (phantom.truth.side != "left") != spec.mirror
+        lat = -1.0 if right_first else 1.0
         copies.append((first, np.array([lat * leg_gap / 2, 0.0, 0.0]), 0, first_names))
         other = mirror @ first
         copies.append((other, np.array([-lat * leg_gap / 2, 0.0, 0.0]), 10, {v: _mirror_name(n) for v, n in first_names.items()}))

@@ -30,9 +30,9 @@ both ``femur``; the side is decided after segmentation from the anatomy
 Everything is seeded: the same seed gives the same draws.
 
 Real bone surfaces (:mod:`~orthonav.phantoms.real_shapes`: the shared VHF knee and libhip
-femurs, ``train-seg --synthetic --shapes DIR``) are drawn as one more family, ``real`` (a share
-:data:`REAL_WEIGHT` of the draws when given), through the same fields of view, deformations,
-intensities and resolutions.
+femurs, ``train-seg --synthetic --shapes DIR``) are drawn as one more family, ``real`` (weight
+:data:`REAL_WEIGHT` beside the phantom families' 1.0: 23 % of the draws), through the same
+fields of view, deformations, intensities and resolutions.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 
 from .fov import apply_fov, random_fov
@@ -209,6 +210,8 @@ def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float
         :data:`REAL_WEIGHT`. Without them the draws are those of before (same random stream).
     """
     fams = list(families) + ([("real", REAL_WEIGHT)] if shapes else [])
+    if not fams:
+        raise InputError(None, "no anatomy family to draw: give families or real bone shapes")
     names_f = [f for f, _ in fams]
     p = np.array([w for _, w in fams], dtype=np.float64)
     family = names_f[int(rng.choice(len(names_f), p=p / p.sum()))]

@@ -336,7 +336,8 @@ def _peel_slab(
     depth = _arr(sitk.SignedMaurerDistanceMap(_img(comp.astype(np.uint8), spacing), insideIsPositive=True, squaredDistance=False, useImageSpacing=True))
     # The shell: voxels of no region within shell_mm(spacing) of the region (Euclidean, mm).
     d_core = depth[core]
-    around = vals[core][(d_core < 0.0) & (d_core >= -shell_mm(spacing)) & outside_core]
+    # (1 um of slack: the float32 map puts a neighbour one spacing away at e.g. -2.4000015 mm)
+    around = vals[core][(d_core < 0.0) & (d_core >= -(shell_mm(spacing) + 1e-3)) & outside_core]
     del d_core
     edge = np.zeros(comp.shape, bool)
     edge[core] = comp[core] & (depth[core] <= p.peel_mm)

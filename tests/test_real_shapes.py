@@ -44,8 +44,10 @@ def test_the_cortex_is_thick_in_a_shaft_and_thin_at_a_wide_end():
     end = R.mesh_sdf(pv.Sphere(radius=30.0, theta_resolution=90, phi_resolution=90), step_mm=1.0)
     np.testing.assert_allclose(R.cortical_thickness(end, "femur_left")(np.array([[29.0, 0.0, 0.0]])), 1.0, atol=1e-6)
     np.testing.assert_allclose(R.cortical_thickness(end, "patella")(np.zeros((3, 3))), 1.2)
+    # between: a 16 mm shaft blends a quarter of the way to the end's 1 mm (4 mm capped: 3.25);
+    # the field reads its axis up to a step shallower (15.4 mm here: 3.48)
     wide = R.mesh_sdf(pv.Cylinder(radius=16.0, height=120.0, resolution=120).triangulate(), step_mm=0.7)
-    assert R.cortical_thickness(wide, "femur")(np.zeros((1, 3)))[0] <= R.CORTEX_MAX_MM
+    assert 3.2 < R.cortical_thickness(wide, "femur")(np.zeros((1, 3)))[0] < 3.55
 
 
 def test_a_folder_without_known_sets_or_with_an_open_surface_is_a_clear_error(tmp_path: Path):
@@ -97,6 +99,19 @@ def test_the_real_knee_is_rendered_with_its_volumes_and_drawn_as_a_training_ct(k
     rng = np.random.default_rng(3)  # both legs at 2 mm: a 4 s draw (a 0.7 mm draw takes a minute)
     d = synth_draw(rng, families=(), shapes=[sp])  # the real family only
     assert {"tibia_left", "tibia_right"} <= set(d.names)  # the mirrored copy is the other side
+    # Both legs of a left source: each leg on its own side of the body (LPS: left at +x), each
+    # fibula lateral to its tibia (found by a second review: the copies were swapped).
+    from dataclasses import replace
+
+    from orthonav.phantoms.fov import apply_fov, random_fov
+
+    for mirror in (False, True):
+        spec = replace(random_fov(np.random.default_rng(0), "knee", spacing_mm=(2.5, 2.5)), both_legs=True, mirror=mirror, table=False, metal=False,
+                       patient_rotation=np.eye(3), grid_direction=np.eye(3), window_mm=None)
+        case = apply_fov(sp.phantom, spec)
+        x = {n: float(case.labels.to_lps(np.argwhere(case.labels.array_zyx == v)[:, ::-1].astype(float))[:, 0].mean()) for v, n in case.names.items()}
+        assert x["tibia_left"] > 0 > x["tibia_right"], x
+        assert x["fibula_left"] > x["tibia_left"] and x["fibula_right"] < x["tibia_right"], x
     assert d.family == "real:knee_vhf_left"
     classes = {CLASSES[int(c)] for c in np.unique(d.labels.array_zyx) if c}
     assert classes <= {"tibia", "fibula", "patella"} and "tibia" in classes

@@ -669,7 +669,7 @@ def test_the_shell_reaches_a_voxel_on_coarse_grids():
     shipped U-Net's synthetic draws lost 0.03-0.16 of Dice on hip bones and sacra for a day)."""
     from orthonav.segmentation import classical
 
-    for spacing in (np.full(3, 2.3), np.array([0.8, 0.8, 3.0]), np.full(3, 0.7)):
+    for spacing in (np.full(3, 2.3), np.full(3, 2.2), np.full(3, 2.4), np.full(3, 2.7), np.array([0.8, 0.8, 2.36]), np.array([0.8, 0.8, 3.0]), np.full(3, 0.7)):
         assert classical.shell_mm(spacing) == max(classical.SHELL_MM, float(spacing.max()))
         shape = (24, 24, 24)
         comp = np.zeros(shape, bool)
@@ -677,5 +677,5 @@ def test_the_shell_reaches_a_voxel_on_coarse_grids():
         vals = np.where(comp, np.float32(900.0), np.float32(60.0)).astype(np.float32)
         core = (slice(2, 22),) * 3
         around, _found = classical._peel_slab(comp, vals, ~comp[core], core, spacing, classical.ClassicalParams(), [3, 3, 3])
-        assert around.size >= 6 * 8 * 8  # at least the face neighbours of the block
+        assert around.size >= 6 * 8 * 8, spacing  # at least the face neighbours of the block (float32 distances a hair over a spacing count)
         assert float(np.median(around)) == 60.0
