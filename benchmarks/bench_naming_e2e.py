@@ -16,7 +16,7 @@ Prints one line per draw and a table. The test suite runs 8 such draws at 2.8-3 
 (``test_seg_naming.py``); this runs as many as asked.
 
 Run: ``python benchmarks/bench_naming_e2e.py [--draws 40] [--seed 7] [--spacing 2.5 3.0] [--backend unet]
-[--scenario hip] [--full]``
+[--scenario hip] [--full] [--weights W.pt]``
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> None:
                     help="one scenario for every draw (default: knee, hip, whole leg, knee in turn)")
     ap.add_argument("--full", action="store_true",
                     help="draw from the full-size phantoms (finer voxels, narrower joints) instead of the small ones")
+    ap.add_argument("--weights", default=None, help="--backend unet: a weights file (default: the shipped model)")
     args = ap.parse_args()
 
     from orthonav.core.errors import InputError
@@ -58,10 +59,12 @@ def main() -> None:
     from orthonav.phantoms.hip import make_hip_phantom
     from orthonav.phantoms.knee import make_knee_phantom
     from orthonav.segmentation.classical import segment_classical
-    from orthonav.segmentation.unet import segment_unet
+    from orthonav.segmentation.unet import load_model, segment_unet
+
+    model = load_model(args.weights) if args.backend == "unet" and args.weights else None
 
     def segment(ct):
-        return segment_unet(ct) if args.backend == "unet" else segment_classical(ct, anatomy="auto")
+        return segment_unet(ct, model) if args.backend == "unet" else segment_classical(ct, anatomy="auto")
 
     knee, hip = make_knee_phantom(seed=0, small=not args.full), make_hip_phantom(seed=0, small=not args.full)
     rng = np.random.default_rng(args.seed)

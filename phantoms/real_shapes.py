@@ -34,7 +34,7 @@ them like the phantoms (:func:`~orthonav.phantoms.synth_ct._deform`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -98,12 +98,14 @@ SHAPE_SETS: dict[str, ShapeLayout] = {
 
 @dataclass(frozen=True)
 class ShapeSet:
-    """Closed bone surfaces of one subject in LPS mm (``meshes``: bone name -> surface)."""
+    """Closed bone surfaces of one subject in LPS mm (``meshes``: bone name -> surface;
+    ``files``: bone name -> the file it was read from, for error messages)."""
 
     name: str
     kind: str
     side: str
     meshes: dict[str, pv.PolyData]
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def find_shape_sets(root: str | Path) -> list[ShapeSet]:
@@ -131,7 +133,7 @@ def find_shape_sets(root: str | Path) -> list[ShapeSet]:
 def load_shape_set(folder: Path, layout: ShapeLayout, name: str) -> ShapeSet:
     """One set's surfaces from ``folder`` (each must exist and be closed), turned to LPS."""
     lin = np.asarray(layout.lps_from_file, np.float64)
-    meshes = {}
+    meshes, files = {}, {}
     for file, bone in layout.files.items():
         path = folder / file
         if not path.is_file():
@@ -143,8 +145,8 @@ def load_shape_set(folder: Path, layout: ShapeLayout, name: str) -> ShapeSet:
         if mesh.n_cells == 0 or mesh.n_open_edges > 0:
             raise InputError(path, f"not a closed surface ({mesh.n_open_edges} open edges): the inside of a bone is undefined")
         mesh.points = np.asarray(mesh.points, np.float64) @ lin.T
-        meshes[bone] = mesh
-    return ShapeSet(name, layout.kind, layout.side, meshes)
+        meshes[bone], files[bone] = mesh, path
+    return ShapeSet(name, layout.kind, layout.side, meshes, files)
 
 
 @dataclass(frozen=True)
@@ -168,9 +170,10 @@ class GridSDF:
         return v.astype(np.float64) + np.linalg.norm(p - q, axis=1)
 
 
-def mesh_sdf(mesh: pv.PolyData, *, step_mm: float = SDF_STEP_MM, margin_mm: float = CORTEX_MAX_MM + 4.0) -> GridSDF:
+def mesh_sdf(mesh: pv.PolyData, *, step_mm: float = SDF_STEP_MM, margin_mm: float = CORTEX_MAX_MM + 4.0, source: Path | None = None) -> GridSDF:
     """The signed distance field of a closed surface (LPS mm, negative inside) on a grid of
-    ``step_mm`` covering its bounds plus ``margin_mm``.
+    ``step_mm`` covering its bounds plus ``margin_mm``; ``source`` (the surface's file) is
+    named in the error when the surface encloses no voxel centre.
 
     Inside: the voxel centres the scan-line stencil puts inside. A centre's distance is that to
     the nearest centre of the other class (exact Euclidean transform) less half a step, so the
@@ -180,7 +183,7 @@ def mesh_sdf(mesh: pv.PolyData, *, step_mm: float = SDF_STEP_MM, margin_mm: floa
     shape_ijk = np.ceil((b[:, 1] - b[:, 0] + 2 * margin_mm) / step_mm).astype(int) + 1
     inside = stencil_mask(mesh, (step_mm,) * 3, origin, shape_ijk)
     if not inside.any():
-        raise InputError(None, "the surface encloses no voxel centre: not a closed bone surface")
+        raise InputError(source, f"the surface encloses no voxel centre of a {step_mm:g} mm grid: not a closed bone surface, or thinner than a grid step")
     d_out = ndi.distance_transform_edt(~inside, sampling=step_mm)
     d_in = ndi.distance_transform_edt(inside, sampling=step_mm)
     sdf = np.where(inside, -(d_in - 0.5 * step_mm), d_out - 0.5 * step_mm).astype(np.float32)
@@ -222,7 +225,7 @@ def shape_phantom(shapes: ShapeSet, *, spacing_mm: tuple[float, float, float] = 
     """Render ``shapes`` as a phantom on an LPS-aligned grid of ``spacing_mm`` (i, j, k; the
     small knee phantom's in-plane spacing, 2 mm slices) holding the bones and the body around
     them (:data:`BODY_MM`); each surface's distance field on a grid of ``sdf_step_mm``."""
-    sdfs = {bone: mesh_sdf(m, step_mm=sdf_step_mm) for bone, m in shapes.meshes.items()}
+    sdfs = {bone: mesh_sdf(m, step_mm=sdf_step_mm, source=shapes.files.get(bone)) for bone, m in shapes.meshes.items()}
     labels = {bone: v for v, bone in enumerate(sorted(shapes.meshes), start=1)}
     bones = []
     for bone, f in sdfs.items():

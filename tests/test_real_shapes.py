@@ -65,6 +65,13 @@ def test_a_folder_without_known_sets_or_with_an_open_surface_is_a_clear_error(tm
     with pytest.raises(InputError, match="not a closed surface") as err:
         R.find_shape_sets(tmp_path)
     assert "m4_rfemur_mm.stl" in str(err.value)
+    # A closed surface too thin for the distance field's grid: the error names its file.
+    pv.Sphere(radius=20.0).save(folder / "m4_rfemur_mm.stl")
+    pv.Sphere(radius=0.1, center=(0.3, 0.3, 0.3)).save(folder / "m4_lfemur_mm.stl")
+    (shapes,) = R.find_shape_sets(tmp_path)
+    with pytest.raises(InputError, match="encloses no voxel centre") as err:
+        R.shape_phantom(shapes, sdf_step_mm=2.0)
+    assert "m4_lfemur_mm.stl" in str(err.value)
 
 
 @pytest.fixture(scope="module")
