@@ -22,6 +22,7 @@ are cheap (tens of ms), so hundreds of draws reuse one phantom build.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,6 +177,8 @@ class _Source:
     step_mm: float  # largest spacing of the subdivided source points
 
 
+#: id(phantom) -> its source; an entry is dropped when its phantom is collected (so a new
+#: phantom given the same id never reads another's source, and sources do not pile up).
 _SOURCES: dict[int, _Source] = {}
 
 
@@ -210,6 +213,7 @@ def _source(phantom: SyntheticPhantom) -> _Source:
     step = float(max(sp / n for sp, n in zip(spacing, parts)))
     src = _Source((pts - centre).astype(np.float32), values, names, centre, phantom.ct, step)
     _SOURCES[key] = src
+    weakref.finalize(phantom, _SOURCES.pop, key, None)
     return src
 
 

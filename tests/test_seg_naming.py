@@ -383,3 +383,21 @@ def test_field_of_view_truth_is_whole_on_a_grid_finer_than_the_source(small_knee
             assert np.bincount(pieces.ravel())[1:].max() >= 0.995 * np.count_nonzero(bone), (name, spacing, n)
     for name in ("femur", "tibia", "patella"):
         assert vols[name, 0.6] == pytest.approx(vols[name, 1.1], rel=0.05), vols
+
+
+def test_a_collected_phantom_leaves_no_cached_source(small_knee_phantom):
+    """The field-of-view source of a phantom is cached by its id; a phantom that is collected
+    must take its entry with it, or the next phantom given that id would be cut from the old
+    one's bones (and every phantom's points would stay in memory)."""
+    import dataclasses
+    import gc
+
+    from orthonav.phantoms import fov
+
+    other = dataclasses.replace(small_knee_phantom)  # a new object sharing the arrays
+    key = id(other)
+    apply_fov(other, _knee_spec(window_mm=120.0, spacing_mm=3.0))
+    assert key in fov._SOURCES
+    del other
+    gc.collect()
+    assert key not in fov._SOURCES
