@@ -129,7 +129,9 @@ def test_json_lines_writer_appears_only_on_close_with_usual_mode(tmp_path):
     assert not (tmp_path / "log.jsonl").exists()  # a reader never sees a partial file
     w.close()
     assert [json.loads(x) for x in (tmp_path / "log.jsonl").read_text(encoding="utf-8").splitlines()] == [{"a": 1}, {"b": [1, 2]}]
-    assert oct(os.stat(tmp_path / "log.jsonl").st_mode & 0o777) != oct(0o600)
+    umask = os.umask(0)  # read the process umask (setting it is the only way), then restore it
+    os.umask(umask)
+    assert oct(os.stat(tmp_path / "log.jsonl").st_mode & 0o777) == oct(0o666 & ~umask)  # as open() would make it, not mkstemp's 0o600
     with pytest.raises(RuntimeError):
         with JsonLinesWriter(tmp_path / "other.jsonl") as w2:
             w2.write({"c": 3})

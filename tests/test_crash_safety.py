@@ -23,30 +23,35 @@ from orthonav.core.errors import InputError, SchemaError
 
 
 def test_journal_keeps_every_line_written_before_kill_9(tmp_path):
-    """A child appends numbered records as fast as it can and is killed with SIGKILL at random
-    moments: the journal holds 0..n-1 with no gap, at most the line being written is cut."""
+    """A child appends numbered records as fast as it can, acknowledging each on stdout once
+    ``write`` has returned, and is killed with SIGKILL at random moments: the journal holds
+    0..n-1 with no gap (at most the line being written is cut) and every acknowledged record."""
     rng = np.random.default_rng(7)
     child = textwrap.dedent("""
         import sys
         from orthonav.core.atomic import JournalWriter
         w = JournalWriter(sys.argv[1])
-        print("ready", flush=True)
         i = 0
         while True:
             w.write({"i": i, "pad": "x" * 200})
+            sys.stdout.write(f"{i}\\n")
+            sys.stdout.flush()
             i += 1
     """)
     for trial in range(20):
         path = tmp_path / f"j{trial}.jsonl"
         p = subprocess.Popen([sys.executable, "-c", child, str(path)], stdout=subprocess.PIPE, text=True)
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        assert p.stdout is not None and p.stdout.readline().strip() == "0"  # the first record is written
         try:
             time.sleep(float(rng.uniform(0.0, 0.05)))  # not a wait for a condition: picks a random moment to kill
         finally:
             p.send_signal(signal.SIGKILL)
             p.wait()
+        acked = [int(x) for x in p.stdout.read().split() if x.isdigit()]
+        p.stdout.close()
         numbers = [json.loads(text)["i"] for _, text in iter_json_lines(path)]
         assert numbers == list(range(len(numbers)))
+        assert len(numbers) >= (max(acked) if acked else 0) + 1, "a record acknowledged as written was lost"
 
 
 def test_journal_refuses_to_overwrite_and_abort_leaves_nothing(tmp_path):

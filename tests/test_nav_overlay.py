@@ -44,6 +44,23 @@ def test_tool_plane_contains_the_tool_axis():
     u, v = tool_plane_axes(t, [0.0, 0.0, -1.0])
     np.testing.assert_allclose(u, -t[:3, 2])
     assert abs(np.dot(u, v)) < 1e-12 and v[2] >= 0
+    # Oblique: an axis off the tool's z, so the tool's x has a component along it (projected out),
+    # and a pose whose projected x points inferiorly (flipped to superior).
+    from orthonav.core.transforms import rotation_about_axis
+
+    t = np.eye(4)
+    t[:3, :3] = rotation_about_axis([-0.5, 0.6, 0.6], np.radians(70.0))
+    t[:3, 3] = [12.0, -40.0, 85.0]
+    axis = np.array([0.4, 0.0, -1.0])
+    u, v = tool_plane_axes(t, axis)
+    np.testing.assert_allclose(u, t[:3, :3] @ axis / np.linalg.norm(axis), atol=1e-12)
+    x = t[:3, 0]
+    assert abs(np.dot(x, u)) > 0.1  # the projection is exercised
+    w = x - np.dot(x, u) * u
+    w /= np.linalg.norm(w)
+    assert w[2] < -0.3  # so is the flip
+    np.testing.assert_allclose(v, -w, atol=1e-12)
+    assert np.linalg.norm(v) == pytest.approx(1.0) and abs(np.dot(u, v)) < 1e-12 and v[2] > 0
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orthonav.core.errors import SchemaError
+from orthonav.core.errors import RegistrationError, SchemaError
 from orthonav.tracking.tools import (
     ToolDefinition,
     ToolSet,
@@ -389,7 +389,7 @@ def test_registration_record_v3_round_trip_and_v2_still_reads(tmp_path):
     assert back.schema_version == RegistrationRecord.SCHEMA_VERSION == 3 and list(back.bones) == ["femur", "tibia"]
     for bone, ct_from_ref in REGISTERED.items():
         np.testing.assert_allclose(bone_registration(back, bone).ct_from_reference, ct_from_ref, atol=1e-9)
-    with pytest.raises(Exception, match="pelvis"):
+    with pytest.raises(RegistrationError, match="no record of 'pelvis'"):
         bone_registration(back, "pelvis")
     # A version-2 file (one array, no per-bone fields) reads as a one-array record.
     one = regs["femur"].record.model_dump(mode="json", exclude={"bones", "reference"})

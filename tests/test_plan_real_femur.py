@@ -126,10 +126,16 @@ def test_every_proximal_measure_is_made_on_the_whole_meshes(m4):
         assert f.stem_axis is f.shaft
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 target not met on the left femur: neck-shaft angle 119.9 / 117.7 deg vs published 126 / 120 (6.1 / 2.3 deg low). Neither axis is biased on a femur with known axes (test_neck_and_shaft_axes_on_a_femur_whose_axes_are_known) and the m4 shafts are straight below the lesser trochanter; the gap is libhip's unpublished split of its VMTK centreline into neck and shaft parts; see the module docstring")
-def test_neck_shaft_angle_within_3_deg_of_published(m4):
-    for s, (_mesh, f, pub) in m4.items():
-        assert abs(f.neck_shaft_deg - pub["nsa"]) <= NSA_TOL_DEG, (s, f.neck_shaft_deg, pub["nsa"])
+@pytest.mark.parametrize(
+    "side",
+    [
+        pytest.param("l", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 14 target not met on the left femur: neck-shaft angle 119.9 / 117.7 deg vs published 126 / 120 (6.1 / 2.3 deg low). Neither axis is biased on a femur with known axes (test_neck_and_shaft_axes_on_a_femur_whose_axes_are_known) and the m4 shafts are straight below the lesser trochanter; the gap is libhip's unpublished split of its VMTK centreline into neck and shaft parts; see the module docstring")),
+        "r",
+    ],
+)
+def test_neck_shaft_angle_within_3_deg_of_published(m4, side):
+    _mesh, f, pub = m4[side]
+    assert abs(f.neck_shaft_deg - pub["nsa"]) <= NSA_TOL_DEG, (side, f.neck_shaft_deg, pub["nsa"])
 
 
 def _femur_with_known_axes(nsa_deg: float, *, shaft_cap_mm: float):

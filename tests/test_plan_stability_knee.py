@@ -93,7 +93,9 @@ def perturbations(meshes: dict[str, pv.PolyData], seed: int):
 
 
 def moves(ref: dict, other: dict) -> dict[str, float]:
-    return {k: float(np.linalg.norm(np.subtract(other[k].position_lps_mm, ref[k].position_lps_mm))) for k in ref if k in other}
+    """mm each landmark moved; a landmark found on one side only is a failure, not left out."""
+    assert set(other) == set(ref), f"landmarks found on one side only: {sorted(set(ref) ^ set(other))}"
+    return {k: float(np.linalg.norm(np.subtract(other[k].position_lps_mm, ref[k].position_lps_mm))) for k in ref}
 
 
 def angle_changes(ref: dict, other: dict) -> dict[str, float]:

@@ -233,6 +233,8 @@ def test_window_widgets_move_cup_and_neck_cut_with_undo(hip_case):
     assert seen["leg_length"] == pytest.approx(3.0 * (seen["n"] @ seen["sup"]), abs=1e-9)
     assert "Leg length change (left): +" in seen["readout"]  # plain names with units (issue 14 item 4)
     assert seen["undone"].implants == seen["plan0"].implants
+    assert seen["undone"].cuts == seen["plan0"].cuts  # the neck cut back where it was, not only the stem
+    assert seen["undone"].model_dump() == seen["plan0"].model_dump()  # the whole plan, exactly
     assert seen["undone"].metrics["leg_length_change_left_mm"] == pytest.approx(0.0, abs=1e-9)
     assert np.abs(seen["shot1"].astype(float) - seen["shot0"].astype(float)).sum() > 0  # the view changed
 

@@ -208,9 +208,7 @@ def test_validation_report_shows_the_tre_map(small_knee_case, tmp_path):
 def test_one_array_per_bone_maps_each_bone_with_its_own_registration():
     """With a reference array on each bone, each bone's map uses that bone's fiducials and FLE;
     a bone without its own registration gets no map."""
-    registration = pytest.importorskip("orthonav.navigation.registration")
-    if not hasattr(registration, "BoneRegistrationRecord"):
-        pytest.skip("registration records without per-bone registrations")
+    from orthonav.navigation import registration
     rng = np.random.default_rng(3)
     fid = {"femur": _knee_like_fiducials(rng) + [0.0, 0.0, 60.0], "tibia": _knee_like_fiducials(rng) - [0.0, 0.0, 60.0]}
     bones = {}

@@ -369,6 +369,9 @@ def test_a_failing_status_text_never_freezes_the_view(nav_case, scripted):
         raise RuntimeError("tracker text failed")
 
     view = NavigationWebView(nav_case, toolset=sc.toolset, fps=50.0, tracker_problem=broken).start()
+    problems: list = []  # what the sender hands to the view process
+    to_view = view._to_view.send
+    view._to_view.send = lambda msg: (isinstance(msg, dict) and problems.append(msg.get("problem")), to_view(msg))[1]
     try:
         for k, st in enumerate(states[:3]):
             view.observe(st, None)
@@ -376,6 +379,7 @@ def test_a_failing_status_text_never_freezes_the_view(nav_case, scripted):
             while view.states_sent < k + 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
         assert view.states_sent == 3 and view.send_errors >= 3, (view.states_sent, view.send_errors)
+        assert problems == ["status text failed: RuntimeError: tracker text failed"] * 3, problems
     finally:
         view.stop()
 
