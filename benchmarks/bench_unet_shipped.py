@@ -17,6 +17,9 @@ Modes (``--mode``, several allowed; default all but ``speed``):
   knee and libhip femurs in ``--shapes``; ``--real-draws`` draws of the ``real`` family only,
   ``--real-seed``), this model and the classical backend beside it: bone-mask Dice, Dice per
   class with each label matched by overlap, and the names (right, wrong, withheld).
+* ``real-knee``: as ``real-shapes`` on the VHF knee completed by the knee phantom's femur,
+  fitted to the set's distal-femoral cartilage (``phantoms.real_knee``): real tibia, fibula and
+  patella shapes with a knee joint in view, as a knee CT shows them.
 * ``thorax``: bone-mask Dice on the shared thorax CT (``../shared/data/ct_thorax_small``)
   against its reference vertebrae + ribs, and the names given (the model has no vertebra or rib
   class: every piece should stay an unnamed ``bone_<n>``).
@@ -24,7 +27,7 @@ Modes (``--mode``, several allowed; default all but ``speed``):
   512 x 512 x 400 CT (a knee phantom resampled to 0.8 x 0.8 x 1.0 mm and padded with soft tissue):
   wall and CPU seconds per step, windows run, load average, and Dice per bone on that CT.
 
-    python benchmarks/bench_unet_shipped.py [--mode phantoms draws calibration real-shapes thorax speed] [--threads 2] [--json OUT]
+    python benchmarks/bench_unet_shipped.py [--mode phantoms draws calibration real-shapes real-knee thorax speed] [--threads 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -114,21 +117,28 @@ def score_draws(model, threads, draws):
     return per_class, samples
 
 
-def score_real_shapes(model, threads, n: int, seed: int, shapes_dir: Path):
+def score_real_shapes(model, threads, n: int, seed: int, shapes_dir: Path, *, knee_femur: bool = False):
     """U-Net and classical on ``n`` draws of the real family (None without the data): per draw
     the bone-mask Dice, each class's Dice with every predicted label given the class it overlaps
-    most (segmentation, whatever the names), and the names: right, wrong, or withheld
-    (``bone_<n>``). The real sets are a knee without its femur and two femurs without their
-    pelvis, fields of view no scanner gives, where the naming is expected to abstain."""
+    most (segmentation, whatever the names), and the names: right, wrong (and wrong at
+    confidence >= 0.8), or withheld (``bone_<n>``). The real sets are a knee without its femur
+    and two femurs without their pelvis, fields of view no scanner gives, where the naming is
+    expected to abstain; with ``knee_femur`` only the knee, completed by the knee phantom's
+    femur fitted to its cartilage (:func:`orthonav.phantoms.real_knee.knee_with_phantom_femur`)."""
     from orthonav.core.errors import InputError
+    from orthonav.phantoms.real_knee import knee_with_phantom_femur
     from orthonav.phantoms.real_shapes import find_shape_sets, shape_phantom
     from orthonav.segmentation.classical import segment_classical
+    from orthonav.segmentation.naming import CONFIDENT
 
     if not shapes_dir.is_dir():
         return None
-    sps = [shape_phantom(s) for s in find_shape_sets(shapes_dir)]
+    sets = find_shape_sets(shapes_dir)
+    if knee_femur:
+        sets = [knee_with_phantom_femur(s, shapes_dir / s.name)[0] for s in sets if s.kind == "knee"]
+    sps = [shape_phantom(s) for s in sets]
     draws = synth_draws(n, seed=seed, families=(), shapes=sps)
-    out: dict[str, dict] = {b: {"mask": [], "per_class": {}, "right": 0, "wrong": 0, "withheld": 0} for b in ("unet", "classical")}
+    out: dict[str, dict] = {b: {"mask": [], "per_class": {}, "right": 0, "wrong": 0, "wrong_confident": 0, "withheld": 0} for b in ("unet", "classical")}
     for d in draws:
         truth = d.labels.array_zyx
         line = []
@@ -148,6 +158,7 @@ def score_real_shapes(model, threads, n: int, seed: int, shapes_dir: Path):
                     acc["withheld"] += 1
                 elif c:
                     acc["right" if class_of(name) == c else "wrong"] += 1
+                    acc["wrong_confident"] += class_of(name) != c and seg.table.confidence.get(v, 1.0) >= CONFIDENT
             pred = by_overlap[lab]
             for c in np.unique(truth[truth > 0]):
                 acc["per_class"].setdefault(model.card.classes[int(c)], []).append(dice(pred == c, truth == c))
@@ -335,17 +346,19 @@ def main() -> None:
               f"error rate {cal['error_rate_low_conf']:.3f} below confidence {model.card.low_confidence} ({cal['low_conf_share']:.3f} of voxels) vs "
               f"{cal['error_rate_high_conf']:.4f} above; diagram {args.png}")  # fmt: skip
         out["calibration"] = cal
-    if "real-shapes" in args.mode:
-        rs = score_real_shapes(model, args.threads, args.real_draws, args.real_seed, args.shapes)
+    for mode, key, what in (("real-shapes", "real_shapes", "real-shape draws"), ("real-knee", "real_knee", "real knee + phantom femur draws")):
+        if mode not in args.mode:
+            continue
+        rs = score_real_shapes(model, args.threads, args.real_draws, args.real_seed, args.shapes, knee_femur=mode == "real-knee")
         if rs is None:
             print(f"real shapes: {args.shapes} not found")
         for backend, acc in (rs or {}).items():
-            print(f"real-shape draws (seed {args.real_seed}, {args.real_draws} CTs), {backend}: bone mask {np.mean(acc['mask']):.3f} (min {np.min(acc['mask']):.3f}); "
+            print(f"{what} (seed {args.real_seed}, {args.real_draws} CTs), {backend}: bone mask {np.mean(acc['mask']):.3f} (min {np.min(acc['mask']):.3f}); "
                   "Dice per class, labels matched by overlap, mean (min): " + ", ".join(f"{c} {np.mean(v):.3f} ({np.min(v):.3f})" for c, v in acc["per_class"].items())
-                  + f"; names right {acc['right']}, wrong {acc['wrong']}, withheld {acc['withheld']}")  # fmt: skip
-            out.setdefault("real_shapes", {})[backend] = {
-                "mask": float(np.mean(acc["mask"])), "right": acc["right"], "wrong": acc["wrong"], "withheld": acc["withheld"],
-                "per_class": {c: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for c, v in acc["per_class"].items()},
+                  + f"; names right {acc['right']}, wrong {acc['wrong']} ({acc['wrong_confident']} at confidence >= 0.8), withheld {acc['withheld']}")  # fmt: skip
+            out.setdefault(key, {})[backend] = {
+                "mask": float(np.mean(acc["mask"])), "right": acc["right"], "wrong": acc["wrong"], "wrong_confident": acc["wrong_confident"],
+                "withheld": acc["withheld"], "per_class": {c: {"mean": float(np.mean(v)), "min": float(np.min(v)), "n": len(v)} for c, v in acc["per_class"].items()},
             }  # fmt: skip
     if "thorax" in args.mode:
         th = thorax(model, args.threads)
