@@ -46,8 +46,8 @@ Pipeline (all distances in mm, computed with the true anisotropic voxel spacing)
    Meyer 1993) on the smoothed HU (:func:`_separate_box`), markers = each bone's marrow cavity,
    or, in a component without marrow, cores of the cut mask deeper than ``seed_depth_mm`` (Euclidean
    distance map, Maurer et al. 2003, IEEE TPAMI 25(2)). Two marrow regions of one shaft whose
-   marrow pinched off near an end are merged again (:func:`_merge_split_shafts`, judged on the
-   marrow cavities' axes), and so are neighbouring regions whose interface is nearly as thick
+   marrow pinched off near an end, or anywhere along a thin shaft (a real fibula), are merged
+   again (:func:`_merge_split_shafts`, judged on the marrow cavities' axes), and so are neighbouring regions whose interface is nearly as thick
    as the thinner region (a waist, not a joint). Where the result is not all knee bones, bones
    joined across a blurred joint space narrower than the blur (a femoral head in its socket)
    are re-separated (:func:`_split_joined_bones`, on a grid of about 1.5 mm).
@@ -156,6 +156,10 @@ class ClassicalParams:
     shaft_area_ratio: float = 0.25
     shaft_interface_hu: float = 0.0
     shaft_piece_ratio: float = 0.25
+    shaft_through_ratio: float = 0.8
+    shaft_through_hu: float = 650.0
+    shaft_through_max_mm2: float = 400.0
+    shaft_through_valley: float = 0.6
     body_opening_mm: float = 5.0
     min_body_volume_mm3: float = 20000.0
     min_inside_body: float = 0.5
@@ -907,7 +911,7 @@ def _separate_box(mask: NDArray, spacing: NDArray, p: ClassicalParams, ct_zyx: N
         lone_ids = np.flatnonzero(~seeded)
         lut[lone_ids] = n_seeds + 1 + np.arange(len(lone_ids))
         regions[lone] = lut[comps[lone]]
-    regions = _merge_split_shafts(regions, spacing, set(range(1, n_marrow + 1)), p, ct_zyx, markers=m_lab)
+    regions = _merge_split_shafts(regions, spacing, set(range(1, n_marrow + 1)), p, ct_zyx, markers=m_lab, valleys=valleys)
     return _merge_waists(regions, dist, p.merge_ratio, protected=set(range(1, n_marrow + 1)))
 
 
@@ -947,9 +951,11 @@ def _union_lut(size: int, pairs: Iterable[tuple[int, int]]) -> NDArray[np.int32]
 
 
 def _merge_split_shafts(
-    regions: NDArray, spacing: NDArray, candidates: set[int], p: ClassicalParams, ct_zyx: NDArray, markers: NDArray | None = None
+    regions: NDArray, spacing: NDArray, candidates: set[int], p: ClassicalParams, ct_zyx: NDArray, markers: NDArray | None = None,
+    valleys: NDArray | None = None,
 ) -> NDArray:
-    """Merge two marrow-grown regions that are one bone whose marrow pinched off near an end.
+    """Merge two marrow-grown regions that are one bone whose marrow pinched off near an end,
+    or anywhere along a thin shaft.
 
     Where a long bone's marrow is interrupted (an all-cortical stretch near an epiphysis) it
     grows two regions. The smaller one then continues the larger along its long axis: its
@@ -957,8 +963,16 @@ def _merge_split_shafts(
     length or past it), within the larger one's radius of its axis, and the two share an
     interface of at least ``shaft_area_ratio`` x the smaller one's cross-section (optionally with
     a mean HU >= ``shaft_interface_hu``), and it is at most ``shaft_piece_ratio`` x the larger
-    one's volume (an end piece, not a long bone of its own, as a tibia under a femur is). A joint
-    contact fails at least one test: the patella and fibula sit beside their neighbour's
+    one's volume (an end piece, not a long bone of its own, as a tibia under a femur is) or the
+    interface is a cut through a thin shaft: the smaller one's section (mm^2) at most
+    ``shaft_through_max_mm2`` (a fibula or a rib, not a femur, tibia or vertebral body), the
+    interface at least ``shaft_through_ratio`` x that section, its mean HU from
+    ``shaft_through_hu`` (cortex and marrow, not a joint space) to ``metal_hu``, and at most
+    ``shaft_through_valley`` of it on a joint valley (``valleys``, :func:`joint_valleys`): the
+    dim marrow of a pinch reads as a valley between its cortices, but the cortex ring around it
+    does not (with a cortex a third of the radius the ring is 56 % of the section; a real
+    fibula's pinches: 43-48 % valley), while a joint's interface is valley nearly throughout. A
+    joint contact fails at least one test: the patella and fibula sit beside their neighbour's
     shaft, and a femur resting on a tibia touches over a patch much smaller than the tibia's
     cross-section.
 
@@ -977,6 +991,7 @@ def _merge_split_shafts(
     face_mm2 = np.array([spacing[0] * spacing[1], spacing[0] * spacing[2], spacing[1] * spacing[2]])  # normal to k, j, i
     areas: dict[tuple[int, int], float] = {}
     hu_sum: dict[tuple[int, int], float] = {}
+    in_valley: dict[tuple[int, int], float] = {}  # interface area with a joint-valley voxel on either side
     for axis in range(3):
         x = np.moveaxis(regions, axis, 0)
         la, lb = x[:-1], x[1:]
@@ -989,10 +1004,16 @@ def _merge_split_shafts(
         key = np.minimum(va, vb).astype(np.int64) * (n + 1) + np.maximum(va, vb)
         uk, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
         sums = np.bincount(inv, weights=face_hu)
-        for k_, c_, h_ in zip(uk, cnt, sums):
+        if valleys is not None:
+            v = np.moveaxis(valleys, axis, 0)
+            vsum = np.bincount(inv, weights=(v[:-1][touch] | v[1:][touch]).astype(np.float64), minlength=len(uk))
+        else:
+            vsum = np.zeros(len(uk))
+        for k_, c_, h_, v_ in zip(uk, cnt, sums, vsum):
             pair = (int(k_ // (n + 1)), int(k_ % (n + 1)))
             areas[pair] = areas.get(pair, 0.0) + float(c_ * face_mm2[axis])
-            hu_sum[pair] = hu_sum.get(pair, 0.0) + float(h_ / c_ * c_ * face_mm2[axis])
+            hu_sum[pair] = hu_sum.get(pair, 0.0) + float(h_ * face_mm2[axis])
+            in_valley[pair] = in_valley.get(pair, 0.0) + float(v_ * face_mm2[axis])
     boxes = ndi.find_objects(regions)
     cache: dict[int, tuple] = {}
 
@@ -1030,7 +1051,19 @@ def _merge_split_shafts(
             within = radial < np.sqrt(cs_big / np.pi)
             solid = hu_sum[(ra, rb)] / area >= p.shaft_interface_hu  # through bone, not a blurred joint space
             piece = shape_of(small)[0] <= p.shaft_piece_ratio * shape_of(big)[0]  # an end piece, not a bone of its own
-            if beyond and within and solid and piece and area >= p.shaft_area_ratio * cs_small:
+            # or a stretch of one thin shaft cut through: the interface spans the smaller one's
+            # whole section (``cs`` counts a slab 1 mm long, or one voxel along the axis where a
+            # voxel is longer), through cortex and marrow, with no joint valley in it, and the
+            # shaft is thin (a real fibula's marrow pinches off every few cm at 1.5 mm voxels:
+            # four marrow regions of 5-10 mL, three left apart)
+            _v3, _c3, axis_small, _t3, _cs3 = shape_of(small)
+            section = cs_small / max(1.0, float(np.abs(axis_small) @ spacing[::-1]))
+            hu_mean = hu_sum[(ra, rb)] / area
+            through = (
+                section <= p.shaft_through_max_mm2 and area >= p.shaft_through_ratio * section
+                and p.shaft_through_hu <= hu_mean < p.metal_hu and in_valley.get((ra, rb), 0.0) <= p.shaft_through_valley * area
+            )  # fmt: skip
+            if beyond and within and solid and (piece or through) and area >= p.shaft_area_ratio * cs_small:
                 yield ra, rb
     return _union_lut(n + 1, joined())[regions]
 
