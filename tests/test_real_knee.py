@@ -120,7 +120,7 @@ def test_classical_names_the_real_knee_with_its_joint_in_view(real_knee_ct):
         held, conf, dice = scores[bone]
         assert held == bone and conf >= 0.8 and dice >= 0.95, (bone, scores)
     held, conf, dice = scores["fibula"]
-    assert held == "fibula" and dice >= 0.8, scores
+    assert held == "fibula" and conf >= 0.8 and dice >= 0.8, scores  # measured: confidence 0.98
     wrong = {n: s for n, s in scores.items() if not n.startswith("bone_") and s[0] != n}
     assert not wrong, wrong
 
