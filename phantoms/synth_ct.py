@@ -38,7 +38,7 @@ fields of view, deformations, intensities and resolutions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -156,20 +156,45 @@ def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDA
     ctrl = np.maximum(np.round(shape * spacing_zyx / 60.0).astype(int), 2) + 1
     scale = rng.uniform(0.9, 1.1, size=3)
     centre = (shape - 1) / 2.0
-    coords = []
+    lins, disps = [], []
     for a in range(3):
         disp_mm = rng.normal(0.0, deform_mm / 2.0, size=tuple(ctrl))
-        disp = ndi.zoom(disp_mm, shape / ctrl, order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]] / spacing_zyx[a]
+        disps.append((ndi.zoom(disp_mm, shape / ctrl, order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]] / spacing_zyx[a]).astype(np.float32))
         ax = np.arange(shape[a], dtype=np.float32)
         lin = (ax - centre[a]) / scale[a] + centre[a]
         sh = [1, 1, 1]
         sh[a] = shape[a]
-        coords.append(lin.reshape(sh) + disp.astype(np.float32))
-    coords = [np.broadcast_to(c, tuple(shape)) for c in coords]
-    ct2 = ndi.map_coordinates(ct, coords, order=1, mode="nearest").astype(np.float32)
-    lab2 = ndi.map_coordinates(labels, coords, order=0, mode="nearest").astype(np.uint8)
-    bone2 = ndi.map_coordinates(bone, coords, order=1, mode="nearest").astype(np.float32)
+        lins.append(lin.reshape(sh))
+    ct2, lab2, bone2 = np.full(ct.shape, np.nan, np.float32), np.zeros(labels.shape, np.uint8), np.full(bone.shape, np.nan, np.float32)  # a slab missed shows
+    for k0, k1 in _slabs(ct.shape):  # slab by slab: map_coordinates holds float64 coordinates (24 bytes a voxel)
+        sub = (slice(k0, k1),)
+        coords = [np.broadcast_to(lin[sub] if a == 0 else lin, disps[a][sub].shape) + disps[a][sub] for a, lin in enumerate(lins)]
+        ct2[sub] = ndi.map_coordinates(ct, coords, order=1, mode="nearest")
+        lab2[sub] = ndi.map_coordinates(labels, coords, order=0, mode="nearest")
+        bone2[sub] = ndi.map_coordinates(bone, coords, order=1, mode="nearest")
     return ct2, lab2, bone2
+
+
+_SLAB_VOXELS = 4_000_000  # voxels mapped at a time (their coordinates: ~100 MB in float64)
+
+
+def _slabs(shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
+    """(first, stop) slices along axis 0 of about :data:`_SLAB_VOXELS` voxels each. Linear and
+    nearest interpolation (``map_coordinates`` order <= 1) are pointwise, so mapping slab by slab
+    gives the same values as in one pass."""
+    per = max(int(np.prod(shape[1:])), 1)
+    step = max(1, _SLAB_VOXELS // per)
+    for k0 in range(0, shape[0], step):
+        yield k0, min(shape[0], k0 + step)
+
+
+def _resample_k(a: NDArray[np.float32], zk: NDArray[np.float64]) -> NDArray[np.float32]:
+    """``a`` linearly resampled along axis 0 at the (fractional) slice positions ``zk``, edge
+    slices repeated (slab by slab; the same values as one ``map_coordinates`` pass)."""
+    out = np.full((len(zk), *a.shape[1:]), np.nan, np.float32)
+    for k0, k1 in _slabs(out.shape):
+        out[k0:k1] = ndi.map_coordinates(a, np.meshgrid(zk[k0:k1], np.arange(a.shape[1]), np.arange(a.shape[2]), indexing="ij"), order=1, mode="nearest")
+    return out
 
 
 def _partial_volume_truth(labels: NDArray[np.uint8], bone_fraction: NDArray[np.float32]) -> NDArray[np.uint8]:
@@ -258,10 +283,10 @@ def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float
         ct = ndi.gaussian_filter1d(ct, sigma_k, axis=0, mode="nearest")
         nk = max(int(round(ct.shape[0] * spacing_zyx[0] / thick)), 2)
         zk = (np.arange(nk) + 0.5) * ct.shape[0] / nk - 0.5
-        ct = ndi.map_coordinates(ct, np.meshgrid(zk, np.arange(ct.shape[1]), np.arange(ct.shape[2]), indexing="ij"), order=1, mode="nearest")
+        ct = _resample_k(ct, zk)
         # labels: the truth of the thick slice is the fine labels at its centre plane
         labels = labels[np.clip(np.round(zk).astype(int), 0, labels.shape[0] - 1)]
-        bone = ndi.map_coordinates(bone, np.meshgrid(zk, np.arange(bone.shape[1]), np.arange(bone.shape[2]), indexing="ij"), order=1, mode="nearest")
+        bone = _resample_k(bone, zk)
         step = lps_from_ijk[:3, 2] * (zk[1] - zk[0])
         origin = lps_from_ijk[:3, 3] + lps_from_ijk[:3, 2] * zk[0]
         lps_from_ijk[:3, 2], lps_from_ijk[:3, 3] = step, origin
@@ -276,18 +301,25 @@ def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float
     )
 
 
-def synth_draws(n: int, *, seed: int = 0, small: bool = True, progress: Progress | None = None, **kw: object) -> list[SynthDraw]:
-    """``n`` seeded draws (:func:`synth_draw`); a draw whose field of view holds no bone is redrawn."""
+def iter_synth_draws(n: int, *, seed: int = 0, small: bool = True, progress: Progress | None = None, **kw: object) -> Iterator[SynthDraw]:
+    """``n`` seeded draws (:func:`synth_draw`), one at a time; a draw whose field of view holds no
+    bone is redrawn. The same ``seed`` gives the same draws as :func:`synth_draws`, which holds
+    them all."""
     rng = np.random.default_rng(seed)
-    out: list[SynthDraw] = []
-    while len(out) < n:
+    done = 0
+    while done < n:
         d = synth_draw(rng, small=small, **kw)  # type: ignore[arg-type]
         if (d.labels.array_zyx > 0).sum() * float(np.prod(d.labels.spacing_mm)) < 20_000.0:
             continue
-        out.append(d)
+        done += 1
         if progress is not None:
-            progress("synthetic CTs", len(out) / n)
-    return out
+            progress("synthetic CTs", done / n)
+        yield d
+
+
+def synth_draws(n: int, *, seed: int = 0, small: bool = True, progress: Progress | None = None, **kw: object) -> list[SynthDraw]:
+    """``n`` seeded draws (:func:`iter_synth_draws`), all held in memory."""
+    return list(iter_synth_draws(n, seed=seed, small=small, progress=progress, **kw))
 
 
 def coarse_truth(draw: SynthDraw, spacing_mm: float, num_classes: int) -> NDArray[np.uint8]:
@@ -317,7 +349,7 @@ def confidence_samples(model, ct: Volume, truth_class: NDArray[np.uint8], *, num
     return seg.confidence.array_zyx[roi], label_is_right(truth_class, pred, unnamed)[roi]
 
 
-def fit_draws_confidence_map(model, draws: Sequence[SynthDraw], *, num_threads: int | None = None) -> tuple[list[tuple[float, float]], dict[str, float]]:
+def fit_draws_confidence_map(model, draws: Iterable[SynthDraw], *, num_threads: int | None = None) -> tuple[list[tuple[float, float]], dict[str, float]]:
     """Fit the card's ``confidence_map`` on held-out draws: the model is run without a map,
     and the share of right labels is regressed isotonically on the confidence
     (:func:`~orthonav.segmentation.unet_calibration.fit_confidence_map`).
@@ -391,10 +423,10 @@ def train_synthetic(
         from .real_shapes import find_shape_sets, shape_phantom
 
         shapes = [shape_phantom(s) for s in find_shape_sets(shapes_dir)]
-    draws = synth_draws(cases, seed=seed, progress=progress, shapes=shapes)
+    # each draw goes to the network's grid as it comes: memory does not grow with ``cases``
+    draws = iter_synth_draws(cases, seed=seed, progress=progress, shapes=shapes)
     train = [U.training_case(f"synth-{seed}-{n}-{d.family}", d.ct, d.labels.array_zyx, spacing, U.DEFAULT_HU_WINDOW, nc) for n, d in enumerate(draws)]
     gen_s = time.monotonic() - t0
-    del draws
     budget = {"minutes": 1e-6, "min_iterations": int(steps)} if steps is not None else {"minutes": float(minutes)}
     nets: list = []
     extra = {"tta_flips": ["x"], "refine": "image-edge"}
@@ -418,7 +450,7 @@ def train_synthetic(
     return calibrate_confidence_map(path, held_out, num_threads=num_threads)
 
 
-def calibrate_confidence_map(weights_path: str | Path, held_out: Sequence[SynthDraw], *, num_threads: int | None = None) -> Path:
+def calibrate_confidence_map(weights_path: str | Path, held_out: Iterable[SynthDraw], *, num_threads: int | None = None) -> Path:
     """Fit the confidence map of a weights file on ``held_out`` draws (:func:`fit_draws_confidence_map`)
     and write it, with the in-sample ECE before / after, into the file's model card.
 
@@ -432,4 +464,4 @@ def calibrate_confidence_map(weights_path: str | Path, held_out: Sequence[SynthD
     return U.update_card(weights_path, confidence_map=knots, results={**model.card.results, **ece})
 
 
-__all__ = ["CLASSES", "FAMILIES", "REAL_WEIGHT", "SynthDraw", "calibrate_confidence_map", "class_of", "coarse_truth", "confidence_samples", "fit_draws_confidence_map", "synth_draw", "synth_draws", "train_synthetic"]
+__all__ = ["CLASSES", "FAMILIES", "REAL_WEIGHT", "SynthDraw", "calibrate_confidence_map", "class_of", "coarse_truth", "confidence_samples", "fit_draws_confidence_map", "iter_synth_draws", "synth_draw", "synth_draws", "train_synthetic"]
