@@ -23,6 +23,7 @@ are cheap (tens of ms), so hundreds of draws reuse one phantom build.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +110,8 @@ class FovCase:
         What was drawn.
     scanned_k
         (nk,) which slices were scanned (all but the gaps between stacks).
+    more
+        The ``more_sources`` of :func:`apply_fov` on the same grid, resampled as the CT.
     """
 
     labels: Volume
@@ -117,6 +120,7 @@ class FovCase:
     ct: Volume | None
     spec: FovSpec
     scanned_k: NDArray[np.bool_] | None = None
+    more: tuple[Volume, ...] = ()
 
 
 def _rot(rng: np.random.Generator, max_deg: float) -> NDArray[np.float64]:
@@ -227,7 +231,8 @@ def _mirror_name(n: str) -> str:
     return n.replace("_right", "_@").replace("_left", "_right").replace("_@", "_left")
 
 
-def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False, ct_source: Volume | None = None) -> FovCase:
+def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False, ct_source: Volume | None = None,
+              more_sources: Sequence[Volume] = ()) -> FovCase:
     """The phantom seen through ``spec``: truth labels (and the CT) on the new grid.
 
     Parameters
@@ -241,6 +246,9 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
     ct_source
         A volume on the phantom's CT grid resampled in place of its CT (HU; e.g. a CT mixed
         from :func:`orthonav.phantoms.recipe.tissue_fractions` with other tissue values).
+    more_sources
+        More volumes on the phantom's CT grid resampled exactly as the CT (objects painted in,
+        rounded to int16) into ``FovCase.more``, in one pass with it (``with_ct`` only).
 
     Returns
     -------
@@ -345,10 +353,13 @@ def apply_fov(phantom: SyntheticPhantom, spec: FovSpec, *, with_ct: bool = False
         names[METAL_VALUE], hu[METAL_VALUE] = "metal", METAL_HU_VALUE
     present = {int(v) for v in np.flatnonzero(np.bincount(labels.ravel(), minlength=256)) if v}
     names = {v: n for v, n in names.items() if v in present}
-    if ct_source is not None and (ct_source.array_zyx.shape != phantom.ct.array_zyx.shape or not np.allclose(ct_source.lps_from_ijk, phantom.ct.lps_from_ijk)):
-        raise InputError(None, "ct_source is not on the phantom's CT grid")
-    ct = _resample_ct(src, copies, lps_from_ijk, labels, hu, k_scanned, ct_source) if with_ct else None
-    return FovCase(Volume(labels, lps_from_ijk), names, {v: hu[v] for v in names}, ct, spec, k_scanned)
+    for vol in (ct_source, *more_sources):
+        if vol is not None and (vol.array_zyx.shape != phantom.ct.array_zyx.shape or not np.allclose(vol.lps_from_ijk, phantom.ct.lps_from_ijk)):
+            raise InputError(None, "ct_source is not on the phantom's CT grid" if vol is ct_source else "a more_sources volume is not on the phantom's CT grid")
+    if more_sources and not with_ct:
+        raise InputError(None, "more_sources are resampled with the CT: give with_ct=True")
+    cts = _resample_ct(src, copies, lps_from_ijk, labels, hu, k_scanned, [ct_source if ct_source is not None else src.ct, *more_sources]) if with_ct else [None]
+    return FovCase(Volume(labels, lps_from_ijk), names, {v: hu[v] for v in names}, cts[0], spec, k_scanned, tuple(cts[1:]))
 
 
 def _source_ijk(p_new: NDArray[np.float64], lin: NDArray[np.float64], off: NDArray[np.float64], centre_lps: NDArray[np.float64],
@@ -396,17 +407,18 @@ _SLAB_VOXELS = 4_000_000  # voxels resampled at a time by _resample_ct (~400 MB 
 
 
 def _resample_ct(src: _Source, copies, lps_from_ijk: NDArray[np.float64], labels: NDArray, hu: dict[int, float], k_scanned: NDArray,
-                 source: Volume | None = None) -> Volume:
-    """The source CT (or ``source`` on its grid) on the new grid (max over the copies; air
-    outside), objects painted in, unscanned bands set to air.
+                 sources: Sequence[Volume]) -> list[Volume]:
+    """Each of ``sources`` (volumes on the source CT's grid, HU) on the new grid (max over the
+    copies; air outside), objects painted in, unscanned bands set to air, rounded to int16.
 
-    Slab by slab (about ``_SLAB_VOXELS`` voxels at a time): the coordinates of a whole grid take
-    ~100 bytes a voxel (14 GB for a 0.6 mm grid of 144 M voxels). Trilinear interpolation is
-    pointwise, so the result is the same as in one pass."""
+    Slab by slab (about ``_SLAB_VOXELS`` voxels at a time), the coordinates computed once per
+    slab for all the sources: the coordinates of a whole grid take ~100 bytes a voxel (14 GB
+    for a 0.6 mm grid of 144 M voxels). Trilinear interpolation is pointwise, so the result is
+    the same as in one pass, source by source."""
     nk, nj, ni = labels.shape
     src_ijk_from_lps = np.linalg.inv(src.ct.lps_from_ijk)
-    ct = np.full(labels.shape, np.nan, np.float32)  # a slab missed shows
-    arr = (src.ct if source is None else source).array_zyx.astype(np.float32)
+    cts = [np.full(labels.shape, np.nan, np.float32) for _ in sources]  # a slab missed shows
+    arrs = [s_.array_zyx.astype(np.float32) for s_ in sources]
     jj, ii = np.meshgrid(np.arange(nj), np.arange(ni), indexing="ij")
     slab = max(1, _SLAB_VOXELS // max(nj * ni, 1))
     for k0 in range(0, nk, slab):
@@ -414,17 +426,21 @@ def _resample_ct(src: _Source, copies, lps_from_ijk: NDArray[np.float64], labels
         kk = np.broadcast_to(np.arange(k0, k1)[:, None, None], (k1 - k0, nj, ni))
         ijk_new = np.stack([np.broadcast_to(ii, kk.shape), np.broadcast_to(jj, kk.shape), kk], axis=-1).reshape(-1, 3)
         p_new = _mul(ijk_new.astype(np.float64), lps_from_ijk[:3, :3].T) + lps_from_ijk[:3, 3]
-        out = np.full(len(p_new), -1000.0, np.float32)
+        outs = [np.full(len(p_new), -1000.0, np.float32) for _ in sources]
         for lin, off, _dv, _nm in copies:
-            ijk = _source_ijk(p_new, lin, off, src.centre_lps, src_ijk_from_lps)
-            vals = ndi.map_coordinates(arr, ijk[:, ::-1].T, order=1, mode="constant", cval=-1000.0)
-            out = np.maximum(out, vals)
-        ct[k0:k1] = out.reshape(k1 - k0, nj, ni)
-    for v, name in ((TABLE_VALUE, "table"), (METAL_VALUE, "metal")):
-        if v in hu:
-            ct[labels == v] = hu[v]
-    ct[~k_scanned] = -1000.0
-    return Volume(np.round(ct).astype(np.int16), lps_from_ijk)
+            zyx = np.ascontiguousarray(_source_ijk(p_new, lin, off, src.centre_lps, src_ijk_from_lps)[:, ::-1].T)
+            for n, arr in enumerate(arrs):
+                outs[n] = np.maximum(outs[n], ndi.map_coordinates(arr, zyx, order=1, mode="constant", cval=-1000.0))
+        for ct, out in zip(cts, outs):
+            ct[k0:k1] = out.reshape(k1 - k0, nj, ni)
+    result = []
+    for ct in cts:
+        for v, name in ((TABLE_VALUE, "table"), (METAL_VALUE, "metal")):
+            if v in hu:
+                ct[labels == v] = hu[v]
+        ct[~k_scanned] = -1000.0
+        result.append(Volume(np.round(ct).astype(np.int16), lps_from_ijk if not result else lps_from_ijk.copy()))
+    return result
 
 
 def truth_regions(case: FovCase, *, min_volume_mm3: float = 400.0):

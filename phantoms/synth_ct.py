@@ -252,13 +252,13 @@ def synth_draw(rng: np.random.Generator, *, small: bool = True, deform_mm: float
     if family == "long_bone":
         spec = replace(spec, window_mm=None, both_legs=False)
     hu = _tissue_hu(rng)
-    fov = apply_fov(phantom, spec, with_ct=True, ct_source=_mixed_ct(fractions, hu, rng, density_sd=rng.uniform(0.0, 0.12)))
-    assert fov.ct is not None
-    ct = fov.ct.array_zyx.astype(np.float32)
+    mixed = _mixed_ct(fractions, hu, rng, density_sd=rng.uniform(0.0, 0.12))
     # the bone fraction seen through the same field of view (x 1000: the resampler rounds to int16)
     bone_src = Volume((fractions["cortical"].array_zyx + fractions["marrow"].array_zyx) * np.float32(1000.0), fractions["soft"].lps_from_ijk)
-    seen = apply_fov(phantom, spec, with_ct=True, ct_source=bone_src).ct
-    assert seen is not None
+    fov = apply_fov(phantom, spec, with_ct=True, ct_source=mixed, more_sources=(bone_src,))
+    assert fov.ct is not None
+    ct = fov.ct.array_zyx.astype(np.float32)
+    (seen,) = fov.more
     objects = np.isin(fov.labels.array_zyx, [v for v, n in fov.names.items() if not class_of(n)])
     bone = np.where(objects, 0.0, np.clip(seen.array_zyx.astype(np.float32) / 1000.0, 0.0, 1.0)).astype(np.float32)
     for name, lo, hi in (("table", 150.0, 1000.0), ("metal", 2500.0, 4000.0)):  # the objects at drawn HUs too

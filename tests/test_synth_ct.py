@@ -115,6 +115,29 @@ def test_a_draw_resampled_slab_by_slab_is_the_draw_in_one_pass(monkeypatch):
     np.testing.assert_array_equal(whole.ct.lps_from_ijk, sliced.ct.lps_from_ijk)
 
 
+def test_more_sources_are_resampled_as_their_own_ct_source():
+    """``apply_fov(..., more_sources=(v,))`` gives in ``more`` what a second call with
+    ``ct_source=v`` gives as its CT (the draw's bone fraction is resampled so, in the same
+    pass as its CT); without the CT it is refused."""
+    from orthonav.core.errors import InputError
+    from orthonav.core.volume import Volume
+    from orthonav.phantoms.fov import apply_fov, random_fov
+    from orthonav.phantoms.synth_ct import _phantom
+
+    phantom, fractions = _phantom("long_bone", True)
+    spec = random_fov(np.random.default_rng(3), "knee", spacing_mm=(2.0, 2.5))
+    bone = Volume((fractions["cortical"].array_zyx + fractions["marrow"].array_zyx) * np.float32(1000.0), fractions["soft"].lps_from_ijk)
+    both = apply_fov(phantom, spec, with_ct=True, more_sources=(bone,))
+    alone = apply_fov(phantom, spec, with_ct=True, ct_source=bone)
+    plain = apply_fov(phantom, spec, with_ct=True)
+    assert len(both.more) == 1 and both.more[0].array_zyx.max() > 500  # bone inside, x 1000
+    assert np.array_equal(both.more[0].array_zyx, alone.ct.array_zyx)
+    assert np.array_equal(both.ct.array_zyx, plain.ct.array_zyx) and not np.array_equal(both.ct.array_zyx, both.more[0].array_zyx)
+    np.testing.assert_array_equal(both.more[0].lps_from_ijk, alone.ct.lps_from_ijk)
+    with pytest.raises(InputError, match="with_ct"):
+        apply_fov(phantom, spec, more_sources=(bone,))
+
+
 def test_partial_volume_truth_follows_the_bone_fraction_not_the_coarse_labels():
     """Two balls (class 1 and 2) labelled on a grid 3x coarser (nearest neighbour, as a draw's
     labels come from the phantom's grid) against their exact fraction on the fine grid: the
