@@ -49,7 +49,7 @@ from scipy import ndimage as ndi
 from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 
-from .fov import apply_fov, random_fov
+from .fov import apply_fov, random_fov, slabs
 from .hip import HIP_RECIPE
 from .knee import KNEE_RECIPE
 from .long_bone import LONG_BONE_RECIPE
@@ -165,8 +165,8 @@ def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDA
         sh = [1, 1, 1]
         sh[a] = shape[a]
         lins.append(lin.reshape(sh))
-    ct2, lab2, bone2 = np.full(ct.shape, np.nan, np.float32), np.zeros(labels.shape, np.uint8), np.full(bone.shape, np.nan, np.float32)  # a slab missed shows
-    for k0, k1 in _slabs(ct.shape):  # slab by slab: map_coordinates holds float64 coordinates (24 bytes a voxel)
+    ct2, lab2, bone2 = np.full(ct.shape, np.nan, np.float32), np.zeros(labels.shape, np.uint8), np.full(bone.shape, np.nan, np.float32)
+    for k0, k1 in slabs(ct.shape):  # slab by slab: the same values as one pass, a fraction of its memory
         sub = (slice(k0, k1),)
         coords = [np.broadcast_to(lin[sub] if a == 0 else lin, disps[a][sub].shape) + disps[a][sub] for a, lin in enumerate(lins)]
         ct2[sub] = ndi.map_coordinates(ct, coords, order=1, mode="nearest")
@@ -175,24 +175,11 @@ def _deform(ct: NDArray[np.float32], labels: NDArray[np.uint8], spacing_zyx: NDA
     return ct2, lab2, bone2
 
 
-_SLAB_VOXELS = 4_000_000  # voxels mapped at a time (their coordinates: ~100 MB in float64)
-
-
-def _slabs(shape: tuple[int, ...]) -> Iterator[tuple[int, int]]:
-    """(first, stop) slices along axis 0 of about :data:`_SLAB_VOXELS` voxels each. Linear and
-    nearest interpolation (``map_coordinates`` order <= 1) are pointwise, so mapping slab by slab
-    gives the same values as in one pass."""
-    per = max(int(np.prod(shape[1:])), 1)
-    step = max(1, _SLAB_VOXELS // per)
-    for k0 in range(0, shape[0], step):
-        yield k0, min(shape[0], k0 + step)
-
-
 def _resample_k(a: NDArray[np.float32], zk: NDArray[np.float64]) -> NDArray[np.float32]:
     """``a`` linearly resampled along axis 0 at the (fractional) slice positions ``zk``, edge
     slices repeated (slab by slab; the same values as one ``map_coordinates`` pass)."""
     out = np.full((len(zk), *a.shape[1:]), np.nan, np.float32)
-    for k0, k1 in _slabs(out.shape):
+    for k0, k1 in slabs(out.shape):
         out[k0:k1] = ndi.map_coordinates(a, np.meshgrid(zk[k0:k1], np.arange(a.shape[1]), np.arange(a.shape[2]), indexing="ij"), order=1, mode="nearest")
     return out
 

@@ -91,25 +91,90 @@ def test_synthetic_draws_are_seeded():
     assert a.labels.array_zyx.max() > 0 and a.names in (("femur_left",), ("femur_right",))
 
 
+def test_slabs_cover_the_axis_once_in_order():
+    """The slab ranges are contiguous, in order, at least one slice each, cover every slice, and
+    hold at most the voxels asked (or one slice)."""
+    from orthonav.phantoms.fov import slabs
+
+    for shape in [(1, 1, 1), (7, 1, 1), (10, 3, 4), (11, 3, 4), (0, 3, 4), (5, 0, 2)]:
+        for voxels in (1, 12, 13, 25, 36, 10**9):
+            got = list(slabs(shape, voxels))
+            assert [k for a, b in got for k in range(a, b)] == list(range(shape[0])), (shape, voxels, got)
+            assert all(b > a and (b - a) * max(int(np.prod(shape[1:])), 1) <= max(voxels, max(int(np.prod(shape[1:])), 1)) for a, b in got)
+
+
+def _one_pass_deform(ct, labels, spacing_zyx, rng, deform_mm, bone):
+    """The deformation as one ``map_coordinates`` pass over the whole grid (the code before the
+    slabs, kept here as the reference)."""
+    from scipy import ndimage as ndi
+
+    shape = np.array(ct.shape)
+    ctrl = np.maximum(np.round(shape * spacing_zyx / 60.0).astype(int), 2) + 1
+    scale = rng.uniform(0.9, 1.1, size=3)
+    centre = (shape - 1) / 2.0
+    coords = []
+    for a in range(3):
+        disp_mm = rng.normal(0.0, deform_mm / 2.0, size=tuple(ctrl))
+        disp = ndi.zoom(disp_mm, shape / ctrl, order=3, mode="nearest")[: shape[0], : shape[1], : shape[2]] / spacing_zyx[a]
+        lin = (np.arange(shape[a], dtype=np.float32) - centre[a]) / scale[a] + centre[a]
+        sh = [1, 1, 1]
+        sh[a] = shape[a]
+        coords.append(np.broadcast_to(lin.reshape(sh) + disp.astype(np.float32), tuple(shape)))
+    return (ndi.map_coordinates(ct, coords, order=1, mode="nearest"), ndi.map_coordinates(labels, coords, order=0, mode="nearest"),
+            ndi.map_coordinates(bone, coords, order=1, mode="nearest"))
+
+
+@pytest.mark.parametrize("slices", [1, 2, 3, 1000])
+def test_the_deformation_and_thick_slices_slab_by_slab_equal_one_pass(monkeypatch, slices):
+    """``_deform`` and ``_resample_k`` map slab by slab (a 0.63 mm knee draw took 15.4 GB of
+    memory in one pass): with slabs of 1, 2 or 3 slices (a short last slab on 11 and 13 slices)
+    or one slab, the values are those of one pass over the whole grid, bit for bit."""
+    from scipy import ndimage as ndi
+
+    from orthonav.phantoms import fov
+    from orthonav.phantoms import synth_ct as S
+
+    gen = np.random.default_rng(0)
+    for shape in [(11, 9, 7), (13, 6, 10)]:
+        monkeypatch.setattr(fov, "SLAB_VOXELS", slices * shape[1] * shape[2])
+        ct = gen.normal(300.0, 400.0, size=shape).astype(np.float32)
+        labels = gen.integers(0, 4, size=shape).astype(np.uint8)
+        bone = gen.random(shape).astype(np.float32)
+        spacing = np.array([2.5, 0.7, 0.9])
+        got = S._deform(ct, labels, spacing, np.random.default_rng(4), 6.0, bone)
+        want = _one_pass_deform(ct, labels, spacing, np.random.default_rng(4), 6.0, bone)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and np.array_equal(g, w)
+        zk = (np.arange(5) + 0.5) * shape[0] / 5 - 0.5
+        want_k = ndi.map_coordinates(ct, np.meshgrid(zk, np.arange(shape[1]), np.arange(shape[2]), indexing="ij"), order=1, mode="nearest")
+        assert np.array_equal(S._resample_k(ct, zk), want_k)
+
+
 def test_a_draw_resampled_slab_by_slab_is_the_draw_in_one_pass(monkeypatch):
-    """The field of view's CT, the deformation and the thick-slice resampling map a few slices
-    at a time (one 0.63 mm knee draw held 15 GB of coordinates in one pass). Interpolation of
-    order <= 1 is pointwise, so slabs of 1000 voxels (many slabs, a slice cut across) must give
-    the same draw, bit for bit, as one slab."""
+    """A whole draw (a long bone whose thick slices are resampled too) made with slabs of 2
+    slices (the field of view's CT, the deformation, the thick slices) is the draw made with
+    one slab per array."""
     from orthonav.phantoms import fov
     from orthonav.phantoms import synth_ct as S
 
     fam = (("long_bone", 1.0),)
-    monkeypatch.setattr(fov, "_SLAB_VOXELS", 10**12)
-    real_slabs = S._slabs
-    monkeypatch.setattr(S, "_slabs", lambda shape: iter([(0, shape[0])]))  # the reference: one pass, not the slab code
-    whole = S.synth_draw(np.random.default_rng(5), families=fam)
-    slabs = []
-    monkeypatch.setattr(S, "_slabs", lambda shape: slabs.append(shape) or real_slabs(shape))
-    monkeypatch.setattr(fov, "_SLAB_VOXELS", 1000)
-    monkeypatch.setattr(S, "_SLAB_VOXELS", 1000)
-    sliced = S.synth_draw(np.random.default_rng(5), families=fam)
-    assert slabs and all(sh[0] >= 2 and int(np.prod(sh[1:])) > 1000 for sh in slabs)  # one slice a slab, several slabs
+    real = fov.slabs
+    one = lambda shape, voxels=None: iter([(0, shape[0])] if shape[0] else [])  # noqa: E731
+    monkeypatch.setattr(fov, "slabs", one)
+    monkeypatch.setattr(S, "slabs", one)
+    whole = S.synth_draw(np.random.default_rng(3), families=fam)
+    seen = []
+
+    def two(shape, voxels=None):
+        seen.append(shape)
+        return real(shape, 2 * int(np.prod(shape[1:])))
+
+    monkeypatch.setattr(fov, "slabs", two)
+    monkeypatch.setattr(S, "slabs", two)
+    calls = []
+    monkeypatch.setattr(S, "_resample_k", lambda a, zk, f=S._resample_k: calls.append(a.shape) or f(a, zk))
+    sliced = S.synth_draw(np.random.default_rng(3), families=fam)
+    assert len(seen) >= 3 and calls  # the field of view, the deformation, the thick slices
     assert np.array_equal(whole.ct.array_zyx, sliced.ct.array_zyx)
     assert np.array_equal(whole.labels.array_zyx, sliced.labels.array_zyx)
     np.testing.assert_array_equal(whole.ct.lps_from_ijk, sliced.ct.lps_from_ijk)
