@@ -679,3 +679,111 @@ def test_the_shell_reaches_a_voxel_on_coarse_grids():
         around, _found = classical._peel_slab(comp, vals, ~comp[core], core, spacing, classical.ClassicalParams(), [3, 3, 3])
         assert around.size >= 6 * 8 * 8, spacing  # at least the face neighbours of the block (float32 distances a hair over a spacing count)
         assert float(np.median(around)) == 60.0
+
+
+def _cylinder_section(spacing_ijk: tuple[float, float, float], radius_mm: float, axis_kji: np.ndarray) -> tuple[float, float]:
+    """max_section_mm2 of a voxelised cylinder (60 mm long) and its mean section (volume / length)."""
+    from orthonav.segmentation.classical import max_section_mm2
+
+    sp = np.asarray(spacing_ijk, float)
+    ax = axis_kji / np.linalg.norm(axis_kji)
+    half = 30.0 * np.abs(ax) + radius_mm + sp[::-1]  # the cylinder's box (k, j, i) mm
+    k, j, i = np.meshgrid(*[np.arange(-np.ceil(h / s), np.ceil(h / s) + 1) * s + 0.1 * s for h, s in zip(half, sp[::-1])], indexing="ij")
+    pts = np.stack([k.ravel(), j.ravel(), i.ravel()], 1)
+    t = pts @ ax
+    inside = (np.linalg.norm(pts - t[:, None] * ax, axis=1) <= radius_mm) & (np.abs(t) <= 30.0)
+    p = pts[inside] - pts[inside].mean(axis=0)
+    _u, _s, vt = np.linalg.svd(p[:: max(1, len(p) // 20000)], full_matrices=False)
+    return max_section_mm2(p @ vt[0], vt[0], sp), float(inside.sum() * np.prod(sp) / 60.0)
+
+
+@pytest.mark.parametrize("spacing", [(0.7, 0.7, 0.7), (0.6, 0.6, 2.5), (0.4, 0.3, 2.4), (1.5, 1.5, 3.0)])
+def test_a_shafts_section_is_an_area_on_any_grid_and_at_any_angle(spacing):
+    """The shaft rules compare a region's largest cross-section (mm^2) with interface areas and
+    with a thin-shaft bound (400 mm^2): the same shaft must have the same section at 2.5 mm slices
+    as at 0.7 mm, along k or oblique. Before 2026-12-07 it was the volume of the fullest 1 mm slab:
+    2.5 x the section along k at 2.5 mm slices, 1.4 x at 0.7 mm (slabs of one or two voxel layers)."""
+    rng = np.random.default_rng(5)
+    axes = [np.array([1.0, 0.0, 0.0]), np.array([1.0, 0.0, 1.0]), np.array([0.94, 0.34, 0.0])] + [rng.normal(size=3) for _ in range(3)]
+    for axis in axes:
+        cs, mean_section = _cylinder_section(spacing, 10.0, axis)
+        assert 0.95 <= cs / mean_section <= 1.12, (spacing, axis, cs, mean_section)
+
+
+def test_a_thin_shaft_cut_in_three_is_joined_once_two_pieces_are_one():
+    """Three pieces of one thin shaft (a 5 mm radius rod, 1 mm voxels): A below, B above, and a
+    short piece C across the cut on one half of the section, B reaching down on the other half.
+    A and B touch over half the section only and neither is an end piece of the other, so they
+    join only after C has joined A (their interface then spans the section): the rounds of
+    ``_merge_split_shafts``."""
+    from dataclasses import replace
+
+    from orthonav.segmentation.classical import ClassicalParams, _merge_split_shafts, _split_shaft_pairs
+
+    k, j, i = np.meshgrid(np.arange(90), np.arange(16) - 7.5, np.arange(16) - 7.5, indexing="ij")
+    rod = np.hypot(j, i) <= 5.0
+    regions = np.zeros(rod.shape, np.int32)
+    regions[rod & (k < 40)] = 1
+    regions[rod & (k >= 44)] = 2
+    cut = rod & (k >= 40) & (k < 44)
+    regions[cut & (i < 0)] = 3
+    regions[cut & (i >= 0)] = 2
+    ct = np.where(rod, 1000.0, 0.0).astype(np.float32)
+    spacing = np.array([1.0, 1.0, 1.0])
+    p = ClassicalParams()
+    merged = _merge_split_shafts(regions, spacing, {1, 2, 3}, p, ct)
+    assert len(np.unique(merged[rod])) == 1 and not merged[~rod].any()
+    one_round = _merge_split_shafts(regions, spacing, {1, 2, 3}, p, ct, max_rounds=1)
+    assert len(np.unique(one_round[rod])) == 2  # C joins A; B stays apart
+    assert one_round[0, 8, 8] == one_round[42, 8, 3] != one_round[80, 8, 8]
+    # the same with marrow markers (the rod's core, labelled as the regions): relabelled with them
+    markers = np.where(np.hypot(j, i) <= 2.5, regions, 0).astype(np.int32)
+    with_markers = _merge_split_shafts(regions, spacing, {1, 2, 3}, p, ct, markers=markers)
+    assert len(np.unique(with_markers[rod])) == 1
+    # a cut on a joint valley is not a shaft cut through: B never joins, in any round (C, an
+    # end piece, joins A in the first round whatever the valley: the end-piece rule reads no valley)
+    valleys = np.zeros(rod.shape, bool)
+    valleys[38:46] = rod[38:46]
+    apart = _merge_split_shafts(regions, spacing, {1, 2, 3}, p, ct, valleys=valleys)
+    assert len(np.unique(apart[rod])) == 2 and apart[0, 8, 8] == apart[42, 8, 3] != apart[80, 8, 8]
+    # rounds after the first join no end piece (``end_pieces=False``): C is one only by the end-piece rule here
+    no_through = replace(p, shaft_through_max_mm2=0.0)
+    assert {tuple(sorted(q)) for q in _split_shaft_pairs(regions, spacing, {1, 2, 3}, no_through, ct, None, None)} == {(1, 3)}
+    assert _split_shaft_pairs(regions, spacing, {1, 2, 3}, no_through, ct, None, None, end_pieces=False) == []
+
+
+def test_a_section_on_a_face_diagonal_is_not_scattered_by_float_noise():
+    """Along an exact face diagonal of a cubic grid the voxel layers fall on the slab edges;
+    without rounding, float noise put them in one slab or the next: 1.47 x the section."""
+    from orthonav.segmentation.classical import max_section_mm2
+
+    sp = np.array([1.0, 1.0, 1.0])
+    for axis in ([1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]):
+        ax = np.asarray(axis) / np.sqrt(2.0)
+        k, j, i = np.meshgrid(*[np.arange(-30.0, 31.0)] * 3, indexing="ij")
+        pts = np.stack([k.ravel(), j.ravel(), i.ravel()], 1)
+        t = pts @ ax
+        inside = (np.linalg.norm(pts - t[:, None] * ax, axis=1) <= 6.0) & (np.abs(t) <= 30.0)
+        ratio = max_section_mm2(t[inside], ax, sp) / (inside.sum() / 60.0)
+        assert 0.95 <= ratio <= 1.05, (axis, ratio)
+
+
+def test_a_bone_grown_by_a_merge_does_not_take_its_joint_neighbour_as_an_end_piece():
+    """A femoral shaft, its distal end piece, and a tibial stub at the edge of the field of view
+    touching that end over a 314 mm^2 patch (1 mm voxels). The first round joins the end piece
+    to the shaft and refuses the stub (not small against the end piece); the grown femur would
+    make the stub small enough, so later rounds join no end piece (found by a second review)."""
+    from orthonav.segmentation.classical import ClassicalParams, _merge_split_shafts
+
+    k, j, i = np.meshgrid(np.arange(352), np.arange(48) - 23.5, np.arange(48) - 23.5, indexing="ij")
+    rr = np.hypot(j, i)
+    regions = np.zeros(k.shape, np.int32)
+    regions[(k < 300) & (rr <= 12)] = 1
+    regions[(k >= 300) & (k < 330) & (rr <= 18)] = 2
+    regions[(k == 330) & (rr <= 10)] = 2
+    regions[(k >= 331) & (rr <= 18)] = 3
+    ct = np.where(regions > 0, 900.0, 0.0).astype(np.float32)
+    contact = (k == 330) | (k == 331)
+    ct[contact] = np.where(regions[contact] > 0, 200.0, 0.0)
+    out = _merge_split_shafts(regions, np.array([1.0, 1.0, 1.0]), {1, 2, 3}, ClassicalParams(), ct)
+    assert out[10, 24, 24] == out[310, 24, 24] != out[340, 24, 24]
