@@ -1386,7 +1386,7 @@ def segment_classical(
     # resolved (its peak is then the bone's level); otherwise the peak is itself a partial-volume
     # value, the edge is where the growth level put it, and pores that open through gaps of the
     # blurred cortex are filled slice-wise (:func:`fill_enclosed_in_planes`).
-    levels = bone_levels(full, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu)
+    levels = bone_levels(full, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu, spacing_ijk=ct.spacing_mm)
     p = replace(p, bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, adaptive_boundary=p.adaptive_boundary and levels.resolved,
                 cortex_hu=levels.cortex_hu if np.isnan(p.cortex_hu) else p.cortex_hu)
     fill_planes = not levels.resolved

@@ -559,7 +559,7 @@ def probabilities_to_labels(
     labels = np.zeros(shape, dtype=np.uint8)
     conf = np.ones(shape, dtype=np.float32)
     cp = ClassicalParams()
-    levels = bone_levels(full, bone_high_hu=cp.bone_high_hu, bone_low_hu=cp.bone_low_hu)
+    levels = bone_levels(full, bone_high_hu=cp.bone_high_hu, bone_low_hu=cp.bone_low_hu, spacing_ijk=ct.spacing_mm)
     dense = full >= levels.grow_hu
     abstained: dict[int, Abstained] = {}
     box = None
