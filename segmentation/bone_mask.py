@@ -61,8 +61,18 @@ SOFT_TISSUE_BOUNDS_HU = (-50.0, 100.0)
 #: Reach (mm) within which dense voxels on both sides of a voxel along an axis enclose it
 #: (:func:`in_air`): a marrow cavity or cancellous interior, not tissue around a bone.
 ENCLOSED_REACH_MM = 40.0
-#: Voxels below this (HU) are air (:func:`in_air`).
+#: Voxels below this (HU) are air (:func:`air_hu`).
 AIR_BELOW_HU = -500.0
+#: ... and above this (HU): below it lies the padding outside the scanner's field of view (:func:`air_hu`).
+AIR_ABOVE_HU = -1200.0
+#: Voxels below this (HU) are no tissue, fat included (-150..-50 HU): air, or air's partial
+#: volume with what it touches (:func:`in_air`).
+NO_TISSUE_BELOW_HU = -200.0
+#: Reach (mm) of the shell around a bone's dense voxels whose content says what surrounds it
+#: (:func:`in_air`); at least two voxels, so that it reaches beyond the surface's partial volume.
+SHELL_AROUND_MM = 3.0
+#: Share of that shell below :data:`NO_TISSUE_BELOW_HU` above which the bone lies in air (:func:`in_air`).
+AIR_SHELL_FRACTION = 0.5
 #: Voxels at least this dense (HU) are bone or contrast: the cortex level is measured on them.
 DENSE_HU = 200.0
 #: Percentile of the dense voxels taken as the image's cortex level.
@@ -119,47 +129,66 @@ def _sample(ct_zyx: NDArray) -> NDArray:
 def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
     """True for bone lying in air (a dry bone or a bone phantom on the table), not in a body.
 
-    In a body, soft tissue around the bones (muscle, organs: :data:`SOFT_TISSUE_WINDOW_HU`)
-    outnumbers the bones' dense voxels (>= :data:`DENSE_HU`): 3.2-56 x on the knee, hip and
-    whole-leg fields of view of the synthetic draws and the shared thorax, abdomen and real-knee
-    CTs. A bone in air has none; the voxels of that window are its own marrow and cancellous
-    interior and the partial volume of its surface with air: 0.07-0.72 x its dense voxels on
-    seven synthetic long bones in air, 0.03-0.05 x on the long-bone phantoms (2026-12-07). A
-    bone with more marrow in the window than cortex would pass for a body on that count alone,
-    so the window's voxels that lie outside the bones are
-    counted, not those enclosed by dense voxels on both sides within :data:`ENCLOSED_REACH_MM`
-    along at least two of the three axes (a cavity is enclosed across its bone, whichever way
-    the bone lies), and the image is bone in air when they are fewer than the dense voxels. On
-    :func:`_sample`; the enclosure is not computed when the whole window already holds 4 x
-    the dense voxels (every body CT above but one knee draw, 3.2 x, and the 512 x 512 x 400 hip
-    CT of the benchmarks, 13.5 x), nor when it holds fewer than the dense voxels.
+    Two signs, both needed, on :func:`_sample` (a body taken for bone in air would get air as
+    its soft tissue, and its soft tissue would grow into its bones: on a grainy hand, a
+    bone-kernel reconstruction with noise of 150 HU, a seventh of the soft tissue reads above
+    200 HU, and those specks alone failed the first sign; found by a second review, tested in
+    ``tests/test_bone_in_air.py``; the shell around a speck is soft tissue):
+
+    1. **No soft tissue outside the bones.** The voxels of the soft-tissue window
+       (:data:`SOFT_TISSUE_WINDOW_HU`) that are not inside a bone are fewer than the bones'
+       dense voxels (>= :data:`DENSE_HU`). "Inside" is enclosed by dense voxels on both sides
+       within :data:`ENCLOSED_REACH_MM` along at least two of the three axes (a marrow cavity is
+       enclosed across its bone, whichever way the bone lies). Bodies hold 3.2-56 x their dense
+       voxels in the whole window (the synthetic draws' knee, hip and whole-leg fields of view,
+       the shared thorax, abdomen and real-knee CTs, the phantoms, the 512 x 512 x 400 hip CT of
+       the benchmarks: 13.5 x; from 4 x nothing more is computed); seven synthetic long bones in
+       air and the long-bone phantoms 0.03-0.72 x, their own marrow and their surface's partial
+       volume, and 0.06-0.37 x outside the bones (2026-12-07).
+    2. **Air around them.** More than :data:`AIR_SHELL_FRACTION` of the voxels within
+       :data:`SHELL_AROUND_MM` of the dense voxels, neither dense nor inside a bone, are below
+       any tissue (< :data:`NO_TISSUE_BELOW_HU`: air, or its partial volume with the bone):
+       0.64-0.87 on those long bones in air, 0-0.39 in the bodies (the most on the shared
+       abdominal CT, whose ribs border the lungs and whose arms lie at the edge of its view);
+       a bone under 2 mm of soft tissue (a finger) has at most a third of its shell in air.
     """
     a = _sample(ct_zyx)
     lo, hi = SOFT_TISSUE_WINDOW_HU
-    win = (a > lo) & (a < hi)
     dense = a >= DENSE_HU
+    win = (a > lo) & (a < hi)
     n_dense = int(np.count_nonzero(dense))
-    n_win = int(np.count_nonzero(win))
-    if n_dense == 0 or n_win >= 4 * n_dense:
+    if n_dense == 0 or int(np.count_nonzero(win)) >= 4 * n_dense:
         return False
-    if n_win < n_dense:
-        return True
     spacing_kji = np.asarray(spacing_ijk, dtype=np.float64)[::-1] * (1 if a.shape == ct_zyx.shape else 2)
-    axes_enclosed = np.zeros(a.shape, np.uint8)
+    outside = enclosed_axes(dense, spacing_kji, ENCLOSED_REACH_MM) < 2
+    if int(np.count_nonzero(win & outside)) >= n_dense:
+        return False
+    reach = max(SHELL_AROUND_MM, 2.0 * float(spacing_kji.max()))  # beyond the surface's partial-volume voxel
+    shell = (ndi.distance_transform_edt(~dense, sampling=spacing_kji) <= reach) & ~dense & outside
+    n_shell = int(np.count_nonzero(shell))
+    return n_shell > 0 and int(np.count_nonzero(a[shell] < NO_TISSUE_BELOW_HU)) > AIR_SHELL_FRACTION * n_shell
+
+
+def enclosed_axes(dense: NDArray[np.bool_], spacing_kji: NDArray, reach_mm: float) -> NDArray[np.uint8]:
+    """Per voxel, along how many of the three axes a ``dense`` voxel lies both at most
+    ``reach_mm`` ahead and at most ``reach_mm`` behind it (the voxel itself counts on both
+    sides; nothing beyond the image's faces is dense). ``spacing_kji`` in mm, (k, j, i)."""
+    out = np.zeros(dense.shape, np.uint8)
     for axis in range(3):
-        n = max(1, int(round(ENCLOSED_REACH_MM / spacing_kji[axis])))
-        after = ndi.maximum_filter1d(dense, n + 1, axis=axis, origin=-(n // 2))  # a dense voxel within n ahead
-        before = ndi.maximum_filter1d(dense, n + 1, axis=axis, origin=n // 2)  # and within n behind
-        axes_enclosed += after & before
-    outside = int(np.count_nonzero(win & (axes_enclosed < 2)))
-    return outside < n_dense
+        n = max(1, int(round(reach_mm / float(spacing_kji[axis]))))
+        # a window of n + 1 voxels: scipy centres it at size // 2 - origin, so these origins put it at i..i+n and i-n..i
+        after = ndi.maximum_filter1d(dense, n + 1, axis=axis, origin=-((n + 1) // 2), mode="constant")
+        before = ndi.maximum_filter1d(dense, n + 1, axis=axis, origin=n // 2, mode="constant")
+        out += after & before
+    return out
 
 
 def air_hu(ct_zyx: NDArray) -> float:
-    """The median HU of an image's air (voxels below :data:`AIR_BELOW_HU`, on :func:`_sample`);
+    """The median HU of an image's air (voxels from :data:`AIR_ABOVE_HU` to :data:`AIR_BELOW_HU`,
+    on :func:`_sample`: not the padding outside a scanner's field of view, -3024 or -2048 HU);
     NaN when there is none."""
     a = _sample(ct_zyx)
-    air = a[a < AIR_BELOW_HU]
+    air = a[(a > AIR_ABOVE_HU) & (a < AIR_BELOW_HU)]
     return float(np.median(air)) if air.size else float("nan")
 
 

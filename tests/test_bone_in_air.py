@@ -12,20 +12,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from orthonav.core.volume import Volume, make_lps_from_ijk, read_volume
-from orthonav.segmentation.bone_mask import in_air, soft_tissue_hu
+from orthonav.segmentation.bone_mask import air_hu, bone_levels, enclosed_axes, in_air, soft_tissue_hu
 
 
-def _rod(spacing: float, *, body: bool) -> Volume:
-    """A femoral-shaft-like rod along k (radius 15 mm, a 2 mm cortex at 1000 HU, marrow at 60 HU,
-    in the soft-tissue window), in air or inside a 60 mm soft-tissue body (40 HU)."""
+def _rod(spacing: float, *, body: bool, body_mm: float = 60.0, lung: bool = False, marrow_hu: float = 60.0) -> Volume:
+    """A femoral-shaft-like rod along k (radius 15 mm, 140 mm long, a 2 mm cortex at 1000 HU,
+    marrow at ``marrow_hu``: 60 HU is in the soft-tissue window), in air or inside a soft-tissue
+    body (40 HU) of radius ``body_mm`` as long as the rod, with ``lung`` (-850 HU) filling the
+    body's half beyond the rod's far side."""
     n = int(round(160.0 / spacing))
     k, j, i = np.meshgrid(*[(np.arange(n) - n / 2 + 0.5) * spacing] * 3, indexing="ij")
     r = np.hypot(j, i)
     ct = np.full(r.shape, -1000.0, np.float32)
     if body:
-        ct[r <= 60.0] = 40.0
+        ct[(r <= body_mm) & (np.abs(k) < 72)] = 40.0
+    if lung:
+        ct[(r <= body_mm - 5.0) & (i > 15.0) & (np.abs(k) < 72)] = -850.0
     ct[(r <= 15.0) & (np.abs(k) < 70)] = 1000.0
-    ct[(r <= 13.0) & (np.abs(k) < 68)] = 60.0
+    ct[(r <= 13.0) & (np.abs(k) < 68)] = marrow_hu
     return Volume(ct.astype(np.int16), make_lps_from_ijk(np.full(3, spacing), np.zeros(3)))
 
 
@@ -43,6 +47,82 @@ def test_a_marrow_filled_bone_in_air_is_in_air_and_the_same_bone_in_a_body_is_no
     body = _rod(spacing, body=True)
     assert not in_air(body.array_zyx, body.spacing_mm)
     assert soft_tissue_hu(body.array_zyx, body.spacing_mm) == soft_tissue_hu(body.array_zyx) == pytest.approx(40.0, abs=15.0)  # the mode is smoothed over 25 HU
+
+
+@pytest.mark.parametrize("body_mm", [17.0, 19.0])
+def test_a_bone_under_a_thin_layer_of_soft_tissue_is_in_a_body(body_mm):
+    """A finger or foot: 2-4 mm of soft tissue around a dense bone (its marrow at 250 HU), then
+    air. Fewer soft-tissue voxels than dense ones, so the air around decides: the 3 mm shell
+    is not mostly air. Not bone in air (its soft tissue would be given air's level and grow into
+    the bone)."""
+    ct = _rod(1.0, body=True, body_mm=body_mm, marrow_hu=250.0)
+    a = ct.array_zyx
+    assert np.count_nonzero((a > -100) & (a < 150)) < np.count_nonzero(a >= 200)  # the first sign alone would say air
+    assert not in_air(a, ct.spacing_mm)
+    assert soft_tissue_hu(a, ct.spacing_mm) == soft_tissue_hu(a)
+
+
+def _hand(noise_sd: float, seed: int = 2) -> Volume:
+    """A hand-like body at 1 mm: a flat soft-tissue slab (32 x 92 mm, 40 HU, a 3 mm fat rim)
+    around five metacarpal-like rods (5 mm radius, 1.5 mm cortex at 1200 HU, marrow -30 HU) in
+    air, with Gaussian noise of ``noise_sd`` HU (a thin bone-kernel reconstruction)."""
+    k, j, i = np.meshgrid(np.arange(140) - 69.5, np.arange(50) - 24.5, np.arange(110) - 54.5, indexing="ij")
+    ct = np.full(k.shape, -1000.0, np.float32)
+    hand = ((j / 16) ** 2 + (i / 46) ** 2 <= 1) & (np.abs(k) < 60)
+    ct[hand] = 40.0
+    ct[hand & ((j / 13) ** 2 + (i / 43) ** 2 > 1)] = -90.0
+    for ci in (-30, -15, 0, 15, 30):
+        r = np.hypot(j, i - ci)
+        ct[(r <= 5.0) & (np.abs(k) < 58)] = 1200.0
+        ct[(r <= 3.5) & (np.abs(k) < 58)] = -30.0
+    ct += np.random.default_rng(seed).normal(0.0, noise_sd, ct.shape).astype(np.float32)
+    return Volume(ct.astype(np.int16), make_lps_from_ijk(np.ones(3), np.zeros(3)))
+
+
+@pytest.mark.parametrize("noise_sd", [0.0, 150.0])
+def test_a_hand_is_a_body_even_when_grainy(noise_sd):
+    """A hand has little soft tissue. With noise of 150 HU (a bone-kernel reconstruction) a
+    seventh of its soft tissue reads above 200 HU: as dense specks those made it bone in air
+    by the count of soft-tissue and dense voxels alone (found by a second review: soft level
+    -1000, growth level -63 HU, the whole hand labelled bone). The shell around the bones and
+    the specks is soft tissue, not air."""
+    ct = _hand(noise_sd)
+    a = ct.array_zyx
+    if noise_sd > 0:  # the specks take it past the count's short cut: the enclosure and the shell decide
+        assert np.count_nonzero((a > -100) & (a < 150)) < 4 * np.count_nonzero(a >= 200)
+    assert not in_air(a, ct.spacing_mm)
+    levels = bone_levels(a, bone_high_hu=500.0, bone_low_hu=180.0, spacing_ijk=ct.spacing_mm)
+    assert levels == bone_levels(a, bone_high_hu=500.0, bone_low_hu=180.0)
+
+
+def test_the_air_level_is_not_the_padding_outside_the_scanners_view():
+    """Outside the reconstruction circle scanners write -3024 (or -2048) HU: not air."""
+    ct = _rod(2.0, body=False).array_zyx.copy()
+    k, j, i = np.meshgrid(*[np.arange(n) - n / 2 + 0.5 for n in ct.shape], indexing="ij")
+    ct[np.hypot(j, i) > 25] = -3024  # most of the image
+    assert air_hu(ct) == pytest.approx(-1000.0, abs=1.0)
+
+
+def test_a_bone_beside_the_lung_is_in_a_body():
+    """A rib-like rod bordering the lung: air on one side, but soft tissue around."""
+    ct = _rod(2.0, body=True, body_mm=70.0, lung=True)
+    assert not in_air(ct.array_zyx, ct.spacing_mm)
+
+
+def test_a_bone_in_the_lung_beside_a_chest_wall_is_in_a_body():
+    """A rib-like rod (6 mm radius, dense throughout) with lung all around it, and a thin wall
+    of soft tissue 24 mm away: the shell around the bone is air, but there is soft tissue outside
+    the bones (the first sign), so it is a body."""
+    k, j, i = np.meshgrid(*[np.arange(80) * 2.0 - 79.0] * 3, indexing="ij")
+    ct = np.full(k.shape, -850.0, np.float32)  # lung
+    ct[(i > 30) & (i < 33)] = 40.0  # a chest wall, one 2 mm layer (as many voxels as 3 x the rib's)
+    ct[i >= 33] = -1000.0  # air beyond it
+    rib = (np.hypot(j, i) <= 6.0) & (np.abs(k) < 70)
+    ct[rib] = 1200.0
+    a = ct.astype(np.int16)
+    n_soft, n_dense = np.count_nonzero((a > -100) & (a < 150)), np.count_nonzero(a >= 200)
+    assert n_dense <= n_soft < 4 * n_dense  # not the count's short cut
+    assert not in_air(a, np.array([2.0, 2.0, 2.0]))
 
 
 def test_real_and_phantom_bodies_keep_their_soft_tissue_level(shared_data, small_knee_phantom, small_hip_phantom):
@@ -81,3 +161,19 @@ def test_a_synthetic_long_bone_in_air_keeps_its_surface():
     mask = seg.labels.array_zyx > 0
     dice = 2.0 * float((mask & truth).sum()) / float(mask.sum() + truth.sum())
     assert dice >= 0.94, dice
+
+
+def test_enclosed_means_a_dense_voxel_within_reach_on_both_sides():
+    """Along one axis at 1 mm: a voxel is enclosed when dense voxels lie at most 40 mm ahead and
+    at most 40 mm behind it; next to the dense voxel on its far side it is not (the filter's
+    window was one voxel off for an odd reach); nothing beyond the image's faces is dense."""
+    dense = np.zeros((1, 1, 200), bool)
+    dense[0, 0, [50, 90]] = True
+    enclosed = enclosed_axes(dense, np.array([1.0, 1.0, 1.0]), 41.0)[0, 0] > 0  # 41 voxels: an odd reach
+    assert enclosed[50:91].all() and not enclosed[:50].any() and not enclosed[91:].any()
+    dense[0, 0, 50] = False  # one dense voxel: only itself
+    assert np.flatnonzero(enclosed_axes(dense, np.array([1.0, 1.0, 1.0]), 41.0)[0, 0]).tolist() == [90]
+    for at in (5, 194):  # near a face: the face does not mirror it onto the other side
+        dense[:] = False
+        dense[0, 0, at] = True
+        assert np.flatnonzero(enclosed_axes(dense, np.array([1.0, 1.0, 1.0]), 41.0)[0, 0]).tolist() == [at]
