@@ -71,8 +71,9 @@ NO_TISSUE_BELOW_HU = -200.0
 #: Reach (mm) of the shell around a bone's dense voxels whose content says what surrounds it
 #: (:func:`in_air`); at least two voxels, so that it reaches beyond the surface's partial volume.
 SHELL_AROUND_MM = 3.0
-#: Share of that shell below :data:`NO_TISSUE_BELOW_HU` above which the bone lies in air (:func:`in_air`).
-AIR_SHELL_FRACTION = 0.5
+#: Share of that shell below :data:`NO_TISSUE_BELOW_HU` above which the bone lies in air
+#: (:func:`in_air`): between the bodies' (at most 0.48) and the bones in air's (from 0.74).
+AIR_SHELL_FRACTION = 0.6
 #: Voxels at least this dense (HU) are bone or contrast: the cortex level is measured on them.
 DENSE_HU = 200.0
 #: Percentile of the dense voxels taken as the image's cortex level.
@@ -148,9 +149,9 @@ def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
     2. **Air around them.** More than :data:`AIR_SHELL_FRACTION` of the voxels within
        :data:`SHELL_AROUND_MM` of the dense voxels, neither dense nor inside a bone, are below
        any tissue (< :data:`NO_TISSUE_BELOW_HU`: air, or its partial volume with the bone):
-       0.64-0.87 on those long bones in air, 0-0.39 in the bodies (the most on the shared
-       abdominal CT, whose ribs border the lungs and whose arms lie at the edge of its view);
-       a bone under 2 mm of soft tissue (a finger) has at most a third of its shell in air.
+       0.74-0.86 on those long bones in air; 0-0.43 in the bodies (the most on the shared
+       abdominal CT, whose ribs border the lungs and whose arms lie at the edge of its view,
+       and on the grainy hand), 0.48 around a bone under 2 mm of soft tissue (a finger).
     """
     a = _sample(ct_zyx)
     lo, hi = SOFT_TISSUE_WINDOW_HU
