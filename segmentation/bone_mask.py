@@ -68,8 +68,9 @@ AIR_ABOVE_HU = -1200.0
 #: Voxels below this (HU) are no tissue, fat included (-150..-50 HU): air, or air's partial
 #: volume with what it touches (:func:`in_air`).
 NO_TISSUE_BELOW_HU = -200.0
-#: Reach (mm) of the shell around a bone's dense voxels whose content says what surrounds it
-#: (:func:`in_air`); at least two voxels, so that it reaches beyond the surface's partial volume.
+#: Least reach (mm) of the shell around a bone's dense voxels whose content says what surrounds
+#: it (:func:`in_air`); at least two voxels of :func:`_sample`'s grid, so that it reaches beyond
+#: the surface's partial volume.
 SHELL_AROUND_MM = 3.0
 #: Share of that shell below :data:`NO_TISSUE_BELOW_HU` above which the bone lies in air
 #: (:func:`in_air`): between the bodies' (at most 0.48) and the bones in air's (from 0.74).
@@ -140,16 +141,19 @@ def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
        (:data:`SOFT_TISSUE_WINDOW_HU`) that are not inside a bone are fewer than the bones'
        dense voxels (>= :data:`DENSE_HU`). "Inside" is enclosed by dense voxels on both sides
        within :data:`ENCLOSED_REACH_MM` along at least two of the three axes (a marrow cavity is
-       enclosed across its bone, whichever way the bone lies). Bodies hold 3.2-56 x their dense
+       enclosed across its bone, whichever way the bone lies). Bodies hold 3.2-57 x their dense
        voxels in the whole window (the synthetic draws' knee, hip and whole-leg fields of view,
-       the shared thorax, abdomen and real-knee CTs, the phantoms, the 512 x 512 x 400 hip CT of
-       the benchmarks: 13.5 x; from 4 x nothing more is computed); seven synthetic long bones in
-       air and the long-bone phantoms 0.03-0.72 x, their own marrow and their surface's partial
-       volume, and 0.06-0.37 x outside the bones (2026-12-07).
+       the shared thorax and abdomen CTs, the real-knee composite of ``phantoms.real_knee``, the
+       phantoms, the 512 x 512 x 400 hip CT of the benchmarks: 13.5 x; from 4 x nothing more is
+       computed); seven synthetic long bones in air and the long-bone phantoms 0.03-0.72 x,
+       their own marrow and their surface's partial volume, and outside the bones 0.07-0.35 x
+       (the synthetic ones) and 0.03-0.05 x (the phantoms) (2026-12-07).
     2. **Air around them.** More than :data:`AIR_SHELL_FRACTION` of the voxels within
-       :data:`SHELL_AROUND_MM` of the dense voxels, neither dense nor inside a bone, are below
-       any tissue (< :data:`NO_TISSUE_BELOW_HU`: air, or its partial volume with the bone):
-       0.74-0.86 on those long bones in air; 0-0.43 in the bodies (the most on the shared
+       :data:`SHELL_AROUND_MM` or two voxels of :func:`_sample`'s grid, whichever is more (3.8-10.8
+       mm on the images measured), of the dense voxels, neither dense nor inside a bone, are
+       below any tissue (< :data:`NO_TISSUE_BELOW_HU`: air, or its partial volume with the bone):
+       0.74-0.86 on the seven synthetic long bones in air, 0.88-0.95 on the long-bone phantoms;
+       0-0.43 in the bodies (the most on the shared
        abdominal CT, whose ribs border the lungs and whose arms lie at the edge of its view,
        and on the grainy hand), 0.48 around a bone under 2 mm of soft tissue (a finger).
     """
@@ -204,8 +208,8 @@ def soft_tissue_hu(ct_zyx: NDArray, spacing_ijk: NDArray | None = None) -> float
     With ``spacing_ijk`` (mm), an image of bone in air (:func:`in_air`) has no soft tissue: what
     surrounds its bones, and sets their edge and their seed and growth levels, is air
     (:func:`air_hu`). Before 2026-12-07 the window's mode there was the bone's own marrow
-    (100 HU, the bound, on five of six synthetic long bones in air; bone-mask Dice 0.80-0.90,
-    0.93-0.97 at the air's level).
+    (97.5-100 HU, at the bound, on six of seven synthetic long bones in air; bone-mask Dice
+    0.80-0.90 on five of them, 0.93-0.97 at the air's level).
     """
     if spacing_ijk is not None and in_air(ct_zyx, spacing_ijk):
         level = air_hu(ct_zyx)
