@@ -139,7 +139,12 @@ def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
 
     1. **No soft tissue outside the bones.** The voxels of the soft-tissue window
        (:data:`SOFT_TISSUE_WINDOW_HU`) that are not inside a bone are fewer than the bones'
-       dense voxels (>= :data:`DENSE_HU`). "Inside" is enclosed by dense voxels on both sides
+       dense voxels (>= :data:`DENSE_HU`). The bones are the dense pieces that enclose
+       something (:func:`_enclosing`): a scanner table, dense and in air in a body's CT too,
+       encloses nothing (a whole-leg draw with little soft tissue on a table ten times its
+       bones' volume passed for bone in air until 2026-12-07, its legs and table then grown
+       into one piece). Nor does a solid bone phantom without marrow, which is then not
+       recognised (its surroundings are read as before: the soft-tissue window's mode). "Inside" is enclosed by dense voxels on both sides
        within :data:`ENCLOSED_REACH_MM` along at least two of the three axes (a marrow cavity is
        enclosed across its bone, whichever way the bone lies). Bodies hold 3.2-57 x their dense
        voxels in the whole window (the synthetic draws' knee, hip and whole-leg fields of view,
@@ -166,12 +171,26 @@ def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
         return False
     spacing_kji = np.asarray(spacing_ijk, dtype=np.float64)[::-1] * (1 if a.shape == ct_zyx.shape else 2)
     outside = enclosed_axes(dense, spacing_kji, ENCLOSED_REACH_MM) < 2
-    if int(np.count_nonzero(win & outside)) >= n_dense:
+    bone = _enclosing(dense, outside)
+    n_dense = int(np.count_nonzero(bone))
+    if n_dense == 0 or int(np.count_nonzero(win & outside)) >= n_dense:
         return False
     reach = max(SHELL_AROUND_MM, 2.0 * float(spacing_kji.max()))  # beyond the surface's partial-volume voxel
-    shell = (ndi.distance_transform_edt(~dense, sampling=spacing_kji) <= reach) & ~dense & outside
+    shell = (ndi.distance_transform_edt(~bone, sampling=spacing_kji) <= reach) & ~dense & outside
     n_shell = int(np.count_nonzero(shell))
     return n_shell > 0 and int(np.count_nonzero(a[shell] < NO_TISSUE_BELOW_HU)) > AIR_SHELL_FRACTION * n_shell
+
+
+def _enclosing(dense: NDArray[np.bool_], outside: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """The connected pieces of ``dense`` that enclose something (touch a voxel that is neither
+    dense nor ``outside``: a marrow cavity, a cancellous interior): bones, not a table slab or
+    a solid bead, which enclose nothing and lie in air in a body's CT as well."""
+    comp, n = ndi.label(dense)
+    if n == 0:
+        return dense
+    inner = ndi.binary_dilation(~dense & ~outside, structure=np.ones((3, 3, 3), bool))
+    ids = np.unique(comp[inner & dense])
+    return np.isin(comp, ids[ids > 0])
 
 
 def enclosed_axes(dense: NDArray[np.bool_], spacing_kji: NDArray, reach_mm: float) -> NDArray[np.uint8]:

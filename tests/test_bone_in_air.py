@@ -177,3 +177,21 @@ def test_enclosed_means_a_dense_voxel_within_reach_on_both_sides():
         dense[:] = False
         dense[0, 0, at] = True
         assert np.flatnonzero(enclosed_axes(dense, np.array([1.0, 1.0, 1.0]), 41.0)[0, 0]).tolist() == [at]
+
+
+def test_a_table_in_air_under_a_thin_limb_is_not_bone_in_air():
+    """A scanner table is dense and lies in air in a body's CT too: counted as bone it made a
+    whole-leg draw of the small knee phantom (2.5 mm, little soft tissue, both legs on a
+    10 x larger table) pass for bone in air (2026-12-07; its soft level became the air's and
+    the legs and table grew into one piece, every name lost). The bones are the dense pieces
+    that enclose something (marrow); a table encloses nothing."""
+    ct = _rod(2.0, body=True, body_mm=19.0)
+    a = ct.array_zyx.copy()
+    n = a.shape[1]
+    a[:, n - 14 : n - 8, :] = 600  # a 12 mm slab the width and length of the image, in air
+    assert not in_air(a, ct.spacing_mm)
+    assert not in_air(ct.array_zyx, ct.spacing_mm)  # the limb alone
+    # the same table under the bone lying in air: still bone in air
+    air = _rod(2.0, body=False).array_zyx.copy()
+    air[:, n - 14 : n - 8, :] = 600
+    assert in_air(air, ct.spacing_mm)
