@@ -144,7 +144,8 @@ def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
        encloses nothing (a whole-leg draw with little soft tissue on a table ten times its
        bones' volume passed for bone in air until 2026-12-07, its legs and table then grown
        into one piece). Nor does a solid bone phantom without marrow, which is then not
-       recognised (its surroundings are read as before: the soft-tissue window's mode). "Inside" is enclosed by dense voxels on both sides
+       recognised (its surroundings are read as before: the soft-tissue window's mode).
+       "Inside" is enclosed by dense voxels on both sides
        within :data:`ENCLOSED_REACH_MM` along at least two of the three axes (a marrow cavity is
        enclosed across its bone, whichever way the bone lies). Bodies hold 3.2-57 x their dense
        voxels in the whole window (the synthetic draws' knee, hip and whole-leg fields of view,
