@@ -141,9 +141,9 @@ def in_air(ct_zyx: NDArray, spacing_ijk: NDArray) -> bool:
        (:data:`SOFT_TISSUE_WINDOW_HU`) that are not inside a bone are fewer than the bones'
        dense voxels (>= :data:`DENSE_HU`). The bones are the dense pieces that enclose
        something (:func:`_enclosing`): a scanner table, dense and in air in a body's CT too,
-       encloses nothing (a whole-leg draw with little soft tissue on a table ten times its
-       bones' volume passed for bone in air until 2026-12-07, its legs and table then grown
-       into one piece). Nor does a solid bone phantom without marrow, which is then not
+       encloses nothing (a whole-leg draw with little soft tissue on a table four times its
+       bones' volume passed for bone in air from that morning's change until tables were left
+       out, the same day, 2026-12-07: its legs and table grew into one piece). Nor does a solid bone phantom without marrow, which is then not
        recognised (its surroundings are read as before: the soft-tissue window's mode).
        "Inside" is enclosed by dense voxels on both sides
        within :data:`ENCLOSED_REACH_MM` along at least two of the three axes (a marrow cavity is

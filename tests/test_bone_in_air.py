@@ -182,7 +182,7 @@ def test_enclosed_means_a_dense_voxel_within_reach_on_both_sides():
 def test_a_table_in_air_under_a_thin_limb_is_not_bone_in_air():
     """A scanner table is dense and lies in air in a body's CT too: counted as bone it made a
     whole-leg draw of the small knee phantom (2.5 mm, little soft tissue, both legs on a
-    10 x larger table) pass for bone in air (2026-12-07; its soft level became the air's and
+    4 x larger table) pass for bone in air (2026-12-07; its soft level became the air's and
     the legs and table grew into one piece, every name lost). The bones are the dense pieces
     that enclose something (marrow); a table encloses nothing."""
     ct = _rod(2.0, body=True, body_mm=19.0)

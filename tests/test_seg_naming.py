@@ -406,11 +406,11 @@ def test_a_collected_phantom_leaves_no_cached_source(small_knee_phantom):
 @pytest.mark.slow
 def test_whole_legs_on_a_table_are_not_bone_in_air(small_knee_phantom):
     """Draw 38 of ``bench_naming_e2e.py --seed 23`` (2.5-3 mm): both whole legs prone on a table
-    ten times their bones' volume, with little soft tissue. The table lies in air and made the
+    four times their bones' volume, with little soft tissue. The table lies in air and made the
     image pass for bone in air (``bone_mask.in_air``, 2026-12-07, until tables were left out of
     it: a table encloses no marrow): the air's level became the soft tissue's, and legs and table
     grew into one withheld piece. Now femur, tibia, fibula and patella are named, as before
-    2026-12-07 (3 pieces withheld)."""
+    that morning's bone-in-air change (3 pieces withheld)."""
     from orthonav.segmentation.classical import segment_classical
 
     rng = np.random.default_rng(23)
