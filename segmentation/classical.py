@@ -127,7 +127,10 @@ class ClassicalParams:
     along the inward normal, so that a cortex one voxel thick over darker bone (the real
     osteoporotic vertebra of ``ct_abdomen_dicom``) is never peeled through.
     ``benchmarks/bench_surface_bias.py`` compares the settings (README, "Figures on the
-    phantoms").
+    phantoms"). ``surround_hu``: the level around every bone when the whole image has one (a
+    bone in air: the air's, set by :func:`segment_classical` from
+    :func:`~orthonav.segmentation.bone_mask.bone_levels`); NaN, the default: each region's soft
+    tissue is measured on its shell (:func:`adaptive_refine`).
 
     ``bone_high_hu`` / ``bone_low_hu`` are the cortex seed and growth levels for a CT whose
     cortex is resolved; on a CT where it is not, both are lowered by the contrast its cortex
@@ -168,6 +171,7 @@ class ClassicalParams:
     bump_radius_mm: float = 2.0
     bump_max_volume_mm3: float = 25.0
     bump_max_extent_mm: float = 7.0
+    surround_hu: float = float("nan")
     separation_spacing_mm: float = 1.2
     grow_max_mm: float = 20.0
     edge_fraction: float | None = None
@@ -437,7 +441,8 @@ def adaptive_refine(
     along the inward normal, so a crest is never peeled), are kept only if their HU reaches the
     edge level: ``p.edge_fraction`` (None, the default: :func:`edge_fraction_of`; 0.5: the half maximum) of
     the way from the soft tissue around the region (median HU of the voxels of no region within
-    :data:`SHELL_MM` of it) to the local bone
+    :data:`SHELL_MM` of it; ``p.surround_hu`` when set: a bone in air, whose 2 mm shell lies in
+    the blurred skirt of its edge, -430 to -710 HU at 1.2 mm blur in 0.6 mm voxels) to the local bone
     peak (grey dilation, box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex
     next to this edge). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller. Regions smaller than ``p.min_bone_volume_mm3`` are
@@ -514,7 +519,7 @@ def adaptive_refine(
         found = [f for _a, f in results if f is not None]
         hu = np.concatenate(around_hu) if around_hu else np.zeros(0, np.float32)
         soft = float(np.median(hu)) if hu.size else 0.0
-        soft = min(max(soft, -200.0), 150.0)
+        soft = min(max(soft, -200.0), 150.0) if np.isnan(p.surround_hu) else p.surround_hu
         sub = out[grown]
         for where, hu_c, peak_c in found:
             f = p.edge_fraction if p.edge_fraction is not None else edge_fraction_of(peak_c, soft, p.cortex_hu, p.edge_fraction_max)
@@ -1388,7 +1393,10 @@ def segment_classical(
     # blurred cortex are filled slice-wise (:func:`fill_enclosed_in_planes`).
     levels = bone_levels(full, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu, spacing_ijk=ct.spacing_mm)
     p = replace(p, bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, adaptive_boundary=p.adaptive_boundary and levels.resolved,
-                cortex_hu=levels.cortex_hu if np.isnan(p.cortex_hu) else p.cortex_hu)
+                cortex_hu=levels.cortex_hu if np.isnan(p.cortex_hu) else p.cortex_hu, surround_hu=levels.soft_hu if levels.in_air else p.surround_hu)
+    if levels.in_air:  # no body: the bones are what lies on the table, a small one too (a patella, a
+        # vertebra or a bone phantom under the 20 ml of a body: "no bone found" until 2026-12-07)
+        p = replace(p, min_body_volume_mm3=min(p.min_body_volume_mm3, p.min_bone_volume_mm3))
     fill_planes = not levels.resolved
     if not full.max() >= p.bone_high_hu:
         raise InputError(

@@ -215,7 +215,8 @@ def image_bone_mask(ct_box: NDArray, spacing_ijk: NDArray, levels: BoneLevels) -
     per piece, the cortex test and half-maximum peel (:func:`~orthonav.segmentation.bone_mask.has_cortex`,
     :func:`~orthonav.segmentation.bone_mask.peel_to_half_maximum`).
     """
-    p = replace(ClassicalParams(), bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, cortex_hu=levels.cortex_hu)
+    p = replace(ClassicalParams(), bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, cortex_hu=levels.cortex_hu,
+                surround_hu=levels.soft_hu if levels.in_air else float("nan"))
     ct_box = np.asarray(ct_box, dtype=np.float32)
     bone = fill_cavities(grow_from_cortex(ct_box, np.ones(ct_box.shape, bool), spacing_ijk, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu,
                                           grow_max_mm=p.grow_max_mm))
@@ -508,13 +509,19 @@ NEAR_CORE_MM = 6.0
 
 
 def _peel_per_bone(ct_box: NDArray, lab: NDArray[np.uint8], spacing_ijk: NDArray, interior: NDArray[np.bool_] | None = None, *,
-                   cortex_hu: float = float("nan")) -> NDArray[np.uint8]:
+                   cortex_hu: float = float("nan"), levels: BoneLevels | None = None) -> NDArray[np.uint8]:
     """Each bone's surface peeled to its local edge level with the other bones counting as
     outside (:func:`~orthonav.segmentation.classical.adaptive_refine`: the blurred bridge at a
     joint is peeled from both sides); cavities the peel opens behind a cortex, and the
     ``interior`` voxels (enclosed pores the network sees as bone), are refilled and take the
-    nearest bone. ``cortex_hu``: the image's thick-cortex level (:func:`~orthonav.segmentation.classical.edge_fraction_of`)."""
-    peeled = adaptive_refine(np.asarray(ct_box, np.float32), lab.astype(np.int32), spacing_ijk, ClassicalParams(cortex_hu=cortex_hu)).astype(np.uint8)
+    nearest bone. ``cortex_hu``: the image's thick-cortex level (:func:`~orthonav.segmentation.classical.edge_fraction_of`);
+    ``levels``: the image's levels, whose growth level bounds the edge level from below and,
+    for a bone in air, whose air level surrounds every bone; None: the defaults (a resolved
+    cortex in a body)."""
+    cp = ClassicalParams(cortex_hu=cortex_hu)
+    if levels is not None:
+        cp = replace(cp, bone_low_hu=levels.grow_hu, surround_hu=levels.soft_hu if levels.in_air else float("nan"))
+    peeled = adaptive_refine(np.asarray(ct_box, np.float32), lab.astype(np.int32), spacing_ijk, cp).astype(np.uint8)
     refill = fill_cavities(peeled > 0) & (peeled == 0)
     if interior is not None:
         refill |= interior & (lab > 0) & (peeled == 0)
@@ -701,7 +708,7 @@ def probabilities_to_labels(
                     next_value += 1
                 view[piece] = np.where(rest, value, cls)
         if levels.resolved:  # peel per bone: the blurred bridges at the joints
-            lab = _peel_per_bone(hu32, lab, spacing, inner, cortex_hu=levels.cortex_hu)
+            lab = _peel_per_bone(hu32, lab, spacing, inner, cortex_hu=levels.cortex_hu, levels=levels)
         del hu32
         labels[box] = lab
         _label_confidence(prob, grid, ct, box, lab, nc, best, p_best, p0)  # p0 becomes the labels' confidence
