@@ -213,6 +213,17 @@ def _enclosing(dense: NDArray[np.bool_], outside: NDArray[np.bool_]) -> NDArray[
     return np.isin(comp, ids[ids > 0])
 
 
+def enclosing_pieces(ct_zyx: NDArray, spacing_kji: NDArray) -> NDArray[np.bool_]:
+    """The bones of an image of bone in air, as :func:`in_air` counts them: the connected pieces
+    of voxels >= :data:`DENSE_HU` that enclose something (a non-dense voxel enclosed along at
+    least two axes within :data:`ENCLOSED_REACH_MM`: marrow, air in a dry bone, cancellous
+    bone); a table or a solid bead encloses nothing. ``ct_zyx`` in HU (k, j, i), ``spacing_kji``
+    in mm; returns a bool mask of ``ct_zyx``'s shape."""
+    dense = np.asarray(ct_zyx) >= DENSE_HU
+    outside = enclosed_axes(dense, np.asarray(spacing_kji, np.float64), ENCLOSED_REACH_MM) < 2
+    return _enclosing(dense, outside)
+
+
 def enclosed_axes(dense: NDArray[np.bool_], spacing_kji: NDArray, reach_mm: float) -> NDArray[np.uint8]:
     """Per voxel, along how many of the three axes a ``dense`` voxel lies both at most
     ``reach_mm`` ahead and at most ``reach_mm`` behind it (the voxel itself counts on both

@@ -84,7 +84,7 @@ from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume
 from scipy import ndimage as ndi
 
-from .bone_mask import bone_levels, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
+from .bone_mask import bone_levels, enclosing_pieces, fill_enclosed_in_planes, grow_from_cortex, has_cortex, peel_to_half_maximum
 from .naming import CONFIDENT, RegionInfo, name_bones, region_infos_from_pieces, scan_border
 
 ANATOMIES = ("auto", "knee", "hip", "general")
@@ -441,8 +441,9 @@ def adaptive_refine(
     along the inward normal, so a crest is never peeled), are kept only if their HU reaches the
     edge level: ``p.edge_fraction`` (None, the default: :func:`edge_fraction_of`; 0.5: the half maximum) of
     the way from the soft tissue around the region (median HU of the voxels of no region within
-    :data:`SHELL_MM` of it; ``p.surround_hu`` when set: a bone in air, whose 2 mm shell lies in
-    the blurred skirt of its edge, -430 to -710 HU at 1.2 mm blur in 0.6 mm voxels) to the local bone
+    :data:`SHELL_MM` of it, clamped to -200..150 HU; ``p.surround_hu`` when set: a bone in air,
+    whose shell lies in the blurred skirt of its edge, -170 to -800 HU, and whose clamped level
+    put its surface 0.3-0.7 mm inside) to the local bone
     peak (grey dilation, box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex
     next to this edge). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller. Regions smaller than ``p.min_bone_volume_mm3`` are
@@ -565,6 +566,20 @@ def _shift_boxes(boxes: list[tuple[slice, ...]], inner: tuple[slice, ...]) -> li
         if all(x.stop > x.start for x in sh):
             out.append(sh)
     return out
+
+
+def _air_body_mask(ct_zyx: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray:
+    """What stands for the body around a bone in air (:func:`_body_mask`'s grid): that body,
+    of any piece of at least a bone's volume, and the bones in air that enclose something
+    (:func:`~orthonav.segmentation.bone_mask.enclosing_pieces`, dilated as the body is), so that
+    a thin table or a cable in air is still dropped while no bone is. The body's least volume
+    (20 ml) dropped a bone in air smaller than that, and its opening a thin-walled dry bone
+    ("no bone found", until 2026-12-07)."""
+    body = _body_mask(ct_zyx, spacing, replace(p, min_body_volume_mm3=min(p.min_body_volume_mm3, p.min_bone_volume_mm3)))
+    step = _coarse_step(spacing)
+    cs = spacing * np.array(step[::-1])
+    bones = enclosing_pieces(ct_zyx[:: step[0], :: step[1], :: step[2]], cs[::-1])
+    return body | _arr(sitk.BinaryDilate(_img(bones.astype(np.uint8), cs), [max(1, int(round(4.0 / s))) for s in cs], sitk.sitkBall)).astype(bool)
 
 
 def _coarse_step(spacing: NDArray) -> tuple[int, int, int]:
@@ -1394,9 +1409,6 @@ def segment_classical(
     levels = bone_levels(full, bone_high_hu=p.bone_high_hu, bone_low_hu=p.bone_low_hu, spacing_ijk=ct.spacing_mm)
     p = replace(p, bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, adaptive_boundary=p.adaptive_boundary and levels.resolved,
                 cortex_hu=levels.cortex_hu if np.isnan(p.cortex_hu) else p.cortex_hu, surround_hu=levels.soft_hu if levels.in_air else p.surround_hu)
-    if levels.in_air:  # no body: the bones are what lies on the table, a small one too (a patella, a
-        # vertebra or a bone phantom under the 20 ml of a body: "no bone found" until 2026-12-07)
-        p = replace(p, min_body_volume_mm3=min(p.min_body_volume_mm3, p.min_bone_volume_mm3))
     fill_planes = not levels.resolved
     if not full.max() >= p.bone_high_hu:
         raise InputError(
@@ -1410,12 +1422,14 @@ def segment_classical(
 
     # The body (on the wide box: the body around the bones) does not depend on the bone mask:
     # it is found on a second thread meanwhile when the thread budget allows.
+    # A bone in air has no body around it: the "body" is then the bones, the dense pieces that
+    # enclose something (:func:`_air_body_mask`).
     pool = ThreadPoolExecutor(max_workers=1) if _workers() > 1 else None
-    body_job = pool.submit(_body_mask, ct_zyx, spacing, p) if pool is not None else None
+    body_job = pool.submit(_air_body_mask if levels.in_air else _body_mask, ct_zyx, spacing, p) if pool is not None else None
     try:
         zone, bead_boxes = _bead_mask(ct_zyx, spacing, p)
         bone = fill_cavities(grow_from_cortex(ct_zyx, ~zone, spacing, seed_hu=p.bone_high_hu, grow_hu=p.bone_low_hu, grow_max_mm=p.grow_max_mm))
-        body = body_job.result() if body_job is not None else _body_mask(ct_zyx, spacing, p)
+        body = body_job.result() if body_job is not None else (_air_body_mask if levels.in_air else _body_mask)(ct_zyx, spacing, p)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)

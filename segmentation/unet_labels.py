@@ -213,7 +213,10 @@ def image_bone_mask(ct_box: NDArray, spacing_ijk: NDArray, levels: BoneLevels) -
     (:func:`~orthonav.segmentation.classical.adaptive_refine`), an unresolved one gets its
     slice-wise pore fill (:func:`~orthonav.segmentation.bone_mask.fill_enclosed_in_planes`) and,
     per piece, the cortex test and half-maximum peel (:func:`~orthonav.segmentation.bone_mask.has_cortex`,
-    :func:`~orthonav.segmentation.bone_mask.peel_to_half_maximum`).
+    :func:`~orthonav.segmentation.bone_mask.peel_to_half_maximum`). A bone in air takes the
+    peel (its surface is its edge against the air) and then the slice-wise fill: the peel can
+    open a dry bone's thin wall around the air inside it (libhip's femurs as dry bones at
+    1.5 mm: Dice 0.782 without the fill, 0.985 with it, 2026-12-07).
     """
     p = replace(ClassicalParams(), bone_high_hu=levels.seed_hu, bone_low_hu=levels.grow_hu, cortex_hu=levels.cortex_hu,
                 surround_hu=levels.soft_hu if levels.in_air else float("nan"))
@@ -228,7 +231,10 @@ def image_bone_mask(ct_box: NDArray, spacing_ijk: NDArray, levels: BoneLevels) -
     keep[0] = False
     comp = np.where(keep[comp], comp, 0).astype(np.int32)
     if levels.resolved:  # the peel can leave specks: no bone
-        return _drop_small(fill_cavities(adaptive_refine(ct_box, comp, spacing_ijk, p) > 0), spacing_ijk)
+        bone = fill_cavities(adaptive_refine(ct_box, comp, spacing_ijk, p) > 0)
+        if levels.in_air:
+            bone = fill_enclosed_in_planes(bone)
+        return _drop_small(bone, spacing_ijk)
     bone = fill_enclosed_in_planes(comp > 0, hu=ct_box, above_hu=levels.soft_hu)
     out = np.zeros(bone.shape, bool)
     comp, n = ndi.label(bone)
