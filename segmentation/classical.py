@@ -442,8 +442,8 @@ def adaptive_refine(
     edge level: ``p.edge_fraction`` (None, the default: :func:`edge_fraction_of`; 0.5: the half maximum) of
     the way from the soft tissue around the region (median HU of the voxels of no region within
     :data:`SHELL_MM` of it, clamped to -200..150 HU; ``p.surround_hu`` when set: a bone in air,
-    whose shell lies in the blurred skirt of its edge, -170 to -800 HU, and whose clamped level
-    put its surface 0.3-0.7 mm inside) to the local bone
+    whose shell lies in the blurred skirt of its edge, -170 to -850 HU, and whose clamped level
+    put its surface 0.3-0.6 mm inside a 4 mm cortex) to the local bone
     peak (grey dilation, box kernel, of the region's HU over ``p.peak_radius_mm``: the cortex
     next to this edge). The inside stays solid; cavities the peel opens behind an intact
     cortex are filled again by the caller. Regions smaller than ``p.min_bone_volume_mm3`` are

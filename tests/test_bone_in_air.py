@@ -221,7 +221,7 @@ def _blurred_tube(spacing: float, cortex_mm: float, blur_mm: float, cortex_hu: f
 def test_the_surface_of_a_bone_in_air_is_its_edge_against_the_air(spacing, blur_mm, cortex_mm, cortex_hu, tol_mm, min_dice):
     """Around a bone in air the level is known (the air's), so its surface is the local edge
     level between the air and its cortex, a thin cortex's too. Judged by its contrast against
-    the air, only a cortex above ~1700 HU counted as resolved: every bone in air took the path
+    the air, only a cortex above ~1700 HU counted as resolved: a bone in air took the path
     for a cortex thinner than its voxels, its surface where the growth level put it (radius
     15.26-15.34 mm here with the 4 mm cortex, 15.43-15.52 mm with the 2 mm one; now
     14.98-15.10 and 15.19-15.29 mm: the half maximum of a thin cortex lies outside it, which the
@@ -229,7 +229,7 @@ def test_the_surface_of_a_bone_in_air_is_its_edge_against_the_air(spacing, blur_
     0.971-0.986, now 0.987-0.997).
     The edge level must also take the air as the level around the bone: the soft-tissue level of
     a 2 mm shell, clamped at -200 HU (its median, in the blurred skirt of an edge in air, reads
-    -170 to -800 HU), put the surface 0.30-0.58 mm inside on the 4 mm tube (2026-12-07)."""
+    -170 to -850 HU), put the surface 0.30-0.58 mm inside on the 4 mm tube (2026-12-07)."""
     from orthonav.segmentation.classical import segment_classical
 
     ct, truth = _blurred_tube(spacing, cortex_mm, blur_mm, cortex_hu)
@@ -248,10 +248,10 @@ def test_the_surface_of_a_bone_in_air_is_its_edge_against_the_air(spacing, blur_
 def test_a_small_or_thin_walled_bone_in_air_is_found(backend, radius_mm, cortex_mm, marrow_hu, spacing):
     """A bone in air has no body around it. A piece had to lie in the body (soft tissue above
     -400 HU after a 5 mm opening, at least 20 ml), so a bone in air smaller than that (this
-    9 ml tube, a patella, a small phantom) or thin-walled around air (a dry bone: the opening
+    9 ml tube; a patella is of that size) or thin-walled around air (a dry bone: the opening
     removed its 2 mm wall) was dropped by the classical backend: "no bone found" (until
     2026-12-07; the real VHF tibia, fibula and patella and libhip's femurs rendered as dry bones
-    in air at 0.8-1.5 mm: Dice 0.971-0.997 since). In air the bones that enclose something
+    in air at 0.8 x 0.8 x 1.0, 0.6 x 0.6 x 2.0 and 1.5 mm: Dice 0.971-0.997 since). In air the bones that enclose something
     stand for the body too. The U-Net's image mask, on the local-edge path for a bone in air,
     refills the dry bone's interior where the peel opened its thin wall (slice-wise, as for a
     thin cortex): without it 0.78 on libhip's femurs at 1.5 mm, 0.985 with it."""
