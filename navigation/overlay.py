@@ -228,11 +228,10 @@ def decimate_for_display(mesh: pv.PolyData, max_faces: int) -> pv.PolyData:
     tri = mesh.triangulate() if not mesh.is_all_triangles else mesh
     if tri.n_cells <= max_faces:
         return tri
-    import fast_simplification
+    from orthonav.core.decimation import decimate
 
-    faces = tri.faces.reshape(-1, 4)[:, 1:]
-    pts, out_faces = fast_simplification.simplify(np.asarray(tri.points, dtype=np.float32), faces, target_reduction=1.0 - max_faces / tri.n_cells)
-    return pv.PolyData(np.asarray(pts, dtype=np.float64), np.c_[np.full(len(out_faces), 3), out_faces].ravel())
+    pts, out_faces = decimate(np.asarray(tri.points), tri.faces.reshape(-1, 4)[:, 1:], max_faces)
+    return pv.PolyData(pts, np.c_[np.full(len(out_faces), 3), out_faces].ravel())
 
 
 def tool_model(tool: ToolDefinition) -> pv.PolyData:
