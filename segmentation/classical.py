@@ -72,7 +72,7 @@ the whole box) on parallel threads; the separation runs on a grid near
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -354,7 +354,7 @@ def _peel_slab(
     cand = np.nonzero(edge & (vals < p.max_boundary_hu))
     if cand[0].size == 0:
         return around, None
-    peak = ndi.maximum_filter(np.where(comp, vals, np.float32(-1024.0)).astype(np.float32), size=peak_size)
+    peak = box_max(np.where(comp, vals, np.float32(-1024.0)).astype(np.float32), [(w - 1) // 2 for w in peak_size])
     # Only the outer slope of the cortex is peeled: there HU rises going inwards (the HU
     # gradient points along the depth gradient). Marrow under a thin or blurred cortex lies
     # on the inner slope (HU falls inwards) and is kept. With ``p.peel_keeps_crest`` the voxel
@@ -825,19 +825,33 @@ def _narrow(labels: NDArray) -> NDArray:
     return labels
 
 
+def box_max(a: NDArray, radii_kji: Sequence[int]) -> NDArray:
+    """Grey dilation of ``a`` by a box of half-widths ``radii_kji`` voxels (each voxel's maximum
+    over the box around it; voxels outside the array do not count, which for a maximum is what
+    ``ndi.maximum_filter``'s default border gives): per axis, the maxima of shifted slices.
+    Exact, ~2.7x faster than ``ndi.maximum_filter`` on a peel's tile (radii 3-4), and numpy
+    releases the GIL for them, so tiles on two threads run at once (measured 2026-12-07)."""
+    out = a
+    for ax, r in enumerate(radii_kji):
+        n = a.shape[ax]
+        if r <= 0 or n < 2:
+            continue
+        src = out
+        out = src.copy()
+        for step in range(1, min(int(r), n - 1) + 1):
+            lo = tuple(slice(None, n - step) if d == ax else slice(None) for d in range(a.ndim))
+            hi = tuple(slice(step, None) if d == ax else slice(None) for d in range(a.ndim))
+            np.maximum(out[lo], src[hi], out=out[lo])
+            np.maximum(out[hi], src[lo], out=out[hi])
+    return out if out is not a else a.copy()
+
+
 def max_3x3x3(a: NDArray) -> NDArray:
     """Grey dilation of ``a`` by a 3 x 3 x 3 box (each voxel's maximum over its 26-neighbourhood
-    and itself; voxels outside the array do not count), as three separable 1-D passes. Exact,
+    and itself; voxels outside the array do not count): :func:`box_max` with radius 1. Exact,
     and ~5x faster than ``sitk.GrayscaleDilate`` (whose float result differed from the exact
     maximum by ~1e-4 on a few voxels)."""
-    out = a.copy()
-    for ax in range(a.ndim):
-        src = out.copy()
-        lo = tuple(slice(None, -1) if d == ax else slice(None) for d in range(a.ndim))
-        hi = tuple(slice(1, None) if d == ax else slice(None) for d in range(a.ndim))
-        np.maximum(out[lo], src[hi], out=out[lo])
-        np.maximum(out[hi], src[lo], out=out[hi])
-    return out
+    return box_max(a, (1,) * a.ndim)
 
 
 def marker_watershed(level: NDArray, markers: NDArray, mask: NDArray, spacing: NDArray, *, lift: bool = False) -> NDArray:
@@ -1768,7 +1782,7 @@ def near_faces(faces: list[tuple[int, tuple[NDArray, ...], NDArray, NDArray]], s
     r = [int(np.ceil(reach_mm / s_)) + 1 for s_ in spacing[::-1]]  # k, j, i
     box = tuple(slice(max(0, b.start - g), min(n_, b.stop + g)) for b, g, n_ in zip(_bbox(seeds, 0), r, shape))
     out = np.zeros(shape, bool)
-    out[box] = ndi.maximum_filter(seeds[box].view(np.uint8), size=[2 * g + 1 for g in r], mode="constant") > 0
+    out[box] = box_max(seeds[box].view(np.uint8), r) > 0
     return out
 
 

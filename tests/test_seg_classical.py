@@ -288,17 +288,24 @@ def _image(array: np.ndarray, spacing_ijk: np.ndarray):
 
 def test_the_separation_helpers_equal_their_reference_operations():
     """The fast forms used by the separation and the hip split give exactly what the operations
-    they replace give: the 3 x 3 x 3 grey dilation (``scipy.ndimage.maximum_filter``, edges not
-    counted), the distinct label pairs (``np.unique(..., axis=1)``) and label membership
+    they replace give: the 3 x 3 x 3 and wider box grey dilations (``scipy.ndimage.maximum_filter``,
+    edges not counted), the distinct label pairs (``np.unique(..., axis=1)``) and label membership
     (``np.isin``), on random arrays with thin and odd shapes."""
     from scipy import ndimage as ndi
 
-    from orthonav.segmentation.classical import _member, _pairs, max_3x3x3
+    from orthonav.segmentation.classical import _member, _pairs, box_max, max_3x3x3
 
     rng = np.random.default_rng(5)
     for shape in ((1, 4, 7), (6, 1, 3), (2, 2, 2), (17, 23, 9)):
         a = rng.normal(300.0, 400.0, shape).astype(np.float32)
         np.testing.assert_array_equal(max_3x3x3(a), ndi.maximum_filter(a, size=3, mode="nearest"))
+        # the peel's local peak and the joint split's reach (radii wider than the array too)
+        for radii in ((3, 4, 3), (0, 2, 5), (9, 1, 1)):
+            size = [2 * r + 1 for r in radii]
+            np.testing.assert_array_equal(box_max(a, radii), ndi.maximum_filter(a, size=size))
+            m = (a > 500).view(np.uint8)
+            np.testing.assert_array_equal(box_max(m, radii), ndi.maximum_filter(m, size=size, mode="constant"))
+        assert box_max(a, (0, 0, 0)) is not a
         regions = rng.integers(0, 6, shape)
         groups = rng.integers(0, 9, shape) * (rng.random(shape) < 0.5)
         sel = groups > 0
