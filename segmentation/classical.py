@@ -1519,6 +1519,7 @@ def segment_classical(
     labels_crop = np.zeros(ct_zyx.shape, np.uint8)
     table: dict[int, str] = {}
     value_of: dict[str, int] = {}
+    n_pieces: dict[int, int] = {}
     for info in sorted(infos, key=lambda r: names.get(r.index, "~")):
         name = names.get(info.index)
         if name is None:
@@ -1530,9 +1531,20 @@ def segment_classical(
             table[value_of[name]] = name
         b, mk = pieces[info.index]
         labels_crop[b][mk & (labels_crop[b] == 0)] = value_of[name]
+        n_pieces[value_of[name]] = n_pieces.get(value_of[name], 0) + 1
     conf_of = {n: min(named.confidence.get(i, 0.0) for i, m in names.items() if m == n) for n in value_of}
     why_of = {n: named.why.get(min(i for i, m in names.items() if m == n), "") for n in value_of}
-    notes = split_notes + named.notes() + [absorb_fragment(labels_crop, table, pieces[i], infos[i]) for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3)]
+    notes = split_notes + named.notes()
+    for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3):
+        notes.append(absorb_fragment(labels_crop, table, pieces[i], infos[i]))
+        b, mk = pieces[i]
+        for v in np.unique(labels_crop[b][mk]):
+            n_pieces[int(v)] = n_pieces.get(int(v), 0) + 1
+    # A bone put together from several pieces (pieces of one name, fragments merged into it)
+    # encloses the gaps between them, which the peel of the joint split opened (the small hip
+    # phantom, seed 1: 728 voxels, 5.7 mL, in 23 gaps inside hip_right, whose surface then had
+    # inner walls, 5 % of its vertices 3.85 mm or more inside the bone): filled, as each piece's own cavities were.
+    _fill_assembled(labels_crop, [v for v, n in n_pieces.items() if v > 0 and n > 1])
     labels_crop, table = _join_touching(labels_crop, table, stem="vertebrae", ct=ct, crop_origin_ijk=crop_origin_ijk)
     if not table:
         raise InputError(None, "no bone found that could be named for this anatomy")
@@ -1547,6 +1559,19 @@ def segment_classical(
         confidence=None,
         notes=tuple(notes),
     )
+
+
+def _fill_assembled(labels: NDArray, values: Iterable[int]) -> None:
+    """Fill (in place) the cavities each label of ``values`` encloses (:func:`fill_cavities`,
+    in the label's box grown by a voxel): only voxels of no label are filled."""
+    boxes = ndi.find_objects(labels)
+    for v in values:
+        if v > len(boxes) or boxes[v - 1] is None:
+            continue
+        grown = tuple(slice(max(0, s_.start - 1), min(n_, s_.stop + 1)) for s_, n_ in zip(boxes[v - 1], labels.shape))
+        sub = labels[grown]
+        m = sub == v
+        sub[fill_cavities(m) & ~m & (sub == 0)] = v
 
 
 def absorb_fragment(labels: NDArray, table: dict[int, str], piece: tuple[tuple[slice, ...], NDArray], info: RegionInfo) -> str:

@@ -164,6 +164,34 @@ def test_small_phantom_anatomy_hip_gives_the_same_labels(small_hip, small_hip_se
     assert np.array_equal(seg.labels.array_zyx, small_hip_seg.labels.array_zyx)
 
 
+@pytest.mark.slow
+def test_a_bone_put_together_from_pieces_encloses_no_gap():
+    """The hip split peels the joint space between its pieces; naming then merges a bone's
+    pieces back into one label, and the peeled gaps between them stayed inside it. On the small
+    pelvis phantom of seed 1, hip_right held 728 voxels (5.7 mL) of enclosed gaps in 23 pieces
+    until 2026-12-07: Dice 0.945, and its surface had inner walls, 5 % of its vertices 3.85 mm
+    or more inside the bone (mean signed distance -0.30 mm). Now filled: Dice 0.957, mean +0.58 mm."""
+    from scipy import ndimage as ndi
+
+    from orthonav.phantoms.hip import make_hip_phantom
+    from orthonav.segmentation.classical import segment_classical
+    from orthonav.segmentation.evaluate import evaluate_segmentation
+    from orthonav.segmentation.meshing import label_meshes
+
+    ph = make_hip_phantom(seed=1, small=True)
+    seg = segment_classical(ph.ct, anatomy="auto")
+    labels = seg.labels.array_zyx
+    for value, name in seg.table.labels.items():
+        box = ndi.find_objects((labels == value).view(np.uint8))[0]
+        m = labels[box] == value
+        assert not (ndi.binary_fill_holes(m) & ~m).any(), name
+    scores = evaluate_segmentation(seg.labels, seg.table, ph.labels, ph.label_table)
+    assert scores["hip_right"].dice >= 0.955, scores["hip_right"]
+    mesh = label_meshes(seg.labels, seg.table)["hip_right"]
+    d = ph.signed_distance_mm("hip_right", np.asarray(mesh.points))
+    assert d.mean() > 0.3 and np.percentile(d, 1) > -1.0, (float(d.mean()), float(np.percentile(d, 1)))
+
+
 # --- the full pelvis phantom (the issue's acceptance; slow: ~25 s to build, ~20 s to segment) ---
 
 
