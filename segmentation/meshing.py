@@ -48,6 +48,7 @@ from numpy.typing import NDArray
 from orthonav.core.case import LabelTable
 from orthonav.core.decimation import decimate
 from orthonav.core.errors import InputError
+from orthonav.core.heap import reusing_freed_memory
 from orthonav.core.transforms import apply
 from orthonav.core.volume import Volume
 from scipy import ndimage as ndi
@@ -319,6 +320,7 @@ def _closed_lps(
     raise InputError(None, f"the surface of {name!r} could not be closed ({n_voxels} voxels)")
 
 
+@reusing_freed_memory  # large arrays reused, not page-faulted anew: orthonav.core.heap
 def label_meshes(
     labels: Volume,
     table: LabelTable,

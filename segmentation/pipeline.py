@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from orthonav.core.case import Case, LabelTable, read_labels_table, write_labels_table
 from orthonav.core.errors import InputError
+from orthonav.core.heap import reusing_freed_memory
 from orthonav.core.meshio import MESH_SUFFIXES, write_mesh
 from orthonav.core.volume import Volume, read_volume, write_volume
 
@@ -122,6 +123,7 @@ def _write_meshes(case: Case, meshes: dict, formats: Sequence[str]) -> list[Path
     return written
 
 
+@reusing_freed_memory  # one reused heap for segmentation and meshes: orthonav.core.heap
 def segment_case(
     case_dir: str | Path,
     *,

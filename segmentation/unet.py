@@ -54,6 +54,7 @@ from torch import nn
 from orthonav.core.atomic import write_with
 from orthonav.core.case import LabelTable, read_labels_table
 from orthonav.core.errors import InputError, SchemaError
+from orthonav.core.heap import reusing_freed_memory
 from orthonav.core.schema import Versioned, save_model
 from orthonav.core.volume import Volume, read_volume, to_sitk
 
@@ -1105,6 +1106,7 @@ def fit_temperature(
 
 
 
+@reusing_freed_memory  # large arrays reused, not page-faulted anew: orthonav.core.heap
 def segment_unet(
     ct: Volume,
     weights: str | Path | UNetModel | None = None,
