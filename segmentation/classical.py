@@ -1546,7 +1546,7 @@ def segment_classical(
     # encloses the gaps between them, which the peel of the joint split opened (the small hip
     # phantom, seed 1: 728 voxels, 5.7 mL, in 23 gaps inside hip_right, whose surface then had
     # inner walls, 5 % of its vertices 3.85 mm or more inside the bone): filled, as each piece's own cavities were.
-    _fill_assembled(labels_crop, [v for v, n in n_pieces.items() if v > 0 and n > 1])
+    fill_assembled(labels_crop, [v for v, n in n_pieces.items() if v > 0 and n > 1])
     labels_crop, table = _join_touching(labels_crop, table, stem="vertebrae", ct=ct, crop_origin_ijk=crop_origin_ijk)
     if not table:
         raise InputError(None, "no bone found that could be named for this anatomy")
@@ -1563,17 +1563,23 @@ def segment_classical(
     )
 
 
-def _fill_assembled(labels: NDArray, values: Iterable[int]) -> None:
+def fill_assembled(labels: NDArray, values: Iterable[int]) -> dict[int, int]:
     """Fill (in place) the cavities each label of ``values`` encloses (:func:`fill_cavities`,
-    in the label's box grown by a voxel): only voxels of no label are filled."""
+    in the label's box grown by a voxel): only voxels of no label are filled. For a bone put
+    together from pieces (by the naming, or merged by hand: :mod:`.relabel`), whose joint
+    space the split had peeled. Returns label -> voxels filled."""
     boxes = ndi.find_objects(labels)
+    filled: dict[int, int] = {}
     for v in values:
         if v > len(boxes) or boxes[v - 1] is None:
             continue
         grown = tuple(slice(max(0, s_.start - 1), min(n_, s_.stop + 1)) for s_, n_ in zip(boxes[v - 1], labels.shape))
         sub = labels[grown]
         m = sub == v
-        sub[fill_cavities(m) & ~m & (sub == 0)] = v
+        gap = fill_cavities(m) & ~m & (sub == 0)
+        sub[gap] = v
+        filled[int(v)] = int(np.count_nonzero(gap))
+    return filled
 
 
 def absorb_fragment(labels: NDArray, table: dict[int, str], piece: tuple[tuple[slice, ...], NDArray], info: RegionInfo) -> str:

@@ -8,13 +8,18 @@ a file name, a name already used by a bone not being renamed, a bone in two assi
 hand"; label values stay contiguous 1..n), ``labels.seg.nrrd`` (if present) and the meshes of
 the touched bones (rebuilt through :func:`orthonav.segmentation.meshing.label_meshes`; meshes
 of names that no longer exist are removed) are written, each atomically.
+
+A merged bone encloses no gap: background voxels its pieces enclose together (the joint space
+the classical split peeled between two pieces of one bone, which the naming left apart) become
+that bone, as :func:`orthonav.segmentation.classical.fill_assembled` does for the pieces the
+naming puts together; otherwise its surface would have inner walls.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from orthonav.core.errors import InputError
 from orthonav.core.meshio import MESH_SUFFIXES, write_mesh
 from orthonav.core.volume import Volume, read_volume, write_volume
 
+from .classical import fill_assembled
 from .meshing import label_meshes
 
 #: ``why`` of a bone named by hand.
@@ -45,12 +51,15 @@ class Relabelled:
         Files written (labels, labels.json, seg file, meshes).
     removed
         Mesh files removed (bones that no longer exist under their old name).
+    filled
+        Merged bone name -> voxels of enclosed gaps between its pieces now labelled as it.
     """
 
     table: LabelTable
     changes: dict[str, list[str]]
     files: list[Path]
     removed: list[Path]
+    filled: dict[str, int] = field(default_factory=dict)
 
 
 def parse_assignments(specs: Sequence[str]) -> list[tuple[list[str], str]]:
@@ -188,7 +197,10 @@ def relabel_case(case_dir: str | Path, assignments: Sequence[str] | list[tuple[l
     lut = np.zeros(max(top, max(lut_map)) + 1, np.uint8)
     for old, new in lut_map.items():
         lut[old] = new
-    new_labels = Volume(lut[arr], labels.lps_from_ijk.copy())
+    new_arr = lut[arr]
+    merged = {v: n for v, n in new_table.labels.items() if len(changes.get(n, ())) > 1}
+    filled = {merged[v]: k for v, k in fill_assembled(new_arr, merged).items()} if merged else {}
+    new_labels = Volume(new_arr, labels.lps_from_ijk.copy())
     touched = {v: n for v, n in new_table.labels.items() if n in changes}
     # Mesh formats: those the case already has for the touched bones (else .stl and .vtp).
     formats = sorted({p.suffix for old in (o for olds in changes.values() for o in olds) for p in _mesh_files(case, old)}) or [".stl", ".vtp"]
@@ -213,7 +225,7 @@ def relabel_case(case_dir: str | Path, assignments: Sequence[str] | list[tuple[l
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed.append(p)
-    return Relabelled(new_table, changes, files, removed)
+    return Relabelled(new_table, changes, files, removed, filled)
 
 
 def _mesh_files(case: Case, bone: str) -> list[Path]:

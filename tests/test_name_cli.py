@@ -115,3 +115,43 @@ def test_label_values_missing_from_the_table_are_refused_not_dropped(seg_case):
     with pytest.raises(InputError, match=r"label value\(s\) 7 .* not in labels.json"):
         relabel_case(seg_case, ["1=femur_left"])
     assert _snapshot(seg_case) == before
+
+
+def test_merged_pieces_enclose_no_gap_and_mesh_as_one_closed_body(tmp_path):
+    """Two pieces of one bone left apart by the classical split, the joint space it peeled
+    between them enclosed (a 1-voxel disc inside a ball): merged by hand they become one bone
+    with the gap filled, meshed as one body without inner walls."""
+    import trimesh
+    from orthonav.core.case import LabelTable
+    from orthonav.core.volume import Volume, make_lps_from_ijk
+
+    n, r, r_gap = 40, 14, 10
+    k, j, i = np.mgrid[:n, :n, :n] - n // 2
+    ball = k**2 + j**2 + i**2 <= r**2
+    gap = (k == 0) & (j**2 + i**2 <= r_gap**2)
+    arr = np.where(ball & (k < 0), 1, 0) + np.where(ball & (k >= 0) & ~gap, 2, 0)
+    arr = arr.astype(np.uint8)
+    arr[30:36, 30:36, 30:36] = 3  # another bone, untouched
+    labels = Volume(arr, make_lps_from_ijk((0.8, 0.8, 1.0), (0.0, 0.0, 0.0)))
+    table = LabelTable(labels={1: "bone_1", 2: "bone_2", 3: "bone_3"}, backend="classical")
+    case = Case(tmp_path / "case")
+    case.root.mkdir()
+    write_volume(labels, case.labels)
+    write_labels_table(case.labels_json, table)
+    done = relabel_case(case.root, ["bone_1+bone_2=femur_left"])
+    after = read_volume(case.labels).array_zyx
+    v = read_labels_table(case.labels_json).value_of("femur_left")
+    assert done.filled == {"femur_left": int((gap & ball).sum())}
+    np.testing.assert_array_equal(after == v, ball)  # the gap is bone now, nothing else moved
+    np.testing.assert_array_equal(after == read_labels_table(case.labels_json).value_of("bone_3"), arr == 3)
+    tm = trimesh.load(case.mesh("femur_left", ".stl"), force="mesh")
+    assert tm.is_watertight and len(tm.split(only_watertight=False)) == 1
+    assert abs(tm.volume / (ball.sum() * 0.8 * 0.8 * 1.0) - 1.0) < 0.03
+    from orthonav.cli.name import name_bones_cli  # the line the CLI prints says so
+
+    case2 = Case(tmp_path / "case2")
+    case2.root.mkdir()
+    write_volume(labels, case2.labels)
+    write_labels_table(case2.labels_json, table)
+    lines = name_bones_cli(case2.root, ["1+2=femur_left"])
+    assert any(f"{int((gap & ball).sum())} voxel(s) of gaps enclosed between its pieces are now femur_left" in ln for ln in lines), lines
