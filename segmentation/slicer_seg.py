@@ -42,9 +42,9 @@ def write_seg_nrrd(labels: Volume, table: LabelTable, path: str | Path) -> Path:
     path
         Target file; should end in ``.seg.nrrd``.
     """
-    arr = np.ascontiguousarray(labels.array_zyx.astype(np.uint8 if labels.array_zyx.max() < 256 else np.uint16))
+    arr = np.ascontiguousarray(labels.array_zyx.astype(np.uint8 if labels.array_zyx.max() < 256 else np.uint16, copy=False))
     image = to_sitk(Volume(arr, labels.lps_from_ijk))
-    boxes = ndi.find_objects(arr.astype(np.int32)) if arr.max() > 0 else []
+    boxes = ndi.find_objects(arr) if arr.max() > 0 else []  # on the unsigned labels themselves (no int32 copy)
     image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
     image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
     image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")

@@ -39,6 +39,8 @@ def test_real_ct_bones_named_plausibly(real_case):
     assert {"humerus_left", "humerus_right"} <= names
     assert any(n.startswith("vertebrae") for n in names)
     assert sum(n.startswith("rib_left") for n in names) >= 3 and sum(n.startswith("rib_right") for n in names) >= 3
+    limb = ("femur", "tibia", "fibula", "patella", "hip", "sacrum", "talus", "calcaneus")
+    assert not [n for n in names if n.startswith(limb)], names  # a trunk CT: no knee or hip name
     labels = read_volume(case.labels)
     assert labels.array_zyx.shape[0] == 20  # README: "20 slices"
     table = read_labels_table(case.labels_json)

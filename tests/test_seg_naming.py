@@ -159,6 +159,26 @@ def test_anatomy_knee_reports_what_it_could_not_find(small_knee_phantom):
     assert any(m.startswith("fibula") for m in res.missing)
 
 
+def test_anatomy_hip_reports_each_side_it_could_not_find(small_hip_phantom):
+    """A hip CT holds a pelvis: every one of its five bones not named is reported, by side.
+    The whole pelvis reports nothing missing. With the right femur left out of view the left
+    side is still named, and ``femur_right`` is reported missing with whatever else could not
+    be named (the right hip bone and the sacrum lose the femoral head in their socket as
+    evidence): before 2026-12-07 only bone types missing altogether were reported, so here
+    only the sacrum."""
+    case = apply_fov(small_hip_phantom, FovSpec(scenario="hip", window_mm=None, centre_shift_mm=0.0, patient_rotation=np.eye(3),
+                                                scale=1.0, grid_direction=np.eye(3), spacing_mm=2.0))
+    regions, truth = truth_regions(case)
+    expected = {"hip_left", "hip_right", "femur_left", "femur_right", "sacrum"}
+    full = name_bones(regions, anatomy="hip")
+    assert set(full.names.values()) == expected and full.missing == (), (full.names, full.missing)
+    res = name_bones([r for r, t in zip(regions, truth) if t != "femur_right"], anatomy="hip")
+    assert {"hip_left", "femur_left"} <= set(res.names.values()), res.names
+    missing = {m.split(" ")[0] for m in res.missing}
+    assert "femur_right" in missing and missing == expected - set(res.names.values()), (res.names, res.missing)
+    assert "not found: femur_right (hip anatomy requested)" in res.notes(), res.notes()
+
+
 def test_confidence_grows_with_evidence(small_knee_phantom):
     """Removing the fibula and the patella (evidence for which bone is the femur and that this
     is a knee) lowers the femur's confidence; with neither, the namer abstains."""
