@@ -24,8 +24,12 @@ allocated:
   return them as 0); other formats are scanned after reading.
 
 Every refusal is an :class:`~orthonav.core.errors.InputError` naming the file and the problem,
-made before any voxel array is allocated. Header checks take milliseconds; counting a gzip
-stream whose trailer disagrees, or scanning float NIfTI voxels, about 1 s per 200 MB.
+made before any voxel array is allocated. Header checks take milliseconds. Counting a gzip
+stream whose trailer disagrees, or scanning float NIfTI voxels, needs the whole stream
+inflated: that runs in ISA-L (``isal``, 2-2.5x zlib's speed here) on a worker thread while the
+previous piece is scanned. On 512 x 512 x 400 files (2026-12-07): a cut ``.nii.gz`` is refused
+in 0.27 s (0.74 s with zlib, in turn), a float CT ``.nii.gz`` holding one NaN in 0.74-0.90 s
+(1.04-1.33 s), one of incompressible noise in 1.17 s (1.7-2.0 s).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ import math
 import os
 import struct
 import zlib
+from queue import Queue
+from threading import Event, Thread
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +61,11 @@ MAX_IMAGE_ENV = "ORTHONAV_MAX_IMAGE_GIB"
 PIXDIM_RTOL = 1e-3
 #: Largest |cos| between sform columns still treated as orthogonal.
 ORTHOGONAL_TOL = 1e-3
+
+try:  # ISA-L's inflate: the same zlib / gzip streams, decompressed 2-2.5x faster (module docstring)
+    from isal import isal_zlib as _inflater
+except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same bytes
+    _inflater = zlib  # type: ignore[assignment]
 
 _CHUNK = 1 << 20  # compressed bytes read per step
 _OUT_CHUNK = 16 << 20  # largest decompressed piece held at once
@@ -192,7 +203,7 @@ def _inflate(path: Path, offset: int, wbits: int) -> Iterator[bytes]:
     """
     with path.open("rb") as f:
         f.seek(offset)
-        d = zlib.decompressobj(wbits)
+        d = _inflater.decompressobj(wbits)
         while True:
             chunk = f.read(_CHUNK)
             if not chunk:
@@ -202,7 +213,7 @@ def _inflate(path: Path, offset: int, wbits: int) -> Iterator[bytes]:
             while chunk:
                 try:
                     out = d.decompress(chunk, _OUT_CHUNK)
-                except zlib.error as e:
+                except (zlib.error, _inflater.error) as e:
                     raise InputError(path, f"compressed data is corrupt ({e})") from e
                 if out:
                     yield out
@@ -211,7 +222,7 @@ def _inflate(path: Path, offset: int, wbits: int) -> Iterator[bytes]:
                     rest = d.unused_data
                     if wbits != 31 or not rest.lstrip(b"\0"):
                         return  # one zlib stream, or trailing padding after the last gzip member
-                    d = zlib.decompressobj(wbits)
+                    d = _inflater.decompressobj(wbits)
                     chunk = rest + chunk
 
 
@@ -260,6 +271,46 @@ def _check_length(path: Path, lay: _Layout) -> None:
         )
 
 
+def _ahead(pieces: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
+    """``pieces`` produced on a worker thread, up to ``depth`` ahead of the consumer: the next
+    piece is decompressed while this one is scanned (both release the GIL). Exceptions of the
+    producer are raised in the consumer, at the point where they occurred."""
+    queue: Queue = Queue(maxsize=depth)
+    stop, halt = object(), Event()
+
+    def produce() -> None:
+        try:
+            for piece in pieces:
+                if halt.is_set():
+                    return
+                queue.put((piece, None))
+        except BaseException as e:  # handed over: raised where the consumer reads
+            queue.put((None, e))
+            return
+        queue.put((stop, None))
+
+    worker = Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            piece, error = queue.get()
+            if error is not None:
+                raise error
+            if piece is stop:
+                return
+            yield piece
+    finally:
+        # A consumer that stops early (it had every voxel it needed, or raised): the producer
+        # stops at its next piece; the queue is drained so that it is never blocked putting one.
+        halt.set()
+        while worker.is_alive():
+            try:
+                queue.get(timeout=0.05)
+            except Exception:  # queue.Empty
+                pass
+        worker.join()
+
+
 def _count_non_finite(lay: _Layout, dtype: np.dtype) -> int:
     """NaN / Inf values among the float voxels of ``lay``."""
     count = 0
@@ -272,7 +323,7 @@ def _count_non_finite(lay: _Layout, dtype: np.dtype) -> int:
         return count
     skip, left = lay.skip, lay.n_bytes
     carry = b""
-    pieces = _inflate(lay.source, lay.start, 31 if lay.compression == "gzip" else 15)
+    pieces = _ahead(_inflate(lay.source, lay.start, 31 if lay.compression == "gzip" else 15))
     while left > 0:
         try:
             piece = next(pieces)

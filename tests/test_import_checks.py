@@ -371,3 +371,29 @@ def test_nifti2_header_is_checked(tmp_path):
     cut.write_bytes(src.read_bytes()[:-500])
     with pytest.raises(InputError, match="is truncated: the header promises 11520 bytes of voxels, the file holds 11020"):
         check_image_file(cut)
+
+
+def test_pieces_read_ahead_come_in_order_with_errors_where_they_occur_and_stop_early():
+    """The decompressed pieces a NaN scan reads are made on a worker thread one or two ahead
+    (image_checks._ahead): the same pieces in the same order, an error of the producer raised
+    at the piece where it occurred, and a consumer that stops early stops the producer."""
+    import threading
+
+    from orthonav.segmentation.image_checks import _ahead
+
+    def gen(n: int, fail_at: int | None = None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError("boom")
+            yield bytes([i % 256])
+
+    assert list(_ahead(gen(300))) == [bytes([i % 256]) for i in range(300)]
+    it = _ahead(gen(10, fail_at=3))
+    assert [next(it) for _ in range(3)] == [b"\x00", b"\x01", b"\x02"]
+    with pytest.raises(ValueError, match="boom"):
+        next(it)
+    before = threading.active_count()
+    it = _ahead(gen(10**9))
+    next(it)
+    it.close()  # stops after one piece of a billion
+    assert threading.active_count() == before
