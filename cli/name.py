@@ -19,7 +19,7 @@ def name_bones_cli(case: str | Path, assignments: Sequence[str]) -> list[str]:
         what = "renamed" if len(olds) == 1 else "merged"
         lines.append(f"{what} {' + '.join(olds)} -> {name} (label {value}, confidence 1.00, named by hand)")
         if done.filled.get(name):
-            lines.append(f"  {done.filled[name]} voxel(s) of gaps enclosed between its pieces are now {name}")
+            lines.append(f"  {done.filled[name]} voxel(s) of background enclosed by {name} (gaps between its pieces) are now {name}")
     lines.append(f"{len(done.files)} files written" + (f", {len(done.removed)} stale meshes removed" if done.removed else ""))
     # Label values are kept contiguous (1..n), so a merge can renumber bones it did not touch:
     # list the whole table, which later commands refer to.

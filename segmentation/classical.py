@@ -646,26 +646,28 @@ def remove_bumps(bone: NDArray, spacing: NDArray, p: ClassicalParams) -> NDArray
     return out
 
 
-def fill_cavities(mask: NDArray) -> NDArray:
+def fill_cavities(mask: NDArray, *, lids: bool = True) -> NDArray:
     """Fill enclosed cavities in 3D, treating each face of the volume as a lid.
 
     Each face of the box is closed by its own 2D hole-filled slice before the 3D fill, so a
     hollow bone cut open by the field of view (a rib or shaft leaving the scan) is still
     filled, while spaces open to the outside inside the volume are not. Cavities lie inside the
     mask's bounding box, so the work is done there (the box's faces are the volume's faces
-    wherever the mask reaches them, so the lids are the same).
+    wherever the mask reaches them, so the lids are the same). With ``lids=False`` only what the
+    mask encloses inside the volume is filled (a ring the scan cuts at both ends, such as a
+    vertebral arch around its canal, keeps its lumen).
     """
     out = mask.copy()
     if not mask.any():
         return out
     box = _bbox(mask, 1)
-    out[box] = _fill_cavities_box(mask[box])
+    out[box] = _fill_cavities_box(mask[box], lids=lids)
     return out
 
 
-def _fill_cavities_box(mask: NDArray) -> NDArray:
+def _fill_cavities_box(mask: NDArray, *, lids: bool = True) -> NDArray:
     padded = np.pad(mask, 1)
-    for axis in range(3):
+    for axis in range(3 if lids else 0):
         for src_i, dst_i in ((1, 0), (-2, -1)):
             face = np.take(padded, src_i, axis=axis)
             lid = ndi.binary_fill_holes(face) & ~face
@@ -1564,10 +1566,14 @@ def segment_classical(
 
 
 def fill_assembled(labels: NDArray, values: Iterable[int]) -> dict[int, int]:
-    """Fill (in place) the cavities each label of ``values`` encloses (:func:`fill_cavities`,
-    in the label's box grown by a voxel): only voxels of no label are filled. For a bone put
-    together from pieces (by the naming, or merged by hand: :mod:`.relabel`), whose joint
-    space the split had peeled. Returns label -> voxels filled."""
+    """Fill (in place) the cavities each label of ``values`` encloses inside the volume
+    (:func:`fill_cavities` without lids, in the label's box grown by a voxel): only voxels of
+    no label are filled. For a bone put together from pieces (by the naming, or merged by
+    hand: :mod:`.relabel`), whose joint space the split had peeled. No lid closes the scan's
+    faces here: pieces forming a ring that the scan cuts at both ends (a vertebral body and
+    its arch around the canal) would otherwise have the ring's lumen filled (found by a
+    review; each piece's own cavities were filled with lids before). Returns label -> voxels
+    filled."""
     boxes = ndi.find_objects(labels)
     filled: dict[int, int] = {}
     for v in values:
@@ -1576,7 +1582,7 @@ def fill_assembled(labels: NDArray, values: Iterable[int]) -> dict[int, int]:
         grown = tuple(slice(max(0, s_.start - 1), min(n_, s_.stop + 1)) for s_, n_ in zip(boxes[v - 1], labels.shape))
         sub = labels[grown]
         m = sub == v
-        gap = fill_cavities(m) & ~m & (sub == 0)
+        gap = fill_cavities(m, lids=False) & ~m & (sub == 0)
         sub[gap] = v
         filled[int(v)] = int(np.count_nonzero(gap))
     return filled

@@ -271,6 +271,10 @@ def _check_length(path: Path, lay: _Layout) -> None:
         )
 
 
+#: Name of the thread :func:`_ahead` inflates on.
+AHEAD_THREAD = "orthonav-inflate-ahead"
+
+
 def _ahead(pieces: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
     """``pieces`` produced on a worker thread, up to ``depth`` ahead of the consumer: the next
     piece is decompressed while this one is scanned (both release the GIL). Exceptions of the
@@ -289,7 +293,7 @@ def _ahead(pieces: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
             return
         queue.put((stop, None))
 
-    worker = Thread(target=produce, daemon=True)
+    worker = Thread(target=produce, daemon=True, name=AHEAD_THREAD)
     worker.start()
     try:
         while True:
@@ -323,22 +327,24 @@ def _count_non_finite(lay: _Layout, dtype: np.dtype) -> int:
         return count
     skip, left = lay.skip, lay.n_bytes
     carry = b""
-    pieces = _ahead(_inflate(lay.source, lay.start, 31 if lay.compression == "gzip" else 15))
-    while left > 0:
-        try:
-            piece = next(pieces)
-        except (StopIteration, _StreamEnds):
-            raise InputError(lay.source, "is truncated: the compressed data ends before the last voxel") from None
-        if skip:
-            cut = min(skip, len(piece))
-            piece, skip = piece[cut:], skip - cut
-        piece = piece[:left]
-        left -= len(piece)
-        piece = carry + piece
-        usable = len(piece) - len(piece) % dtype.itemsize
-        if usable:
-            count += int(np.count_nonzero(~np.isfinite(np.frombuffer(piece, dtype=dtype, count=usable // dtype.itemsize))))
-        carry = piece[usable:]
+    # Closed on leaving, whatever happens: the producer thread and its open file end then, not
+    # when a held traceback or a reference cycle lets the generator go.
+    with contextlib.closing(_ahead(_inflate(lay.source, lay.start, 31 if lay.compression == "gzip" else 15))) as pieces:
+        while left > 0:
+            try:
+                piece = next(pieces)
+            except (StopIteration, _StreamEnds):
+                raise InputError(lay.source, "is truncated: the compressed data ends before the last voxel") from None
+            if skip:
+                cut = min(skip, len(piece))
+                piece, skip = piece[cut:], skip - cut
+            piece = piece[:left]
+            left -= len(piece)
+            piece = carry + piece
+            usable = len(piece) - len(piece) % dtype.itemsize
+            if usable:
+                count += int(np.count_nonzero(~np.isfinite(np.frombuffer(piece, dtype=dtype, count=usable // dtype.itemsize))))
+            carry = piece[usable:]
     return count
 
 

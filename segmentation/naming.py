@@ -1162,11 +1162,15 @@ def _missing(anatomy: str, names: dict[int, str]) -> tuple[str, ...]:
         return ()
     named = {n for n in names.values() if not n.startswith("bone_")}
     found = {n.split("_")[0] for n in named}
-    out = [f"{b} ({anatomy} anatomy requested)" for b in EXPECTED[anatomy] if b not in found]
-    if anatomy == "hip":
-        for b in ("hip", "femur"):
-            if b in found and b not in named:
-                out += [f"{b}_{side} ({anatomy} anatomy requested)" for side in ("left", "right") if f"{b}_{side}" not in named]
+    if anatomy != "hip":
+        return tuple(f"{b} ({anatomy} anatomy requested)" for b in EXPECTED[anatomy] if b not in found)
+    out = []
+    for b in EXPECTED["hip"]:
+        if b == "sacrum" or b in named:  # one bone, or named without a side: by type
+            missing = [] if b in found else [b]
+        else:
+            missing = [f"{b}_{side}" for side in ("left", "right") if f"{b}_{side}" not in named]
+        out += [f"{m} ({anatomy} anatomy requested)" for m in missing]
     return tuple(out)
 
 

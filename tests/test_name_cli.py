@@ -154,4 +154,27 @@ def test_merged_pieces_enclose_no_gap_and_mesh_as_one_closed_body(tmp_path):
     write_volume(labels, case2.labels)
     write_labels_table(case2.labels_json, table)
     lines = name_bones_cli(case2.root, ["1+2=femur_left"])
-    assert any(f"{int((gap & ball).sum())} voxel(s) of gaps enclosed between its pieces are now femur_left" in ln for ln in lines), lines
+    assert any(f"{int((gap & ball).sum())} voxel(s) of background enclosed by femur_left (gaps between its pieces) are now femur_left" in ln for ln in lines), lines
+
+
+def test_a_merged_ring_the_scan_cuts_at_both_ends_keeps_its_lumen(tmp_path):
+    """Two half-rings merged by hand (a vertebral body and its arch around the canal) that run
+    through the whole scan: the lumen is open at both ends of the volume, not enclosed by the
+    bone, so it stays background (a review found it filled when the scan's faces were lidded)."""
+    from orthonav.core.case import LabelTable
+    from orthonav.core.volume import Volume, make_lps_from_ijk
+
+    n = 24
+    _k, j, i = np.mgrid[:n, :n, :n] - n // 2
+    r2 = j**2 + i**2
+    ring = (r2 >= 6**2) & (r2 <= 10**2)
+    lumen = r2 < 6**2
+    arr = np.where(ring & (j < 0), 1, 0) + np.where(ring & (j >= 0), 2, 0)
+    case = Case(tmp_path / "case")
+    case.root.mkdir()
+    write_volume(Volume(arr.astype(np.uint8), make_lps_from_ijk((1.0, 1.0, 1.0), (0.0, 0.0, 0.0))), case.labels)
+    write_labels_table(case.labels_json, LabelTable(labels={1: "bone_1", 2: "bone_2"}, backend="classical"))
+    done = relabel_case(case.root, ["1+2=vertebrae_a"])
+    after = read_volume(case.labels).array_zyx
+    assert done.filled == {"vertebrae_a": 0}
+    assert not (after[lumen] > 0).any() and np.array_equal(after > 0, ring)

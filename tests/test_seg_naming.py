@@ -177,6 +177,10 @@ def test_anatomy_hip_reports_each_side_it_could_not_find(small_hip_phantom):
     missing = {m.split(" ")[0] for m in res.missing}
     assert "femur_right" in missing and missing == expected - set(res.names.values()), (res.names, res.missing)
     assert "not found: femur_right (hip anatomy requested)" in res.notes(), res.notes()
+    # Both hip bones out of view: reported by side, not as one type.
+    res = name_bones([r for r, t in zip(regions, truth) if not t.startswith("hip")], anatomy="hip")
+    missing = {m.split(" ")[0] for m in res.missing}
+    assert {"hip_left", "hip_right"} <= missing and "hip" not in missing and missing == expected - set(res.names.values()), res.missing
 
 
 def test_confidence_grows_with_evidence(small_knee_phantom):

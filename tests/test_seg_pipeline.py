@@ -96,3 +96,19 @@ def test_totalsegmentator_absent_is_a_clear_message_not_a_download(knee_case, mo
     with pytest.raises(InputError, match="TotalSegmentator is not installed"):
         segment_case(knee_case.root, backend="totalsegmentator")
     assert not knee_case.labels.exists()
+
+
+def test_bone_summaries_count_every_slab_of_any_label_type():
+    """The label counts run in slabs of 4 M voxels (no int64 copy of a whole label map): a
+    4.8 M-voxel map of uint8, uint16 and int16 labels gives each bone's exact voxel count."""
+    from orthonav.core.case import LabelTable
+    from orthonav.core.volume import Volume, make_lps_from_ijk
+    from orthonav.segmentation.pipeline import _bone_summaries
+
+    arr = np.random.default_rng(0).integers(0, 5, (40, 300, 400))
+    table = LabelTable(labels={1: "a", 2: "b", 4: "d"})
+    for dtype in (np.uint8, np.uint16, np.int16):
+        a = arr.astype(dtype)
+        got = _bone_summaries(Volume(a, make_lps_from_ijk((0.5, 0.5, 2.0), (0.0, 0.0, 0.0))), table)
+        assert {n: b.voxels for n, b in got.items()} == {n: int((arr == v).sum()) for v, n in table.labels.items()}, dtype
+        assert abs(got["a"].volume_ml - int((arr == 1).sum()) * 0.5e-3) < 1e-6
