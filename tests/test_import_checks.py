@@ -20,7 +20,7 @@ from orthonav.segmentation.importer import import_ct, import_source
 
 #: The issue's bound for a refusal (these files are small: measured 0.1-10 ms). At full size
 #: (512 x 512 x 400, docs/import.md) a header is refused in milliseconds, but a gzip file must be
-#: inflated to find a cut or a NaN: 0.27 s and 0.74-1.17 s there.
+#: inflated to find a cut or a NaN: 0.27 s and 0.74-1.57 s there.
 REFUSE_S = 1.0
 
 PIXDIM = 76  # NIfTI-1 header offsets (nifti1.h)
