@@ -40,11 +40,11 @@ import math
 import os
 import struct
 import zlib
-from queue import Queue
-from threading import Event, Thread
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from queue import Empty, Queue
+from threading import Event, Thread
 
 import numpy as np
 import SimpleITK as sitk
@@ -308,10 +308,8 @@ def _ahead(pieces: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
         # stops at its next piece; the queue is drained so that it is never blocked putting one.
         halt.set()
         while worker.is_alive():
-            try:
+            with contextlib.suppress(Empty):
                 queue.get(timeout=0.05)
-            except Exception:  # queue.Empty
-                pass
         worker.join()
 
 
