@@ -1539,7 +1539,7 @@ def segment_classical(
     conf_of = {n: min(named.confidence.get(i, 0.0) for i, m in names.items() if m == n) for n in value_of}
     why_of = {n: named.why.get(min(i for i, m in names.items() if m == n), "") for n in value_of}
     notes = split_notes + named.notes()
-    for i in sorted(fragments, key=lambda i: -infos[i].volume_mm3):
+    for i in fragments:  # the naming's order: each touches a bone or a fragment merged before it
         notes.append(absorb_fragment(labels_crop, table, pieces[i], infos[i]))
         b, mk = pieces[i]
         for v in np.unique(labels_crop[b][mk]):
