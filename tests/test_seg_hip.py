@@ -122,8 +122,9 @@ def test_a_piece_of_a_hip_bone_touching_it_only_through_another_piece_joins_it()
     """The joint split cuts a hip bone with several marrow seeds into pieces, which the naming
     gives back to their bone as fragments; a piece that touches its bone only through another
     piece was left ``bone_1`` until 2026-12-07 (the small phantom of seed 31, below). Here a
-    30 mL piece touches the right hip bone (hip_right) and a 20 mL piece touches only that piece
-    (12 mm from the hip bone): both are fragments of it, the near one merged first."""
+    30 mL piece touches the right hip bone (hip_right), 4 mm below it, and a 20 mL piece touches
+    only that piece (2 mm from it, 26 mm from the hip bone): both are fragments of it, the near
+    one merged first."""
     from orthonav.segmentation.naming import name_bones
 
     regions = _pelvis()
