@@ -482,7 +482,7 @@ HEAD_SHELL_RADIUS_MM = (15.0, 30.0)
 #: the cup (the ischium) can fit it as a ball and outscore the femur on the other evidence: on
 #: the small pelvis phantom of seed 51, 2.6 mm RMS against the femur's 1.1 mm, and the hip bone,
 #: femur and sacrum of that side stayed unnamed. Measured (2026-12-07): femurs fit their cups to
-#: 0.9-1.3 mm RMS on 14 small phantoms (1.8 x 1.8 x 2.4 mm), 1.5-1.6 mm on the full one, 1.5-2.9 mm
+#: 0.9-1.3 mm RMS on 14 small phantoms (1.8 x 1.8 x 2.4 mm), 1.5-1.6 mm on the full one, 1.8-2.9 mm
 #: in random hip fields of view at 1.5-3 mm; the real libhip femurs in a modelled socket to
 #: 0.9-1.3 mm. In 100 of those fields of view five such pieces competed with a femur for its
 #: cup, the femur's RMS 0.54-0.73 of the piece's (0.6 named one of the five, 0.75 all); no
