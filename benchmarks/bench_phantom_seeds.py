@@ -6,7 +6,7 @@ every phantom the methods were developed on. Prints one row per phantom (Dice pe
 bones left unnamed or named wrong) and a summary per bone (mean and minimum Dice), for the
 classical backend or the shipped U-Net.
 
-    python benchmarks/bench_phantom_seeds.py --family hip --seeds 31 41-53 [--full] [--backend unet]
+    python benchmarks/bench_phantom_seeds.py --family hip --seeds 31 41-53 [--full] [--backend unet [--weights W.pt]]
 
 Dice is per bone, matched by name (a bone not given its name scores 0): the issue's target is
 Dice >= 0.95 per bone on unseen phantom draws.
@@ -43,11 +43,12 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="the full-size phantom (default: the small one)")
     ap.add_argument("--backend", choices=("classical", "unet"), default="classical")
     ap.add_argument("--threads", type=int, default=2, help="--backend unet: torch threads")
+    ap.add_argument("--weights", default=None, help="--backend unet: a weights file (default: the shipped model)")
     args = ap.parse_args()
     if args.backend == "unet":
         from orthonav.segmentation.unet import SHIPPED_WEIGHTS, load_model, segment_unet
 
-        model = load_model(SHIPPED_WEIGHTS)
+        model = load_model(args.weights or SHIPPED_WEIGHTS)
     else:
         from orthonav.segmentation.classical import segment_classical
     per_bone: dict[str, list[float]] = {}
