@@ -28,29 +28,35 @@ def _rss_mb() -> float:
     raise AssertionError("no VmRSS")
 
 
-def _alloc_and_free() -> None:
+def _alloc_and_free() -> float:
+    """Allocate and write a 256 MB array, free it; return the resident MB while it was alive.
+
+    Compared against this peak, not against the RSS before: part of the block may come from
+    free heap memory that was already resident (CI run of 042dbfc: +198.6 MB for 256 MB)."""
     a = np.ones(BLOCK, np.uint8)  # written: every page resident
     assert a[-1] == 1
+    peak = _rss_mb()
     del a
+    return peak
 
 
 def test_default_allocator_returns_a_freed_large_array_at_once():
     base = _rss_mb()
-    _alloc_and_free()
-    assert _rss_mb() < base + 64
+    peak = _alloc_and_free()
+    assert _rss_mb() < base + 64 and _rss_mb() < peak - 150
 
 
 def test_freed_large_array_is_kept_inside_and_returned_after():
     base = _rss_mb()
     with heap.reuse_freed_memory():
-        _alloc_and_free()
+        peak = _alloc_and_free()
         kept = _rss_mb()
         _alloc_and_free()  # the same block again: no new pages
         again = _rss_mb()
     after = _rss_mb()
-    assert kept > base + 200, (base, kept)
+    assert kept > peak - 64, (peak, kept)  # freed, still resident
     assert again < kept + 64, (kept, again)
-    assert after < base + 64, (base, after)
+    assert after < base + 64 and after < kept - 150, (base, kept, after)
 
 
 def test_nested_blocks_restore_only_when_the_last_one_leaves():
@@ -58,9 +64,9 @@ def test_nested_blocks_restore_only_when_the_last_one_leaves():
     with heap.reuse_freed_memory():
         with heap.reuse_freed_memory():
             pass
-        _alloc_and_free()  # the outer block is still active: kept
+        peak = _alloc_and_free()  # the outer block is still active: kept
         kept = _rss_mb()
-    assert kept > base + 200, (base, kept)
+    assert kept > peak - 64, (peak, kept)
     assert _rss_mb() < base + 64
     _alloc_and_free()  # restored: returned at once again
     assert _rss_mb() < base + 64
