@@ -79,13 +79,14 @@ def _check_ct(ct: Volume, path: Path) -> None:
 def run_backend(ct: Volume, *, backend: str = "classical", anatomy: str = "auto", weights: str | Path | None = None,
                 progress: Progress | None = None, scanned: Volume | None = None) -> Segmentation:
     """Segment ``ct`` with the named backend (no files touched); ``scanned`` is the coverage
-    mask of a multi-stack import (or None), used by the classical backend's naming."""
+    mask of a multi-stack import (or None), used by the naming of the classical backend and by
+    the U-Net backend's anatomy check."""
     if backend == "classical":
         return segment_classical(ct, anatomy=anatomy, scanned=scanned)
     if backend == "unet":
         from .unet import segment_unet
 
-        return segment_unet(ct, weights=weights, progress=progress)
+        return segment_unet(ct, weights=weights, progress=progress, scanned=scanned)
     if backend == "totalsegmentator":
         from .totalseg import segment_totalsegmentator
 

@@ -1115,6 +1115,7 @@ def segment_unet(
     min_island_fraction: float = 0.05,
     progress: Progress | None = None,
     num_threads: int | None = None,
+    scanned: Volume | None = None,
 ) -> Segmentation:
     """Segment ``ct`` with a trained U-Net: named bone labels and per-voxel confidence on the CT's grid.
 
@@ -1165,6 +1166,10 @@ def segment_unet(
         Optional ``callable(step, fraction)``.
     num_threads
         torch CPU threads (default 2).
+    scanned
+        Coverage mask on the CT grid (non-zero = scanned) of a study imported from several
+        stacks, or None (all scanned): the anatomy check then sees where a piece is cut by an
+        unscanned gap, as the classical naming does (:func:`withhold_against_anatomy`).
 
     Returns
     -------
@@ -1198,7 +1203,7 @@ def segment_unet(
     labels, conf, abstained = probabilities_to_labels(ct, grid, prob, refine=card.refine == "image-edge", min_island_fraction=min_island_fraction,
                                                       progress=progress, classes=card.classes, left_out=left_out)
     if card.refine == "image-edge":  # a name the anatomy contradicts is withheld (noted with the unnamed pieces below)
-        withhold_against_anatomy(labels, ct, card.classes, abstained, conf, grid, prob)
+        withhold_against_anatomy(labels, ct, card.classes, abstained, conf, grid, prob, scanned=scanned)
     # per-bone figures in the labels' bounding box
     nz = [np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
     crop = tuple(slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0) for i in nz)

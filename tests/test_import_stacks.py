@@ -370,10 +370,11 @@ def _assert_every_scanned_piece_found(segmented) -> None:
             assert owner.setdefault(value, bone) == bone, (value, owner[value], bone)
 
 
-def _assert_pieces_named_as_one_bone(segmented, truth_on_grid, phantom) -> None:
+def _assert_pieces_named_as_one_bone(segmented, truth_on_grid, phantom, withheld: dict[str, set[str]] | None = None) -> None:
     """The femoral head (hip stack) and the distal femur (knee stack) are one ``femur_right``;
     likewise the tibia and the fibula (knee and ankle stacks); the patella is named; and each
-    label holds one bone (a label whose bone voxels are mostly another bone's is a misname)."""
+    label holds one bone (a label whose bone voxels are mostly another bone's is a misname).
+    ``withheld``: bone -> stacks whose piece of it may be left unnamed (``bone_<n>``)."""
     summary, _ct, _sc, labels, table, pieces = segmented
     _ct2, _sc2, truth = truth_on_grid
     names = {bone: {stack: table.get(v, "") for stack, (v, _c) in per_stack.items()} for bone, per_stack in pieces.items()}
@@ -384,7 +385,7 @@ def _assert_pieces_named_as_one_bone(segmented, truth_on_grid, phantom) -> None:
         main = int(counts.argmax())
         assert counts[main] >= 0.9 * counts.sum(), (name, {bone_of[v]: int(c) for v, c in enumerate(counts) if c}, summary.notes)
     for bone, per_stack in pieces.items():
-        values = {v for v, _c in per_stack.values()}
+        values = {v for stack, (v, _c) in per_stack.items() if stack not in (withheld or {}).get(bone, set())}
         assert len(values) == 1, (bone, names, summary.notes)  # one label for the pieces across the gap
         assert table[values.pop()] in (bone, f"{bone}_right"), (bone, names, summary.notes)
 
@@ -410,9 +411,27 @@ def test_unet_segmentation_finds_and_names_every_piece_of_each_bone_as_one_bone(
     """The shipped U-Net (``segment --backend unet``) on the same study: every scanned piece found,
     nothing where nothing was scanned, and the femoral head, the knee bones and the ankle pieces
     named, each bone's pieces under one label holding that bone only. The network names pieces
-    by what it sees in each (a femoral head, a distal tibia), so it needs no joint between them."""
+    by what it sees in each (a femoral head, a distal tibia), so it needs no joint between them.
+
+    Since 2026-12-08 the shipped weights name the distal tibia alone in the ankle stack 'femur'
+    (the femur label's mean confidence 0.77: warned; the weights before named it right). The
+    anatomy check sees the stacks' unscanned gaps since then (``segment_unet(scanned=...)``; before,
+    it named no piece of this study, 0.16-0.18) and names that piece tibia (0.93), so the
+    network's name is withheld with both names. An ankle-stack piece may be so withheld, and
+    only with the anatomy's right name in its reason; the femur's two pieces, the knee's bones
+    and the fibula's pieces stay named as one bone each."""
     _assert_every_scanned_piece_found(segmented_unet)
-    _assert_pieces_named_as_one_bone(segmented_unet, truth_on_grid, small_knee_phantom)
+    summary, _ct, _sc, _labels, table, pieces = segmented_unet
+    withheld: dict[str, set[str]] = {}
+    for bone, per_stack in pieces.items():
+        for stack, (value, _c) in per_stack.items():
+            name = table.get(value, "")
+            if name.startswith("bone_"):
+                assert stack == "ankle", (bone, stack, name, summary.notes)
+                assert any(n.startswith(f"{name} ") and f"says {bone} " in n for n in summary.notes), (bone, name, summary.notes)
+                withheld.setdefault(bone, set()).add(stack)
+    assert "femur" not in withheld and "fibula" not in withheld, (withheld, summary.notes)
+    _assert_pieces_named_as_one_bone(segmented_unet, truth_on_grid, small_knee_phantom, withheld)
 
 
 def test_cli_imports_several_sources_and_refuses_mixed_studies_in_one_line(tmp_path):
