@@ -1181,7 +1181,8 @@ def segment_unet(
     Raises
     ------
     InputError
-        An unusable weights file; no shipped model when none is given.
+        An unusable weights file; no shipped model when none is given; a ``scanned`` mask not on
+        the CT's grid.
     """
     if not 0.0 <= overlap < 1.0:
         raise InputError(None, f"overlap must be in [0, 1), got {overlap}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import SimpleITK as sitk
 from numpy.typing import NDArray
+from orthonav.core.errors import InputError
 from orthonav.core.volume import Volume, to_sitk
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
@@ -762,7 +763,8 @@ def withhold_against_anatomy(
     no name: it takes a new unnamed value (>= the number of classes) with its
     :class:`Abstained` (the network's class withheld, its mean probability over the piece from
     ``conf``, and both names in the reason). Found on an upper-abdomen CT: the network drew
-    'hip' on both humeri (confidence 0.64 / 0.77), which the anatomy names ``humerus`` (0.99).
+    'hip' on both humeri (confidence 0.64 / 0.77; the weights shipped before 2026-12-08), which the
+    anatomy names ``humerus`` (0.99).
     Where the anatomy abstains, the network's name stands.
 
     Parameters
@@ -791,8 +793,16 @@ def withhold_against_anatomy(
     -------
     list of str
         One line per withheld name.
+
+    Raises
+    ------
+    InputError
+        ``scanned`` is not on the CT's grid.
     """
     nc = max(classes) + 1 if classes else 1
+    if scanned is not None and (scanned.array_zyx.shape != labels.shape or not np.allclose(scanned.lps_from_ijk, ct.lps_from_ijk, atol=1e-3)):
+        raise InputError(None, f"coverage mask (shape {scanned.array_zyx.shape}) is not on the CT's grid (shape {labels.shape}): "
+                               "pass the case's scanned.nii.gz resampled to its CT")  # fmt: skip
     if not ((labels > 0) & (labels < nc)).any():
         return []
     # the shape summaries need no sub-millimetre voxels: every other voxel of a fine grid

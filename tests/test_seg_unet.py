@@ -527,3 +527,52 @@ def test_class_probabilities_on_the_ct_match_a_full_resample() -> None:
     start = np.array([q.start for q in box])
     for c in range(1, 5):
         np.testing.assert_allclose(class_probability_at(prob[c], grid, ct, kji + start), full[c][tuple(kji.T)], atol=1e-5)
+
+
+def test_a_name_the_anatomy_contradicts_is_withheld_on_a_fine_grid(small_knee_phantom) -> None:
+    """withhold_against_anatomy with the network's labels made by hand: the small knee phantom's
+    bones, its tibia cut by a 24 mm unscanned band and the piece below labelled 'femur'. Put on a
+    grid finer than 1 mm in-plane (each voxel repeated along i and j: the anatomy check reads
+    every other voxel there, and the coverage mask with it). The anatomy names that piece tibia,
+    so it takes a new unnamed value with the withheld name and both names in the reason, and its
+    voxels the probability of bone at all (here 0.9); no other voxel changes. A coverage mask
+    that is not on the CT's grid is refused."""
+    from orthonav.segmentation.unet_grid import canonical_grid
+    from orthonav.segmentation.unet_labels import withhold_against_anatomy
+
+    ph = small_knee_phantom
+    classes = {1: "femur", 2: "tibia", 3: "fibula", 4: "patella", 5: "hip", 6: "sacrum"}
+    value = {n: v for v, n in classes.items()}
+    truth = ph.labels.array_zyx
+    lab = np.zeros(truth.shape, np.uint8)
+    for v, n in ph.label_table.labels.items():
+        lab[truth == v] = value[n]
+    tz = np.flatnonzero((lab == 2).any(axis=(1, 2)))
+    cut = int(tz.min() + 0.3 * (tz.max() - tz.min()))  # through the tibia's shaft, 10 slices of 2.4 mm
+    lab[cut : cut + 10] = 0
+    distal = np.zeros(lab.shape, bool)
+    distal[:cut] = lab[:cut] == value["tibia"]
+    lab[distal] = value["femur"]
+    scanned = np.ones(lab.shape, np.uint8)
+    scanned[cut : cut + 10] = 0
+    fine = lambda a: np.repeat(np.repeat(a, 2, axis=1), 2, axis=2)  # noqa: E731
+    m = ph.ct.lps_from_ijk.copy()
+    m[:3, 3] -= 0.25 * (m[:3, 0] + m[:3, 1])
+    m[:3, :2] *= 0.5
+    ct = Volume(np.zeros(fine(lab).shape, np.int16), m)
+    assert (ct.spacing_mm[:2] < 1.0).all()
+    grid = canonical_grid(ct, 4.0)
+    ni, nj, nk = grid.size_ijk
+    prob = np.full((7, nk, nj, ni), 0.15, np.float32)
+    prob[0] = 0.1
+    piece = fine(distal)
+    for mask in (None, Volume(fine(scanned), m)):
+        labels, conf, abstained = fine(lab), np.full(piece.shape, 0.5, np.float32), {}
+        notes = withhold_against_anatomy(labels, ct, classes, abstained, conf, grid, prob, scanned=mask)
+        assert list(abstained) == [7] and abstained[7].withheld == "femur", abstained
+        assert "says 'femur'" in abstained[7].why and "says tibia" in abstained[7].why and notes == [abstained[7].why]
+        assert (labels[piece] == 7).all() and np.array_equal(labels[~piece], fine(lab)[~piece])
+        np.testing.assert_allclose(conf[piece], 0.9, atol=1e-5)
+        assert (conf[~piece] == 0.5).all()
+    with pytest.raises(InputError, match="not on the CT's grid"):
+        withhold_against_anatomy(fine(lab), ct, classes, {}, np.zeros(piece.shape, np.float32), grid, prob, scanned=Volume(scanned, ph.ct.lps_from_ijk))
